@@ -1,0 +1,289 @@
+//! The whole service in one process: embedded storage (SQLite + files), the
+//! shared HTTP routes on axum, a worker pool draining the embedded queue,
+//! and a periodic sweeper.
+//!
+//! Tests start it in-process with [`start`] on a free port, with overrides
+//! for the clock, the authenticator and the artifact store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bulk_export::clock::SystemClock;
+use bulk_export::domain::ApiError;
+use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
+use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
+use bulk_export::engine::{Engine, EngineConfig, Ports};
+use bulk_export::http::{error_response, Api, Authenticator, OpenAccess, MAX_BODY_BYTES};
+use bulk_export::ports::{ArtifactStore, Clock, WorkQueue};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub mod loader;
+mod workers;
+
+/// Settings of the local service.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Patients of synthetic sample data to load into an empty store.
+    pub sample_patients: usize,
+    /// Public origin if not `http://<listen address>` (behind a proxy).
+    pub public_origin: Option<String>,
+    pub base_path: String,
+    /// Concurrent work-message handlers.
+    pub workers: usize,
+    /// Time one message may run before the part checkpoints and re-queues
+    /// itself (a Lambda invocation's budget, locally).
+    pub invocation_budget: Duration,
+    /// A received message stays hidden this long; it comes back if its
+    /// handler died without deleting it.
+    pub visibility_timeout: Duration,
+    pub sweep_interval: Duration,
+    pub retention: chrono::Duration,
+    pub max_resources_per_file: u64,
+    pub page_size: usize,
+    pub min_chunk_bytes: usize,
+    pub part_target_resources: u64,
+    pub patients_per_part: usize,
+}
+
+impl LocalConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        LocalConfig {
+            listen,
+            data_dir,
+            sample_patients: 0,
+            public_origin: None,
+            base_path: "/fhir".into(),
+            workers: 2,
+            invocation_budget: Duration::from_secs(300),
+            visibility_timeout: Duration::from_secs(360),
+            sweep_interval: Duration::from_secs(60),
+            retention: chrono::Duration::days(7),
+            max_resources_per_file: 100_000,
+            page_size: 1000,
+            min_chunk_bytes: 1 << 20,
+            part_target_resources: 250_000,
+            patients_per_part: 500,
+        }
+    }
+}
+
+/// Replaceable parts, for tests.
+#[derive(Default)]
+pub struct Overrides {
+    pub clock: Option<Arc<dyn Clock>>,
+    pub auth: Option<Arc<dyn Authenticator>>,
+    /// Wraps the artifact store (e.g. to inject a failure mid-export).
+    #[allow(clippy::type_complexity)]
+    pub wrap_artifacts:
+        Option<Box<dyn FnOnce(Arc<dyn ArtifactStore>) -> Arc<dyn ArtifactStore> + Send>>,
+}
+
+/// A running service.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// e.g. `http://127.0.0.1:8080/fhir`
+    pub base_url: String,
+    pub engine: Engine,
+    pub queue: SqliteQueue,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, lets in-flight ones finish, stops the
+    /// workers between messages and waits for everything to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    api: Api,
+    blobs: Arc<FsArtifacts>,
+}
+
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for StartError {}
+
+fn start_err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> StartError + '_ {
+    move |e| StartError(format!("{what}: {e}"))
+}
+
+/// Opens the stores, loads sample data into an empty store, binds the
+/// listener and starts the server, the workers and the sweeper.
+pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| start_err("creating the data directory")(&e))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| start_err("binding the listen address")(&e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| start_err("reading the bound address")(&e))?;
+    let origin = config
+        .public_origin
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let base_url = format!("{}{}", origin.trim_end_matches('/'), config.base_path);
+
+    let clock: Arc<dyn Clock> = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
+    let resources = SqliteResourceStore::open(&config.data_dir.join("resources.db"), clock.clone())
+        .map_err(|e| start_err("opening the resource store")(&e))?;
+    let jobs = SqliteJobs::open(&config.data_dir.join("jobs.db"))
+        .map_err(|e| start_err("opening the job store")(&e))?;
+    let queue = jobs.queue();
+    let blobs = Arc::new(
+        FsArtifacts::open(&config.data_dir.join("files"), &origin, clock.clone())
+            .map_err(|e| start_err("opening the file store")(&e))?,
+    );
+    let mut artifacts: Arc<dyn ArtifactStore> = blobs.clone();
+    if let Some(wrap) = overrides.wrap_artifacts {
+        artifacts = wrap(artifacts);
+    }
+    let ports = Ports {
+        resources: Arc::new(resources),
+        jobs: Arc::new(jobs),
+        artifacts,
+        queue: Arc::new(queue.clone()) as Arc<dyn WorkQueue>,
+        clock,
+    };
+    let mut engine_config = EngineConfig::new(base_url.clone());
+    engine_config.retention = config.retention;
+    engine_config.max_resources_per_file = config.max_resources_per_file;
+    engine_config.page_size = config.page_size;
+    engine_config.min_chunk_bytes = config.min_chunk_bytes;
+    engine_config.part_target_resources = config.part_target_resources;
+    engine_config.patients_per_part = config.patients_per_part;
+    let engine = Engine::new(ports, engine_config);
+
+    if config.sample_patients > 0 {
+        let loaded = loader::load_sample_if_empty(&engine, config.sample_patients)
+            .await
+            .map_err(|e| start_err("loading sample data")(&e))?;
+        if loaded > 0 {
+            tracing::info!(resources = loaded, "loaded sample data");
+        }
+    }
+
+    let auth = overrides.auth.unwrap_or_else(|| Arc::new(OpenAccess));
+    let api = Api::new(engine.clone(), auth, &config.base_path);
+    let state = AppState { api, blobs };
+    let app = Router::new()
+        .route(
+            &format!("{BLOB_PATH_PREFIX}{{*key}}"),
+            axum::routing::get(serve_blob),
+        )
+        .fallback(serve_api)
+        .with_state(state);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut server_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "server failed");
+        }
+    }));
+    for n in 0..config.workers.max(1) {
+        tasks.push(tokio::spawn(workers::work_loop(
+            n,
+            engine.clone(),
+            queue.clone(),
+            config.invocation_budget,
+            config.visibility_timeout,
+            stop_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(workers::sweep_loop(
+        engine.clone(),
+        config.sweep_interval,
+        stop_rx,
+    )));
+    Ok(Running {
+        addr,
+        base_url,
+        engine,
+        queue,
+        stop,
+        tasks,
+    })
+}
+
+async fn serve_api(State(state): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = ApiError::new(
+                413,
+                "too-costly",
+                format!("The body is larger than {MAX_BODY_BYTES} bytes"),
+            );
+            return error_response(&e).map(Body::from);
+        }
+    };
+    let resp = state
+        .api
+        .handle(http::Request::from_parts(parts, bytes))
+        .await;
+    resp.map(Body::from)
+}
+
+/// Serves a presigned download, the way S3 would: the signature and expiry
+/// are the only credentials.
+async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
+    let key = req
+        .uri()
+        .path()
+        .strip_prefix(BLOB_PATH_PREFIX)
+        .unwrap_or("")
+        .to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let path = match state.blobs.open_signed(&key, &query) {
+        Ok(p) => p,
+        Err(e) => return error_response(&e).map(Body::from),
+    };
+    match tokio::fs::File::open(&path).await {
+        Ok(file) => {
+            let len = file.metadata().await.map(|m| m.len()).ok();
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+            let mut resp = Body::from_stream(stream).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/fhir+ndjson"),
+            );
+            if let Some(len) = len {
+                h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+            }
+            resp
+        }
+        Err(_) => error_response(&ApiError::not_found("No such file")).map(Body::from),
+    }
+}

@@ -1,0 +1,81 @@
+//! Loading data into the resource store: generated sample data and NDJSON.
+
+use std::io::BufRead;
+
+use bulk_export::domain::resource::{check_resource_value, is_valid_id};
+use bulk_export::domain::ApiError;
+use bulk_export::engine::Engine;
+use bulk_export::ports::WriteOp;
+use bulk_export::sample::{generate, SampleConfig};
+use serde_json::Value;
+
+const BATCH: usize = 1000;
+
+/// Loads `patients` synthetic patients if the store has no data yet.
+/// Returns the number of resources written.
+pub async fn load_sample_if_empty(engine: &Engine, patients: usize) -> Result<usize, ApiError> {
+    if !engine.ports.resources.resource_types().await?.is_empty() {
+        return Ok(0);
+    }
+    load_values(engine, generate(SampleConfig { patients, seed: 42 })).await
+}
+
+/// Writes resources (each must have `resourceType` and `id`) in batches.
+pub async fn load_values(
+    engine: &Engine,
+    values: impl Iterator<Item = Value>,
+) -> Result<usize, ApiError> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut total = 0;
+    for v in values {
+        batch.push(to_op(v)?);
+        if batch.len() == BATCH {
+            total += batch.len();
+            engine.load(std::mem::take(&mut batch)).await?;
+        }
+    }
+    total += batch.len();
+    if !batch.is_empty() {
+        engine.load(batch).await?;
+    }
+    Ok(total)
+}
+
+/// Loads NDJSON (one resource per line) from a reader.
+pub async fn load_ndjson(engine: &Engine, reader: impl BufRead) -> Result<usize, ApiError> {
+    let mut values = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| ApiError::invalid(format!("line {}: {e}", n + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| ApiError::invalid(format!("line {}: {e}", n + 1)))?;
+        values.push(v);
+    }
+    load_values(engine, values.into_iter()).await
+}
+
+fn to_op(v: Value) -> Result<WriteOp, ApiError> {
+    let resource_type = v
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let id = v
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !is_valid_id(&id) {
+        return Err(ApiError::invalid(format!(
+            "{resource_type} without a valid id"
+        )));
+    }
+    check_resource_value(&v, &resource_type, Some(&id))?;
+    Ok(WriteOp::Upsert {
+        resource_type,
+        id,
+        resource: v,
+    })
+}

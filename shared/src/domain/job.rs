@@ -1,0 +1,238 @@
+//! Export jobs, their parts and checkpoints, and the manifest.
+//!
+//! A job is split into parts (a resource type's shard range, or a chunk of
+//! patients). A part's [`Checkpoint`] records exactly what is durably
+//! written: the read position, the multipart uploads in flight with their
+//! uploaded chunks, and the finished files. Resuming from it neither loses
+//! nor repeats a resource.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::instant::format_instant;
+use super::request::ExportRequest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted, not yet planned.
+    Queued,
+    /// Planned into parts; parts are being processed.
+    Running,
+    Completed,
+    Failed,
+    /// Cancelled by its owner: answers 404 until the sweeper removes it.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    Output,
+    Deleted,
+    Error,
+}
+
+/// A finished file of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub kind: FileKind,
+    pub resource_type: String,
+    /// File name, unique within the job (the artifact key is derived from it).
+    pub name: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    /// The subject (client) that started the export; only it may see the job.
+    pub owner: String,
+    pub request: ExportRequest,
+    pub state: JobState,
+    /// The instant the export is consistent as of.
+    pub transaction_time: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// From this instant the job and its files are gone (checked on read).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub parts_total: u32,
+    /// Decremented atomically as parts finish; the part that brings it to 0
+    /// writes the manifest.
+    #[serde(default)]
+    pub parts_remaining: u32,
+    #[serde(default)]
+    pub files: Vec<OutputFile>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Optimistic-concurrency version; every store write checks it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl Job {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+
+    /// Whether the owner may still see this job at `now`.
+    pub fn is_visible(&self, now: DateTime<Utc>) -> bool {
+        self.state != JobState::Cancelled && !self.is_expired(now)
+    }
+}
+
+/// Artifact key of a job's file: every file of a job sits under its prefix.
+pub fn artifact_key(job_id: &str, name: &str) -> String {
+    format!("{}{name}", job_prefix(job_id))
+}
+
+pub fn job_prefix(job_id: &str) -> String {
+    format!("jobs/{job_id}/")
+}
+
+/// The URL of a job's file on the service's own file endpoint.
+pub fn file_url(base_url: &str, job_id: &str, name: &str) -> String {
+    format!("{base_url}/$export-jobs/{job_id}/files/{name}")
+}
+
+pub fn status_url(base_url: &str, job_id: &str) -> String {
+    format!("{base_url}/$export-jobs/{job_id}")
+}
+
+/// The completion manifest of the Bulk Data IG.
+pub fn manifest(job: &Job, base_url: &str, requires_access_token: bool) -> Value {
+    let entries = |kind: FileKind| -> Vec<Value> {
+        job.files
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| {
+                json!({
+                    "type": f.resource_type,
+                    "url": file_url(base_url, &job.id, &f.name),
+                    "count": f.count,
+                })
+            })
+            .collect()
+    };
+    json!({
+        "transactionTime": format_instant(job.transaction_time),
+        "request": job.request.request_url,
+        "requiresAccessToken": requires_access_token,
+        "output": entries(FileKind::Output),
+        "deleted": entries(FileKind::Deleted),
+        "error": entries(FileKind::Error),
+    })
+}
+
+/// What one part reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PartSpec {
+    /// One resource type, shards `first_shard..=last_shard` of the store.
+    Shards {
+        resource_type: String,
+        first_shard: u16,
+        last_shard: u16,
+    },
+    /// A chunk of the export's patients, every requested type.
+    Patients {
+        types: Vec<String>,
+        patients: Vec<String>,
+    },
+}
+
+/// Where a part's reading stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "at", rename_all = "snake_case")]
+pub enum Position {
+    #[default]
+    Start,
+    /// In `shard`, after the version last updated at `after` (µs).
+    Shard {
+        shard: u16,
+        after: Option<i64>,
+    },
+    /// At `types[type_index]`, `patients[patient_index]`, after `after_id`.
+    Patients {
+        type_index: usize,
+        patient_index: usize,
+        after_id: Option<String>,
+    },
+    Finished,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedChunk {
+    pub number: u32,
+    pub etag: String,
+}
+
+/// A file being written through a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    pub kind: FileKind,
+    pub resource_type: String,
+    pub name: String,
+    pub upload_id: String,
+    pub chunks: Vec<UploadedChunk>,
+    /// Resources in the uploaded chunks plus `carry`.
+    pub count: u64,
+    /// Lines read but too few to upload as a chunk yet; kept in the
+    /// checkpoint (bounded small) so the read position can move past them.
+    #[serde(default)]
+    pub carry: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Checkpoint {
+    pub position: Position,
+    #[serde(default)]
+    pub output: Option<OpenFile>,
+    #[serde(default)]
+    pub deleted: Option<OpenFile>,
+    #[serde(default)]
+    pub files: Vec<OutputFile>,
+    #[serde(default)]
+    pub next_file_seq: u32,
+    /// Progress units done (resources for shard parts, patient×type steps
+    /// for patient parts).
+    #[serde(default)]
+    pub progress_done: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub job_id: String,
+    pub index: u32,
+    pub spec: PartSpec,
+    pub progress_total: u64,
+    #[serde(default)]
+    pub checkpoint: Checkpoint,
+    #[serde(default)]
+    pub done: bool,
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A message on the work queue. Delivery is at least once: handling the
+/// same message twice must be harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkMessage {
+    Plan { job_id: String },
+    Part { job_id: String, index: u32 },
+}
+
+impl WorkMessage {
+    pub fn job_id(&self) -> &str {
+        match self {
+            WorkMessage::Plan { job_id } | WorkMessage::Part { job_id, .. } => job_id,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure domain types and rules: no I/O, no AWS, no HTTP framework.
+
+pub mod elements;
+pub mod fhir_types;
+pub mod instant;
+pub mod job;
+pub mod outcome;
+pub mod request;
+pub mod resource;
+
+pub use outcome::ApiError;

@@ -1,0 +1,448 @@
+//! The export request: parsed once at the edge, so the engine never sees an
+//! unchecked parameter ("parse, don't validate").
+//!
+//! Both kick-off forms (GET query string, POST `Parameters`) are first turned
+//! into a list of [`RawParam`]s; [`parse_export_request`] is the single place
+//! where the Bulk Data parameter rules live.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::fhir_types::{is_resource_type, patient_compartment_paths};
+use super::instant::parse_instant;
+use super::ApiError;
+
+/// Output formats accepted for `_outputFormat` (all mean NDJSON).
+pub const NDJSON_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "level", rename_all = "lowercase")]
+pub enum ExportLevel {
+    System,
+    Patient,
+    Group { group_id: String },
+}
+
+impl ExportLevel {
+    pub fn is_patient_based(&self) -> bool {
+        !matches!(self, ExportLevel::System)
+    }
+}
+
+/// `_elements`: element names for every type, and per type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElementSelection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_type: BTreeMap<String, Vec<String>>,
+}
+
+impl ElementSelection {
+    pub fn is_empty(&self) -> bool {
+        self.all_types.is_empty() && self.by_type.is_empty()
+    }
+
+    /// The elements to keep for `resource_type`, or `None` to export it whole.
+    pub fn for_type(&self, resource_type: &str) -> Option<Vec<&str>> {
+        let typed = self.by_type.get(resource_type);
+        if self.all_types.is_empty() && typed.is_none() {
+            return None;
+        }
+        let mut names: Vec<&str> = self.all_types.iter().map(String::as_str).collect();
+        names.extend(typed.into_iter().flatten().map(String::as_str));
+        Some(names)
+    }
+}
+
+/// A validated export request, as stored on the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRequest {
+    pub level: ExportLevel,
+    /// The kick-off URL as the client sent it (the manifest's `request`).
+    pub request_url: String,
+    /// Requested types; empty means every type the caller may read.
+    #[serde(default)]
+    pub types: Vec<String>,
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub elements: ElementSelection,
+    /// `patient` parameter: Patient ids (POST only).
+    #[serde(default)]
+    pub patients: Vec<String>,
+    /// Problems ignored under `Prefer: handling=lenient`; reported in the
+    /// manifest's `error` files.
+    #[serde(default)]
+    pub lenient_issues: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    Text(String),
+    /// A `valueReference.reference` from a POST Parameters body.
+    Reference(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawParam {
+    pub name: String,
+    pub value: ParamValue,
+}
+
+impl RawParam {
+    pub fn text(name: &str, value: &str) -> Self {
+        RawParam {
+            name: name.to_string(),
+            value: ParamValue::Text(value.to_string()),
+        }
+    }
+}
+
+/// Everything the edge knows about a kick-off request.
+#[derive(Debug, Clone)]
+pub struct KickoffInput {
+    pub level: ExportLevel,
+    pub request_url: String,
+    pub params: Vec<RawParam>,
+    pub lenient: bool,
+    pub via_post: bool,
+    pub now: DateTime<Utc>,
+}
+
+/// Reads a POST body's `Parameters` resource into raw parameters.
+pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("The request body is not valid JSON: {e}")))?;
+    if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(ApiError::invalid(
+            "The POST kick-off body must be a FHIR Parameters resource",
+        ));
+    }
+    let Some(entries) = value.get("parameter") else {
+        return Ok(Vec::new());
+    };
+    let entries = entries
+        .as_array()
+        .ok_or_else(|| ApiError::invalid("Parameters.parameter must be an array"))?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, p) in entries.iter().enumerate() {
+        let name = p
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid(format!("Parameters.parameter[{i}] has no name")))?;
+        let value = p
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
+            .ok_or_else(|| ApiError::invalid(format!("Parameter '{name}' has no value[x]")))?;
+        let value = match (value.0.as_str(), value.1) {
+            ("valueReference", v) => ParamValue::Reference(
+                v.get("reference")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "Parameter '{name}' valueReference has no reference"
+                        ))
+                    })?
+                    .to_string(),
+            ),
+            (_, Value::String(s)) => ParamValue::Text(s.clone()),
+            (_, Value::Bool(b)) => ParamValue::Text(b.to_string()),
+            (kind, _) => {
+                return Err(ApiError::invalid(format!(
+                    "Parameter '{name}' has an unsupported {kind}"
+                )))
+            }
+        };
+        out.push(RawParam {
+            name: name.to_string(),
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies the Bulk Data parameter rules. Checks that need the data (does the
+/// Group exist, is a patient a member) are the engine's.
+pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiError> {
+    let mut req = ExportRequest {
+        level: input.level.clone(),
+        request_url: input.request_url,
+        types: Vec::new(),
+        since: None,
+        until: None,
+        elements: ElementSelection::default(),
+        patients: Vec::new(),
+        lenient_issues: Vec::new(),
+    };
+    let lenient = input.lenient;
+    // Under lenient handling an unsupported parameter is recorded, not fatal.
+    let mut unsupported = |req: &mut ExportRequest, msg: String| -> Result<(), ApiError> {
+        if lenient {
+            req.lenient_issues.push(msg);
+            Ok(())
+        } else {
+            Err(ApiError::not_supported(msg))
+        }
+    };
+    let mut seen_single: Vec<&str> = Vec::new();
+
+    for p in &input.params {
+        let name = p.name.as_str();
+        if matches!(name, "_outputFormat" | "_since" | "_until") {
+            if seen_single.contains(&name) {
+                return Err(ApiError::invalid(format!(
+                    "Parameter '{name}' may be given only once"
+                )));
+            }
+            seen_single.push(name);
+        }
+        let text = match (&p.value, name) {
+            (ParamValue::Text(t), _) => t.as_str(),
+            (ParamValue::Reference(_), "patient") => "",
+            (ParamValue::Reference(_), _) => {
+                return Err(ApiError::invalid(format!(
+                    "Parameter '{name}' takes a string, not a reference"
+                )))
+            }
+        };
+        match name {
+            "_outputFormat" => {
+                if !NDJSON_FORMATS.contains(&text.to_ascii_lowercase().as_str()) {
+                    return Err(ApiError::not_supported(format!(
+                        "_outputFormat '{text}' is not supported; use application/fhir+ndjson"
+                    )));
+                }
+            }
+            "_since" => {
+                let t =
+                    parse_instant(text).map_err(|e| ApiError::invalid(format!("_since: {e}")))?;
+                if t > input.now {
+                    return Err(ApiError::invalid(format!("_since {text} is in the future")));
+                }
+                req.since = Some(t);
+            }
+            "_until" => {
+                let t =
+                    parse_instant(text).map_err(|e| ApiError::invalid(format!("_until: {e}")))?;
+                req.until = Some(t.min(input.now));
+            }
+            "_type" => {
+                for t in text.split(',').map(str::trim) {
+                    if t.is_empty() {
+                        return Err(ApiError::invalid("_type has an empty entry"));
+                    }
+                    if !is_resource_type(t) {
+                        return Err(ApiError::invalid(format!(
+                            "_type: '{t}' is not a FHIR R4 resource type"
+                        )));
+                    }
+                    if req.level.is_patient_based() && !in_patient_compartment(t) {
+                        let msg = format!(
+                            "_type: {t} is not in the Patient compartment, so a {} export cannot contain it",
+                            level_name(&req.level)
+                        );
+                        unsupported(&mut req, msg)?;
+                        continue;
+                    }
+                    if !req.types.iter().any(|x| x == t) {
+                        req.types.push(t.to_string());
+                    }
+                }
+            }
+            "_elements" => {
+                for e in text.split(',').map(str::trim) {
+                    parse_element(&mut req, e, &mut unsupported)?;
+                }
+            }
+            "patient" => {
+                if !input.via_post {
+                    return Err(ApiError::invalid(
+                        "The 'patient' parameter is accepted only in a POST kick-off (Parameters body)",
+                    ));
+                }
+                if !req.level.is_patient_based() {
+                    return Err(ApiError::invalid(
+                        "The 'patient' parameter applies to Patient and Group exports, not to a system export",
+                    ));
+                }
+                let ParamValue::Reference(r) = &p.value else {
+                    return Err(ApiError::invalid(
+                        "The 'patient' parameter must be a valueReference to Patient/{id}",
+                    ));
+                };
+                let id = r
+                    .strip_prefix("Patient/")
+                    .filter(|id| super::resource::is_valid_id(id))
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "patient: '{r}' is not a reference of the form Patient/{{id}}"
+                        ))
+                    })?;
+                if !req.patients.iter().any(|x| x == id) {
+                    req.patients.push(id.to_string());
+                }
+            }
+            "_typeFilter" | "includeAssociatedData" => unsupported(
+                &mut req,
+                format!("Parameter '{name}' is not supported by this server"),
+            )?,
+            other => unsupported(&mut req, format!("Unknown parameter '{other}'"))?,
+        }
+    }
+    if let (Some(s), Some(u)) = (req.since, req.until) {
+        if u < s {
+            return Err(ApiError::invalid("_until is earlier than _since"));
+        }
+    }
+    Ok(req)
+}
+
+fn parse_element(
+    req: &mut ExportRequest,
+    spec: &str,
+    unsupported: &mut impl FnMut(&mut ExportRequest, String) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    let (ty, name) = match spec.split_once('.') {
+        Some((t, n)) if t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) => (Some(t), n),
+        _ => (None, spec),
+    };
+    if let Some(t) = ty {
+        if !is_resource_type(t) {
+            return Err(ApiError::invalid(format!(
+                "_elements: '{t}' in '{spec}' is not a FHIR R4 resource type"
+            )));
+        }
+    }
+    let simple = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_alphanumeric());
+    if !simple {
+        return unsupported(
+            req,
+            format!("_elements: '{spec}' is not supported; only top-level element names (optionally prefixed by a resource type) are"),
+        );
+    }
+    let list = match ty {
+        Some(t) => req.elements.by_type.entry(t.to_string()).or_default(),
+        None => &mut req.elements.all_types,
+    };
+    if !list.iter().any(|x| x == name) {
+        list.push(name.to_string());
+    }
+    Ok(())
+}
+
+/// Patient itself and every type of the Patient compartment.
+pub fn in_patient_compartment(resource_type: &str) -> bool {
+    resource_type == "Patient" || patient_compartment_paths(resource_type).is_some()
+}
+
+fn level_name(level: &ExportLevel) -> &'static str {
+    match level {
+        ExportLevel::System => "system",
+        ExportLevel::Patient => "Patient",
+        ExportLevel::Group { .. } => "Group",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(level: ExportLevel, params: &[(&str, &str)]) -> KickoffInput {
+        KickoffInput {
+            level,
+            request_url: "http://x/fhir/$export".into(),
+            params: params.iter().map(|(n, v)| RawParam::text(n, v)).collect(),
+            lenient: false,
+            via_post: false,
+            now: parse_instant("2025-01-01T00:00:00Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn parses_types_since_and_elements() {
+        let r = parse_export_request(input(
+            ExportLevel::System,
+            &[
+                ("_type", "Patient,Observation"),
+                ("_type", "Observation , Encounter"),
+                ("_since", "2024-01-01T00:00:00Z"),
+                ("_elements", "id,Observation.status,code"),
+                ("_outputFormat", "application/fhir+ndjson"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(r.types, ["Patient", "Observation", "Encounter"]);
+        assert_eq!(
+            r.since,
+            Some(parse_instant("2024-01-01T00:00:00Z").unwrap())
+        );
+        assert_eq!(
+            r.elements.for_type("Observation").unwrap(),
+            ["id", "code", "status"]
+        );
+        assert_eq!(r.elements.for_type("Patient").unwrap(), ["id", "code"]);
+    }
+
+    #[test]
+    fn rejects_bad_parameters() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("_type", "Nope")],
+            &[("_type", "Patient,,Observation")],
+            &[("_since", "2024-01-01")],
+            &[("_since", "2030-01-01T00:00:00Z")],
+            &[
+                ("_since", "2024-01-01T00:00:00Z"),
+                ("_since", "2024-01-01T00:00:00Z"),
+            ],
+            &[("_outputFormat", "text/csv")],
+            &[("_elements", "code.coding")],
+            &[("_elements", "Nope.code")],
+            &[("_typeFilter", "Observation?status=final")],
+            &[("includeAssociatedData", "LatestProvenanceResources")],
+            &[("foo", "bar")],
+            &[("patient", "Patient/1")],
+        ];
+        for params in cases {
+            let err = parse_export_request(input(ExportLevel::System, params)).unwrap_err();
+            assert!(err.status == 400, "{params:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn lenient_records_unsupported_parameters() {
+        let mut i = input(ExportLevel::System, &[("_typeFilter", "x"), ("foo", "1")]);
+        i.lenient = true;
+        let r = parse_export_request(i).unwrap();
+        assert_eq!(r.lenient_issues.len(), 2);
+    }
+
+    #[test]
+    fn patient_level_refuses_types_outside_the_compartment() {
+        let err = parse_export_request(input(ExportLevel::Patient, &[("_type", "Organization")]))
+            .unwrap_err();
+        assert!(err.message.contains("Patient compartment"), "{err}");
+    }
+
+    #[test]
+    fn reads_post_parameters() {
+        let body = br#"{"resourceType":"Parameters","parameter":[
+            {"name":"_type","valueString":"Observation"},
+            {"name":"patient","valueReference":{"reference":"Patient/p1"}}]}"#;
+        let params = params_from_parameters_resource(body).unwrap();
+        let mut i = input(ExportLevel::Patient, &[]);
+        i.params = params;
+        i.via_post = true;
+        let r = parse_export_request(i).unwrap();
+        assert_eq!(r.patients, ["p1"]);
+        assert_eq!(r.types, ["Observation"]);
+        assert!(params_from_parameters_resource(b"{\"resourceType\":\"Patient\"}").is_err());
+        assert!(params_from_parameters_resource(b"not json").is_err());
+    }
+}

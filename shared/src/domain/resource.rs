@@ -1,0 +1,251 @@
+//! Rules for stored FHIR resources: id syntax, body validation for the write
+//! API, `meta` stamping, and the references that place a resource in a
+//! patient's compartment or a patient in a Group.
+
+use serde_json::{Map, Value};
+
+use super::fhir_types::{is_resource_type, patient_compartment_paths};
+use super::ApiError;
+
+/// FHIR `id`: 1–64 characters of `[A-Za-z0-9\-\.]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
+    if is_resource_type(resource_type) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "'{resource_type}' is not a FHIR R4 resource type"
+        )))
+    }
+}
+
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "'{id}' is not a valid FHIR id (1-64 characters of A-Z a-z 0-9 - .)"
+        )))
+    }
+}
+
+/// Parses and checks a resource body sent to the write API.
+/// `url_id` is the id in the URL of an update (must match the body's id).
+pub fn parse_resource_body(
+    body: &[u8],
+    expected_type: &str,
+    url_id: Option<&str>,
+) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("The body is not valid JSON: {e}")))?;
+    check_resource_value(&value, expected_type, url_id)?;
+    Ok(value)
+}
+
+pub fn check_resource_value(
+    value: &Value,
+    expected_type: &str,
+    url_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::invalid("A resource must be a JSON object"))?;
+    match obj.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == expected_type => {}
+        Some(t) => {
+            return Err(ApiError::invalid(format!(
+                "resourceType '{t}' does not match the URL's type '{expected_type}'"
+            )))
+        }
+        None => return Err(ApiError::invalid("The resource has no resourceType")),
+    }
+    match (obj.get("id"), url_id) {
+        (Some(Value::String(body_id)), Some(url_id)) if body_id != url_id => {
+            Err(ApiError::invalid(format!(
+                "The body's id '{body_id}' does not match the URL's id '{url_id}'"
+            )))
+        }
+        (Some(Value::String(body_id)), _) if !is_valid_id(body_id) => Err(ApiError::invalid(
+            format!("'{body_id}' is not a valid FHIR id"),
+        )),
+        (Some(v), _) if !v.is_string() => {
+            Err(ApiError::invalid("The resource's id must be a string"))
+        }
+        (None, Some(_)) => Err(ApiError::invalid(
+            "An update must carry the resource's id in the body",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping other `meta`
+/// fields (tags, profiles) the client sent.
+pub fn stamp_meta(value: &mut Value, id: &str, version: u64, last_updated: &str) {
+    let Some(obj) = value.as_object_mut() else {
+        return;
+    };
+    obj.insert("id".into(), Value::String(id.to_string()));
+    let meta = obj
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    let meta = meta.as_object_mut().expect("meta is an object");
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(last_updated.to_string()),
+    );
+}
+
+/// Ids of the Patients whose compartment holds this resource (R4 patient
+/// CompartmentDefinition). A Patient is not indexed in its own compartment:
+/// exports read it by id.
+pub fn compartment_patients(resource_type: &str, value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if resource_type == "Patient" {
+        return out;
+    }
+    for path in patient_compartment_paths(resource_type).unwrap_or(&[]) {
+        collect_references(value, path, &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Active Patient members of a Group (`member.entity`, not `inactive`).
+pub fn group_member_ids(group: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for member in group
+        .get("member")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if member.get("inactive").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
+        if let Some(id) = member
+            .pointer("/entity/reference")
+            .and_then(Value::as_str)
+            .and_then(patient_id_of_reference)
+        {
+            out.push(id.to_string());
+        }
+    }
+    out
+}
+
+fn collect_references(value: &Value, path: &str, out: &mut Vec<String>) {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    let Some(child) = value.get(head) else {
+        return;
+    };
+    let items: Vec<&Value> = match child {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    for item in items {
+        match rest {
+            Some(rest) => collect_references(item, rest, out),
+            None => {
+                if let Some(id) = item
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(patient_id_of_reference)
+                {
+                    out.push(id.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// `Patient/123` (also with a base URL or a `_history` suffix) -> `123`.
+fn patient_id_of_reference(reference: &str) -> Option<&str> {
+    let reference = reference.split("/_history/").next()?;
+    let mut segments = reference.rsplit('/');
+    let id = segments.next()?;
+    (segments.next()? == "Patient" && is_valid_id(id)).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id("abc-1.2"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn validates_bodies() {
+        assert!(parse_resource_body(b"{", "Patient", None).is_err());
+        assert!(parse_resource_body(b"[]", "Patient", None).is_err());
+        assert!(
+            parse_resource_body(br#"{"resourceType":"Observation"}"#, "Patient", None).is_err()
+        );
+        assert!(parse_resource_body(
+            br#"{"resourceType":"Patient","id":"a"}"#,
+            "Patient",
+            Some("b")
+        )
+        .is_err());
+        assert!(
+            parse_resource_body(br#"{"resourceType":"Patient"}"#, "Patient", Some("b")).is_err()
+        );
+        assert!(parse_resource_body(
+            br#"{"resourceType":"Patient","id":"b"}"#,
+            "Patient",
+            Some("b")
+        )
+        .is_ok());
+        assert!(parse_resource_body(br#"{"resourceType":"Patient"}"#, "Patient", None).is_ok());
+    }
+
+    #[test]
+    fn stamps_meta_keeping_tags() {
+        let mut v = json!({"resourceType":"Patient","meta":{"tag":[{"code":"x"}]}});
+        stamp_meta(&mut v, "p1", 3, "2024-01-01T00:00:00.000000Z");
+        assert_eq!(v["id"], "p1");
+        assert_eq!(v["meta"]["versionId"], "3");
+        assert_eq!(v["meta"]["tag"][0]["code"], "x");
+    }
+
+    #[test]
+    fn finds_compartment_patients() {
+        let obs = json!({"resourceType":"Observation","subject":{"reference":"Patient/p1"},
+            "performer":[{"reference":"Practitioner/d"},{"reference":"http://h/fhir/Patient/p2/_history/3"}]});
+        assert_eq!(compartment_patients("Observation", &obs), ["p1", "p2"]);
+        let org = json!({"resourceType":"Organization","partOf":{"reference":"Patient/p1"}});
+        assert!(compartment_patients("Organization", &org).is_empty());
+        assert!(compartment_patients(
+            "Observation",
+            &json!({"subject":{"reference":"NotPatient/p1"}})
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn reads_group_members() {
+        let g = json!({"member":[{"entity":{"reference":"Patient/a"}},
+            {"entity":{"reference":"Patient/b"},"inactive":true},{"entity":{"reference":"Device/c"}}]});
+        assert_eq!(group_member_ids(&g), ["a"]);
+    }
+}

@@ -1,0 +1,303 @@
+//! Export files on the local filesystem, with S3's multipart and presigned
+//! URL behaviour.
+//!
+//! Layout under the root: `objects/<key>` for finished files and
+//! `uploads/<key>/<upload id>/<chunk number>` for uploads in flight. A chunk
+//! is written to a temporary name and renamed, so a crash never leaves a
+//! half chunk; completing an upload concatenates the chunks (in-kernel copy
+//! on Linux) and renames the result into place.
+//!
+//! Presigned URLs carry an expiry and an HMAC-SHA256 over the key and the
+//! expiry, made with a secret kept in the data directory.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::sqlite::backend;
+use crate::domain::job::UploadedChunk;
+use crate::domain::ApiError;
+use crate::ports::{ArtifactStore, Clock, PortError, PortResult};
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub struct FsArtifacts {
+    root: PathBuf,
+    secret: Vec<u8>,
+    /// Origin the presigned URLs point at, e.g. `http://127.0.0.1:8080`.
+    public_origin: String,
+    clock: Arc<dyn Clock>,
+}
+
+/// Where signed downloads are served (outside the FHIR base, like S3).
+pub const BLOB_PATH_PREFIX: &str = "/_blobs/";
+
+impl FsArtifacts {
+    /// Opens the store under `root`, creating its signing secret on first use.
+    pub fn open(root: &Path, public_origin: &str, clock: Arc<dyn Clock>) -> PortResult<Self> {
+        std::fs::create_dir_all(root.join("objects")).map_err(backend)?;
+        std::fs::create_dir_all(root.join("uploads")).map_err(backend)?;
+        let secret_path = root.join("signing.key");
+        let secret = match std::fs::read(&secret_path) {
+            Ok(s) if s.len() >= 32 => s,
+            _ => {
+                let s: [u8; 32] = rand::random();
+                write_private(&secret_path, &s)?;
+                s.to_vec()
+            }
+        };
+        Ok(FsArtifacts {
+            root: root.to_path_buf(),
+            secret,
+            public_origin: public_origin.trim_end_matches('/').to_string(),
+            clock,
+        })
+    }
+
+    fn object_path(&self, key: &str) -> PortResult<PathBuf> {
+        Ok(self.root.join("objects").join(safe_key(key)?))
+    }
+
+    fn upload_dir(&self, key: &str, upload_id: &str) -> PortResult<PathBuf> {
+        if upload_id.is_empty()
+            || !upload_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(PortError::NotFound);
+        }
+        Ok(self
+            .root
+            .join("uploads")
+            .join(safe_key(key)?)
+            .join(upload_id))
+    }
+
+    fn signature(&self, key: &str, expires: i64) -> String {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(format!("GET\n{key}\n{expires}").as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// Checks a presigned request and returns the file to serve.
+    /// Refusals say why, as S3 does, but never reveal anything else.
+    pub fn open_signed(&self, key: &str, query: &str) -> Result<PathBuf, ApiError> {
+        let mut expires = None;
+        let mut signature = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "expires" => expires = v.parse::<i64>().ok(),
+                "signature" => signature = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let (Some(expires), Some(signature)) = (expires, signature) else {
+            return Err(ApiError::forbidden("This link is not signed"));
+        };
+        let expected = self.signature(key, expires);
+        if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+            return Err(ApiError::forbidden("This link's signature is not valid"));
+        }
+        if self.clock.now().timestamp() >= expires {
+            return Err(ApiError::forbidden(
+                "This link has expired; ask the file endpoint for a new one",
+            ));
+        }
+        let path = self
+            .object_path(key)
+            .map_err(|_| ApiError::not_found("No such file"))?;
+        if !path.is_file() {
+            return Err(ApiError::not_found("No such file"));
+        }
+        Ok(path)
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for FsArtifacts {
+    async fn start_upload(&self, key: &str) -> PortResult<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self.upload_dir(key, &id)?;
+        tokio::fs::create_dir_all(&dir).await.map_err(backend)?;
+        Ok(id)
+    }
+
+    async fn upload_chunk(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> PortResult<String> {
+        let dir = self.upload_dir(key, upload_id)?;
+        if !dir.is_dir() {
+            return Err(PortError::NotFound);
+        }
+        let tmp = dir.join(format!("{number:05}.tmp"));
+        tokio::fs::write(&tmp, &data).await.map_err(backend)?;
+        tokio::fs::rename(&tmp, dir.join(format!("{number:05}")))
+            .await
+            .map_err(backend)?;
+        Ok(format!("{number}-{}", data.len()))
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        chunks: &[UploadedChunk],
+    ) -> PortResult<()> {
+        let dir = self.upload_dir(key, upload_id)?;
+        let target = self.object_path(key)?;
+        let numbers: Vec<u32> = chunks.iter().map(|c| c.number).collect();
+        tokio::task::spawn_blocking(move || -> PortResult<()> {
+            if !dir.is_dir() {
+                return Err(PortError::NotFound);
+            }
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(backend)?;
+            }
+            let assembling = dir.join("assembled");
+            let mut out = std::fs::File::create(&assembling).map_err(backend)?;
+            for n in numbers {
+                let mut chunk =
+                    std::fs::File::open(dir.join(format!("{n:05}"))).map_err(backend)?;
+                std::io::copy(&mut chunk, &mut out).map_err(backend)?;
+            }
+            drop(out);
+            std::fs::rename(&assembling, &target).map_err(backend)?;
+            std::fs::remove_dir_all(&dir).map_err(backend)?;
+            Ok(())
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()> {
+        let dir = self.upload_dir(key, upload_id)?;
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> PortResult<()> {
+        let target = self.object_path(key)?;
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(backend)?;
+        }
+        let tmp = target.with_extension("tmp-put");
+        tokio::fs::write(&tmp, &data).await.map_err(backend)?;
+        tokio::fs::rename(&tmp, &target).await.map_err(backend)
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> PortResult<()> {
+        let prefix = safe_key(prefix.trim_end_matches('/'))?;
+        for area in ["objects", "uploads"] {
+            match tokio::fs::remove_dir_all(self.root.join(area).join(&prefix)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> PortResult<Vec<String>> {
+        let base = self.root.join("objects");
+        let start = base.join(safe_key(prefix.trim_end_matches('/'))?);
+        tokio::task::spawn_blocking(move || list_files(&base, &start, 0))
+            .await
+            .map_err(backend)?
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> PortResult<Vec<String>> {
+        // uploads/<key>/<upload id>/<chunk>: report the key of each upload dir.
+        let base = self.root.join("uploads");
+        let start = base.join(safe_key(prefix.trim_end_matches('/'))?);
+        tokio::task::spawn_blocking(move || list_files(&base, &start, 2))
+            .await
+            .map_err(backend)?
+            .map(|mut keys| {
+                keys.sort();
+                keys.dedup();
+                keys
+            })
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> PortResult<String> {
+        safe_key(key)?;
+        let expires = self.clock.now().timestamp() + ttl.as_secs().max(1) as i64;
+        let sig = self.signature(key, expires);
+        Ok(format!(
+            "{}{BLOB_PATH_PREFIX}{key}?expires={expires}&signature={sig}",
+            self.public_origin
+        ))
+    }
+}
+
+/// Relative file paths under `start` (as keys relative to `base`), dropping
+/// the last `strip` path components (upload id and chunk) of each.
+fn list_files(base: &Path, start: &Path, strip: usize) -> PortResult<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![start.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(backend(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(backend)?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(base) {
+                let mut rel = rel.to_path_buf();
+                for _ in 0..strip {
+                    rel.pop();
+                }
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Refuses keys that could escape the root.
+fn safe_key(key: &str) -> PortResult<PathBuf> {
+    let path = Path::new(key);
+    let ok = !key.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(path.to_path_buf())
+    } else {
+        Err(PortError::NotFound)
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> PortResult<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(backend)?;
+    f.write_all(data).map_err(backend)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

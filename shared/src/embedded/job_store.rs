@@ -1,0 +1,390 @@
+//! Jobs, parts and the work queue on SQLite (one database file).
+//!
+//! Every update is conditional on the stored version, the way the DynamoDB
+//! adapter does it with a condition expression: a lost race is
+//! `PortError::Conflict`, never a silent overwrite.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use tokio::sync::Notify;
+
+use super::sqlite::{backend, Db};
+use crate::domain::job::{Job, Part, WorkMessage};
+use crate::ports::{Delivery, JobStore, PortError, PortResult, WorkQueue};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    expires_at INTEGER,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS parts (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (visible_at);
+";
+
+/// The jobs database; hands out the job store and the queue over one file.
+#[derive(Clone)]
+pub struct SqliteJobs {
+    db: Db,
+}
+
+impl SqliteJobs {
+    pub fn open(path: &Path) -> PortResult<Self> {
+        Ok(SqliteJobs {
+            db: Db::open(path, SCHEMA)?,
+        })
+    }
+
+    pub fn queue(&self) -> SqliteQueue {
+        SqliteQueue {
+            db: self.db.clone(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> PortResult<String> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> PortResult<T> {
+    serde_json::from_str(s).map_err(|e| PortError::Backend(format!("corrupt record: {e}")))
+}
+
+fn expiry_key(job: &Job) -> Option<i64> {
+    job.expires_at.map(|t| t.timestamp_micros())
+}
+
+#[async_trait]
+impl JobStore for SqliteJobs {
+    async fn create_job(&self, job: &Job) -> PortResult<()> {
+        let mut job = job.clone();
+        job.version = 1;
+        self.db
+            .call(move |c| {
+                let n = c
+                    .execute(
+                        "INSERT OR IGNORE INTO jobs (id, version, expires_at, body) VALUES (?1, 1, ?2, ?3)",
+                        params![job.id, expiry_key(&job), to_json(&job)?],
+                    )
+                    .map_err(backend)?;
+                if n == 0 {
+                    return Err(PortError::AlreadyExists);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_job(&self, id: &str) -> PortResult<Option<Job>> {
+        let id = id.to_string();
+        self.db
+            .call(move |c| {
+                let body: Option<String> = c
+                    .query_row("SELECT body FROM jobs WHERE id = ?1", params![id], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(backend)?;
+                body.map(|b| from_json(&b)).transpose()
+            })
+            .await
+    }
+
+    async fn update_job(&self, job: &Job) -> PortResult<Job> {
+        let mut job = job.clone();
+        self.db
+            .call(move |c| {
+                let expected = job.version;
+                job.version += 1;
+                let n = c
+                    .execute(
+                        "UPDATE jobs SET version = ?1, expires_at = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
+                        params![job.version as i64, expiry_key(&job), to_json(&job)?, job.id, expected as i64],
+                    )
+                    .map_err(backend)?;
+                if n == 0 {
+                    return Err(PortError::Conflict);
+                }
+                Ok(job)
+            })
+            .await
+    }
+
+    async fn delete_job(&self, id: &str) -> PortResult<()> {
+        let id = id.to_string();
+        self.db
+            .call(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                tx.execute("DELETE FROM parts WHERE job_id = ?1", params![id])
+                    .map_err(backend)?;
+                tx.execute("DELETE FROM jobs WHERE id = ?1", params![id])
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn put_parts(&self, parts: &[Part]) -> PortResult<()> {
+        let parts = parts.to_vec();
+        self.db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+                for p in &parts {
+                    let mut p = p.clone();
+                    p.version = 1;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO parts (job_id, idx, version, body) VALUES (?1, ?2, 1, ?3)",
+                        params![p.job_id, p.index, to_json(&p)?],
+                    )
+                    .map_err(backend)?;
+                }
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn get_part(&self, job_id: &str, index: u32) -> PortResult<Option<Part>> {
+        let job_id = job_id.to_string();
+        self.db
+            .call(move |c| {
+                let body: Option<String> = c
+                    .query_row(
+                        "SELECT body FROM parts WHERE job_id = ?1 AND idx = ?2",
+                        params![job_id, index],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                body.map(|b| from_json(&b)).transpose()
+            })
+            .await
+    }
+
+    async fn list_parts(&self, job_id: &str) -> PortResult<Vec<Part>> {
+        let job_id = job_id.to_string();
+        self.db
+            .call(move |c| {
+                let mut s = c
+                    .prepare_cached("SELECT body FROM parts WHERE job_id = ?1 ORDER BY idx")
+                    .map_err(backend)?;
+                let rows = s
+                    .query_map(params![job_id], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(from_json(&row.map_err(backend)?)?);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn save_part(&self, part: &Part) -> PortResult<Part> {
+        let mut part = part.clone();
+        self.db
+            .call(move |c| {
+                let expected = part.version;
+                part.version += 1;
+                let n = c
+                    .execute(
+                        "UPDATE parts SET version = ?1, body = ?2 WHERE job_id = ?3 AND idx = ?4 AND version = ?5",
+                        params![part.version as i64, to_json(&part)?, part.job_id, part.index, expected as i64],
+                    )
+                    .map_err(backend)?;
+                if n == 0 {
+                    return Err(PortError::Conflict);
+                }
+                Ok(part)
+            })
+            .await
+    }
+
+    async fn complete_part(&self, part: &Part) -> PortResult<u32> {
+        let mut part = part.clone();
+        self.db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+                let expected = part.version;
+                part.version += 1;
+                part.done = true;
+                let n = tx
+                    .execute(
+                        "UPDATE parts SET version = ?1, body = ?2 WHERE job_id = ?3 AND idx = ?4 AND version = ?5",
+                        params![part.version as i64, to_json(&part)?, part.job_id, part.index, expected as i64],
+                    )
+                    .map_err(backend)?;
+                if n == 0 {
+                    return Err(PortError::Conflict);
+                }
+                let body: String = tx
+                    .query_row("SELECT body FROM jobs WHERE id = ?1", params![part.job_id], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)?
+                    .ok_or(PortError::NotFound)?;
+                let mut job: Job = from_json(&body)?;
+                job.parts_remaining = job.parts_remaining.saturating_sub(1);
+                job.version += 1;
+                tx.execute(
+                    "UPDATE jobs SET version = ?1, body = ?2 WHERE id = ?3",
+                    params![job.version as i64, to_json(&job)?, job.id],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(job.parts_remaining)
+            })
+            .await
+    }
+
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>> {
+        let now = now.timestamp_micros();
+        self.db
+            .call(move |c| {
+                let mut s = c
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?1
+                         ORDER BY expires_at LIMIT ?2",
+                    )
+                    .map_err(backend)?;
+                let rows = s
+                    .query_map(params![now, limit as i64], |r| r.get(0))
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+            })
+            .await
+    }
+}
+
+/// The durable embedded work queue (SQS semantics: visibility timeout,
+/// receive count, delete by receipt handle).
+#[derive(Clone)]
+pub struct SqliteQueue {
+    db: Db,
+    wake: Arc<Notify>,
+}
+
+impl SqliteQueue {
+    /// Resolves when a message may have been sent (or after a short while).
+    pub async fn wait_for_work(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.wake.notified()).await;
+    }
+
+    /// Messages waiting or in flight (for tests and shutdown).
+    pub async fn len(&self) -> PortResult<u64> {
+        self.db
+            .call(|c| {
+                c.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(backend)
+            })
+            .await
+    }
+}
+
+fn wall_micros() -> i64 {
+    // Queue visibility is operational time, not the (movable) business clock.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl WorkQueue for SqliteQueue {
+    async fn send(&self, messages: &[WorkMessage]) -> PortResult<()> {
+        let bodies = messages
+            .iter()
+            .map(to_json)
+            .collect::<PortResult<Vec<_>>>()?;
+        self.db
+            .call(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let now = wall_micros();
+                for b in &bodies {
+                    tx.execute(
+                        "INSERT INTO queue (body, visible_at) VALUES (?1, ?2)",
+                        params![b, now],
+                    )
+                    .map_err(backend)?;
+                }
+                tx.commit().map_err(backend)
+            })
+            .await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, visibility: Duration) -> PortResult<Vec<Delivery>> {
+        self.db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+                let now = wall_micros();
+                let rows: Vec<(i64, String, i64)> = {
+                    let mut s = tx
+                        .prepare_cached(
+                            "SELECT seq, body, receive_count FROM queue WHERE visible_at <= ?1 ORDER BY seq LIMIT ?2",
+                        )
+                        .map_err(backend)?;
+                    let rows = s
+                        .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .map_err(backend)?;
+                    rows.collect::<Result<_, _>>().map_err(backend)?
+                };
+                let mut out = Vec::with_capacity(rows.len());
+                for (seq, body, count) in rows {
+                    let receipt = format!("{seq}:{}", uuid::Uuid::new_v4());
+                    tx.execute(
+                        "UPDATE queue SET visible_at = ?1, receive_count = receive_count + 1, receipt = ?2 WHERE seq = ?3",
+                        params![now + visibility.as_micros() as i64, receipt, seq],
+                    )
+                    .map_err(backend)?;
+                    match from_json(&body) {
+                        Ok(message) => out.push(Delivery { message, receipt, receive_count: count as u32 + 1 }),
+                        Err(_) => {
+                            // A message that cannot be read can never succeed: drop it.
+                            tracing::error!(seq, "dropping unreadable work message");
+                            tx.execute("DELETE FROM queue WHERE seq = ?1", params![seq]).map_err(backend)?;
+                        }
+                    }
+                }
+                tx.commit().map_err(backend)?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        let receipt = receipt.to_string();
+        self.db
+            .call(move |c| {
+                c.execute("DELETE FROM queue WHERE receipt = ?1", params![receipt])
+                    .map_err(backend)?;
+                Ok(())
+            })
+            .await
+    }
+}

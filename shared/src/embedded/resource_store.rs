@@ -1,0 +1,436 @@
+//! The resource store on SQLite: every version of every resource in one
+//! table, with the instant each was superseded, so "the version current at
+//! T" is a plain index range (`last_updated <= T < superseded_at`).
+//!
+//! Ordering by `last_updated` is stable because versions never move: an
+//! update adds a row and stamps the old one's `superseded_at`. So a scan that
+//! resumes from a cursor neither repeats nor skips a resource, however many
+//! writes land meanwhile.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+use super::sqlite::{backend, Db};
+use crate::domain::instant::{format_instant, from_micros, to_micros};
+use crate::domain::resource::{compartment_patients, stamp_meta};
+use crate::ports::{Clock, PortResult, ResourceStore, ShardScan, Version, WriteOp, WriteResult};
+
+pub const SHARDS: u16 = 16;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS versions (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    shard INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    superseded_at INTEGER,
+    deleted INTEGER NOT NULL,
+    body TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_by_id ON versions (type, id, version);
+CREATE INDEX IF NOT EXISTS versions_by_shard
+    ON versions (type, shard, last_updated, superseded_at, deleted);
+CREATE TABLE IF NOT EXISTS compartment (
+    patient TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY (patient, type, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resource_types (type TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO store_meta VALUES ('last_ts', 0);
+";
+
+pub struct SqliteResourceStore {
+    db: Db,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteResourceStore {
+    pub fn open(path: &Path, clock: Arc<dyn Clock>) -> PortResult<Self> {
+        Ok(SqliteResourceStore {
+            db: Db::open(path, SCHEMA)?,
+            clock,
+        })
+    }
+
+    /// Number of versions stored (all types, history included).
+    pub async fn version_count(&self) -> PortResult<u64> {
+        self.db
+            .call(|c| {
+                c.query_row("SELECT count(*) FROM versions", [], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(backend)
+            })
+            .await
+    }
+}
+
+/// FNV-1a: a stable hash, so a resource's shard never changes.
+pub fn shard_of(id: &str, shards: u16) -> u16 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in id.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    (h % shards as u32) as u16
+}
+
+const VERSION_COLUMNS: &str = "type, id, version, last_updated, deleted, body";
+
+fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<Version> {
+    Ok(Version {
+        resource_type: r.get(0)?,
+        id: r.get(1)?,
+        version: r.get::<_, i64>(2)? as u64,
+        last_updated: r.get(3)?,
+        deleted: r.get::<_, i64>(4)? != 0,
+        body: r.get(5)?,
+    })
+}
+
+#[async_trait]
+impl ResourceStore for SqliteResourceStore {
+    fn shard_count(&self) -> u16 {
+        SHARDS
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        let now = to_micros(self.clock.now());
+        self.db
+            .call(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let mut last_ts: i64 = tx
+                    .query_row("SELECT value FROM store_meta WHERE key='last_ts'", [], |r| r.get(0))
+                    .map_err(backend)?;
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let (resource_type, id) = match &op {
+                        WriteOp::Upsert { resource_type, id, .. } | WriteOp::Delete { resource_type, id } => {
+                            (resource_type.clone(), id.clone())
+                        }
+                    };
+                    let current: Option<(i64, u64, bool, i64)> = tx
+                        .prepare_cached(
+                            "SELECT rowid, version, deleted, last_updated FROM versions
+                             WHERE type = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(params![resource_type, id], |r| {
+                                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? != 0, r.get(3)?))
+                            })
+                            .optional()
+                        })
+                        .map_err(backend)?;
+                    let live_before = matches!(current, Some((_, _, false, _)));
+                    if let (WriteOp::Delete { .. }, false) = (&op, live_before) {
+                        // Deleting what is not there changes nothing (FHIR: idempotent).
+                        results.push(WriteResult {
+                            version: Version {
+                                resource_type,
+                                id,
+                                version: current.map(|c| c.1).unwrap_or(0),
+                                last_updated: current.map(|c| c.3).unwrap_or(0),
+                                deleted: true,
+                                body: None,
+                            },
+                            created: false,
+                        });
+                        continue;
+                    }
+                    let ts = now.max(last_ts + 1);
+                    last_ts = ts;
+                    let version = current.map(|c| c.1).unwrap_or(0) + 1;
+                    if let Some((rowid, ..)) = current {
+                        tx.prepare_cached("UPDATE versions SET superseded_at = ?1 WHERE rowid = ?2")
+                            .and_then(|mut s| s.execute(params![ts, rowid]))
+                            .map_err(backend)?;
+                    }
+                    let (deleted, body) = match op {
+                        WriteOp::Delete { .. } => (true, None),
+                        WriteOp::Upsert { mut resource, .. } => {
+                            stamp_meta(&mut resource, &id, version, &format_instant(from_micros(ts)));
+                            for patient in compartment_patients(&resource_type, &resource) {
+                                tx.prepare_cached("INSERT OR IGNORE INTO compartment VALUES (?1, ?2, ?3)")
+                                    .and_then(|mut s| s.execute(params![patient, resource_type, id]))
+                                    .map_err(backend)?;
+                            }
+                            (false, Some(serde_json::to_string(&resource).map_err(backend)?))
+                        }
+                    };
+                    tx.prepare_cached(
+                        "INSERT INTO versions (type, id, version, shard, last_updated, superseded_at, deleted, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            resource_type,
+                            id,
+                            version as i64,
+                            shard_of(&id, SHARDS),
+                            ts,
+                            deleted as i64,
+                            body
+                        ])
+                    })
+                    .map_err(backend)?;
+                    tx.prepare_cached("INSERT OR IGNORE INTO resource_types VALUES (?1)")
+                        .and_then(|mut s| s.execute(params![resource_type]))
+                        .map_err(backend)?;
+                    results.push(WriteResult {
+                        version: Version {
+                            resource_type,
+                            id,
+                            version,
+                            last_updated: ts,
+                            deleted,
+                            body,
+                        },
+                        created: !live_before,
+                    });
+                }
+                tx.execute("UPDATE store_meta SET value = ?1 WHERE key = 'last_ts'", params![last_ts])
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(results)
+            })
+            .await
+    }
+
+    async fn read_current(&self, resource_type: &str, id: &str) -> PortResult<Option<Version>> {
+        let (t, i) = (resource_type.to_string(), id.to_string());
+        self.db
+            .call(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions WHERE type = ?1 AND id = ?2
+                     ORDER BY version DESC LIMIT 1"
+                ))
+                .and_then(|mut s| s.query_row(params![t, i], row_to_version).optional())
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn read_as_of(
+        &self,
+        resource_type: &str,
+        id: &str,
+        as_of: i64,
+    ) -> PortResult<Option<Version>> {
+        let (t, i) = (resource_type.to_string(), id.to_string());
+        self.db
+            .call(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions
+                     WHERE type = ?1 AND id = ?2 AND last_updated <= ?3
+                     ORDER BY version DESC LIMIT 1"
+                ))
+                .and_then(|mut s| s.query_row(params![t, i, as_of], row_to_version).optional())
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn read_many_as_of(
+        &self,
+        resource_type: &str,
+        ids: &[String],
+        as_of: i64,
+    ) -> PortResult<Vec<Version>> {
+        let (t, ids) = (resource_type.to_string(), ids.to_vec());
+        self.db
+            .call(move |c| {
+                let mut s = c
+                    .prepare_cached(&format!(
+                        "SELECT {VERSION_COLUMNS} FROM versions
+                         WHERE type = ?1 AND id = ?2 AND last_updated <= ?3
+                         ORDER BY version DESC LIMIT 1"
+                    ))
+                    .map_err(backend)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(v) = s
+                        .query_row(params![t, id, as_of], row_to_version)
+                        .optional()
+                        .map_err(backend)?
+                    {
+                        out.push(v);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn read_live_before(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> PortResult<Option<Version>> {
+        let (t, i) = (resource_type.to_string(), id.to_string());
+        self.db
+            .call(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions
+                     WHERE type = ?1 AND id = ?2 AND version < ?3 AND deleted = 0
+                     ORDER BY version DESC LIMIT 1"
+                ))
+                .and_then(|mut s| {
+                    s.query_row(params![t, i, version as i64], row_to_version)
+                        .optional()
+                })
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn snapshot(&self) -> PortResult<DateTime<Utc>> {
+        let now = to_micros(self.clock.now());
+        self.db
+            .call(move |c| {
+                // Inside the write lock: every committed write is <= t, and
+                // bumping last_ts makes every later write > t.
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let last: i64 = tx
+                    .query_row(
+                        "SELECT value FROM store_meta WHERE key='last_ts'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                let t = now.max(last);
+                tx.execute(
+                    "UPDATE store_meta SET value = ?1 WHERE key = 'last_ts'",
+                    params![t],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(from_micros(t))
+            })
+            .await
+    }
+
+    async fn resource_types(&self) -> PortResult<Vec<String>> {
+        self.db
+            .call(|c| {
+                let mut s = c
+                    .prepare_cached("SELECT type FROM resource_types ORDER BY type")
+                    .map_err(backend)?;
+                let rows = s.query_map([], |r| r.get(0)).map_err(backend)?;
+                rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn count_by_shard(
+        &self,
+        resource_type: &str,
+        after: Option<i64>,
+        as_of: i64,
+        include_deleted: bool,
+    ) -> PortResult<Vec<u64>> {
+        let t = resource_type.to_string();
+        self.db
+            .call(move |c| {
+                let mut s = c
+                    .prepare_cached(
+                        "SELECT shard, count(*) FROM versions
+                         WHERE type = ?1 AND last_updated > ?2 AND last_updated <= ?3
+                           AND (superseded_at IS NULL OR superseded_at > ?3)
+                           AND (?4 OR deleted = 0)
+                         GROUP BY shard",
+                    )
+                    .map_err(backend)?;
+                let mut counts = vec![0u64; SHARDS as usize];
+                let rows = s
+                    .query_map(
+                        params![t, after.unwrap_or(i64::MIN), as_of, include_deleted],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    )
+                    .map_err(backend)?;
+                for row in rows {
+                    let (shard, n) = row.map_err(backend)?;
+                    if let Some(slot) = counts.get_mut(shard as usize) {
+                        *slot = n as u64;
+                    }
+                }
+                Ok(counts)
+            })
+            .await
+    }
+
+    async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<Vec<Version>> {
+        let t = scan.resource_type.to_string();
+        let ShardScan {
+            shard,
+            after,
+            as_of,
+            include_deleted,
+            limit,
+            ..
+        } = scan;
+        self.db
+            .call(move |c| {
+                let mut s = c
+                    .prepare_cached(&format!(
+                        "SELECT {VERSION_COLUMNS} FROM versions
+                         WHERE type = ?1 AND shard = ?2 AND last_updated > ?3 AND last_updated <= ?4
+                           AND (superseded_at IS NULL OR superseded_at > ?4)
+                           AND (?5 OR deleted = 0)
+                         ORDER BY last_updated LIMIT ?6"
+                    ))
+                    .map_err(backend)?;
+                let rows = s
+                    .query_map(
+                        params![
+                            t,
+                            shard,
+                            after.unwrap_or(i64::MIN),
+                            as_of,
+                            include_deleted,
+                            limit as i64
+                        ],
+                        row_to_version,
+                    )
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn compartment_ids(
+        &self,
+        patient_id: &str,
+        resource_type: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> PortResult<Vec<String>> {
+        let (p, t, a) = (
+            patient_id.to_string(),
+            resource_type.to_string(),
+            after_id.unwrap_or("").to_string(),
+        );
+        self.db
+            .call(move |c| {
+                let mut s = c
+                    .prepare_cached(
+                        "SELECT id FROM compartment WHERE patient = ?1 AND type = ?2 AND id > ?3
+                         ORDER BY id LIMIT ?4",
+                    )
+                    .map_err(backend)?;
+                let rows = s
+                    .query_map(params![p, t, a, limit as i64], |r| r.get(0))
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+            })
+            .await
+    }
+}

@@ -1,0 +1,76 @@
+//! A small SQLite connection pool for async callers.
+//!
+//! SQLite calls block, so each runs on tokio's blocking pool with a pooled
+//! connection. WAL mode lets readers run while one writer commits; every
+//! write transaction is `BEGIN IMMEDIATE` so two writers queue on the lock
+//! instead of failing to upgrade a read lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+use crate::ports::{PortError, PortResult};
+
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database and applies `schema`.
+    pub fn open(path: &Path, schema: &str) -> PortResult<Db> {
+        let conn = open_connection(path)?;
+        conn.execute_batch(schema).map_err(backend)?;
+        Ok(Db {
+            inner: Arc::new(DbInner {
+                path: path.to_path_buf(),
+                idle: Mutex::new(vec![conn]),
+            }),
+        })
+    }
+
+    /// Runs `f` with a connection on the blocking pool.
+    pub async fn call<R, F>(&self, f: F) -> PortResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> PortResult<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = match inner.idle.lock().expect("pool lock").pop() {
+                Some(c) => c,
+                None => open_connection(&inner.path)?,
+            };
+            let result = f(&mut conn);
+            let mut idle = inner.idle.lock().expect("pool lock");
+            if idle.len() < 8 {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| PortError::Backend(format!("database task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path) -> PortResult<Connection> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 30000;
+         PRAGMA cache_size = -16000;",
+    )
+    .map_err(backend)?;
+    Ok(conn)
+}
+
+pub fn backend(e: impl std::fmt::Display) -> PortError {
+    PortError::Backend(e.to_string())
+}

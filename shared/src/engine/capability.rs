@@ -1,0 +1,39 @@
+//! `GET [base]/metadata`: the CapabilityStatement clients discover us by.
+
+use serde_json::{json, Value};
+
+use super::Engine;
+
+impl Engine {
+    pub fn capability_statement(&self) -> Value {
+        let op = |name: &str, def: &str| json!({ "name": name, "definition": def });
+        json!({
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": "2026-11-22",
+            "kind": "instance",
+            "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+            "software": { "name": "bulk-export", "version": env!("CARGO_PKG_VERSION") },
+            "implementation": { "description": "bulk-export FHIR Bulk Data server", "url": self.config.base_url },
+            "fhirVersion": "4.0.1",
+            "format": ["json", "application/fhir+json"],
+            "rest": [{
+                "mode": "server",
+                "resource": [
+                    {
+                        "type": "Patient",
+                        "interaction": [{"code": "read"}, {"code": "update"}, {"code": "create"}, {"code": "delete"}],
+                        "operation": [op("patient-export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")]
+                    },
+                    {
+                        "type": "Group",
+                        "interaction": [{"code": "read"}, {"code": "update"}, {"code": "create"}, {"code": "delete"}],
+                        "operation": [op("group-export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")]
+                    }
+                ],
+                "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                "operation": [op("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
+            }]
+        })
+    }
+}

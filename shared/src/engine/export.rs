@@ -1,0 +1,278 @@
+//! Kick-off, status, cancel and file links: the client-facing use cases.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Caller, Engine};
+use crate::domain::instant::to_micros;
+use crate::domain::job::{artifact_key, job_prefix, manifest, Job, JobState, WorkMessage};
+use crate::domain::request::{parse_export_request, ExportLevel, KickoffInput};
+use crate::domain::resource::group_member_ids;
+use crate::domain::ApiError;
+use crate::ports::PortError;
+
+/// What a status poll answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusReply {
+    InProgress {
+        /// `scheduled` or `started` (the `X-Progress` header).
+        progress: &'static str,
+        percent: Option<u8>,
+        retry_after_secs: u64,
+    },
+    Complete {
+        manifest: Value,
+        expires: DateTime<Utc>,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+fn job_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "No export job '{id}' (unknown, expired or cancelled)"
+    ))
+}
+
+impl Engine {
+    /// Validates the request, records the job and queues its planning.
+    /// Returns the new job's id.
+    pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, ApiError> {
+        let request = parse_export_request(input)?;
+        self.check_patients(&request.level, &request.patients)
+            .await?;
+        let snapshot = self.ports.resources.snapshot().await?;
+        let transaction_time = request.until.map_or(snapshot, |u| u.min(snapshot));
+        let now = self.ports.clock.now();
+        let job = Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            owner: caller.subject.clone(),
+            request,
+            state: JobState::Queued,
+            transaction_time,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            expires_at: None,
+            parts_total: 0,
+            parts_remaining: 0,
+            files: Vec::new(),
+            error: None,
+            version: 0,
+        };
+        self.ports.jobs.create_job(&job).await?;
+        self.ports
+            .queue
+            .send(&[WorkMessage::Plan {
+                job_id: job.id.clone(),
+            }])
+            .await?;
+        tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
+        Ok(job.id)
+    }
+
+    /// The Group must exist; listed patients must exist (and be members).
+    async fn check_patients(
+        &self,
+        level: &ExportLevel,
+        patients: &[String],
+    ) -> Result<(), ApiError> {
+        let resources = &self.ports.resources;
+        match level {
+            ExportLevel::System => Ok(()),
+            ExportLevel::Patient => {
+                for p in patients {
+                    match resources.read_current("Patient", p).await? {
+                        Some(v) if !v.deleted => {}
+                        _ => {
+                            return Err(ApiError::invalid(format!(
+                                "patient: Patient/{p} does not exist"
+                            )))
+                        }
+                    }
+                }
+                Ok(())
+            }
+            ExportLevel::Group { group_id } => {
+                let group = match resources.read_current("Group", group_id).await? {
+                    Some(v) if !v.deleted => v,
+                    _ => {
+                        return Err(ApiError::not_found(format!(
+                            "Group/{group_id} does not exist"
+                        )))
+                    }
+                };
+                let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
+                    .map_err(|_| ApiError::internal("stored Group is not JSON"))?;
+                let members = group_member_ids(&body);
+                for p in patients {
+                    if !members.contains(p) {
+                        return Err(ApiError::invalid(format!(
+                            "patient: Patient/{p} is not a member of Group/{group_id}"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Loads a job the caller may see; anything else is the same 404.
+    async fn visible_job(&self, caller: &Caller, job_id: &str) -> Result<Job, ApiError> {
+        let job = self.ports.jobs.get_job(job_id).await?;
+        match job {
+            Some(job) if job.owner == caller.subject && job.is_visible(self.ports.clock.now()) => {
+                Ok(job)
+            }
+            _ => Err(job_not_found(job_id)),
+        }
+    }
+
+    pub async fn status(&self, caller: &Caller, job_id: &str) -> Result<StatusReply, ApiError> {
+        let job = self.visible_job(caller, job_id).await?;
+        match job.state {
+            JobState::Queued => Ok(StatusReply::InProgress {
+                progress: "scheduled",
+                percent: None,
+                retry_after_secs: 1,
+            }),
+            JobState::Running => {
+                let parts = self.ports.jobs.list_parts(job_id).await?;
+                let total: u64 = parts.iter().map(|p| p.progress_total).sum();
+                let done: u64 = parts
+                    .iter()
+                    .map(|p| {
+                        if p.done {
+                            p.progress_total
+                        } else {
+                            p.checkpoint.progress_done.min(p.progress_total)
+                        }
+                    })
+                    .sum();
+                let fraction = if total == 0 {
+                    0.0
+                } else {
+                    done as f64 / total as f64
+                };
+                let elapsed = job
+                    .started_at
+                    .map(|s| (self.ports.clock.now() - s).num_milliseconds().max(1) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                Ok(StatusReply::InProgress {
+                    progress: "started",
+                    percent: Some((fraction * 100.0).floor().min(99.0) as u8),
+                    retry_after_secs: estimate_retry_after(elapsed, fraction),
+                })
+            }
+            JobState::Completed => Ok(StatusReply::Complete {
+                manifest: manifest(
+                    &job,
+                    &self.config.base_url,
+                    self.config.requires_access_token,
+                ),
+                expires: job.expires_at.unwrap_or(job.created_at),
+            }),
+            JobState::Failed => Ok(StatusReply::Failed {
+                message: job.error.unwrap_or_else(|| "The export failed".into()),
+            }),
+            JobState::Cancelled => Err(job_not_found(job_id)),
+        }
+    }
+
+    /// Cancels a job: it disappears for its owner at once, workers stop at
+    /// their next page, and its files are deleted.
+    pub async fn cancel(&self, caller: &Caller, job_id: &str) -> Result<(), ApiError> {
+        let mut job = self.visible_job(caller, job_id).await?;
+        loop {
+            job.state = JobState::Cancelled;
+            // The sweeper removes the record (and anything a worker wrote
+            // after this point) at its next run.
+            job.expires_at = Some(self.ports.clock.now());
+            match self.ports.jobs.update_job(&job).await {
+                Ok(_) => break,
+                Err(PortError::Conflict) => job = self.visible_job(caller, job_id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.ports
+            .artifacts
+            .delete_prefix(&job_prefix(job_id))
+            .await?;
+        tracing::info!(job = %job_id, "export cancelled");
+        Ok(())
+    }
+
+    /// A short-lived presigned link to one of a completed job's files.
+    pub async fn file_link(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        name: &str,
+    ) -> Result<String, ApiError> {
+        let job = self.visible_job(caller, job_id).await?;
+        if job.state != JobState::Completed || !job.files.iter().any(|f| f.name == name) {
+            return Err(ApiError::not_found(format!(
+                "Export job '{job_id}' has no file '{name}'"
+            )));
+        }
+        Ok(self
+            .ports
+            .artifacts
+            .presign_get(&artifact_key(job_id, name), self.config.presign_ttl)
+            .await?)
+    }
+
+    /// Marks a job failed (a message that kept failing); its files go at expiry.
+    pub async fn fail_job(&self, job_id: &str, reason: &str) -> Result<(), ApiError> {
+        loop {
+            let Some(mut job) = self.ports.jobs.get_job(job_id).await? else {
+                return Ok(());
+            };
+            if matches!(
+                job.state,
+                JobState::Completed | JobState::Failed | JobState::Cancelled
+            ) {
+                return Ok(());
+            }
+            job.state = JobState::Failed;
+            job.error = Some(reason.to_string());
+            job.expires_at = Some(self.ports.clock.now() + self.config.retention);
+            match self.ports.jobs.update_job(&job).await {
+                Ok(_) => {
+                    tracing::error!(job = %job_id, reason, "export failed");
+                    return Ok(());
+                }
+                Err(PortError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub(crate) fn as_of_micros(job: &Job) -> i64 {
+        to_micros(job.transaction_time)
+    }
+}
+
+/// Seconds until the next poll is worth making: the projected remaining
+/// time, polled about four times over, within 1..=60 s.
+fn estimate_retry_after(elapsed_secs: f64, fraction_done: f64) -> u64 {
+    if fraction_done <= 0.0 || elapsed_secs <= 0.0 {
+        return 2;
+    }
+    let remaining = elapsed_secs * (1.0 - fraction_done) / fraction_done;
+    (remaining / 4.0).ceil().clamp(1.0, 60.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimate_retry_after;
+
+    #[test]
+    fn retry_after_follows_progress() {
+        assert_eq!(estimate_retry_after(10.0, 0.0), 2);
+        assert_eq!(estimate_retry_after(10.0, 0.5), 3);
+        assert_eq!(estimate_retry_after(10.0, 0.99), 1);
+        assert_eq!(estimate_retry_after(1000.0, 0.01), 60);
+    }
+}

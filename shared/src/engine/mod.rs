@@ -1,0 +1,122 @@
+//! The export engine: every use case, written against the ports.
+//!
+//! `Engine` is cheap to clone and shared by the HTTP routes, the worker loop
+//! (local task pool or SQS-driven Lambda) and the sweeper.
+
+mod capability;
+mod export;
+mod plan;
+mod resources;
+mod sink;
+mod sweep;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use export::StatusReply;
+pub use worker::WorkOutcome;
+
+use crate::domain::ApiError;
+use crate::ports::{ArtifactStore, Clock, JobStore, PortError, ResourceStore, WorkQueue};
+
+/// The adapters the engine runs on.
+#[derive(Clone)]
+pub struct Ports {
+    pub resources: Arc<dyn ResourceStore>,
+    pub jobs: Arc<dyn JobStore>,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Absolute FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
+    pub base_url: String,
+    /// How long a completed export's files are kept.
+    pub retention: chrono::Duration,
+    /// A file holds at most this many resources (then the next file starts).
+    pub max_resources_per_file: u64,
+    /// Resources read per store page.
+    pub page_size: usize,
+    /// Upload chunk size: buffered output is uploaded once it reaches this
+    /// (S3 needs >= 5 MiB for all but a file's last chunk).
+    pub min_chunk_bytes: usize,
+    /// Buffered lines up to this size ride along in the checkpoint instead
+    /// of forcing a short file.
+    pub carry_limit_bytes: usize,
+    /// A resource type is split into parts of about this many resources.
+    pub part_target_resources: u64,
+    /// Patient and Group exports are split into parts of this many patients.
+    pub patients_per_part: usize,
+    /// Lifetime of the presigned links the file endpoint hands out.
+    pub presign_ttl: Duration,
+    /// Whether manifests say a token is needed to fetch the files.
+    pub requires_access_token: bool,
+    /// A message received this many times without success fails its job.
+    pub max_attempts: u32,
+}
+
+impl EngineConfig {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        EngineConfig {
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+            retention: chrono::Duration::days(7),
+            max_resources_per_file: 100_000,
+            page_size: 1000,
+            min_chunk_bytes: 1 << 20,
+            carry_limit_bytes: 96 << 10,
+            part_target_resources: 250_000,
+            patients_per_part: 500,
+            presign_ttl: Duration::from_secs(300),
+            requires_access_token: false,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Who is calling: the verified subject that owns the jobs it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+}
+
+impl Caller {
+    /// The single owner of every job in open mode (no tokens).
+    pub fn anonymous() -> Self {
+        Caller {
+            subject: "anonymous".into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    pub ports: Ports,
+    pub config: Arc<EngineConfig>,
+}
+
+impl Engine {
+    pub fn new(ports: Ports, config: EngineConfig) -> Self {
+        Engine {
+            ports,
+            config: Arc::new(config),
+        }
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(e: PortError) -> Self {
+        match e {
+            PortError::Conflict => ApiError::conflict("The resource changed concurrently; retry"),
+            PortError::NotFound => ApiError::not_found("Not found"),
+            PortError::AlreadyExists => ApiError::conflict("Already exists"),
+            PortError::Backend(m) => {
+                tracing::error!(error = %m, "storage failure");
+                ApiError::new(503, "transient", "Storage is unavailable; retry later")
+                    .with_header("Retry-After", "5")
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Planning: turn a queued job into parts and queue them.
+//!
+//! Planning is deterministic for a given job (it reads the store as of the
+//! job's transaction time), so a redelivered plan message writes the same
+//! parts again and re-sends their messages: harmless under at-least-once.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::Engine;
+use crate::domain::instant::to_micros;
+use crate::domain::job::{Job, JobState, Part, PartSpec, WorkMessage};
+use crate::domain::request::{in_patient_compartment, ExportLevel};
+use crate::domain::resource::group_member_ids;
+use crate::ports::{PortError, PortResult, ShardScan};
+
+impl Engine {
+    pub(crate) async fn plan(&self, job_id: &str) -> PortResult<()> {
+        let Some(job) = self.ports.jobs.get_job(job_id).await? else {
+            return Ok(());
+        };
+        match job.state {
+            JobState::Queued => {}
+            // Planned before, but the messages may not all have gone out.
+            JobState::Running => return self.send_unfinished_parts(&job).await,
+            _ => return Ok(()),
+        }
+        let parts = self.make_parts(&job).await?;
+        self.ports.jobs.put_parts(&parts).await?;
+        let mut job = job;
+        loop {
+            job.state = JobState::Running;
+            job.started_at = Some(self.ports.clock.now());
+            job.parts_total = parts.len() as u32;
+            job.parts_remaining = parts.len() as u32;
+            match self.ports.jobs.update_job(&job).await {
+                Ok(updated) => {
+                    job = updated;
+                    break;
+                }
+                Err(PortError::Conflict) => match self.ports.jobs.get_job(job_id).await? {
+                    Some(j) if j.state == JobState::Queued => job = j,
+                    _ => return Ok(()), // cancelled (or planned by a twin) meanwhile
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(job = %job_id, parts = parts.len(), "export planned");
+        if parts.is_empty() {
+            return self.finalize(job_id).await;
+        }
+        self.send_unfinished_parts(&job).await
+    }
+
+    async fn send_unfinished_parts(&self, job: &Job) -> PortResult<()> {
+        let parts = self.ports.jobs.list_parts(&job.id).await?;
+        let messages: Vec<WorkMessage> = parts
+            .iter()
+            .filter(|p| !p.done)
+            .map(|p| WorkMessage::Part {
+                job_id: job.id.clone(),
+                index: p.index,
+            })
+            .collect();
+        for batch in messages.chunks(10) {
+            self.ports.queue.send(batch).await?;
+        }
+        if parts.iter().all(|p| p.done) {
+            self.finalize(&job.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn make_parts(&self, job: &Job) -> PortResult<Vec<Part>> {
+        let types = self.export_types(job).await?;
+        let as_of = Self::as_of_micros(job);
+        let since = job.request.since.map(to_micros);
+        let mut specs: Vec<(PartSpec, u64)> = Vec::new();
+        match &job.request.level {
+            ExportLevel::System => {
+                for t in &types {
+                    let counts = self
+                        .ports
+                        .resources
+                        .count_by_shard(t, since, as_of, since.is_some())
+                        .await?;
+                    specs.extend(
+                        shard_ranges(&counts, self.config.part_target_resources)
+                            .into_iter()
+                            .map(|(first, last, n)| {
+                                (
+                                    PartSpec::Shards {
+                                        resource_type: t.clone(),
+                                        first_shard: first,
+                                        last_shard: last,
+                                    },
+                                    n,
+                                )
+                            }),
+                    );
+                }
+            }
+            level => {
+                let patients = self.export_patients(job, level).await?;
+                if !types.is_empty() {
+                    for chunk in patients.chunks(self.config.patients_per_part.max(1)) {
+                        let steps = (chunk.len() * types.len()) as u64;
+                        specs.push((
+                            PartSpec::Patients {
+                                types: types.clone(),
+                                patients: chunk.to_vec(),
+                            },
+                            steps,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (spec, total))| Part {
+                job_id: job.id.clone(),
+                index: i as u32,
+                spec,
+                progress_total: total,
+                checkpoint: Default::default(),
+                done: false,
+                version: 0,
+            })
+            .collect())
+    }
+
+    /// Requested types, or every stored type the export level can contain.
+    async fn export_types(&self, job: &Job) -> PortResult<Vec<String>> {
+        if !job.request.types.is_empty() {
+            return Ok(job.request.types.clone());
+        }
+        let stored = self.ports.resources.resource_types().await?;
+        Ok(match job.request.level {
+            ExportLevel::System => stored,
+            _ => stored
+                .into_iter()
+                .filter(|t| in_patient_compartment(t))
+                .collect(),
+        })
+    }
+
+    /// The export's patients as of the transaction time, sorted.
+    pub(crate) async fn export_patients(
+        &self,
+        job: &Job,
+        level: &ExportLevel,
+    ) -> PortResult<Vec<String>> {
+        if !job.request.patients.is_empty() {
+            let set: BTreeSet<String> = job.request.patients.iter().cloned().collect();
+            return Ok(set.into_iter().collect());
+        }
+        let as_of = Self::as_of_micros(job);
+        let set: BTreeSet<String> = match level {
+            ExportLevel::Group { group_id } => {
+                let group = self
+                    .ports
+                    .resources
+                    .read_as_of("Group", group_id, as_of)
+                    .await?;
+                match group.and_then(|g| g.body) {
+                    Some(body) => group_member_ids(
+                        &serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+                    )
+                    .into_iter()
+                    .collect(),
+                    None => BTreeSet::new(),
+                }
+            }
+            _ => self.all_patient_ids(as_of).await?,
+        };
+        Ok(set.into_iter().collect())
+    }
+
+    async fn all_patient_ids(&self, as_of: i64) -> PortResult<BTreeSet<String>> {
+        let mut ids = BTreeSet::new();
+        let store = &self.ports.resources;
+        for shard in 0..store.shard_count() {
+            let mut after = None;
+            loop {
+                let page = store
+                    .scan_shard(ShardScan {
+                        resource_type: "Patient",
+                        shard,
+                        after,
+                        as_of,
+                        include_deleted: false,
+                        limit: self.config.page_size,
+                    })
+                    .await?;
+                after = page.last().map(|v| v.last_updated);
+                let full = page.len() == self.config.page_size;
+                ids.extend(page.into_iter().map(|v| v.id));
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// Groups consecutive shards into ranges of about `target` resources,
+/// leaving out empty ranges. Returns `(first, last, count)`.
+fn shard_ranges(counts: &[u64], target: u64) -> Vec<(u16, u16, u64)> {
+    let mut out = Vec::new();
+    let mut start: Option<u16> = None;
+    let mut sum = 0u64;
+    for (i, &n) in counts.iter().enumerate() {
+        let i = i as u16;
+        if start.is_none() {
+            start = Some(i);
+        }
+        sum += n;
+        if sum >= target.max(1) {
+            out.push((start.take().expect("set above"), i, sum));
+            sum = 0;
+        }
+    }
+    if let (Some(s), true) = (start, sum > 0) {
+        out.push((s, counts.len() as u16 - 1, sum));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_ranges;
+
+    #[test]
+    fn groups_shards_by_target_size() {
+        assert_eq!(shard_ranges(&[0, 0, 0, 0], 10), vec![]);
+        assert_eq!(shard_ranges(&[1, 2, 3, 4], 100), vec![(0, 3, 10)]);
+        assert_eq!(
+            shard_ranges(&[5, 5, 5, 5], 10),
+            vec![(0, 1, 10), (2, 3, 10)]
+        );
+        assert_eq!(
+            shard_ranges(&[30, 0, 1, 0], 10),
+            vec![(0, 0, 30), (1, 3, 1)]
+        );
+    }
+}

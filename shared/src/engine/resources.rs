@@ -1,0 +1,238 @@
+//! The small FHIR REST write API that fills the resource store: read,
+//! create, update, delete, and batch/transaction Bundles.
+
+use serde_json::{json, Value};
+
+use super::Engine;
+use crate::domain::instant::{format_instant, from_micros};
+use crate::domain::resource::{check_id, check_resource_value, check_type, is_valid_id};
+use crate::domain::ApiError;
+use crate::ports::{Version, WriteOp, WriteResult};
+
+/// Bundles larger than this are refused (keeps one transaction bounded).
+pub const MAX_BUNDLE_ENTRIES: usize = 10_000;
+
+/// The outcome of a write, for the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub status: u16,
+    pub version: Version,
+}
+
+impl Engine {
+    pub async fn read_resource(&self, resource_type: &str, id: &str) -> Result<Version, ApiError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        match self.ports.resources.read_current(resource_type, id).await? {
+            Some(v) if v.deleted => Err(ApiError::new(
+                410,
+                "deleted",
+                format!("{resource_type}/{id} was deleted"),
+            )),
+            Some(v) => Ok(v),
+            None => Err(ApiError::not_found(format!(
+                "{resource_type}/{id} does not exist"
+            ))),
+        }
+    }
+
+    pub async fn update_resource(
+        &self,
+        resource_type: &str,
+        id: &str,
+        resource: Value,
+    ) -> Result<Written, ApiError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        check_resource_value(&resource, resource_type, Some(id))?;
+        let op = WriteOp::Upsert {
+            resource_type: resource_type.into(),
+            id: id.into(),
+            resource,
+        };
+        let r = self.write_one(op).await?;
+        Ok(Written {
+            status: if r.created { 201 } else { 200 },
+            version: r.version,
+        })
+    }
+
+    pub async fn create_resource(
+        &self,
+        resource_type: &str,
+        resource: Value,
+    ) -> Result<Written, ApiError> {
+        check_type(resource_type)?;
+        check_resource_value(&resource, resource_type, None)?;
+        // FHIR create: the server assigns the id, whatever the body says.
+        let id = uuid::Uuid::new_v4().to_string();
+        let op = WriteOp::Upsert {
+            resource_type: resource_type.into(),
+            id,
+            resource,
+        };
+        let r = self.write_one(op).await?;
+        Ok(Written {
+            status: 201,
+            version: r.version,
+        })
+    }
+
+    pub async fn delete_resource(&self, resource_type: &str, id: &str) -> Result<(), ApiError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        self.write_one(WriteOp::Delete {
+            resource_type: resource_type.into(),
+            id: id.into(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Writes many resources at once (loaders, tests, benchmarks).
+    pub async fn load(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, ApiError> {
+        Ok(self.ports.resources.write(ops).await?)
+    }
+
+    async fn write_one(&self, op: WriteOp) -> Result<WriteResult, ApiError> {
+        let mut results = self.ports.resources.write(vec![op]).await?;
+        results
+            .pop()
+            .ok_or_else(|| ApiError::internal("the store returned no result"))
+    }
+
+    /// `POST [base]` with a batch or transaction Bundle. A transaction is
+    /// all-or-nothing: one bad entry refuses the whole Bundle. A batch
+    /// reports each entry's outcome and writes the good ones.
+    pub async fn process_bundle(&self, bundle: Value) -> Result<Value, ApiError> {
+        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            return Err(ApiError::invalid("POST to the base takes a Bundle"));
+        }
+        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
+        let transaction = match kind {
+            "transaction" => true,
+            "batch" => false,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "Bundle.type must be 'batch' or 'transaction', not '{other}'"
+                )))
+            }
+        };
+        let entries = match bundle.get("entry") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => return Err(ApiError::invalid("Bundle.entry must be an array")),
+        };
+        if entries.len() > MAX_BUNDLE_ENTRIES {
+            return Err(ApiError::new(
+                413,
+                "too-costly",
+                format!("A Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries"),
+            ));
+        }
+        let mut planned: Vec<Result<WriteOp, ApiError>> = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| entry_op(i, e))
+            .collect();
+        if transaction {
+            if let Some(Err(e)) = planned.iter().find(|p| p.is_err()) {
+                return Err(e.clone());
+            }
+        }
+        let ops: Vec<WriteOp> = planned
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let mut results = self.ports.resources.write(ops).await?.into_iter();
+        let response_entries: Vec<Value> = planned
+            .iter_mut()
+            .map(|p| match p {
+                Ok(op) => {
+                    let r = results.next().expect("one result per op");
+                    let status = match op {
+                        WriteOp::Delete { .. } => "204 No Content",
+                        _ if r.created => "201 Created",
+                        _ => "200 OK",
+                    };
+                    let mut response = json!({ "status": status });
+                    if !r.version.deleted {
+                        response["location"] = json!(format!(
+                            "{}/{}/_history/{}",
+                            r.version.resource_type, r.version.id, r.version.version
+                        ));
+                        response["etag"] = json!(format!("W/\"{}\"", r.version.version));
+                        response["lastModified"] =
+                            json!(format_instant(from_micros(r.version.last_updated)));
+                    }
+                    json!({ "response": response })
+                }
+                Err(e) => json!({ "response": {
+                    "status": format!("{} {}", e.status, e.code),
+                    "outcome": e.to_outcome()
+                }}),
+            })
+            .collect();
+        Ok(json!({
+            "resourceType": "Bundle",
+            "type": if transaction { "transaction-response" } else { "batch-response" },
+            "entry": response_entries
+        }))
+    }
+}
+
+fn entry_op(i: usize, entry: Value) -> Result<WriteOp, ApiError> {
+    let at = |msg: String| ApiError::invalid(format!("Bundle.entry[{i}]: {msg}"));
+    let request = entry
+        .get("request")
+        .ok_or_else(|| at("has no request".into()))?;
+    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| at("request has no url".into()))?;
+    let url = url.trim_start_matches('/');
+    let (resource_type, id) = match url.split_once('/') {
+        Some((t, id)) => (t, Some(id)),
+        None => (url, None),
+    };
+    check_type(resource_type).map_err(|e| at(e.message))?;
+    if let Some(id) = id {
+        if !is_valid_id(id) {
+            return Err(at(format!("'{id}' is not a valid id")));
+        }
+    }
+    let resource = || {
+        entry
+            .get("resource")
+            .cloned()
+            .ok_or_else(|| at("has no resource".into()))
+    };
+    match (method, id) {
+        ("PUT", Some(id)) => {
+            let r = resource()?;
+            check_resource_value(&r, resource_type, Some(id)).map_err(|e| at(e.message))?;
+            Ok(WriteOp::Upsert {
+                resource_type: resource_type.into(),
+                id: id.into(),
+                resource: r,
+            })
+        }
+        ("POST", None) => {
+            let r = resource()?;
+            check_resource_value(&r, resource_type, None).map_err(|e| at(e.message))?;
+            Ok(WriteOp::Upsert {
+                resource_type: resource_type.into(),
+                id: uuid::Uuid::new_v4().to_string(),
+                resource: r,
+            })
+        }
+        ("DELETE", Some(id)) => Ok(WriteOp::Delete {
+            resource_type: resource_type.into(),
+            id: id.into(),
+        }),
+        _ => Err(at(format!(
+            "'{method} {url}' is not supported (PUT Type/id, POST Type, DELETE Type/id)"
+        ))),
+    }
+}

@@ -1,0 +1,31 @@
+//! The sweeper: deletes expired and cancelled jobs with their files.
+//! DynamoDB TTL and the S3 lifecycle rule are only backstops; status and
+//! files already answer 404 from the expiry instant on (checked on read).
+
+use super::Engine;
+use crate::domain::job::job_prefix;
+use crate::ports::PortResult;
+
+impl Engine {
+    /// Removes every job whose expiry has passed; returns how many.
+    pub async fn sweep(&self) -> PortResult<usize> {
+        let mut swept = 0;
+        loop {
+            let ids = self
+                .ports
+                .jobs
+                .expired_jobs(self.ports.clock.now(), 100)
+                .await?;
+            if ids.is_empty() {
+                return Ok(swept);
+            }
+            for id in &ids {
+                // Files first: a job record is only dropped once nothing of it is left.
+                self.ports.artifacts.delete_prefix(&job_prefix(id)).await?;
+                self.ports.jobs.delete_job(id).await?;
+                swept += 1;
+            }
+            tracing::info!(count = ids.len(), "swept expired jobs");
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Processing work messages: planning, parts, finalizing.
+//!
+//! A part reads pages from its checkpointed position, streams lines into its
+//! sink, and saves a checkpoint whenever something became durable. The save
+//! is conditional on the part's version, so of two workers racing on one
+//! part exactly one wins each checkpoint; the loser stops. Out of time, a
+//! part checkpoints and queues its own continuation.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::sink::Sink;
+use super::Engine;
+use crate::domain::elements::subset;
+use crate::domain::instant::to_micros;
+use crate::domain::job::{
+    job_prefix, FileKind, Job, JobState, OutputFile, Part, PartSpec, Position, WorkMessage,
+};
+use crate::domain::outcome::operation_outcome;
+use crate::domain::request::ExportLevel;
+use crate::domain::resource::compartment_patients;
+use crate::ports::{PortError, PortResult, ShardScan, Version};
+
+/// How a message was handled (either way, it may be deleted from the queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkOutcome {
+    Done,
+    /// Out of time: a checkpoint is saved and a continuation queued.
+    Continued,
+}
+
+/// One line for the sink.
+struct Line {
+    kind: FileKind,
+    resource_type: String,
+    text: String,
+}
+
+impl Engine {
+    /// Handles one work message. An error means "retry later" (leave the
+    /// message on the queue); the checkpoint makes the retry resume.
+    pub async fn handle(
+        &self,
+        message: &WorkMessage,
+        deadline: Instant,
+    ) -> PortResult<WorkOutcome> {
+        match message {
+            WorkMessage::Plan { job_id } => self.plan(job_id).await.map(|_| WorkOutcome::Done),
+            WorkMessage::Part { job_id, index } => self.run_part(job_id, *index, deadline).await,
+        }
+    }
+
+    async fn run_part(
+        &self,
+        job_id: &str,
+        index: u32,
+        deadline: Instant,
+    ) -> PortResult<WorkOutcome> {
+        let Some(job) = self.ports.jobs.get_job(job_id).await? else {
+            return Ok(WorkOutcome::Done);
+        };
+        if job.state != JobState::Running {
+            return Ok(WorkOutcome::Done);
+        }
+        let Some(part) = self.ports.jobs.get_part(job_id, index).await? else {
+            return Ok(WorkOutcome::Done);
+        };
+        if part.done {
+            self.finalize(job_id).await?;
+            return Ok(WorkOutcome::Done);
+        }
+        let mut sink = Sink::resume(self, &part);
+        let result = self.drive(&job, part, &mut sink, deadline).await;
+        if result.is_err() || matches!(result, Ok(Driven::LostRace | Driven::Stopped)) {
+            sink.abort_unrecorded().await;
+        }
+        match result? {
+            Driven::Paused => Ok(WorkOutcome::Continued),
+            _ => Ok(WorkOutcome::Done),
+        }
+    }
+
+    async fn drive(
+        &self,
+        job: &Job,
+        mut part: Part,
+        sink: &mut Sink<'_>,
+        deadline: Instant,
+    ) -> PortResult<Driven> {
+        let mut reader = PartReader::new(self, job);
+        loop {
+            if part.checkpoint.position == Position::Finished {
+                break;
+            }
+            if Instant::now() >= deadline {
+                sink.settle().await?;
+                match self.save_checkpoint(&mut part, sink).await? {
+                    true => {
+                        self.ports
+                            .queue
+                            .send(&[WorkMessage::Part {
+                                job_id: job.id.clone(),
+                                index: part.index,
+                            }])
+                            .await?;
+                        return Ok(Driven::Paused);
+                    }
+                    false => return Ok(Driven::LostRace),
+                }
+            }
+            let lines = reader.next_page(&part.spec, &mut part.checkpoint).await?;
+            for line in &lines {
+                sink.push(line.kind, &line.resource_type, line.text.as_bytes())
+                    .await?;
+            }
+            if sink.end_of_page().await? {
+                if !self.save_checkpoint(&mut part, sink).await? {
+                    return Ok(Driven::LostRace);
+                }
+                if !self.still_running(&job.id).await? {
+                    // Cancelled (or failed): nothing of it is wanted any more.
+                    self.ports
+                        .artifacts
+                        .delete_prefix(&job_prefix(&job.id))
+                        .await?;
+                    return Ok(Driven::Stopped);
+                }
+            }
+        }
+        sink.finish().await?;
+        part.checkpoint.files = sink.files.clone();
+        part.checkpoint.next_file_seq = sink.next_file_seq;
+        part.checkpoint.output = None;
+        part.checkpoint.deleted = None;
+        let remaining = match self.ports.jobs.complete_part(&part).await {
+            Ok(n) => n,
+            Err(PortError::Conflict) => return Ok(Driven::LostRace),
+            Err(e) => return Err(e),
+        };
+        sink.checkpoint_saved();
+        if remaining == 0 {
+            self.finalize(&job.id).await?;
+        }
+        if !self.still_running_or_done(&job.id).await? {
+            // Cancelled while this part was finishing: leave nothing behind.
+            self.ports
+                .artifacts
+                .delete_prefix(&job_prefix(&job.id))
+                .await?;
+        }
+        Ok(Driven::Finished)
+    }
+
+    /// Saves the part's checkpoint; `false` when another worker got there first.
+    async fn save_checkpoint(&self, part: &mut Part, sink: &mut Sink<'_>) -> PortResult<bool> {
+        let (output, deleted) = sink.open_files();
+        part.checkpoint.output = output;
+        part.checkpoint.deleted = deleted;
+        part.checkpoint.files = sink.files.clone();
+        part.checkpoint.next_file_seq = sink.next_file_seq;
+        match self.ports.jobs.save_part(part).await {
+            Ok(saved) => {
+                *part = saved;
+                sink.checkpoint_saved();
+                Ok(true)
+            }
+            Err(PortError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn still_running(&self, job_id: &str) -> PortResult<bool> {
+        Ok(
+            matches!(self.ports.jobs.get_job(job_id).await?, Some(j) if j.state == JobState::Running),
+        )
+    }
+
+    async fn still_running_or_done(&self, job_id: &str) -> PortResult<bool> {
+        Ok(matches!(
+            self.ports.jobs.get_job(job_id).await?,
+            Some(j) if matches!(j.state, JobState::Running | JobState::Completed)
+        ))
+    }
+
+    /// Writes the manifest once every part is done (idempotent).
+    pub(crate) async fn finalize(&self, job_id: &str) -> PortResult<()> {
+        loop {
+            let Some(mut job) = self.ports.jobs.get_job(job_id).await? else {
+                return Ok(());
+            };
+            if job.state != JobState::Running || job.parts_remaining > 0 {
+                return Ok(());
+            }
+            let parts = self.ports.jobs.list_parts(job_id).await?;
+            if parts.iter().any(|p| !p.done) {
+                return Ok(());
+            }
+            let mut files: Vec<OutputFile> =
+                parts.into_iter().flat_map(|p| p.checkpoint.files).collect();
+            if !job.request.lenient_issues.is_empty() {
+                files.push(self.write_error_file(&job).await?);
+            }
+            files.sort_by(|a, b| {
+                (a.kind as u8, &a.resource_type, &a.name).cmp(&(
+                    b.kind as u8,
+                    &b.resource_type,
+                    &b.name,
+                ))
+            });
+            let now = self.ports.clock.now();
+            job.files = files;
+            job.state = JobState::Completed;
+            job.completed_at = Some(now);
+            job.expires_at = Some(now + self.config.retention);
+            match self.ports.jobs.update_job(&job).await {
+                Ok(_) => {
+                    tracing::info!(job = %job_id, files = job.files.len(), "export completed");
+                    return Ok(());
+                }
+                Err(PortError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write_error_file(&self, job: &Job) -> PortResult<OutputFile> {
+        let mut text = String::new();
+        for issue in &job.request.lenient_issues {
+            text.push_str(&operation_outcome("warning", "not-supported", issue).to_string());
+            text.push('\n');
+        }
+        let name = "OperationOutcome-errors.ndjson".to_string();
+        self.ports
+            .artifacts
+            .put(
+                &crate::domain::job::artifact_key(&job.id, &name),
+                text.into(),
+            )
+            .await?;
+        Ok(OutputFile {
+            kind: FileKind::Error,
+            resource_type: "OperationOutcome".into(),
+            name,
+            count: job.request.lenient_issues.len() as u64,
+        })
+    }
+}
+
+enum Driven {
+    Finished,
+    Paused,
+    LostRace,
+    Stopped,
+}
+
+/// Reads a part's pages as of the job's transaction time.
+struct PartReader<'a> {
+    engine: &'a Engine,
+    job: &'a Job,
+    as_of: i64,
+    since: Option<i64>,
+    /// Export patients, for choosing the one part that writes a resource
+    /// shared by several of them (loaded on first need).
+    patient_set: Option<BTreeSet<String>>,
+    patient_exists: HashMap<String, bool>,
+}
+
+impl<'a> PartReader<'a> {
+    fn new(engine: &'a Engine, job: &'a Job) -> Self {
+        PartReader {
+            engine,
+            job,
+            as_of: Engine::as_of_micros(job),
+            since: job.request.since.map(to_micros),
+            patient_set: None,
+            patient_exists: HashMap::new(),
+        }
+    }
+
+    async fn next_page(
+        &mut self,
+        spec: &PartSpec,
+        cp: &mut crate::domain::job::Checkpoint,
+    ) -> PortResult<Vec<Line>> {
+        match spec {
+            PartSpec::Shards {
+                resource_type,
+                first_shard,
+                last_shard,
+            } => {
+                self.shard_page(resource_type, *first_shard, *last_shard, cp)
+                    .await
+            }
+            PartSpec::Patients { types, patients } => self.patient_page(types, patients, cp).await,
+        }
+    }
+
+    async fn shard_page(
+        &mut self,
+        resource_type: &str,
+        first: u16,
+        last: u16,
+        cp: &mut crate::domain::job::Checkpoint,
+    ) -> PortResult<Vec<Line>> {
+        let (shard, after) = match &cp.position {
+            Position::Start => (first, None),
+            Position::Shard { shard, after } => (*shard, *after),
+            _ => (last + 1, None),
+        };
+        if shard > last {
+            cp.position = Position::Finished;
+            return Ok(Vec::new());
+        }
+        let limit = self.engine.config.page_size;
+        let page = self
+            .engine
+            .ports
+            .resources
+            .scan_shard(ShardScan {
+                resource_type,
+                shard,
+                after: after.or(self.since),
+                as_of: self.as_of,
+                include_deleted: self.since.is_some(),
+                limit,
+            })
+            .await?;
+        cp.position = match page.last() {
+            Some(v) if page.len() == limit => Position::Shard {
+                shard,
+                after: Some(v.last_updated),
+            },
+            _ => Position::Shard {
+                shard: shard + 1,
+                after: None,
+            },
+        };
+        cp.progress_done += page.len() as u64;
+        let mut lines = Vec::with_capacity(page.len());
+        for v in page {
+            lines.push(self.line(resource_type, v)?);
+        }
+        Ok(lines)
+    }
+
+    async fn patient_page(
+        &mut self,
+        types: &[String],
+        patients: &[String],
+        cp: &mut crate::domain::job::Checkpoint,
+    ) -> PortResult<Vec<Line>> {
+        let (ti, pi, after_id) = match &cp.position {
+            Position::Start => (0, 0, None),
+            Position::Patients {
+                type_index,
+                patient_index,
+                after_id,
+            } => (*type_index, *patient_index, after_id.clone()),
+            _ => (types.len(), 0, None),
+        };
+        if ti >= types.len() || patients.is_empty() {
+            cp.position = Position::Finished;
+            return Ok(Vec::new());
+        }
+        let (resource_type, patient) = (&types[ti], &patients[pi]);
+        let store = &self.engine.ports.resources;
+        let limit = self.engine.config.page_size;
+        let (versions, page_full, last_id) = if resource_type == "Patient" {
+            let v = store.read_as_of("Patient", patient, self.as_of).await?;
+            (v.into_iter().collect::<Vec<_>>(), false, None)
+        } else {
+            let ids = store
+                .compartment_ids(patient, resource_type, after_id.as_deref(), limit)
+                .await?;
+            let versions = store
+                .read_many_as_of(resource_type, &ids, self.as_of)
+                .await?;
+            (versions, ids.len() == limit, ids.last().cloned())
+        };
+        cp.position = if page_full {
+            Position::Patients {
+                type_index: ti,
+                patient_index: pi,
+                after_id: last_id,
+            }
+        } else {
+            cp.progress_done += 1;
+            if pi + 1 < patients.len() {
+                Position::Patients {
+                    type_index: ti,
+                    patient_index: pi + 1,
+                    after_id: None,
+                }
+            } else {
+                Position::Patients {
+                    type_index: ti + 1,
+                    patient_index: 0,
+                    after_id: None,
+                }
+            }
+        };
+        let mut lines = Vec::new();
+        for v in versions {
+            if v.deleted && self.since.is_none() {
+                continue;
+            }
+            if self.since.is_some_and(|s| v.last_updated <= s) {
+                continue;
+            }
+            if resource_type != "Patient" && !self.belongs_here(resource_type, patient, &v).await? {
+                continue;
+            }
+            lines.push(self.line(resource_type, v)?);
+        }
+        Ok(lines)
+    }
+
+    /// True when `v` is in `patient`'s compartment and `patient` is the
+    /// first (by id) export patient it belongs to, so a resource shared by
+    /// several patients is written exactly once.
+    async fn belongs_here(
+        &mut self,
+        resource_type: &str,
+        patient: &str,
+        v: &Version,
+    ) -> PortResult<bool> {
+        let body = if v.deleted {
+            let store = &self.engine.ports.resources;
+            store
+                .read_live_before(resource_type, &v.id, v.version)
+                .await?
+                .and_then(|l| l.body)
+        } else {
+            v.body.clone()
+        };
+        let Some(body) = body else { return Ok(false) };
+        let value: Value = serde_json::from_str(&body)
+            .map_err(|e| PortError::Backend(format!("stored resource is not JSON: {e}")))?;
+        let refs = compartment_patients(resource_type, &value);
+        if !refs.iter().any(|r| r == patient) {
+            return Ok(false);
+        }
+        for other in refs.iter().take_while(|r| r.as_str() < patient) {
+            if self.in_export(other).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn in_export(&mut self, patient: &str) -> PortResult<bool> {
+        if !self.job.request.patients.is_empty()
+            || matches!(self.job.request.level, ExportLevel::Group { .. })
+        {
+            if self.patient_set.is_none() {
+                let set = self
+                    .engine
+                    .export_patients(self.job, &self.job.request.level)
+                    .await?;
+                self.patient_set = Some(set.into_iter().collect());
+            }
+            return Ok(self
+                .patient_set
+                .as_ref()
+                .is_some_and(|s| s.contains(patient)));
+        }
+        if let Some(&known) = self.patient_exists.get(patient) {
+            return Ok(known);
+        }
+        let exists = matches!(
+            self.engine.ports.resources.read_as_of("Patient", patient, self.as_of).await?,
+            Some(v) if !v.deleted
+        );
+        self.patient_exists.insert(patient.to_string(), exists);
+        Ok(exists)
+    }
+
+    fn line(&self, resource_type: &str, v: Version) -> PortResult<Line> {
+        if v.deleted {
+            let bundle = json!({
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [{ "request": { "method": "DELETE", "url": format!("{resource_type}/{}", v.id) } }]
+            });
+            return Ok(Line {
+                kind: FileKind::Deleted,
+                resource_type: resource_type.to_string(),
+                text: bundle.to_string(),
+            });
+        }
+        let body = v.body.unwrap_or_default();
+        let text = match self.job.request.elements.for_type(resource_type) {
+            None => body,
+            Some(keep) => {
+                let mut value: Value = serde_json::from_str(&body)
+                    .map_err(|e| PortError::Backend(format!("stored resource is not JSON: {e}")))?;
+                subset(&mut value, resource_type, &keep);
+                value.to_string()
+            }
+        };
+        Ok(Line {
+            kind: FileKind::Output,
+            resource_type: resource_type.to_string(),
+            text,
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! Bulk Data routes: kick-off, status, cancel, file links.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+
+use super::{
+    empty_response, header_text, json_response, media_types, require_json_body, Api, FHIR_JSON,
+};
+use crate::domain::instant::http_date;
+use crate::domain::job::status_url;
+use crate::domain::outcome::operation_outcome;
+use crate::domain::request::{
+    params_from_parameters_resource, ExportLevel, KickoffInput, RawParam,
+};
+use crate::domain::resource::check_id;
+use crate::domain::ApiError;
+use crate::engine::StatusReply;
+
+/// What the `Prefer` header asks for.
+struct Prefer {
+    respond_async: bool,
+    lenient: bool,
+}
+
+fn parse_prefer(headers: &HeaderMap) -> Result<Prefer, ApiError> {
+    let mut p = Prefer {
+        respond_async: false,
+        lenient: false,
+    };
+    for value in headers.get_all("prefer") {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::invalid("The Prefer header is not valid text"))?;
+        for token in value
+            .split(',')
+            .map(|t| t.split(';').next().unwrap_or("").trim())
+        {
+            let token = token.to_ascii_lowercase();
+            match token.replace(' ', "").as_str() {
+                "respond-async" => p.respond_async = true,
+                "handling=lenient" => p.lenient = true,
+                _ => {}
+            }
+        }
+    }
+    Ok(p)
+}
+
+fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
+    let accept = header_text(headers, "accept")?.ok_or_else(|| {
+        ApiError::invalid(format!("The kick-off request needs 'Accept: {FHIR_JSON}'"))
+    })?;
+    if media_types(accept).any(|m| m == FHIR_JSON || m == "application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "Accept '{accept}' is not supported; the kick-off request needs 'Accept: {FHIR_JSON}'"
+        )))
+    }
+}
+
+/// Query parameters, percent-decoded without turning `+` into a space
+/// (`_outputFormat=application/fhir+ndjson` is often sent unencoded).
+fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::invalid("The query string is not valid UTF-8"))
+        };
+        let (k, v) = (decode(k)?, decode(v)?);
+        if k.is_empty() {
+            return Err(ApiError::invalid(
+                "The query string has a parameter without a name",
+            ));
+        }
+        out.push(RawParam::text(&k, &v));
+    }
+    Ok(out)
+}
+
+impl Api {
+    pub(super) async fn kickoff(
+        &self,
+        req: Request<Bytes>,
+        segs: &[&str],
+    ) -> Result<Response<Bytes>, ApiError> {
+        let caller = self.auth.authenticate(req.headers()).await?;
+        let headers = req.headers();
+        check_accept(headers)?;
+        let prefer = parse_prefer(headers)?;
+        if !prefer.respond_async {
+            return Err(ApiError::invalid(
+                "The kick-off request needs 'Prefer: respond-async'",
+            ));
+        }
+        let level = match segs {
+            ["$export"] => ExportLevel::System,
+            ["Patient", "$export"] => ExportLevel::Patient,
+            [_, id, _] => {
+                check_id(id)?;
+                ExportLevel::Group {
+                    group_id: id.to_string(),
+                }
+            }
+            _ => return Err(ApiError::not_found("Unknown export endpoint")),
+        };
+        let query = req.uri().query().unwrap_or("");
+        let via_post = req.method() == http::Method::POST;
+        let params = if via_post {
+            if !query.is_empty() {
+                return Err(ApiError::invalid(
+                    "A POST kick-off takes its parameters in the Parameters body, not the query string",
+                ));
+            }
+            require_json_body(headers)?;
+            params_from_parameters_resource(req.body())?
+        } else {
+            query_params(query)?
+        };
+        let rel = req.uri().path().strip_prefix(&self.base_path).unwrap_or("");
+        let request_url = match query {
+            "" => format!("{}{rel}", self.engine.config.base_url),
+            q => format!("{}{rel}?{q}", self.engine.config.base_url),
+        };
+        let input = KickoffInput {
+            level,
+            request_url,
+            params,
+            lenient: prefer.lenient,
+            via_post,
+            now: self.engine.ports.clock.now(),
+        };
+        let job_id = self.engine.kickoff(&caller, input).await?;
+        let mut resp = empty_response(StatusCode::ACCEPTED);
+        let location = status_url(&self.engine.config.base_url, &job_id);
+        resp.headers_mut().insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_str(&location).map_err(|_| ApiError::internal("bad status URL"))?,
+        );
+        Ok(resp)
+    }
+
+    pub(super) async fn status(
+        &self,
+        req: &Request<Bytes>,
+        job_id: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
+        let caller = self.auth.authenticate(req.headers()).await?;
+        match self.engine.status(&caller, job_id).await? {
+            StatusReply::InProgress {
+                progress,
+                percent,
+                retry_after_secs,
+            } => {
+                let mut resp = empty_response(StatusCode::ACCEPTED);
+                let h = resp.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                h.insert("x-progress", HeaderValue::from_static(progress));
+                if let Some(p) = percent {
+                    h.insert("x-progress-percent", HeaderValue::from(p as u16));
+                }
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                Ok(resp)
+            }
+            StatusReply::Complete { manifest, expires } => {
+                let mut resp = json_response(StatusCode::OK, "application/json", &manifest);
+                let h = resp.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&http_date(expires)) {
+                    h.insert(header::EXPIRES, v);
+                }
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                Ok(resp)
+            }
+            StatusReply::Failed { message } => Err(ApiError::internal(message)),
+        }
+    }
+
+    pub(super) async fn cancel(
+        &self,
+        req: &Request<Bytes>,
+        job_id: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
+        let caller = self.auth.authenticate(req.headers()).await?;
+        self.engine.cancel(&caller, job_id).await?;
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            FHIR_JSON,
+            &operation_outcome(
+                "information",
+                "informational",
+                &format!("Export job {job_id} cancelled"),
+            ),
+        ))
+    }
+
+    pub(super) async fn file(
+        &self,
+        req: &Request<Bytes>,
+        job_id: &str,
+        name: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
+        let caller = self.auth.authenticate(req.headers()).await?;
+        let url = self.engine.file_link(&caller, job_id, name).await?;
+        let mut resp = empty_response(StatusCode::SEE_OTHER);
+        resp.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&url).map_err(|_| ApiError::internal("bad file URL"))?,
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefer_and_query_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("respond-async, handling=lenient"),
+        );
+        let p = parse_prefer(&h).unwrap();
+        assert!(p.respond_async && p.lenient);
+        let q = query_params("_outputFormat=application/fhir+ndjson&_type=Patient%2CObservation")
+            .unwrap();
+        assert_eq!(
+            q[0],
+            RawParam::text("_outputFormat", "application/fhir+ndjson")
+        );
+        assert_eq!(q[1], RawParam::text("_type", "Patient,Observation"));
+        assert!(query_params("=x").is_err());
+        assert!(query_params("a=%ff").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The FHIR write API routes: read, create, update, delete, Bundles.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+
+use super::{empty_response, parse_json, require_json_body, Api, FHIR_JSON, MAX_BODY_BYTES};
+use crate::domain::instant::{from_micros, http_date};
+use crate::domain::ApiError;
+use crate::ports::Version;
+
+fn resource_response(status: StatusCode, v: &Version, base_url: &str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(v.body.clone().unwrap_or_default()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", v.version)) {
+        h.insert(header::ETAG, etag);
+    }
+    if let Ok(lm) = HeaderValue::from_str(&http_date(from_micros(v.last_updated))) {
+        h.insert(header::LAST_MODIFIED, lm);
+    }
+    if status == StatusCode::CREATED || status == StatusCode::OK {
+        let loc = format!(
+            "{base_url}/{}/{}/_history/{}",
+            v.resource_type, v.id, v.version
+        );
+        if let Ok(loc) = HeaderValue::from_str(&loc) {
+            h.insert(header::LOCATION, loc);
+        }
+    }
+    resp
+}
+
+fn check_size(body: &Bytes) -> Result<(), ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            413,
+            "too-costly",
+            format!("The body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+impl Api {
+    pub(super) async fn read(
+        &self,
+        req: &Request<Bytes>,
+        t: &str,
+        id: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
+        self.auth.authenticate(req.headers()).await?;
+        let v = self.engine.read_resource(t, id).await?;
+        let mut resp = resource_response(StatusCode::OK, &v, &self.engine.config.base_url);
+        resp.headers_mut().remove(header::LOCATION);
+        Ok(resp)
+    }
+
+    pub(super) async fn create(
+        &self,
+        req: Request<Bytes>,
+        t: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
+        self.auth.authenticate(req.headers()).await?;
+        check_size(req.body())?;
+        require_json_body(req.headers())?;
+        let value = parse_json(req.body())?;
+        let w = self.engine.create_resource(t, value).await?;
+        Ok(resource_response(
+            StatusCode::CREATED,
+            &w.version,
+            &self.engine.config.base_url,
+        ))
+    }
+
+    pub(super) async fn update(
+        &self,
+        req: Request<Bytes>,
+        t: &str,
+        id: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
+        self.auth.authenticate(req.headers()).await?;
+        check_size(req.body())?;
+        require_json_body(req.headers())?;
+        let value = parse_json(req.body())?;
+        let w = self.engine.update_resource(t, id, value).await?;
+        let status = StatusCode::from_u16(w.status).unwrap_or(StatusCode::OK);
+        Ok(resource_response(
+            status,
+            &w.version,
+            &self.engine.config.base_url,
+        ))
+    }
+
+    pub(super) async fn delete(
+        &self,
+        req: &Request<Bytes>,
+        t: &str,
+        id: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
+        self.auth.authenticate(req.headers()).await?;
+        self.engine.delete_resource(t, id).await?;
+        Ok(empty_response(StatusCode::NO_CONTENT))
+    }
+
+    pub(super) async fn bundle(&self, req: Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
+        self.auth.authenticate(req.headers()).await?;
+        check_size(req.body())?;
+        require_json_body(req.headers())?;
+        let value = parse_json(req.body())?;
+        let out = self.engine.process_bundle(value).await?;
+        Ok(super::json_response(StatusCode::OK, FHIR_JSON, &out))
+    }
+}

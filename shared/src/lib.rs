@@ -1,0 +1,16 @@
+//! bulk-export: a FHIR Bulk Data export service.
+//!
+//! - [`domain`]: pure types and rules (requests, jobs, manifests, outcomes).
+//! - [`ports`]: the traits the engine needs (stores, queue, clock).
+//! - [`engine`]: every use case, written against the ports.
+//! - [`embedded`]: the local adapters (SQLite + filesystem).
+//! - [`http`]: the one routing table shared by the local server and Lambdas.
+//! - [`sample`]: a deterministic synthetic data generator.
+
+pub mod clock;
+pub mod domain;
+pub mod embedded;
+pub mod engine;
+pub mod http;
+pub mod ports;
+pub mod sample;

@@ -1,0 +1,225 @@
+//! The engine's ports: what it needs from storage, queues and time, shaped
+//! after DynamoDB/S3/SQS semantics (conditional writes, resumable paged
+//! reads, multipart uploads, at-least-once messages) so that the embedded and
+//! the AWS adapters are interchangeable.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::domain::job::{Job, Part, UploadedChunk, WorkMessage};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// A conditional write lost: someone else changed the item first.
+    #[error("conditional write failed: the item changed concurrently")]
+    Conflict,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("not found")]
+    NotFound,
+    /// The backend failed; retrying later may help.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// Current time, injectable so tests can move it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub resource_type: String,
+    pub id: String,
+    pub version: u64,
+    /// `meta.lastUpdated` in µs since the epoch; unique and increasing per store.
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// The stored JSON (compact, `meta` stamped); `None` for a tombstone.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create or update `resource_type/id` with `resource` (validated).
+    Upsert {
+        resource_type: String,
+        id: String,
+        resource: Value,
+    },
+    Delete {
+        resource_type: String,
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    pub version: Version,
+    /// True when the write created the resource (no live version before).
+    pub created: bool,
+}
+
+/// A page request over one shard of one type, as of an instant.
+#[derive(Debug, Clone)]
+pub struct ShardScan<'a> {
+    pub resource_type: &'a str,
+    pub shard: u16,
+    /// Exclusive lower bound on `last_updated` (µs): the cursor or `_since`.
+    pub after: Option<i64>,
+    /// The snapshot instant (µs): versions current at this instant are read.
+    pub as_of: i64,
+    /// Include tombstones (for `_since` exports, which report deletions).
+    pub include_deleted: bool,
+    pub limit: usize,
+}
+
+/// Current versions and full history of FHIR resources.
+#[async_trait]
+pub trait ResourceStore: Send + Sync {
+    /// Resources are spread over this many shards by a hash of their id.
+    fn shard_count(&self) -> u16;
+
+    /// Applies the writes atomically (all or none), each with a fresh
+    /// version and a strictly increasing `lastUpdated`.
+    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>>;
+
+    /// The newest version (a tombstone if deleted).
+    async fn read_current(&self, resource_type: &str, id: &str) -> PortResult<Option<Version>>;
+
+    /// The version that was current at `as_of` (µs).
+    async fn read_as_of(
+        &self,
+        resource_type: &str,
+        id: &str,
+        as_of: i64,
+    ) -> PortResult<Option<Version>>;
+
+    /// For each id, the version current at `as_of` (ids with none are left out).
+    async fn read_many_as_of(
+        &self,
+        resource_type: &str,
+        ids: &[String],
+        as_of: i64,
+    ) -> PortResult<Vec<Version>>;
+
+    /// The newest live version older than `version` (what a tombstone deleted).
+    async fn read_live_before(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> PortResult<Option<Version>>;
+
+    /// An instant that every committed write is at or before and every later
+    /// write is strictly after: the export's `transactionTime`.
+    async fn snapshot(&self) -> PortResult<DateTime<Utc>>;
+
+    /// Every resource type that has at least one version.
+    async fn resource_types(&self) -> PortResult<Vec<String>>;
+
+    /// Per shard, how many versions a scan with these bounds would read.
+    async fn count_by_shard(
+        &self,
+        resource_type: &str,
+        after: Option<i64>,
+        as_of: i64,
+        include_deleted: bool,
+    ) -> PortResult<Vec<u64>>;
+
+    /// One page of versions current at `as_of`, ordered by `last_updated`.
+    async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<Vec<Version>>;
+
+    /// Ids of resources of `resource_type` that ever referenced the patient
+    /// through a compartment element, ordered by id, after `after_id`. A
+    /// superset: callers re-check the version they export.
+    async fn compartment_ids(
+        &self,
+        patient_id: &str,
+        resource_type: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> PortResult<Vec<String>>;
+}
+
+/// Jobs and their parts, with optimistic concurrency on every update.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Fails with `AlreadyExists` if the id is taken.
+    async fn create_job(&self, job: &Job) -> PortResult<()>;
+    async fn get_job(&self, id: &str) -> PortResult<Option<Job>>;
+    /// Writes `job` if the stored version equals `job.version`; returns the
+    /// job with its new version. `Conflict` otherwise.
+    async fn update_job(&self, job: &Job) -> PortResult<Job>;
+    /// Deletes the job and its parts.
+    async fn delete_job(&self, id: &str) -> PortResult<()>;
+    /// Writes the plan's parts (replacing any from an earlier attempt at
+    /// planning that did not finish).
+    async fn put_parts(&self, parts: &[Part]) -> PortResult<()>;
+    async fn get_part(&self, job_id: &str, index: u32) -> PortResult<Option<Part>>;
+    async fn list_parts(&self, job_id: &str) -> PortResult<Vec<Part>>;
+    /// Conditional on `part.version`: exactly one of two racing writers wins.
+    async fn save_part(&self, part: &Part) -> PortResult<Part>;
+    /// Atomically marks the part done (conditional on its version) and
+    /// decrements the job's `parts_remaining`; returns the new count.
+    async fn complete_part(&self, part: &Part) -> PortResult<u32>;
+    /// Ids of jobs whose `expires_at` is at or before `now`.
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>>;
+}
+
+/// Export files, written with S3-style multipart uploads.
+#[async_trait]
+pub trait ArtifactStore: Send + Sync {
+    async fn start_upload(&self, key: &str) -> PortResult<String>;
+    /// Uploads chunk `number` (1-based); uploading the same number again replaces it.
+    async fn upload_chunk(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> PortResult<String>;
+    /// Assembles the listed chunks, in order, into the object `key`.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        chunks: &[UploadedChunk],
+    ) -> PortResult<()>;
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()>;
+    /// Writes a small object in one go.
+    async fn put(&self, key: &str, data: Bytes) -> PortResult<()>;
+    /// Deletes every object and aborts every upload under `prefix`.
+    async fn delete_prefix(&self, prefix: &str) -> PortResult<()>;
+    /// Keys of the objects under `prefix`.
+    async fn list(&self, prefix: &str) -> PortResult<Vec<String>>;
+    /// Keys of the multipart uploads still open under `prefix`.
+    async fn list_uploads(&self, prefix: &str) -> PortResult<Vec<String>>;
+    /// A URL that lets anyone holding it GET the object until `ttl` passes.
+    async fn presign_get(&self, key: &str, ttl: Duration) -> PortResult<String>;
+}
+
+/// A received message and the handle to acknowledge it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: WorkMessage,
+    pub receipt: String,
+    /// How many times this message has been received (1 on first delivery).
+    pub receive_count: u32,
+}
+
+/// At-least-once work queue (SQS semantics: a received message is hidden for
+/// the visibility timeout and comes back unless deleted).
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    async fn send(&self, messages: &[WorkMessage]) -> PortResult<()>;
+    async fn receive(&self, max: usize, visibility: Duration) -> PortResult<Vec<Delivery>>;
+    async fn delete(&self, receipt: &str) -> PortResult<()>;
+}

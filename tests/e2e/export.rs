@@ -1,0 +1,618 @@
+//! Bulk Data exports end to end over HTTP against the local service.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulk_export::domain::resource::compartment_patients;
+use bulk_export::embedded::resource_store::{shard_of, SHARDS};
+use bulk_export::sample::{generate, SampleConfig};
+use bulk_export_local::loader::load_values;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::faults::{Crashes, Gate, Intercepted};
+use crate::helpers::*;
+
+const SYNTHEA_GROUP: &str = "d9f31445-f448-48c0-af57-295c005e07df";
+
+fn by_type(resources: impl IntoIterator<Item = Value>) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in resources {
+        out.entry(r["resourceType"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r);
+    }
+    out
+}
+
+/// Exported resources equal the loaded ones (ignoring `meta`), type by type.
+fn assert_same_content(
+    exported: &BTreeMap<String, Vec<Value>>,
+    expected: &BTreeMap<String, Vec<Value>>,
+) {
+    assert_eq!(
+        exported.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (t, want) in expected {
+        let got = &exported[t];
+        assert_eq!(got.len(), want.len(), "{t} count");
+        let index = |rs: &Vec<Value>| -> BTreeMap<String, Value> {
+            rs.iter()
+                .map(|r| (r["id"].as_str().unwrap().to_string(), without_meta(r)))
+                .collect()
+        };
+        let (got_i, want_i) = (index(got), index(want));
+        assert_eq!(got_i.len(), got.len(), "{t}: no resource exported twice");
+        assert!(
+            got_i == want_i,
+            "{t}: exported content differs from the store"
+        );
+    }
+}
+
+async fn synthea_app() -> (TestApp, Vec<Value>) {
+    let app = spawn_app(Options::default()).await;
+    let data = synthea();
+    load_values(&app.running.engine, data.clone().into_iter())
+        .await
+        .unwrap();
+    (app, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_export_of_the_synthea_sample_equals_the_store() {
+    let (app, data) = synthea_app().await;
+    assert_eq!(data.len(), 38_473);
+    let status = app
+        .start_export(app.kickoff_get("$export?_outputFormat=application%2Ffhir%2Bndjson"))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    assert_eq!(
+        manifest["request"],
+        app.url("$export?_outputFormat=application%2Ffhir%2Bndjson")
+    );
+    assert_eq!(manifest["requiresAccessToken"], false);
+    assert!(manifest["transactionTime"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(manifest["deleted"], json!([]));
+    assert_eq!(manifest["error"], json!([]));
+    for entry in manifest["output"].as_array().unwrap() {
+        assert!(entry["url"].as_str().unwrap().starts_with(app.base()));
+    }
+    let exported = app.outputs(&manifest, "output").await;
+    assert_same_content(&exported, &by_type(data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_and_patient_exports_hold_the_patients_compartments() {
+    let (app, data) = synthea_app().await;
+    let group = data.iter().find(|r| r["resourceType"] == "Group").unwrap();
+    let members: BTreeSet<String> = group["member"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["entity"]["reference"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("Patient/")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(members.len(), 100);
+    let in_compartment = |r: &Value, of: &BTreeSet<String>| {
+        let t = r["resourceType"].as_str().unwrap();
+        if t == "Patient" {
+            return of.contains(r["id"].as_str().unwrap());
+        }
+        compartment_patients(t, r).iter().any(|p| of.contains(p))
+    };
+    let expected = by_type(data.iter().filter(|r| in_compartment(r, &members)).cloned());
+    assert!(expected.contains_key("Observation") && !expected.contains_key("Organization"));
+
+    let status = app
+        .start_export(app.kickoff_get(&format!("Group/{SYNTHEA_GROUP}/$export")))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    assert_same_content(&app.outputs(&manifest, "output").await, &expected);
+
+    let status = app.start_export(app.kickoff_get("Patient/$export")).await;
+    let manifest = app.wait_manifest(&status).await;
+    assert_same_content(&app.outputs(&manifest, "output").await, &expected);
+
+    // POST with `patient`: only those patients' compartments.
+    let two: BTreeSet<String> = members.iter().take(2).cloned().collect();
+    let params: Vec<Value> = two
+        .iter()
+        .map(
+            |p| json!({"name": "patient", "valueReference": {"reference": format!("Patient/{p}")}}),
+        )
+        .chain([json!({"name": "_type", "valueString": "Patient,Condition,Encounter"})])
+        .collect();
+    let status = app
+        .start_export(app.kickoff_post(&format!("Group/{SYNTHEA_GROUP}/$export"), json!(params)))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let expected: BTreeMap<String, Vec<Value>> = by_type(
+        data.iter()
+            .filter(|r| {
+                ["Patient", "Condition", "Encounter"].contains(&r["resourceType"].as_str().unwrap())
+            })
+            .filter(|r| in_compartment(r, &two))
+            .cloned(),
+    );
+    assert_same_content(&app.outputs(&manifest, "output").await, &expected);
+}
+
+fn sample(patients: usize) -> Vec<Value> {
+    generate(SampleConfig { patients, seed: 42 }).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_and_elements_select_what_is_exported() {
+    let app = spawn_app(Options {
+        sample_patients: 10,
+        ..Default::default()
+    })
+    .await;
+    let data = sample(10);
+    let status = app
+        .start_export(app.kickoff_get(
+            "$export?_type=Patient,Observation&_elements=gender,Observation.valueQuantity",
+        ))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let out = app.outputs(&manifest, "output").await;
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["Observation", "Patient"]);
+    let expected = by_type(data);
+    assert_eq!(out["Patient"].len(), expected["Patient"].len());
+    assert_eq!(out["Observation"].len(), expected["Observation"].len());
+    for p in &out["Patient"] {
+        let keys: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert!(
+            keys.is_subset(&BTreeSet::from(["resourceType", "id", "meta", "gender"])),
+            "{keys:?}"
+        );
+        let tags = p["meta"]["tag"].as_array().unwrap();
+        assert!(tags.iter().any(|t| t["code"] == "SUBSETTED"));
+    }
+    for o in &out["Observation"] {
+        assert!(o.get("subject").is_none(), "subject was not requested");
+        assert!(
+            o.get("status").is_some() && o.get("code").is_some(),
+            "mandatory elements are kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_exports_changes_and_lists_deletions() {
+    let app = spawn_app(Options {
+        sample_patients: 8,
+        ..Default::default()
+    })
+    .await;
+    let data = by_type(sample(8));
+    let first = app
+        .wait_manifest(&app.start_export(app.kickoff_get("$export")).await)
+        .await;
+    let since = first["transactionTime"].as_str().unwrap().to_string();
+
+    let mut changed = data["Observation"][0].clone();
+    changed["status"] = json!("amended");
+    app.put(&changed).await;
+    let deleted = [
+        data["Condition"][0]["id"].as_str().unwrap(),
+        data["Encounter"][1]["id"].as_str().unwrap(),
+    ];
+    app.delete("Condition", deleted[0]).await;
+    app.delete("Encounter", deleted[1]).await;
+    let created = json!({"resourceType": "Patient", "id": "new-patient", "gender": "other"});
+    app.put(&created).await;
+
+    let since_q = since.replace(':', "%3A");
+    let status = app
+        .start_export(app.kickoff_get(&format!("$export?_since={since_q}")))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let out = app.outputs(&manifest, "output").await;
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["Observation", "Patient"]);
+    assert_eq!(ids(&out["Observation"]), [changed["id"].as_str().unwrap()]);
+    assert_eq!(out["Observation"][0]["status"], "amended");
+    assert_eq!(ids(&out["Patient"]), ["new-patient"]);
+
+    let gone = app.outputs(&manifest, "deleted").await;
+    let bundles = &gone["Bundle"];
+    let mut urls: Vec<String> = bundles
+        .iter()
+        .flat_map(|b| {
+            assert_eq!(b["type"], "transaction");
+            b["entry"].as_array().unwrap().clone()
+        })
+        .map(|e| {
+            assert_eq!(e["request"]["method"], "DELETE");
+            e["request"]["url"].as_str().unwrap().to_string()
+        })
+        .collect();
+    urls.sort();
+    assert_eq!(
+        urls,
+        [
+            format!("Condition/{}", deleted[0]),
+            format!("Encounter/{}", deleted[1])
+        ]
+    );
+
+    // A Patient-level _since export sees the same changes in the compartment.
+    let status = app
+        .start_export(app.kickoff_get(&format!("Patient/$export?_since={since_q}")))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let out = app.outputs(&manifest, "output").await;
+    assert_eq!(ids(&out["Observation"]), [changed["id"].as_str().unwrap()]);
+    assert_eq!(app.outputs(&manifest, "deleted").await["Bundle"].len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_parameters_and_lenient_handling() {
+    let app = spawn_app(Options {
+        sample_patients: 5,
+        ..Default::default()
+    })
+    .await;
+    let params = json!([
+        {"name": "_type", "valueString": "Patient"},
+        {"name": "_outputFormat", "valueString": "ndjson"},
+        {"name": "_typeFilter", "valueString": "Patient?gender=female"}
+    ]);
+    // Without lenient handling the unsupported _typeFilter is refused...
+    let resp = app
+        .kickoff_post("$export", params.clone())
+        .send()
+        .await
+        .unwrap();
+    let oo = expect_outcome(resp, StatusCode::BAD_REQUEST).await;
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("_typeFilter"));
+    // ...with it, the export runs and the manifest's error file says why.
+    let req = app
+        .kickoff_post("$export", params)
+        .header("prefer", "respond-async, handling=lenient");
+    let manifest = app.wait_manifest(&app.start_export(req).await).await;
+    assert_eq!(app.outputs(&manifest, "output").await["Patient"].len(), 5);
+    let errors = app.outputs(&manifest, "error").await;
+    let oo = &errors["OperationOutcome"][0];
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("_typeFilter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_split_at_the_configured_size() {
+    let app = spawn_app(Options {
+        sample_patients: 6,
+        tune: Box::new(|c| {
+            c.max_resources_per_file = 7;
+            c.page_size = 3;
+            c.min_chunk_bytes = 2000;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let expected = by_type(sample(6));
+    let manifest = app
+        .wait_manifest(&app.start_export(app.kickoff_get("$export")).await)
+        .await;
+    for entry in manifest["output"].as_array().unwrap() {
+        assert!(entry["count"].as_u64().unwrap() <= 7);
+    }
+    let obs_files = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "Observation")
+        .count();
+    assert!(obs_files >= expected["Observation"].len() / 7);
+    assert_same_content(&app.outputs(&manifest, "output").await, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_status_then_cancel_leaves_nothing() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let app = spawn_app(Options {
+        sample_patients: 10,
+        wrap_artifacts: Some(Box::new(move |inner| {
+            Arc::new(Intercepted { inner, hook: g })
+        })),
+        tune: Box::new(|c| {
+            c.page_size = 10;
+            c.min_chunk_bytes = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Observation"))
+        .await;
+    let job = job_id_of(&status);
+    gate.reached().await;
+    let resp = app.client.get(&status).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(resp.headers()["x-progress"], "started");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+
+    let resp = app.client.delete(&status).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    gate.open();
+    expect_outcome(
+        app.client.get(&status).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    expect_outcome(
+        app.client.delete(&status).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // Workers notice at their next page; wait for the queue to drain.
+    for _ in 0..200 {
+        if app.running.queue.len().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.running.queue.len().await.unwrap(),
+        0,
+        "the cancelled job's work drained"
+    );
+    assert_eq!(
+        app.leftovers(&job).await,
+        Vec::<String>::new(),
+        "no files, no open uploads"
+    );
+    let file = app.url(&format!(
+        "$export-jobs/{job}/files/Observation-0000-000.ndjson"
+    ));
+    expect_outcome(
+        app.client.get(&file).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_expire_when_the_clock_passes_retention() {
+    let app = spawn_app(Options {
+        sample_patients: 3,
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient"))
+        .await;
+    let job = job_id_of(&status);
+    let manifest = app.wait_manifest(&status).await;
+    let url = manifest["output"][0]["url"].as_str().unwrap().to_string();
+    let resp = app.client.get(&url).send().await.unwrap();
+    let signed = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(signed.contains("expires=") && signed.contains("signature="));
+    // A tampered link is refused.
+    let tampered = signed.replace("signature=", "signature=00");
+    expect_outcome(
+        app.client.get(&tampered).send().await.unwrap(),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    // Presigned links live minutes: 10 minutes on, this one is dead.
+    app.clock.advance(chrono::Duration::minutes(10));
+    expect_outcome(
+        app.client.get(&signed).send().await.unwrap(),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    // Still inside retention, status still answers.
+    assert_eq!(
+        app.client.get(&status).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    app.clock.advance(chrono::Duration::days(7));
+    expect_outcome(
+        app.client.get(&status).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    expect_outcome(
+        app.client.get(&url).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert!(
+        !app.leftovers(&job).await.is_empty(),
+        "files wait for the sweeper"
+    );
+    assert_eq!(app.running.engine.sweep().await.unwrap(), 1);
+    assert_eq!(app.leftovers(&job).await, Vec::<String>::new());
+    assert!(app
+        .running
+        .engine
+        .ports
+        .jobs
+        .get_job(&job)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_sees_a_job() {
+    let app = spawn_app(Options {
+        sample_patients: 3,
+        header_subject: true,
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(
+            app.kickoff_get("$export?_type=Patient")
+                .header("x-test-subject", "alice"),
+        )
+        .await;
+    let manifest = app.wait_manifest(&status).await; // alice is the default subject
+    let url = manifest["output"][0]["url"].as_str().unwrap();
+    let as_bob = |r: reqwest::RequestBuilder| r.header("x-test-subject", "bob");
+    let bob_status = as_bob(app.client.get(&status)).send().await.unwrap();
+    let unknown = app
+        .client
+        .get(app.url("$export-jobs/00000000-0000-0000-0000-000000000000"))
+        .send()
+        .await
+        .unwrap();
+    let (a, b) = (
+        expect_outcome(bob_status, StatusCode::NOT_FOUND).await,
+        expect_outcome(unknown, StatusCode::NOT_FOUND).await,
+    );
+    // Same shape as an unknown job: nothing reveals that the job exists.
+    assert_eq!(a["issue"][0]["code"], b["issue"][0]["code"]);
+    expect_outcome(
+        as_bob(app.client.get(url)).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    expect_outcome(
+        as_bob(app.client.delete(&status)).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // Alice's job survived Bob's attempts.
+    assert_eq!(
+        app.client.get(&status).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(app.download(url).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_killed_mid_way_resumes_without_duplicates_or_loss() {
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = failures.clone();
+    let app = spawn_app(Options {
+        sample_patients: 12,
+        wrap_artifacts: Some(Box::new(move |inner| {
+            let hook = Crashes {
+                calls: AtomicUsize::new(0),
+                fail_before: vec![3, 11],
+                fail_after: vec![6, 15],
+                failures: f,
+            };
+            Arc::new(Intercepted { inner, hook })
+        })),
+        tune: Box::new(|c| {
+            c.page_size = 7;
+            c.min_chunk_bytes = 1;
+            c.visibility_timeout = Duration::from_millis(500);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let expected = by_type(sample(12));
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Observation,Encounter"))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        4,
+        "every injected crash happened"
+    );
+    let out = app.outputs(&manifest, "output").await;
+    let want: BTreeMap<String, Vec<Value>> = expected
+        .into_iter()
+        .filter(|(t, _)| t == "Observation" || t == "Encounter")
+        .collect();
+    assert_same_content(&out, &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_out_of_time_continue_in_new_messages() {
+    let app = spawn_app(Options {
+        sample_patients: 6,
+        tune: Box::new(|c| {
+            c.page_size = 5;
+            c.min_chunk_bytes = 1;
+            c.invocation_budget = Duration::from_millis(1);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let expected = by_type(sample(6));
+    let manifest = app
+        .wait_manifest(&app.start_export(app.kickoff_get("$export")).await)
+        .await;
+    assert_same_content(&app.outputs(&manifest, "output").await, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_during_an_export_do_not_leak_into_it() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let app = spawn_app(Options {
+        sample_patients: 20,
+        wrap_artifacts: Some(Box::new(move |inner| {
+            Arc::new(Intercepted { inner, hook: g })
+        })),
+        tune: Box::new(|c| {
+            c.page_size = 1;
+            c.min_chunk_bytes = 1;
+            c.workers = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let patients = by_type(sample(20)).remove("Patient").unwrap();
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient"))
+        .await;
+    gate.reached().await; // one patient of the first shard read; the rest not yet
+    let first_shard = patients
+        .iter()
+        .map(|p| shard_of(p["id"].as_str().unwrap(), SHARDS))
+        .min()
+        .unwrap();
+    let later: Vec<&Value> = patients
+        .iter()
+        .filter(|p| shard_of(p["id"].as_str().unwrap(), SHARDS) > first_shard)
+        .collect();
+    let (updated, deleted) = (later[0], later[1]);
+    let mut changed = updated.clone();
+    changed["gender"] = json!("unknown");
+    app.put(&changed).await;
+    app.delete("Patient", deleted["id"].as_str().unwrap()).await;
+    app.put(&json!({"resourceType": "Patient", "id": "born-during-export"}))
+        .await;
+    gate.open();
+
+    let manifest = app.wait_manifest(&status).await;
+    let out = app.outputs(&manifest, "output").await;
+    let mut want = BTreeMap::new();
+    want.insert("Patient".to_string(), patients.clone());
+    assert_same_content(&out, &want);
+    let exported_update = out["Patient"]
+        .iter()
+        .find(|p| p["id"] == updated["id"])
+        .unwrap();
+    assert_eq!(exported_update["meta"]["versionId"], "1");
+    assert_eq!(exported_update["gender"], updated["gender"]);
+}

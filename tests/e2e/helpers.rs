@@ -1,0 +1,305 @@
+//! The harness: start the real service on a free port with fresh storage,
+//! and speak the Bulk Data protocol to it over HTTP.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bulk_export::clock::OffsetClock;
+use bulk_export::domain::ApiError;
+use bulk_export::engine::Caller;
+use bulk_export::http::Authenticator;
+use bulk_export::ports::ArtifactStore;
+use bulk_export_local::{start, LocalConfig, Overrides, Running};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+
+pub const SYNTHEA_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/data/synthea-r4-100"
+);
+
+/// Test-only identity: the `X-Test-Subject` header names the caller, so
+/// owner checks can be exercised before real tokens exist.
+pub struct HeaderSubject;
+
+#[async_trait]
+impl Authenticator for HeaderSubject {
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
+        let subject = headers
+            .get("x-test-subject")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("alice")
+            .to_string();
+        Ok(Caller { subject })
+    }
+}
+
+pub struct TestApp {
+    pub running: Running,
+    pub client: Client,
+    pub clock: Arc<OffsetClock>,
+    /// Keeps the data directory alive for the test.
+    pub _dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub sample_patients: usize,
+    pub wrap_artifacts:
+        Option<Box<dyn FnOnce(Arc<dyn ArtifactStore>) -> Arc<dyn ArtifactStore> + Send>>,
+    pub tune: Box<dyn FnOnce(&mut LocalConfig) + Send>,
+    pub header_subject: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sample_patients: 0,
+            wrap_artifacts: None,
+            tune: Box::new(|_| {}),
+            header_subject: false,
+        }
+    }
+}
+
+pub async fn spawn_app(opts: Options) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = LocalConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    config.sample_patients = opts.sample_patients;
+    config.visibility_timeout = Duration::from_secs(2);
+    config.sweep_interval = Duration::from_secs(3600);
+    (opts.tune)(&mut config);
+    let clock = Arc::new(OffsetClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        auth: if opts.header_subject {
+            Some(Arc::new(HeaderSubject))
+        } else {
+            None
+        },
+        wrap_artifacts: opts.wrap_artifacts,
+    };
+    let running = start(config, overrides).await.expect("service starts");
+    let client = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        running,
+        client,
+        clock,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn base(&self) -> &str {
+        &self.running.base_url
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base(), path.trim_start_matches('/'))
+    }
+
+    pub async fn put(&self, resource: &Value) -> Value {
+        let t = resource["resourceType"].as_str().unwrap();
+        let id = resource["id"].as_str().unwrap();
+        let resp = self
+            .client
+            .put(self.url(&format!("{t}/{id}")))
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "PUT {t}/{id}: {}",
+            resp.status()
+        );
+        resp.json().await.unwrap()
+    }
+
+    pub async fn delete(&self, t: &str, id: &str) {
+        let resp = self
+            .client
+            .delete(self.url(&format!("{t}/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+
+    pub fn kickoff_get(&self, path_and_query: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(self.url(path_and_query))
+            .header("accept", "application/fhir+json")
+            .header("prefer", "respond-async")
+    }
+
+    pub fn kickoff_post(&self, path: &str, params: Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .header("accept", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Parameters", "parameter": params}).to_string())
+    }
+
+    /// Sends a kick-off and returns the status URL.
+    pub async fn start_export(&self, req: reqwest::RequestBuilder) -> String {
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get("content-location")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "kick-off: {}",
+            resp.text().await.unwrap()
+        );
+        let location = location.expect("Content-Location");
+        assert!(
+            location.starts_with("http://"),
+            "absolute status URL: {location}"
+        );
+        location
+    }
+
+    /// Polls until the export completes; returns the manifest.
+    pub async fn wait_manifest(&self, status_url: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let resp = self.client.get(status_url).send().await.unwrap();
+            match resp.status() {
+                StatusCode::OK => {
+                    assert_eq!(resp.headers()["content-type"], "application/json");
+                    assert!(resp.headers().contains_key("expires"));
+                    return resp.json().await.unwrap();
+                }
+                StatusCode::ACCEPTED => {
+                    let retry: u64 = resp.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!((1..=60).contains(&retry));
+                    let progress = resp.headers()["x-progress"].to_str().unwrap();
+                    assert!(
+                        progress == "scheduled" || progress == "started",
+                        "{progress}"
+                    );
+                }
+                other => panic!("status poll: {other}: {}", resp.text().await.unwrap()),
+            }
+            assert!(Instant::now() < deadline, "export did not finish in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Follows a manifest URL (303 to a signed link) and returns the lines.
+    pub async fn download(&self, url: &str) -> Vec<Value> {
+        let text = self.download_text(url).await;
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "every line ends in a newline"
+        );
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    }
+
+    pub async fn download_text(&self, url: &str) -> String {
+        let resp = self.client.get(url).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::SEE_OTHER,
+            "file endpoint answers 303"
+        );
+        let signed = resp.headers()["location"].to_str().unwrap().to_string();
+        let resp = self.client.get(&signed).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/fhir+ndjson");
+        resp.text().await.unwrap()
+    }
+
+    /// Every output resource of a manifest, by type, checking `count`s.
+    pub async fn outputs(&self, manifest: &Value, key: &str) -> BTreeMap<String, Vec<Value>> {
+        let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for entry in manifest[key].as_array().unwrap() {
+            let lines = self.download(entry["url"].as_str().unwrap()).await;
+            assert_eq!(
+                entry["count"].as_u64().unwrap(),
+                lines.len() as u64,
+                "manifest count of {entry}"
+            );
+            out.entry(entry["type"].as_str().unwrap().to_string())
+                .or_default()
+                .extend(lines);
+        }
+        out
+    }
+
+    /// Files (and open uploads) left on disk for a job.
+    pub async fn leftovers(&self, job_id: &str) -> Vec<String> {
+        let prefix = format!("jobs/{job_id}/");
+        let a = &self.running.engine.ports.artifacts;
+        let mut all = a.list(&prefix).await.unwrap();
+        all.extend(a.list_uploads(&prefix).await.unwrap());
+        all
+    }
+}
+
+pub fn job_id_of(status_url: &str) -> String {
+    status_url.rsplit('/').next().unwrap().to_string()
+}
+
+pub async fn expect_outcome(resp: Response, status: StatusCode) -> Value {
+    assert_eq!(resp.status(), status);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    body
+}
+
+/// Removes `meta` so stored and exported resources can be compared.
+pub fn without_meta(v: &Value) -> Value {
+    let mut v = v.clone();
+    v.as_object_mut().unwrap().remove("meta");
+    v
+}
+
+pub fn ids(resources: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = resources
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Reads the Synthea sample (gzipped NDJSON per type).
+pub fn synthea() -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(Path::new(SYNTHEA_DIR))
+        .expect("the Synthea sample beside the repo")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".ndjson.gz"))
+        .collect();
+    paths.sort();
+    for p in paths {
+        let f = std::fs::File::open(&p).unwrap();
+        let r = std::io::BufReader::new(flate2::read::GzDecoder::new(f));
+        for line in r.lines() {
+            let line = line.unwrap();
+            if !line.trim().is_empty() {
+                out.push(serde_json::from_str(&line).unwrap());
+            }
+        }
+    }
+    out
+}

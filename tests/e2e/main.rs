@@ -1,0 +1,7 @@
+//! All end-to-end tests in one binary (one link on a 2-core machine).
+
+mod export;
+mod faults;
+mod helpers;
+mod malformed;
+mod resources;
