@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod loader;
-mod workers;
+pub mod workers;
 
 /// Settings of the local service.
 #[derive(Debug, Clone)]
@@ -70,11 +70,14 @@ impl LocalConfig {
             max_resources_per_file: 100_000,
             page_size: 1000,
             min_chunk_bytes: 1 << 20,
-            part_target_resources: 250_000,
+            part_target_resources: 50_000,
             patients_per_part: 500,
         }
     }
 }
+
+/// Wraps the artifact store, e.g. to inject a failure mid-export.
+pub type ArtifactWrapper = Box<dyn FnOnce(Arc<dyn ArtifactStore>) -> Arc<dyn ArtifactStore> + Send>;
 
 /// Replaceable parts, for tests.
 #[derive(Default)]

@@ -131,6 +131,9 @@ impl<H: ChunkHook> ArtifactStore for Intercepted<H> {
     async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()> {
         self.inner.abort_upload(key, upload_id).await
     }
+    async fn get(&self, key: &str) -> PortResult<Bytes> {
+        self.inner.get(key).await
+    }
     async fn put(&self, key: &str, data: Bytes) -> PortResult<()> {
         self.inner.put(key, data).await
     }

@@ -12,8 +12,7 @@ use bulk_export::clock::OffsetClock;
 use bulk_export::domain::ApiError;
 use bulk_export::engine::Caller;
 use bulk_export::http::Authenticator;
-use bulk_export::ports::ArtifactStore;
-use bulk_export_local::{start, LocalConfig, Overrides, Running};
+use bulk_export_local::{start, ArtifactWrapper, LocalConfig, Overrides, Running};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -48,8 +47,7 @@ pub struct TestApp {
 
 pub struct Options {
     pub sample_patients: usize,
-    pub wrap_artifacts:
-        Option<Box<dyn FnOnce(Arc<dyn ArtifactStore>) -> Arc<dyn ArtifactStore> + Send>>,
+    pub wrap_artifacts: Option<ArtifactWrapper>,
     pub tune: Box<dyn FnOnce(&mut LocalConfig) + Send>,
     pub header_subject: bool,
 }

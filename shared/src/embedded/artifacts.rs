@@ -2,10 +2,14 @@
 //! URL behaviour.
 //!
 //! Layout under the root: `objects/<key>` for finished files and
-//! `uploads/<key>/<upload id>/<chunk number>` for uploads in flight. A chunk
-//! is written to a temporary name and renamed, so a crash never leaves a
-//! half chunk; completing an upload concatenates the chunks (in-kernel copy
-//! on Linux) and renames the result into place.
+//! `uploads/<key>/<upload id>/` for uploads in flight, holding one staging
+//! file (`data`) and the list of its chunks (`chunks`: number and length).
+//! A chunk is written in place at its offset, so every byte is written once
+//! and completing an upload is a rename. Chunks go up in order (the engine's
+//! sinks are sequential); re-uploading chunk n (a resumed part) replaces it,
+//! and drops later chunks only if its length changed. Completing checks the
+//! caller's chunk list against what is staged, so a mismatch is an error,
+//! never a corrupt file.
 //!
 //! Presigned URLs carry an expiry and an HMAC-SHA256 over the key and the
 //! expiry, made with a secret kept in the data directory.
@@ -124,6 +128,9 @@ impl ArtifactStore for FsArtifacts {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = self.upload_dir(key, &id)?;
         tokio::fs::create_dir_all(&dir).await.map_err(backend)?;
+        tokio::fs::write(dir.join("chunks"), b"")
+            .await
+            .map_err(backend)?;
         Ok(id)
     }
 
@@ -135,15 +142,9 @@ impl ArtifactStore for FsArtifacts {
         data: Bytes,
     ) -> PortResult<String> {
         let dir = self.upload_dir(key, upload_id)?;
-        if !dir.is_dir() {
-            return Err(PortError::NotFound);
-        }
-        let tmp = dir.join(format!("{number:05}.tmp"));
-        tokio::fs::write(&tmp, &data).await.map_err(backend)?;
-        tokio::fs::rename(&tmp, dir.join(format!("{number:05}")))
+        tokio::task::spawn_blocking(move || stage_chunk(&dir, number, &data))
             .await
-            .map_err(backend)?;
-        Ok(format!("{number}-{}", data.len()))
+            .map_err(backend)?
     }
 
     async fn complete_upload(
@@ -154,23 +155,25 @@ impl ArtifactStore for FsArtifacts {
     ) -> PortResult<()> {
         let dir = self.upload_dir(key, upload_id)?;
         let target = self.object_path(key)?;
-        let numbers: Vec<u32> = chunks.iter().map(|c| c.number).collect();
+        let wanted: Vec<(u32, String)> =
+            chunks.iter().map(|c| (c.number, c.etag.clone())).collect();
         tokio::task::spawn_blocking(move || -> PortResult<()> {
-            if !dir.is_dir() {
-                return Err(PortError::NotFound);
+            let staged = read_chunk_list(&dir)?;
+            let staged: Vec<(u32, String)> =
+                staged.iter().map(|&(n, len)| (n, etag(n, len))).collect();
+            if staged != wanted {
+                return Err(PortError::Backend(format!(
+                    "upload does not hold the listed chunks (staged {staged:?})"
+                )));
             }
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(backend)?;
             }
-            let assembling = dir.join("assembled");
-            let mut out = std::fs::File::create(&assembling).map_err(backend)?;
-            for n in numbers {
-                let mut chunk =
-                    std::fs::File::open(dir.join(format!("{n:05}"))).map_err(backend)?;
-                std::io::copy(&mut chunk, &mut out).map_err(backend)?;
+            let data = dir.join("data");
+            if !data.exists() {
+                std::fs::File::create(&data).map_err(backend)?;
             }
-            drop(out);
-            std::fs::rename(&assembling, &target).map_err(backend)?;
+            std::fs::rename(&data, &target).map_err(backend)?;
             std::fs::remove_dir_all(&dir).map_err(backend)?;
             Ok(())
         })
@@ -183,6 +186,14 @@ impl ArtifactStore for FsArtifacts {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> PortResult<Bytes> {
+        match tokio::fs::read(self.object_path(key)?).await {
+            Ok(b) => Ok(b.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PortError::NotFound),
             Err(e) => Err(backend(e)),
         }
     }
@@ -218,7 +229,7 @@ impl ArtifactStore for FsArtifacts {
     }
 
     async fn list_uploads(&self, prefix: &str) -> PortResult<Vec<String>> {
-        // uploads/<key>/<upload id>/<chunk>: report the key of each upload dir.
+        // uploads/<key>/<upload id>/<file>: report the key of each upload.
         let base = self.root.join("uploads");
         let start = base.join(safe_key(prefix.trim_end_matches('/'))?);
         tokio::task::spawn_blocking(move || list_files(&base, &start, 2))
@@ -240,6 +251,68 @@ impl ArtifactStore for FsArtifacts {
             self.public_origin
         ))
     }
+}
+
+fn etag(number: u32, len: u64) -> String {
+    format!("{number}-{len}")
+}
+
+/// The staged chunks of an upload, in order: (number, length).
+fn read_chunk_list(dir: &Path) -> PortResult<Vec<(u32, u64)>> {
+    if !dir.is_dir() {
+        return Err(PortError::NotFound);
+    }
+    let text = match std::fs::read_to_string(dir.join("chunks")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(backend(e)),
+    };
+    text.lines()
+        .map(|l| {
+            let (n, len) = l
+                .split_once(' ')
+                .ok_or_else(|| backend("corrupt chunk list"))?;
+            Ok((n.parse().map_err(backend)?, len.parse().map_err(backend)?))
+        })
+        .collect()
+}
+
+/// Writes chunk `number` at its offset in the staging file.
+fn stage_chunk(dir: &Path, number: u32, data: &[u8]) -> PortResult<String> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut chunks = read_chunk_list(dir)?;
+    let len = data.len() as u64;
+    let same_length = chunks.iter().any(|&(n, l)| n == number && l == len);
+    if !same_length {
+        chunks.retain(|&(n, _)| n < number);
+    }
+    let before: Vec<u32> = chunks.iter().map(|c| c.0).filter(|&n| n < number).collect();
+    if before != (1..number).collect::<Vec<_>>() {
+        return Err(PortError::Backend(format!(
+            "chunk {number} uploaded before the chunks ahead of it"
+        )));
+    }
+    let offset: u64 = chunks.iter().filter(|c| c.0 < number).map(|c| c.1).sum();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("data"))
+        .map_err(backend)?;
+    file.write_all_at(data, offset).map_err(backend)?;
+    if !same_length {
+        file.set_len(offset + len).map_err(backend)?;
+        chunks.push((number, len));
+        let tmp = dir.join("chunks.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(backend)?;
+        for (n, l) in &chunks {
+            writeln!(f, "{n} {l}").map_err(backend)?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, dir.join("chunks")).map_err(backend)?;
+    }
+    Ok(etag(number, len))
 }
 
 /// Relative file paths under `start` (as keys relative to `base`), dropping

@@ -156,7 +156,7 @@ impl JobStore for SqliteJobs {
                     let mut p = p.clone();
                     p.version = 1;
                     tx.execute(
-                        "INSERT OR REPLACE INTO parts (job_id, idx, version, body) VALUES (?1, ?2, 1, ?3)",
+                        "INSERT OR IGNORE INTO parts (job_id, idx, version, body) VALUES (?1, ?2, 1, ?3)",
                         params![p.job_id, p.index, to_json(&p)?],
                     )
                     .map_err(backend)?;
@@ -334,7 +334,10 @@ impl WorkQueue for SqliteQueue {
                 tx.commit().map_err(backend)
             })
             .await?;
+        // Wake every idle worker, and leave a permit for one that is between
+        // two receives so it does not sleep through the message.
         self.wake.notify_waiters();
+        self.wake.notify_one();
         Ok(())
     }
 

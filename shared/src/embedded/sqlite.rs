@@ -65,7 +65,7 @@ fn open_connection(path: &Path) -> PortResult<Connection> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 30000;
-         PRAGMA cache_size = -16000;",
+         PRAGMA cache_size = -8000;",
     )
     .map_err(backend)?;
     Ok(conn)

@@ -67,7 +67,7 @@ impl EngineConfig {
             page_size: 1000,
             min_chunk_bytes: 1 << 20,
             carry_limit_bytes: 96 << 10,
-            part_target_resources: 250_000,
+            part_target_resources: 50_000,
             patients_per_part: 500,
             presign_ttl: Duration::from_secs(300),
             requires_access_token: false,

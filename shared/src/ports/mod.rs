@@ -160,8 +160,9 @@ pub trait JobStore: Send + Sync {
     async fn update_job(&self, job: &Job) -> PortResult<Job>;
     /// Deletes the job and its parts.
     async fn delete_job(&self, id: &str) -> PortResult<()>;
-    /// Writes the plan's parts (replacing any from an earlier attempt at
-    /// planning that did not finish).
+    /// Writes the plan's parts, keeping any that already exist: planning is
+    /// deterministic, so a twin planner (a redelivered plan message) wrote
+    /// the same parts, and they may already be in progress.
     async fn put_parts(&self, parts: &[Part]) -> PortResult<()>;
     async fn get_part(&self, job_id: &str, index: u32) -> PortResult<Option<Part>>;
     async fn list_parts(&self, job_id: &str) -> PortResult<Vec<Part>>;
@@ -194,6 +195,8 @@ pub trait ArtifactStore: Send + Sync {
         chunks: &[UploadedChunk],
     ) -> PortResult<()>;
     async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()>;
+    /// Reads a whole object (small ones: error files, tests).
+    async fn get(&self, key: &str) -> PortResult<Bytes>;
     /// Writes a small object in one go.
     async fn put(&self, key: &str, data: Bytes) -> PortResult<()>;
     /// Deletes every object and aborts every upload under `prefix`.

@@ -1,0 +1,458 @@
+//! Port contracts: every adapter of a port must pass the same suite. The
+//! embedded adapters run it here; the AWS adapters run the same functions
+//! against the emulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulk_export::clock::SystemClock;
+use bulk_export::domain::job::{Job, JobState, Part, PartSpec, UploadedChunk, WorkMessage};
+use bulk_export::domain::request::{ElementSelection, ExportLevel, ExportRequest};
+use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteResourceStore};
+use bulk_export::ports::{
+    ArtifactStore, JobStore, PortError, ResourceStore, ShardScan, WorkQueue, WriteOp,
+};
+use chrono::Utc;
+use serde_json::json;
+
+pub fn job(id: &str) -> Job {
+    Job {
+        id: id.into(),
+        owner: "alice".into(),
+        request: ExportRequest {
+            level: ExportLevel::System,
+            request_url: "http://x/fhir/$export".into(),
+            types: vec![],
+            since: None,
+            until: None,
+            elements: ElementSelection::default(),
+            patients: vec![],
+            lenient_issues: vec![],
+        },
+        state: JobState::Running,
+        transaction_time: Utc::now(),
+        created_at: Utc::now(),
+        started_at: None,
+        completed_at: None,
+        expires_at: None,
+        parts_total: 2,
+        parts_remaining: 2,
+        files: vec![],
+        error: None,
+        version: 0,
+    }
+}
+
+fn part(job_id: &str, index: u32) -> Part {
+    Part {
+        job_id: job_id.into(),
+        index,
+        spec: PartSpec::Shards {
+            resource_type: "Patient".into(),
+            first_shard: 0,
+            last_shard: 15,
+        },
+        progress_total: 10,
+        checkpoint: Default::default(),
+        done: false,
+        version: 0,
+    }
+}
+
+pub async fn job_store_contract(store: Arc<dyn JobStore>) {
+    let id = format!("job-{}", uuid_like());
+    store.create_job(&job(&id)).await.unwrap();
+    assert_eq!(
+        store.create_job(&job(&id)).await,
+        Err(PortError::AlreadyExists)
+    );
+    let stored = store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+
+    // Optimistic concurrency: a stale version loses.
+    let mut a = stored.clone();
+    a.state = JobState::Completed;
+    let a = store.update_job(&a).await.unwrap();
+    assert_eq!(a.version, 2);
+    let mut stale = stored.clone();
+    stale.state = JobState::Cancelled;
+    assert_eq!(store.update_job(&stale).await, Err(PortError::Conflict));
+    assert_eq!(
+        store.get_job(&id).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+
+    // Parts: a second put keeps what is there.
+    store
+        .put_parts(&[part(&id, 0), part(&id, 1)])
+        .await
+        .unwrap();
+    let p0 = store.get_part(&id, 0).await.unwrap().unwrap();
+    let mut moved = p0.clone();
+    moved.checkpoint.progress_done = 5;
+    let moved = store.save_part(&moved).await.unwrap();
+    store
+        .put_parts(&[part(&id, 0), part(&id, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_part(&id, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .checkpoint
+            .progress_done,
+        5
+    );
+    assert_eq!(
+        store
+            .list_parts(&id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.index)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+
+    // Two workers racing on the same checkpoint: exactly one wins.
+    for round in 0..5 {
+        let current = store.get_part(&id, 0).await.unwrap().unwrap();
+        let (mut x, mut y) = (current.clone(), current.clone());
+        x.checkpoint.progress_done = 100 + round;
+        y.checkpoint.progress_done = 200 + round;
+        let (rx, ry) = tokio::join!(store.save_part(&x), store.save_part(&y));
+        let wins = [rx.is_ok(), ry.is_ok()].iter().filter(|w| **w).count();
+        assert_eq!(wins, 1, "round {round}: exactly one checkpoint wins");
+        let loser = if rx.is_ok() { ry } else { rx };
+        assert_eq!(loser, Err(PortError::Conflict));
+    }
+    let _ = moved;
+
+    // Completing parts counts down atomically, once per part.
+    let p1 = store.get_part(&id, 1).await.unwrap().unwrap();
+    let mut job_now = store.get_job(&id).await.unwrap().unwrap();
+    job_now.parts_remaining = 2;
+    store.update_job(&job_now).await.unwrap();
+    assert_eq!(store.complete_part(&p1).await.unwrap(), 1);
+    assert_eq!(
+        store.complete_part(&p1).await,
+        Err(PortError::Conflict),
+        "a stale part cannot complete twice"
+    );
+    let p0 = store.get_part(&id, 0).await.unwrap().unwrap();
+    assert_eq!(store.complete_part(&p0).await.unwrap(), 0);
+    assert!(store.get_part(&id, 0).await.unwrap().unwrap().done);
+
+    // Expiry queries and deletion.
+    let mut j = store.get_job(&id).await.unwrap().unwrap();
+    j.expires_at = Some(Utc::now() + chrono::Duration::hours(1));
+    store.update_job(&j).await.unwrap();
+    assert!(!store
+        .expired_jobs(Utc::now(), 100)
+        .await
+        .unwrap()
+        .contains(&id));
+    assert!(store
+        .expired_jobs(Utc::now() + chrono::Duration::hours(2), 100)
+        .await
+        .unwrap()
+        .contains(&id));
+    store.delete_job(&id).await.unwrap();
+    assert!(store.get_job(&id).await.unwrap().is_none());
+    assert!(store.list_parts(&id).await.unwrap().is_empty());
+}
+
+pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
+    let t = "Observation";
+    let put = |id: &str, v: i64| WriteOp::Upsert {
+        resource_type: t.into(),
+        id: id.into(),
+        resource: json!({"resourceType": t, "id": id, "valueInteger": v, "subject": {"reference": "Patient/p1"}}),
+    };
+    let before = store.snapshot().await.unwrap();
+    let w = store
+        .write((0..30).map(|i| put(&format!("o{i:02}"), i)).collect())
+        .await
+        .unwrap();
+    assert!(w.iter().all(|r| r.created && r.version.version == 1));
+    assert!(
+        w.windows(2)
+            .all(|p| p[0].version.last_updated < p[1].version.last_updated),
+        "lastUpdated strictly increases"
+    );
+    assert!(w[0].version.last_updated > before.timestamp_micros());
+    let body: serde_json::Value =
+        serde_json::from_str(w[0].version.body.as_ref().unwrap()).unwrap();
+    assert_eq!(body["meta"]["versionId"], "1");
+
+    let snap = store.snapshot().await.unwrap().timestamp_micros();
+    let after = store
+        .write(vec![
+            put("o00", 100),
+            WriteOp::Delete {
+                resource_type: t.into(),
+                id: "o01".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(
+        after.iter().all(|r| r.version.last_updated > snap),
+        "writes after a snapshot are after it"
+    );
+    assert!(!after[0].created && after[0].version.version == 2);
+    assert!(after[1].version.deleted && after[1].version.version == 2);
+    let noop = store
+        .write(vec![WriteOp::Delete {
+            resource_type: t.into(),
+            id: "never".into(),
+        }])
+        .await
+        .unwrap();
+    assert!(!noop[0].created);
+    assert!(store.read_current(t, "never").await.unwrap().is_none());
+
+    // Reads as of the snapshot see the old world.
+    assert_eq!(
+        store
+            .read_as_of(t, "o00", snap)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        store.read_current(t, "o00").await.unwrap().unwrap().version,
+        2
+    );
+    assert!(store.read_current(t, "o01").await.unwrap().unwrap().deleted);
+    assert_eq!(
+        store
+            .read_live_before(t, "o01", 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    let many = store
+        .read_many_as_of(t, &["o00".into(), "o01".into(), "none".into()], snap)
+        .await
+        .unwrap();
+    assert_eq!(many.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 1]);
+
+    // Paged scans over every shard see each resource exactly once, as of the snapshot.
+    let mut seen = Vec::new();
+    for shard in 0..store.shard_count() {
+        let mut cursor = None;
+        loop {
+            let page = store
+                .scan_shard(ShardScan {
+                    resource_type: t,
+                    shard,
+                    after: cursor,
+                    as_of: snap,
+                    include_deleted: false,
+                    limit: 4,
+                })
+                .await
+                .unwrap();
+            cursor = page.last().map(|v| v.last_updated);
+            let full = page.len() == 4;
+            seen.extend(page.into_iter().map(|v| (v.id, v.version)));
+            if !full {
+                break;
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 30);
+    assert!(seen.iter().all(|(_, v)| *v == 1));
+    let counts = store.count_by_shard(t, None, snap, false).await.unwrap();
+    assert_eq!(counts.iter().sum::<u64>(), 30);
+    let now = store.snapshot().await.unwrap().timestamp_micros();
+    assert_eq!(
+        store
+            .count_by_shard(t, None, now, false)
+            .await
+            .unwrap()
+            .iter()
+            .sum::<u64>(),
+        29
+    );
+    assert_eq!(
+        store
+            .count_by_shard(t, Some(snap), now, true)
+            .await
+            .unwrap()
+            .iter()
+            .sum::<u64>(),
+        2
+    );
+
+    // The compartment index finds the patient's resources by id order.
+    let ids = store
+        .compartment_ids("p1", t, Some("o27"), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids, ["o28", "o29"]);
+    assert!(store
+        .resource_types()
+        .await
+        .unwrap()
+        .contains(&t.to_string()));
+}
+
+pub async fn artifact_store_contract(store: Arc<dyn ArtifactStore>) {
+    let prefix = format!("jobs/{}/", uuid_like());
+    let key = format!("{prefix}Patient-0000-000.ndjson");
+    let up = store.start_upload(&key).await.unwrap();
+    assert_eq!(store.list_uploads(&prefix).await.unwrap(), [key.clone()]);
+    let e1 = store
+        .upload_chunk(&key, &up, 1, "a\n".into())
+        .await
+        .unwrap();
+    store
+        .upload_chunk(&key, &up, 2, "stale\n".into())
+        .await
+        .unwrap();
+    // Uploading a chunk number again replaces it (a resumed part).
+    let e2 = store
+        .upload_chunk(&key, &up, 2, "b\n".into())
+        .await
+        .unwrap();
+    let chunks = [
+        UploadedChunk {
+            number: 1,
+            etag: e1,
+        },
+        UploadedChunk {
+            number: 2,
+            etag: e2,
+        },
+    ];
+    store.complete_upload(&key, &up, &chunks).await.unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), "a\nb\n");
+    assert_eq!(store.list(&prefix).await.unwrap(), [key.clone()]);
+    assert!(store.list_uploads(&prefix).await.unwrap().is_empty());
+
+    let other = format!("{prefix}Observation-0000-000.ndjson");
+    let up2 = store.start_upload(&other).await.unwrap();
+    store
+        .upload_chunk(&other, &up2, 1, "x\n".into())
+        .await
+        .unwrap();
+    store.abort_upload(&other, &up2).await.unwrap();
+    assert!(store.list_uploads(&prefix).await.unwrap().is_empty());
+    assert_eq!(store.get(&other).await, Err(PortError::NotFound));
+
+    let url = store
+        .presign_get(&key, Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert!(url.starts_with("http"), "{url}");
+
+    store
+        .put(&format!("{prefix}errors.ndjson"), "e\n".into())
+        .await
+        .unwrap();
+    let open = store
+        .start_upload(&format!("{prefix}open.ndjson"))
+        .await
+        .unwrap();
+    store
+        .upload_chunk(&format!("{prefix}open.ndjson"), &open, 1, "o\n".into())
+        .await
+        .unwrap();
+    store.delete_prefix(&prefix).await.unwrap();
+    assert!(
+        store.list(&prefix).await.unwrap().is_empty(),
+        "objects gone"
+    );
+    assert!(
+        store.list_uploads(&prefix).await.unwrap().is_empty(),
+        "open uploads gone"
+    );
+}
+
+pub async fn work_queue_contract(queue: Arc<dyn WorkQueue>) {
+    let m1 = WorkMessage::Plan {
+        job_id: "j1".into(),
+    };
+    let m2 = WorkMessage::Part {
+        job_id: "j1".into(),
+        index: 3,
+    };
+    queue.send(&[m1.clone(), m2.clone()]).await.unwrap();
+    let got = queue.receive(10, Duration::from_millis(400)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|d| d.message.clone()).collect::<Vec<_>>(),
+        [m1.clone(), m2.clone()]
+    );
+    assert!(got.iter().all(|d| d.receive_count == 1));
+    // Hidden while in flight.
+    assert!(queue
+        .receive(10, Duration::from_millis(400))
+        .await
+        .unwrap()
+        .is_empty());
+    queue.delete(&got[0].receipt).await.unwrap();
+    // Not deleted: it comes back after the visibility timeout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = queue.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message, m2);
+    assert_eq!(again[0].receive_count, 2);
+    // A stale receipt does not delete the redelivered message's new lease.
+    queue.delete(&got[1].receipt).await.unwrap();
+    queue.delete(&again[0].receipt).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(queue
+        .receive(10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or(0))
+}
+
+mod embedded {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn job_store() {
+        let dir = tempfile::tempdir().unwrap();
+        job_store_contract(Arc::new(
+            SqliteJobs::open(&dir.path().join("jobs.db")).unwrap(),
+        ))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resource_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteResourceStore::open(&dir.path().join("r.db"), Arc::new(SystemClock)).unwrap();
+        resource_store_contract(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn artifact_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            FsArtifacts::open(dir.path(), "http://127.0.0.1:9", Arc::new(SystemClock)).unwrap();
+        artifact_store_contract(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = SqliteJobs::open(&dir.path().join("jobs.db")).unwrap();
+        work_queue_contract(Arc::new(jobs.queue())).await;
+    }
+}
