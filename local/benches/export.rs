@@ -1,6 +1,8 @@
 //! End-to-end export benchmark on the embedded default, with its floor.
 //!
 //! `cargo bench -p bulk-export-local --bench export -- --resources 1000000`
+//! (`--dir PATH` keeps the loaded store there and reuses it on the next run;
+//! `--workers N` sets the worker count, default 2 = the cores here.)
 //!
 //! 1. Loads N synthetic resources into a fresh store (timed, for reference).
 //! 2. Runs a system-level export through the real engine and worker loop:
@@ -32,6 +34,14 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn arg_text(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
 fn status_kb(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
@@ -39,6 +49,24 @@ fn status_kb(field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) this process has used so far.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100)
 }
 
 fn reset_peak_rss() {
@@ -73,14 +101,22 @@ fn main() {
 }
 
 async fn run(n: usize, workers: usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let dir_path = arg_text("--dir")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir_path).unwrap();
+    // Exports of earlier runs in a kept directory are not part of this one.
+    let _ = std::fs::remove_dir_all(dir_path.join("files"));
+    for f in ["jobs.db", "jobs.db-wal", "jobs.db-shm", "floor.ndjson"] {
+        let _ = std::fs::remove_file(dir_path.join(f));
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = Arc::new(
-        SqliteResourceStore::open(&dir.path().join("resources.db"), clock.clone()).unwrap(),
-    );
-    let jobs = SqliteJobs::open(&dir.path().join("jobs.db")).unwrap();
+    let store =
+        Arc::new(SqliteResourceStore::open(&dir_path.join("resources.db"), clock.clone()).unwrap());
+    let jobs = SqliteJobs::open(&dir_path.join("jobs.db")).unwrap();
     let queue = jobs.queue();
-    let files = dir.path().join("files");
+    let files = dir_path.join("files");
     let artifacts =
         Arc::new(FsArtifacts::open(&files, "http://127.0.0.1:1", clock.clone()).unwrap());
     let ports = Ports {
@@ -92,11 +128,22 @@ async fn run(n: usize, workers: usize) {
     };
     let engine = Engine::new(ports, EngineConfig::new("http://127.0.0.1:1/fhir"));
 
-    // 1. Load.
+    // 1. Load (unless a kept directory already holds the data).
     let t = Instant::now();
+    let existing = store.version_count().await.unwrap() as usize;
     let mut batch = Vec::with_capacity(5000);
     let mut loaded = 0usize;
-    for v in generate(SampleConfig::for_resources(n, 7)) {
+    let fresh = if existing == 0 {
+        SampleConfig::for_resources(n, 7).patients
+    } else {
+        0
+    };
+    for v in generate(SampleConfig {
+        patients: fresh,
+        seed: 7,
+    })
+    .filter(|_| fresh > 0)
+    {
         let resource_type = v["resourceType"].as_str().unwrap().to_string();
         let id = v["id"].as_str().unwrap().to_string();
         batch.push(WriteOp::Upsert {
@@ -110,7 +157,13 @@ async fn run(n: usize, workers: usize) {
         }
     }
     loaded += batch.len();
-    engine.load(batch).await.unwrap();
+    if !batch.is_empty() {
+        engine.load(batch).await.unwrap();
+    }
+    if existing > 0 {
+        loaded = existing;
+        println!("reusing    {existing} resources in {}", dir_path.display());
+    }
     let load_secs = t.elapsed().as_secs_f64();
     println!(
         "loaded     {loaded} resources in {load_secs:.1} s ({:.0} resources/s)",
@@ -133,6 +186,7 @@ async fn run(n: usize, workers: usize) {
         )));
     }
     let t = Instant::now();
+    let cpu = cpu_secs();
     let input = KickoffInput {
         level: ExportLevel::System,
         request_url: "http://127.0.0.1:1/fhir/$export".into(),
@@ -156,6 +210,7 @@ async fn run(n: usize, workers: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let export_secs = t.elapsed().as_secs_f64();
+    let export_cpu = cpu_secs() - cpu;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -171,6 +226,17 @@ async fn run(n: usize, workers: usize) {
         bytes as f64 / 1e6 / export_secs,
         job.files.len()
     );
+    let phase = |a: Option<chrono::DateTime<chrono::Utc>>,
+                 b: Option<chrono::DateTime<chrono::Utc>>| {
+        a.zip(b)
+            .map(|(a, b)| (b - a).num_milliseconds())
+            .unwrap_or(-1)
+    };
+    println!(
+        "phases     queued->planned {} ms, planned->completed {} ms",
+        phase(Some(job.created_at), job.started_at),
+        phase(job.started_at, job.completed_at)
+    );
     println!(
         "peak RSS   {:.1} MB during the export (RSS before it: {:.1} MB)",
         peak_kb as f64 / 1024.0,
@@ -178,15 +244,19 @@ async fn run(n: usize, workers: usize) {
     );
 
     // 3. Floor: the same rows, the same bytes, no engine.
-    let db = dir.path().join("resources.db");
-    let out = dir.path().join("floor.ndjson");
+    if std::env::args().any(|a| a == "--no-floor") {
+        return;
+    }
+    let db = dir_path.join("resources.db");
+    let out = dir_path.join("floor.ndjson");
     let t = Instant::now();
+    let cpu = cpu_secs();
     let (rows, floor_bytes) = tokio::task::spawn_blocking(move || {
         let conn = rusqlite::Connection::open(db).unwrap();
         let mut stmt = conn
             .prepare(
                 "SELECT body FROM versions WHERE superseded_at IS NULL AND deleted = 0
-                 ORDER BY type, shard, last_updated",
+                 ORDER BY type, last_updated",
             )
             .unwrap();
         let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).unwrap());
@@ -205,6 +275,7 @@ async fn run(n: usize, workers: usize) {
     .await
     .unwrap();
     let floor_secs = t.elapsed().as_secs_f64();
+    let floor_cpu = cpu_secs() - cpu;
     assert_eq!(rows, exported);
     assert_eq!(floor_bytes, bytes, "the floor writes the same bytes");
     println!(
@@ -213,6 +284,7 @@ async fn run(n: usize, workers: usize) {
         rows as f64 / floor_secs,
         floor_bytes as f64 / 1e6 / floor_secs
     );
+    println!("cpu        export {export_cpu:.2} s, floor {floor_cpu:.2} s (user + system)");
     println!(
         "ratio      export / floor = {:.2}x",
         export_secs / floor_secs

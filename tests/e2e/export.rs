@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulk_export::domain::resource::compartment_patients;
-use bulk_export::embedded::resource_store::{shard_of, SHARDS};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export_local::loader::load_values;
 use reqwest::StatusCode;
@@ -585,17 +584,9 @@ async fn changes_during_an_export_do_not_leak_into_it() {
     let status = app
         .start_export(app.kickoff_get("$export?_type=Patient"))
         .await;
-    gate.reached().await; // one patient of the first shard read; the rest not yet
-    let first_shard = patients
-        .iter()
-        .map(|p| shard_of(p["id"].as_str().unwrap(), SHARDS))
-        .min()
-        .unwrap();
-    let later: Vec<&Value> = patients
-        .iter()
-        .filter(|p| shard_of(p["id"].as_str().unwrap(), SHARDS) > first_shard)
-        .collect();
-    let (updated, deleted) = (later[0], later[1]);
+    gate.reached().await; // the first page (one patient) is read; the rest not yet
+                          // Exports read in lastUpdated order: the last-written patients come last.
+    let (updated, deleted) = (&patients[patients.len() - 1], &patients[patients.len() - 2]);
     let mut changed = updated.clone();
     changed["gender"] = json!("unknown");
     app.put(&changed).await;

@@ -134,11 +134,16 @@ pub fn manifest(job: &Job, base_url: &str, requires_access_token: bool) -> Value
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PartSpec {
-    /// One resource type, shards `first_shard..=last_shard` of the store.
+    /// One resource type, shards `first_shard..=last_shard` of the store,
+    /// and within them the versions with `after < lastUpdated <= until`.
     Shards {
         resource_type: String,
         first_shard: u16,
         last_shard: u16,
+        #[serde(default)]
+        after: Option<i64>,
+        #[serde(default)]
+        until: Option<i64>,
     },
     /// A chunk of the export's patients, every requested type.
     Patients {

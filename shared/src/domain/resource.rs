@@ -16,6 +16,16 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// A resource's shard: FNV-1a of its id, stable across versions and releases.
+pub fn shard_of(id: &str, shards: u16) -> u16 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in id.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    (h % shards.max(1) as u32) as u16
+}
+
 pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
     if is_resource_type(resource_type) {
         Ok(())

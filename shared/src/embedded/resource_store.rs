@@ -1,11 +1,14 @@
 //! The resource store on SQLite: every version of every resource in one
 //! table, with the instant each was superseded, so "the version current at
-//! T" is a plain index range (`last_updated <= T < superseded_at`).
+//! T" is a plain range (`last_updated <= T < superseded_at`).
 //!
-//! Ordering by `last_updated` is stable because versions never move: an
-//! update adds a row and stamps the old one's `superseded_at`. So a scan that
-//! resumes from a cursor neither repeats nor skips a resource, however many
-//! writes land meanwhile.
+//! The table is clustered by `(type, last_updated)` (`WITHOUT ROWID`, 16 KiB
+//! pages): an export reads a type as one sequential range and touches each
+//! page once. `last_updated` is unique per store, and versions never move (an
+//! update adds a row and stamps the old one's `superseded_at`), so a scan
+//! that resumes from a cursor neither repeats nor skips a resource, however
+//! many writes land meanwhile. This store uses a single shard; large types
+//! are cut into time ranges instead (`segments`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,24 +20,25 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::sqlite::{backend, Db};
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, stamp_meta};
-use crate::ports::{Clock, PortResult, ResourceStore, ShardScan, Version, WriteOp, WriteResult};
-
-pub const SHARDS: u16 = 16;
+use crate::ports::{
+    Clock, PortResult, ResourceStore, ScanPage, Segment, ShardScan, Version, WriteOp, WriteResult,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS versions (
     type TEXT NOT NULL,
+    last_updated INTEGER NOT NULL,
     id TEXT NOT NULL,
     version INTEGER NOT NULL,
-    shard INTEGER NOT NULL,
-    last_updated INTEGER NOT NULL,
     superseded_at INTEGER,
     deleted INTEGER NOT NULL,
-    body TEXT
-);
+    body TEXT,
+    PRIMARY KEY (type, last_updated)
+) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS versions_by_id ON versions (type, id, version);
-CREATE INDEX IF NOT EXISTS versions_by_shard
-    ON versions (type, shard, last_updated, superseded_at, deleted);
+-- Narrow and covering: counts and split points never read bodies.
+CREATE INDEX IF NOT EXISTS versions_by_time
+    ON versions (type, last_updated, superseded_at, deleted);
 CREATE TABLE IF NOT EXISTS compartment (
     patient TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
     PRIMARY KEY (patient, type, id)
@@ -69,16 +73,6 @@ impl SqliteResourceStore {
     }
 }
 
-/// FNV-1a: a stable hash, so a resource's shard never changes.
-pub fn shard_of(id: &str, shards: u16) -> u16 {
-    let mut h: u32 = 0x811c9dc5;
-    for b in id.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x01000193);
-    }
-    (h % shards as u32) as u16
-}
-
 const VERSION_COLUMNS: &str = "type, id, version, last_updated, deleted, body";
 
 fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<Version> {
@@ -95,7 +89,7 @@ fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<Version> {
 #[async_trait]
 impl ResourceStore for SqliteResourceStore {
     fn shard_count(&self) -> u16 {
-        SHARDS
+        1
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
@@ -115,19 +109,20 @@ impl ResourceStore for SqliteResourceStore {
                             (resource_type.clone(), id.clone())
                         }
                     };
-                    let current: Option<(i64, u64, bool, i64)> = tx
+                    // (last_updated, version, deleted) of the newest version.
+                    let current: Option<(i64, u64, bool)> = tx
                         .prepare_cached(
-                            "SELECT rowid, version, deleted, last_updated FROM versions
+                            "SELECT last_updated, version, deleted FROM versions
                              WHERE type = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
                         )
                         .and_then(|mut s| {
                             s.query_row(params![resource_type, id], |r| {
-                                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? != 0, r.get(3)?))
+                                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? != 0))
                             })
                             .optional()
                         })
                         .map_err(backend)?;
-                    let live_before = matches!(current, Some((_, _, false, _)));
+                    let live_before = matches!(current, Some((_, _, false)));
                     if let (WriteOp::Delete { .. }, false) = (&op, live_before) {
                         // Deleting what is not there changes nothing (FHIR: idempotent).
                         results.push(WriteResult {
@@ -135,7 +130,7 @@ impl ResourceStore for SqliteResourceStore {
                                 resource_type,
                                 id,
                                 version: current.map(|c| c.1).unwrap_or(0),
-                                last_updated: current.map(|c| c.3).unwrap_or(0),
+                                last_updated: current.map(|c| c.0).unwrap_or(0),
                                 deleted: true,
                                 body: None,
                             },
@@ -146,10 +141,12 @@ impl ResourceStore for SqliteResourceStore {
                     let ts = now.max(last_ts + 1);
                     last_ts = ts;
                     let version = current.map(|c| c.1).unwrap_or(0) + 1;
-                    if let Some((rowid, ..)) = current {
-                        tx.prepare_cached("UPDATE versions SET superseded_at = ?1 WHERE rowid = ?2")
-                            .and_then(|mut s| s.execute(params![ts, rowid]))
-                            .map_err(backend)?;
+                    if let Some((previous, ..)) = current {
+                        tx.prepare_cached(
+                            "UPDATE versions SET superseded_at = ?1 WHERE type = ?2 AND last_updated = ?3",
+                        )
+                        .and_then(|mut s| s.execute(params![ts, resource_type, previous]))
+                        .map_err(backend)?;
                     }
                     let (deleted, body) = match op {
                         WriteOp::Delete { .. } => (true, None),
@@ -164,19 +161,11 @@ impl ResourceStore for SqliteResourceStore {
                         }
                     };
                     tx.prepare_cached(
-                        "INSERT INTO versions (type, id, version, shard, last_updated, superseded_at, deleted, body)
-                         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7)",
+                        "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body)
+                         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
                     )
                     .and_then(|mut s| {
-                        s.execute(params![
-                            resource_type,
-                            id,
-                            version as i64,
-                            shard_of(&id, SHARDS),
-                            ts,
-                            deleted as i64,
-                            body
-                        ])
+                        s.execute(params![resource_type, ts, id, version as i64, deleted as i64, body])
                     })
                     .map_err(backend)?;
                     tx.prepare_cached("INSERT OR IGNORE INTO resource_types VALUES (?1)")
@@ -330,78 +319,112 @@ impl ResourceStore for SqliteResourceStore {
             .await
     }
 
-    async fn count_by_shard(
+    async fn segments(
         &self,
         resource_type: &str,
         after: Option<i64>,
         as_of: i64,
         include_deleted: bool,
-    ) -> PortResult<Vec<u64>> {
+        target: u64,
+    ) -> PortResult<Vec<Segment>> {
         let t = resource_type.to_string();
+        let target = target.max(1);
         self.db
             .call(move |c| {
+                // One pass over the narrow index: cut after every `target` versions.
                 let mut s = c
                     .prepare_cached(
-                        "SELECT shard, count(*) FROM versions
+                        "SELECT last_updated FROM versions INDEXED BY versions_by_time
                          WHERE type = ?1 AND last_updated > ?2 AND last_updated <= ?3
                            AND (superseded_at IS NULL OR superseded_at > ?3)
                            AND (?4 OR deleted = 0)
-                         GROUP BY shard",
+                         ORDER BY last_updated",
                     )
                     .map_err(backend)?;
-                let mut counts = vec![0u64; SHARDS as usize];
-                let rows = s
-                    .query_map(
-                        params![t, after.unwrap_or(i64::MIN), as_of, include_deleted],
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                    )
+                let mut rows = s
+                    .query(params![
+                        t,
+                        after.unwrap_or(i64::MIN),
+                        as_of,
+                        include_deleted
+                    ])
                     .map_err(backend)?;
-                for row in rows {
-                    let (shard, n) = row.map_err(backend)?;
-                    if let Some(slot) = counts.get_mut(shard as usize) {
-                        *slot = n as u64;
+                let (mut segments, mut count, mut lower) = (Vec::new(), 0u64, None);
+                let segment = |after, until, count| Segment {
+                    first_shard: 0,
+                    last_shard: 0,
+                    after,
+                    until,
+                    count,
+                };
+                while let Some(row) = rows.next().map_err(backend)? {
+                    count += 1;
+                    if count == target {
+                        let cut: i64 = row.get(0).map_err(backend)?;
+                        segments.push(segment(lower, Some(cut), count));
+                        (lower, count) = (Some(cut), 0);
                     }
                 }
-                Ok(counts)
+                if count > 0 {
+                    segments.push(segment(lower, None, count));
+                } else if let Some(last) = segments.last_mut() {
+                    last.until = None; // the last cut was the last version
+                }
+                Ok(segments)
             })
             .await
     }
 
-    async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<Vec<Version>> {
+    async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<ScanPage> {
         let t = scan.resource_type.to_string();
         let ShardScan {
-            shard,
             after,
+            until,
             as_of,
             include_deleted,
             limit,
             ..
         } = scan;
+        let upper = until.map_or(as_of, |u| u.min(as_of));
         self.db
             .call(move |c| {
                 let mut s = c
-                    .prepare_cached(&format!(
-                        "SELECT {VERSION_COLUMNS} FROM versions
-                         WHERE type = ?1 AND shard = ?2 AND last_updated > ?3 AND last_updated <= ?4
+                    .prepare_cached(
+                        "SELECT id, version, last_updated, deleted, body FROM versions
+                         WHERE type = ?1 AND last_updated > ?2 AND last_updated <= ?3
                            AND (superseded_at IS NULL OR superseded_at > ?4)
                            AND (?5 OR deleted = 0)
-                         ORDER BY last_updated LIMIT ?6"
-                    ))
-                    .map_err(backend)?;
-                let rows = s
-                    .query_map(
-                        params![
-                            t,
-                            shard,
-                            after.unwrap_or(i64::MIN),
-                            as_of,
-                            include_deleted,
-                            limit as i64
-                        ],
-                        row_to_version,
+                         ORDER BY type, last_updated LIMIT ?6",
                     )
                     .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+                let mut rows = s
+                    .query(params![
+                        t,
+                        after.unwrap_or(i64::MIN),
+                        upper,
+                        as_of,
+                        include_deleted,
+                        limit as i64
+                    ])
+                    .map_err(backend)?;
+                // The type is known, and bodies go straight into the page's buffer.
+                let mut page = ScanPage::with_capacity(limit.min(4096), limit.min(4096) * 1024);
+                while let Some(r) = rows.next().map_err(backend)? {
+                    let body = match r.get_ref(4).map_err(backend)? {
+                        rusqlite::types::ValueRef::Text(b) => {
+                            Some(std::str::from_utf8(b).map_err(backend)?)
+                        }
+                        _ => None,
+                    };
+                    page.push(
+                        r.get(0).map_err(backend)?,
+                        r.get::<_, i64>(1).map_err(backend)? as u64,
+                        r.get(2).map_err(backend)?,
+                        r.get::<_, i64>(3).map_err(backend)? != 0,
+                        body,
+                    );
+                }
+                Ok(page)
             })
             .await
     }

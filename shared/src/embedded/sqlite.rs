@@ -62,10 +62,12 @@ impl Db {
 fn open_connection(path: &Path) -> PortResult<Connection> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        // page_size only takes effect on a new database (before WAL is on).
+        "PRAGMA page_size = 16384;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 30000;
-         PRAGMA cache_size = -8000;",
+         PRAGMA cache_size = -8192;",
     )
     .map_err(backend)?;
     Ok(conn)

@@ -65,7 +65,7 @@ impl EngineConfig {
             retention: chrono::Duration::days(7),
             max_resources_per_file: 100_000,
             page_size: 1000,
-            min_chunk_bytes: 1 << 20,
+            min_chunk_bytes: 4 << 20,
             carry_limit_bytes: 96 << 10,
             part_target_resources: 50_000,
             patients_per_part: 500,

@@ -79,26 +79,23 @@ impl Engine {
         let mut specs: Vec<(PartSpec, u64)> = Vec::new();
         match &job.request.level {
             ExportLevel::System => {
+                let target = self.config.part_target_resources;
                 for t in &types {
-                    let counts = self
+                    let segments = self
                         .ports
                         .resources
-                        .count_by_shard(t, since, as_of, since.is_some())
+                        .segments(t, since, as_of, since.is_some(), target)
                         .await?;
-                    specs.extend(
-                        shard_ranges(&counts, self.config.part_target_resources)
-                            .into_iter()
-                            .map(|(first, last, n)| {
-                                (
-                                    PartSpec::Shards {
-                                        resource_type: t.clone(),
-                                        first_shard: first,
-                                        last_shard: last,
-                                    },
-                                    n,
-                                )
-                            }),
-                    );
+                    for seg in segments {
+                        let spec = PartSpec::Shards {
+                            resource_type: t.clone(),
+                            first_shard: seg.first_shard,
+                            last_shard: seg.last_shard,
+                            after: seg.after,
+                            until: seg.until,
+                        };
+                        specs.push((spec, seg.count));
+                    }
                 }
             }
             level => {
@@ -190,61 +187,20 @@ impl Engine {
                         resource_type: "Patient",
                         shard,
                         after,
+                        until: None,
                         as_of,
                         include_deleted: false,
                         limit: self.config.page_size,
                     })
                     .await?;
-                after = page.last().map(|v| v.last_updated);
+                after = page.items.last().map(|v| v.last_updated);
                 let full = page.len() == self.config.page_size;
-                ids.extend(page.into_iter().map(|v| v.id));
+                ids.extend(page.items.into_iter().map(|v| v.id));
                 if !full {
                     break;
                 }
             }
         }
         Ok(ids)
-    }
-}
-
-/// Groups consecutive shards into ranges of about `target` resources,
-/// leaving out empty ranges. Returns `(first, last, count)`.
-fn shard_ranges(counts: &[u64], target: u64) -> Vec<(u16, u16, u64)> {
-    let mut out = Vec::new();
-    let mut start: Option<u16> = None;
-    let mut sum = 0u64;
-    for (i, &n) in counts.iter().enumerate() {
-        let i = i as u16;
-        if start.is_none() {
-            start = Some(i);
-        }
-        sum += n;
-        if sum >= target.max(1) {
-            out.push((start.take().expect("set above"), i, sum));
-            sum = 0;
-        }
-    }
-    if let (Some(s), true) = (start, sum > 0) {
-        out.push((s, counts.len() as u16 - 1, sum));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shard_ranges;
-
-    #[test]
-    fn groups_shards_by_target_size() {
-        assert_eq!(shard_ranges(&[0, 0, 0, 0], 10), vec![]);
-        assert_eq!(shard_ranges(&[1, 2, 3, 4], 100), vec![(0, 3, 10)]);
-        assert_eq!(
-            shard_ranges(&[5, 5, 5, 5], 10),
-            vec![(0, 1, 10), (2, 3, 10)]
-        );
-        assert_eq!(
-            shard_ranges(&[30, 0, 1, 0], 10),
-            vec![(0, 0, 30), (1, 3, 1)]
-        );
     }
 }

@@ -197,7 +197,10 @@ impl<'a> Sink<'a> {
             return Ok(());
         }
         let number = w.file.chunks.len() as u32 + 1;
-        let data = Bytes::from(std::mem::take(&mut w.buf));
+        // The next chunk's buffer is allocated at its working size at once:
+        // growing it by doubling would copy every chunk several times.
+        let fresh = Vec::with_capacity(w.buf.capacity().max(w.buf.len()));
+        let data = Bytes::from(std::mem::replace(&mut w.buf, fresh));
         let key = artifact_key(&job_id, &w.file.name);
         let etag = artifacts
             .upload_chunk(&key, &w.file.upload_id, number, data)

@@ -31,13 +31,6 @@ pub enum WorkOutcome {
     Continued,
 }
 
-/// One line for the sink.
-struct Line {
-    kind: FileKind,
-    resource_type: String,
-    text: String,
-}
-
 impl Engine {
     /// Handles one work message. An error means "retry later" (leave the
     /// message on the queue); the checkpoint makes the retry resume.
@@ -110,11 +103,9 @@ impl Engine {
                     false => return Ok(Driven::LostRace),
                 }
             }
-            let lines = reader.next_page(&part.spec, &mut part.checkpoint).await?;
-            for line in &lines {
-                sink.push(line.kind, &line.resource_type, line.text.as_bytes())
-                    .await?;
-            }
+            reader
+                .next_page(&part.spec, &mut part.checkpoint, sink)
+                .await?;
             if sink.end_of_page().await? {
                 if !self.save_checkpoint(&mut part, sink).await? {
                     return Ok(Driven::LostRace);
@@ -279,31 +270,39 @@ impl<'a> PartReader<'a> {
         }
     }
 
+    /// Reads the next page and writes its lines into `sink`.
     async fn next_page(
         &mut self,
         spec: &PartSpec,
         cp: &mut crate::domain::job::Checkpoint,
-    ) -> PortResult<Vec<Line>> {
+        sink: &mut Sink<'_>,
+    ) -> PortResult<()> {
         match spec {
             PartSpec::Shards {
                 resource_type,
                 first_shard,
                 last_shard,
+                after,
+                until,
             } => {
-                self.shard_page(resource_type, *first_shard, *last_shard, cp)
+                let (shards, range) = ((*first_shard, *last_shard), (*after, *until));
+                self.shard_page(resource_type, shards, range, cp, sink)
                     .await
             }
-            PartSpec::Patients { types, patients } => self.patient_page(types, patients, cp).await,
+            PartSpec::Patients { types, patients } => {
+                self.patient_page(types, patients, cp, sink).await
+            }
         }
     }
 
     async fn shard_page(
         &mut self,
         resource_type: &str,
-        first: u16,
-        last: u16,
+        (first, last): (u16, u16),
+        (range_after, until): (Option<i64>, Option<i64>),
         cp: &mut crate::domain::job::Checkpoint,
-    ) -> PortResult<Vec<Line>> {
+        sink: &mut Sink<'_>,
+    ) -> PortResult<()> {
         let (shard, after) = match &cp.position {
             Position::Start => (first, None),
             Position::Shard { shard, after } => (*shard, *after),
@@ -311,7 +310,7 @@ impl<'a> PartReader<'a> {
         };
         if shard > last {
             cp.position = Position::Finished;
-            return Ok(Vec::new());
+            return Ok(());
         }
         let limit = self.engine.config.page_size;
         let page = self
@@ -321,13 +320,15 @@ impl<'a> PartReader<'a> {
             .scan_shard(ShardScan {
                 resource_type,
                 shard,
-                after: after.or(self.since),
+                // A part's range starts inside the `_since` window already.
+                after: after.or(range_after).or(self.since),
+                until,
                 as_of: self.as_of,
                 include_deleted: self.since.is_some(),
                 limit,
             })
             .await?;
-        cp.position = match page.last() {
+        cp.position = match page.items.last() {
             Some(v) if page.len() == limit => Position::Shard {
                 shard,
                 after: Some(v.last_updated),
@@ -338,11 +339,11 @@ impl<'a> PartReader<'a> {
             },
         };
         cp.progress_done += page.len() as u64;
-        let mut lines = Vec::with_capacity(page.len());
-        for v in page {
-            lines.push(self.line(resource_type, v)?);
+        for item in &page.items {
+            self.emit(sink, resource_type, &item.id, page.body(item))
+                .await?;
         }
-        Ok(lines)
+        Ok(())
     }
 
     async fn patient_page(
@@ -350,7 +351,8 @@ impl<'a> PartReader<'a> {
         types: &[String],
         patients: &[String],
         cp: &mut crate::domain::job::Checkpoint,
-    ) -> PortResult<Vec<Line>> {
+        sink: &mut Sink<'_>,
+    ) -> PortResult<()> {
         let (ti, pi, after_id) = match &cp.position {
             Position::Start => (0, 0, None),
             Position::Patients {
@@ -362,7 +364,7 @@ impl<'a> PartReader<'a> {
         };
         if ti >= types.len() || patients.is_empty() {
             cp.position = Position::Finished;
-            return Ok(Vec::new());
+            return Ok(());
         }
         let (resource_type, patient) = (&types[ti], &patients[pi]);
         let store = &self.engine.ports.resources;
@@ -401,7 +403,6 @@ impl<'a> PartReader<'a> {
                 }
             }
         };
-        let mut lines = Vec::new();
         for v in versions {
             if v.deleted && self.since.is_none() {
                 continue;
@@ -412,9 +413,10 @@ impl<'a> PartReader<'a> {
             if resource_type != "Patient" && !self.belongs_here(resource_type, patient, &v).await? {
                 continue;
             }
-            lines.push(self.line(resource_type, v)?);
+            self.emit(sink, resource_type, &v.id, v.body.as_deref())
+                .await?;
         }
-        Ok(lines)
+        Ok(())
     }
 
     /// True when `v` is in `patient`'s compartment and `patient` is the
@@ -477,33 +479,45 @@ impl<'a> PartReader<'a> {
         Ok(exists)
     }
 
-    fn line(&self, resource_type: &str, v: Version) -> PortResult<Line> {
-        if v.deleted {
+    /// Writes one version: a body (whole, or reduced by `_elements`), or for
+    /// a deletion (no body) a transaction Bundle with its DELETE entry.
+    async fn emit(
+        &self,
+        sink: &mut Sink<'_>,
+        resource_type: &str,
+        id: &str,
+        body: Option<&str>,
+    ) -> PortResult<()> {
+        let Some(body) = body else {
             let bundle = json!({
                 "resourceType": "Bundle",
                 "type": "transaction",
-                "entry": [{ "request": { "method": "DELETE", "url": format!("{resource_type}/{}", v.id) } }]
+                "entry": [{ "request": { "method": "DELETE", "url": format!("{resource_type}/{id}") } }]
             });
-            return Ok(Line {
-                kind: FileKind::Deleted,
-                resource_type: resource_type.to_string(),
-                text: bundle.to_string(),
-            });
-        }
-        let body = v.body.unwrap_or_default();
-        let text = match self.job.request.elements.for_type(resource_type) {
-            None => body,
+            return sink
+                .push(
+                    FileKind::Deleted,
+                    resource_type,
+                    bundle.to_string().as_bytes(),
+                )
+                .await;
+        };
+        match self.job.request.elements.for_type(resource_type) {
+            None => {
+                sink.push(FileKind::Output, resource_type, body.as_bytes())
+                    .await
+            }
             Some(keep) => {
-                let mut value: Value = serde_json::from_str(&body)
+                let mut value: Value = serde_json::from_str(body)
                     .map_err(|e| PortError::Backend(format!("stored resource is not JSON: {e}")))?;
                 subset(&mut value, resource_type, &keep);
-                value.to_string()
+                sink.push(
+                    FileKind::Output,
+                    resource_type,
+                    value.to_string().as_bytes(),
+                )
+                .await
             }
-        };
-        Ok(Line {
-            kind: FileKind::Output,
-            resource_type: resource_type.to_string(),
-            text,
-        })
+        }
     }
 }

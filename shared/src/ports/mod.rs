@@ -67,6 +67,66 @@ pub struct WriteResult {
     pub created: bool,
 }
 
+/// A page of a scan. Bodies share one buffer: an export copies each body
+/// once, from the store's row into this page, and from here to its file.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    pub items: Vec<ScanItem>,
+    bodies: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanItem {
+    pub id: String,
+    pub version: u64,
+    pub last_updated: i64,
+    pub deleted: bool,
+    body: Option<(usize, usize)>,
+}
+
+impl ScanPage {
+    pub fn with_capacity(items: usize, body_bytes: usize) -> Self {
+        ScanPage {
+            items: Vec::with_capacity(items),
+            bodies: String::with_capacity(body_bytes),
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        id: String,
+        version: u64,
+        last_updated: i64,
+        deleted: bool,
+        body: Option<&str>,
+    ) {
+        let body = body.map(|b| {
+            let start = self.bodies.len();
+            self.bodies.push_str(b);
+            (start, self.bodies.len())
+        });
+        self.items.push(ScanItem {
+            id,
+            version,
+            last_updated,
+            deleted,
+            body,
+        });
+    }
+
+    pub fn body(&self, item: &ScanItem) -> Option<&str> {
+        item.body.map(|(a, b)| &self.bodies[a..b])
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 /// A page request over one shard of one type, as of an instant.
 #[derive(Debug, Clone)]
 pub struct ShardScan<'a> {
@@ -74,6 +134,9 @@ pub struct ShardScan<'a> {
     pub shard: u16,
     /// Exclusive lower bound on `last_updated` (µs): the cursor or `_since`.
     pub after: Option<i64>,
+    /// Inclusive upper bound on `last_updated` (µs): the end of the part's
+    /// range, when a shard is split by time.
+    pub until: Option<i64>,
     /// The snapshot instant (µs): versions current at this instant are read.
     pub as_of: i64,
     /// Include tombstones (for `_since` exports, which report deletions).
@@ -81,10 +144,24 @@ pub struct ShardScan<'a> {
     pub limit: usize,
 }
 
+/// A slice of one type's versions: shards `first_shard..=last_shard`, and in
+/// them the versions with `after < last_updated <= until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub first_shard: u16,
+    pub last_shard: u16,
+    pub after: Option<i64>,
+    pub until: Option<i64>,
+    /// How many versions it holds (for progress).
+    pub count: u64,
+}
+
 /// Current versions and full history of FHIR resources.
 #[async_trait]
 pub trait ResourceStore: Send + Sync {
-    /// Resources are spread over this many shards by a hash of their id.
+    /// Resources are spread over this many shards by a hash of their id
+    /// (`domain::resource::shard_of`), so a store like DynamoDB can spread a
+    /// type over partitions. A store may use a single shard.
     fn shard_count(&self) -> u16;
 
     /// Applies the writes atomically (all or none), each with a fresh
@@ -125,17 +202,21 @@ pub trait ResourceStore: Send + Sync {
     /// Every resource type that has at least one version.
     async fn resource_types(&self) -> PortResult<Vec<String>>;
 
-    /// Per shard, how many versions a scan with these bounds would read.
-    async fn count_by_shard(
+    /// Cuts what a scan with these bounds would read into segments of
+    /// about `target` versions each (the store knows its layout: a shard
+    /// range, a time range within a shard, or both). Empty segments are left
+    /// out; together the segments cover the scan exactly once.
+    async fn segments(
         &self,
         resource_type: &str,
         after: Option<i64>,
         as_of: i64,
         include_deleted: bool,
-    ) -> PortResult<Vec<u64>>;
+        target: u64,
+    ) -> PortResult<Vec<Segment>>;
 
     /// One page of versions current at `as_of`, ordered by `last_updated`.
-    async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<Vec<Version>>;
+    async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<ScanPage>;
 
     /// Ids of resources of `resource_type` that ever referenced the patient
     /// through a compartment element, ordered by id, after `after_id`. A
