@@ -62,7 +62,7 @@ impl LocalConfig {
             sample_patients: 0,
             public_origin: None,
             base_path: "/fhir".into(),
-            workers: 2,
+            workers: 4,
             invocation_budget: Duration::from_secs(300),
             visibility_timeout: Duration::from_secs(360),
             sweep_interval: Duration::from_secs(60),

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, env = "BULK_EXPORT_PUBLIC_URL")]
     public_url: Option<String>,
     /// Concurrent export workers.
-    #[arg(long, env = "BULK_EXPORT_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "BULK_EXPORT_WORKERS", default_value_t = 4)]
     workers: usize,
     /// Days a completed export's files are kept.
     #[arg(long, env = "BULK_EXPORT_RETENTION_DAYS", default_value_t = 7)]

@@ -67,7 +67,7 @@ fn open_connection(path: &Path) -> PortResult<Connection> {
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 30000;
-         PRAGMA cache_size = -8192;",
+         PRAGMA cache_size = -2048;",
     )
     .map_err(backend)?;
     Ok(conn)
