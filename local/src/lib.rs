@@ -40,7 +40,8 @@ pub struct LocalConfig {
     /// Concurrent work-message handlers.
     pub workers: usize,
     /// Time one message may run before the part checkpoints and re-queues
-    /// itself (a Lambda invocation's budget, locally).
+    /// itself (a Lambda invocation's budget, locally); capped at half the
+    /// visibility timeout.
     pub invocation_budget: Duration,
     /// A received message stays hidden this long; it comes back if its
     /// handler died without deleting it.
@@ -213,12 +214,15 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
             tracing::error!(error = %e, "server failed");
         }
     }));
+    // As with SQS and Lambda, a message must not reappear while its handler
+    // still runs: the budget stays well inside the visibility timeout.
+    let budget = config.invocation_budget.min(config.visibility_timeout / 2);
     for n in 0..config.workers.max(1) {
         tasks.push(tokio::spawn(workers::work_loop(
             n,
             engine.clone(),
             queue.clone(),
-            config.invocation_budget,
+            budget,
             config.visibility_timeout,
             stop_rx.clone(),
         )));

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 /// Receives one message at a time and handles it within the invocation
 /// budget. A message whose handler fails stays on the queue and comes back
-/// after the visibility timeout; one that keeps failing fails its job.
+/// after the visibility timeout; one that fails on its last allowed attempt
+/// fails its job.
 pub async fn work_loop(
     n: usize,
     engine: Engine,
@@ -38,17 +39,18 @@ pub async fn work_loop(
             continue;
         }
         for d in deliveries {
-            if d.receive_count > engine.config.max_attempts {
-                let reason = format!("work message failed {} times", d.receive_count - 1);
-                if engine.fail_job(d.message.job_id(), &reason).await.is_ok() {
-                    let _ = queue.delete(&d.receipt).await;
-                }
-                continue;
-            }
             match engine.handle(&d.message, Instant::now() + budget).await {
                 Ok(_) => {
                     if let Err(e) = queue.delete(&d.receipt).await {
                         tracing::warn!(worker = n, error = %e, "could not delete a handled message");
+                    }
+                }
+                // Only failures count: a duplicate delivery that succeeds (and
+                // loses its checkpoint race harmlessly) never fails a job.
+                Err(e) if d.receive_count >= engine.config.max_attempts => {
+                    let reason = format!("work failed {} times; last error: {e}", d.receive_count);
+                    if engine.fail_job(d.message.job_id(), &reason).await.is_ok() {
+                        let _ = queue.delete(&d.receipt).await;
                     }
                 }
                 Err(e) => {

@@ -67,7 +67,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = LocalConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
     config.sample_patients = opts.sample_patients;
-    config.visibility_timeout = Duration::from_secs(2);
+    config.visibility_timeout = Duration::from_secs(5);
     config.sweep_interval = Duration::from_secs(3600);
     (opts.tune)(&mut config);
     let clock = Arc::new(OffsetClock::default());

@@ -43,7 +43,14 @@ CREATE TABLE IF NOT EXISTS compartment (
     patient TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
     PRIMARY KEY (patient, type, id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS resource_types (type TEXT PRIMARY KEY) WITHOUT ROWID;
+-- versions: how many versions a type has; every MARK_EVERY-th version's
+-- last_updated is kept in type_marks, a sparse position index for planning.
+CREATE TABLE IF NOT EXISTS resource_types (
+    type TEXT PRIMARY KEY, versions INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS type_marks (
+    type TEXT NOT NULL, last_updated INTEGER NOT NULL, PRIMARY KEY (type, last_updated)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO store_meta VALUES ('last_ts', 0);
 ";
@@ -72,6 +79,9 @@ impl SqliteResourceStore {
             .await
     }
 }
+
+/// Every this many versions of a type, the store notes where it stands.
+const MARK_EVERY: u64 = 1000;
 
 const VERSION_COLUMNS: &str = "type, id, version, last_updated, deleted, body";
 
@@ -112,7 +122,7 @@ impl ResourceStore for SqliteResourceStore {
                     // (last_updated, version, deleted) of the newest version.
                     let current: Option<(i64, u64, bool)> = tx
                         .prepare_cached(
-                            "SELECT last_updated, version, deleted FROM versions
+                            "SELECT last_updated, version, deleted FROM versions INDEXED BY versions_by_id
                              WHERE type = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
                         )
                         .and_then(|mut s| {
@@ -168,9 +178,19 @@ impl ResourceStore for SqliteResourceStore {
                         s.execute(params![resource_type, ts, id, version as i64, deleted as i64, body])
                     })
                     .map_err(backend)?;
-                    tx.prepare_cached("INSERT OR IGNORE INTO resource_types VALUES (?1)")
-                        .and_then(|mut s| s.execute(params![resource_type]))
+                    let versions: i64 = tx
+                        .prepare_cached(
+                            "INSERT INTO resource_types (type, versions) VALUES (?1, 1)
+                             ON CONFLICT (type) DO UPDATE SET versions = versions + 1
+                             RETURNING versions",
+                        )
+                        .and_then(|mut s| s.query_row(params![resource_type], |r| r.get(0)))
                         .map_err(backend)?;
+                    if versions as u64 % MARK_EVERY == 0 {
+                        tx.prepare_cached("INSERT INTO type_marks VALUES (?1, ?2)")
+                            .and_then(|mut s| s.execute(params![resource_type, ts]))
+                            .map_err(backend)?;
+                    }
                     results.push(WriteResult {
                         version: Version {
                             resource_type,
@@ -196,7 +216,7 @@ impl ResourceStore for SqliteResourceStore {
         self.db
             .call(move |c| {
                 c.prepare_cached(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions WHERE type = ?1 AND id = ?2
+                    "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id WHERE type = ?1 AND id = ?2
                      ORDER BY version DESC LIMIT 1"
                 ))
                 .and_then(|mut s| s.query_row(params![t, i], row_to_version).optional())
@@ -215,7 +235,7 @@ impl ResourceStore for SqliteResourceStore {
         self.db
             .call(move |c| {
                 c.prepare_cached(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions
+                    "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id
                      WHERE type = ?1 AND id = ?2 AND last_updated <= ?3
                      ORDER BY version DESC LIMIT 1"
                 ))
@@ -236,7 +256,7 @@ impl ResourceStore for SqliteResourceStore {
             .call(move |c| {
                 let mut s = c
                     .prepare_cached(&format!(
-                        "SELECT {VERSION_COLUMNS} FROM versions
+                        "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id
                          WHERE type = ?1 AND id = ?2 AND last_updated <= ?3
                          ORDER BY version DESC LIMIT 1"
                     ))
@@ -266,7 +286,7 @@ impl ResourceStore for SqliteResourceStore {
         self.db
             .call(move |c| {
                 c.prepare_cached(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions
+                    "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id
                      WHERE type = ?1 AND id = ?2 AND version < ?3 AND deleted = 0
                      ORDER BY version DESC LIMIT 1"
                 ))
@@ -331,7 +351,11 @@ impl ResourceStore for SqliteResourceStore {
         let target = target.max(1);
         self.db
             .call(move |c| {
-                // One pass over the narrow index: cut after every `target` versions.
+                if let Some(segments) = segments_from_marks(c, &t, after, as_of, target)? {
+                    return Ok(segments);
+                }
+                // A small range: one exact pass over the narrow index, cut
+                // after every `target` versions.
                 let mut s = c
                     .prepare_cached(
                         "SELECT last_updated FROM versions INDEXED BY versions_by_time
@@ -456,4 +480,56 @@ impl ResourceStore for SqliteResourceStore {
             })
             .await
     }
+}
+
+/// Cuts a large range at its marks: O(versions / MARK_EVERY) instead of a
+/// pass over every version. Counts are estimates (marks count all versions,
+/// superseded ones too); the segments still cover the range exactly. `None`
+/// when the range is too small for marks to help.
+fn segments_from_marks(
+    c: &rusqlite::Connection,
+    resource_type: &str,
+    after: Option<i64>,
+    as_of: i64,
+    target: u64,
+) -> PortResult<Option<Vec<Segment>>> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT last_updated FROM type_marks
+             WHERE type = ?1 AND last_updated > ?2 AND last_updated <= ?3 ORDER BY last_updated",
+        )
+        .map_err(backend)?;
+    let marks = s
+        .query_map(
+            params![resource_type, after.unwrap_or(i64::MIN), as_of],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        .collect::<Result<Vec<i64>, _>>()
+        .map_err(backend)?;
+    let per_segment = (target / MARK_EVERY).max(1) as usize;
+    if marks.len() < 2 * per_segment {
+        return Ok(None);
+    }
+    let mut segments = Vec::new();
+    let mut lower = after;
+    for cut in marks.iter().skip(per_segment - 1).step_by(per_segment) {
+        segments.push(Segment {
+            first_shard: 0,
+            last_shard: 0,
+            after: lower,
+            until: Some(*cut),
+            count: per_segment as u64 * MARK_EVERY,
+        });
+        lower = Some(*cut);
+    }
+    let tail_marks = (marks.len() % per_segment) as u64;
+    segments.push(Segment {
+        first_shard: 0,
+        last_shard: 0,
+        after: lower,
+        until: None,
+        count: tail_marks * MARK_EVERY + MARK_EVERY / 2,
+    });
+    Ok(Some(segments))
 }
