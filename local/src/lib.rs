@@ -71,7 +71,7 @@ impl LocalConfig {
             max_resources_per_file: 100_000,
             page_size: 1000,
             min_chunk_bytes: 4 << 20,
-            part_target_resources: 50_000,
+            part_target_resources: 20_000,
             patients_per_part: 500,
         }
     }

@@ -186,7 +186,7 @@ impl ResourceStore for SqliteResourceStore {
                         )
                         .and_then(|mut s| s.query_row(params![resource_type], |r| r.get(0)))
                         .map_err(backend)?;
-                    if versions as u64 % MARK_EVERY == 0 {
+                    if (versions as u64).is_multiple_of(MARK_EVERY) {
                         tx.prepare_cached("INSERT INTO type_marks VALUES (?1, ?2)")
                             .and_then(|mut s| s.execute(params![resource_type, ts]))
                             .map_err(backend)?;

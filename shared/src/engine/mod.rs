@@ -67,7 +67,7 @@ impl EngineConfig {
             page_size: 1000,
             min_chunk_bytes: 4 << 20,
             carry_limit_bytes: 96 << 10,
-            part_target_resources: 50_000,
+            part_target_resources: 20_000,
             patients_per_part: 500,
             presign_ttl: Duration::from_secs(300),
             requires_access_token: false,
