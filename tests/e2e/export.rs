@@ -16,6 +16,14 @@ use crate::helpers::*;
 
 const SYNTHEA_GROUP: &str = "d9f31445-f448-48c0-af57-295c005e07df";
 
+/// An artifact store whose chunk uploads wait at `gate`.
+fn gated(gate: &Arc<Gate>) -> Option<bulk_export_local::ArtifactWrapper> {
+    let g = gate.clone();
+    Some(Box::new(move |inner| {
+        Arc::new(Intercepted { inner, hook: g })
+    }))
+}
+
 fn by_type(resources: impl IntoIterator<Item = Value>) -> BTreeMap<String, Vec<Value>> {
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for r in resources {
@@ -323,12 +331,9 @@ async fn files_split_at_the_configured_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_status_then_cancel_leaves_nothing() {
     let gate = Gate::new();
-    let g = gate.clone();
     let app = spawn_app(Options {
         sample_patients: 10,
-        wrap_artifacts: Some(Box::new(move |inner| {
-            Arc::new(Intercepted { inner, hook: g })
-        })),
+        wrap_artifacts: gated(&gate),
         tune: Box::new(|c| {
             c.page_size = 10;
             c.min_chunk_bytes = 1;
@@ -566,12 +571,9 @@ async fn parts_out_of_time_continue_in_new_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_during_an_export_do_not_leak_into_it() {
     let gate = Gate::new();
-    let g = gate.clone();
     let app = spawn_app(Options {
         sample_patients: 20,
-        wrap_artifacts: Some(Box::new(move |inner| {
-            Arc::new(Intercepted { inner, hook: g })
-        })),
+        wrap_artifacts: gated(&gate),
         tune: Box::new(|c| {
             c.page_size = 1;
             c.min_chunk_bytes = 1;
@@ -606,4 +608,53 @@ async fn changes_during_an_export_do_not_leak_into_it() {
         .unwrap();
     assert_eq!(exported_update["meta"]["versionId"], "1");
     assert_eq!(exported_update["gender"], updated["gender"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_answers_500_with_an_outcome() {
+    let app = spawn_app(Options {
+        sample_patients: 2,
+        wrap_artifacts: Some(Box::new(|inner| {
+            let hook = Crashes {
+                calls: AtomicUsize::new(0),
+                fail_before: (1..=1000).collect(),
+                fail_after: vec![],
+                failures: Arc::new(AtomicUsize::new(0)),
+            };
+            Arc::new(Intercepted { inner, hook })
+        })),
+        tune: Box::new(|c| {
+            c.min_chunk_bytes = 1;
+            c.visibility_timeout = Duration::from_millis(300);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient"))
+        .await;
+    let job = job_id_of(&status);
+    let mut last = None;
+    for _ in 0..200 {
+        let resp = app.client.get(&status).send().await.unwrap();
+        if resp.status() != StatusCode::ACCEPTED {
+            last = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let oo = expect_outcome(
+        last.expect("the job ends"),
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+    let says = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        says.contains("injected crash"),
+        "the outcome says why: {says}"
+    );
+    // A failed job keeps nothing half-written around once it is swept.
+    app.clock.advance(chrono::Duration::days(8));
+    app.running.engine.sweep().await.unwrap();
+    assert_eq!(app.leftovers(&job).await, Vec::<String>::new());
 }

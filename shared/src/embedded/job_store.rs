@@ -203,22 +203,9 @@ impl JobStore for SqliteJobs {
     }
 
     async fn save_part(&self, part: &Part) -> PortResult<Part> {
-        let mut part = part.clone();
+        let part = part.clone();
         self.db
-            .call(move |c| {
-                let expected = part.version;
-                part.version += 1;
-                let n = c
-                    .execute(
-                        "UPDATE parts SET version = ?1, body = ?2 WHERE job_id = ?3 AND idx = ?4 AND version = ?5",
-                        params![part.version as i64, to_json(&part)?, part.job_id, part.index, expected as i64],
-                    )
-                    .map_err(backend)?;
-                if n == 0 {
-                    return Err(PortError::Conflict);
-                }
-                Ok(part)
-            })
+            .call(move |c| write_part_if_unchanged(c, part))
             .await
     }
 
@@ -226,21 +213,17 @@ impl JobStore for SqliteJobs {
         let mut part = part.clone();
         self.db
             .call(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-                let expected = part.version;
-                part.version += 1;
-                part.done = true;
-                let n = tx
-                    .execute(
-                        "UPDATE parts SET version = ?1, body = ?2 WHERE job_id = ?3 AND idx = ?4 AND version = ?5",
-                        params![part.version as i64, to_json(&part)?, part.job_id, part.index, expected as i64],
-                    )
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                if n == 0 {
-                    return Err(PortError::Conflict);
-                }
+                part.done = true;
+                let part = write_part_if_unchanged(&tx, part)?;
                 let body: String = tx
-                    .query_row("SELECT body FROM jobs WHERE id = ?1", params![part.job_id], |r| r.get(0))
+                    .query_row(
+                        "SELECT body FROM jobs WHERE id = ?1",
+                        params![part.job_id],
+                        |r| r.get(0),
+                    )
                     .optional()
                     .map_err(backend)?
                     .ok_or(PortError::NotFound)?;
@@ -275,6 +258,23 @@ impl JobStore for SqliteJobs {
             })
             .await
     }
+}
+
+/// Writes `part` if the stored version is still `part.version` (the
+/// condition every part update carries); returns it with its new version.
+fn write_part_if_unchanged(c: &rusqlite::Connection, mut part: Part) -> PortResult<Part> {
+    let expected = part.version;
+    part.version += 1;
+    let n = c
+        .execute(
+            "UPDATE parts SET version = ?1, body = ?2 WHERE job_id = ?3 AND idx = ?4 AND version = ?5",
+            params![part.version as i64, to_json(&part)?, part.job_id, part.index, expected as i64],
+        )
+        .map_err(backend)?;
+    if n == 0 {
+        return Err(PortError::Conflict);
+    }
+    Ok(part)
 }
 
 /// The durable embedded work queue (SQS semantics: visibility timeout,
