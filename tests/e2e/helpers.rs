@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bulk_export::clock::OffsetClock;
+use bulk_export::domain::access::Access;
 use bulk_export::domain::ApiError;
 use bulk_export::engine::Caller;
 use bulk_export::http::Authenticator;
@@ -21,19 +22,25 @@ pub const SYNTHEA_DIR: &str = concat!(
     "/../../shared/data/synthea-r4-100"
 );
 
-/// Test-only identity: the `X-Test-Subject` header names the caller, so
-/// owner checks can be exercised before real tokens exist.
+/// Test-only identity: `X-Test-Subject` names the caller, `X-Test-Scope`
+/// (if present) gives its SMART scopes and `X-Test-Groups` its Group
+/// allow-list, so access rules can be exercised before real tokens exist.
 pub struct HeaderSubject;
 
 #[async_trait]
 impl Authenticator for HeaderSubject {
     async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
-        let subject = headers
-            .get("x-test-subject")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("alice")
-            .to_string();
-        Ok(Caller { subject })
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let subject = text("x-test-subject").unwrap_or("alice").to_string();
+        let access = match text("x-test-scope") {
+            Some(scopes) => Access::from_scopes(scopes),
+            None => Access::unrestricted(),
+        };
+        let groups = text("x-test-groups").map(|g| g.split(',').map(str::to_string).collect());
+        Ok(Caller {
+            subject,
+            access: access.with_groups(groups),
+        })
     }
 }
 

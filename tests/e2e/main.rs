@@ -1,5 +1,6 @@
 //! All end-to-end tests in one binary (one link on a 2-core machine).
 
+mod access;
 mod contract;
 mod export;
 mod faults;

@@ -41,6 +41,10 @@ pub struct OutputFile {
     pub resource_type: String,
     /// File name, unique within the job (the artifact key is derived from it).
     pub name: String,
+    /// For deletion files (`resource_type` "Bundle"): the type deleted, so
+    /// downloads can be checked against the caller's scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_type: Option<String>,
     pub count: u64,
 }
 

@@ -1,5 +1,6 @@
 //! Pure domain types and rules: no I/O, no AWS, no HTTP framework.
 
+pub mod access;
 pub mod elements;
 pub mod fhir_types;
 pub mod instant;

@@ -4,9 +4,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{Caller, Engine};
+use crate::domain::access::{Access, TypeAccess};
 use crate::domain::instant::to_micros;
-use crate::domain::job::{artifact_key, job_prefix, manifest, Job, JobState, WorkMessage};
-use crate::domain::request::{parse_export_request, ExportLevel, KickoffInput};
+use crate::domain::job::{
+    artifact_key, job_prefix, manifest, FileKind, Job, JobState, WorkMessage,
+};
+use crate::domain::request::{
+    in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
+};
 use crate::domain::resource::group_member_ids;
 use crate::domain::ApiError;
 use crate::ports::PortError;
@@ -39,7 +44,8 @@ impl Engine {
     /// Validates the request, records the job and queues its planning.
     /// Returns the new job's id.
     pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, ApiError> {
-        let request = parse_export_request(input)?;
+        let mut request = parse_export_request(input)?;
+        authorize_export(&caller.access, &mut request)?;
         self.check_patients(&request.level, &request.patients)
             .await?;
         let snapshot = self.ports.resources.snapshot().await?;
@@ -211,9 +217,18 @@ impl Engine {
         name: &str,
     ) -> Result<String, ApiError> {
         let job = self.visible_job(caller, job_id).await?;
-        if job.state != JobState::Completed || !job.files.iter().any(|f| f.name == name) {
+        let file = job.files.iter().find(|f| f.name == name);
+        let Some(file) = file.filter(|_| job.state == JobState::Completed) else {
             return Err(ApiError::not_found(format!(
                 "Export job '{job_id}' has no file '{name}'"
+            )));
+        };
+        // Scopes are checked again at download: the token may be a newer,
+        // narrower one than the one that started the export.
+        let data_type = file.source_type.as_deref().unwrap_or(&file.resource_type);
+        if file.kind != FileKind::Error && !caller.access.can_read(data_type) {
+            return Err(ApiError::forbidden(format!(
+                "The access token's scopes do not permit reading {data_type}"
             )));
         }
         Ok(self
@@ -252,6 +267,44 @@ impl Engine {
     pub(crate) fn as_of_micros(job: &Job) -> i64 {
         to_micros(job.transaction_time)
     }
+}
+
+/// Applies the caller's access to a parsed request: requested types must be
+/// readable, no `_type` means exactly the readable types, and a client
+/// limited to Groups may export only those Groups.
+fn authorize_export(access: &Access, request: &mut ExportRequest) -> Result<(), ApiError> {
+    match &request.level {
+        ExportLevel::Group { group_id } if !access.can_use_group(group_id) => {
+            return Err(ApiError::forbidden(format!(
+                "This client may not export Group/{group_id}"
+            )));
+        }
+        ExportLevel::System | ExportLevel::Patient if access.groups.is_some() => {
+            return Err(ApiError::forbidden(
+                "This client is limited to its Groups: use [base]/Group/{id}/$export",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(t) = request.types.iter().find(|t| !access.can_read(t)) {
+        return Err(ApiError::forbidden(format!(
+            "_type: the access token's scopes do not permit reading {t}"
+        )));
+    }
+    if let (true, TypeAccess::Only(readable)) = (request.types.is_empty(), &access.types) {
+        let patient_based = request.level.is_patient_based();
+        request.types = readable
+            .iter()
+            .filter(|t| !patient_based || in_patient_compartment(t))
+            .cloned()
+            .collect();
+        if request.types.is_empty() {
+            return Err(ApiError::forbidden(
+                "The access token's scopes permit reading no resource type this export can contain",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Seconds until the next poll is worth making: the projected remaining

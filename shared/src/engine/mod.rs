@@ -17,6 +17,7 @@ use std::time::Duration;
 pub use export::StatusReply;
 pub use worker::WorkOutcome;
 
+use crate::domain::access::Access;
 use crate::domain::ApiError;
 use crate::ports::{ArtifactStore, Clock, JobStore, PortError, ResourceStore, WorkQueue};
 
@@ -76,10 +77,12 @@ impl EngineConfig {
     }
 }
 
-/// Who is calling: the verified subject that owns the jobs it starts.
+/// Who is calling: the verified subject that owns the jobs it starts, and
+/// what it may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub subject: String,
+    pub access: Access,
 }
 
 impl Caller {
@@ -87,6 +90,7 @@ impl Caller {
     pub fn anonymous() -> Self {
         Caller {
             subject: "anonymous".into(),
+            access: Access::unrestricted(),
         }
     }
 }

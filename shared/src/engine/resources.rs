@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::Engine;
+use super::{Caller, Engine};
 use crate::domain::instant::{format_instant, from_micros};
 use crate::domain::resource::{check_id, check_resource_value, check_type, is_valid_id};
 use crate::domain::ApiError;
@@ -20,8 +20,23 @@ pub struct Written {
 }
 
 impl Engine {
-    pub async fn read_resource(&self, resource_type: &str, id: &str) -> Result<Version, ApiError> {
+    pub async fn read_resource(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Version, ApiError> {
         check_type(resource_type)?;
+        if !caller.access.can_read(resource_type) {
+            return Err(ApiError::forbidden(format!(
+                "The access token's scopes do not permit reading {resource_type}"
+            )));
+        }
+        if resource_type == "Group" && !caller.access.can_use_group(id) {
+            return Err(ApiError::forbidden(format!(
+                "This client may not read Group/{id}"
+            )));
+        }
         check_id(id)?;
         match self.ports.resources.read_current(resource_type, id).await? {
             Some(v) if v.deleted => Err(ApiError::new(
@@ -38,11 +53,13 @@ impl Engine {
 
     pub async fn update_resource(
         &self,
+        caller: &Caller,
         resource_type: &str,
         id: &str,
         resource: Value,
     ) -> Result<Written, ApiError> {
         check_type(resource_type)?;
+        require_write(caller)?;
         check_id(id)?;
         check_resource_value(&resource, resource_type, Some(id))?;
         let op = WriteOp::Upsert {
@@ -59,10 +76,12 @@ impl Engine {
 
     pub async fn create_resource(
         &self,
+        caller: &Caller,
         resource_type: &str,
         resource: Value,
     ) -> Result<Written, ApiError> {
         check_type(resource_type)?;
+        require_write(caller)?;
         check_resource_value(&resource, resource_type, None)?;
         // FHIR create: the server assigns the id, whatever the body says.
         let id = uuid::Uuid::new_v4().to_string();
@@ -78,8 +97,14 @@ impl Engine {
         })
     }
 
-    pub async fn delete_resource(&self, resource_type: &str, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_resource(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<(), ApiError> {
         check_type(resource_type)?;
+        require_write(caller)?;
         check_id(id)?;
         self.write_one(WriteOp::Delete {
             resource_type: resource_type.into(),
@@ -104,7 +129,8 @@ impl Engine {
     /// `POST [base]` with a batch or transaction Bundle. A transaction is
     /// all-or-nothing: one bad entry refuses the whole Bundle. A batch
     /// reports each entry's outcome and writes the good ones.
-    pub async fn process_bundle(&self, bundle: Value) -> Result<Value, ApiError> {
+    pub async fn process_bundle(&self, caller: &Caller, bundle: Value) -> Result<Value, ApiError> {
+        require_write(caller)?;
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(ApiError::invalid("POST to the base takes a Bundle"));
         }
@@ -178,6 +204,16 @@ impl Engine {
             "type": if transaction { "transaction-response" } else { "batch-response" },
             "entry": response_entries
         }))
+    }
+}
+
+/// Writing needs write access: loaders and administrators (open mode), never
+/// an access token (the token endpoint refuses write scopes).
+fn require_write(caller: &Caller) -> Result<(), ApiError> {
+    if caller.access.write {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("This client may not write resources"))
     }
 }
 

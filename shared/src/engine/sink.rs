@@ -231,6 +231,7 @@ impl<'a> Sink<'a> {
             } else {
                 w.file.resource_type.clone()
             },
+            source_type: (kind == FileKind::Deleted).then(|| w.file.resource_type.clone()),
             name: w.file.name,
             count: w.file.count,
         });

@@ -234,6 +234,7 @@ impl Engine {
             kind: FileKind::Error,
             resource_type: "OperationOutcome".into(),
             name,
+            source_type: None,
             count: job.request.lenient_issues.len() as u64,
         })
     }

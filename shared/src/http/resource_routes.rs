@@ -49,8 +49,8 @@ impl Api {
         t: &str,
         id: &str,
     ) -> Result<Response<Bytes>, ApiError> {
-        self.auth.authenticate(req.headers()).await?;
-        let v = self.engine.read_resource(t, id).await?;
+        let caller = self.auth.authenticate(req.headers()).await?;
+        let v = self.engine.read_resource(&caller, t, id).await?;
         let mut resp = resource_response(StatusCode::OK, &v, &self.engine.config.base_url);
         resp.headers_mut().remove(header::LOCATION);
         Ok(resp)
@@ -61,11 +61,11 @@ impl Api {
         req: Request<Bytes>,
         t: &str,
     ) -> Result<Response<Bytes>, ApiError> {
-        self.auth.authenticate(req.headers()).await?;
+        let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
         let value = parse_json(req.body())?;
-        let w = self.engine.create_resource(t, value).await?;
+        let w = self.engine.create_resource(&caller, t, value).await?;
         Ok(resource_response(
             StatusCode::CREATED,
             &w.version,
@@ -79,11 +79,11 @@ impl Api {
         t: &str,
         id: &str,
     ) -> Result<Response<Bytes>, ApiError> {
-        self.auth.authenticate(req.headers()).await?;
+        let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
         let value = parse_json(req.body())?;
-        let w = self.engine.update_resource(t, id, value).await?;
+        let w = self.engine.update_resource(&caller, t, id, value).await?;
         let status = StatusCode::from_u16(w.status).unwrap_or(StatusCode::OK);
         Ok(resource_response(
             status,
@@ -98,17 +98,17 @@ impl Api {
         t: &str,
         id: &str,
     ) -> Result<Response<Bytes>, ApiError> {
-        self.auth.authenticate(req.headers()).await?;
-        self.engine.delete_resource(t, id).await?;
+        let caller = self.auth.authenticate(req.headers()).await?;
+        self.engine.delete_resource(&caller, t, id).await?;
         Ok(empty_response(StatusCode::NO_CONTENT))
     }
 
     pub(super) async fn bundle(&self, req: Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
-        self.auth.authenticate(req.headers()).await?;
+        let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
         let value = parse_json(req.body())?;
-        let out = self.engine.process_bundle(value).await?;
+        let out = self.engine.process_bundle(&caller, value).await?;
         Ok(super::json_response(StatusCode::OK, FHIR_JSON, &out))
     }
 }
