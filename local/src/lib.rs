@@ -14,13 +14,16 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use bulk_export::auth::{AuthServer, TokenIssuer};
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::ApiError;
 use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
 use bulk_export::engine::{Engine, EngineConfig, Ports};
-use bulk_export::http::{error_response, Api, Authenticator, OpenAccess, MAX_BODY_BYTES};
-use bulk_export::ports::{ArtifactStore, Clock, WorkQueue};
+use bulk_export::http::{
+    error_response, Api, Authenticator, OpenAccess, TokenAuthenticator, MAX_BODY_BYTES, TOKEN_PATH,
+};
+use bulk_export::ports::{ArtifactStore, ClientStore, Clock, WorkQueue};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -53,6 +56,8 @@ pub struct LocalConfig {
     pub min_chunk_bytes: usize,
     pub part_target_resources: u64,
     pub patients_per_part: usize,
+    /// SMART Backend Services authorization (tokens required); off = open mode.
+    pub auth: bool,
 }
 
 impl LocalConfig {
@@ -73,6 +78,7 @@ impl LocalConfig {
             min_chunk_bytes: 4 << 20,
             part_target_resources: 20_000,
             patients_per_part: 500,
+            auth: false,
         }
     }
 }
@@ -98,6 +104,10 @@ pub struct Running {
     pub base_url: String,
     pub engine: Engine,
     pub queue: SqliteQueue,
+    /// Client registrations (for tests and the admin CLI).
+    pub clients: Arc<dyn ClientStore>,
+    /// The built-in token issuer, when authorization is on.
+    pub issuer: Option<Arc<TokenIssuer>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -156,6 +166,7 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     let jobs = SqliteJobs::open(&config.data_dir.join("jobs.db"))
         .map_err(|e| start_err("opening the job store")(&e))?;
     let queue = jobs.queue();
+    let clients: Arc<dyn ClientStore> = Arc::new(jobs.clone());
     let blobs = Arc::new(
         FsArtifacts::open(&config.data_dir.join("files"), &origin, clock.clone())
             .map_err(|e| start_err("opening the file store")(&e))?,
@@ -164,6 +175,15 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     if let Some(wrap) = overrides.wrap_artifacts {
         artifacts = wrap(artifacts);
     }
+    let token_url = format!("{}{TOKEN_PATH}", origin.trim_end_matches('/'));
+    let issuer = if config.auth {
+        let key = config.data_dir.join("token-signing-key.pem");
+        let issuer = TokenIssuer::load_or_create(&key, &token_url, &base_url)
+            .map_err(|e| start_err("loading the token signing key")(&e))?;
+        Some(Arc::new(issuer))
+    } else {
+        None
+    };
     let ports = Ports {
         resources: Arc::new(resources),
         jobs: Arc::new(jobs),
@@ -178,6 +198,10 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     engine_config.min_chunk_bytes = config.min_chunk_bytes;
     engine_config.part_target_resources = config.part_target_resources;
     engine_config.patients_per_part = config.patients_per_part;
+    if issuer.is_some() {
+        engine_config.requires_access_token = true;
+        engine_config.token_url = Some(token_url.clone());
+    }
     let engine = Engine::new(ports, engine_config);
 
     if config.sample_patients > 0 {
@@ -189,8 +213,23 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
         }
     }
 
-    let auth = overrides.auth.unwrap_or_else(|| Arc::new(OpenAccess));
-    let api = Api::new(engine.clone(), auth, &config.base_path);
+    let auth: Arc<dyn Authenticator> = match (overrides.auth, &issuer) {
+        (Some(a), _) => a,
+        (None, Some(issuer)) => Arc::new(TokenAuthenticator {
+            issuer: issuer.clone(),
+            clock: engine.ports.clock.clone(),
+        }),
+        (None, None) => Arc::new(OpenAccess),
+    };
+    let mut api = Api::new(engine.clone(), auth, &config.base_path);
+    api.auth_server = issuer.as_ref().map(|issuer| {
+        Arc::new(AuthServer {
+            issuer: issuer.clone(),
+            clients: clients.clone(),
+            clock: engine.ports.clock.clone(),
+            token_url: token_url.clone(),
+        })
+    });
     let state = AppState { api, blobs };
     let app = Router::new()
         .route(
@@ -237,6 +276,8 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
         base_url,
         engine,
         queue,
+        clients,
+        issuer,
         stop,
         tasks,
     })

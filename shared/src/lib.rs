@@ -1,5 +1,6 @@
 //! bulk-export: a FHIR Bulk Data export service.
 //!
+//! - [`auth`]: SMART Backend Services token endpoint and token verification.
 //! - [`domain`]: pure types and rules (requests, jobs, manifests, outcomes).
 //! - [`ports`]: the traits the engine needs (stores, queue, clock).
 //! - [`engine`]: every use case, written against the ports.
@@ -7,6 +8,7 @@
 //! - [`http`]: the one routing table shared by the local server and Lambdas.
 //! - [`sample`]: a deterministic synthetic data generator.
 
+pub mod auth;
 pub mod clock;
 pub mod domain;
 pub mod embedded;

@@ -57,6 +57,8 @@ pub struct Options {
     pub wrap_artifacts: Option<ArtifactWrapper>,
     pub tune: Box<dyn FnOnce(&mut LocalConfig) + Send>,
     pub header_subject: bool,
+    /// Authorization on: bearer tokens from the built-in issuer.
+    pub auth: bool,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             wrap_artifacts: None,
             tune: Box::new(|_| {}),
             header_subject: false,
+            auth: false,
         }
     }
 }
@@ -74,6 +77,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = LocalConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
     config.sample_patients = opts.sample_patients;
+    config.auth = opts.auth;
     config.visibility_timeout = Duration::from_secs(5);
     config.sweep_interval = Duration::from_secs(3600);
     (opts.tune)(&mut config);

@@ -1,6 +1,7 @@
 //! All end-to-end tests in one binary (one link on a 2-core machine).
 
 mod access;
+mod auth;
 mod contract;
 mod export;
 mod faults;

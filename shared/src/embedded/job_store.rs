@@ -14,8 +14,9 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
 use super::sqlite::{backend, Db};
+use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part, WorkMessage};
-use crate::ports::{Delivery, JobStore, PortError, PortResult, WorkQueue};
+use crate::ports::{ClientStore, Delivery, JobStore, PortError, PortResult, WorkQueue};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,6 +41,11 @@ CREATE TABLE IF NOT EXISTS queue (
     receipt TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (visible_at);
+CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS used_jtis (
+    client_id TEXT NOT NULL, jti TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY (client_id, jti)
+) WITHOUT ROWID;
 ";
 
 /// The jobs database; hands out the job store and the queue over one file.
@@ -275,6 +281,62 @@ fn write_part_if_unchanged(c: &rusqlite::Connection, mut part: Part) -> PortResu
         return Err(PortError::Conflict);
     }
     Ok(part)
+}
+
+#[async_trait]
+impl ClientStore for SqliteJobs {
+    async fn put_client(&self, client: &ClientRegistration) -> PortResult<()> {
+        let (id, body) = (client.client_id.clone(), to_json(client)?);
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO clients (client_id, body) VALUES (?1, ?2)",
+                    params![id, body],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_client(&self, client_id: &str) -> PortResult<Option<ClientRegistration>> {
+        let id = client_id.to_string();
+        self.db
+            .call(move |c| {
+                let body: Option<String> = c
+                    .query_row(
+                        "SELECT body FROM clients WHERE client_id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                body.map(|b| from_json(&b)).transpose()
+            })
+            .await
+    }
+
+    async fn remember_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires: DateTime<Utc>,
+    ) -> PortResult<bool> {
+        let (id, jti) = (client_id.to_string(), jti.to_string());
+        self.db
+            .call(move |c| {
+                let now = Utc::now().timestamp();
+                c.execute("DELETE FROM used_jtis WHERE expires_at < ?1", params![now]).map_err(backend)?;
+                let n = c
+                    .execute(
+                        "INSERT OR IGNORE INTO used_jtis (client_id, jti, expires_at) VALUES (?1, ?2, ?3)",
+                        params![id, jti, expires.timestamp()],
+                    )
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await
+    }
 }
 
 /// The durable embedded work queue (SQS semantics: visibility timeout,

@@ -7,7 +7,7 @@ use super::Engine;
 impl Engine {
     pub fn capability_statement(&self) -> Value {
         let op = |name: &str, def: &str| json!({ "name": name, "definition": def });
-        json!({
+        let mut cs = json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
             "date": "2026-11-22",
@@ -34,6 +34,19 @@ impl Engine {
                 "interaction": [{"code": "batch"}, {"code": "transaction"}],
                 "operation": [op("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
             }]
-        })
+        });
+        if let Some(token_url) = &self.config.token_url {
+            cs["rest"][0]["security"] = json!({
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"
+                }]}],
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": token_url}]
+                }]
+            });
+        }
+        cs
     }
 }

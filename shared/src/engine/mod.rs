@@ -55,6 +55,8 @@ pub struct EngineConfig {
     pub presign_ttl: Duration,
     /// Whether manifests say a token is needed to fetch the files.
     pub requires_access_token: bool,
+    /// The token endpoint, when authorization is on (for discovery).
+    pub token_url: Option<String>,
     /// A message received this many times without success fails its job.
     pub max_attempts: u32,
 }
@@ -72,6 +74,7 @@ impl EngineConfig {
             patients_per_part: 500,
             presign_ttl: Duration::from_secs(300),
             requires_access_token: false,
+            token_url: None,
             max_attempts: 5,
         }
     }

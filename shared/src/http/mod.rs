@@ -12,7 +12,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-pub use auth::{Authenticator, OpenAccess};
+pub use auth::{Authenticator, OpenAccess, TokenAuthenticator};
 
 use crate::domain::ApiError;
 use crate::engine::Engine;
@@ -29,7 +29,12 @@ pub struct Api {
     pub auth: Arc<dyn Authenticator>,
     /// Path prefix of the FHIR base, e.g. `/fhir`.
     pub base_path: String,
+    /// The token endpoint and discovery, when authorization is on.
+    pub auth_server: Option<Arc<crate::auth::AuthServer>>,
 }
+
+/// Where the built-in token endpoint answers (outside the FHIR base).
+pub const TOKEN_PATH: &str = "/auth/token";
 
 impl Api {
     pub fn new(engine: Engine, auth: Arc<dyn Authenticator>, base_path: &str) -> Self {
@@ -37,6 +42,7 @@ impl Api {
             engine,
             auth,
             base_path: base_path.trim_end_matches('/').to_string(),
+            auth_server: None,
         }
     }
 
@@ -51,6 +57,18 @@ impl Api {
 
     async fn route(&self, req: Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
         let path = req.uri().path().to_string();
+        if let Some(server) = &self.auth_server {
+            if path == TOKEN_PATH {
+                return Ok(token_response(server, &req).await);
+            }
+            if path == format!("{}/.well-known/smart-configuration", self.base_path) {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    "application/json",
+                    &server.smart_configuration(),
+                ));
+            }
+        }
         let Some(rest) = path
             .strip_prefix(&self.base_path)
             .filter(|r| r.is_empty() || r.starts_with('/'))
@@ -99,6 +117,41 @@ impl Api {
             _ => Err(ApiError::not_found(format!("Nothing at {path}"))),
         }
     }
+}
+
+/// RFC 6749 token responses: JSON, never cached, errors per §5.2.
+async fn token_response(server: &crate::auth::AuthServer, req: &Request<Bytes>) -> Response<Bytes> {
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| media_types(ct).any(|m| m == "application/x-www-form-urlencoded"));
+    let result = if req.method() != Method::POST {
+        Err(crate::auth::OAuthError {
+            status: 405,
+            error: "invalid_request",
+            description: "use POST".into(),
+        })
+    } else if !form_type {
+        Err(crate::auth::OAuthError {
+            status: 400,
+            error: "invalid_request",
+            description: "the body must be application/x-www-form-urlencoded".into(),
+        })
+    } else {
+        server.token(req.body()).await
+    };
+    let (status, body) = match result {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => (
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.body(),
+        ),
+    };
+    let mut resp = json_response(status, "application/json", &body);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn method_not_allowed(allow: &'static str) -> ApiError {

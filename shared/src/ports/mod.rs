@@ -307,3 +307,23 @@ pub trait WorkQueue: Send + Sync {
     async fn receive(&self, max: usize, visibility: Duration) -> PortResult<Vec<Delivery>>;
     async fn delete(&self, receipt: &str) -> PortResult<()>;
 }
+
+/// Registered clients and the assertion ids they have used (replay guard),
+/// kept with the jobs (DynamoDB on AWS, SQLite locally).
+#[async_trait]
+pub trait ClientStore: Send + Sync {
+    /// Creates or replaces a registration.
+    async fn put_client(&self, client: &crate::auth::ClientRegistration) -> PortResult<()>;
+    async fn get_client(
+        &self,
+        client_id: &str,
+    ) -> PortResult<Option<crate::auth::ClientRegistration>>;
+    /// Records `jti` until `expires`; `false` if it was already recorded
+    /// (a replayed assertion). Expired entries may be forgotten.
+    async fn remember_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires: DateTime<Utc>,
+    ) -> PortResult<bool>;
+}
