@@ -27,6 +27,7 @@ use bulk_export::ports::{ArtifactStore, ClientStore, Clock, WorkQueue};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod admin;
 pub mod loader;
 pub mod workers;
 

@@ -4,18 +4,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bulk_export_local::{start, LocalConfig, Overrides};
-use clap::Parser;
+use bulk_export::auth::ClientRegistration;
+use bulk_export_local::{admin, start, LocalConfig, Overrides};
+use clap::{Parser, Subcommand};
 
 /// FHIR Bulk Data export server on embedded storage (SQLite + files).
+/// Without a subcommand it serves.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(long, env = "BULK_EXPORT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Directory for the databases and export files (created if missing).
-    #[arg(long, env = "BULK_EXPORT_DATA_DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "BULK_EXPORT_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Synthetic patients to load when the store is empty (0 = none).
     #[arg(long, env = "BULK_EXPORT_SAMPLE_PATIENTS", default_value_t = 0)]
@@ -39,6 +48,48 @@ struct Args {
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
+    /// Require SMART Backend Services access tokens (off: open mode).
+    #[arg(long, env = "BULK_EXPORT_AUTH")]
+    auth: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Register (or replace) a client allowed to get access tokens.
+    RegisterClient {
+        #[arg(long)]
+        client_id: String,
+        /// The client's public keys (a JWKS JSON file).
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
+        /// Where the client publishes its keys (an assertion's jku must equal it).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// Scopes the client may be granted.
+        #[arg(long, default_value = "system/*.read")]
+        scope: String,
+        /// Limit the client to these Groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Make an ES384 client key: private-key.pem and jwks.json in OUT_DIR.
+    ClientKey {
+        #[arg(long)]
+        out_dir: PathBuf,
+        #[arg(long, default_value = "client-key-1")]
+        kid: String,
+    },
+    /// Print a signed client assertion for the token endpoint.
+    ClientAssertion {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "client-key-1")]
+        kid: String,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        token_url: String,
+    },
 }
 
 #[tokio::main]
@@ -50,6 +101,13 @@ async fn main() {
         )
         .init();
     let args = Args::parse();
+    if let Some(command) = args.command {
+        if let Err(e) = run_command(command, &args.data_dir).await {
+            eprintln!("bulk-export-local: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let mut config = LocalConfig::new(args.listen, args.data_dir);
     config.sample_patients = args.sample_patients;
     config.public_origin = args.public_url;
@@ -57,6 +115,7 @@ async fn main() {
     config.retention = chrono::Duration::days(args.retention_days.max(1));
     config.max_resources_per_file = args.max_resources_per_file.max(1);
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
+    config.auth = args.auth;
 
     let running = match start(config, Overrides::default()).await {
         Ok(r) => r,
@@ -69,6 +128,58 @@ async fn main() {
     wait_for_signal().await;
     println!("bulk-export: shutting down");
     running.shutdown().await;
+}
+
+async fn run_command(command: Command, data_dir: &std::path::Path) -> Result<(), String> {
+    match command {
+        Command::RegisterClient {
+            client_id,
+            jwks_file,
+            jwks_url,
+            scope,
+            groups,
+        } => {
+            let jwks = match jwks_file {
+                Some(f) => {
+                    let text =
+                        std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+                    Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?)
+                }
+                None => None,
+            };
+            let groups = (!groups.is_empty()).then_some(groups);
+            let client = ClientRegistration {
+                client_id: client_id.clone(),
+                jwks,
+                jwks_url,
+                scope,
+                groups,
+            };
+            admin::register_client(data_dir, client).await?;
+            println!("registered client {client_id}");
+            Ok(())
+        }
+        Command::ClientKey { out_dir, kid } => {
+            admin::make_client_key(&out_dir, &kid)?;
+            println!(
+                "wrote {0}/private-key.pem and {0}/jwks.json",
+                out_dir.display()
+            );
+            Ok(())
+        }
+        Command::ClientAssertion {
+            key,
+            kid,
+            client_id,
+            token_url,
+        } => {
+            println!(
+                "{}",
+                admin::client_assertion(&key, &kid, &client_id, &token_url)?
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn wait_for_signal() {
