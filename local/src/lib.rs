@@ -14,14 +14,15 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bulk_export::auth::{AuthServer, TokenIssuer};
+use bulk_export::auth::{AuthServer, JwksCache, TokenIssuer};
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::ApiError;
 use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
 use bulk_export::engine::{Engine, EngineConfig, Ports};
 use bulk_export::http::{
-    error_response, Api, Authenticator, OpenAccess, TokenAuthenticator, MAX_BODY_BYTES, TOKEN_PATH,
+    error_response, Api, Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator,
+    MAX_BODY_BYTES, TOKEN_PATH,
 };
 use bulk_export::ports::{ArtifactStore, ClientStore, Clock, WorkQueue};
 use tokio::sync::watch;
@@ -59,6 +60,9 @@ pub struct LocalConfig {
     pub patients_per_part: usize,
     /// SMART Backend Services authorization (tokens required); off = open mode.
     pub auth: bool,
+    /// Also accept tokens of this issuer (`iss`, JWKS URL), besides the
+    /// built-in one.
+    pub external_issuer: Option<(String, String)>,
 }
 
 impl LocalConfig {
@@ -80,6 +84,7 @@ impl LocalConfig {
             part_target_resources: 20_000,
             patients_per_part: 500,
             auth: false,
+            external_issuer: None,
         }
     }
 }
@@ -214,11 +219,20 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
         }
     }
 
+    let jwks = Arc::new(JwksCache::default());
     let auth: Arc<dyn Authenticator> = match (overrides.auth, &issuer) {
         (Some(a), _) => a,
         (None, Some(issuer)) => Arc::new(TokenAuthenticator {
             issuer: issuer.clone(),
             clock: engine.ports.clock.clone(),
+            external: config
+                .external_issuer
+                .clone()
+                .map(|(issuer, jwks_url)| ExternalIssuer {
+                    issuer,
+                    jwks_url,
+                    jwks: jwks.clone(),
+                }),
         }),
         (None, None) => Arc::new(OpenAccess),
     };
@@ -229,6 +243,7 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
             clients: clients.clone(),
             clock: engine.ports.clock.clone(),
             token_url: token_url.clone(),
+            jwks: jwks.clone(),
         })
     });
     let state = AppState { api, blobs };

@@ -51,6 +51,20 @@ struct Args {
     /// Require SMART Backend Services access tokens (off: open mode).
     #[arg(long, env = "BULK_EXPORT_AUTH")]
     auth: bool,
+    /// With --auth: also accept tokens whose `iss` is this external issuer...
+    #[arg(
+        long,
+        env = "BULK_EXPORT_EXTERNAL_ISSUER",
+        requires = "external_jwks_url"
+    )]
+    external_issuer: Option<String>,
+    /// ...verified with the keys published at this JWKS URL.
+    #[arg(
+        long,
+        env = "BULK_EXPORT_EXTERNAL_JWKS_URL",
+        requires = "external_issuer"
+    )]
+    external_jwks_url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +130,7 @@ async fn main() {
     config.max_resources_per_file = args.max_resources_per_file.max(1);
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.auth = args.auth;
+    config.external_issuer = args.external_issuer.zip(args.external_jwks_url);
 
     let running = match start(config, Overrides::default()).await {
         Ok(r) => r,

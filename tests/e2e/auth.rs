@@ -580,3 +580,253 @@ async fn bearer_tokens_guard_every_export_request() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// Serves JWKS documents (`Cache-Control: max-age=60`) and counts fetches.
+struct JwksServer {
+    url: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn jwks_server(sets: Vec<(&'static str, Value)>) -> JwksServer {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut router = axum::Router::new();
+    for (path, set) in sets {
+        let (h, body) = (hits.clone(), set.to_string());
+        router = router.route(
+            path,
+            axum::routing::get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                async move {
+                    (
+                        [
+                            ("content-type", "application/json"),
+                            ("cache-control", "public, max-age=60"),
+                        ],
+                        body,
+                    )
+                }
+            }),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    JwksServer { url, hits }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keys_come_from_the_registered_jwks_url_cached() {
+    use std::sync::atomic::Ordering;
+    let a = auth_app().await;
+    let key = es384("by-url");
+    let server = jwks_server(vec![("/client-jwks.json", json!({"keys": [key.jwk]}))]).await;
+    let jwks_url = format!("{}/client-jwks.json", server.url);
+    let reg = ClientRegistration {
+        client_id: "url-client".into(),
+        jwks: None,
+        jwks_url: Some(jwks_url.clone()),
+        scope: "system/*.read".into(),
+        groups: None,
+    };
+    a.app.running.clients.put_client(&reg).await.unwrap();
+    for _ in 0..3 {
+        let assertion = assertion(&key, "url-client", &a.token_url, |_, h| {
+            h.jku = Some(jwks_url.clone())
+        });
+        let (status, body) = a
+            .token_request(&[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &assertion),
+                ("scope", "system/*.read"),
+            ])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        server.hits.load(Ordering::SeqCst),
+        1,
+        "fetched once, then cached within max-age"
+    );
+    // A kid the set does not hold: refetched once, then refused.
+    let other = es384("not-published");
+    let bad = assertion(&other, "url-client", &a.token_url, |_, _| {});
+    let (status, body) = a
+        .token_request(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &bad),
+            ("scope", "system/*.read"),
+        ])
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str().unwrap()),
+        (401, "invalid_client")
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_a_trusted_external_issuer_are_verified_by_its_jwks() {
+    use std::sync::atomic::Ordering;
+    let idp = rs384("idp-1");
+    let server = jwks_server(vec![("/idp/jwks.json", json!({"keys": [idp.jwk]}))]).await;
+    let (iss, jwks_url) = (
+        "https://idp.example".to_string(),
+        format!("{}/idp/jwks.json", server.url),
+    );
+    let cfg = (iss.clone(), jwks_url);
+    let app = spawn_app(Options {
+        sample_patients: 2,
+        auth: true,
+        tune: Box::new(move |c| c.external_issuer = Some(cfg)),
+        ..Default::default()
+    })
+    .await;
+    let token = |aud: &str, exp: i64, key: &ClientKey| {
+        let mut h = Header::new(key.alg);
+        h.kid = Some(key.kid.clone());
+        let c = json!({"iss": iss, "sub": "idp-client", "aud": aud, "exp": exp, "scope": "system/Patient.read"});
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&h, &c, &key.encoding).unwrap()
+        )
+    };
+    let base = app.base().to_string();
+    let good = token(&base, now() + 120, &idp);
+    let resp = app
+        .kickoff_get("$export?_type=Patient")
+        .header("authorization", &good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    // The scope from the external token applies.
+    let resp = app
+        .kickoff_get("$export?_type=Observation")
+        .header("authorization", &good)
+        .send()
+        .await
+        .unwrap();
+    expect_outcome(resp, StatusCode::FORBIDDEN).await;
+    for (name, bad) in [
+        ("wrong aud", token("https://other/fhir", now() + 120, &idp)),
+        ("expired", token(&base, now() - 10, &idp)),
+        ("unknown key", token(&base, now() + 120, &rs384("idp-1"))),
+    ] {
+        let resp = app
+            .kickoff_get("$export")
+            .header("authorization", &bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{name}");
+    }
+    assert!(
+        server.hits.load(Ordering::SeqCst) <= 2,
+        "keys cached within max-age"
+    );
+}
+
+/// Authorized twins of the open-mode export tests: Group and Patient
+/// exports and a cancel, each with a real token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_patient_export_and_cancel_with_tokens() {
+    let a = auth_app().await;
+    let app = &a.app;
+    let key = es384("twin");
+    a.register("twin", &[&key], "system/*.read", None).await;
+    let bearer = format!(
+        "Bearer {}",
+        a.token(&key, "twin", "system/Patient.read system/Observation.rs")
+            .await
+    );
+    let wait = |status: String| {
+        let bearer = bearer.clone();
+        async move {
+            loop {
+                let resp = app
+                    .client
+                    .get(&status)
+                    .header("authorization", &bearer)
+                    .send()
+                    .await
+                    .unwrap();
+                if resp.status() == StatusCode::OK {
+                    return resp.json::<Value>().await.unwrap();
+                }
+                assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let counts = |m: &Value| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = m["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["type"].as_str().unwrap().to_string(),
+                    o["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v.dedup_by(|x, y| {
+            if x.0 == y.0 {
+                y.1 += x.1;
+                true
+            } else {
+                false
+            }
+        });
+        v
+    };
+    // Group export, no _type: exactly the token's types.
+    let status = app
+        .start_export(
+            app.kickoff_get("Group/sample-cohort-1/$export")
+                .header("authorization", &bearer),
+        )
+        .await;
+    let group = counts(&wait(status).await);
+    assert_eq!(
+        group.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["Observation", "Patient"]
+    );
+    assert_eq!(group[1].1, 4);
+    // Patient-level export: the same patients here, so the same counts.
+    let status = app
+        .start_export(
+            app.kickoff_get("Patient/$export")
+                .header("authorization", &bearer),
+        )
+        .await;
+    assert_eq!(counts(&wait(status).await), group);
+    // Cancel with the token; then the job is gone for it too.
+    let status = app
+        .start_export(
+            app.kickoff_get("$export?_type=Observation")
+                .header("authorization", &bearer),
+        )
+        .await;
+    let resp = app
+        .client
+        .delete(&status)
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = app
+        .client
+        .get(&status)
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    expect_outcome(resp, StatusCode::NOT_FOUND).await;
+}

@@ -4,7 +4,9 @@
 //! turns them into a [`crate::engine::Caller`].
 
 pub mod issuer;
+pub mod jwks;
 pub mod token_endpoint;
 
 pub use issuer::{AccessClaims, TokenIssuer};
+pub use jwks::JwksCache;
 pub use token_endpoint::{AuthServer, ClientRegistration, OAuthError};

@@ -82,6 +82,8 @@ pub struct AuthServer {
     pub clock: Arc<dyn Clock>,
     /// This endpoint's absolute URL: the `aud` assertions must carry.
     pub token_url: String,
+    /// Keys of clients registered by JWKS URL.
+    pub jwks: Arc<super::JwksCache>,
 }
 
 impl AuthServer {
@@ -172,17 +174,25 @@ impl AuthServer {
                 ));
             }
         }
-        let jwks: JwkSet = client
-            .jwks
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or_else(|| invalid_client("the client has no usable registered keys"))?;
-        let jwk = match &header.kid {
-            Some(kid) => jwks.find(kid),
-            None if jwks.keys.len() == 1 => jwks.keys.first(),
-            None => None,
-        }
-        .ok_or_else(|| invalid_client("no registered key matches the assertion's kid"))?;
+        let jwk = match (&client.jwks, &client.jwks_url) {
+            (Some(jwks), _) => {
+                let jwks: JwkSet = serde_json::from_value(jwks.clone())
+                    .map_err(|_| invalid_client("the client's registered key set is not usable"))?;
+                match &header.kid {
+                    Some(kid) => jwks.find(kid).cloned(),
+                    None if jwks.keys.len() == 1 => jwks.keys.first().cloned(),
+                    None => None,
+                }
+                .ok_or_else(|| invalid_client("no registered key matches the assertion's kid"))?
+            }
+            (None, Some(url)) => self
+                .jwks
+                .key(url, header.kid.as_deref())
+                .await
+                .map_err(|e| invalid_client(format!("the client's keys: {e}")))?,
+            (None, None) => return Err(invalid_client("the client has no registered keys")),
+        };
+        let jwk = &jwk;
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|e| invalid_client(format!("the registered key is not usable: {e}")))?;
         let mut v = Validation::new(alg);

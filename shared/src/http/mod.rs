@@ -12,7 +12,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-pub use auth::{Authenticator, OpenAccess, TokenAuthenticator};
+pub use auth::{Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator};
 
 use crate::domain::ApiError;
 use crate::engine::Engine;
