@@ -63,6 +63,9 @@ pub struct LocalConfig {
     /// Also accept tokens of this issuer (`iss`, JWKS URL), besides the
     /// built-in one.
     pub external_issuer: Option<(String, String)>,
+    /// The token signing key (PKCS#8 PEM, P-256) from configuration; without
+    /// it, a key is generated into the data directory on first start.
+    pub token_signing_key: Option<String>,
 }
 
 impl LocalConfig {
@@ -85,6 +88,7 @@ impl LocalConfig {
             patients_per_part: 500,
             auth: false,
             external_issuer: None,
+            token_signing_key: None,
         }
     }
 }
@@ -183,9 +187,15 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     }
     let token_url = format!("{}{TOKEN_PATH}", origin.trim_end_matches('/'));
     let issuer = if config.auth {
-        let key = config.data_dir.join("token-signing-key.pem");
-        let issuer = TokenIssuer::load_or_create(&key, &token_url, &base_url)
-            .map_err(|e| start_err("loading the token signing key")(&e))?;
+        let issuer = match &config.token_signing_key {
+            Some(pem) => TokenIssuer::from_pem(pem, &token_url, &base_url),
+            None => TokenIssuer::load_or_create(
+                &config.data_dir.join("token-signing-key.pem"),
+                &token_url,
+                &base_url,
+            ),
+        }
+        .map_err(|e| start_err("loading the token signing key")(&e))?;
         Some(Arc::new(issuer))
     } else {
         None

@@ -65,6 +65,10 @@ struct Args {
         requires = "external_issuer"
     )]
     external_jwks_url: Option<String>,
+    /// The token signing key (P-256, PKCS#8 PEM) from configuration (on AWS:
+    /// a secret parameter); otherwise one is generated into the data dir.
+    #[arg(long, env = "BULK_EXPORT_TOKEN_SIGNING_KEY", hide_env_values = true)]
+    token_signing_key: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,6 +135,7 @@ async fn main() {
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.auth = args.auth;
     config.external_issuer = args.external_issuer.zip(args.external_jwks_url);
+    config.token_signing_key = args.token_signing_key;
 
     let running = match start(config, Overrides::default()).await {
         Ok(r) => r,

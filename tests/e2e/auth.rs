@@ -830,3 +830,33 @@ async fn group_patient_export_and_cancel_with_tokens() {
         .unwrap();
     expect_outcome(resp, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signing_key_can_come_from_configuration() {
+    let pem = TokenIssuer::generate_pem();
+    let configured = pem.clone();
+    let app = spawn_app(Options {
+        auth: true,
+        tune: Box::new(move |c| c.token_signing_key = Some(configured)),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        !app._dir.path().join("token-signing-key.pem").exists(),
+        "nothing written to disk"
+    );
+    let issuer = app.running.issuer.clone().unwrap();
+    let mine = TokenIssuer::from_pem(&pem, &issuer.issuer, &issuer.audience).unwrap();
+    let token = mine.issue("c", "system/*.read", None, chrono::Utc::now());
+    let resp = app
+        .kickoff_get("$export")
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::ACCEPTED,
+        "tokens signed with the configured key verify"
+    );
+}
