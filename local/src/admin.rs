@@ -2,6 +2,7 @@
 //! registering a client, and (for trying the service) making a client key
 //! and signing a client assertion.
 
+use bulk_export::private_file::write_private;
 use std::path::Path;
 
 use bulk_export::auth::ClientRegistration;
@@ -66,16 +67,4 @@ pub fn client_assertion(
     let mut header = Header::new(Algorithm::ES384);
     header.kid = Some(kid.to_string());
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(data)
 }

@@ -15,4 +15,5 @@ pub mod embedded;
 pub mod engine;
 pub mod http;
 pub mod ports;
+pub mod private_file;
 pub mod sample;

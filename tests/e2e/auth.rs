@@ -140,16 +140,20 @@ impl AuthApp {
         (resp.status(), resp.json().await.unwrap())
     }
 
+    /// A well-formed token request carrying `assertion`.
+    async fn exchange(&self, assertion: &str, scope: &str) -> (StatusCode, Value) {
+        self.token_request(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", assertion),
+            ("scope", scope),
+        ])
+        .await
+    }
+
     async fn token(&self, key: &ClientKey, client_id: &str, scope: &str) -> String {
         let a = assertion(key, client_id, &self.token_url, |_, _| {});
-        let (status, body) = self
-            .token_request(&[
-                ("grant_type", "client_credentials"),
-                ("client_assertion_type", ASSERTION_TYPE),
-                ("client_assertion", &a),
-                ("scope", scope),
-            ])
-            .await;
+        let (status, body) = self.exchange(&a, scope).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["token_type"], "bearer");
         assert!(body["expires_in"].as_i64().unwrap() <= 300);
@@ -635,14 +639,7 @@ async fn client_keys_come_from_the_registered_jwks_url_cached() {
         let assertion = assertion(&key, "url-client", &a.token_url, |_, h| {
             h.jku = Some(jwks_url.clone())
         });
-        let (status, body) = a
-            .token_request(&[
-                ("grant_type", "client_credentials"),
-                ("client_assertion_type", ASSERTION_TYPE),
-                ("client_assertion", &assertion),
-                ("scope", "system/*.read"),
-            ])
-            .await;
+        let (status, body) = a.exchange(&assertion, "system/*.read").await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     assert_eq!(
@@ -653,14 +650,7 @@ async fn client_keys_come_from_the_registered_jwks_url_cached() {
     // A kid the set does not hold: refetched once, then refused.
     let other = es384("not-published");
     let bad = assertion(&other, "url-client", &a.token_url, |_, _| {});
-    let (status, body) = a
-        .token_request(&[
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", ASSERTION_TYPE),
-            ("client_assertion", &bad),
-            ("scope", "system/*.read"),
-        ])
-        .await;
+    let (status, body) = a.exchange(&bad, "system/*.read").await;
     assert_eq!(
         (status.as_u16(), body["error"].as_str().unwrap()),
         (401, "invalid_client")

@@ -1,6 +1,7 @@
 //! The built-in issuer's access tokens: ES256 JWTs, at most 300 s long,
 //! verified by the same service (and by anyone through its JWKS).
 
+use crate::private_file::write_private;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -145,18 +146,6 @@ impl TokenIssuer {
     pub fn jwks(&self) -> Value {
         json!({ "keys": [self.public_jwk] })
     }
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(data)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! Presigned URLs carry an expiry and an HMAC-SHA256 over the key and the
 //! expiry, made with a secret kept in the data directory.
 
+use crate::private_file::write_private;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +52,7 @@ impl FsArtifacts {
             Ok(s) if s.len() >= 32 => s,
             _ => {
                 let s: [u8; 32] = rand::random();
-                write_private(&secret_path, &s)?;
+                write_private(&secret_path, &s).map_err(backend)?;
                 s.to_vec()
             }
         };
@@ -352,19 +353,6 @@ fn safe_key(key: &str) -> PortResult<PathBuf> {
     } else {
         Err(PortError::NotFound)
     }
-}
-
-fn write_private(path: &Path, data: &[u8]) -> PortResult<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(backend)?;
-    f.write_all(data).map_err(backend)
 }
 
 fn hex(bytes: &[u8]) -> String {
