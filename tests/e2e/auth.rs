@@ -360,16 +360,7 @@ async fn the_token_endpoint_follows_smart_backend_services() {
     );
 
     // Discovery.
-    let conf: Value = a
-        .app
-        .client
-        .get(a.app.url(".well-known/smart-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conf: Value = a.app.get_json(".well-known/smart-configuration").await;
     assert_eq!(conf["token_endpoint"], a.token_url);
     assert_eq!(
         conf["token_endpoint_auth_methods_supported"],
@@ -379,16 +370,7 @@ async fn the_token_endpoint_follows_smart_backend_services() {
         .as_array()
         .unwrap()
         .contains(&json!("ES384")));
-    let cs: Value = a
-        .app
-        .client
-        .get(a.app.url("metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cs: Value = a.app.get_json("metadata").await;
     let ext = &cs["rest"][0]["security"]["extension"][0];
     assert_eq!(
         ext["url"],

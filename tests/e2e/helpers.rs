@@ -142,6 +142,18 @@ impl TestApp {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     }
 
+    /// GET `path` under the base (no credentials) and parse the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn kickoff_get(&self, path_and_query: &str) -> reqwest::RequestBuilder {
         self.client
             .get(self.url(path_and_query))

@@ -136,15 +136,7 @@ async fn batch_reports_each_entry_and_transaction_is_atomic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capability_statement_declares_the_export_operations() {
     let app = spawn_app(Options::default()).await;
-    let cs: Value = app
-        .client
-        .get(app.url("metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cs: Value = app.get_json("metadata").await;
     assert_eq!(cs["resourceType"], "CapabilityStatement");
     assert_eq!(
         cs["instantiates"][0],
