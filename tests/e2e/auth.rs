@@ -404,20 +404,7 @@ async fn bearer_tokens_guard_every_export_request() {
                 .header("authorization", bearer(&alice)),
         )
         .await;
-    let manifest = loop {
-        let resp = app
-            .client
-            .get(&status)
-            .header("authorization", bearer(&alice))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == StatusCode::OK {
-            break resp.json::<Value>().await.unwrap();
-        }
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let manifest = app.wait_manifest_as(&status, Some(&bearer(&alice))).await;
     assert_eq!(manifest["requiresAccessToken"], true);
     let file = manifest["output"][0]["url"].as_str().unwrap().to_string();
     let resp = app
@@ -717,22 +704,7 @@ async fn group_patient_export_and_cancel_with_tokens() {
     );
     let wait = |status: String| {
         let bearer = bearer.clone();
-        async move {
-            loop {
-                let resp = app
-                    .client
-                    .get(&status)
-                    .header("authorization", &bearer)
-                    .send()
-                    .await
-                    .unwrap();
-                if resp.status() == StatusCode::OK {
-                    return resp.json::<Value>().await.unwrap();
-                }
-                assert_eq!(resp.status(), StatusCode::ACCEPTED);
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+        async move { app.wait_manifest_as(&status, Some(&bearer)).await }
     };
     let counts = |m: &Value| -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = m["output"]

@@ -194,9 +194,18 @@ impl TestApp {
 
     /// Polls until the export completes; returns the manifest.
     pub async fn wait_manifest(&self, status_url: &str) -> Value {
+        self.wait_manifest_as(status_url, None).await
+    }
+
+    /// The same, with an `Authorization` header.
+    pub async fn wait_manifest_as(&self, status_url: &str, authorization: Option<&str>) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let resp = self.client.get(status_url).send().await.unwrap();
+            let mut req = self.client.get(status_url);
+            if let Some(a) = authorization {
+                req = req.header("authorization", a);
+            }
+            let resp = req.send().await.unwrap();
             match resp.status() {
                 StatusCode::OK => {
                     assert_eq!(resp.headers()["content-type"], "application/json");
