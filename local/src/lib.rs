@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod admin;
-pub mod loader;
+pub use bulk_export::loader;
 pub mod workers;
 
 /// Settings of the local service.

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod embedded;
 pub mod engine;
 pub mod http;
+pub mod loader;
 pub mod ports;
 pub mod private_file;
 pub mod sample;

@@ -373,7 +373,7 @@ impl ResourceStore for SqliteResourceStore {
                         include_deleted
                     ])
                     .map_err(backend)?;
-                let (mut segments, mut count, mut lower) = (Vec::new(), 0u64, None);
+                let (mut segments, mut count, mut lower) = (Vec::new(), 0u64, after);
                 let segment = |after, until, count| Segment {
                     first_shard: 0,
                     last_shard: 0,

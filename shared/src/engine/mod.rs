@@ -118,6 +118,7 @@ impl From<PortError> for ApiError {
         match e {
             PortError::Conflict => ApiError::conflict("The resource changed concurrently; retry"),
             PortError::NotFound => ApiError::not_found("Not found"),
+            PortError::Unsupported(m) => ApiError::new(422, "not-supported", m),
             PortError::AlreadyExists => ApiError::conflict("Already exists"),
             PortError::Backend(m) => {
                 tracing::error!(error = %m, "storage failure");

@@ -116,7 +116,7 @@ impl Engine {
 
     /// Writes many resources at once (loaders, tests, benchmarks).
     pub async fn load(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, ApiError> {
-        Ok(self.ports.resources.write(ops).await?)
+        Ok(self.ports.resources.load(ops).await?)
     }
 
     async fn write_one(&self, op: WriteOp) -> Result<WriteResult, ApiError> {

@@ -21,6 +21,10 @@ pub enum PortError {
     AlreadyExists,
     #[error("not found")]
     NotFound,
+    /// The store cannot do this (e.g. a transaction larger than the store's
+    /// atomic write limit); retrying will not help.
+    #[error("{0}")]
+    Unsupported(String),
     /// The backend failed; retrying later may help.
     #[error("storage backend error: {0}")]
     Backend(String),
@@ -167,6 +171,14 @@ pub trait ResourceStore: Send + Sync {
     /// Applies the writes atomically (all or none), each with a fresh
     /// version and a strictly increasing `lastUpdated`.
     async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>>;
+
+    /// Bulk loading: each resource's write is atomic and versioned as with
+    /// `write`, but the whole need not be one atomic write (a store with a
+    /// limit on atomic writes splits it; one may write new resources
+    /// without transactions). Results come back in order.
+    async fn load(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        self.write(ops).await
+    }
 
     /// The newest version (a tombstone if deleted).
     async fn read_current(&self, resource_type: &str, id: &str) -> PortResult<Option<Version>>;

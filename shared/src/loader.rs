@@ -2,11 +2,11 @@
 
 use std::io::BufRead;
 
-use bulk_export::domain::resource::{check_resource_value, is_valid_id};
-use bulk_export::domain::ApiError;
-use bulk_export::engine::Engine;
-use bulk_export::ports::WriteOp;
-use bulk_export::sample::{generate, SampleConfig};
+use crate::domain::resource::{check_resource_value, is_valid_id};
+use crate::domain::ApiError;
+use crate::engine::Engine;
+use crate::ports::WriteOp;
+use crate::sample::{generate, SampleConfig};
 use serde_json::Value;
 
 const BATCH: usize = 1000;
