@@ -5,10 +5,13 @@
 //! - [`ports`]: the traits the engine needs (stores, queue, clock).
 //! - [`engine`]: every use case, written against the ports.
 //! - [`embedded`]: the local adapters (SQLite + filesystem).
+//! - `aws` (feature `aws`): the AWS adapters (DynamoDB, S3, SQS).
 //! - [`http`]: the one routing table shared by the local server and Lambdas.
 //! - [`sample`]: a deterministic synthetic data generator.
 
 pub mod auth;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod clock;
 pub mod domain;
 pub mod embedded;

@@ -1,0 +1,279 @@
+//! Export files in S3: multipart uploads (chunks of at least 5 MiB but the
+//! last, enforced by S3 and set by `EngineConfig::min_chunk_bytes`), and
+//! presigned GET URLs made fresh at each download.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::Bytes;
+
+use super::backend;
+use crate::domain::job::UploadedChunk;
+use crate::http::FHIR_NDJSON;
+use crate::ports::{ArtifactStore, PortError, PortResult};
+
+/// S3 deletes at most this many keys per request.
+const DELETE_BATCH: usize = 1000;
+
+#[derive(Clone)]
+pub struct S3Artifacts {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Artifacts {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        S3Artifacts {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for S3Artifacts {
+    async fn start_upload(&self, key: &str) -> PortResult<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(FHIR_NDJSON)
+            .send()
+            .await
+            .map_err(backend)?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| PortError::Backend("S3 returned no upload id".into()))
+    }
+
+    async fn upload_chunk(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: Bytes,
+    ) -> PortResult<String> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| match &e {
+                SdkError::ServiceError(s) if s.raw().status().as_u16() == 404 => {
+                    PortError::NotFound
+                }
+                _ => backend(e),
+            })?;
+        out.e_tag()
+            .map(str::to_string)
+            .ok_or_else(|| PortError::Backend("S3 returned no ETag".into()))
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        chunks: &[UploadedChunk],
+    ) -> PortResult<()> {
+        if chunks.is_empty() {
+            // S3 cannot complete an upload without parts: an empty file.
+            self.abort_upload(key, upload_id).await?;
+            return self.put(key, Bytes::new()).await;
+        }
+        let parts = chunks
+            .iter()
+            .map(|c| {
+                CompletedPart::builder()
+                    .part_number(c.number as i32)
+                    .e_tag(&c.etag)
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already aborted or completed: nothing left to do.
+            Err(SdkError::ServiceError(s)) if s.err().is_no_such_upload() => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> PortResult<Bytes> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => {
+                return Err(PortError::NotFound)
+            }
+            Err(e) => return Err(backend(e)),
+        };
+        let data = out.body.collect().await.map_err(backend)?;
+        Ok(data.into_bytes())
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> PortResult<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(FHIR_NDJSON)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> PortResult<()> {
+        // Uploads first: a part finishing meanwhile cannot then complete an
+        // object after the listing below.
+        let mut uploads = self.open_uploads(prefix).await?;
+        for (key, upload_id) in uploads.drain(..) {
+            self.abort_upload(&key, &upload_id).await?;
+        }
+        let keys = self.list(prefix).await?;
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build().map_err(backend))
+                .collect::<PortResult<Vec<_>>>()?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(
+                    Delete::builder()
+                        .set_objects(Some(objects))
+                        .quiet(true)
+                        .build()
+                        .map_err(backend)?,
+                )
+                .send()
+                .await
+                .map_err(backend)?;
+            if let Some(e) = out.errors().first() {
+                return Err(PortError::Backend(format!(
+                    "S3 could not delete {}: {}",
+                    e.key().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> PortResult<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(backend)?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        Ok(keys)
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> PortResult<Vec<String>> {
+        Ok(self
+            .open_uploads(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> PortResult<String> {
+        let config = PresigningConfig::expires_in(ttl).map_err(backend)?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(backend)?;
+        Ok(request.uri().to_string())
+    }
+}
+
+impl S3Artifacts {
+    /// (key, upload id) of every open multipart upload under `prefix`.
+    async fn open_uploads(&self, prefix: &str) -> PortResult<Vec<(String, String)>> {
+        let mut uploads = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            for u in page.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    uploads.push((k.to_string(), id.to_string()));
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(uploads);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                return Ok(uploads);
+            }
+        }
+    }
+}

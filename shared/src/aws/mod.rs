@@ -1,0 +1,146 @@
+//! The AWS adapters: jobs, parts and clients in DynamoDB ([`DynamoJobs`]),
+//! resources in DynamoDB ([`DynamoResources`]), export files in S3
+//! ([`S3Artifacts`]) and work messages in SQS ([`SqsQueue`]).
+//!
+//! Clients are built once per process (a Lambda container) from
+//! [`sdk_config`], which honours `AWS_ENDPOINT_URL` so the same code runs
+//! against moto or LocalStack.
+
+mod artifacts;
+mod dynamo;
+mod jobs;
+pub mod provision;
+mod queue;
+mod resources;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_smithy_http_client::tls;
+
+use std::sync::Arc;
+
+pub use artifacts::S3Artifacts;
+pub use aws_config::SdkConfig;
+pub use jobs::DynamoJobs;
+pub use queue::{parse_work_message, SqsQueue};
+pub use resources::DynamoResources;
+
+use crate::engine::Ports;
+use crate::ports::{Clock, PortError, PortResult};
+
+/// Where the service's state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsNames {
+    pub jobs_table: String,
+    pub resources_table: String,
+    pub bucket: String,
+    pub queue_url: String,
+}
+
+/// The AWS adapter of every port, built once per process.
+#[derive(Clone)]
+pub struct AwsAdapters {
+    pub resources: Arc<DynamoResources>,
+    pub jobs: Arc<DynamoJobs>,
+    pub artifacts: Arc<S3Artifacts>,
+    pub queue: Arc<SqsQueue>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AwsAdapters {
+    /// `shards`: how many partitions each resource type is spread over
+    /// (part of the resource table's layout: never change it on a table
+    /// that has data).
+    pub fn new(sdk: &SdkConfig, names: &AwsNames, shards: u16, clock: Arc<dyn Clock>) -> Self {
+        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        AwsAdapters {
+            resources: Arc::new(DynamoResources::new(
+                dynamo.clone(),
+                &names.resources_table,
+                shards,
+                clock.clone(),
+            )),
+            jobs: Arc::new(DynamoJobs::new(dynamo, &names.jobs_table)),
+            artifacts: Arc::new(S3Artifacts::new(s3_client(sdk), &names.bucket)),
+            queue: Arc::new(SqsQueue::new(
+                aws_sdk_sqs::Client::new(sdk),
+                &names.queue_url,
+            )),
+            clock,
+        }
+    }
+
+    pub fn ports(&self) -> Ports {
+        Ports {
+            resources: self.resources.clone(),
+            jobs: self.jobs.clone(),
+            artifacts: self.artifacts.clone(),
+            queue: self.queue.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// Reads an SSM SecureString parameter (the token signing key).
+pub async fn read_secure_parameter(sdk: &SdkConfig, name: &str) -> PortResult<String> {
+    let out = aws_sdk_ssm::Client::new(sdk)
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(backend)?;
+    out.parameter()
+        .and_then(|p| p.value())
+        .map(str::to_string)
+        .ok_or_else(|| PortError::Backend(format!("parameter {name} has no value")))
+}
+
+/// The SDK configuration from the environment (credentials, region,
+/// `AWS_ENDPOINT_URL`), on one rustls + ring HTTPS client.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .load()
+        .await
+}
+
+fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+/// The SDK configuration for an emulator at `endpoint` (moto, LocalStack):
+/// fixed test credentials and region, nothing read from the environment.
+pub async fn emulator_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "emulator",
+        ))
+        .load()
+        .await
+}
+
+/// An S3 client; path-style addressing when an endpoint is configured
+/// (emulators serve `host/bucket`, not `bucket.host`).
+pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A transient backend failure, with the SDK's whole error chain (its own
+/// `Display` says only "service error").
+fn backend<E>(e: E) -> PortError
+where
+    E: std::error::Error + 'static,
+{
+    PortError::Backend(DisplayErrorContext(&e).to_string())
+}

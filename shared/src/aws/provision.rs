@@ -1,0 +1,158 @@
+//! Creates the tables, bucket and queue on an emulator (moto, LocalStack),
+//! the same shape `template.yaml` declares on AWS. Tests, benchmarks and the
+//! `bulk-export-aws provision` command use it; on AWS, SAM does this.
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+
+use super::jobs::EXPIRY_INDEX;
+use super::resources::BY_ID_INDEX;
+use super::{backend, s3_client, AwsNames};
+use crate::ports::PortResult;
+
+fn attribute(name: &str, kind: ScalarAttributeType) -> PortResult<AttributeDefinition> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(kind)
+        .build()
+        .map_err(backend)
+}
+
+fn key_part(name: &str, kind: KeyType) -> PortResult<KeySchemaElement> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(backend)
+}
+
+/// A global index: hash key (a string), range key, what it projects.
+struct Index {
+    name: &'static str,
+    hash: &'static str,
+    range: &'static str,
+    range_kind: ScalarAttributeType,
+    projection: ProjectionType,
+}
+
+/// A table keyed (`pk` S, `sk` S) with one global index; an existing table
+/// is left as it is.
+async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+    index: Index,
+    ttl: bool,
+) -> PortResult<()> {
+    let result = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("sk", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute(index.hash, ScalarAttributeType::S)?)
+        .attribute_definitions(attribute(index.range, index.range_kind)?)
+        .key_schema(key_part("pk", KeyType::Hash)?)
+        .key_schema(key_part("sk", KeyType::Range)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(index.name)
+                .key_schema(key_part(index.hash, KeyType::Hash)?)
+                .key_schema(key_part(index.range, KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(index.projection)
+                        .build(),
+                )
+                .build()
+                .map_err(backend)?,
+        )
+        .send()
+        .await;
+    match result {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(backend(e)),
+    }
+    if ttl {
+        client
+            .update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name("ttl")
+                    .enabled(true)
+                    .build()
+                    .map_err(backend)?,
+            )
+            .send()
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Creates whatever of `names` does not exist yet. The queue URL in `names`
+/// is ignored; the created queue's URL is returned in the result.
+pub async fn provision(
+    sdk: &SdkConfig,
+    names: &AwsNames,
+    queue_name: &str,
+) -> PortResult<AwsNames> {
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    create_table(
+        &dynamo,
+        &names.jobs_table,
+        Index {
+            name: EXPIRY_INDEX,
+            hash: "expiry_bucket",
+            range: "expires_at",
+            range_kind: ScalarAttributeType::N,
+            projection: ProjectionType::KeysOnly,
+        },
+        true,
+    )
+    .await?;
+    create_table(
+        &dynamo,
+        &names.resources_table,
+        Index {
+            name: BY_ID_INDEX,
+            hash: "rid",
+            range: "ver",
+            range_kind: ScalarAttributeType::N,
+            projection: ProjectionType::All,
+        },
+        false,
+    )
+    .await?;
+
+    let s3 = s3_client(sdk);
+    if let Err(e) = s3.create_bucket().bucket(&names.bucket).send().await {
+        let exists = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+        if !exists {
+            return Err(backend(e));
+        }
+    }
+
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let queue = sqs
+        .create_queue()
+        .queue_name(queue_name)
+        .send()
+        .await
+        .map_err(backend)?;
+    Ok(AwsNames {
+        queue_url: queue.queue_url().unwrap_or_default().to_string(),
+        ..names.clone()
+    })
+}

@@ -1,0 +1,129 @@
+//! Work messages on SQS. The worker Lambda receives them through its event
+//! source; `receive` serves the local drivers and tests.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+
+use super::backend;
+use crate::domain::job::WorkMessage;
+use crate::ports::{Delivery, PortError, PortResult, WorkQueue};
+
+/// SQS takes at most this many messages per send or receive call.
+const SQS_BATCH: usize = 10;
+
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
+        SqsQueue {
+            client,
+            url: url.into(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Parses a message body; `None` for a body no version of this service
+/// wrote (it can never succeed, so it must not be retried).
+pub fn parse_work_message(body: &str) -> Option<WorkMessage> {
+    serde_json::from_str(body).ok()
+}
+
+#[async_trait]
+impl WorkQueue for SqsQueue {
+    async fn send(&self, messages: &[WorkMessage]) -> PortResult<()> {
+        for batch in messages.chunks(SQS_BATCH) {
+            let mut entries = Vec::with_capacity(batch.len());
+            for (i, m) in batch.iter().enumerate() {
+                let body =
+                    serde_json::to_string(m).map_err(|e| PortError::Backend(e.to_string()))?;
+                entries.push(
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .map_err(backend)?,
+                );
+            }
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(backend)?;
+            if let Some(f) = out.failed().first() {
+                return Err(PortError::Backend(format!(
+                    "SQS refused a message: {} {}",
+                    f.code(),
+                    f.message().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, visibility: Duration) -> PortResult<Vec<Delivery>> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
+            .visibility_timeout(visibility.as_secs().max(1) as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(backend)?;
+        let mut deliveries = Vec::new();
+        for m in out.messages() {
+            let receipt = m.receipt_handle().unwrap_or_default().to_string();
+            let Some(message) = m.body().and_then(parse_work_message) else {
+                tracing::error!(body = ?m.body(), "dropping a message that is not a work message");
+                self.delete(&receipt).await?;
+                continue;
+            };
+            let receive_count = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            deliveries.push(Delivery {
+                message,
+                receipt,
+                receive_count,
+            });
+        }
+        Ok(deliveries)
+    }
+
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        match self
+            .client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already deleted (a twin delivery's handler got there first).
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_receipt_handle_is_invalid()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+}

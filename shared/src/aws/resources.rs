@@ -1,0 +1,856 @@
+//! The resource store on DynamoDB: every version of every resource, read by
+//! key and index only (never a table scan).
+//!
+//! | item | pk | sk | what |
+//! |---|---|---|---|
+//! | version | `V#<type>#<shard>` | `lastUpdated` (µs, 17 digits) | `id`, `ver`, `lu`, `del`, `body`, `sup` (superseded at, µs), `rid` = `<type>#<id>` |
+//! | head | `H#<type>#<id>` | `#` | the newest version: `v`, `lu`, `del` |
+//! | compartment link | `C#<patient>` | `<type>#<id>` | the resource ever referenced the patient |
+//! | type statistics | `STATS#<type>` | `#` | `s<shard>`: versions per shard |
+//! | store clock | `META` | `#` | `last` (µs, the newest `lastUpdated`), `types` |
+//!
+//! A type's versions are spread over `shards` partitions by a hash of the id,
+//! and within a partition they are ordered by `lastUpdated`: an export reads
+//! each shard as a strongly consistent key range (`_since` is its lower
+//! bound, the snapshot its upper bound), and parts read shards in parallel.
+//! "Current at T" is `lu <= T` and no `sup <= T`, filtered in the query.
+//! The `by_id` index (`rid`, `ver`) serves history reads.
+//!
+//! Every write is one transaction that also advances the clock item
+//! conditionally: `lastUpdated` is unique and increasing across the store,
+//! and `snapshot` (which advances the clock too) splits committed writes
+//! from later ones exactly. That one item bounds write throughput to a few
+//! hundred transactions a second, which suits a store fed by a system of
+//! record's sync; exports only read. Bulk loads of new resources skip the
+//! transactions and fence off a block of instants instead ([`bulk_load`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
+    WriteRequest,
+};
+use chrono::{DateTime, Utc};
+
+mod bulk_load;
+
+use super::backend;
+use super::dynamo::{
+    b, backoff, get_b, get_n, get_s, is_condition_failure, key, n, opt_n, opt_s, s, tx_failure,
+    Item,
+};
+use crate::domain::instant::{format_instant, from_micros, to_micros};
+use crate::domain::resource::{compartment_patients, shard_of, stamp_meta};
+use crate::ports::{
+    Clock, PortError, PortResult, ResourceStore, ScanPage, Segment, ShardScan, Version, WriteOp,
+    WriteResult,
+};
+
+pub const BY_ID_INDEX: &str = "by_id";
+const SK: &str = "#";
+const META: &str = "META";
+/// DynamoDB transactions hold at most 100 items.
+const MAX_TX_ITEMS: usize = 100;
+/// Items are limited to 400 KB; this leaves room for the other attributes.
+const MAX_BODY_BYTES: usize = 390_000;
+/// BatchGetItem takes at most 100 keys, BatchWriteItem 25 requests.
+const BATCH_GET: usize = 100;
+const BATCH_WRITE: usize = 25;
+
+pub struct DynamoResources {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    shards: u16,
+    clock: Arc<dyn Clock>,
+}
+
+fn head_pk(resource_type: &str, id: &str) -> String {
+    format!("H#{resource_type}#{id}")
+}
+
+fn version_pk(resource_type: &str, shard: u16) -> String {
+    format!("V#{resource_type}#{shard:03}")
+}
+
+fn lu_sk(last_updated: i64) -> String {
+    format!("{last_updated:017}")
+}
+
+fn stats_pk(resource_type: &str) -> String {
+    format!("STATS#{resource_type}")
+}
+
+/// The newest version of a resource, as its head item records it.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    version: u64,
+    last_updated: i64,
+    deleted: bool,
+}
+
+fn target(op: &WriteOp) -> (String, String) {
+    match op {
+        WriteOp::Upsert {
+            resource_type, id, ..
+        }
+        | WriteOp::Delete { resource_type, id } => (resource_type.clone(), id.clone()),
+    }
+}
+
+/// The stored JSON of an upsert: `meta` stamped, size checked.
+fn stamped_body(
+    resource: &serde_json::Value,
+    resource_type: &str,
+    id: &str,
+    version: u64,
+    last_updated: i64,
+) -> PortResult<String> {
+    let mut resource = resource.clone();
+    let instant = format_instant(from_micros(last_updated));
+    stamp_meta(&mut resource, id, version, &instant);
+    let body = serde_json::to_string(&resource).map_err(|e| PortError::Backend(e.to_string()))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(PortError::Unsupported(format!(
+            "{resource_type}/{id} is {} bytes; this store keeps resources up to {MAX_BODY_BYTES} bytes",
+            body.len()
+        )));
+    }
+    Ok(body)
+}
+
+fn version_from_item(resource_type: &str, item: &Item) -> PortResult<Version> {
+    Ok(Version {
+        resource_type: resource_type.to_string(),
+        id: get_s(item, "id")?.to_string(),
+        version: get_n(item, "ver")?,
+        last_updated: get_n(item, "lu")?,
+        deleted: get_b(item, "del")?,
+        body: opt_s(item, "body").map(str::to_string),
+    })
+}
+
+/// Most resources one `write` can change atomically, given the types involved.
+fn max_atomic_ops(types: usize) -> usize {
+    // Per resource: its head, its new version, its previous version; per
+    // type a statistics update; one clock update.
+    (MAX_TX_ITEMS - 1 - types) / 3
+}
+
+impl DynamoResources {
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        table: impl Into<String>,
+        shards: u16,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        DynamoResources {
+            client,
+            table: table.into(),
+            shards: shards.max(1),
+            clock,
+        }
+    }
+
+    /// The item of one version (in its type's shard, keyed by lastUpdated).
+    fn version_item(&self, v: &Version) -> Item {
+        let shard = shard_of(&v.id, self.shards);
+        let mut item = key(version_pk(&v.resource_type, shard), lu_sk(v.last_updated));
+        item.insert("rid".into(), s(format!("{}#{}", v.resource_type, v.id)));
+        item.insert("id".into(), s(v.id.clone()));
+        item.insert("ver".into(), n(v.version));
+        item.insert("lu".into(), n(v.last_updated));
+        item.insert("del".into(), b(v.deleted));
+        if let Some(body) = &v.body {
+            item.insert("body".into(), s(body.clone()));
+        }
+        item
+    }
+
+    async fn get_item(&self, key: Item) -> PortResult<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(out.item)
+    }
+
+    /// Strongly consistent BatchGetItem of any number of keys (retrying
+    /// what DynamoDB leaves unprocessed).
+    async fn get_many(&self, keys: Vec<Item>) -> PortResult<Vec<Item>> {
+        let mut items = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(BATCH_GET) {
+            let mut pending = KeysAndAttributes::builder()
+                .set_keys(Some(batch.to_vec()))
+                .consistent_read(true)
+                .build()
+                .map_err(backend)?;
+            for attempt in 0u32.. {
+                let mut out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                if let Some(found) = out.responses.as_mut().and_then(|r| r.remove(&self.table)) {
+                    items.extend(found);
+                }
+                match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                    Some(rest) if !rest.keys().is_empty() => pending = rest,
+                    _ => break,
+                }
+                backoff(attempt).await?;
+            }
+        }
+        Ok(items)
+    }
+
+    async fn put_many(&self, items: Vec<Item>) -> PortResult<()> {
+        for batch in items.chunks(BATCH_WRITE) {
+            let mut requests: Vec<WriteRequest> = batch
+                .iter()
+                .map(|item| {
+                    let put = PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map_err(backend)?;
+                    Ok(WriteRequest::builder().put_request(put).build())
+                })
+                .collect::<PortResult<_>>()?;
+            for attempt in 0u32.. {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table))
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+                backoff(attempt).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn heads(&self, targets: &[(String, String)]) -> PortResult<HashMap<String, Head>> {
+        let keys = targets
+            .iter()
+            .map(|(t, id)| key(head_pk(t, id), SK))
+            .collect();
+        let mut heads = HashMap::new();
+        for item in self.get_many(keys).await? {
+            heads.insert(
+                get_s(&item, "pk")?.to_string(),
+                Head {
+                    version: get_n(&item, "v")?,
+                    last_updated: get_n(&item, "lu")?,
+                    deleted: get_b(&item, "del")?,
+                },
+            );
+        }
+        Ok(heads)
+    }
+
+    async fn head(&self, resource_type: &str, id: &str) -> PortResult<Option<Head>> {
+        Ok(self
+            .heads(&[(resource_type.to_string(), id.to_string())])
+            .await?
+            .into_values()
+            .next())
+    }
+
+    async fn version_at(
+        &self,
+        resource_type: &str,
+        id: &str,
+        last_updated: i64,
+    ) -> PortResult<Version> {
+        let pk = version_pk(resource_type, shard_of(id, self.shards));
+        let item = self
+            .get_item(key(pk, lu_sk(last_updated)))
+            .await?
+            .ok_or_else(|| {
+                PortError::Backend(format!("{resource_type}/{id}: version item missing"))
+            })?;
+        version_from_item(resource_type, &item)
+    }
+
+    /// The clock: the newest `lastUpdated` handed out (or snapshot taken).
+    async fn clock_value(&self) -> PortResult<Option<i64>> {
+        Ok(self
+            .get_item(key(META, SK))
+            .await?
+            .and_then(|item| opt_n(&item, "last")))
+    }
+
+    /// Older versions, newest first, from the `by_id` index (eventually
+    /// consistent; only versions that were superseded are read this way,
+    /// and those were written before the write that superseded them).
+    async fn history_before(
+        &self,
+        resource_type: &str,
+        id: &str,
+        before_version: u64,
+        mut wanted: impl FnMut(&Version) -> bool,
+    ) -> PortResult<Option<Version>> {
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_ID_INDEX)
+                .key_condition_expression("rid = :rid AND ver < :v")
+                .expression_attribute_values(":rid", s(format!("{resource_type}#{id}")))
+                .expression_attribute_values(":v", n(before_version))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in out.items() {
+                let v = version_from_item(resource_type, item)?;
+                if wanted(&v) {
+                    return Ok(Some(v));
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Compartment links of the upserts, written before the versions: the
+    /// links are a superset (readers re-check), so a link whose write then
+    /// fails is harmless.
+    async fn put_links(&self, ops: &[WriteOp]) -> PortResult<()> {
+        let mut links = BTreeSet::new();
+        for op in ops {
+            if let WriteOp::Upsert {
+                resource_type,
+                id,
+                resource,
+            } = op
+            {
+                for patient in compartment_patients(resource_type, resource) {
+                    links.insert((format!("C#{patient}"), format!("{resource_type}#{id}")));
+                }
+            }
+        }
+        self.put_many(links.into_iter().map(|(pk, sk)| key(pk, sk)).collect())
+            .await
+    }
+
+    /// One attempt at an atomic write: `Ok(None)` when it lost a race and
+    /// should be retried from fresh reads.
+    async fn try_write(
+        &self,
+        ops: &[WriteOp],
+        targets: &[(String, String)],
+    ) -> PortResult<Option<Vec<WriteResult>>> {
+        let heads = self.heads(targets).await?;
+        let clock = self.clock_value().await?;
+        let mut last_updated = to_micros(self.clock.now()).max(clock.unwrap_or(0) + 1) - 1;
+        let mut items = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        let mut shard_counts: BTreeMap<&str, BTreeMap<u16, u64>> = BTreeMap::new();
+        for (op, (resource_type, id)) in ops.iter().zip(targets) {
+            let head_key = key(head_pk(resource_type, id), SK);
+            let head = heads.get(&head_pk(resource_type, id)).copied();
+            let (unchanged_condition, values) = match head {
+                Some(h) => ("v = :prev", HashMap::from([(":prev".into(), n(h.version))])),
+                None => ("attribute_not_exists(pk)", HashMap::new()),
+            };
+            let values = (!values.is_empty()).then_some(values);
+            let live_before = head.is_some_and(|h| !h.deleted);
+            if matches!(op, WriteOp::Delete { .. }) && !live_before {
+                // Deleting what is not there changes nothing (FHIR:
+                // idempotent), as long as that still holds at commit.
+                items.push(
+                    TransactWriteItem::builder()
+                        .condition_check(
+                            ConditionCheck::builder()
+                                .table_name(&self.table)
+                                .set_key(Some(head_key))
+                                .condition_expression(unchanged_condition)
+                                .set_expression_attribute_values(values)
+                                .build()
+                                .map_err(backend)?,
+                        )
+                        .build(),
+                );
+                results.push(WriteResult {
+                    version: Version {
+                        resource_type: resource_type.clone(),
+                        id: id.clone(),
+                        version: head.map_or(0, |h| h.version),
+                        last_updated: head.map_or(0, |h| h.last_updated),
+                        deleted: true,
+                        body: None,
+                    },
+                    created: false,
+                });
+                continue;
+            }
+            last_updated += 1;
+            let version = head.map_or(0, |h| h.version) + 1;
+            let shard = shard_of(id, self.shards);
+            let (deleted, body) = match op {
+                WriteOp::Delete { .. } => (true, None),
+                WriteOp::Upsert { resource, .. } => (
+                    false,
+                    Some(stamped_body(
+                        resource,
+                        resource_type,
+                        id,
+                        version,
+                        last_updated,
+                    )?),
+                ),
+            };
+            let mut head_item = head_key;
+            head_item.insert("v".into(), n(version));
+            head_item.insert("lu".into(), n(last_updated));
+            head_item.insert("del".into(), b(deleted));
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(head_item))
+                            .condition_expression(unchanged_condition)
+                            .set_expression_attribute_values(values)
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+            if let Some(h) = head {
+                items.push(
+                    TransactWriteItem::builder()
+                        .update(
+                            Update::builder()
+                                .table_name(&self.table)
+                                .set_key(Some(key(
+                                    version_pk(resource_type, shard),
+                                    lu_sk(h.last_updated),
+                                )))
+                                .update_expression("SET sup = :t")
+                                .condition_expression("attribute_exists(pk)")
+                                .expression_attribute_values(":t", n(last_updated))
+                                .build()
+                                .map_err(backend)?,
+                        )
+                        .build(),
+                );
+            }
+            let item = self.version_item(&Version {
+                resource_type: resource_type.clone(),
+                id: id.clone(),
+                version,
+                last_updated,
+                deleted,
+                body: body.clone(),
+            });
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+            *shard_counts
+                .entry(resource_type.as_str())
+                .or_default()
+                .entry(shard)
+                .or_default() += 1;
+            results.push(WriteResult {
+                version: Version {
+                    resource_type: resource_type.clone(),
+                    id: id.clone(),
+                    version,
+                    last_updated,
+                    deleted,
+                    body,
+                },
+                created: !live_before,
+            });
+        }
+        if shard_counts.is_empty() {
+            // Only no-op deletes: the consistent reads above are the answer.
+            return Ok(Some(results));
+        }
+        for (resource_type, counts) in &shard_counts {
+            let mut update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(stats_pk(resource_type), SK)));
+            let mut adds = Vec::new();
+            for (shard, count) in counts {
+                adds.push(format!("s{shard} :s{shard}"));
+                update = update.expression_attribute_values(format!(":s{shard}"), n(count));
+            }
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        update
+                            .update_expression(format!("ADD {}", adds.join(", ")))
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+        }
+        let types: Vec<String> = shard_counts.keys().map(|t| t.to_string()).collect();
+        let mut clock_update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(META, SK)))
+            .update_expression("SET #last = :lu ADD #types :types")
+            .expression_attribute_names("#last", "last")
+            .expression_attribute_names("#types", "types")
+            .expression_attribute_values(":lu", n(last_updated))
+            .expression_attribute_values(":types", AttributeValue::Ss(types));
+        clock_update = match clock {
+            Some(c) => clock_update
+                .condition_expression("#last = :seen")
+                .expression_attribute_values(":seen", n(c)),
+            None => clock_update.condition_expression("attribute_not_exists(#last)"),
+        };
+        items.push(
+            TransactWriteItem::builder()
+                .update(clock_update.build().map_err(backend)?)
+                .build(),
+        );
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Some(results)),
+            Err(e) if tx_failure(&e).is_some() => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl ResourceStore for DynamoResources {
+    fn shard_count(&self) -> u16 {
+        self.shards
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let targets: Vec<(String, String)> = ops.iter().map(target).collect();
+        let mut seen = HashSet::new();
+        if !targets.iter().all(|t| seen.insert(t)) {
+            return Err(PortError::Unsupported(
+                "An atomic write may change each resource only once on this store".into(),
+            ));
+        }
+        let types: HashSet<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
+        let max = max_atomic_ops(types.len());
+        if ops.len() > max {
+            return Err(PortError::Unsupported(format!(
+                "At most {max} resources can be written atomically on this store; got {}",
+                ops.len()
+            )));
+        }
+        self.put_links(&ops).await?;
+        for attempt in 0u32.. {
+            if let Some(results) = self.try_write(&ops, &targets).await? {
+                return Ok(results);
+            }
+            backoff(attempt).await?;
+        }
+        unreachable!("backoff gives up")
+    }
+
+    async fn load(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        self.bulk_load(ops).await
+    }
+
+    async fn read_current(&self, resource_type: &str, id: &str) -> PortResult<Option<Version>> {
+        match self.head(resource_type, id).await? {
+            Some(h) => Ok(Some(
+                self.version_at(resource_type, id, h.last_updated).await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_as_of(
+        &self,
+        resource_type: &str,
+        id: &str,
+        as_of: i64,
+    ) -> PortResult<Option<Version>> {
+        match self.head(resource_type, id).await? {
+            None => Ok(None),
+            Some(h) if h.last_updated <= as_of => Ok(Some(
+                self.version_at(resource_type, id, h.last_updated).await?,
+            )),
+            Some(h) => {
+                self.history_before(resource_type, id, h.version, |v| v.last_updated <= as_of)
+                    .await
+            }
+        }
+    }
+
+    async fn read_many_as_of(
+        &self,
+        resource_type: &str,
+        ids: &[String],
+        as_of: i64,
+    ) -> PortResult<Vec<Version>> {
+        let targets: Vec<(String, String)> = ids
+            .iter()
+            .map(|id| (resource_type.to_string(), id.clone()))
+            .collect();
+        let heads = self.heads(&targets).await?;
+        let mut current_keys = Vec::new();
+        for id in ids {
+            if let Some(h) = heads.get(&head_pk(resource_type, id)) {
+                if h.last_updated <= as_of {
+                    current_keys.push(key(
+                        version_pk(resource_type, shard_of(id, self.shards)),
+                        lu_sk(h.last_updated),
+                    ));
+                }
+            }
+        }
+        let mut found: HashMap<String, Version> = HashMap::new();
+        for item in self.get_many(current_keys).await? {
+            let v = version_from_item(resource_type, &item)?;
+            found.insert(v.id.clone(), v);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = found.remove(id) {
+                out.push(v);
+            } else if let Some(h) = heads.get(&head_pk(resource_type, id)) {
+                // Changed since `as_of` (rare during an export): from history.
+                if let Some(v) = self
+                    .history_before(resource_type, id, h.version, |v| v.last_updated <= as_of)
+                    .await?
+                {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_live_before(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> PortResult<Option<Version>> {
+        self.history_before(resource_type, id, version, |v| !v.deleted)
+            .await
+    }
+
+    async fn snapshot(&self) -> PortResult<DateTime<Utc>> {
+        for attempt in 0u32.. {
+            let now = to_micros(self.clock.now());
+            let meta = self.get_item(key(META, SK)).await?.unwrap_or_default();
+            if let Some(t) = Self::fenced_snapshot(&meta, now) {
+                // A bulk load is writing the block after t.
+                return Ok(from_micros(t));
+            }
+            let t = now.max(opt_n(&meta, "last").unwrap_or(0));
+            // Advancing the clock to t makes every later write > t; a write
+            // that committed first made `last` >= its lastUpdated, so t
+            // covers it.
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(META, SK)))
+                .update_expression("SET #last = :t")
+                .condition_expression(
+                    "(attribute_not_exists(#last) OR #last <= :t) \
+                     AND (attribute_not_exists(fence_until) OR fence_until <= :now)",
+                )
+                .expression_attribute_names("#last", "last")
+                .expression_attribute_values(":t", n(t))
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(from_micros(t)),
+                Err(e) if is_condition_failure(&e) => backoff(attempt).await?,
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        unreachable!("backoff gives up")
+    }
+
+    async fn resource_types(&self) -> PortResult<Vec<String>> {
+        let mut types = match self.get_item(key(META, SK)).await? {
+            Some(mut item) => match item.remove("types") {
+                Some(AttributeValue::Ss(types)) => types,
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        types.sort();
+        Ok(types)
+    }
+
+    async fn segments(
+        &self,
+        resource_type: &str,
+        after: Option<i64>,
+        _as_of: i64,
+        _include_deleted: bool,
+        target: u64,
+    ) -> PortResult<Vec<Segment>> {
+        // Shards are the unit of parallelism here: consecutive shards are
+        // grouped up to about `target` versions (counts include history,
+        // so they overestimate).
+        let Some(stats) = self.get_item(key(stats_pk(resource_type), SK)).await? else {
+            return Ok(Vec::new());
+        };
+        let mut segments: Vec<Segment> = Vec::new();
+        for shard in 0..self.shards {
+            let count: u64 = opt_n(&stats, &format!("s{shard}")).unwrap_or(0);
+            if count == 0 {
+                continue;
+            }
+            match segments.last_mut() {
+                Some(seg) if seg.count + count <= target.max(1) => {
+                    seg.last_shard = shard;
+                    seg.count += count;
+                }
+                _ => segments.push(Segment {
+                    first_shard: shard,
+                    last_shard: shard,
+                    after,
+                    until: None,
+                    count,
+                }),
+            }
+        }
+        Ok(segments)
+    }
+
+    async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<ScanPage> {
+        let low = scan.after.map_or(0, |a| a + 1);
+        let high = scan.until.map_or(scan.as_of, |u| u.min(scan.as_of));
+        let mut page = ScanPage::with_capacity(scan.limit, 0);
+        if low > high || scan.limit == 0 {
+            return Ok(page);
+        }
+        let mut filter = "(attribute_not_exists(sup) OR sup > :as_of)".to_string();
+        if !scan.include_deleted {
+            filter.push_str(" AND del = :false");
+        }
+        let mut start = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
+                .filter_expression(&filter)
+                .expression_attribute_values(":pk", s(version_pk(scan.resource_type, scan.shard)))
+                .expression_attribute_values(":low", s(lu_sk(low)))
+                .expression_attribute_values(":high", s(lu_sk(high)))
+                .expression_attribute_values(":as_of", n(scan.as_of))
+                .consistent_read(true)
+                // The limit counts items read before the filter: at most
+                // what is still wanted, so a page never overshoots.
+                .limit((scan.limit - page.len()) as i32)
+                .set_exclusive_start_key(start);
+            if !scan.include_deleted {
+                query = query.expression_attribute_values(":false", b(false));
+            }
+            let out = query.send().await.map_err(backend)?;
+            for item in out.items() {
+                page.push(
+                    get_s(item, "id")?.to_string(),
+                    get_n(item, "ver")?,
+                    get_n(item, "lu")?,
+                    get_b(item, "del")?,
+                    opt_s(item, "body"),
+                );
+            }
+            match out.last_evaluated_key {
+                Some(k) if page.len() < scan.limit => start = Some(k),
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    async fn compartment_ids(
+        &self,
+        patient_id: &str,
+        resource_type: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> PortResult<Vec<String>> {
+        let prefix = format!("{resource_type}#");
+        // '$' sorts right after '#': the range holds exactly this type.
+        let (low, high) = (
+            format!("{prefix}{}", after_id.unwrap_or("")),
+            format!("{resource_type}$"),
+        );
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
+                .expression_attribute_values(":pk", s(format!("C#{patient_id}")))
+                .expression_attribute_values(":low", s(&low))
+                .expression_attribute_values(":high", s(&high))
+                .consistent_read(true)
+                .limit((limit + 1).min(1000) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in out.items() {
+                let id = get_s(item, "sk")?
+                    .strip_prefix(&prefix)
+                    .unwrap_or_default()
+                    .to_string();
+                if Some(id.as_str()) != after_id && !id.is_empty() {
+                    ids.push(id);
+                }
+                if ids.len() == limit {
+                    return Ok(ids);
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(ids),
+            }
+        }
+    }
+}
