@@ -1,0 +1,197 @@
+//! `bulk-export-aws`: administration of a deployment (or of an emulator):
+//! create its tables, bucket and queue, load data, count what the store
+//! holds. Reads the same `BULK_EXPORT_*` variables as the functions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bulk_export::aws::{provision::provision, sdk_config, AwsAdapters, AwsNames};
+use bulk_export::clock::SystemClock;
+use bulk_export::engine::{Engine, EngineConfig};
+use bulk_export::loader;
+use bulk_export::ports::{ResourceStore, ShardScan};
+use bulk_export::sample::{generate, SampleConfig};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates the tables, bucket and queue (what the SAM template creates
+    /// on AWS) and prints their names as `export` lines for a shell.
+    Provision {
+        /// Prefix of every name.
+        #[arg(long, default_value = "bulk-export")]
+        prefix: String,
+    },
+    /// Loads synthetic sample patients (about 32 resources each).
+    LoadSample {
+        #[arg(long, default_value_t = 100)]
+        patients: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Loads NDJSON files (one resource per line), or every `*.ndjson` in a
+    /// directory.
+    LoadNdjson { paths: Vec<PathBuf> },
+    /// Prints the number of current (not deleted) resources per type, as JSON.
+    Count,
+}
+
+/// The store's names from the environment (the functions' variables).
+fn names_from_env() -> Result<AwsNames, String> {
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    Ok(AwsNames {
+        jobs_table: var("BULK_EXPORT_JOBS_TABLE")?,
+        resources_table: var("BULK_EXPORT_RESOURCES_TABLE")?,
+        bucket: var("BULK_EXPORT_BUCKET")?,
+        queue_url: var("BULK_EXPORT_QUEUE_URL")?,
+    })
+}
+
+fn shards_from_env() -> Result<u16, String> {
+    match std::env::var("BULK_EXPORT_SHARDS") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("BULK_EXPORT_SHARDS={v} is not a number")),
+        Err(_) => Ok(16),
+    }
+}
+
+async fn engine() -> Result<Engine, String> {
+    let sdk = sdk_config().await;
+    let adapters = AwsAdapters::new(
+        &sdk,
+        &names_from_env()?,
+        shards_from_env()?,
+        Arc::new(SystemClock),
+    );
+    Ok(Engine::new(
+        adapters.ports(),
+        EngineConfig::new("https://localhost/fhir".to_string()),
+    ))
+}
+
+/// Current resources per type, read the way an export reads them.
+async fn count(store: &dyn ResourceStore) -> Result<BTreeMap<String, u64>, String> {
+    let as_of = store
+        .snapshot()
+        .await
+        .map_err(|e| e.to_string())?
+        .timestamp_micros();
+    let mut counts = BTreeMap::new();
+    for resource_type in store.resource_types().await.map_err(|e| e.to_string())? {
+        let mut total = 0;
+        for shard in 0..store.shard_count() {
+            let mut after = None;
+            loop {
+                let page = store
+                    .scan_shard(ShardScan {
+                        resource_type: &resource_type,
+                        shard,
+                        after,
+                        until: None,
+                        as_of,
+                        include_deleted: false,
+                        limit: 1000,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                total += page.len() as u64;
+                match page.items.last() {
+                    Some(last) if page.len() == 1000 => after = Some(last.last_updated),
+                    _ => break,
+                }
+            }
+        }
+        if total > 0 {
+            counts.insert(resource_type, total);
+        }
+    }
+    Ok(counts)
+}
+
+fn ndjson_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    match args.command {
+        Command::Provision { prefix } => {
+            let sdk = sdk_config().await;
+            let wanted = AwsNames {
+                jobs_table: format!("{prefix}-jobs"),
+                resources_table: format!("{prefix}-resources"),
+                bucket: format!("{prefix}-exports"),
+                queue_url: String::new(),
+            };
+            let names = provision(&sdk, &wanted, &format!("{prefix}-work"))
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("export BULK_EXPORT_JOBS_TABLE={}", names.jobs_table);
+            println!(
+                "export BULK_EXPORT_RESOURCES_TABLE={}",
+                names.resources_table
+            );
+            println!("export BULK_EXPORT_BUCKET={}", names.bucket);
+            println!("export BULK_EXPORT_QUEUE_URL={}", names.queue_url);
+        }
+        Command::LoadSample { patients, seed } => {
+            let engine = engine().await?;
+            let n = loader::load_values(&engine, generate(SampleConfig { patients, seed }))
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("loaded {n} resources");
+        }
+        Command::LoadNdjson { paths } => {
+            let engine = engine().await?;
+            let mut total = 0;
+            for file in ndjson_files(&paths)? {
+                let reader = std::fs::File::open(&file)
+                    .map(std::io::BufReader::new)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                total += loader::load_ndjson(&engine, reader)
+                    .await
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+            }
+            eprintln!("loaded {total} resources");
+        }
+        Command::Count => {
+            let engine = engine().await?;
+            let counts = count(&*engine.ports.resources).await?;
+            println!(
+                "{}",
+                serde_json::to_string(&counts).map_err(|e| e.to_string())?
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("bulk-export-aws: {e}");
+        std::process::exit(1);
+    }
+}

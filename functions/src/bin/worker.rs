@@ -1,0 +1,33 @@
+//! The `worker` function: SQS work messages (plan a job, run a part).
+
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use bulk_export_functions::{worker, Container};
+use lambda_runtime::{service_fn, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    bulk_export_functions::init_tracing();
+    let container = Container::from_env().await?;
+    // The worker builds no URLs; the origin only fills the engine's config.
+    let engine = Arc::new(
+        container.engine(
+            container
+                .settings
+                .public_url
+                .as_deref()
+                .unwrap_or("https://localhost"),
+        ),
+    );
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let engine = engine.clone();
+        async move {
+            let deadline = worker::work_deadline(event.context.deadline);
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(
+                worker::handle_batch(&engine, event.payload, deadline).await,
+            )
+        }
+    }))
+    .await
+}
