@@ -284,50 +284,35 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
     assert_eq!(seen.len(), 30);
     assert!(seen.iter().all(|(_, v)| *v == 1));
     // Segments cover the scan exactly once, in pieces of about `target`.
+    // Their counts are for progress: a store may overestimate them (one
+    // that counts every version per shard), never underestimate.
     let segments = store.segments(t, None, snap, false, 7).await.unwrap();
-    assert_eq!(segments.iter().map(|s| s.count).sum::<u64>(), 30);
+    assert!(segments.iter().all(|s| s.count > 0), "{segments:?}");
     assert!(
-        segments.iter().all(|s| s.count > 0 && s.count <= 7),
-        "{segments:?}"
+        segments
+            .iter()
+            .all(|s| s.count <= 7 || s.first_shard == s.last_shard),
+        "pieces of about the target: {segments:?}"
     );
-    let mut covered = 0;
-    for seg in &segments {
-        for shard in seg.first_shard..=seg.last_shard {
-            let page = store
-                .scan_shard(ShardScan {
-                    resource_type: t,
-                    shard,
-                    after: seg.after,
-                    until: seg.until,
-                    as_of: snap,
-                    include_deleted: false,
-                    limit: 1000,
-                })
-                .await
-                .unwrap();
-            covered += page.len() as u64;
-        }
-    }
-    assert_eq!(covered, 30);
+    let covered = cover(&*store, t, &segments, snap, false).await;
+    assert_eq!(covered.len(), 30);
+    assert!(segments.iter().map(|s| s.count).sum::<u64>() >= 30);
     let whole = store.segments(t, None, snap, false, 1000).await.unwrap();
-    assert_eq!(whole.iter().map(|s| s.count).sum::<u64>(), 30);
+    assert_eq!(cover(&*store, t, &whole, snap, false).await.len(), 30);
     let now = store.snapshot().await.unwrap().timestamp_micros();
-    let live: u64 = store
-        .segments(t, None, now, false, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| s.count)
-        .sum();
-    assert_eq!(live, 29, "the deleted one is gone now");
-    let changes: u64 = store
+    let live = store.segments(t, None, now, false, 1000).await.unwrap();
+    let live = cover(&*store, t, &live, now, false).await;
+    assert_eq!(live.len(), 29, "the deleted one is gone now");
+    assert!(live.iter().all(|(id, _)| id != "o01"));
+    let changes = store
         .segments(t, Some(snap), now, true, 1000)
         .await
-        .unwrap()
-        .iter()
-        .map(|s| s.count)
-        .sum();
-    assert_eq!(changes, 2, "since the snapshot: one update, one deletion");
+        .unwrap();
+    assert_eq!(
+        cover(&*store, t, &changes, now, true).await,
+        [("o00".to_string(), 2), ("o01".to_string(), 2)],
+        "since the snapshot: one update, one deletion"
+    );
     assert!(store
         .segments("Nothing", None, now, false, 10)
         .await
@@ -344,7 +329,8 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
             resource: json!({"resourceType": many, "id": format!("c{i:05}")}),
         })
         .collect();
-    store.write(ops).await.unwrap();
+    // More than one atomic write may hold on some stores: `load`.
+    store.load(ops).await.unwrap();
     let at = store.snapshot().await.unwrap().timestamp_micros();
     let segments = store.segments(many, None, at, false, 1000).await.unwrap();
     assert!(segments.len() >= 2, "{segments:?}");
@@ -390,6 +376,36 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
         .await
         .unwrap()
         .contains(&t.to_string()));
+}
+
+/// (id, version) of everything the segments' scans read, sorted.
+pub async fn cover(
+    store: &dyn ResourceStore,
+    t: &str,
+    segments: &[bulk_export::ports::Segment],
+    as_of: i64,
+    include_deleted: bool,
+) -> Vec<(String, u64)> {
+    let mut seen = Vec::new();
+    for seg in segments {
+        for shard in seg.first_shard..=seg.last_shard {
+            let page = store
+                .scan_shard(ShardScan {
+                    resource_type: t,
+                    shard,
+                    after: seg.after,
+                    until: seg.until,
+                    as_of,
+                    include_deleted,
+                    limit: 1000,
+                })
+                .await
+                .unwrap();
+            seen.extend(page.items.into_iter().map(|v| (v.id, v.version)));
+        }
+    }
+    seen.sort();
+    seen
 }
 
 pub async fn artifact_store_contract(store: Arc<dyn ArtifactStore>) {
@@ -479,7 +495,9 @@ pub async fn work_queue_contract(queue: Arc<dyn WorkQueue>) {
         index: 3,
     };
     queue.send(&[m1.clone(), m2.clone()]).await.unwrap();
-    let got = queue.receive(10, Duration::from_millis(400)).await.unwrap();
+    // SQS counts visibility in whole seconds, and may deliver out of order.
+    let mut got = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    got.sort_by_key(|d| matches!(d.message, WorkMessage::Part { .. }));
     assert_eq!(
         got.iter().map(|d| d.message.clone()).collect::<Vec<_>>(),
         [m1.clone(), m2.clone()]
@@ -487,13 +505,13 @@ pub async fn work_queue_contract(queue: Arc<dyn WorkQueue>) {
     assert!(got.iter().all(|d| d.receive_count == 1));
     // Hidden while in flight.
     assert!(queue
-        .receive(10, Duration::from_millis(400))
+        .receive(10, Duration::from_secs(1))
         .await
         .unwrap()
         .is_empty());
     queue.delete(&got[0].receipt).await.unwrap();
     // Not deleted: it comes back after the visibility timeout.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     let again = queue.receive(10, Duration::from_secs(30)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message, m2);

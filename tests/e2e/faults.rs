@@ -25,7 +25,9 @@ impl Gate {
         })
     }
     pub fn open(&self) {
-        let _ = self.open.send(true);
+        // send_replace: `send` drops the value when no upload is waiting
+        // (say, the held one was killed), and the gate would stay shut.
+        self.open.send_replace(true);
     }
     /// Waits until some upload is held at the gate (the export is mid-way).
     pub async fn reached(&self) {

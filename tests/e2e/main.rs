@@ -2,6 +2,7 @@
 
 mod access;
 mod auth;
+mod aws;
 mod contract;
 mod export;
 mod faults;

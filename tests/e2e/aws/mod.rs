@@ -1,0 +1,5 @@
+//! The AWS adapters and the Lambda functions, against moto's server.
+
+mod contract;
+mod functions;
+pub mod moto;

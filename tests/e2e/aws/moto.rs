@@ -1,0 +1,117 @@
+//! The AWS emulator for the AWS adapter tests: moto's server.
+//!
+//! `BULK_EXPORT_MOTO_URL` points the tests at a running server (`.ci/run`
+//! starts one). Otherwise the first test that needs it installs moto into
+//! `<repo>/.venv` if it is not there (`python3 -m venv`, `pip install
+//! 'moto[server]'`), and starts it once for this test binary on a free
+//! 127.0.0.1 port, under a shell that stops it when this process exits
+//! (the shell waits on its stdin, which closes with us).
+//!
+//! Every test provisions its own tables, bucket and queue under fresh names,
+//! so tests sharing the server never see each other's state.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bulk_export::aws::{emulator_config, provision::provision, AwsNames, SdkConfig};
+
+static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+/// Keeps the shell (and the pipe to its stdin) alive while we run.
+static CHILD: Mutex<Option<Child>> = Mutex::new(None);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the repository")
+        .to_path_buf()
+}
+
+fn ensure_installed() -> Result<PathBuf, String> {
+    let venv = repo_root().join(".venv");
+    let server = venv.join("bin/moto_server");
+    if server.exists() {
+        return Ok(server);
+    }
+    eprintln!("installing moto[server] into {} (once)", venv.display());
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let status = cmd
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("{cmd:?} failed: {status}"))
+    };
+    if !venv.join("bin/pip").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "moto[server]"]))?;
+    Ok(server)
+}
+
+fn start() -> Result<String, String> {
+    if let Ok(url) = std::env::var("BULK_EXPORT_MOTO_URL") {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    let server = ensure_installed()?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let script = format!(
+        "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; cat >/dev/null; kill $m",
+        server.display()
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        // Multipart chunks below S3's 5 MiB minimum, so small tests can
+        // upload many chunks.
+        .env("S3_UPLOAD_PART_MIN_SIZE", "1")
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting moto: {e}"))?;
+    *CHILD.lock().unwrap() = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Write;
+            let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n");
+            let mut buf = [0u8; 12];
+            if s.read(&mut buf).is_ok_and(|n| n > 0) {
+                return Ok(format!("http://127.0.0.1:{port}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("moto did not start within 60 s".into())
+}
+
+/// The emulator's endpoint, starting it on first use.
+pub fn endpoint() -> String {
+    SERVER
+        .get_or_init(start)
+        .clone()
+        .unwrap_or_else(|e| panic!("the AWS emulator is unavailable: {e}"))
+}
+
+/// Fresh tables, bucket and queue on the emulator.
+pub async fn fresh_stack() -> (SdkConfig, AwsNames) {
+    let sdk = emulator_config(&endpoint()).await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let names = AwsNames {
+        jobs_table: format!("jobs-{id}"),
+        resources_table: format!("resources-{id}"),
+        bucket: format!("exports-{id}"),
+        queue_url: String::new(),
+    };
+    let names = provision(&sdk, &names, &format!("work-{id}"))
+        .await
+        .expect("provisioning on the emulator");
+    (sdk, names)
+}
