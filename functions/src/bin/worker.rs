@@ -24,6 +24,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let engine = engine.clone();
         async move {
             let deadline = worker::work_deadline(event.context.deadline);
+            tracing::info!(
+                records = event.payload.records.len(),
+                work_ms = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_millis() as u64,
+                "work batch"
+            );
             Ok::<SqsBatchResponse, lambda_runtime::Error>(
                 worker::handle_batch(&engine, event.payload, deadline).await,
             )

@@ -83,11 +83,14 @@ impl Engine {
         deadline: Instant,
     ) -> PortResult<Driven> {
         let mut reader = PartReader::new(self, job);
+        // At least one page per invocation, however little time is left:
+        // otherwise a part could pass its continuation on forever.
+        let mut progressed = false;
         loop {
             if part.checkpoint.position == Position::Finished {
                 break;
             }
-            if Instant::now() >= deadline {
+            if progressed && Instant::now() >= deadline {
                 sink.settle().await?;
                 match self.save_checkpoint(&mut part, sink).await? {
                     true => {
@@ -106,6 +109,7 @@ impl Engine {
             reader
                 .next_page(&part.spec, &mut part.checkpoint, sink)
                 .await?;
+            progressed = true;
             if sink.end_of_page().await? {
                 if !self.save_checkpoint(&mut part, sink).await? {
                     return Ok(Driven::LostRace);

@@ -113,12 +113,13 @@ impl Stack {
 
     /// One worker invocation: receives up to 5 messages and hands them to
     /// the worker function; what it does not report failed is deleted, as
-    /// the SQS event source does. `false` if the queue was empty.
-    async fn invoke_worker(&self, budget: Duration, twice: bool) -> bool {
+    /// the SQS event source does. Returns how many messages it was given.
+    async fn invoke_worker(&self, budget: Duration, twice: bool) -> usize {
         let deliveries = self.queue.receive(5, VISIBILITY).await.unwrap();
         if deliveries.is_empty() {
-            return false;
+            return 0;
         }
+        let count = deliveries.len();
         let mut event = SqsEvent::default();
         for d in &deliveries {
             let mut m = SqsMessage::default();
@@ -153,18 +154,31 @@ impl Stack {
                 self.queue.delete(&d.receipt).await.unwrap();
             }
         }
-        true
+        count
     }
 
     /// Runs the worker until the status answers 200; returns the manifest.
     async fn drive_to_manifest(&self, status: &str, twice: bool) -> Value {
+        self.drive_within(status, twice, Duration::from_secs(20))
+            .await
+            .0
+    }
+
+    /// Runs the worker, each invocation with `budget` of work time, until
+    /// the status answers 200; returns the manifest and how many work
+    /// messages were handled.
+    async fn drive_within(&self, status: &str, twice: bool, budget: Duration) -> (Value, usize) {
+        let handled = AtomicUsize::new(0);
         for _ in 0..600 {
             let resp = self.call("GET", status).await;
             if resp.status() == 200 {
-                return serde_json::from_slice(resp.body()).unwrap();
+                let manifest = serde_json::from_slice(resp.body()).unwrap();
+                return (manifest, handled.into_inner());
             }
             assert_eq!(resp.status(), 202, "{:?}", resp.body());
-            if !self.invoke_worker(Duration::from_secs(20), twice).await {
+            let n = self.invoke_worker(budget, twice).await;
+            handled.fetch_add(n, Ordering::SeqCst);
+            if n == 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -286,10 +300,10 @@ async fn a_worker_killed_mid_part_is_redelivered_and_resumes() {
     let status = s.kickoff("/fhir/$export?_type=Observation,Patient").await;
     // The plan message, then parts until one is held mid-way (after 3
     // chunk uploads): that invocation is killed, its messages undeleted.
-    assert!(s.invoke_worker(Duration::from_secs(20), false).await);
+    assert_eq!(s.invoke_worker(Duration::from_secs(20), false).await, 1);
     let killed = {
         let s = &s;
-        let run = async move { while s.invoke_worker(Duration::from_secs(20), false).await {} };
+        let run = async move { while s.invoke_worker(Duration::from_secs(20), false).await > 0 {} };
         tokio::select! {
             _ = run => false,
             _ = gate.reached() => true,
@@ -315,6 +329,28 @@ async fn a_worker_killed_mid_part_is_redelivered_and_resumes() {
     assert_eq!(s.leftovers(&job).await.1, Vec::<String>::new());
 }
 
+/// Every invocation out of time at once: each part reads one page,
+/// checkpoints, and queues its continuation, which resumes from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_out_of_time_checkpoints_and_queues_its_continuation() {
+    let mut s = stack(4, None).await;
+    let mut config = (*s.engine.config).clone();
+    config.page_size = 20;
+    s.engine = Engine::new(s.engine.ports.clone(), config);
+    let status = s.kickoff("/fhir/$export?_type=Observation,Patient").await;
+    let (manifest, handled) = s.drive_within(&status, false, Duration::ZERO).await;
+    let exported = s.exported(&manifest).await;
+    let expected = s.expected();
+    assert_eq!(exported["Observation"], expected["Observation"]);
+    assert_eq!(exported["Patient"], expected["Patient"]);
+    let parts = s.adapters.jobs.list_parts(&job_id(&status)).await.unwrap();
+    assert!(
+        handled > parts.len() + 1,
+        "continuations were queued: {handled} messages for {} parts",
+        parts.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_racing_on_every_part_export_each_resource_once() {
     let s = stack(4, None).await;
@@ -334,7 +370,7 @@ async fn cancel_mid_export_leaves_no_objects_and_no_open_uploads() {
     let s = stack(6, Some(hold_after(3, &gate))).await;
     let status = s.kickoff("/fhir/$export").await;
     let id = job_id(&status);
-    let work = async { while s.invoke_worker(Duration::from_secs(20), false).await {} };
+    let work = async { while s.invoke_worker(Duration::from_secs(20), false).await > 0 {} };
     let cancel = async {
         gate.reached().await;
         let (objects, uploads) = s.leftovers(&id).await;
@@ -349,7 +385,7 @@ async fn cancel_mid_export_leaves_no_objects_and_no_open_uploads() {
     tokio::join!(work, cancel);
     // Drain what is left (messages of a cancelled job end quickly).
     tokio::time::sleep(VISIBILITY).await;
-    while s.invoke_worker(Duration::from_secs(20), false).await {}
+    while s.invoke_worker(Duration::from_secs(20), false).await > 0 {}
     let (objects, uploads) = s.leftovers(&id).await;
     assert_eq!(objects, Vec::<String>::new(), "no objects");
     assert_eq!(uploads, Vec::<String>::new(), "no open multipart uploads");
