@@ -12,14 +12,26 @@ use tokio::time::Instant;
 /// checkpoint and send the continuation before Lambda stops the process.
 pub const SAFETY_MARGIN: Duration = Duration::from_secs(20);
 
+/// Deadlines below this (September 2001, in ms since the epoch) are not
+/// instants: `cargo lambda watch` sends the function's timeout in ms there.
+const EARLIEST_DEADLINE_MS: u64 = 1_000_000_000_000;
+
 /// The deadline for work: the Lambda context's deadline (ms since the
 /// epoch) less the safety margin (or a tenth of what is left, if smaller).
 pub fn work_deadline(lambda_deadline_ms: u64) -> Instant {
-    let now_ms = SystemTime::now()
+    Instant::now() + work_time(lambda_deadline_ms, SystemTime::now())
+}
+
+fn work_time(lambda_deadline_ms: u64, now: SystemTime) -> Duration {
+    let now_ms = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let left = Duration::from_millis(lambda_deadline_ms.saturating_sub(now_ms));
-    Instant::now() + left.saturating_sub(SAFETY_MARGIN.min(left / 10 + Duration::from_secs(1)))
+    let left = if lambda_deadline_ms < EARLIEST_DEADLINE_MS {
+        Duration::from_millis(lambda_deadline_ms)
+    } else {
+        Duration::from_millis(lambda_deadline_ms.saturating_sub(now_ms))
+    };
+    left.saturating_sub(SAFETY_MARGIN.min(left / 10 + Duration::from_secs(1)))
 }
 
 /// Handles every record; the ones that failed (and may succeed on
@@ -66,5 +78,23 @@ async fn handle_record(engine: &Engine, record: &SqsMessage, deadline: Instant) 
             tracing::warn!(?message, error = %e, receive_count, "work failed; it will be retried");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_time_keeps_a_margin_before_the_deadline() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let in_ms = |secs: u64| 1_800_000_000_000 + secs * 1000;
+        assert_eq!(work_time(in_ms(900), now), Duration::from_secs(880));
+        // Short invocations keep a tenth (and a second) back.
+        assert_eq!(work_time(in_ms(10), now), Duration::from_secs(8));
+        assert_eq!(work_time(in_ms(0), now), Duration::ZERO);
+        assert_eq!(work_time(1_700_000_000_000, now), Duration::ZERO, "past");
+        // cargo lambda watch sends the timeout itself.
+        assert_eq!(work_time(600_000, now), Duration::from_secs(580));
     }
 }

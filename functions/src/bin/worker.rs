@@ -26,6 +26,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             let deadline = worker::work_deadline(event.context.deadline);
             tracing::info!(
                 records = event.payload.records.len(),
+                lambda_deadline_ms = event.context.deadline,
                 work_ms = deadline
                     .saturating_duration_since(tokio::time::Instant::now())
                     .as_millis() as u64,
