@@ -1,0 +1,292 @@
+//! Export benchmark on the AWS adapters against moto, with moto's floor.
+//!
+//! `benches/moto-export.sh 100000` starts moto and runs
+//! `cargo bench -p bulk-export-functions --bench moto_export -- --resources 100000`
+//! (with `BULK_EXPORT_MOTO_URL` set to a running moto).
+//!
+//! 1. Loads N synthetic resources into fresh DynamoDB tables (timed; the
+//!    bulk load path: batched puts behind a fence).
+//! 2. Runs a system-level export through the engine and worker tasks fed
+//!    from the real SQS queue, as the worker function is (`--workers`
+//!    invocations at a time, up to 10 messages each), into S3.
+//! 3. The floor, in the same run: the same N bodies as plain items (bare
+//!    BatchWriteItem puts, timed), read back with plain strongly
+//!    consistent Queries of 16 partitions at once, and the same bytes put
+//!    to S3 — what any exporter on moto must at least do.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use bulk_export::aws::{emulator_config, provision::provision, s3_client, AwsAdapters, AwsNames};
+use bulk_export::clock::SystemClock;
+use bulk_export::domain::job::JobState;
+use bulk_export::domain::request::{ExportLevel, KickoffInput};
+use bulk_export::engine::{Caller, Engine, EngineConfig};
+use bulk_export::ports::WorkQueue;
+use bulk_export::sample::{generate, SampleConfig};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::watch;
+
+const FLOOR_PARTITIONS: usize = 16;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let Ok(endpoint) = std::env::var("BULK_EXPORT_MOTO_URL") else {
+        eprintln!("set BULK_EXPORT_MOTO_URL to a running moto (benches/moto-export.sh does)");
+        std::process::exit(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(
+        &endpoint,
+        arg("--resources", 100_000),
+        arg("--workers", 4),
+    ));
+}
+
+async fn run(endpoint: &str, n: usize, workers: usize) {
+    let sdk = emulator_config(endpoint).await;
+    let id = format!("bench-{}", std::process::id());
+    let names = provision(
+        &sdk,
+        &AwsNames {
+            jobs_table: format!("{id}-jobs"),
+            resources_table: format!("{id}-resources"),
+            bucket: format!("{id}-exports"),
+            queue_url: String::new(),
+        },
+        &format!("{id}-work"),
+    )
+    .await
+    .unwrap();
+    let adapters = AwsAdapters::new(&sdk, &names, 16, Arc::new(SystemClock));
+    let mut config = EngineConfig::new("https://bench.example/fhir");
+    config.min_chunk_bytes = 8 << 20; // the functions' default part size
+    let engine = Engine::new(adapters.ports(), config);
+
+    let values: Vec<Value> = generate(SampleConfig::for_resources(n, 7))
+        .take(n)
+        .collect();
+    let n = values.len();
+    let bodies: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+
+    // 1. Load through the store.
+    let t = Instant::now();
+    bulk_export::loader::load_values(&engine, values.into_iter())
+        .await
+        .unwrap();
+    let load_secs = t.elapsed().as_secs_f64();
+    println!(
+        "load       {n} resources in {load_secs:.1} s ({:.0} resources/s)",
+        n as f64 / load_secs
+    );
+
+    // 2. The export.
+    let t = Instant::now();
+    let exported = export_once(&engine, &adapters, workers).await;
+    let export_secs = t.elapsed().as_secs_f64();
+    assert_eq!(exported.0 as usize, n, "every resource exported once");
+    println!(
+        "export     {} resources, {:.1} MB in {export_secs:.1} s ({:.0} resources/s; {workers} workers x 10 messages)",
+        exported.0,
+        exported.1 as f64 / 1e6,
+        exported.0 as f64 / export_secs
+    );
+
+    // 3. The floor.
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let t = Instant::now();
+    bare_puts(&dynamo, &names.resources_table, &bodies).await;
+    let put_secs = t.elapsed().as_secs_f64();
+    println!(
+        "floor put  {n} items in {put_secs:.1} s ({:.0} items/s; BatchWriteItem, 25 a call)",
+        n as f64 / put_secs
+    );
+    let s3 = s3_client(&sdk);
+    let t = Instant::now();
+    let (read, bytes) = bare_read_and_upload(&dynamo, &s3, &names).await;
+    let floor_secs = t.elapsed().as_secs_f64();
+    assert_eq!(read, n);
+    println!(
+        "floor read {read} items, {:.1} MB in {floor_secs:.1} s ({:.0} resources/s; {FLOOR_PARTITIONS} Query streams, then one PutObject each)",
+        bytes as f64 / 1e6,
+        read as f64 / floor_secs
+    );
+    println!(
+        "SUMMARY moto, {n} resources: export {:.0} resources/s, floor {:.0} resources/s, ratio export/floor {:.2}x; load {:.0} resources/s vs bare puts {:.0} items/s ({:.2}x)",
+        n as f64 / export_secs,
+        n as f64 / floor_secs,
+        export_secs / floor_secs,
+        n as f64 / load_secs,
+        n as f64 / put_secs,
+        load_secs / put_secs
+    );
+}
+
+/// One system-level export; worker tasks take up to 10 messages at a time
+/// from SQS and handle them concurrently, as the worker function does.
+/// Returns (resources, bytes) from the manifest and S3.
+async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) -> (u64, u64) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let engine = engine.clone();
+        let queue = adapters.queue.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            while !*stop.borrow() {
+                let deliveries = queue.receive(10, Duration::from_secs(900)).await.unwrap();
+                if deliveries.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(880);
+                futures::future::join_all(deliveries.iter().map(|d| {
+                    let (engine, queue) = (&engine, &queue);
+                    async move {
+                        engine.handle(&d.message, deadline).await.unwrap();
+                        queue.delete(&d.receipt).await.unwrap();
+                    }
+                }))
+                .await;
+            }
+        }));
+    }
+    let input = KickoffInput {
+        level: ExportLevel::System,
+        request_url: "https://bench.example/fhir/$export".into(),
+        params: vec![],
+        lenient: false,
+        via_post: false,
+        now: chrono::Utc::now(),
+    };
+    let job_id = engine.kickoff(&Caller::anonymous(), input).await.unwrap();
+    let job = loop {
+        let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
+        if job.state == JobState::Completed {
+            break job;
+        }
+        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Read back after the clock stopped: the bytes written.
+    let mut bytes = 0;
+    for f in &job.files {
+        let key = bulk_export::domain::job::artifact_key(&job_id, &f.name);
+        bytes += engine.ports.artifacts.get(&key).await.unwrap().len() as u64;
+    }
+    let parts = engine.ports.jobs.list_parts(&job_id).await.unwrap().len();
+    let planning_ms = job
+        .started_at
+        .map_or(-1, |s| (s - job.created_at).num_milliseconds());
+    println!(
+        "           {parts} parts, {} files, planning {planning_ms} ms",
+        job.files.len()
+    );
+    (job.files.iter().map(|f| f.count).sum(), bytes)
+}
+
+fn floor_pk(i: usize) -> String {
+    format!("FLOOR#{:02}", i % FLOOR_PARTITIONS)
+}
+
+async fn bare_puts(dynamo: &aws_sdk_dynamodb::Client, table: &str, bodies: &[String]) {
+    let mut requests = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let put = PutRequest::builder()
+            .item("pk", AttributeValue::S(floor_pk(i)))
+            .item("sk", AttributeValue::S(format!("{i:09}")))
+            .item("body", AttributeValue::S(body.clone()))
+            .build()
+            .unwrap();
+        requests.push(WriteRequest::builder().put_request(put).build());
+    }
+    for batch in requests.chunks(25) {
+        let mut pending = batch.to_vec();
+        while !pending.is_empty() {
+            let out = dynamo
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .unwrap();
+            pending = out
+                .unprocessed_items
+                .and_then(|mut u| u.remove(table))
+                .unwrap_or_default();
+        }
+    }
+}
+
+/// Reads the floor items back (16 partitions at once) and puts each
+/// partition's bodies to S3 as one NDJSON object. Returns (items, bytes).
+async fn bare_read_and_upload(
+    dynamo: &aws_sdk_dynamodb::Client,
+    s3: &aws_sdk_s3::Client,
+    names: &AwsNames,
+) -> (usize, usize) {
+    let results: Vec<(usize, usize)> = futures::stream::iter(0..FLOOR_PARTITIONS)
+        .map(|p| async move {
+            let mut ndjson = String::new();
+            let mut count = 0;
+            let mut start = None;
+            loop {
+                let out = dynamo
+                    .query()
+                    .table_name(&names.resources_table)
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", AttributeValue::S(floor_pk(p)))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .unwrap();
+                for item in out.items() {
+                    if let Some(AttributeValue::S(body)) = item.get("body") {
+                        ndjson.push_str(body);
+                        ndjson.push('\n');
+                        count += 1;
+                    }
+                }
+                match out.last_evaluated_key {
+                    Some(k) => start = Some(k),
+                    None => break,
+                }
+            }
+            let bytes = ndjson.len();
+            s3.put_object()
+                .bucket(&names.bucket)
+                .key(format!("jobs/floor/{p}.ndjson"))
+                .body(ndjson.into_bytes().into())
+                .send()
+                .await
+                .unwrap();
+            (count, bytes)
+        })
+        .buffer_unordered(FLOOR_PARTITIONS)
+        .collect()
+        .await;
+    results
+        .iter()
+        .fold((0, 0), |(c, b), (c2, b2)| (c + c2, b + b2))
+}
