@@ -84,6 +84,17 @@ impl Container {
         Engine::new(self.ports.clone(), config)
     }
 
+    /// The engine of the functions that serve no HTTP requests (worker,
+    /// sweeper): they build no URLs, so the origin only fills the config.
+    pub fn background_engine(&self) -> Engine {
+        self.engine(
+            self.settings
+                .public_url
+                .as_deref()
+                .unwrap_or("https://localhost"),
+        )
+    }
+
     /// The routing table for requests that arrived at `origin`.
     pub fn api(&self, origin: &str) -> Result<Api, String> {
         let mut apis = self.apis.lock().unwrap_or_else(|p| p.into_inner());

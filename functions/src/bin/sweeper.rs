@@ -10,15 +10,7 @@ use serde_json::Value;
 async fn main() -> Result<(), lambda_runtime::Error> {
     bulk_export_functions::init_tracing();
     let container = Container::from_env().await?;
-    let engine = Arc::new(
-        container.engine(
-            container
-                .settings
-                .public_url
-                .as_deref()
-                .unwrap_or("https://localhost"),
-        ),
-    );
+    let engine = Arc::new(container.background_engine());
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| {
         let engine = engine.clone();
         async move {

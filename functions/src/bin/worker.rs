@@ -10,16 +10,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 async fn main() -> Result<(), lambda_runtime::Error> {
     bulk_export_functions::init_tracing();
     let container = Container::from_env().await?;
-    // The worker builds no URLs; the origin only fills the engine's config.
-    let engine = Arc::new(
-        container.engine(
-            container
-                .settings
-                .public_url
-                .as_deref()
-                .unwrap_or("https://localhost"),
-        ),
-    );
+    let engine = Arc::new(container.background_engine());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let engine = engine.clone();
         async move {

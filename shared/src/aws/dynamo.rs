@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 
 use crate::ports::{PortError, PortResult};
 
@@ -106,5 +106,64 @@ pub async fn backoff(attempt: u32) -> PortResult<()> {
     let base = 5u64 << attempt.min(7);
     let jitter = rand::random_range(0..=base);
     tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
+    Ok(())
+}
+
+/// BatchWriteItem takes at most this many requests.
+const BATCH_WRITE: usize = 25;
+
+/// What a batch write does to one item.
+pub enum BatchOp {
+    Put(Item),
+    Delete(Item),
+}
+
+/// Puts and deletes any number of items, 25 per BatchWriteItem call,
+/// retrying what DynamoDB leaves unprocessed (throttling). Not atomic.
+pub async fn batch_write(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    ops: Vec<BatchOp>,
+) -> PortResult<()> {
+    let mut requests = Vec::with_capacity(ops.len());
+    for op in ops {
+        requests.push(match op {
+            BatchOp::Put(item) => WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .map_err(super::backend)?,
+                )
+                .build(),
+            BatchOp::Delete(key) => WriteRequest::builder()
+                .delete_request(
+                    DeleteRequest::builder()
+                        .set_key(Some(key))
+                        .build()
+                        .map_err(super::backend)?,
+                )
+                .build(),
+        });
+    }
+    for batch in requests.chunks(BATCH_WRITE) {
+        let mut pending = batch.to_vec();
+        for attempt in 0u32.. {
+            let out = client
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .map_err(super::backend)?;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut u| u.remove(table))
+                .unwrap_or_default();
+            if pending.is_empty() {
+                break;
+            }
+            backoff(attempt).await?;
+        }
+    }
     Ok(())
 }

@@ -18,15 +18,14 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, Put, TransactWriteItem, Update, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::backend;
 use super::dynamo::{
-    backoff, get_n, get_s, is_condition_failure, key, n, s, tx_failure, Item, TxFailure,
+    backoff, batch_write, get_n, get_s, is_condition_failure, key, n, s, tx_failure, BatchOp, Item,
+    TxFailure,
 };
 use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part};
@@ -40,7 +39,6 @@ const TTL_GRACE_SECONDS: i64 = 2 * 86_400;
 /// Concurrent requests when writing many items.
 const CONCURRENCY: usize = 16;
 /// BatchWriteItem takes at most 25 requests.
-const BATCH_WRITE: usize = 25;
 
 #[derive(Clone)]
 pub struct DynamoJobs {
@@ -162,37 +160,12 @@ impl DynamoJobs {
     }
 
     async fn delete_keys(&self, keys: Vec<Item>) -> PortResult<()> {
-        for batch in keys.chunks(BATCH_WRITE) {
-            let mut requests: Vec<WriteRequest> = batch
-                .iter()
-                .map(|k| {
-                    let delete = DeleteRequest::builder()
-                        .set_key(Some(k.clone()))
-                        .build()
-                        .map_err(backend)?;
-                    Ok(WriteRequest::builder().delete_request(delete).build())
-                })
-                .collect::<PortResult<_>>()?;
-            // Unprocessed requests (throttling) are retried until none remain.
-            for attempt in 0u32.. {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(backend)?;
-                requests = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(&self.table))
-                    .unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-                backoff(attempt).await?;
-            }
-        }
-        Ok(())
+        batch_write(
+            &self.client,
+            &self.table,
+            keys.into_iter().map(BatchOp::Delete).collect(),
+        )
+        .await
     }
 }
 

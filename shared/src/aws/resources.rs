@@ -29,8 +29,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
-    WriteRequest,
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Utc};
 
@@ -38,8 +37,8 @@ mod bulk_load;
 
 use super::backend;
 use super::dynamo::{
-    b, backoff, get_b, get_n, get_s, is_condition_failure, key, n, opt_n, opt_s, s, tx_failure,
-    Item,
+    b, backoff, batch_write, get_b, get_n, get_s, is_condition_failure, key, n, opt_n, opt_s, s,
+    tx_failure, BatchOp, Item,
 };
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, shard_of, stamp_meta};
@@ -55,9 +54,8 @@ const META: &str = "META";
 const MAX_TX_ITEMS: usize = 100;
 /// Items are limited to 400 KB; this leaves room for the other attributes.
 const MAX_BODY_BYTES: usize = 390_000;
-/// BatchGetItem takes at most 100 keys, BatchWriteItem 25 requests.
+/// BatchGetItem takes at most 100 keys.
 const BATCH_GET: usize = 100;
-const BATCH_WRITE: usize = 25;
 
 pub struct DynamoResources {
     client: aws_sdk_dynamodb::Client,
@@ -213,36 +211,12 @@ impl DynamoResources {
     }
 
     async fn put_many(&self, items: Vec<Item>) -> PortResult<()> {
-        for batch in items.chunks(BATCH_WRITE) {
-            let mut requests: Vec<WriteRequest> = batch
-                .iter()
-                .map(|item| {
-                    let put = PutRequest::builder()
-                        .set_item(Some(item.clone()))
-                        .build()
-                        .map_err(backend)?;
-                    Ok(WriteRequest::builder().put_request(put).build())
-                })
-                .collect::<PortResult<_>>()?;
-            for attempt in 0u32.. {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(backend)?;
-                requests = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(&self.table))
-                    .unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-                backoff(attempt).await?;
-            }
-        }
-        Ok(())
+        batch_write(
+            &self.client,
+            &self.table,
+            items.into_iter().map(BatchOp::Put).collect(),
+        )
+        .await
     }
 
     async fn heads(&self, targets: &[(String, String)]) -> PortResult<HashMap<String, Head>> {
