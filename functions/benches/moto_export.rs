@@ -2,7 +2,8 @@
 //!
 //! `benches/moto-export.sh 100000` starts moto and runs
 //! `cargo bench -p bulk-export-functions --bench moto_export -- --resources 100000`
-//! (with `BULK_EXPORT_MOTO_URL` set to a running moto).
+//! (with `BULK_EXPORT_MOTO_URL` set to a running moto). `--workers N`
+//! (default 4), `--shards N` (default 16, the functions' setting).
 //!
 //! 1. Loads N synthetic resources into fresh DynamoDB tables (timed; the
 //!    bulk load path: batched puts behind a fence).
@@ -54,10 +55,11 @@ fn main() {
         &endpoint,
         arg("--resources", 100_000),
         arg("--workers", 4),
+        arg("--shards", 16) as u16,
     ));
 }
 
-async fn run(endpoint: &str, n: usize, workers: usize) {
+async fn run(endpoint: &str, n: usize, workers: usize, shards: u16) {
     let sdk = emulator_config(endpoint).await;
     let id = format!("bench-{}", std::process::id());
     let names = provision(
@@ -72,7 +74,7 @@ async fn run(endpoint: &str, n: usize, workers: usize) {
     )
     .await
     .unwrap();
-    let adapters = AwsAdapters::new(&sdk, &names, 16, Arc::new(SystemClock));
+    let adapters = AwsAdapters::new(&sdk, &names, shards, Arc::new(SystemClock));
     let mut config = EngineConfig::new("https://bench.example/fhir");
     config.min_chunk_bytes = 8 << 20; // the functions' default part size
     let engine = Engine::new(adapters.ports(), config);
@@ -100,7 +102,7 @@ async fn run(endpoint: &str, n: usize, workers: usize) {
     let export_secs = t.elapsed().as_secs_f64();
     assert_eq!(exported.0 as usize, n, "every resource exported once");
     println!(
-        "export     {} resources, {:.1} MB in {export_secs:.1} s ({:.0} resources/s; {workers} workers x 10 messages)",
+        "export     {} resources, {:.1} MB in {export_secs:.1} s ({:.0} resources/s; {workers} workers x 10 messages; {shards} shards)",
         exported.0,
         exported.1 as f64 / 1e6,
         exported.0 as f64 / export_secs
