@@ -14,13 +14,7 @@ use serde_json::{json, Value};
 
 /// Registers (or replaces) a client in the data directory's job database.
 pub async fn register_client(data_dir: &Path, client: ClientRegistration) -> Result<(), String> {
-    if client.jwks.is_none() && client.jwks_url.is_none() {
-        return Err("give the client's keys: --jwks-file (or --jwks-url)".into());
-    }
-    if let Some(jwks) = &client.jwks {
-        serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(jwks.clone())
-            .map_err(|e| format!("the JWKS is not a valid key set: {e}"))?;
-    }
+    client.check()?;
     std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
     let jobs = SqliteJobs::open(&data_dir.join("jobs.db")).map_err(|e| e.to_string())?;
     jobs.put_client(&client).await.map_err(|e| e.to_string())

@@ -63,15 +63,10 @@ enum Command {
     },
 }
 
-/// A JWKS file: a JSON object with a `keys` array.
+/// A JWKS file (checked with the rest of the registration).
 fn read_jwks(path: &PathBuf) -> Result<serde_json::Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let jwks: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !jwks.get("keys").is_some_and(serde_json::Value::is_array) {
-        return Err(format!("{}: a JWKS needs a \"keys\" array", path.display()));
-    }
-    Ok(jwks)
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The store's names from the environment (the functions' variables).
@@ -213,9 +208,6 @@ async fn run(args: Args) -> Result<(), String> {
             scope,
             groups,
         } => {
-            if jwks_file.is_none() && jwks_url.is_none() {
-                return Err("give the client's keys: --jwks-file (or --jwks-url)".into());
-            }
             let client = ClientRegistration {
                 client_id: client_id.clone(),
                 jwks: jwks_file.as_ref().map(read_jwks).transpose()?,
@@ -223,6 +215,7 @@ async fn run(args: Args) -> Result<(), String> {
                 scope,
                 groups: (!groups.is_empty()).then_some(groups),
             };
+            client.check()?;
             let sdk = sdk_config().await;
             let adapters = AwsAdapters::new(
                 &sdk,

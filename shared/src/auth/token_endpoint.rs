@@ -43,6 +43,21 @@ pub struct ClientRegistration {
     pub groups: Option<Vec<String>>,
 }
 
+impl ClientRegistration {
+    /// Checks a registration before it is stored: it names its keys, and a
+    /// JWKS given inline is a valid key set.
+    pub fn check(&self) -> Result<(), String> {
+        if self.jwks.is_none() && self.jwks_url.is_none() {
+            return Err("give the client's keys: --jwks-file (or --jwks-url)".into());
+        }
+        if let Some(jwks) = &self.jwks {
+            serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(jwks.clone())
+                .map_err(|e| format!("the JWKS is not a valid key set: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// An RFC 6749 §5.2 error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {

@@ -167,3 +167,20 @@ pub async fn batch_write(
     }
     Ok(())
 }
+
+/// A strongly consistent GetItem.
+pub async fn get_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: Item,
+) -> PortResult<Option<Item>> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .set_key(Some(key))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(super::backend)?;
+    Ok(out.item)
+}

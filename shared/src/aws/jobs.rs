@@ -24,8 +24,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::backend;
 use super::dynamo::{
-    backoff, batch_write, get_n, get_s, is_condition_failure, key, n, s, tx_failure, BatchOp, Item,
-    TxFailure,
+    self, backoff, batch_write, get_n, get_s, is_condition_failure, key, n, s, tx_failure, BatchOp,
+    Item, TxFailure,
 };
 use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part};
@@ -105,16 +105,7 @@ impl DynamoJobs {
     }
 
     async fn get_item(&self, key: Item) -> PortResult<Option<Item>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        Ok(out.item)
+        dynamo::get_item(&self.client, &self.table, key).await
     }
 
     /// Puts `item` if `condition` holds; `Conflict` if it does not.

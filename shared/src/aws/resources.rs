@@ -37,8 +37,8 @@ mod bulk_load;
 
 use super::backend;
 use super::dynamo::{
-    b, backoff, batch_write, get_b, get_n, get_s, is_condition_failure, key, n, opt_n, opt_s, s,
-    tx_failure, BatchOp, Item,
+    self, b, backoff, batch_write, get_b, get_n, get_s, is_condition_failure, key, n, opt_n, opt_s,
+    s, tx_failure, BatchOp, Item,
 };
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, shard_of, stamp_meta};
@@ -78,6 +78,16 @@ fn lu_sk(last_updated: i64) -> String {
 
 fn stats_pk(resource_type: &str) -> String {
     format!("STATS#{resource_type}")
+}
+
+/// The update expression that adds new versions to a type's shard counts.
+fn stats_add(counts: &BTreeMap<u16, u64>) -> (String, HashMap<String, AttributeValue>) {
+    let adds: Vec<String> = counts.keys().map(|s| format!("s{s} :s{s}")).collect();
+    let values = counts
+        .iter()
+        .map(|(shard, count)| (format!(":s{shard}"), n(count)))
+        .collect();
+    (format!("ADD {}", adds.join(", ")), values)
 }
 
 /// The newest version of a resource, as its head item records it.
@@ -167,16 +177,7 @@ impl DynamoResources {
     }
 
     async fn get_item(&self, key: Item) -> PortResult<Option<Item>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        Ok(out.item)
+        dynamo::get_item(&self.client, &self.table, key).await
     }
 
     /// Strongly consistent BatchGetItem of any number of keys (retrying
@@ -473,19 +474,15 @@ impl DynamoResources {
             return Ok(Some(results));
         }
         for (resource_type, counts) in &shard_counts {
-            let mut update = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(stats_pk(resource_type), SK)));
-            let mut adds = Vec::new();
-            for (shard, count) in counts {
-                adds.push(format!("s{shard} :s{shard}"));
-                update = update.expression_attribute_values(format!(":s{shard}"), n(count));
-            }
+            let (expression, values) = stats_add(counts);
             items.push(
                 TransactWriteItem::builder()
                     .update(
-                        update
-                            .update_expression(format!("ADD {}", adds.join(", ")))
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(key(stats_pk(resource_type), SK)))
+                            .update_expression(expression)
+                            .set_expression_attribute_values(Some(values))
                             .build()
                             .map_err(backend)?,
                     )

@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::{
-    head_pk, key, lu_sk, max_atomic_ops, stamped_body, stats_pk, target, version_pk,
+    head_pk, key, lu_sk, max_atomic_ops, stamped_body, stats_add, stats_pk, target, version_pk,
     DynamoResources, META, SK,
 };
 use crate::aws::backend;
@@ -264,18 +264,13 @@ impl DynamoResources {
     }
 
     async fn add_stats(&self, resource_type: &str, counts: &BTreeMap<u16, u64>) -> PortResult<()> {
-        let mut update = self
-            .client
+        let (expression, values) = stats_add(counts);
+        self.client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(stats_pk(resource_type), SK)));
-        let mut adds = Vec::new();
-        for (shard, count) in counts {
-            adds.push(format!("s{shard} :s{shard}"));
-            update = update.expression_attribute_values(format!(":s{shard}"), n(count));
-        }
-        update
-            .update_expression(format!("ADD {}", adds.join(", ")))
+            .set_key(Some(key(stats_pk(resource_type), SK)))
+            .update_expression(expression)
+            .set_expression_attribute_values(Some(values))
             .send()
             .await
             .map_err(backend)?;
