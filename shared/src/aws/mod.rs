@@ -23,7 +23,7 @@ pub use artifacts::S3Artifacts;
 pub use aws_config::SdkConfig;
 pub use jobs::DynamoJobs;
 pub use queue::{parse_work_message, SqsQueue};
-pub use resources::DynamoResources;
+pub use resources::{DynamoResources, FENCE_LEASE};
 
 use crate::engine::Ports;
 use crate::ports::{Clock, PortError, PortResult};

@@ -7,7 +7,7 @@
 //! | head | `H#<type>#<id>` | `#` | the newest version: `v`, `lu`, `del` |
 //! | compartment link | `C#<patient>` | `<type>#<id>` | the resource ever referenced the patient |
 //! | type statistics | `STATS#<type>` | `#` | `s<shard>`: versions per shard |
-//! | store clock | `META` | `#` | `last` (µs, the newest `lastUpdated`), `types` |
+//! | store clock | `META` | `#` | `last` (µs, the newest `lastUpdated`), `types`; while a bulk load writes: `fence`, `fence_end`, `fence_until`, `fence_types` |
 //!
 //! A type's versions are spread over `shards` partitions by a hash of the id,
 //! and within a partition they are ordered by `lastUpdated`: an export reads
@@ -34,6 +34,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 
 mod bulk_load;
+pub use bulk_load::FENCE_LEASE;
 
 use super::backend;
 use super::dynamo::{
@@ -650,6 +651,12 @@ impl ResourceStore for DynamoResources {
             if let Some(t) = Self::fenced_snapshot(&meta, now) {
                 // A bulk load is writing the block after t.
                 return Ok(from_micros(t));
+            }
+            if Self::lapsed_fence(&meta, now) {
+                // A loader died mid-block: no snapshot covers the block
+                // before its debris is gone.
+                self.repair_lapsed_fence(&meta).await?;
+                continue;
             }
             let t = now.max(opt_n(&meta, "last").unwrap_or(0));
             // Advancing the clock to t makes every later write > t; a write

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use bulk_export::aws::AwsAdapters;
 use bulk_export::clock::SystemClock;
-use bulk_export::ports::{ArtifactStore, ResourceStore, WriteOp};
+use bulk_export::ports::ArtifactStore;
 
 use super::moto::fresh_stack;
 use crate::contract::{
-    artifact_store_contract, cover, job_store_contract, resource_store_contract,
-    work_queue_contract,
+    artifact_store_contract, job_store_contract, resource_store_contract, work_queue_contract,
 };
 
 async fn adapters() -> AwsAdapters {
@@ -69,65 +68,4 @@ async fn presigned_links_expire_after_their_ttl() {
     // The link works (moto does not check signatures, but serves the object).
     let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert_eq!(body, "{}\n");
-}
-
-/// A bulk load writes without transactions behind a fence: what a snapshot
-/// taken while it runs sees never changes afterwards (no part of the load
-/// slips in under an earlier snapshot, where a later `_since` would miss it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_never_sees_part_of_a_bulk_load() {
-    const N: usize = 600;
-    let store: Arc<dyn ResourceStore> = adapters().await.resources;
-    // Large bodies, so that writing the versions takes a while.
-    let padding = "x".repeat(8_000);
-    let ops: Vec<WriteOp> = (0..N)
-        .map(|i| WriteOp::Upsert {
-            resource_type: "Patient".into(),
-            id: format!("p{i:04}"),
-            resource: serde_json::json!({
-                "resourceType": "Patient",
-                "id": format!("p{i:04}"),
-                "text": {"status": "generated", "div": padding},
-            }),
-        })
-        .collect();
-    let loading = tokio::spawn({
-        let store = store.clone();
-        async move { store.load(ops).await.unwrap() }
-    });
-    let visible_at = |t: i64| {
-        let store = store.clone();
-        async move {
-            let segments = store
-                .segments("Patient", None, t, false, 10_000)
-                .await
-                .unwrap();
-            cover(&*store, "Patient", &segments, t, false).await.len()
-        }
-    };
-    let mut snapshots = Vec::new();
-    while !loading.is_finished() {
-        let t = store.snapshot().await.unwrap().timestamp_micros();
-        snapshots.push((t, visible_at(t).await));
-    }
-    let results = loading.await.unwrap();
-    assert_eq!(results.len(), N);
-    assert!(results.iter().all(|r| r.created && r.version.version == 1));
-    assert!(snapshots.len() > 1, "snapshots were taken during the load");
-    for (t, seen) in snapshots {
-        assert_eq!(visible_at(t).await, seen, "the snapshot at {t} changed");
-    }
-    let t = store.snapshot().await.unwrap().timestamp_micros();
-    assert_eq!(visible_at(t).await, N);
-    // Loading again updates (through transactions): version 2.
-    let again = store
-        .load(vec![WriteOp::Upsert {
-            resource_type: "Patient".into(),
-            id: "p0000".into(),
-            resource: serde_json::json!({"resourceType": "Patient", "id": "p0000", "active": true}),
-        }])
-        .await
-        .unwrap();
-    assert_eq!(again[0].version.version, 2);
-    assert!(!again[0].created);
 }

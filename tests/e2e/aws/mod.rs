@@ -1,5 +1,6 @@
 //! The AWS adapters and the Lambda functions, against moto's server.
 
+mod bulk_load;
 mod contract;
 mod functions;
 pub mod moto;

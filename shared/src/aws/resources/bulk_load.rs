@@ -16,8 +16,13 @@
 //!
 //! Versions are written before heads (a head never points at nothing); a
 //! version whose head could not be written is deleted before the fence is
-//! lowered. Only a loader that dies mid-block leaves such versions behind,
-//! visible to exports once the lease lapses.
+//! lowered. A loader that dies mid-block cannot do that, so the fence also
+//! records the block (`fence_end`, `fence_types`), and whoever next finds
+//! the lease lapsed (a snapshot or the next load) repairs the block before
+//! anything can read it: versions no head points at are deleted. A loader
+//! stops writing heads well before its lease lapses, so a repair never races
+//! a live loader. Shard counts are added before the versions are written:
+//! an overcount only makes a part larger, an undercount could hide a shard.
 //!
 //! A head is put with `attribute_not_exists`: a resource someone created
 //! through the API meanwhile is not overwritten; that load op is redone as
@@ -34,19 +39,43 @@ use super::{
     DynamoResources, META, SK,
 };
 use crate::aws::backend;
-use crate::aws::dynamo::{b, is_condition_failure, n, opt_n};
+use crate::aws::dynamo::{b, get_n, get_s, is_condition_failure, n, opt_n, s};
 use crate::domain::instant::to_micros;
 use crate::domain::resource::shard_of;
-use crate::ports::{PortResult, ResourceStore, Version, WriteOp, WriteResult};
+use crate::ports::{PortError, PortResult, ResourceStore, Version, WriteOp, WriteResult};
 
 /// How long a fence holds if its loader never releases it.
 pub const FENCE_LEASE: Duration = Duration::from_secs(600);
+/// A loader writes no head later than this before its lease lapses (room
+/// for clock skew and one slow request).
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
 /// Concurrent single-item writes (head puts) per load.
 const CONCURRENCY: usize = 16;
 
-/// A block of instants reserved by a load.
+/// A block of instants reserved by a load: `start..=end`, held until `until`.
 struct Fence {
     start: i64,
+    end: i64,
+    until: i64,
+    types: Vec<String>,
+}
+
+impl Fence {
+    /// The fence a META item records, if one is raised. Without a recorded
+    /// end or types, the block is taken to reach the clock and span every
+    /// type: larger than needed, never smaller.
+    fn recorded(meta: &HashMap<String, AttributeValue>) -> Option<Fence> {
+        let types = match meta.get("fence_types").or_else(|| meta.get("types")) {
+            Some(AttributeValue::Ss(types)) => types.clone(),
+            _ => Vec::new(),
+        };
+        Some(Fence {
+            start: opt_n(meta, "fence")?,
+            end: opt_n(meta, "fence_end").or_else(|| opt_n(meta, "last"))?,
+            until: opt_n(meta, "fence_until")?,
+            types,
+        })
+    }
 }
 
 impl DynamoResources {
@@ -148,7 +177,7 @@ impl DynamoResources {
             })
             .collect::<PortResult<Vec<_>>>();
         let written = match versions {
-            Ok(versions) => match self.put_fenced(ops, versions.clone()).await {
+            Ok(versions) => match self.put_fenced(ops, versions.clone(), &fence).await {
                 Ok(written) => Ok(written),
                 // Versions without a head must not outlive the fence.
                 Err(e) => match self.remove_headless(&versions).await {
@@ -167,17 +196,11 @@ impl DynamoResources {
         &self,
         ops: &[WriteOp],
         versions: Vec<Version>,
+        fence: &Fence,
     ) -> PortResult<Vec<Option<WriteResult>>> {
         self.put_links(ops).await?;
-        self.put_many(versions.iter().map(|v| self.version_item(v)).collect())
-            .await?;
-        let heads_written: Vec<bool> = stream::iter(versions.iter().cloned())
-            .map(|v| async move { self.put_new_head(&v).await })
-            .buffered(CONCURRENCY)
-            .try_collect()
-            .await?;
         let mut counts: BTreeMap<&str, BTreeMap<u16, u64>> = BTreeMap::new();
-        for (v, _) in versions.iter().zip(&heads_written).filter(|(_, w)| **w) {
+        for v in &versions {
             *counts
                 .entry(v.resource_type.as_str())
                 .or_default()
@@ -187,6 +210,21 @@ impl DynamoResources {
         for (resource_type, counts) in counts {
             self.add_stats(resource_type, &counts).await?;
         }
+        self.put_many(versions.iter().map(|v| self.version_item(v)).collect())
+            .await?;
+        let last_head_at = fence.until - LEASE_MARGIN.as_micros() as i64;
+        let heads_written: Vec<bool> = stream::iter(versions.iter().cloned())
+            .map(|v| async move {
+                if to_micros(self.clock.now()) >= last_head_at {
+                    return Err(PortError::Backend(
+                        "a bulk load block outlived its fence lease".into(),
+                    ));
+                }
+                self.put_new_head(&v).await
+            })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(versions
             .into_iter()
             .zip(heads_written)
@@ -199,7 +237,8 @@ impl DynamoResources {
             .collect())
     }
 
-    /// Deletes the versions of a failed load whose head does not point at them.
+    /// Deletes the versions of a failed load that no head points at (and
+    /// that were never superseded, see [`Self::delete_version`]).
     async fn remove_headless(&self, versions: &[Version]) -> PortResult<()> {
         let targets: Vec<(String, String)> = versions
             .iter()
@@ -223,19 +262,88 @@ impl DynamoResources {
         Ok(())
     }
 
+    /// Deletes a version of a load unless it was superseded: a head that
+    /// has moved on from a loaded version 1 marked it `sup`, and then it is
+    /// history, not debris.
     async fn delete_version(&self, v: &Version) -> PortResult<()> {
         let shard = shard_of(&v.id, self.shards);
-        self.client
+        let result = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key(
                 version_pk(&v.resource_type, shard),
                 lu_sk(v.last_updated),
             )))
+            .condition_expression("attribute_not_exists(sup)")
             .send()
-            .await
-            .map_err(backend)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Repairs the block of a fence whose lease lapsed (its loader died):
+    /// deletes the versions in it that no head points at, then lowers the
+    /// fence. Idempotent, so concurrent repairs are harmless.
+    pub(super) async fn repair_lapsed_fence(
+        &self,
+        meta: &HashMap<String, AttributeValue>,
+    ) -> PortResult<()> {
+        let Some(fence) = Fence::recorded(meta) else {
+            return Ok(());
+        };
+        let mut versions = Vec::new();
+        for resource_type in &fence.types {
+            for shard in 0..self.shards {
+                versions.extend(self.versions_in(resource_type, shard, &fence).await?);
+            }
+        }
+        self.remove_headless(&versions).await?;
+        self.lower_fence(&fence).await
+    }
+
+    /// The versions (without bodies) of one shard inside a fence's block.
+    async fn versions_in(
+        &self,
+        resource_type: &str,
+        shard: u16,
+        fence: &Fence,
+    ) -> PortResult<Vec<Version>> {
+        let mut versions = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
+                .projection_expression("id, ver, lu")
+                .expression_attribute_values(":pk", s(version_pk(resource_type, shard)))
+                .expression_attribute_values(":low", s(lu_sk(fence.start)))
+                .expression_attribute_values(":high", s(lu_sk(fence.end)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in out.items() {
+                versions.push(Version {
+                    resource_type: resource_type.to_string(),
+                    id: get_s(item, "id")?.to_string(),
+                    version: get_n(item, "ver")?,
+                    last_updated: get_n(item, "lu")?,
+                    deleted: false,
+                    body: None,
+                });
+            }
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(versions),
+            }
+        }
     }
 
     /// Puts the head of a new resource; `false` (and its version item
@@ -278,7 +386,8 @@ impl DynamoResources {
     }
 
     /// Reserves `count` instants after every write so far and fences them
-    /// off, waiting while another load's fence stands.
+    /// off, waiting while another load's fence stands (and repairing one
+    /// whose lease lapsed).
     async fn raise_fence(&self, count: i64, types: Vec<String>) -> PortResult<Fence> {
         let give_up = tokio::time::Instant::now() + FENCE_LEASE + Duration::from_secs(10);
         loop {
@@ -295,6 +404,10 @@ impl DynamoResources {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+            if let Some(meta) = meta.as_ref().filter(|m| Self::lapsed_fence(m, now)) {
+                self.repair_lapsed_fence(meta).await?;
+                continue;
+            }
             let start = now.max(last.unwrap_or(0) + 1);
             let end = start + count - 1;
             let until = now + FENCE_LEASE.as_micros() as i64;
@@ -304,7 +417,8 @@ impl DynamoResources {
                 .table_name(&self.table)
                 .set_key(Some(key(META, SK)))
                 .update_expression(
-                    "SET #last = :end, fence = :start, fence_until = :until ADD #types :types",
+                    "SET #last = :end, fence = :start, fence_end = :end, fence_until = :until, \
+                     fence_types = :types ADD #types :types",
                 )
                 .expression_attribute_names("#last", "last")
                 .expression_attribute_names("#types", "types")
@@ -322,7 +436,14 @@ impl DynamoResources {
                     .condition_expression(format!("attribute_not_exists(#last) AND {unfenced}")),
             };
             match update.send().await {
-                Ok(_) => return Ok(Fence { start }),
+                Ok(_) => {
+                    return Ok(Fence {
+                        start,
+                        end,
+                        until,
+                        types,
+                    })
+                }
                 // A write or another load moved the clock: read it again.
                 Err(e) if is_condition_failure(&e) => continue,
                 Err(e) => return Err(backend(e)),
@@ -336,7 +457,7 @@ impl DynamoResources {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(META, SK)))
-            .update_expression("REMOVE fence, fence_until")
+            .update_expression("REMOVE fence, fence_end, fence_until, fence_types")
             .condition_expression("fence = :start")
             .expression_attribute_values(":start", n(fence.start))
             .send()
@@ -355,6 +476,12 @@ impl DynamoResources {
         let until: i64 = opt_n(meta, "fence_until")?;
         let start: i64 = opt_n(meta, "fence")?;
         (until > now).then_some(start - 1)
+    }
+
+    /// Whether a fence stands whose lease lapsed: its block needs a repair.
+    pub(super) fn lapsed_fence(meta: &HashMap<String, AttributeValue>, now: i64) -> bool {
+        opt_n::<i64>(meta, "fence").is_some()
+            && opt_n::<i64>(meta, "fence_until").is_some_and(|until| until <= now)
     }
 }
 
