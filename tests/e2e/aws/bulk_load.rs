@@ -55,6 +55,17 @@ async fn exported_at(store: &dyn ResourceStore, t: i64) -> Vec<String> {
         .collect()
 }
 
+/// The patients of `range` that exist (have a head).
+async fn with_head(store: &dyn ResourceStore, range: std::ops::Range<usize>) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for id in ids(range) {
+        if store.read_current("Patient", &id).await.unwrap().is_some() {
+            found.insert(id);
+        }
+    }
+    found
+}
+
 /// Every Patient version item that claims to be current, read straight
 /// from every shard (no shard counts, no snapshot): debris shows here.
 async fn unsuperseded_versions(store: &dyn ResourceStore) -> Vec<String> {
@@ -126,6 +137,32 @@ async fn a_snapshot_never_sees_part_of_a_bulk_load() {
     assert!(!again[0].created);
 }
 
+/// Fresh tables on moto and a clock tests can move.
+struct Tables {
+    sdk: SdkConfig,
+    table: String,
+    clock: Arc<OffsetClock>,
+}
+
+impl Tables {
+    async fn fresh() -> Tables {
+        let (sdk, names) = fresh_stack().await;
+        Tables {
+            sdk,
+            table: names.resources_table,
+            clock: Arc::new(OffsetClock::default()),
+        }
+    }
+
+    fn store(&self, client: aws_sdk_dynamodb::Client) -> DynamoResources {
+        DynamoResources::new(client, &self.table, SHARDS, self.clock.clone())
+    }
+
+    fn healthy(&self) -> DynamoResources {
+        self.store(aws_sdk_dynamodb::Client::new(&self.sdk))
+    }
+}
+
 /// A DynamoDB client for a loader: `on_head_put` runs before each head put
 /// it sends; once it answers `false`, the loader's process is gone and
 /// every request fails (no cleanup, no lowering of its fence).
@@ -190,35 +227,16 @@ struct CrashedLoad {
 /// version and three heads (the store held nothing before it, so no other
 /// write counted any shard).
 async fn crashed_load() -> CrashedLoad {
-    let (sdk, names) = fresh_stack().await;
-    let clock = Arc::new(OffsetClock::default());
-    let healthy = DynamoResources::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        &names.resources_table,
-        SHARDS,
-        clock.clone(),
-    );
+    let tables = Tables::fresh().await;
+    let (clock, healthy) = (tables.clock.clone(), tables.healthy());
 
     let heads_left = AtomicIsize::new(3);
-    let dying = DynamoResources::new(
-        loader_client(&sdk, move || heads_left.fetch_sub(1, Ordering::SeqCst) > 0),
-        &names.resources_table,
-        SHARDS,
-        clock.clone(),
-    );
+    let dying = tables.store(loader_client(&tables.sdk, move || {
+        heads_left.fetch_sub(1, Ordering::SeqCst) > 0
+    }));
     assert!(dying.load(patients(0..20)).await.is_err());
 
-    let mut headed = BTreeSet::new();
-    for id in ids(0..20) {
-        if healthy
-            .read_current("Patient", &id)
-            .await
-            .unwrap()
-            .is_some()
-        {
-            headed.insert(id);
-        }
-    }
+    let headed = with_head(&healthy, 0..20).await;
     assert!(
         !headed.is_empty() && headed.len() < 20,
         "the load died between heads: {headed:?}"
@@ -304,48 +322,27 @@ async fn the_next_load_repairs_the_block_of_a_dead_loader() {
 /// it never races a repair), and cleans up after itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_near_the_end_of_its_lease_stops_and_cleans_up() {
-    let (sdk, names) = fresh_stack().await;
-    let clock = Arc::new(OffsetClock::default());
-    let healthy = DynamoResources::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        &names.resources_table,
-        SHARDS,
-        clock.clone(),
-    );
+    let tables = Tables::fresh().await;
+    let (clock, healthy) = (tables.clock.clone(), tables.healthy());
     // The first head put takes (as far as the clock can tell) all but 30 s
     // of the lease.
     let slow = AtomicBool::new(true);
-    let loader = DynamoResources::new(
-        loader_client(&sdk, {
-            let clock = clock.clone();
-            move || {
-                if slow.swap(false, Ordering::SeqCst) {
-                    clock.advance(
-                        chrono::Duration::from_std(FENCE_LEASE).unwrap()
-                            - chrono::Duration::seconds(30),
-                    );
-                }
-                true
+    let loader = tables.store(loader_client(&tables.sdk, {
+        let clock = clock.clone();
+        move || {
+            if slow.swap(false, Ordering::SeqCst) {
+                clock.advance(
+                    chrono::Duration::from_std(FENCE_LEASE).unwrap()
+                        - chrono::Duration::seconds(30),
+                );
             }
-        }),
-        &names.resources_table,
-        SHARDS,
-        clock.clone(),
-    );
+            true
+        }
+    }));
     let err = loader.load(patients(0..20)).await.unwrap_err();
     assert!(err.to_string().contains("lease"), "{err}");
 
-    let mut headed = Vec::new();
-    for id in ids(0..20) {
-        if healthy
-            .read_current("Patient", &id)
-            .await
-            .unwrap()
-            .is_some()
-        {
-            headed.push(id);
-        }
-    }
+    let headed = Vec::from_iter(with_head(&healthy, 0..20).await);
     assert!(!headed.is_empty() && headed.len() < 20, "{headed:?}");
     // Nothing without a head is left, and the fence is down: a snapshot
     // now covers exactly what was written.

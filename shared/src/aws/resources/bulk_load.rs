@@ -39,10 +39,12 @@ use super::{
     DynamoResources, META, SK,
 };
 use crate::aws::backend;
-use crate::aws::dynamo::{b, get_n, get_s, is_condition_failure, n, opt_n, s};
+use crate::aws::dynamo::{b, is_condition_failure, n, opt_n};
 use crate::domain::instant::to_micros;
 use crate::domain::resource::shard_of;
-use crate::ports::{PortError, PortResult, ResourceStore, Version, WriteOp, WriteResult};
+use crate::ports::{
+    PortError, PortResult, ResourceStore, ShardScan, Version, WriteOp, WriteResult,
+};
 
 /// How long a fence holds if its loader never releases it.
 pub const FENCE_LEASE: Duration = Duration::from_secs(600);
@@ -305,43 +307,41 @@ impl DynamoResources {
         self.lower_fence(&fence).await
     }
 
-    /// The versions (without bodies) of one shard inside a fence's block.
+    /// The versions of one shard inside a fence's block.
     async fn versions_in(
         &self,
         resource_type: &str,
         shard: u16,
         fence: &Fence,
     ) -> PortResult<Vec<Version>> {
+        const PAGE: usize = 1000;
         let mut versions = Vec::new();
-        let mut start = None;
+        let mut after = Some(fence.start - 1);
         loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
-                .projection_expression("id, ver, lu")
-                .expression_attribute_values(":pk", s(version_pk(resource_type, shard)))
-                .expression_attribute_values(":low", s(lu_sk(fence.start)))
-                .expression_attribute_values(":high", s(lu_sk(fence.end)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(backend)?;
-            for item in out.items() {
-                versions.push(Version {
-                    resource_type: resource_type.to_string(),
-                    id: get_s(item, "id")?.to_string(),
-                    version: get_n(item, "ver")?,
-                    last_updated: get_n(item, "lu")?,
-                    deleted: false,
-                    body: None,
-                });
-            }
-            match out.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => return Ok(versions),
+            let page = self
+                .scan_shard(ShardScan {
+                    resource_type,
+                    shard,
+                    after,
+                    until: Some(fence.end),
+                    // Superseded since or not: the repair keeps history anyway.
+                    as_of: fence.end,
+                    include_deleted: true,
+                    limit: PAGE,
+                })
+                .await?;
+            after = page.items.last().map(|v| v.last_updated);
+            let full = page.len() == PAGE;
+            versions.extend(page.items.into_iter().map(|v| Version {
+                resource_type: resource_type.to_string(),
+                id: v.id,
+                version: v.version,
+                last_updated: v.last_updated,
+                deleted: v.deleted,
+                body: None,
+            }));
+            if !full {
+                return Ok(versions);
             }
         }
     }
