@@ -15,11 +15,19 @@
 //!    consistent Queries of 16 partitions at once, and the same bytes put
 //!    to S3 — what any exporter on moto must at least do.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
+use aws_sdk_dynamodb::error::BoxError;
+use aws_sdk_dynamodb::operation::query::QueryInput;
+
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use bulk_export::aws::{emulator_config, provision::provision, s3_client, AwsAdapters, AwsNames};
+use bulk_export::aws::{
+    emulator_config, provision::provision, s3_client, AwsAdapters, AwsNames, DynamoResources,
+};
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::JobState;
 use bulk_export::domain::request::{ExportLevel, KickoffInput};
@@ -74,7 +82,20 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16) {
     )
     .await
     .unwrap();
-    let adapters = AwsAdapters::new(&sdk, &names, shards, Arc::new(SystemClock));
+    // Every DynamoDB client counts its Query calls: moto's cost is per call.
+    let queries = Arc::new(QueryCount::default());
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(CountQueries(queries.clone()))
+            .build(),
+    );
+    let mut adapters = AwsAdapters::new(&sdk, &names, shards, Arc::new(SystemClock));
+    adapters.resources = Arc::new(DynamoResources::new(
+        dynamo.clone(),
+        &names.resources_table,
+        shards,
+        Arc::new(SystemClock),
+    ));
     let mut config = EngineConfig::new("https://bench.example/fhir");
     config.min_chunk_bytes = 8 << 20; // the functions' default part size
     let engine = Engine::new(adapters.ports(), config);
@@ -97,19 +118,20 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16) {
     );
 
     // 2. The export.
+    let queries_before = queries.take();
     let t = Instant::now();
     let exported = export_once(&engine, &adapters, workers).await;
     let export_secs = t.elapsed().as_secs_f64();
+    let export_queries = queries.take();
     assert_eq!(exported.0 as usize, n, "every resource exported once");
     println!(
-        "export     {} resources, {:.1} MB in {export_secs:.1} s ({:.0} resources/s; {workers} workers x 10 messages; {shards} shards)",
+        "export     {} resources, {:.1} MB in {export_secs:.1} s ({:.0} resources/s; {workers} workers x 10 messages; {shards} shards; {export_queries} Query calls on the resource table, {queries_before} while loading)",
         exported.0,
         exported.1 as f64 / 1e6,
         exported.0 as f64 / export_secs
     );
 
     // 3. The floor.
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let t = Instant::now();
     bare_puts(&dynamo, &names.resources_table, &bodies).await;
     let put_secs = t.elapsed().as_secs_f64();
@@ -121,9 +143,10 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16) {
     let t = Instant::now();
     let (read, bytes) = bare_read_and_upload(&dynamo, &s3, &names).await;
     let floor_secs = t.elapsed().as_secs_f64();
+    let floor_queries = queries.take();
     assert_eq!(read, n);
     println!(
-        "floor read {read} items, {:.1} MB in {floor_secs:.1} s ({:.0} resources/s; {FLOOR_PARTITIONS} Query streams, then one PutObject each)",
+        "floor read {read} items, {:.1} MB in {floor_secs:.1} s ({:.0} resources/s; {FLOOR_PARTITIONS} Query streams, {floor_queries} Query calls, then one PutObject each)",
         bytes as f64 / 1e6,
         read as f64 / floor_secs
     );
@@ -162,7 +185,18 @@ async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) ->
                 futures::future::join_all(deliveries.iter().map(|d| {
                     let (engine, queue) = (&engine, &queue);
                     async move {
-                        engine.handle(&d.message, deadline).await.unwrap();
+                        // A failed handling is redelivered (on AWS after the
+                        // visibility timeout) and resumes from its
+                        // checkpoint; here it is retried at once.
+                        for attempt in 1.. {
+                            match engine.handle(&d.message, deadline).await {
+                                Ok(_) => break,
+                                Err(e) if attempt < 5 => {
+                                    eprintln!("handling failed (attempt {attempt}, retrying): {e}")
+                                }
+                                Err(e) => panic!("handling failed {attempt} times: {e}"),
+                            }
+                        }
                         queue.delete(&d.receipt).await.unwrap();
                     }
                 }))
@@ -206,6 +240,36 @@ async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) ->
         job.files.len()
     );
     (job.files.iter().map(|f| f.count).sum(), bytes)
+}
+
+#[derive(Debug, Default)]
+struct QueryCount(AtomicU64);
+
+impl QueryCount {
+    /// The calls counted since the last take.
+    fn take(&self) -> u64 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct CountQueries(Arc<QueryCount>);
+
+impl Intercept for CountQueries {
+    fn name(&self) -> &'static str {
+        "CountQueries"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if context.input().downcast_ref::<QueryInput>().is_some() {
+            self.0 .0.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 fn floor_pk(i: usize) -> String {
