@@ -34,11 +34,18 @@ use bulk_export::domain::request::{ExportLevel, KickoffInput};
 use bulk_export::engine::{Caller, Engine, EngineConfig};
 use bulk_export::ports::WorkQueue;
 use bulk_export::sample::{generate, SampleConfig};
+use bulk_export_functions::worker::SAFETY_MARGIN;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
 
 const FLOOR_PARTITIONS: usize = 16;
+/// As deployed (template.yaml): the worker's 300 s timeout less its 20 s
+/// safety margin, and the queue's visibility timeout of six times the
+/// function's. With less slack, a page that moto serves slowly pushes a
+/// handling past the visibility timeout, and the message is delivered twice.
+const WORK_TIME: Duration = Duration::from_secs(300).saturating_sub(SAFETY_MARGIN);
+const QUEUE_VISIBILITY: Duration = Duration::from_secs(1800);
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -173,7 +180,7 @@ async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) ->
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             while !*stop.borrow() {
-                let deliveries = queue.receive(10, Duration::from_secs(900)).await.unwrap();
+                let deliveries = queue.receive(10, QUEUE_VISIBILITY).await.unwrap();
                 if deliveries.is_empty() {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -181,7 +188,7 @@ async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) ->
                     }
                     continue;
                 }
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(880);
+                let deadline = tokio::time::Instant::now() + WORK_TIME;
                 futures::future::join_all(deliveries.iter().map(|d| {
                     let (engine, queue) = (&engine, &queue);
                     async move {
