@@ -71,10 +71,26 @@ fn main() {
         arg("--resources", 100_000),
         arg("--workers", 4),
         arg("--shards", 16) as u16,
+        Timing {
+            work: Duration::from_secs(arg("--work-secs", WORK_TIME.as_secs() as usize) as u64),
+            visibility: Duration::from_secs(arg(
+                "--visibility-secs",
+                QUEUE_VISIBILITY.as_secs() as usize,
+            ) as u64),
+        },
     ));
 }
 
-async fn run(endpoint: &str, n: usize, workers: usize, shards: u16) {
+/// Work time per message and the queue's visibility timeout. Less slack
+/// than deployed (`--work-secs 20 --visibility-secs 10`) makes messages
+/// handled twice at once, the race the checkpoints must survive.
+#[derive(Clone, Copy)]
+struct Timing {
+    work: Duration,
+    visibility: Duration,
+}
+
+async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timing) {
     let sdk = emulator_config(endpoint).await;
     let id = format!("bench-{}", std::process::id());
     let names = provision(
@@ -127,7 +143,7 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16) {
     // 2. The export.
     let queries_before = queries.take();
     let t = Instant::now();
-    let exported = export_once(&engine, &adapters, workers).await;
+    let exported = export_once(&engine, &adapters, workers, timing).await;
     let export_secs = t.elapsed().as_secs_f64();
     let export_queries = queries.take();
     assert_eq!(exported.0 as usize, n, "every resource exported once");
@@ -171,7 +187,12 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16) {
 /// One system-level export; worker tasks take up to 10 messages at a time
 /// from SQS and handle them concurrently, as the worker function does.
 /// Returns (resources, bytes) from the manifest and S3.
-async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) -> (u64, u64) {
+async fn export_once(
+    engine: &Engine,
+    adapters: &AwsAdapters,
+    workers: usize,
+    timing: Timing,
+) -> (u64, u64) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -180,7 +201,7 @@ async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) ->
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             while !*stop.borrow() {
-                let deliveries = queue.receive(10, QUEUE_VISIBILITY).await.unwrap();
+                let deliveries = queue.receive(10, timing.visibility).await.unwrap();
                 if deliveries.is_empty() {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -188,7 +209,7 @@ async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) ->
                     }
                     continue;
                 }
-                let deadline = tokio::time::Instant::now() + WORK_TIME;
+                let deadline = tokio::time::Instant::now() + timing.work;
                 futures::future::join_all(deliveries.iter().map(|d| {
                     let (engine, queue) = (&engine, &queue);
                     async move {
@@ -234,10 +255,26 @@ async fn export_once(engine: &Engine, adapters: &AwsAdapters, workers: usize) ->
     }
     // Read back after the clock stopped: the bytes written.
     let mut bytes = 0;
+    let mut ids = std::collections::HashSet::new();
     for f in &job.files {
         let key = bulk_export::domain::job::artifact_key(&job_id, &f.name);
-        bytes += engine.ports.artifacts.get(&key).await.unwrap().len() as u64;
+        let body = engine.ports.artifacts.get(&key).await.unwrap();
+        bytes += body.len() as u64;
+        let lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let mut count = 0;
+        for line in lines {
+            let r: Value = serde_json::from_slice(line).unwrap();
+            ids.insert(format!("{}/{}", r["resourceType"], r["id"]));
+            count += 1;
+        }
+        assert_eq!(
+            count, f.count,
+            "{}: lines in the file vs the manifest",
+            f.name
+        );
     }
+    let listed: u64 = job.files.iter().map(|f| f.count).sum();
+    assert_eq!(ids.len() as u64, listed, "each resource once in the files");
     let parts = engine.ports.jobs.list_parts(&job_id).await.unwrap().len();
     let planning_ms = job
         .started_at
