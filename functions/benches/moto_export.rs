@@ -106,7 +106,7 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
     .await
     .unwrap();
     // Every DynamoDB client counts its Query calls: moto's cost is per call.
-    let queries = Arc::new(QueryCount::default());
+    let queries = Arc::new(AtomicU64::new(0));
     let dynamo = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
             .interceptor(CountQueries(queries.clone()))
@@ -141,11 +141,11 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
     );
 
     // 2. The export.
-    let queries_before = queries.take();
+    let queries_before = queries.swap(0, Ordering::Relaxed);
     let t = Instant::now();
     let exported = export_once(&engine, &adapters, workers, timing).await;
     let export_secs = t.elapsed().as_secs_f64();
-    let export_queries = queries.take();
+    let export_queries = queries.swap(0, Ordering::Relaxed);
     assert_eq!(exported.0 as usize, n, "every resource exported once");
     println!(
         "export     {} resources, {:.1} MB in {export_secs:.1} s ({:.0} resources/s; {workers} workers x 10 messages; {shards} shards; {export_queries} Query calls on the resource table, {queries_before} while loading)",
@@ -166,7 +166,7 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
     let t = Instant::now();
     let (read, bytes) = bare_read_and_upload(&dynamo, &s3, &names).await;
     let floor_secs = t.elapsed().as_secs_f64();
-    let floor_queries = queries.take();
+    let floor_queries = queries.swap(0, Ordering::Relaxed);
     assert_eq!(read, n);
     println!(
         "floor read {read} items, {:.1} MB in {floor_secs:.1} s ({:.0} resources/s; {FLOOR_PARTITIONS} Query streams, {floor_queries} Query calls, then one PutObject each)",
@@ -286,18 +286,8 @@ async fn export_once(
     (job.files.iter().map(|f| f.count).sum(), bytes)
 }
 
-#[derive(Debug, Default)]
-struct QueryCount(AtomicU64);
-
-impl QueryCount {
-    /// The calls counted since the last take.
-    fn take(&self) -> u64 {
-        self.0.swap(0, Ordering::Relaxed)
-    }
-}
-
 #[derive(Debug)]
-struct CountQueries(Arc<QueryCount>);
+struct CountQueries(Arc<AtomicU64>);
 
 impl Intercept for CountQueries {
     fn name(&self) -> &'static str {
@@ -310,7 +300,7 @@ impl Intercept for CountQueries {
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if context.input().downcast_ref::<QueryInput>().is_some() {
-            self.0 .0.fetch_add(1, Ordering::Relaxed);
+            self.0.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -89,14 +89,18 @@ fn shards_from_env() -> Result<u16, String> {
     }
 }
 
-async fn engine() -> Result<Engine, String> {
-    let sdk = sdk_config().await;
-    let adapters = AwsAdapters::new(
-        &sdk,
+/// The adapters of the stack the environment names.
+async fn adapters() -> Result<AwsAdapters, String> {
+    Ok(AwsAdapters::new(
+        &sdk_config().await,
         &names_from_env()?,
         shards_from_env()?,
         Arc::new(SystemClock),
-    );
+    ))
+}
+
+async fn engine() -> Result<Engine, String> {
+    let adapters = adapters().await?;
     Ok(Engine::new(
         adapters.ports(),
         EngineConfig::new("https://localhost/fhir".to_string()),
@@ -216,14 +220,8 @@ async fn run(args: Args) -> Result<(), String> {
                 groups: (!groups.is_empty()).then_some(groups),
             };
             client.check()?;
-            let sdk = sdk_config().await;
-            let adapters = AwsAdapters::new(
-                &sdk,
-                &names_from_env()?,
-                shards_from_env()?,
-                Arc::new(SystemClock),
-            );
-            adapters
+            adapters()
+                .await?
                 .jobs
                 .put_client(&client)
                 .await
