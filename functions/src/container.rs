@@ -77,6 +77,7 @@ impl Container {
         config.max_resources_per_file = s.max_resources_per_file;
         config.min_chunk_bytes = s.part_size_bytes;
         config.presign_ttl = s.presign_ttl;
+        config.retry_base = s.retry_base;
         if self.signing_key_pem.is_some() {
             config.requires_access_token = true;
             config.token_url = Some(format!("{origin}{TOKEN_PATH}"));

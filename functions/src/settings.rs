@@ -37,6 +37,9 @@ pub struct Settings {
     /// S3 multipart part size; S3 needs at least 5 MiB.
     pub part_size_bytes: usize,
     pub presign_ttl: Duration,
+    /// First delay before a transiently failed work message comes back
+    /// (doubled at each further attempt).
+    pub retry_base: Duration,
     /// Shards of the resource table: part of its layout, the same everywhere.
     pub shards: u16,
     pub auth: AuthMode,
@@ -120,6 +123,7 @@ impl Settings {
             max_resources_per_file: number("BULK_EXPORT_MAX_RESOURCES_PER_FILE", 100_000)?,
             part_size_bytes: part_size_mib << 20,
             presign_ttl: Duration::from_secs(number("BULK_EXPORT_PRESIGN_SECONDS", 300)?),
+            retry_base: Duration::from_secs(number("BULK_EXPORT_RETRY_BASE_SECONDS", 10)?),
             shards: number("BULK_EXPORT_SHARDS", 16)?,
             auth,
             signing_key,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use bulk_export::aws::parse_work_message;
-use bulk_export::engine::Engine;
+use bulk_export::engine::{Disposition, Engine};
 use tokio::time::Instant;
 
 /// Time kept back from the invocation's deadline: enough to save the
@@ -55,7 +55,8 @@ pub async fn handle_batch(engine: &Engine, event: SqsEvent, deadline: Instant) -
     response
 }
 
-/// `true` if the message is done with (handled, or hopeless).
+/// `true` if the message is done with (handled, or hopeless and its job
+/// failed); otherwise its visibility is set to the retry delay.
 async fn handle_record(engine: &Engine, record: &SqsMessage, deadline: Instant) -> bool {
     let Some(message) = record.body.as_deref().and_then(parse_work_message) else {
         tracing::error!(body = ?record.body, "dropping a message that is not a work message");
@@ -66,16 +67,14 @@ async fn handle_record(engine: &Engine, record: &SqsMessage, deadline: Instant) 
         .get("ApproximateReceiveCount")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    match engine.handle(&message, deadline).await {
-        Ok(_) => true,
-        // Only failures count: a duplicate delivery that succeeds (and loses
-        // its checkpoint race harmlessly) never fails a job.
-        Err(e) if receive_count >= engine.config.max_attempts => {
-            let reason = format!("work failed {receive_count} times; last error: {e}");
-            engine.fail_job(message.job_id(), &reason).await.is_ok()
-        }
-        Err(e) => {
-            tracing::warn!(?message, error = %e, receive_count, "work failed; it will be retried");
+    match engine.process(&message, receive_count, deadline).await {
+        Disposition::Done => true,
+        Disposition::RetryAfter(delay) => {
+            if let Some(receipt) = &record.receipt_handle {
+                if let Err(e) = engine.ports.queue.retry_later(receipt, delay).await {
+                    tracing::warn!(error = %e, "could not delay the retry");
+                }
+            }
             false
         }
     }

@@ -51,11 +51,17 @@ pub struct LocalConfig {
     /// A received message stays hidden this long; it comes back if its
     /// handler died without deleting it.
     pub visibility_timeout: Duration,
+    /// First delay before a transiently failed message comes back (doubled
+    /// at each further attempt).
+    pub retry_base: Duration,
     pub sweep_interval: Duration,
     pub retention: chrono::Duration,
     pub max_resources_per_file: u64,
     pub page_size: usize,
     pub min_chunk_bytes: usize,
+    /// Buffered lines up to this size ride in a paused part's checkpoint;
+    /// larger buffers go to a spill file.
+    pub carry_limit_bytes: usize,
     pub part_target_resources: u64,
     pub patients_per_part: usize,
     /// SMART Backend Services authorization (tokens required); off = open mode.
@@ -79,11 +85,13 @@ impl LocalConfig {
             workers: 4,
             invocation_budget: Duration::from_secs(300),
             visibility_timeout: Duration::from_secs(360),
+            retry_base: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(60),
             retention: chrono::Duration::days(7),
             max_resources_per_file: 100_000,
             page_size: 1000,
             min_chunk_bytes: 4 << 20,
+            carry_limit_bytes: 96 << 10,
             part_target_resources: 20_000,
             patients_per_part: 500,
             auth: false,
@@ -176,6 +184,16 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     let jobs = SqliteJobs::open(&config.data_dir.join("jobs.db"))
         .map_err(|e| start_err("opening the job store")(&e))?;
     let queue = jobs.queue();
+    let reclaimed = queue
+        .reclaim_in_flight()
+        .await
+        .map_err(|e| start_err("reclaiming in-flight work")(&e))?;
+    if reclaimed > 0 {
+        tracing::info!(
+            messages = reclaimed,
+            "resuming work a previous run left in flight"
+        );
+    }
     let clients: Arc<dyn ClientStore> = Arc::new(jobs.clone());
     let blobs = Arc::new(
         FsArtifacts::open(&config.data_dir.join("files"), &origin, clock.clone())
@@ -212,8 +230,12 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     engine_config.max_resources_per_file = config.max_resources_per_file;
     engine_config.page_size = config.page_size;
     engine_config.min_chunk_bytes = config.min_chunk_bytes;
+    engine_config.carry_limit_bytes = config.carry_limit_bytes;
     engine_config.part_target_resources = config.part_target_resources;
     engine_config.patients_per_part = config.patients_per_part;
+    engine_config.retry_base = config.retry_base;
+    // No handling outlives the visibility timeout (its budget is half).
+    engine_config.collect_delay = config.visibility_timeout;
     if issuer.is_some() {
         engine_config.requires_access_token = true;
         engine_config.token_url = Some(token_url.clone());

@@ -45,6 +45,9 @@ struct Args {
         default_value_t = 100_000
     )]
     max_resources_per_file: u64,
+    /// Resources read per page of the store (each page may end in a checkpoint).
+    #[arg(long, env = "BULK_EXPORT_PAGE_SIZE", default_value_t = 1000)]
+    page_size: usize,
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
@@ -132,6 +135,7 @@ async fn main() {
     config.workers = args.workers;
     config.retention = chrono::Duration::days(args.retention_days.max(1));
     config.max_resources_per_file = args.max_resources_per_file.max(1);
+    config.page_size = args.page_size.max(1);
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.auth = args.auth;
     config.external_issuer = args.external_issuer.zip(args.external_jwks_url);

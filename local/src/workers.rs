@@ -3,15 +3,14 @@
 use std::time::Duration;
 
 use bulk_export::embedded::SqliteQueue;
-use bulk_export::engine::Engine;
+use bulk_export::engine::{Disposition, Engine};
 use bulk_export::ports::WorkQueue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Receives one message at a time and handles it within the invocation
-/// budget. A message whose handler fails stays on the queue and comes back
-/// after the visibility timeout; one that fails on its last allowed attempt
-/// fails its job.
+/// budget; `Engine::process` decides whether a failed one comes back
+/// (after a growing delay) or fails its job.
 pub async fn work_loop(
     n: usize,
     engine: Engine,
@@ -39,23 +38,15 @@ pub async fn work_loop(
             continue;
         }
         for d in deliveries {
-            match engine.handle(&d.message, Instant::now() + budget).await {
-                Ok(_) => {
-                    if let Err(e) = queue.delete(&d.receipt).await {
-                        tracing::warn!(worker = n, error = %e, "could not delete a handled message");
-                    }
-                }
-                // Only failures count: a duplicate delivery that succeeds (and
-                // loses its checkpoint race harmlessly) never fails a job.
-                Err(e) if d.receive_count >= engine.config.max_attempts => {
-                    let reason = format!("work failed {} times; last error: {e}", d.receive_count);
-                    if engine.fail_job(d.message.job_id(), &reason).await.is_ok() {
-                        let _ = queue.delete(&d.receipt).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(worker = n, message = ?d.message, error = %e, "work failed; it will be retried");
-                }
+            let result = match engine
+                .process(&d.message, d.receive_count, Instant::now() + budget)
+                .await
+            {
+                Disposition::Done => queue.delete(&d.receipt).await,
+                Disposition::RetryAfter(delay) => queue.retry_later(&d.receipt, delay).await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(worker = n, error = %e, "could not settle a handled message");
             }
         }
     }

@@ -11,33 +11,55 @@ fn start(data_dir: &std::path::Path) -> (Child, String) {
 }
 
 fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bulk-export-local"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sample-patients",
-            "2",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("bulk-export is ready: FHIR base ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
+    let (child, base, _) = start_logged(data_dir, extra, "warn");
     (child, base)
 }
 
-fn terminate(mut child: Child) -> String {
+/// Starts the binary; returns it, its FHIR base and what it logged before
+/// it was ready (at `log_level`).
+fn start_logged(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+    log_level: &str,
+) -> (Child, String, String) {
+    let sample: &[&str] = if extra.contains(&"--sample-patients") {
+        &[]
+    } else {
+        &["--sample-patients", "2"]
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulk-export-local"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(sample)
+        .args(extra)
+        .env("RUST_LOG", log_level)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut before = String::new();
+    let base = loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("the binary ended before it was ready: {before}");
+        }
+        if let Some(base) = line.trim().strip_prefix("bulk-export is ready: FHIR base ") {
+            break base.to_string();
+        }
+        before.push_str(&line);
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    (child, base, before)
+}
+
+fn terminate(mut child: Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -46,9 +68,7 @@ fn terminate(mut child: Child) -> String {
     for _ in 0..200 {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "clean exit on SIGTERM: {status}");
-            let mut rest = String::new();
-            std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut rest).unwrap();
-            return rest;
+            return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -72,8 +92,7 @@ fn prints_its_url_stops_on_sigterm_and_keeps_committed_writes() {
         .send()
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let rest = terminate(child);
-    assert!(rest.contains("shutting down"), "{rest}");
+    terminate(child);
 
     let (child, base) = start(dir.path());
     let resp = client.get(format!("{base}/Patient/kept")).send().unwrap();
@@ -189,5 +208,111 @@ fn authorized_export_with_the_shipped_client_helpers() {
         .text()
         .unwrap();
     assert_eq!(lines.lines().count(), 2);
+    terminate(child);
+}
+
+/// `kill -9` in the middle of an export, then a restart on the same data
+/// directory: the new process takes back the work the dead one held (it is
+/// its queue's only consumer), so the export finishes within seconds, not
+/// after the 360 s visibility timeout, and exactly.
+#[test]
+fn killed_mid_export_a_restart_resumes_at_once_and_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Many small pages on one worker: the export takes seconds.
+    let slow = [
+        "--sample-patients",
+        "400",
+        "--workers",
+        "1",
+        "--page-size",
+        "2",
+    ];
+    let (mut child, base) = start_with(dir.path(), &slow);
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("{base}/$export?_type=Observation"))
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let status = resp.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // Kill it once the export has made progress.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = http.get(&status).send().unwrap();
+        assert_eq!(r.status(), 202, "still running when killed");
+        let pct: u32 = r
+            .headers()
+            .get("x-progress-percent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_end_matches('%').parse().ok())
+            .unwrap_or(0);
+        if pct > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let restarted = std::time::Instant::now();
+    let (child, base2, log) = start_logged(dir.path(), &slow, "info");
+    assert!(
+        log.contains("resuming work a previous run left in flight"),
+        "the dead process held the export's work: {log}"
+    );
+    let status = status.replace(&base, &base2);
+    let manifest: serde_json::Value = loop {
+        let r = http.get(&status).send().unwrap();
+        if r.status() == 200 {
+            break r.json().unwrap();
+        }
+        assert_eq!(r.status(), 202);
+        assert!(
+            restarted.elapsed() < Duration::from_secs(120),
+            "the export did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let resumed_in = restarted.elapsed();
+    // Exactly once: every Observation of the sample, none twice.
+    let expected: std::collections::BTreeSet<String> =
+        bulk_export::sample::generate(bulk_export::sample::SampleConfig {
+            patients: 400,
+            seed: bulk_export::loader::SAMPLE_SEED,
+        })
+        .filter(|r| r["resourceType"] == "Observation")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut seen = Vec::new();
+    for file in manifest["output"].as_array().unwrap() {
+        let url = file["url"].as_str().unwrap().replace(&base, &base2);
+        let r = http.get(&url).send().unwrap();
+        assert_eq!(r.status(), 303);
+        let text = http
+            .get(r.headers()["location"].to_str().unwrap())
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert_eq!(text.lines().count() as u64, file["count"].as_u64().unwrap());
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            seen.push(v["id"].as_str().unwrap().to_string());
+        }
+    }
+    let n = seen.len();
+    let seen: std::collections::BTreeSet<String> = seen.into_iter().collect();
+    assert_eq!(n, seen.len(), "no resource twice");
+    assert_eq!(seen, expected, "every resource once");
+    eprintln!("resumed and finished {resumed_in:?} after the restart");
     terminate(child);
 }

@@ -13,11 +13,21 @@ const BATCH: usize = 1000;
 
 /// Loads `patients` synthetic patients if the store has no data yet.
 /// Returns the number of resources written.
+/// The seed of the sample `--sample-patients` loads (tests regenerate it).
+pub const SAMPLE_SEED: u64 = 42;
+
 pub async fn load_sample_if_empty(engine: &Engine, patients: usize) -> Result<usize, ApiError> {
     if !engine.ports.resources.resource_types().await?.is_empty() {
         return Ok(0);
     }
-    load_values(engine, generate(SampleConfig { patients, seed: 42 })).await
+    load_values(
+        engine,
+        generate(SampleConfig {
+            patients,
+            seed: SAMPLE_SEED,
+        }),
+    )
+    .await
 }
 
 /// Writes resources (each must have `resourceType` and `id`) in batches.

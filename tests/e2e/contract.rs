@@ -457,6 +457,8 @@ pub async fn artifact_store_contract(store: Arc<dyn ArtifactStore>) {
     assert!(store.list_uploads(&prefix).await.unwrap().is_empty());
     assert_eq!(store.get(&other).await, Err(PortError::NotFound));
 
+    multipart_semantics_of_racing_handlings(store.as_ref(), &prefix).await;
+
     let url = store
         .presign_get(&key, Duration::from_secs(300))
         .await
@@ -484,6 +486,80 @@ pub async fn artifact_store_contract(store: Arc<dyn ArtifactStore>) {
         store.list_uploads(&prefix).await.unwrap().is_empty(),
         "open uploads gone"
     );
+}
+
+/// What the engine's exactly-once rules rely on (see `engine/sink.rs`):
+/// numbers with gaps and out of order, completion from exactly the listed
+/// chunks, completion repeated, stale tags refused, and garbage collection.
+async fn multipart_semantics_of_racing_handlings(store: &dyn ArtifactStore, prefix: &str) {
+    let key = format!("{prefix}Encounter-0001-000.ndjson");
+    let up = store.start_upload(&key).await.unwrap();
+    let put = |n: u32, text: &'static str| store.upload_chunk(&key, &up, n, text.into());
+    // The winner uses 1 and 5; a stale rival writes 2 and 3 in between and
+    // after, which nobody lists.
+    let e1 = put(1, "w1\n").await.unwrap();
+    let _ = put(3, "loser3\n").await.unwrap();
+    let e5 = put(5, "w5\n").await.unwrap();
+    let _ = put(2, "loser2\n").await.unwrap();
+    let chunk = |number, etag: &String| UploadedChunk {
+        number,
+        etag: etag.clone(),
+    };
+    // A tag the upload does not hold (a replaced chunk) is refused.
+    let e5_again = put(5, "other\n").await.unwrap();
+    assert_ne!(e5, e5_again, "a tag names the bytes");
+    assert!(store
+        .complete_upload(&key, &up, &[chunk(1, &e1), chunk(5, &e5)])
+        .await
+        .is_err());
+    store
+        .complete_upload(&key, &up, &[chunk(1, &e1), chunk(5, &e5_again)])
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), "w1\nother\n");
+    // Completing again (a resumed handling) succeeds and changes nothing.
+    store
+        .complete_upload(&key, &up, &[chunk(1, &e1), chunk(5, &e5_again)])
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), "w1\nother\n");
+    assert!(store
+        .list_uploads(prefix)
+        .await
+        .unwrap()
+        .iter()
+        .all(|k| k != &key));
+    // An upload that was aborted, with no object, cannot be completed (S3
+    // and the embedded store say NotFound; moto answers a 500).
+    let gone = format!("{prefix}Encounter-0001-001.ndjson");
+    let up_gone = store.start_upload(&gone).await.unwrap();
+    let e = store
+        .upload_chunk(&gone, &up_gone, 1, "g\n".into())
+        .await
+        .unwrap();
+    store.abort_upload(&gone, &up_gone).await.unwrap();
+    store.abort_upload(&gone, &up_gone).await.unwrap();
+    assert!(store
+        .complete_upload(&gone, &up_gone, &[chunk(1, &e)])
+        .await
+        .is_err());
+    assert_eq!(store.get(&gone).await, Err(PortError::NotFound));
+    // Garbage collection: open uploads and unlisted objects go, kept ones stay.
+    let spill = format!("{prefix}_spill/0001-x-0");
+    store.put(&spill, "s\n".into()).await.unwrap();
+    let stray = store.start_upload(&gone).await.unwrap();
+    store
+        .upload_chunk(&gone, &stray, 7, "x\n".into())
+        .await
+        .unwrap();
+    let before = store.list(prefix).await.unwrap();
+    let keep: Vec<String> = before.iter().filter(|k| **k != spill).cloned().collect();
+    store.retain_only(prefix, &keep).await.unwrap();
+    assert_eq!(store.list(prefix).await.unwrap(), keep);
+    assert!(store.list_uploads(prefix).await.unwrap().is_empty());
+    store.delete(&key).await.unwrap();
+    store.delete(&key).await.unwrap();
+    assert_eq!(store.get(&key).await, Err(PortError::NotFound));
 }
 
 pub async fn work_queue_contract(queue: Arc<dyn WorkQueue>) {

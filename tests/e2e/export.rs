@@ -11,7 +11,7 @@ use bulk_export_local::loader::load_values;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::faults::{Crashes, Gate, Intercepted};
+use crate::faults::{ChunkHook, Crashes, Gate, Intercepted};
 use crate::helpers::*;
 
 const SYNTHEA_GROUP: &str = "d9f31445-f448-48c0-af57-295c005e07df";
@@ -568,6 +568,61 @@ async fn parts_out_of_time_continue_in_new_messages() {
     assert_same_content(&app.outputs(&manifest, "output").await, &expected);
 }
 
+/// A part that pauses at its deadline continues its open file (its buffer
+/// rides in the checkpoint or a spill), so the files are the same however
+/// often the parts paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_of_an_export_do_not_depend_on_pauses() {
+    let mut manifests = Vec::new();
+    for budget in [Duration::from_secs(300), Duration::ZERO] {
+        let app = spawn_app(Options {
+            sample_patients: 8,
+            tune: Box::new(move |c| {
+                c.page_size = 5;
+                c.max_resources_per_file = 13;
+                // Buffers too large to carry and too small to upload: a
+                // pause must spill them, not end the file.
+                c.carry_limit_bytes = 256;
+                c.min_chunk_bytes = 64 << 10;
+                c.invocation_budget = budget;
+            }),
+            ..Default::default()
+        })
+        .await;
+        let status = app.start_export(app.kickoff_get("$export")).await;
+        let manifest = app.wait_manifest(&status).await;
+        assert_same_content(&app.outputs(&manifest, "output").await, &by_type(sample(8)));
+        let files: Vec<(String, u64)> = manifest["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let url = f["url"].as_str().unwrap();
+                let name = url.rsplit('/').next().unwrap().to_string();
+                (name, f["count"].as_u64().unwrap())
+            })
+            .collect();
+        // Spills and unlisted uploads are gone once the export completed.
+        let mut left = app.leftovers(&job_id_of(&status)).await;
+        left.retain(|k| {
+            !files
+                .iter()
+                .any(|(name, _)| k.ends_with(&format!("/{name}")))
+        });
+        assert_eq!(
+            left,
+            Vec::<String>::new(),
+            "only the manifest's files remain"
+        );
+        manifests.push(files);
+    }
+    assert!(manifests[0].len() > 10, "{:?}", manifests[0]);
+    assert_eq!(
+        manifests[0], manifests[1],
+        "paused parts wrote the same files"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_during_an_export_do_not_leak_into_it() {
     let gate = Gate::new();
@@ -634,27 +689,75 @@ async fn a_job_that_keeps_failing_answers_500_with_an_outcome() {
         .start_export(app.kickoff_get("$export?_type=Patient"))
         .await;
     let job = job_id_of(&status);
-    let mut last = None;
-    for _ in 0..200 {
-        let resp = app.client.get(&status).send().await.unwrap();
-        if resp.status() != StatusCode::ACCEPTED {
-            last = Some(resp);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let oo = expect_outcome(
-        last.expect("the job ends"),
+        app.wait_until_done(&status).await,
         StatusCode::INTERNAL_SERVER_ERROR,
     )
     .await;
     let says = oo["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(
-        says.contains("injected crash"),
+        says.contains("injected crash") && says.contains("after 5 attempts"),
         "the outcome says why: {says}"
     );
+    assert!(!says.contains("chunk call"), "no backend text: {says}");
     // A failed job keeps nothing half-written around once it is swept.
     app.clock.advance(chrono::Duration::days(8));
     app.running.engine.sweep().await.unwrap();
     assert_eq!(app.leftovers(&job).await, Vec::<String>::new());
+}
+
+/// Fails every chunk upload the way S3 answers a role without access.
+struct Denied {
+    calls: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl ChunkHook for Denied {
+    async fn before(&self) -> bulk_export::ports::PortResult<usize> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(bulk_export::ports::PortError::permanent(
+            "the service was denied access to its storage",
+            "AccessDenied: s3:PutObject on arn:aws:s3:::secret-bucket (injected)",
+        ))
+    }
+    async fn after(&self, _n: usize) -> bulk_export::ports::PortResult<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_fails_the_job_at_its_first_handling() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = spawn_app(Options {
+        sample_patients: 2,
+        wrap_artifacts: Some(Box::new(move |inner| {
+            Arc::new(Intercepted {
+                inner,
+                hook: Denied { calls: c },
+            })
+        })),
+        tune: Box::new(|c| c.min_chunk_bytes = 1),
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient"))
+        .await;
+    let oo = expect_outcome(
+        app.wait_until_done(&status).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+    let says = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(says.contains("denied access"), "{says}");
+    assert!(
+        !says.contains("arn:aws") && !says.contains("attempts"),
+        "{says}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no retry of a permanent error"
+    );
 }

@@ -85,18 +85,20 @@ impl ChunkHook for Crashes {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fail_before.contains(&n) {
             self.failures.fetch_add(1, Ordering::SeqCst);
-            return Err(PortError::Backend(format!(
-                "injected crash before chunk call {n}"
-            )));
+            return Err(PortError::transient(
+                "injected crash",
+                format!("chunk call {n} failed before the upload"),
+            ));
         }
         Ok(n)
     }
     async fn after(&self, n: usize) -> PortResult<()> {
         if self.fail_after.contains(&n) {
             self.failures.fetch_add(1, Ordering::SeqCst);
-            return Err(PortError::Backend(format!(
-                "injected crash after chunk call {n}"
-            )));
+            return Err(PortError::transient(
+                "injected crash",
+                format!("chunk call {n} failed after the upload"),
+            ));
         }
         Ok(())
     }
@@ -132,6 +134,12 @@ impl<H: ChunkHook> ArtifactStore for Intercepted<H> {
     }
     async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()> {
         self.inner.abort_upload(key, upload_id).await
+    }
+    async fn delete(&self, key: &str) -> PortResult<()> {
+        self.inner.delete(key).await
+    }
+    async fn retain_only(&self, prefix: &str, keep: &[String]) -> PortResult<()> {
+        self.inner.retain_only(prefix, keep).await
     }
     async fn get(&self, key: &str) -> PortResult<Bytes> {
         self.inner.get(key).await

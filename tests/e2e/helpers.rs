@@ -17,10 +17,8 @@ use bulk_export_local::{start, ArtifactWrapper, LocalConfig, Overrides, Running}
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
-pub const SYNTHEA_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/synthea-r4-100"
-);
+/// The Synthea sample, vendored with the tests (see its README).
+pub const SYNTHEA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/synthea-r4-100");
 
 /// Test-only identity: `X-Test-Subject` names the caller, `X-Test-Scope`
 /// (if present) gives its SMART scopes and `X-Test-Groups` its Group
@@ -79,6 +77,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     config.sample_patients = opts.sample_patients;
     config.auth = opts.auth;
     config.visibility_timeout = Duration::from_secs(5);
+    config.retry_base = Duration::from_millis(100);
     config.sweep_interval = Duration::from_secs(3600);
     (opts.tune)(&mut config);
     let clock = Arc::new(OffsetClock::default());
@@ -193,6 +192,19 @@ impl TestApp {
     }
 
     /// Polls until the export completes; returns the manifest.
+    /// Polls until the status is no longer 202; returns that answer.
+    pub async fn wait_until_done(&self, status_url: &str) -> Response {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let resp = self.client.get(status_url).send().await.unwrap();
+            if resp.status() != StatusCode::ACCEPTED {
+                return resp;
+            }
+            assert!(Instant::now() < deadline, "the job did not end in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_manifest(&self, status_url: &str) -> Value {
         self.wait_manifest_as(status_url, None).await
     }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::issuer::{TokenIssuer, ACCESS_TOKEN_SECONDS};
 use crate::domain::access::{is_v2_permission, Access, TypeAccess};
 use crate::domain::fhir_types::is_resource_type;
-use crate::ports::{ClientStore, Clock, PortError};
+use crate::ports::{ClientStore, Clock};
 
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 pub const SIGNING_ALGS: &[&str] = &["RS384", "ES384", "RS256", "ES256"];
@@ -240,16 +240,16 @@ impl AuthServer {
         match self.clients.remember_jti(&client_id, &jti, expires).await {
             Ok(true) => Ok(client),
             Ok(false) => Err(invalid_client("this assertion's jti was already used")),
-            Err(PortError::Backend(e)) => Err(OAuthError {
-                status: 503,
-                error: "temporarily_unavailable",
-                description: e,
-            }),
-            Err(e) => Err(OAuthError {
-                status: 503,
-                error: "temporarily_unavailable",
-                description: e.to_string(),
-            }),
+            Err(e) => {
+                // The cause goes to the log; the client gets our words only.
+                tracing::error!(error = %e, "token endpoint: the replay guard failed");
+                Err(OAuthError {
+                    status: 503,
+                    error: "temporarily_unavailable",
+                    description:
+                        "the authorization server cannot record the assertion; retry later".into(),
+                })
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -46,9 +46,9 @@ impl ArtifactStore for S3Artifacts {
             .send()
             .await
             .map_err(backend)?;
-        out.upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| PortError::Backend("S3 returned no upload id".into()))
+        out.upload_id().map(str::to_string).ok_or_else(|| {
+            PortError::transient("the file store answered oddly", "S3 returned no upload id")
+        })
     }
 
     async fn upload_chunk(
@@ -74,9 +74,9 @@ impl ArtifactStore for S3Artifacts {
                 }
                 _ => backend(e),
             })?;
-        out.e_tag()
-            .map(str::to_string)
-            .ok_or_else(|| PortError::Backend("S3 returned no ETag".into()))
+        out.e_tag().map(str::to_string).ok_or_else(|| {
+            PortError::transient("the file store answered oddly", "S3 returned no ETag")
+        })
     }
 
     async fn complete_upload(
@@ -99,7 +99,8 @@ impl ArtifactStore for S3Artifacts {
                     .build()
             })
             .collect();
-        self.client
+        let result = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -110,9 +111,21 @@ impl ArtifactStore for S3Artifacts {
                     .build(),
             )
             .send()
-            .await
-            .map_err(backend)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Completed before (a resumed handling repeats it): the object
+            // is there. Only the handling whose checkpoint won completes an
+            // upload, so an object under this key is that upload's.
+            Err(SdkError::ServiceError(s)) if s.err().code() == Some("NoSuchUpload") => {
+                if self.exists(key).await? {
+                    Ok(())
+                } else {
+                    Err(PortError::NotFound)
+                }
+            }
+            Err(e) => Err(backend(e)),
+        }
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()> {
@@ -130,6 +143,26 @@ impl ArtifactStore for S3Artifacts {
             Err(SdkError::ServiceError(s)) if s.err().is_no_such_upload() => Ok(()),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    async fn delete(&self, key: &str) -> PortResult<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn retain_only(&self, prefix: &str, keep: &[String]) -> PortResult<()> {
+        for (key, upload_id) in self.open_uploads(prefix).await? {
+            self.abort_upload(&key, &upload_id).await?;
+        }
+        let mut doomed = self.list(prefix).await?;
+        doomed.retain(|k| !keep.contains(k));
+        self.delete_keys(&doomed).await
     }
 
     async fn get(&self, key: &str) -> PortResult<Bytes> {
@@ -172,34 +205,7 @@ impl ArtifactStore for S3Artifacts {
             self.abort_upload(&key, &upload_id).await?;
         }
         let keys = self.list(prefix).await?;
-        for batch in keys.chunks(DELETE_BATCH) {
-            let objects = batch
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(k).build().map_err(backend))
-                .collect::<PortResult<Vec<_>>>()?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(
-                    Delete::builder()
-                        .set_objects(Some(objects))
-                        .quiet(true)
-                        .build()
-                        .map_err(backend)?,
-                )
-                .send()
-                .await
-                .map_err(backend)?;
-            if let Some(e) = out.errors().first() {
-                return Err(PortError::Backend(format!(
-                    "S3 could not delete {}: {}",
-                    e.key().unwrap_or_default(),
-                    e.message().unwrap_or_default()
-                )));
-            }
-        }
-        Ok(())
+        self.delete_keys(&keys).await
     }
 
     async fn list(&self, prefix: &str) -> PortResult<Vec<String>> {
@@ -246,6 +252,55 @@ impl ArtifactStore for S3Artifacts {
 }
 
 impl S3Artifacts {
+    async fn exists(&self, key: &str) -> PortResult<bool> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Ok(false),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete_keys(&self, keys: &[String]) -> PortResult<()> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build().map_err(backend))
+                .collect::<PortResult<Vec<_>>>()?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(
+                    Delete::builder()
+                        .set_objects(Some(objects))
+                        .quiet(true)
+                        .build()
+                        .map_err(backend)?,
+                )
+                .send()
+                .await
+                .map_err(backend)?;
+            if let Some(e) = out.errors().first() {
+                return Err(PortError::transient(
+                    "the file store could not delete a file",
+                    format!(
+                        "S3 could not delete {}: {}",
+                        e.key().unwrap_or_default(),
+                        e.message().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// (key, upload id) of every open multipart upload under `prefix`.
     async fn open_uploads(&self, prefix: &str) -> PortResult<Vec<(String, String)>> {
         let mut uploads = Vec::new();

@@ -24,7 +24,10 @@ pub fn b(v: bool) -> AttributeValue {
 }
 
 fn corrupt(key: &str) -> PortError {
-    PortError::Backend(format!("corrupt item: attribute {key} missing or mistyped"))
+    PortError::corrupt(
+        "a stored record is corrupt",
+        format!("attribute {key} missing or mistyped"),
+    )
 }
 
 pub fn get_s<'a>(item: &'a Item, key: &str) -> PortResult<&'a str> {
@@ -99,8 +102,9 @@ pub const MAX_ATTEMPTS: u32 = 12;
 /// Waits before retry `attempt` (exponential, with jitter), or gives up.
 pub async fn backoff(attempt: u32) -> PortResult<()> {
     if attempt + 1 >= MAX_ATTEMPTS {
-        return Err(PortError::Backend(
-            "DynamoDB: too much contention; gave up retrying".into(),
+        return Err(PortError::transient(
+            "the service's storage is busy",
+            "DynamoDB: too much contention; gave up retrying",
         ));
     }
     let base = 5u64 << attempt.min(7);

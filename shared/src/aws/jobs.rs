@@ -55,11 +55,11 @@ fn part_sk(index: u32) -> String {
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> PortResult<String> {
-    serde_json::to_string(v).map_err(|e| PortError::Backend(e.to_string()))
+    serde_json::to_string(v).map_err(|e| PortError::corrupt("a record", e))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> PortResult<T> {
-    serde_json::from_str(s).map_err(|e| PortError::Backend(format!("corrupt record: {e}")))
+    serde_json::from_str(s).map_err(|e| PortError::corrupt("a stored record is corrupt", e))
 }
 
 fn job_item(job: &Job) -> PortResult<Item> {

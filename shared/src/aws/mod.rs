@@ -14,7 +14,8 @@ mod queue;
 mod resources;
 
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 
 use std::sync::Arc;
@@ -93,7 +94,12 @@ pub async fn read_secure_parameter(sdk: &SdkConfig, name: &str) -> PortResult<St
     out.parameter()
         .and_then(|p| p.value())
         .map(str::to_string)
-        .ok_or_else(|| PortError::Backend(format!("parameter {name} has no value")))
+        .ok_or_else(|| {
+            PortError::permanent(
+                "the service's configuration is incomplete",
+                format!("parameter {name} has no value"),
+            )
+        })
 }
 
 /// The SDK configuration from the environment (credentials, region,
@@ -136,11 +142,88 @@ pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
-/// A transient backend failure, with the SDK's whole error chain (its own
-/// `Display` says only "service error").
-fn backend<E>(e: E) -> PortError
+/// An AWS error, classified by its kind (the SDK's error variant, the HTTP
+/// status and the service's error code), never by its message text.
+pub(crate) trait Classify: std::error::Error + Send + Sync + Sized + 'static {
+    /// `Some(words for a client)` if retrying cannot help.
+    fn permanent(&self) -> Option<&'static str>;
+}
+
+/// Error codes that mean "slow down" whatever the HTTP status.
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TransactionInProgressException",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+impl<E> Classify for SdkError<E, HttpResponse>
 where
-    E: std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    PortError::Backend(DisplayErrorContext(&e).to_string())
+    fn permanent(&self) -> Option<&'static str> {
+        let SdkError::ServiceError(s) = self else {
+            // Timeouts, connection failures and unreadable answers pass;
+            // a request the SDK could not build never will.
+            return matches!(self, SdkError::ConstructionFailure(_))
+                .then_some("the service built an invalid storage request");
+        };
+        let status = s.raw().status().as_u16();
+        let code = s.err().code().unwrap_or_default();
+        if status >= 500 || status == 429 || THROTTLING.contains(&code) {
+            return None;
+        }
+        Some(match code {
+            c if c.starts_with("AccessDenied")
+                || c.contains("UnrecognizedClient")
+                || c.contains("InvalidClientTokenId")
+                || c.contains("ExpiredToken")
+                || c == "Forbidden" =>
+            {
+                "the service was denied access to its storage"
+            }
+            "ResourceNotFoundException"
+            | "NoSuchBucket"
+            | "QueueDoesNotExist"
+            | "AWS.SimpleQueueService.NonExistentQueue"
+            | "ParameterNotFound" => "the service's storage is missing a table, bucket or queue",
+            _ => "the service's storage rejected a request",
+        })
+    }
+}
+
+impl Classify for aws_sdk_dynamodb::error::BuildError {
+    fn permanent(&self) -> Option<&'static str> {
+        Some("the service built an invalid storage request")
+    }
+}
+
+impl Classify for aws_sdk_s3::primitives::ByteStreamError {
+    fn permanent(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+impl Classify for aws_sdk_s3::presigning::PresigningConfigError {
+    fn permanent(&self) -> Option<&'static str> {
+        Some("the service could not sign a download link")
+    }
+}
+
+/// A backend failure, classified, with the SDK's whole error chain as its
+/// cause (the SDK's own `Display` says only "service error").
+fn backend<E: Classify>(e: E) -> PortError {
+    let cause = DisplayErrorContext(&e).to_string();
+    match e.permanent() {
+        Some(what) => PortError::permanent(what, cause),
+        None => PortError::transient("the service's storage is unavailable or busy", cause),
+    }
 }

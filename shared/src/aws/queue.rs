@@ -41,15 +41,22 @@ pub fn parse_work_message(body: &str) -> Option<WorkMessage> {
 #[async_trait]
 impl WorkQueue for SqsQueue {
     async fn send(&self, messages: &[WorkMessage]) -> PortResult<()> {
+        self.send_delayed(messages, Duration::ZERO).await
+    }
+
+    async fn send_delayed(&self, messages: &[WorkMessage], delay: Duration) -> PortResult<()> {
+        // SQS delays a message by at most 15 minutes.
+        let delay_seconds = delay.as_secs().min(900) as i32;
         for batch in messages.chunks(SQS_BATCH) {
             let mut entries = Vec::with_capacity(batch.len());
             for (i, m) in batch.iter().enumerate() {
-                let body =
-                    serde_json::to_string(m).map_err(|e| PortError::Backend(e.to_string()))?;
+                let body = serde_json::to_string(m)
+                    .map_err(|e| PortError::corrupt("a work message", e))?;
                 entries.push(
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
+                        .delay_seconds(delay_seconds)
                         .build()
                         .map_err(backend)?,
                 );
@@ -63,11 +70,14 @@ impl WorkQueue for SqsQueue {
                 .await
                 .map_err(backend)?;
             if let Some(f) = out.failed().first() {
-                return Err(PortError::Backend(format!(
-                    "SQS refused a message: {} {}",
-                    f.code(),
-                    f.message().unwrap_or_default()
-                )));
+                return Err(PortError::transient(
+                    "the work queue refused a message",
+                    format!(
+                        "SQS refused a message: {} {}",
+                        f.code(),
+                        f.message().unwrap_or_default()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -120,6 +130,31 @@ impl WorkQueue for SqsQueue {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_receipt_handle_is_invalid()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn retry_later(&self, receipt: &str, delay: Duration) -> PortResult<()> {
+        // SQS caps a message's visibility at 12 hours.
+        let seconds = delay.as_secs().clamp(0, 43_200) as i32;
+        match self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Deleted or received again meanwhile: it comes back anyway.
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_receipt_handle_is_invalid() || s.is_message_not_inflight()
+                }) =>
             {
                 Ok(())
             }

@@ -119,7 +119,7 @@ fn stamped_body(
     let mut resource = resource.clone();
     let instant = format_instant(from_micros(last_updated));
     stamp_meta(&mut resource, id, version, &instant);
-    let body = serde_json::to_string(&resource).map_err(|e| PortError::Backend(e.to_string()))?;
+    let body = serde_json::to_string(&resource).map_err(|e| PortError::corrupt("a resource", e))?;
     if body.len() > MAX_BODY_BYTES {
         return Err(PortError::Unsupported(format!(
             "{resource_type}/{id} is {} bytes; this store keeps resources up to {MAX_BODY_BYTES} bytes",
@@ -259,7 +259,10 @@ impl DynamoResources {
             .get_item(key(pk, lu_sk(last_updated)))
             .await?
             .ok_or_else(|| {
-                PortError::Backend(format!("{resource_type}/{id}: version item missing"))
+                PortError::corrupt(
+                    "a stored record is corrupt",
+                    format!("{resource_type}/{id}: version item missing"),
+                )
             })?;
         version_from_item(resource_type, &item)
     }

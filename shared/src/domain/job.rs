@@ -189,13 +189,24 @@ pub struct OpenFile {
     pub resource_type: String,
     pub name: String,
     pub upload_id: String,
+    /// The chunks that make up the file so far, in order. Their numbers
+    /// ascend but need not be consecutive (see `reserved_to`).
     pub chunks: Vec<UploadedChunk>,
-    /// Resources in the uploaded chunks plus `carry`.
+    /// Resources in the uploaded chunks plus `carry` (or `spill`).
     pub count: u64,
     /// Lines read but too few to upload as a chunk yet; kept in the
     /// checkpoint (bounded small) so the read position can move past them.
     #[serde(default)]
     pub carry: String,
+    /// Like `carry`, for buffers too large to ride in the checkpoint: the
+    /// key of a small object that holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill: Option<String>,
+    /// Chunk numbers up to here may be in use by the handling that saved
+    /// this checkpoint. A handling that resumes the upload starts above it,
+    /// so two handlings of one part never upload under the same number.
+    #[serde(default)]
+    pub reserved_to: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -207,6 +218,11 @@ pub struct Checkpoint {
     pub deleted: Option<OpenFile>,
     #[serde(default)]
     pub files: Vec<OutputFile>,
+    /// Files whose every chunk is uploaded, to be completed now that this
+    /// checkpoint has won (completing is idempotent, so a resumed handling
+    /// completes them again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<OpenFile>,
     #[serde(default)]
     pub next_file_seq: u32,
     /// Progress units done (resources for shard parts, patient×type steps
@@ -234,14 +250,27 @@ pub struct Part {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WorkMessage {
-    Plan { job_id: String },
-    Part { job_id: String, index: u32 },
+    Plan {
+        job_id: String,
+    },
+    Part {
+        job_id: String,
+        index: u32,
+    },
+    /// Sent, delayed past the longest a handling can live, when a job ends:
+    /// removes what handlings still running at that moment left behind
+    /// (see `Engine::collect_garbage`).
+    Collect {
+        job_id: String,
+    },
 }
 
 impl WorkMessage {
     pub fn job_id(&self) -> &str {
         match self {
-            WorkMessage::Plan { job_id } | WorkMessage::Part { job_id, .. } => job_id,
+            WorkMessage::Plan { job_id }
+            | WorkMessage::Part { job_id, .. }
+            | WorkMessage::Collect { job_id } => job_id,
         }
     }
 }

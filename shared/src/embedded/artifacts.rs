@@ -3,13 +3,15 @@
 //!
 //! Layout under the root: `objects/<key>` for finished files and
 //! `uploads/<key>/<upload id>/` for uploads in flight, holding one staging
-//! file (`data`) and the list of its chunks (`chunks`: number and length).
-//! A chunk is written in place at its offset, so every byte is written once
-//! and completing an upload is a rename. Chunks go up in order (the engine's
-//! sinks are sequential); re-uploading chunk n (a resumed part) replaces it,
-//! and drops later chunks only if its length changed. Completing checks the
-//! caller's chunk list against what is staged, so a mismatch is an error,
-//! never a corrupt file.
+//! file (`data`) that chunks are appended to, and the log of its chunks
+//! (`chunks`: number, offset and length, a later line for a number
+//! replacing an earlier one). Chunk numbers may come in any order and with
+//! gaps, as on S3. Completing assembles the listed chunks: when they lie in
+//! the staging file in order and back to back (the usual case: one handling
+//! wrote them), that is a truncate and a rename, so every byte is written
+//! once; otherwise their bytes are copied into the object. An exclusive
+//! lock on the chunk log serialises the writers of one upload, which may be
+//! two handlings of one part.
 //!
 //! Presigned URLs carry an expiry and an HMAC-SHA256 over the key and the
 //! expiry, made with a secret kept in the data directory.
@@ -142,6 +144,11 @@ impl ArtifactStore for FsArtifacts {
         number: u32,
         data: Bytes,
     ) -> PortResult<String> {
+        if !(1..=MAX_CHUNK_NUMBER).contains(&number) {
+            return Err(PortError::Unsupported(format!(
+                "chunk number {number} is outside 1..={MAX_CHUNK_NUMBER}"
+            )));
+        }
         let dir = self.upload_dir(key, upload_id)?;
         tokio::task::spawn_blocking(move || stage_chunk(&dir, number, &data))
             .await
@@ -156,30 +163,10 @@ impl ArtifactStore for FsArtifacts {
     ) -> PortResult<()> {
         let dir = self.upload_dir(key, upload_id)?;
         let target = self.object_path(key)?;
-        let wanted: Vec<(u32, String)> =
-            chunks.iter().map(|c| (c.number, c.etag.clone())).collect();
-        tokio::task::spawn_blocking(move || -> PortResult<()> {
-            let staged = read_chunk_list(&dir)?;
-            let staged: Vec<(u32, String)> =
-                staged.iter().map(|&(n, len)| (n, etag(n, len))).collect();
-            if staged != wanted {
-                return Err(PortError::Backend(format!(
-                    "upload does not hold the listed chunks (staged {staged:?})"
-                )));
-            }
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(backend)?;
-            }
-            let data = dir.join("data");
-            if !data.exists() {
-                std::fs::File::create(&data).map_err(backend)?;
-            }
-            std::fs::rename(&data, &target).map_err(backend)?;
-            std::fs::remove_dir_all(&dir).map_err(backend)?;
-            Ok(())
-        })
-        .await
-        .map_err(backend)?
+        let wanted = chunks.to_vec();
+        tokio::task::spawn_blocking(move || assemble(&dir, &target, &wanted))
+            .await
+            .map_err(backend)?
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()> {
@@ -189,6 +176,32 @@ impl ArtifactStore for FsArtifacts {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    async fn delete(&self, key: &str) -> PortResult<()> {
+        match tokio::fs::remove_file(self.object_path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn retain_only(&self, prefix: &str, keep: &[String]) -> PortResult<()> {
+        let uploads = self
+            .root
+            .join("uploads")
+            .join(safe_key(prefix.trim_end_matches('/'))?);
+        match tokio::fs::remove_dir_all(&uploads).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(backend(e)),
+        }
+        for key in self.list(prefix).await? {
+            if !keep.contains(&key) {
+                self.delete(&key).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn get(&self, key: &str) -> PortResult<Bytes> {
@@ -254,66 +267,162 @@ impl ArtifactStore for FsArtifacts {
     }
 }
 
-fn etag(number: u32, len: u64) -> String {
-    format!("{number}-{len}")
+/// S3's highest part number.
+const MAX_CHUNK_NUMBER: u32 = 10_000;
+
+/// Where one chunk's bytes sit in the upload's staging file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Staged {
+    number: u32,
+    offset: u64,
+    len: u64,
 }
 
-/// The staged chunks of an upload, in order: (number, length).
-fn read_chunk_list(dir: &Path) -> PortResult<Vec<(u32, u64)>> {
-    if !dir.is_dir() {
-        return Err(PortError::NotFound);
+impl Staged {
+    /// Names the bytes: a re-upload of the number lands elsewhere and gets
+    /// another tag, so completing with a stale tag fails as on S3.
+    fn etag(&self) -> String {
+        format!("{}-{}-{}", self.number, self.offset, self.len)
     }
-    let text = match std::fs::read_to_string(dir.join("chunks")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+}
+
+/// Opens the upload's chunk log under an exclusive lock. `NotFound` if the
+/// upload is gone, also when it went (completed, aborted) while we waited.
+fn lock_upload(dir: &Path) -> PortResult<std::fs::File> {
+    let log = match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(dir.join("chunks"))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PortError::NotFound),
         Err(e) => return Err(backend(e)),
     };
-    text.lines()
-        .map(|l| {
-            let (n, len) = l
-                .split_once(' ')
-                .ok_or_else(|| backend("corrupt chunk list"))?;
-            Ok((n.parse().map_err(backend)?, len.parse().map_err(backend)?))
-        })
-        .collect()
+    log.lock().map_err(backend)?;
+    if !dir.join("chunks").exists() {
+        return Err(PortError::NotFound);
+    }
+    Ok(log)
 }
 
-/// Writes chunk `number` at its offset in the staging file.
+/// The latest staging of each chunk number, by number.
+fn read_chunk_log(log: &mut std::fs::File) -> PortResult<std::collections::BTreeMap<u32, Staged>> {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    log.seek(std::io::SeekFrom::Start(0)).map_err(backend)?;
+    log.read_to_string(&mut text).map_err(backend)?;
+    let mut latest = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut fields = line.split(' ').map(str::parse::<u64>);
+        let (Some(Ok(number)), Some(Ok(offset)), Some(Ok(len))) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(backend("corrupt chunk log"));
+        };
+        let number = number as u32;
+        latest.insert(
+            number,
+            Staged {
+                number,
+                offset,
+                len,
+            },
+        );
+    }
+    Ok(latest)
+}
+
+/// Appends chunk `number` to the staging file and logs where it is.
 fn stage_chunk(dir: &Path, number: u32, data: &[u8]) -> PortResult<String> {
     use std::io::Write;
     use std::os::unix::fs::FileExt;
-    let mut chunks = read_chunk_list(dir)?;
-    let len = data.len() as u64;
-    let same_length = chunks.iter().any(|&(n, l)| n == number && l == len);
-    if !same_length {
-        chunks.retain(|&(n, _)| n < number);
-    }
-    let before: Vec<u32> = chunks.iter().map(|c| c.0).filter(|&n| n < number).collect();
-    if before != (1..number).collect::<Vec<_>>() {
-        return Err(PortError::Backend(format!(
-            "chunk {number} uploaded before the chunks ahead of it"
-        )));
-    }
-    let offset: u64 = chunks.iter().filter(|c| c.0 < number).map(|c| c.1).sum();
+    let mut log = lock_upload(dir)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("data"))
         .map_err(backend)?;
+    // Appended at the end, so bytes a crashed writer left half-written are
+    // never overwritten: no logged chunk points at them.
+    let offset = file.metadata().map_err(backend)?.len();
     file.write_all_at(data, offset).map_err(backend)?;
-    if !same_length {
-        file.set_len(offset + len).map_err(backend)?;
-        chunks.push((number, len));
-        let tmp = dir.join("chunks.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(backend)?;
-        for (n, l) in &chunks {
-            writeln!(f, "{n} {l}").map_err(backend)?;
+    let staged = Staged {
+        number,
+        offset,
+        len: data.len() as u64,
+    };
+    writeln!(log, "{number} {offset} {}", staged.len).map_err(backend)?;
+    Ok(staged.etag())
+}
+
+/// Completes an upload into `target` from the listed chunks.
+fn assemble(dir: &Path, target: &Path, wanted: &[UploadedChunk]) -> PortResult<()> {
+    let mut log = match lock_upload(dir) {
+        Ok(log) => log,
+        // Completed before: the object is there (only a winning handling
+        // completes an upload, so the object is this upload's).
+        Err(PortError::NotFound) if target.is_file() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let latest = read_chunk_log(&mut log)?;
+    let mut chosen = Vec::with_capacity(wanted.len());
+    for (i, c) in wanted.iter().enumerate() {
+        let staged = latest.get(&c.number).filter(|s| s.etag() == c.etag);
+        let ascending = i == 0 || wanted[i - 1].number < c.number;
+        match staged {
+            Some(s) if ascending => chosen.push(*s),
+            _ => {
+                return Err(PortError::Unsupported(format!(
+                    "the upload does not hold chunk {} with tag {} in ascending order",
+                    c.number, c.etag
+                )))
+            }
         }
-        drop(f);
-        std::fs::rename(&tmp, dir.join("chunks")).map_err(backend)?;
     }
-    Ok(etag(number, len))
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(backend)?;
+    }
+    let data = dir.join("data");
+    let mut end = 0;
+    let in_place = chosen.iter().all(|s| {
+        let next = s.offset == end;
+        end += s.len;
+        next
+    });
+    if in_place {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&data)
+            .map_err(backend)?;
+        file.set_len(end).map_err(backend)?;
+        std::fs::rename(&data, target).map_err(backend)?;
+    } else {
+        copy_chunks(&data, &chosen, &dir.join("assembled"), target)?;
+    }
+    std::fs::remove_dir_all(dir).map_err(backend)?;
+    Ok(())
+}
+
+/// Copies the chosen chunks' bytes, in order, into a new file, then
+/// renames it to `target`.
+fn copy_chunks(data: &Path, chosen: &[Staged], tmp: &Path, target: &Path) -> PortResult<()> {
+    use std::io::{Read, Seek};
+    let mut source = std::fs::File::open(data).map_err(backend)?;
+    let mut out = std::fs::File::create(tmp).map_err(backend)?;
+    for s in chosen {
+        source
+            .seek(std::io::SeekFrom::Start(s.offset))
+            .map_err(backend)?;
+        let copied = std::io::copy(&mut (&mut source).take(s.len), &mut out).map_err(backend)?;
+        if copied != s.len {
+            return Err(backend("staging file shorter than its chunk log"));
+        }
+    }
+    drop(out);
+    std::fs::rename(tmp, target).map_err(backend)
 }
 
 /// Relative file paths under `start` (as keys relative to `base`), dropping

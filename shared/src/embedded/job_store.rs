@@ -74,7 +74,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> PortResult<String> {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> PortResult<T> {
-    serde_json::from_str(s).map_err(|e| PortError::Backend(format!("corrupt record: {e}")))
+    serde_json::from_str(s).map_err(|e| PortError::corrupt("a stored record is corrupt", e))
 }
 
 fn expiry_key(job: &Job) -> Option<i64> {
@@ -353,6 +353,24 @@ impl SqliteQueue {
         let _ = tokio::time::timeout(at_most, self.wake.notified()).await;
     }
 
+    /// Makes every in-flight message visible at once. The local process is
+    /// its queue's only consumer, so at start-up anything in flight was
+    /// held by a previous instance that died: waiting out its visibility
+    /// timeout would only stall those exports. Returns how many came back.
+    pub async fn reclaim_in_flight(&self) -> PortResult<usize> {
+        self.db
+            .call(|c| {
+                let now = wall_micros();
+                c.execute(
+                    "UPDATE queue SET visible_at = ?1, receipt = NULL
+                     WHERE receipt IS NOT NULL AND visible_at > ?1",
+                    params![now],
+                )
+                .map_err(backend)
+            })
+            .await
+    }
+
     /// Messages waiting or in flight (for tests and shutdown).
     pub async fn len(&self) -> PortResult<u64> {
         self.db
@@ -376,6 +394,10 @@ fn wall_micros() -> i64 {
 #[async_trait]
 impl WorkQueue for SqliteQueue {
     async fn send(&self, messages: &[WorkMessage]) -> PortResult<()> {
+        self.send_delayed(messages, Duration::ZERO).await
+    }
+
+    async fn send_delayed(&self, messages: &[WorkMessage], delay: Duration) -> PortResult<()> {
         let bodies = messages
             .iter()
             .map(to_json)
@@ -385,11 +407,11 @@ impl WorkQueue for SqliteQueue {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                let now = wall_micros();
+                let at = wall_micros() + delay.as_micros() as i64;
                 for b in &bodies {
                     tx.execute(
                         "INSERT INTO queue (body, visible_at) VALUES (?1, ?2)",
-                        params![b, now],
+                        params![b, at],
                     )
                     .map_err(backend)?;
                 }
@@ -448,6 +470,21 @@ impl WorkQueue for SqliteQueue {
             .call(move |c| {
                 c.execute("DELETE FROM queue WHERE receipt = ?1", params![receipt])
                     .map_err(backend)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn retry_later(&self, receipt: &str, delay: Duration) -> PortResult<()> {
+        let receipt = receipt.to_string();
+        self.db
+            .call(move |c| {
+                let at = wall_micros() + delay.as_micros() as i64;
+                c.execute(
+                    "UPDATE queue SET visible_at = ?1 WHERE receipt = ?2",
+                    params![at, receipt],
+                )
+                .map_err(backend)?;
                 Ok(())
             })
             .await

@@ -55,7 +55,7 @@ impl Db {
             result
         })
         .await
-        .map_err(|e| PortError::Backend(format!("database task failed: {e}")))?
+        .map_err(backend)?
     }
 }
 
@@ -73,6 +73,28 @@ fn open_connection(path: &Path) -> PortResult<Connection> {
     Ok(conn)
 }
 
-pub fn backend(e: impl std::fmt::Display) -> PortError {
-    PortError::Backend(e.to_string())
+/// A failure of local storage (SQLite or the filesystem), classified: a
+/// corrupt, unreadable or read-only database or a denied file is permanent;
+/// anything else (busy, I/O, a full disk) may pass, so it is transient.
+pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PortError {
+    use rusqlite::ErrorCode::*;
+    let cause = e.into();
+    let permanent = if let Some(e) = cause.downcast_ref::<rusqlite::Error>() {
+        matches!(
+            e.sqlite_error_code(),
+            Some(DatabaseCorrupt | NotADatabase | PermissionDenied | ReadOnly | CannotOpen)
+        )
+    } else if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        )
+    } else {
+        false
+    };
+    if permanent {
+        PortError::permanent("the local storage refused the operation", cause)
+    } else {
+        PortError::transient("the local storage is unavailable", cause)
+    }
 }

@@ -205,6 +205,8 @@ impl Engine {
             .artifacts
             .delete_prefix(&job_prefix(job_id))
             .await?;
+        // Handlings still running may write a little more.
+        self.collect_later(job_id).await?;
         tracing::info!(job = %job_id, "export cancelled");
         Ok(())
     }
@@ -256,6 +258,7 @@ impl Engine {
             match self.ports.jobs.update_job(&job).await {
                 Ok(_) => {
                     tracing::error!(job = %job_id, reason, "export failed");
+                    self.collect_later(job_id).await?;
                     return Ok(());
                 }
                 Err(PortError::Conflict) => continue,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use export::StatusReply;
-pub use worker::WorkOutcome;
+pub use worker::{Disposition, WorkOutcome};
 
 use crate::domain::access::Access;
 use crate::domain::ApiError;
@@ -59,6 +59,14 @@ pub struct EngineConfig {
     pub token_url: Option<String>,
     /// A message received this many times without success fails its job.
     pub max_attempts: u32,
+    /// A transiently failed message comes back after `retry_base`, doubled
+    /// at each further attempt, at most `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long after a job ends its garbage is collected once more: longer
+    /// than any handling can live (a Lambda's timeout, the local budget),
+    /// so nothing a straggler writes survives it.
+    pub collect_delay: Duration,
 }
 
 impl EngineConfig {
@@ -76,6 +84,9 @@ impl EngineConfig {
             requires_access_token: false,
             token_url: None,
             max_attempts: 5,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(900),
+            collect_delay: Duration::from_secs(900),
         }
     }
 }
@@ -115,15 +126,19 @@ impl Engine {
 
 impl From<PortError> for ApiError {
     fn from(e: PortError) -> Self {
-        match e {
+        match &e {
             PortError::Conflict => ApiError::conflict("The resource changed concurrently; retry"),
             PortError::NotFound => ApiError::not_found("Not found"),
-            PortError::Unsupported(m) => ApiError::new(422, "not-supported", m),
+            PortError::Unsupported(m) => ApiError::new(422, "not-supported", m.clone()),
             PortError::AlreadyExists => ApiError::conflict("Already exists"),
-            PortError::Backend(m) => {
-                tracing::error!(error = %m, "storage failure");
+            PortError::Transient { .. } => {
+                tracing::error!(error = %e, "storage failure");
                 ApiError::new(503, "transient", "Storage is unavailable; retry later")
                     .with_header("Retry-After", "5")
+            }
+            PortError::Permanent { what, .. } => {
+                tracing::error!(error = %e, "storage failure");
+                ApiError::new(500, "exception", format!("The server failed: {what}"))
             }
         }
     }

@@ -1,52 +1,140 @@
 //! Where a part's lines go: one multipart upload per open file, split at the
 //! configured number of resources, with memory bounded by one chunk plus one
 //! page however large the export.
+//!
+//! Exactly once when one part is handled twice at once (an SQS duplicate) or
+//! after a crash. A handling changes only what its own winning checkpoint
+//! records, so a rival that lost (or has not yet noticed that it lost) cannot
+//! spoil the winner's files:
+//!
+//! 1. **Chunk numbers.** Each checkpoint reserves the next [`RESERVE`]
+//!    numbers of every open upload for the handling that saved it
+//!    (`OpenFile::reserved_to`). A handling that resumes an upload first
+//!    claims it with a checkpoint of its own and starts above the last
+//!    reservation, so a stale rival's chunks land under numbers that no
+//!    winning checkpoint lists. (S3 completes an upload from the listed
+//!    parts only; the rest are dropped.)
+//! 2. **Completing.** A file whose last chunk is up is *sealed* in a
+//!    checkpoint; its upload is completed only after that checkpoint has
+//!    won. Completing is idempotent, so whoever resumes from a checkpoint
+//!    with sealed files completes them again.
+//! 3. **Aborting.** A handling aborts only uploads it started and no
+//!    checkpoint recorded, and only when it knows it lost.
+//! 4. **Buffers.** Lines not yet uploaded ride in the checkpoint (`carry`)
+//!    or, past the carry limit, in a spill object under a key of this
+//!    handling's own. A pause never ends a file, so how many files an export
+//!    has does not depend on timing.
+//!
+//! What losers and crashed handlings leave behind (uploads nobody recorded,
+//! chunks under unlisted numbers, spills) is removed when the job completes:
+//! see `Engine::collect_garbage`.
 
 use bytes::Bytes;
 
 use super::Engine;
-use crate::domain::job::{artifact_key, FileKind, OpenFile, OutputFile, Part, UploadedChunk};
-use crate::ports::PortResult;
+use crate::domain::job::{
+    artifact_key, job_prefix, FileKind, OpenFile, OutputFile, Part, UploadedChunk,
+};
+use crate::ports::{PortError, PortResult};
+
+/// Chunk numbers reserved per open upload by each checkpoint. Between two
+/// checkpoints a handling uploads at most two chunks to one file (a full
+/// chunk at the end of a page, and its last chunk when the file closes).
+pub(crate) const RESERVE: u32 = 4;
 
 struct Writer {
     file: OpenFile,
     buf: Vec<u8>,
+    /// The next chunk number this handling uploads under.
+    next: u32,
+    /// A saved checkpoint names this upload, so a rival may resume it: from
+    /// now on `next` must stay within `file.reserved_to`.
+    recorded: bool,
 }
 
 pub(crate) struct Sink<'a> {
     engine: &'a Engine,
     job_id: String,
     part_index: u32,
+    /// Tells this handling's spill objects from every other's.
+    handling: String,
     output: Option<Writer>,
     deleted: Option<Writer>,
     pub files: Vec<OutputFile>,
+    /// Files with every chunk up, to be completed once a checkpoint that
+    /// names them has won.
+    sealed: Vec<OpenFile>,
     pub next_file_seq: u32,
-    /// Uploads opened since the last saved checkpoint: if this run loses a
-    /// race or fails, only these are ours to abort.
+    /// Uploads opened since the last saved checkpoint: if this handling
+    /// loses a race, only these are ours to abort.
     started_here: Vec<(String, String)>,
-    /// A chunk went up or a file was finished since the last checkpoint.
+    /// Spills written since the last saved checkpoint (ours to delete if we
+    /// lose), and spills the next saved checkpoint no longer needs.
+    spilled_here: Vec<String>,
+    stale_spills: Vec<String>,
+    spill_seq: u32,
+    /// A chunk went up or a file was sealed since the last checkpoint.
     dirty: bool,
 }
 
 impl<'a> Sink<'a> {
+    /// The sink as the part's checkpoint left it. Spilled buffers are read
+    /// back by [`Sink::load_spills`].
     pub fn resume(engine: &'a Engine, part: &Part) -> Self {
         let writer = |f: &Option<OpenFile>| {
             f.clone().map(|mut file| {
                 let buf = std::mem::take(&mut file.carry).into_bytes();
-                Writer { file, buf }
+                let last = file.chunks.last().map_or(0, |c| c.number);
+                Writer {
+                    // Above whatever the handling that saved this may use.
+                    next: file.reserved_to.max(last) + 1,
+                    file,
+                    buf,
+                    recorded: true,
+                }
             })
         };
         Sink {
             engine,
             job_id: part.job_id.clone(),
             part_index: part.index,
+            handling: uuid::Uuid::new_v4().simple().to_string(),
             output: writer(&part.checkpoint.output),
             deleted: writer(&part.checkpoint.deleted),
             files: part.checkpoint.files.clone(),
+            sealed: part.checkpoint.sealed.clone(),
             next_file_seq: part.checkpoint.next_file_seq,
             started_here: Vec::new(),
+            spilled_here: Vec::new(),
+            stale_spills: Vec::new(),
+            spill_seq: 0,
             dirty: false,
         }
+    }
+
+    /// Whether the checkpoint hands this handling anything a rival could
+    /// also be using (open uploads or sealed files): then it must claim the
+    /// part with a checkpoint of its own before it writes.
+    pub fn needs_claim(&self) -> bool {
+        self.output.is_some() || self.deleted.is_some() || !self.sealed.is_empty()
+    }
+
+    /// Reads spilled buffers back. `false` if a spill is gone: a rival won
+    /// a later checkpoint and removed it, so this handling has lost.
+    pub async fn load_spills(&mut self) -> PortResult<bool> {
+        let artifacts = self.engine.ports.artifacts.clone();
+        for kind in [FileKind::Output, FileKind::Deleted] {
+            let Some(w) = self.slot(kind).as_mut() else {
+                continue;
+            };
+            let Some(key) = &w.file.spill else { continue };
+            match artifacts.get(key).await {
+                Ok(data) => w.buf = data.to_vec(),
+                Err(PortError::NotFound) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// Appends one NDJSON line (without its newline) to the right file.
@@ -66,6 +154,11 @@ impl<'a> Sink<'a> {
         }
         let max = self.engine.config.max_resources_per_file;
         let w = self.slot(kind).as_mut().expect("opened above");
+        if let Some(old) = w.file.spill.take() {
+            // The buffer is about to change: that spill no longer holds it.
+            self.stale_spills.push(old);
+        }
+        let w = self.slot(kind).as_mut().expect("opened above");
         w.buf.extend_from_slice(line);
         w.buf.push(b'\n');
         w.file.count += 1;
@@ -83,63 +176,112 @@ impl<'a> Sink<'a> {
                 self.upload_chunk(kind).await?;
             }
         }
-        if self.dirty {
-            self.settle().await?;
-        }
         Ok(self.dirty)
     }
 
     /// Makes the buffers checkpointable: small ones ride in the checkpoint
-    /// as carry, larger ones are uploaded or end their file.
+    /// as carry, larger ones go up as a chunk, or (too small for a chunk
+    /// that is not a file's last) into a spill object.
     pub async fn settle(&mut self) -> PortResult<()> {
         for kind in [FileKind::Output, FileKind::Deleted] {
             let n = self.buffered(kind);
-            if n > self.engine.config.carry_limit_bytes {
-                if n >= self.engine.config.min_chunk_bytes {
-                    self.upload_chunk(kind).await?;
-                } else {
-                    self.close(kind).await?;
-                }
+            let spilled = self
+                .slot(kind)
+                .as_ref()
+                .is_some_and(|w| w.file.spill.is_some());
+            if n <= self.engine.config.carry_limit_bytes || spilled {
+                continue;
+            }
+            if n >= self.engine.config.min_chunk_bytes {
+                self.upload_chunk(kind).await?;
+            } else {
+                self.spill(kind).await?;
             }
         }
         Ok(())
     }
 
-    /// Finishes every open file.
+    /// Closes every open file (they are sealed, not yet completed).
     pub async fn finish(&mut self) -> PortResult<()> {
         self.close(FileKind::Output).await?;
         self.close(FileKind::Deleted).await
     }
 
-    /// The open files as they go into a checkpoint (after `settle`).
-    pub fn open_files(&self) -> (Option<OpenFile>, Option<OpenFile>) {
-        let snap = |w: &Option<Writer>| {
-            w.as_ref().map(|w| {
+    pub fn has_sealed(&self) -> bool {
+        !self.sealed.is_empty()
+    }
+
+    /// The sink's state as it goes into a checkpoint (after `settle`), with
+    /// a fresh reservation of chunk numbers for every open upload.
+    pub fn checkpoint_state(&mut self) -> (Option<OpenFile>, Option<OpenFile>, Vec<OpenFile>) {
+        let snap = |w: &mut Option<Writer>| {
+            w.as_mut().map(|w| {
+                w.file.reserved_to = w.next + RESERVE - 1;
                 let mut f = w.file.clone();
-                f.carry = String::from_utf8_lossy(&w.buf).into_owned();
+                if f.spill.is_none() {
+                    f.carry = String::from_utf8_lossy(&w.buf).into_owned();
+                }
                 f
             })
         };
-        (snap(&self.output), snap(&self.deleted))
+        let output = snap(&mut self.output);
+        let deleted = snap(&mut self.deleted);
+        (output, deleted, self.sealed.clone())
     }
 
-    /// Called once a checkpoint naming the current state is saved.
-    pub fn checkpoint_saved(&mut self) {
+    /// Called once a checkpoint naming the current state has won: what it
+    /// names is now ours alone, and what it no longer names can go.
+    pub async fn checkpoint_saved(&mut self) {
+        for w in [&mut self.output, &mut self.deleted].into_iter().flatten() {
+            w.recorded = true;
+        }
         self.started_here.clear();
+        self.spilled_here.clear();
         self.dirty = false;
+        for key in std::mem::take(&mut self.stale_spills) {
+            if let Err(e) = self.engine.ports.artifacts.delete(&key).await {
+                tracing::warn!(%key, error = %e, "could not delete a spill");
+            }
+        }
     }
 
-    /// Best effort: aborts the uploads this run opened and never recorded.
-    pub async fn abort_unrecorded(&mut self) {
-        for (key, upload_id) in self.started_here.drain(..) {
-            if let Err(e) = self
-                .engine
+    /// Completes the sealed files (after the checkpoint naming them won).
+    pub async fn complete_sealed(&mut self) -> PortResult<()> {
+        for file in std::mem::take(&mut self.sealed) {
+            let key = artifact_key(&self.job_id, &file.name);
+            self.engine
                 .ports
                 .artifacts
-                .abort_upload(&key, &upload_id)
-                .await
-            {
+                .complete_upload(&key, &file.upload_id, &file.chunks)
+                .await?;
+            let deleted = file.kind == FileKind::Deleted;
+            self.files.push(OutputFile {
+                kind: file.kind,
+                resource_type: if deleted {
+                    "Bundle".into()
+                } else {
+                    file.resource_type.clone()
+                },
+                source_type: deleted.then(|| file.resource_type.clone()),
+                name: file.name,
+                count: file.count,
+            });
+        }
+        Ok(())
+    }
+
+    /// Best effort, once this handling knows it lost: removes the uploads
+    /// and spills it made that no checkpoint names.
+    pub async fn discard_unrecorded(&mut self) {
+        let artifacts = &self.engine.ports.artifacts;
+        for (key, upload_id) in self.started_here.drain(..) {
+            if let Err(e) = artifacts.abort_upload(&key, &upload_id).await {
                 tracing::warn!(%key, error = %e, "could not abort an upload");
+            }
+        }
+        for key in self.spilled_here.drain(..) {
+            if let Err(e) = artifacts.delete(&key).await {
+                tracing::warn!(%key, error = %e, "could not delete a spill");
             }
         }
     }
@@ -178,12 +320,15 @@ impl<'a> Sink<'a> {
             chunks: Vec::new(),
             count: 0,
             carry: String::new(),
+            spill: None,
+            reserved_to: 0,
         };
-        let writer = Writer {
+        *self.slot(kind) = Some(Writer {
             file,
             buf: Vec::new(),
-        };
-        *self.slot(kind) = Some(writer);
+            next: 1,
+            recorded: false,
+        });
         Ok(())
     }
 
@@ -196,45 +341,69 @@ impl<'a> Sink<'a> {
         if w.buf.is_empty() {
             return Ok(());
         }
-        let number = w.file.chunks.len() as u32 + 1;
+        let number = w.next;
+        if w.recorded && number > w.file.reserved_to {
+            // Would break rule 1 of the module comment; a bug, not a state.
+            return Err(PortError::permanent(
+                "an internal error stopped the export",
+                format!(
+                    "chunk {number} of {} is past this handling's reservation",
+                    w.file.name
+                ),
+            ));
+        }
+        w.next += 1;
         // The next chunk's buffer is allocated at its working size at once:
         // growing it by doubling would copy every chunk several times.
         let fresh = Vec::with_capacity(w.buf.capacity().max(w.buf.len()));
         let data = Bytes::from(std::mem::replace(&mut w.buf, fresh));
+        let stale = w.file.spill.take();
         let key = artifact_key(&job_id, &w.file.name);
         let etag = artifacts
             .upload_chunk(&key, &w.file.upload_id, number, data)
             .await?;
         w.file.chunks.push(UploadedChunk { number, etag });
+        self.stale_spills.extend(stale);
         self.dirty = true;
         Ok(())
     }
 
+    /// Writes the buffer to a spill object of this handling's own.
+    async fn spill(&mut self, kind: FileKind) -> PortResult<()> {
+        let key = format!(
+            "{}_spill/{:04}-{}-{}",
+            job_prefix(&self.job_id),
+            self.part_index,
+            self.handling,
+            self.spill_seq
+        );
+        self.spill_seq += 1;
+        let artifacts = self.engine.ports.artifacts.clone();
+        let Some(w) = self.slot(kind).as_mut() else {
+            return Ok(());
+        };
+        artifacts.put(&key, Bytes::from(w.buf.clone())).await?;
+        w.file.spill = Some(key.clone());
+        self.spilled_here.push(key);
+        Ok(())
+    }
+
+    /// Uploads the last chunk and seals the file (or drops an empty one).
     async fn close(&mut self, kind: FileKind) -> PortResult<()> {
         self.upload_chunk(kind).await?;
         let Some(w) = self.slot(kind).take() else {
             return Ok(());
         };
-        let key = artifact_key(&self.job_id, &w.file.name);
-        let artifacts = &self.engine.ports.artifacts;
         if w.file.count == 0 {
+            // Opened for a line that never came: no checkpoint names it.
+            let key = artifact_key(&self.job_id, &w.file.name);
+            let artifacts = &self.engine.ports.artifacts;
             artifacts.abort_upload(&key, &w.file.upload_id).await?;
             return Ok(());
         }
-        artifacts
-            .complete_upload(&key, &w.file.upload_id, &w.file.chunks)
-            .await?;
-        self.files.push(OutputFile {
-            kind,
-            resource_type: if kind == FileKind::Deleted {
-                "Bundle".into()
-            } else {
-                w.file.resource_type.clone()
-            },
-            source_type: (kind == FileKind::Deleted).then(|| w.file.resource_type.clone()),
-            name: w.file.name,
-            count: w.file.count,
-        });
+        let mut file = w.file;
+        file.carry.clear();
+        self.sealed.push(file);
         self.dirty = true;
         Ok(())
     }

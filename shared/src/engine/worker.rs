@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -31,7 +33,60 @@ pub enum WorkOutcome {
     Continued,
 }
 
+/// What becomes of a delivery once it was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handled, or hopeless and its job failed: delete it.
+    Done,
+    /// Hand it out again after this delay.
+    RetryAfter(Duration),
+}
+
 impl Engine {
+    /// Handles one delivery and decides its fate, the same way for the
+    /// local workers and the worker Lambda. A failure that retrying can
+    /// fix comes back with a growing delay; a permanent one, or the last
+    /// allowed attempt, fails the job at once, with words a client may read
+    /// (the backend's own text goes to the log only).
+    pub async fn process(
+        &self,
+        message: &WorkMessage,
+        receive_count: u32,
+        deadline: Instant,
+    ) -> Disposition {
+        let error = match self.handle(message, deadline).await {
+            Ok(_) => return Disposition::Done,
+            Err(e) => e,
+        };
+        let permanent = matches!(
+            error,
+            PortError::Permanent { .. } | PortError::Unsupported(_)
+        );
+        let reason = if permanent {
+            format!("The export failed: {}.", error.public_message())
+        } else if receive_count >= self.config.max_attempts {
+            format!(
+                "The export failed after {receive_count} attempts: {}.",
+                error.public_message()
+            )
+        } else {
+            let delay = self.retry_delay(receive_count);
+            tracing::warn!(?message, %error, receive_count, ?delay, "work failed; it will be retried");
+            return Disposition::RetryAfter(delay);
+        };
+        tracing::error!(?message, %error, receive_count, "work failed for good");
+        match self.fail_job(message.job_id(), &reason).await {
+            Ok(()) => Disposition::Done,
+            Err(_) => Disposition::RetryAfter(self.retry_delay(receive_count)),
+        }
+    }
+
+    /// Exponential backoff from `retry_base`, at most `retry_max`.
+    pub fn retry_delay(&self, receive_count: u32) -> Duration {
+        let factor = 1u32 << receive_count.saturating_sub(1).min(16);
+        (self.config.retry_base * factor).min(self.config.retry_max)
+    }
+
     /// Handles one work message. An error means "retry later" (leave the
     /// message on the queue); the checkpoint makes the retry resume.
     pub async fn handle(
@@ -42,6 +97,9 @@ impl Engine {
         match message {
             WorkMessage::Plan { job_id } => self.plan(job_id).await.map(|_| WorkOutcome::Done),
             WorkMessage::Part { job_id, index } => self.run_part(job_id, *index, deadline).await,
+            WorkMessage::Collect { job_id } => {
+                self.collect(job_id).await.map(|_| WorkOutcome::Done)
+            }
         }
     }
 
@@ -54,10 +112,13 @@ impl Engine {
         let Some(job) = self.ports.jobs.get_job(job_id).await? else {
             return Ok(WorkOutcome::Done);
         };
-        if job.state != JobState::Running {
-            return Ok(WorkOutcome::Done);
+        match job.state {
+            JobState::Running => {}
+            JobState::Queued => return Ok(WorkOutcome::Done),
+            // A late duplicate: sweep up what a straggler may have left.
+            _ => return self.collect(job_id).await.map(|_| WorkOutcome::Done),
         }
-        let Some(part) = self.ports.jobs.get_part(job_id, index).await? else {
+        let Some(mut part) = self.ports.jobs.get_part(job_id, index).await? else {
             return Ok(WorkOutcome::Done);
         };
         if part.done {
@@ -65,9 +126,20 @@ impl Engine {
             return Ok(WorkOutcome::Done);
         }
         let mut sink = Sink::resume(self, &part);
+        if sink.needs_claim() {
+            // The checkpoint names uploads a rival handling may be using:
+            // claim them (fresh chunk numbers) before writing anything.
+            if !sink.load_spills().await? || !self.save_checkpoint(&mut part, &mut sink).await? {
+                return Ok(WorkOutcome::Done);
+            }
+            sink.complete_sealed().await?;
+        }
         let result = self.drive(&job, part, &mut sink, deadline).await;
-        if result.is_err() || matches!(result, Ok(Driven::LostRace | Driven::Stopped)) {
-            sink.abort_unrecorded().await;
+        if matches!(result, Ok(Driven::LostRace)) {
+            // Only a lost race is certain; after an error the checkpoint
+            // write may still have landed, and garbage collection at
+            // completion removes what is left.
+            sink.discard_unrecorded().await;
         }
         match result? {
             Driven::Paused => Ok(WorkOutcome::Continued),
@@ -91,20 +163,18 @@ impl Engine {
                 break;
             }
             if progressed && Instant::now() >= deadline {
-                sink.settle().await?;
-                match self.save_checkpoint(&mut part, sink).await? {
-                    true => {
-                        self.ports
-                            .queue
-                            .send(&[WorkMessage::Part {
-                                job_id: job.id.clone(),
-                                index: part.index,
-                            }])
-                            .await?;
-                        return Ok(Driven::Paused);
-                    }
-                    false => return Ok(Driven::LostRace),
+                if !self.save_checkpoint(&mut part, sink).await? {
+                    return Ok(Driven::LostRace);
                 }
+                sink.complete_sealed().await?;
+                self.ports
+                    .queue
+                    .send(&[WorkMessage::Part {
+                        job_id: job.id.clone(),
+                        index: part.index,
+                    }])
+                    .await?;
+                return Ok(Driven::Paused);
             }
             reader
                 .next_page(&part.spec, &mut part.checkpoint, sink)
@@ -114,6 +184,7 @@ impl Engine {
                 if !self.save_checkpoint(&mut part, sink).await? {
                     return Ok(Driven::LostRace);
                 }
+                sink.complete_sealed().await?;
                 if !self.still_running(&job.id).await? {
                     // Cancelled (or failed): nothing of it is wanted any more.
                     self.ports
@@ -125,16 +196,25 @@ impl Engine {
             }
         }
         sink.finish().await?;
+        if sink.has_sealed() {
+            // The last files are completed only once a checkpoint sealing
+            // them has won.
+            if !self.save_checkpoint(&mut part, sink).await? {
+                return Ok(Driven::LostRace);
+            }
+            sink.complete_sealed().await?;
+        }
         part.checkpoint.files = sink.files.clone();
         part.checkpoint.next_file_seq = sink.next_file_seq;
         part.checkpoint.output = None;
         part.checkpoint.deleted = None;
+        part.checkpoint.sealed = Vec::new();
         let remaining = match self.ports.jobs.complete_part(&part).await {
             Ok(n) => n,
             Err(PortError::Conflict) => return Ok(Driven::LostRace),
             Err(e) => return Err(e),
         };
-        sink.checkpoint_saved();
+        sink.checkpoint_saved().await;
         if remaining == 0 {
             self.finalize(&job.id).await?;
         }
@@ -148,17 +228,20 @@ impl Engine {
         Ok(Driven::Finished)
     }
 
-    /// Saves the part's checkpoint; `false` when another worker got there first.
+    /// Settles the sink and saves the part's checkpoint; `false` when
+    /// another handling got there first.
     async fn save_checkpoint(&self, part: &mut Part, sink: &mut Sink<'_>) -> PortResult<bool> {
-        let (output, deleted) = sink.open_files();
+        sink.settle().await?;
+        let (output, deleted, sealed) = sink.checkpoint_state();
         part.checkpoint.output = output;
         part.checkpoint.deleted = deleted;
+        part.checkpoint.sealed = sealed;
         part.checkpoint.files = sink.files.clone();
         part.checkpoint.next_file_seq = sink.next_file_seq;
         match self.ports.jobs.save_part(part).await {
             Ok(saved) => {
                 *part = saved;
-                sink.checkpoint_saved();
+                sink.checkpoint_saved().await;
                 Ok(true)
             }
             Err(PortError::Conflict) => Ok(false),
@@ -185,6 +268,9 @@ impl Engine {
             let Some(mut job) = self.ports.jobs.get_job(job_id).await? else {
                 return Ok(());
             };
+            if job.state == JobState::Completed {
+                return self.collect_garbage(&job).await;
+            }
             if job.state != JobState::Running || job.parts_remaining > 0 {
                 return Ok(());
             }
@@ -212,12 +298,59 @@ impl Engine {
             match self.ports.jobs.update_job(&job).await {
                 Ok(_) => {
                     tracing::info!(job = %job_id, files = job.files.len(), "export completed");
-                    return Ok(());
+                    self.collect_garbage(&job).await?;
+                    return self.collect_later(job_id).await;
                 }
                 Err(PortError::Conflict) => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Garbage collection of an ended job: a completed job keeps its
+    /// manifest's files, a cancelled or failed one (or one already swept)
+    /// keeps nothing. A running job is left alone.
+    pub(crate) async fn collect(&self, job_id: &str) -> PortResult<()> {
+        match self.ports.jobs.get_job(job_id).await? {
+            Some(job) if job.state == JobState::Completed => self.collect_garbage(&job).await,
+            Some(job) if matches!(job.state, JobState::Running | JobState::Queued) => Ok(()),
+            _ => {
+                self.ports
+                    .artifacts
+                    .delete_prefix(&job_prefix(job_id))
+                    .await
+            }
+        }
+    }
+
+    /// Queues one more collection, after any handling still running now
+    /// has ended.
+    pub(crate) async fn collect_later(&self, job_id: &str) -> PortResult<()> {
+        self.ports
+            .queue
+            .send_delayed(
+                &[WorkMessage::Collect {
+                    job_id: job_id.to_string(),
+                }],
+                self.config.collect_delay,
+            )
+            .await
+    }
+
+    /// Removes everything under the job's prefix that its manifest does
+    /// not list: uploads and chunks of handlings that lost a race or
+    /// crashed, and spills. Idempotent; run whenever a completed job's
+    /// message comes by.
+    async fn collect_garbage(&self, job: &Job) -> PortResult<()> {
+        let keep: Vec<String> = job
+            .files
+            .iter()
+            .map(|f| crate::domain::job::artifact_key(&job.id, &f.name))
+            .collect();
+        self.ports
+            .artifacts
+            .retain_only(&job_prefix(&job.id), &keep)
+            .await
     }
 
     async fn write_error_file(&self, job: &Job) -> PortResult<OutputFile> {
@@ -444,7 +577,7 @@ impl<'a> PartReader<'a> {
         };
         let Some(body) = body else { return Ok(false) };
         let value: Value = serde_json::from_str(&body)
-            .map_err(|e| PortError::Backend(format!("stored resource is not JSON: {e}")))?;
+            .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
         let refs = compartment_patients(resource_type, &value);
         if !refs.iter().any(|r| r == patient) {
             return Ok(false);
@@ -514,7 +647,7 @@ impl<'a> PartReader<'a> {
             }
             Some(keep) => {
                 let mut value: Value = serde_json::from_str(body)
-                    .map_err(|e| PortError::Backend(format!("stored resource is not JSON: {e}")))?;
+                    .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
                 subset(&mut value, resource_type, &keep);
                 sink.push(
                     FileKind::Output,

@@ -3,6 +3,7 @@
 //! reads, multipart uploads, at-least-once messages) so that the embedded and
 //! the AWS adapters are interchangeable.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,11 @@ use serde_json::Value;
 
 use crate::domain::job::{Job, Part, UploadedChunk, WorkMessage};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The cause behind a backend error, kept for logs (never shown to clients).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong at a port, classified by what the caller can do about it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PortError {
     /// A conditional write lost: someone else changed the item first.
     #[error("conditional write failed: the item changed concurrently")]
@@ -25,9 +30,78 @@ pub enum PortError {
     /// atomic write limit); retrying will not help.
     #[error("{0}")]
     Unsupported(String),
-    /// The backend failed; retrying later may help.
-    #[error("storage backend error: {0}")]
-    Backend(String),
+    /// Retrying later may help: throttling, timeouts, 5xx answers, lost
+    /// connections. `what` says it in words a client may read.
+    #[error("{what}: {cause}")]
+    Transient {
+        what: String,
+        #[source]
+        cause: Cause,
+    },
+    /// Retrying will not help: validation, access denied, a missing table
+    /// or bucket, a corrupt record. `what` says it in words a client may
+    /// read; `cause` is for the logs.
+    #[error("{what}: {cause}")]
+    Permanent {
+        what: String,
+        #[source]
+        cause: Cause,
+    },
+}
+
+impl PortError {
+    pub fn transient(
+        what: impl Into<String>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        PortError::Transient {
+            what: what.into(),
+            cause: Arc::from(cause.into()),
+        }
+    }
+
+    pub fn permanent(
+        what: impl Into<String>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        PortError::Permanent {
+            what: what.into(),
+            cause: Arc::from(cause.into()),
+        }
+    }
+
+    /// A stored record that cannot be read: retrying reads it again.
+    pub fn corrupt(what: impl Into<String>, cause: impl std::fmt::Display) -> Self {
+        PortError::permanent(what, cause.to_string())
+    }
+
+    /// Whether handling the work again later may succeed. A lost race is
+    /// retryable too: the next attempt reads the winner's state.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PortError::Transient { .. } | PortError::Conflict)
+    }
+
+    /// What a client may be told: our own words, never the backend's text.
+    pub fn public_message(&self) -> String {
+        match self {
+            PortError::Transient { what, .. } | PortError::Permanent { what, .. } => what.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Errors compare by kind and public words (causes are for logs).
+impl PartialEq for PortError {
+    fn eq(&self, other: &Self) -> bool {
+        use PortError::*;
+        match (self, other) {
+            (Conflict, Conflict) | (AlreadyExists, AlreadyExists) | (NotFound, NotFound) => true,
+            (Unsupported(a), Unsupported(b)) => a == b,
+            (Transient { what: a, .. }, Transient { what: b, .. })
+            | (Permanent { what: a, .. }, Permanent { what: b, .. }) => a == b,
+            _ => false,
+        }
+    }
 }
 
 pub type PortResult<T> = Result<T, PortError>;
@@ -268,11 +342,21 @@ pub trait JobStore: Send + Sync {
     async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>>;
 }
 
-/// Export files, written with S3-style multipart uploads.
+/// Export files, written with S3-style multipart uploads. Both adapters
+/// keep S3's semantics, and the contract suite checks them:
+/// - chunk numbers run from 1 to 10,000, in any order and with gaps;
+///   uploading a number again replaces that chunk, and the returned tag
+///   names the bytes;
+/// - completing assembles exactly the listed chunks (ascending numbers,
+///   each with the tag of its latest upload) and drops the others;
+///   completing again once the object exists succeeds (a resumed handling
+///   repeats it);
+/// - aborting a finished or unknown upload succeeds.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
     async fn start_upload(&self, key: &str) -> PortResult<String>;
-    /// Uploads chunk `number` (1-based); uploading the same number again replaces it.
+    /// Uploads chunk `number` (1 to 10,000); uploading the same number
+    /// again replaces it. Returns the chunk's tag.
     async fn upload_chunk(
         &self,
         key: &str,
@@ -281,6 +365,7 @@ pub trait ArtifactStore: Send + Sync {
         data: Bytes,
     ) -> PortResult<String>;
     /// Assembles the listed chunks, in order, into the object `key`.
+    /// `NotFound` if the upload is gone and the object does not exist.
     async fn complete_upload(
         &self,
         key: &str,
@@ -288,6 +373,11 @@ pub trait ArtifactStore: Send + Sync {
         chunks: &[UploadedChunk],
     ) -> PortResult<()>;
     async fn abort_upload(&self, key: &str, upload_id: &str) -> PortResult<()>;
+    /// Deletes one object (gone already is fine).
+    async fn delete(&self, key: &str) -> PortResult<()>;
+    /// Aborts every upload under `prefix` and deletes every object there
+    /// except `keep` (garbage collection of a finished job).
+    async fn retain_only(&self, prefix: &str, keep: &[String]) -> PortResult<()>;
     /// Reads a whole object (small ones: error files, tests).
     async fn get(&self, key: &str) -> PortResult<Bytes>;
     /// Writes a small object in one go.
@@ -316,8 +406,14 @@ pub struct Delivery {
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
     async fn send(&self, messages: &[WorkMessage]) -> PortResult<()>;
+    /// Sends messages that become visible only after `delay` (SQS
+    /// `DelaySeconds`, at most 15 minutes).
+    async fn send_delayed(&self, messages: &[WorkMessage], delay: Duration) -> PortResult<()>;
     async fn receive(&self, max: usize, visibility: Duration) -> PortResult<Vec<Delivery>>;
     async fn delete(&self, receipt: &str) -> PortResult<()>;
+    /// Makes a received message visible again after `delay` (SQS
+    /// `ChangeMessageVisibility`): a transient failure's backoff.
+    async fn retry_later(&self, receipt: &str, delay: Duration) -> PortResult<()>;
 }
 
 /// Registered clients and the assertion ids they have used (replay guard),

@@ -218,8 +218,9 @@ impl DynamoResources {
         let heads_written: Vec<bool> = stream::iter(versions.iter().cloned())
             .map(|v| async move {
                 if to_micros(self.clock.now()) >= last_head_at {
-                    return Err(PortError::Backend(
-                        "a bulk load block outlived its fence lease".into(),
+                    return Err(PortError::permanent(
+                        "a bulk load ran out of time",
+                        "a bulk load block outlived its fence lease",
                     ));
                 }
                 self.put_new_head(&v).await
@@ -397,8 +398,9 @@ impl DynamoResources {
             let fenced_until = meta.as_ref().and_then(|m| opt_n::<i64>(m, "fence_until"));
             if fenced_until.is_some_and(|until| until > now) {
                 if tokio::time::Instant::now() > give_up {
-                    return Err(crate::ports::PortError::Backend(
-                        "another bulk load holds the store's fence".into(),
+                    return Err(crate::ports::PortError::transient(
+                        "another bulk load is running",
+                        "another bulk load holds the store's fence",
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
