@@ -1,28 +1,21 @@
 //! What a Lambda container builds once, at cold start: the AWS clients, the
-//! ports over them, and the token signing key.
+//! ports over them, the token signing key and the assembled service. A bad
+//! key or setting fails here, before the first request.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bulk_export::auth::{AuthServer, JwksCache, TokenIssuer};
 use bulk_export::aws::{read_secure_parameter, sdk_config, AwsAdapters};
 use bulk_export::clock::SystemClock;
-use bulk_export::engine::{Engine, EngineConfig, Ports};
-use bulk_export::http::{
-    Api, Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator, TOKEN_PATH,
-};
+use bulk_export::engine::{Engine, Ports};
+use bulk_export::http::Api;
 use bulk_export::ports::{ClientStore, Clock};
+use bulk_export::service::Service;
 
 use crate::settings::{AuthMode, Settings, SigningKey};
 
 pub struct Container {
     pub settings: Settings,
-    pub ports: Ports,
-    pub clients: Arc<dyn ClientStore>,
-    signing_key_pem: Option<String>,
-    jwks: Arc<JwksCache>,
-    /// One routing table per public origin (normally exactly one).
-    apis: Mutex<HashMap<String, Api>>,
+    pub service: Service,
 }
 
 impl Container {
@@ -44,12 +37,7 @@ impl Container {
                     .map_err(|e| format!("reading the signing key parameter {name}: {e}"))?,
             ),
         };
-        Ok(Self::from_parts(
-            settings,
-            ports,
-            adapters.jobs,
-            signing_key_pem,
-        ))
+        Self::from_parts(settings, ports, adapters.jobs, signing_key_pem)
     }
 
     /// A container over given ports (tests wrap adapters to inject faults).
@@ -58,85 +46,33 @@ impl Container {
         ports: Ports,
         clients: Arc<dyn ClientStore>,
         signing_key_pem: Option<String>,
-    ) -> Self {
-        Container {
-            settings,
-            ports,
-            clients,
-            signing_key_pem,
-            jwks: Arc::new(JwksCache::default()),
-            apis: Mutex::new(HashMap::new()),
+    ) -> Result<Self, String> {
+        let service = Service::new(settings.service_settings(signing_key_pem), ports, clients)
+            .map_err(|e| e.to_string())?;
+        if let Some(origin) = &settings.service.public_origin {
+            // The routing table of the one public origin, built now.
+            service.api(origin);
         }
+        Ok(Container { settings, service })
+    }
+
+    pub fn ports(&self) -> &Ports {
+        &self.service.ports
     }
 
     /// The engine, with absolute URLs under `origin`.
     pub fn engine(&self, origin: &str) -> Engine {
-        let s = &self.settings;
-        let mut config = EngineConfig::new(format!("{origin}{}", s.base_path));
-        config.retention = s.retention;
-        config.max_resources_per_file = s.max_resources_per_file;
-        config.min_chunk_bytes = s.part_size_bytes;
-        config.presign_ttl = s.presign_ttl;
-        config.retry_base = s.retry_base;
-        if self.signing_key_pem.is_some() {
-            config.requires_access_token = true;
-            config.token_url = Some(format!("{origin}{TOKEN_PATH}"));
-        }
-        Engine::new(self.ports.clone(), config)
+        self.service.engine(origin)
     }
 
     /// The engine of the functions that serve no HTTP requests (worker,
-    /// sweeper): they build no URLs, so the origin only fills the config.
+    /// sweeper).
     pub fn background_engine(&self) -> Engine {
-        self.engine(
-            self.settings
-                .public_url
-                .as_deref()
-                .unwrap_or("https://localhost"),
-        )
+        self.service.background_engine()
     }
 
     /// The routing table for requests that arrived at `origin`.
-    pub fn api(&self, origin: &str) -> Result<Api, String> {
-        let mut apis = self.apis.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(api) = apis.get(origin) {
-            return Ok(api.clone());
-        }
-        let engine = self.engine(origin);
-        let base_url = engine.config.base_url.clone();
-        let (auth, auth_server): (Arc<dyn Authenticator>, _) = match &self.signing_key_pem {
-            None => (Arc::new(OpenAccess), None),
-            Some(pem) => {
-                let token_url = format!("{origin}{TOKEN_PATH}");
-                let issuer = Arc::new(
-                    TokenIssuer::from_pem(pem, &token_url, &base_url)
-                        .map_err(|e| format!("the token signing key: {e}"))?,
-                );
-                let authenticator =
-                    TokenAuthenticator {
-                        issuer: issuer.clone(),
-                        clock: self.ports.clock.clone(),
-                        external: self.settings.external_issuer.clone().map(
-                            |(issuer, jwks_url)| ExternalIssuer {
-                                issuer,
-                                jwks_url,
-                                jwks: self.jwks.clone(),
-                            },
-                        ),
-                    };
-                let server = AuthServer {
-                    issuer,
-                    clients: self.clients.clone(),
-                    clock: self.ports.clock.clone(),
-                    token_url,
-                    jwks: self.jwks.clone(),
-                };
-                (Arc::new(authenticator), Some(Arc::new(server)))
-            }
-        };
-        let mut api = Api::new(engine, auth, &self.settings.base_path);
-        api.auth_server = auth_server;
-        apis.insert(origin.to_string(), api.clone());
-        Ok(api)
+    pub fn api(&self, origin: &str) -> Api {
+        self.service.api(origin)
     }
 }

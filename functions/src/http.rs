@@ -12,7 +12,14 @@ use crate::Container;
 /// Serves HTTP API events until the runtime stops the container.
 pub async fn run() -> Result<(), lambda_http::Error> {
     crate::init_tracing();
-    let container = Arc::new(Container::from_env().await?);
+    let container = match Container::from_env().await {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            // Fails the cold start: Lambda reports an init error and serves nothing.
+            tracing::error!(error = %e, "bulk-export cannot start");
+            return Err(e.into());
+        }
+    };
     lambda_http::run(service_fn(move |req: lambda_http::Request| {
         let container = container.clone();
         async move { Ok::<_, Infallible>(handle(&container, req).await) }
@@ -23,7 +30,7 @@ pub async fn run() -> Result<(), lambda_http::Error> {
 /// The origin absolute URLs are built on: the configured public URL, or
 /// the host the request came to (API Gateway sets `x-forwarded-proto`).
 fn origin(container: &Container, req: &lambda_http::Request) -> String {
-    if let Some(url) = &container.settings.public_url {
+    if let Some(url) = &container.settings.service.public_origin {
         return url.clone();
     }
     let header = |name: &str| {
@@ -39,14 +46,7 @@ fn origin(container: &Container, req: &lambda_http::Request) -> String {
 
 pub async fn handle(container: &Container, req: lambda_http::Request) -> http::Response<Body> {
     let origin = origin(container, &req);
-    let api = match container.api(&origin) {
-        Ok(api) => api,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the routing table");
-            let outcome = bulk_export::domain::ApiError::internal("The service is misconfigured");
-            return to_lambda(bulk_export::http::error_response(&outcome));
-        }
-    };
+    let api = container.api(&origin);
     let (parts, body) = req.into_parts();
     let body = match body {
         Body::Text(t) => Bytes::from(t),

@@ -5,6 +5,7 @@ use std::env;
 use std::time::Duration;
 
 use bulk_export::aws::AwsNames;
+use bulk_export::service::{AuthSettings, ServiceSettings};
 
 /// How callers are authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,27 +26,23 @@ pub enum SigningKey {
     Pem(String),
 }
 
+/// S3 multipart part size when `BULK_EXPORT_PART_SIZE_MIB` is unset (the
+/// template's default too); S3 needs at least 5 MiB.
+pub const DEFAULT_PART_SIZE_MIB: usize = 8;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub names: AwsNames,
-    /// The FHIR base path, e.g. `/fhir`.
-    pub base_path: String,
-    /// The public origin (`https://host`), if not the request's own host.
-    pub public_url: Option<String>,
-    pub retention: chrono::Duration,
-    pub max_resources_per_file: u64,
-    /// S3 multipart part size; S3 needs at least 5 MiB.
-    pub part_size_bytes: usize,
-    pub presign_ttl: Duration,
-    /// First delay before a transiently failed work message comes back
-    /// (doubled at each further attempt).
-    pub retry_base: Duration,
     /// Shards of the resource table: part of its layout, the same everywhere.
     pub shards: u16,
     pub auth: AuthMode,
+    /// Where the signing key comes from (read at cold start).
     pub signing_key: Option<SigningKey>,
     /// An external token issuer and its JWKS URL, accepted besides ours.
     pub external_issuer: Option<(String, String)>,
+    /// Base path, public origin and the engine's settings; what the
+    /// environment does not set keeps the library's defaults.
+    pub service: ServiceSettings,
 }
 
 fn required(name: &str) -> Result<String, String> {
@@ -60,13 +57,17 @@ fn optional(name: &str) -> Option<String> {
 }
 
 fn number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
-    match optional(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={v} is not a valid number")),
-    }
+    Ok(optional_number(name)?.unwrap_or(default))
+}
+
+fn optional_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    optional(name)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{name}={v} is not a valid number"))
+        })
+        .transpose()
 }
 
 impl Settings {
@@ -91,7 +92,7 @@ impl Settings {
                     .into(),
             );
         }
-        let part_size_mib: usize = number("BULK_EXPORT_PART_SIZE_MIB", 8)?;
+        let part_size_mib: usize = number("BULK_EXPORT_PART_SIZE_MIB", DEFAULT_PART_SIZE_MIB)?;
         if part_size_mib < 5 {
             return Err("BULK_EXPORT_PART_SIZE_MIB must be at least 5 (S3's minimum)".into());
         }
@@ -109,6 +110,29 @@ impl Settings {
                 )
             }
         };
+        let mut service = ServiceSettings::default();
+        if let Some(path) = optional("BULK_EXPORT_BASE_PATH") {
+            service.base_path = path;
+        }
+        service.public_origin =
+            optional("BULK_EXPORT_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
+        let engine = &mut service.engine;
+        engine.min_chunk_bytes = part_size_mib << 20;
+        if let Some(days) = optional_number::<i64>("BULK_EXPORT_RETENTION_DAYS")? {
+            engine.retention = chrono::Duration::days(days);
+        }
+        if let Some(n) = optional_number("BULK_EXPORT_MAX_RESOURCES_PER_FILE")? {
+            engine.max_resources_per_file = n;
+        }
+        if let Some(secs) = optional_number("BULK_EXPORT_PRESIGN_SECONDS")? {
+            engine.presign_ttl = Duration::from_secs(secs);
+        }
+        if let Some(n) = optional_number("BULK_EXPORT_MAX_ACTIVE_EXPORTS_PER_CLIENT")? {
+            engine.max_active_exports_per_client = n;
+        }
+        if let Some(secs) = optional_number("BULK_EXPORT_RETRY_BASE_SECONDS")? {
+            engine.retry_base = Duration::from_secs(secs);
+        }
         Ok(Settings {
             names: AwsNames {
                 jobs_table: required("BULK_EXPORT_JOBS_TABLE")?,
@@ -116,18 +140,26 @@ impl Settings {
                 bucket: required("BULK_EXPORT_BUCKET")?,
                 queue_url: required("BULK_EXPORT_QUEUE_URL")?,
             },
-            base_path: optional("BULK_EXPORT_BASE_PATH").unwrap_or_else(|| "/fhir".into()),
-            public_url: optional("BULK_EXPORT_PUBLIC_URL")
-                .map(|u| u.trim_end_matches('/').to_string()),
-            retention: chrono::Duration::days(number("BULK_EXPORT_RETENTION_DAYS", 7)?),
-            max_resources_per_file: number("BULK_EXPORT_MAX_RESOURCES_PER_FILE", 100_000)?,
-            part_size_bytes: part_size_mib << 20,
-            presign_ttl: Duration::from_secs(number("BULK_EXPORT_PRESIGN_SECONDS", 300)?),
-            retry_base: Duration::from_secs(number("BULK_EXPORT_RETRY_BASE_SECONDS", 10)?),
             shards: number("BULK_EXPORT_SHARDS", 16)?,
             auth,
             signing_key,
             external_issuer,
+            service,
         })
+    }
+}
+
+impl Settings {
+    /// The service's settings, with the signing key once it is read.
+    pub fn service_settings(&self, signing_key_pem: Option<String>) -> ServiceSettings {
+        let mut service = self.service.clone();
+        service.auth = match (&self.auth, signing_key_pem) {
+            (AuthMode::Smart, Some(signing_key_pem)) => AuthSettings::Smart {
+                signing_key_pem,
+                external_issuer: self.external_issuer.clone(),
+            },
+            _ => AuthSettings::Open,
+        };
+        service
     }
 }

@@ -5,19 +5,18 @@
 use bulk_export::private_file::write_private;
 use std::path::Path;
 
-use bulk_export::auth::ClientRegistration;
+use bulk_export::cli::RegisterClient;
 use bulk_export::embedded::SqliteJobs;
-use bulk_export::ports::ClientStore;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use serde_json::{json, Value};
 
 /// Registers (or replaces) a client in the data directory's job database.
-pub async fn register_client(data_dir: &Path, client: ClientRegistration) -> Result<(), String> {
-    client.check()?;
+pub async fn register_client(data_dir: &Path, args: &RegisterClient) -> Result<(), String> {
+    args.registration()?;
     std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
     let jobs = SqliteJobs::open(&data_dir.join("jobs.db")).map_err(|e| e.to_string())?;
-    jobs.put_client(&client).await.map_err(|e| e.to_string())
+    args.run(&jobs).await
 }
 
 /// Writes a new ES384 client key: `private-key.pem` (owner-only) and the

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bulk_export::auth::ClientRegistration;
 use bulk_export::aws::{provision::provision, sdk_config, AwsAdapters, AwsNames};
+use bulk_export::cli::RegisterClient;
 use bulk_export::clock::SystemClock;
 use bulk_export::engine::{Engine, EngineConfig};
 use bulk_export::loader;
-use bulk_export::ports::{ClientStore, ResourceStore, ShardScan};
+use bulk_export::ports::{ResourceStore, ShardScan};
 use bulk_export::sample::{generate, SampleConfig};
 use clap::{Parser, Subcommand};
 
@@ -45,28 +45,7 @@ enum Command {
     Count,
     /// Registers (or replaces) a SMART Backend Services client in the jobs
     /// table, for `AuthMode=smart`.
-    RegisterClient {
-        #[arg(long)]
-        client_id: String,
-        /// The client's public keys (a JWKS JSON file).
-        #[arg(long)]
-        jwks_file: Option<PathBuf>,
-        /// Where the client publishes its keys (an assertion's jku must equal it).
-        #[arg(long)]
-        jwks_url: Option<String>,
-        /// Scopes the client may be granted.
-        #[arg(long, default_value = "system/*.read")]
-        scope: String,
-        /// Limit the client to these Groups (repeatable).
-        #[arg(long = "group")]
-        groups: Vec<String>,
-    },
-}
-
-/// A JWKS file (checked with the rest of the registration).
-fn read_jwks(path: &PathBuf) -> Result<serde_json::Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    RegisterClient(RegisterClient),
 }
 
 /// The store's names from the environment (the functions' variables).
@@ -205,28 +184,9 @@ async fn run(args: Args) -> Result<(), String> {
             }
             eprintln!("loaded {total} resources");
         }
-        Command::RegisterClient {
-            client_id,
-            jwks_file,
-            jwks_url,
-            scope,
-            groups,
-        } => {
-            let client = ClientRegistration {
-                client_id: client_id.clone(),
-                jwks: jwks_file.as_ref().map(read_jwks).transpose()?,
-                jwks_url,
-                scope,
-                groups: (!groups.is_empty()).then_some(groups),
-            };
-            client.check()?;
-            adapters()
-                .await?
-                .jobs
-                .put_client(&client)
-                .await
-                .map_err(|e| e.to_string())?;
-            eprintln!("registered client {client_id}");
+        Command::RegisterClient(args) => {
+            args.registration()?;
+            args.run(&*adapters().await?.jobs).await?;
         }
         Command::Count => {
             let engine = engine().await?;

@@ -27,6 +27,7 @@ pub struct AccessClaims {
     pub groups: Option<Vec<String>>,
 }
 
+#[derive(Clone)]
 pub struct TokenIssuer {
     kid: String,
     encoding: EncodingKey,
@@ -90,15 +91,28 @@ impl TokenIssuer {
 
     /// Loads the key kept at `path`, creating it (owner-only) on first use.
     pub fn load_or_create(path: &Path, issuer: &str, audience: &str) -> Result<Self, KeyError> {
-        let pem = match std::fs::read_to_string(path) {
-            Ok(p) => p,
+        Self::from_pem(&Self::load_or_create_pem(path)?, issuer, audience)
+    }
+
+    /// The PEM key kept at `path`, created (owner-only) on first use.
+    pub fn load_or_create_pem(path: &Path) -> Result<String, KeyError> {
+        match std::fs::read_to_string(path) {
+            Ok(p) => Ok(p),
             Err(_) => {
                 let pem = Self::generate_pem();
                 write_private(path, pem.as_bytes()).map_err(|e| KeyError(e.to_string()))?;
-                pem
+                Ok(pem)
             }
-        };
-        Self::from_pem(&pem, issuer, audience)
+        }
+    }
+
+    /// The same key, issuing tokens for another token URL and FHIR base.
+    pub fn at(&self, issuer: &str, audience: &str) -> TokenIssuer {
+        TokenIssuer {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            ..self.clone()
+        }
     }
 
     pub fn issue(

@@ -1,7 +1,8 @@
 //! FHIR OperationOutcome: the one error shape every client sees.
 //!
-//! [`ApiError`] carries the HTTP status and the issue code together, so an
-//! error is mapped to a response in exactly one place (`http::respond`).
+//! [`ApiError`] carries the HTTP status and the issue code together. Each
+//! kind of error has its constructor here, and only here is a status
+//! chosen; the response is written in one place (`http::error_response`).
 
 use serde_json::{json, Value};
 
@@ -18,7 +19,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -43,6 +44,44 @@ impl ApiError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "exception", message)
+    }
+    /// No valid credentials: 401 with the challenge to answer.
+    pub fn unauthorized(message: impl Into<String>, challenge: impl Into<String>) -> Self {
+        Self::new(401, "login", message).with_header("WWW-Authenticate", challenge)
+    }
+    /// The resource existed and was deleted.
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(410, "deleted", message)
+    }
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self::new(
+            405,
+            "not-supported",
+            format!("Method not allowed here; allowed: {allow}"),
+        )
+        .with_header("Allow", allow)
+    }
+    /// A body or request larger than the service takes.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(413, "too-costly", message)
+    }
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(415, "not-supported", message)
+    }
+    /// Well-formed, but beyond what the store can do (e.g. a transaction
+    /// larger than its atomic write limit).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(422, "not-supported", message)
+    }
+    /// Too many requests of this client at once: try again after `retry_after_secs`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(429, "throttled", message)
+            .with_header("Retry-After", retry_after_secs.to_string())
+    }
+    /// The service cannot answer now; retrying may help.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(503, "transient", message)
+            .with_header("Retry-After", retry_after_secs.to_string())
     }
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));

@@ -39,11 +39,9 @@ impl Engine {
         }
         check_id(id)?;
         match self.ports.resources.read_current(resource_type, id).await? {
-            Some(v) if v.deleted => Err(ApiError::new(
-                410,
-                "deleted",
-                format!("{resource_type}/{id} was deleted"),
-            )),
+            Some(v) if v.deleted => {
+                Err(ApiError::gone(format!("{resource_type}/{id} was deleted")))
+            }
             Some(v) => Ok(v),
             None => Err(ApiError::not_found(format!(
                 "{resource_type}/{id} does not exist"
@@ -150,11 +148,9 @@ impl Engine {
             Some(_) => return Err(ApiError::invalid("Bundle.entry must be an array")),
         };
         if entries.len() > MAX_BUNDLE_ENTRIES {
-            return Err(ApiError::new(
-                413,
-                "too-costly",
-                format!("A Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries"),
-            ));
+            return Err(ApiError::too_large(format!(
+                "A Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries"
+            )));
         }
         let mut planned: Vec<Result<WriteOp, ApiError>> = entries
             .into_iter()

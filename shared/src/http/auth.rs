@@ -90,7 +90,7 @@ fn unauthorized(error: Option<&str>, description: &str) -> ApiError {
         ),
         None => "Bearer realm=\"bulk-export\"".to_string(),
     };
-    ApiError::new(401, "login", description.to_string()).with_header("WWW-Authenticate", challenge)
+    ApiError::unauthorized(description.to_string(), challenge)
 }
 
 #[async_trait]

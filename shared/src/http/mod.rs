@@ -155,12 +155,7 @@ async fn token_response(server: &crate::auth::AuthServer, req: &Request<Bytes>) 
 }
 
 fn method_not_allowed(allow: &'static str) -> ApiError {
-    ApiError::new(
-        405,
-        "not-supported",
-        format!("Method not allowed here; allowed: {allow}"),
-    )
-    .with_header("Allow", allow)
+    ApiError::method_not_allowed(allow)
 }
 
 pub fn error_response(e: &ApiError) -> Response<Bytes> {
@@ -222,11 +217,9 @@ fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     if media_types(ct).any(|m| m == FHIR_JSON || m == "application/json") {
         Ok(())
     } else {
-        Err(ApiError::new(
-            415,
-            "not-supported",
-            format!("Content-Type must be {FHIR_JSON} (got '{ct}')"),
-        ))
+        Err(ApiError::unsupported_media_type(format!(
+            "Content-Type must be {FHIR_JSON} (got '{ct}')"
+        )))
     }
 }
 

@@ -33,11 +33,9 @@ fn resource_response(status: StatusCode, v: &Version, base_url: &str) -> Respons
 
 fn check_size(body: &Bytes) -> Result<(), ApiError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(
-            413,
-            "too-costly",
-            format!("The body is larger than {MAX_BODY_BYTES} bytes"),
-        ));
+        return Err(ApiError::too_large(format!(
+            "The body is larger than {MAX_BODY_BYTES} bytes"
+        )));
     }
     Ok(())
 }
