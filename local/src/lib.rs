@@ -14,17 +14,15 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bulk_export::auth::{AuthServer, JwksCache, TokenIssuer};
+use bulk_export::auth::TokenIssuer;
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::ApiError;
 use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
 use bulk_export::engine::{Engine, EngineConfig, Ports};
-use bulk_export::http::{
-    error_response, Api, Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator,
-    MAX_BODY_BYTES, TOKEN_PATH,
-};
+use bulk_export::http::{error_response, Api, Authenticator, MAX_BODY_BYTES};
 use bulk_export::ports::{ArtifactStore, ClientStore, Clock, WorkQueue};
+use bulk_export::service::{AuthSettings, Service, ServiceSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -32,7 +30,8 @@ pub mod admin;
 pub use bulk_export::loader;
 pub mod workers;
 
-/// Settings of the local service.
+/// Settings of the local service. The engine's settings keep the
+/// library's defaults (`EngineConfig::new`) unless changed.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     pub listen: SocketAddr,
@@ -51,19 +50,9 @@ pub struct LocalConfig {
     /// A received message stays hidden this long; it comes back if its
     /// handler died without deleting it.
     pub visibility_timeout: Duration,
-    /// First delay before a transiently failed message comes back (doubled
-    /// at each further attempt).
-    pub retry_base: Duration,
     pub sweep_interval: Duration,
-    pub retention: chrono::Duration,
-    pub max_resources_per_file: u64,
-    pub page_size: usize,
-    pub min_chunk_bytes: usize,
-    /// Buffered lines up to this size ride in a paused part's checkpoint;
-    /// larger buffers go to a spill file.
-    pub carry_limit_bytes: usize,
-    pub part_target_resources: u64,
-    pub patients_per_part: usize,
+    /// Retention, file size, pages, chunks, parts, retries.
+    pub engine: EngineConfig,
     /// SMART Backend Services authorization (tokens required); off = open mode.
     pub auth: bool,
     /// Also accept tokens of this issuer (`iss`, JWKS URL), besides the
@@ -76,24 +65,18 @@ pub struct LocalConfig {
 
 impl LocalConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        let service = ServiceSettings::default();
         LocalConfig {
             listen,
             data_dir,
             sample_patients: 0,
             public_origin: None,
-            base_path: "/fhir".into(),
+            base_path: service.base_path,
             workers: 4,
             invocation_budget: Duration::from_secs(300),
             visibility_timeout: Duration::from_secs(360),
-            retry_base: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(60),
-            retention: chrono::Duration::days(7),
-            max_resources_per_file: 100_000,
-            page_size: 1000,
-            min_chunk_bytes: 4 << 20,
-            carry_limit_bytes: 96 << 10,
-            part_target_resources: 20_000,
-            patients_per_part: 500,
+            engine: service.engine,
             auth: false,
             external_issuer: None,
             token_signing_key: None,
@@ -175,8 +158,9 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     let origin = config
         .public_origin
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
-    let base_url = format!("{}{}", origin.trim_end_matches('/'), config.base_path);
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_string();
 
     let clock: Arc<dyn Clock> = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
     let resources = SqliteResourceStore::open(&config.data_dir.join("resources.db"), clock.clone())
@@ -203,20 +187,18 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     if let Some(wrap) = overrides.wrap_artifacts {
         artifacts = wrap(artifacts);
     }
-    let token_url = format!("{}{TOKEN_PATH}", origin.trim_end_matches('/'));
-    let issuer = if config.auth {
-        let issuer = match &config.token_signing_key {
-            Some(pem) => TokenIssuer::from_pem(pem, &token_url, &base_url),
-            None => TokenIssuer::load_or_create(
-                &config.data_dir.join("token-signing-key.pem"),
-                &token_url,
-                &base_url,
-            ),
+    let auth = if config.auth {
+        let signing_key_pem = match &config.token_signing_key {
+            Some(pem) => pem.clone(),
+            None => TokenIssuer::load_or_create_pem(&config.data_dir.join("token-signing-key.pem"))
+                .map_err(|e| start_err("loading the token signing key")(&e))?,
+        };
+        AuthSettings::Smart {
+            signing_key_pem,
+            external_issuer: config.external_issuer.clone(),
         }
-        .map_err(|e| start_err("loading the token signing key")(&e))?;
-        Some(Arc::new(issuer))
     } else {
-        None
+        AuthSettings::Open
     };
     let ports = Ports {
         resources: Arc::new(resources),
@@ -225,22 +207,23 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
         queue: Arc::new(queue.clone()) as Arc<dyn WorkQueue>,
         clock,
     };
-    let mut engine_config = EngineConfig::new(base_url.clone());
-    engine_config.retention = config.retention;
-    engine_config.max_resources_per_file = config.max_resources_per_file;
-    engine_config.page_size = config.page_size;
-    engine_config.min_chunk_bytes = config.min_chunk_bytes;
-    engine_config.carry_limit_bytes = config.carry_limit_bytes;
-    engine_config.part_target_resources = config.part_target_resources;
-    engine_config.patients_per_part = config.patients_per_part;
-    engine_config.retry_base = config.retry_base;
+    let mut engine_config = config.engine.clone();
     // No handling outlives the visibility timeout (its budget is half).
     engine_config.collect_delay = config.visibility_timeout;
-    if issuer.is_some() {
-        engine_config.requires_access_token = true;
-        engine_config.token_url = Some(token_url.clone());
+    let settings = ServiceSettings {
+        base_path: config.base_path.clone(),
+        public_origin: Some(origin.clone()),
+        engine: engine_config,
+        auth,
+    };
+    let mut service = Service::new(settings, ports, clients.clone())
+        .map_err(|e| start_err("assembling the service")(&e))?;
+    if let Some(auth) = overrides.auth {
+        service = service.with_authenticator(auth);
     }
-    let engine = Engine::new(ports, engine_config);
+    let engine = service.engine(&origin);
+    let issuer = service.issuer(&origin);
+    let base_url = service.base_url(&origin);
 
     if config.sample_patients > 0 {
         let loaded = loader::load_sample_if_empty(&engine, config.sample_patients)
@@ -251,33 +234,7 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
         }
     }
 
-    let jwks = Arc::new(JwksCache::default());
-    let auth: Arc<dyn Authenticator> = match (overrides.auth, &issuer) {
-        (Some(a), _) => a,
-        (None, Some(issuer)) => Arc::new(TokenAuthenticator {
-            issuer: issuer.clone(),
-            clock: engine.ports.clock.clone(),
-            external: config
-                .external_issuer
-                .clone()
-                .map(|(issuer, jwks_url)| ExternalIssuer {
-                    issuer,
-                    jwks_url,
-                    jwks: jwks.clone(),
-                }),
-        }),
-        (None, None) => Arc::new(OpenAccess),
-    };
-    let mut api = Api::new(engine.clone(), auth, &config.base_path);
-    api.auth_server = issuer.as_ref().map(|issuer| {
-        Arc::new(AuthServer {
-            issuer: issuer.clone(),
-            clients: clients.clone(),
-            clock: engine.ports.clock.clone(),
-            token_url: token_url.clone(),
-            jwks: jwks.clone(),
-        })
-    });
+    let api = service.api(&origin);
     let state = AppState { api, blobs };
     let app = Router::new()
         .route(
@@ -336,11 +293,7 @@ async fn serve_api(State(state): State<AppState>, req: Request) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            let e = ApiError::new(
-                413,
-                "too-costly",
-                format!("The body is larger than {MAX_BODY_BYTES} bytes"),
-            );
+            let e = ApiError::too_large(format!("The body is larger than {MAX_BODY_BYTES} bytes"));
             return error_response(&e).map(Body::from);
         }
     };

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bulk_export::auth::ClientRegistration;
+use bulk_export::cli::RegisterClient;
 use bulk_export_local::{admin, start, LocalConfig, Overrides};
 use clap::{Parser, Subcommand};
 
@@ -35,19 +35,21 @@ struct Args {
     /// Concurrent export workers.
     #[arg(long, env = "BULK_EXPORT_WORKERS", default_value_t = 4)]
     workers: usize,
-    /// Days a completed export's files are kept.
-    #[arg(long, env = "BULK_EXPORT_RETENTION_DAYS", default_value_t = 7)]
-    retention_days: i64,
-    /// Resources per output file before the next file starts.
-    #[arg(
-        long,
-        env = "BULK_EXPORT_MAX_RESOURCES_PER_FILE",
-        default_value_t = 100_000
-    )]
-    max_resources_per_file: u64,
-    /// Resources read per page of the store (each page may end in a checkpoint).
-    #[arg(long, env = "BULK_EXPORT_PAGE_SIZE", default_value_t = 1000)]
-    page_size: usize,
+    // The engine's settings default to the library's (EngineConfig::new).
+    /// Days a completed export's files are kept [default: 7].
+    #[arg(long, env = "BULK_EXPORT_RETENTION_DAYS")]
+    retention_days: Option<i64>,
+    /// Resources per output file before the next file starts [default: 100000].
+    #[arg(long, env = "BULK_EXPORT_MAX_RESOURCES_PER_FILE")]
+    max_resources_per_file: Option<u64>,
+    /// Resources read per page of the store (each page may end in a
+    /// checkpoint) [default: 1000].
+    #[arg(long, env = "BULK_EXPORT_PAGE_SIZE")]
+    page_size: Option<usize>,
+    /// Exports a client may have queued or running at once; more get 429
+    /// (0: no limit) [default: 10].
+    #[arg(long, env = "BULK_EXPORT_MAX_ACTIVE_EXPORTS_PER_CLIENT")]
+    max_active_exports_per_client: Option<u32>,
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
@@ -77,22 +79,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Register (or replace) a client allowed to get access tokens.
-    RegisterClient {
-        #[arg(long)]
-        client_id: String,
-        /// The client's public keys (a JWKS JSON file).
-        #[arg(long)]
-        jwks_file: Option<PathBuf>,
-        /// Where the client publishes its keys (an assertion's jku must equal it).
-        #[arg(long)]
-        jwks_url: Option<String>,
-        /// Scopes the client may be granted.
-        #[arg(long, default_value = "system/*.read")]
-        scope: String,
-        /// Limit the client to these Groups (repeatable).
-        #[arg(long = "group")]
-        groups: Vec<String>,
-    },
+    RegisterClient(RegisterClient),
     /// Make an ES384 client key: private-key.pem and jwks.json in OUT_DIR.
     ClientKey {
         #[arg(long)]
@@ -133,9 +120,19 @@ async fn main() {
     config.sample_patients = args.sample_patients;
     config.public_origin = args.public_url;
     config.workers = args.workers;
-    config.retention = chrono::Duration::days(args.retention_days.max(1));
-    config.max_resources_per_file = args.max_resources_per_file.max(1);
-    config.page_size = args.page_size.max(1);
+    let engine = &mut config.engine;
+    if let Some(days) = args.retention_days {
+        engine.retention = chrono::Duration::days(days.max(1));
+    }
+    if let Some(n) = args.max_resources_per_file {
+        engine.max_resources_per_file = n.max(1);
+    }
+    if let Some(n) = args.page_size {
+        engine.page_size = n.max(1);
+    }
+    if let Some(n) = args.max_active_exports_per_client {
+        engine.max_active_exports_per_client = n;
+    }
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.auth = args.auth;
     config.external_issuer = args.external_issuer.zip(args.external_jwks_url);
@@ -156,33 +153,7 @@ async fn main() {
 
 async fn run_command(command: Command, data_dir: &std::path::Path) -> Result<(), String> {
     match command {
-        Command::RegisterClient {
-            client_id,
-            jwks_file,
-            jwks_url,
-            scope,
-            groups,
-        } => {
-            let jwks = match jwks_file {
-                Some(f) => {
-                    let text =
-                        std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-                    Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?)
-                }
-                None => None,
-            };
-            let groups = (!groups.is_empty()).then_some(groups);
-            let client = ClientRegistration {
-                client_id: client_id.clone(),
-                jwks,
-                jwks_url,
-                scope,
-                groups,
-            };
-            admin::register_client(data_dir, client).await?;
-            println!("registered client {client_id}");
-            Ok(())
-        }
+        Command::RegisterClient(args) => admin::register_client(data_dir, &args).await,
         Command::ClientKey { out_dir, kid } => {
             admin::make_client_key(&out_dir, &kid)?;
             println!(

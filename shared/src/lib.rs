@@ -8,10 +8,13 @@
 //! - `aws` (feature `aws`): the AWS adapters (DynamoDB, S3, SQS).
 //! - [`http`]: the one routing table shared by the local server and Lambdas.
 //! - [`sample`]: a deterministic synthetic data generator.
+//! - [`service`]: the one assembly of ports, settings, engine and routes.
 
 pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod clock;
 pub mod domain;
 pub mod embedded;
@@ -21,3 +24,4 @@ pub mod loader;
 pub mod ports;
 pub mod private_file;
 pub mod sample;
+pub mod service;

@@ -77,7 +77,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     config.sample_patients = opts.sample_patients;
     config.auth = opts.auth;
     config.visibility_timeout = Duration::from_secs(5);
-    config.retry_base = Duration::from_millis(100);
+    config.engine.retry_base = Duration::from_millis(100);
     config.sweep_interval = Duration::from_secs(3600);
     (opts.tune)(&mut config);
     let clock = Arc::new(OffsetClock::default());

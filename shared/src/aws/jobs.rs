@@ -14,6 +14,8 @@
 //! part), and `expires_at` (µs) with `expiry_bucket`, the sparse `by_expiry`
 //! index the sweeper queries. `ttl` (epoch seconds) lets DynamoDB drop
 //! expired items on its own, two days after the sweeper's turn.
+//! `active_owner` is set while a job is queued or running, so the sparse
+//! `by_active_owner` index counts a client's exports in progress.
 
 use std::collections::HashMap;
 
@@ -33,6 +35,8 @@ use crate::ports::{ClientStore, JobStore, PortError, PortResult};
 
 /// The `by_expiry` index: its one partition key value, and its name.
 pub const EXPIRY_INDEX: &str = "by_expiry";
+/// The sparse `by_active_owner` index: jobs in progress, by owner.
+pub const ACTIVE_OWNER_INDEX: &str = "by_active_owner";
 const EXPIRING: &str = "expiring";
 /// DynamoDB's own expiry runs this long after the sweeper's.
 const TTL_GRACE_SECONDS: i64 = 2 * 86_400;
@@ -67,6 +71,9 @@ fn job_item(job: &Job) -> PortResult<Item> {
     item.insert("doc".into(), s(to_json(job)?));
     item.insert("version".into(), n(job.version));
     item.insert("parts_remaining".into(), n(job.parts_remaining));
+    if job.is_active() {
+        item.insert("active_owner".into(), s(&job.owner));
+    }
     if let Some(t) = job.expires_at {
         item.insert("expires_at".into(), n(t.timestamp_micros()));
         item.insert("expiry_bucket".into(), s(EXPIRING));
@@ -316,6 +323,24 @@ impl JobStore for DynamoJobs {
             .await?
             .ok_or(PortError::NotFound)?;
         Ok(job.parts_remaining)
+    }
+
+    async fn count_active_jobs(&self, owner: &str) -> PortResult<u32> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(ACTIVE_OWNER_INDEX)
+            .key_condition_expression("active_owner = :o")
+            .expression_attribute_values(":o", s(owner))
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .into_paginator()
+            .send();
+        let mut count = 0;
+        while let Some(page) = pages.next().await {
+            count += page.map_err(backend)?.count().max(0) as u32;
+        }
+        Ok(count)
     }
 
     async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>> {

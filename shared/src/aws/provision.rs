@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 
-use super::jobs::EXPIRY_INDEX;
+use super::jobs::{ACTIVE_OWNER_INDEX, EXPIRY_INDEX};
 use super::resources::BY_ID_INDEX;
 use super::{backend, s3_client, AwsNames};
 use crate::ports::PortResult;
@@ -29,48 +29,56 @@ fn key_part(name: &str, kind: KeyType) -> PortResult<KeySchemaElement> {
         .map_err(backend)
 }
 
-/// A global index: hash key (a string), range key, what it projects.
+/// A global index: hash key (a string), range key if any, what it projects.
 struct Index {
     name: &'static str,
     hash: &'static str,
-    range: &'static str,
-    range_kind: ScalarAttributeType,
+    range: Option<(&'static str, ScalarAttributeType)>,
     projection: ProjectionType,
 }
 
-/// A table keyed (`pk` S, `sk` S) with one global index; an existing table
+impl Index {
+    fn build(&self) -> PortResult<GlobalSecondaryIndex> {
+        let mut index = GlobalSecondaryIndex::builder()
+            .index_name(self.name)
+            .key_schema(key_part(self.hash, KeyType::Hash)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(self.projection.clone())
+                    .build(),
+            );
+        if let Some((range, _)) = self.range {
+            index = index.key_schema(key_part(range, KeyType::Range)?);
+        }
+        index.build().map_err(backend)
+    }
+}
+
+/// A table keyed (`pk` S, `sk` S) with global indexes; an existing table
 /// is left as it is.
 async fn create_table(
     client: &aws_sdk_dynamodb::Client,
     name: &str,
-    index: Index,
+    indexes: &[Index],
     ttl: bool,
 ) -> PortResult<()> {
-    let result = client
+    let mut request = client
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
         .attribute_definitions(attribute("sk", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute(index.hash, ScalarAttributeType::S)?)
-        .attribute_definitions(attribute(index.range, index.range_kind)?)
         .key_schema(key_part("pk", KeyType::Hash)?)
-        .key_schema(key_part("sk", KeyType::Range)?)
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(index.name)
-                .key_schema(key_part(index.hash, KeyType::Hash)?)
-                .key_schema(key_part(index.range, KeyType::Range)?)
-                .projection(
-                    Projection::builder()
-                        .projection_type(index.projection)
-                        .build(),
-                )
-                .build()
-                .map_err(backend)?,
-        )
-        .send()
-        .await;
+        .key_schema(key_part("sk", KeyType::Range)?);
+    for index in indexes {
+        request = request
+            .attribute_definitions(attribute(index.hash, ScalarAttributeType::S)?)
+            .global_secondary_indexes(index.build()?);
+        if let Some((range, kind)) = &index.range {
+            request = request.attribute_definitions(attribute(range, kind.clone())?);
+        }
+    }
+    let result = request.send().await;
     match result {
         Ok(_) => {}
         Err(e)
@@ -110,26 +118,32 @@ pub async fn provision(
     create_table(
         &dynamo,
         &names.jobs_table,
-        Index {
-            name: EXPIRY_INDEX,
-            hash: "expiry_bucket",
-            range: "expires_at",
-            range_kind: ScalarAttributeType::N,
-            projection: ProjectionType::KeysOnly,
-        },
+        &[
+            Index {
+                name: EXPIRY_INDEX,
+                hash: "expiry_bucket",
+                range: Some(("expires_at", ScalarAttributeType::N)),
+                projection: ProjectionType::KeysOnly,
+            },
+            Index {
+                name: ACTIVE_OWNER_INDEX,
+                hash: "active_owner",
+                range: None,
+                projection: ProjectionType::KeysOnly,
+            },
+        ],
         true,
     )
     .await?;
     create_table(
         &dynamo,
         &names.resources_table,
-        Index {
+        &[Index {
             name: BY_ID_INDEX,
             hash: "rid",
-            range: "ver",
-            range_kind: ScalarAttributeType::N,
+            range: Some(("ver", ScalarAttributeType::N)),
             projection: ProjectionType::All,
-        },
+        }],
         false,
     )
     .await?;

@@ -85,6 +85,11 @@ impl Job {
         self.expires_at.is_some_and(|t| now >= t)
     }
 
+    /// Queued or running: it counts against its owner's limit.
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, JobState::Queued | JobState::Running)
+    }
+
     /// Whether the owner may still see this job at `now`.
     pub fn is_visible(&self, now: DateTime<Utc>) -> bool {
         self.state != JobState::Cancelled && !self.is_expired(now)

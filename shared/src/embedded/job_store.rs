@@ -54,10 +54,19 @@ pub struct SqliteJobs {
     db: Db,
 }
 
+/// Applied at open, in order; each may already be applied to an older
+/// database. Jobs in progress are indexed by owner (a partial index:
+/// finished jobs leave it).
+const MIGRATIONS: &[&str] = &[
+    "ALTER TABLE jobs ADD COLUMN active_owner TEXT",
+    "CREATE INDEX IF NOT EXISTS jobs_by_active_owner ON jobs (active_owner)
+     WHERE active_owner IS NOT NULL",
+];
+
 impl SqliteJobs {
     pub fn open(path: &Path) -> PortResult<Self> {
         Ok(SqliteJobs {
-            db: Db::open(path, SCHEMA)?,
+            db: Db::open_migrated(path, SCHEMA, MIGRATIONS)?,
         })
     }
 
@@ -81,6 +90,11 @@ fn expiry_key(job: &Job) -> Option<i64> {
     job.expires_at.map(|t| t.timestamp_micros())
 }
 
+/// The owner while the job is in progress (the per-client limit counts it).
+fn active_owner(job: &Job) -> Option<&str> {
+    job.is_active().then_some(job.owner.as_str())
+}
+
 #[async_trait]
 impl JobStore for SqliteJobs {
     async fn create_job(&self, job: &Job) -> PortResult<()> {
@@ -90,8 +104,9 @@ impl JobStore for SqliteJobs {
             .call(move |c| {
                 let n = c
                     .execute(
-                        "INSERT OR IGNORE INTO jobs (id, version, expires_at, body) VALUES (?1, 1, ?2, ?3)",
-                        params![job.id, expiry_key(&job), to_json(&job)?],
+                        "INSERT OR IGNORE INTO jobs (id, version, expires_at, active_owner, body)
+                         VALUES (?1, 1, ?2, ?3, ?4)",
+                        params![job.id, expiry_key(&job), active_owner(&job), to_json(&job)?],
                     )
                     .map_err(backend)?;
                 if n == 0 {
@@ -125,8 +140,16 @@ impl JobStore for SqliteJobs {
                 job.version += 1;
                 let n = c
                     .execute(
-                        "UPDATE jobs SET version = ?1, expires_at = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
-                        params![job.version as i64, expiry_key(&job), to_json(&job)?, job.id, expected as i64],
+                        "UPDATE jobs SET version = ?1, expires_at = ?2, active_owner = ?3, body = ?4
+                         WHERE id = ?5 AND version = ?6",
+                        params![
+                            job.version as i64,
+                            expiry_key(&job),
+                            active_owner(&job),
+                            to_json(&job)?,
+                            job.id,
+                            expected as i64
+                        ],
                     )
                     .map_err(backend)?;
                 if n == 0 {
@@ -243,6 +266,21 @@ impl JobStore for SqliteJobs {
                 .map_err(backend)?;
                 tx.commit().map_err(backend)?;
                 Ok(job.parts_remaining)
+            })
+            .await
+    }
+
+    async fn count_active_jobs(&self, owner: &str) -> PortResult<u32> {
+        let owner = owner.to_string();
+        self.db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT count(*) FROM jobs WHERE active_owner = ?1",
+                    params![owner],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u32)
+                .map_err(backend)
             })
             .await
     }

@@ -25,8 +25,21 @@ struct DbInner {
 impl Db {
     /// Opens (creating if needed) the database and applies `schema`.
     pub fn open(path: &Path, schema: &str) -> PortResult<Db> {
+        Self::open_migrated(path, schema, &[])
+    }
+
+    /// Like `open`, then applies `migrations` (statements that may already
+    /// have been applied to an older database: "duplicate column" is fine).
+    pub fn open_migrated(path: &Path, schema: &str, migrations: &[&str]) -> PortResult<Db> {
         let conn = open_connection(path)?;
         conn.execute_batch(schema).map_err(backend)?;
+        for m in migrations {
+            match conn.execute(m, []) {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
         Ok(Db {
             inner: Arc::new(DbInner {
                 path: path.to_path_buf(),

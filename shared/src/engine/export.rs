@@ -34,6 +34,9 @@ pub enum StatusReply {
     },
 }
 
+/// How long a client over its limit of exports in progress is told to wait.
+const ACTIVE_LIMIT_RETRY_AFTER_SECS: u64 = 30;
+
 fn job_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!(
         "No export job '{id}' (unknown, expired or cancelled)"
@@ -48,6 +51,7 @@ impl Engine {
         authorize_export(&caller.access, &mut request)?;
         self.check_patients(&request.level, &request.patients)
             .await?;
+        self.check_active_limit(caller).await?;
         let snapshot = self.ports.resources.snapshot().await?;
         let transaction_time = request.until.map_or(snapshot, |u| u.min(snapshot));
         let now = self.ports.clock.now();
@@ -76,6 +80,25 @@ impl Engine {
             .await?;
         tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
         Ok(job.id)
+    }
+
+    /// 429 when the caller already has its limit of exports in progress.
+    async fn check_active_limit(&self, caller: &Caller) -> Result<(), ApiError> {
+        let limit = self.config.max_active_exports_per_client;
+        if limit == 0 {
+            return Ok(());
+        }
+        let active = self.ports.jobs.count_active_jobs(&caller.subject).await?;
+        if active >= limit {
+            return Err(ApiError::too_many_requests(
+                format!(
+                    "This client already has {active} exports in progress (the limit is \
+                     {limit}); wait for one to finish, or cancel one"
+                ),
+                ACTIVE_LIMIT_RETRY_AFTER_SECS,
+            ));
+        }
+        Ok(())
     }
 
     /// The Group must exist; listed patients must exist (and be members).

@@ -67,6 +67,10 @@ pub struct EngineConfig {
     /// than any handling can live (a Lambda's timeout, the local budget),
     /// so nothing a straggler writes survives it.
     pub collect_delay: Duration,
+    /// A client with this many exports queued or running gets 429 for the
+    /// next one (0: no limit). Two kick-offs at the same instant may both
+    /// pass: the limit is a guard against runaway clients, not a quota.
+    pub max_active_exports_per_client: u32,
 }
 
 impl EngineConfig {
@@ -87,6 +91,7 @@ impl EngineConfig {
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(900),
             collect_delay: Duration::from_secs(900),
+            max_active_exports_per_client: 10,
         }
     }
 }
@@ -129,16 +134,15 @@ impl From<PortError> for ApiError {
         match &e {
             PortError::Conflict => ApiError::conflict("The resource changed concurrently; retry"),
             PortError::NotFound => ApiError::not_found("Not found"),
-            PortError::Unsupported(m) => ApiError::new(422, "not-supported", m.clone()),
+            PortError::Unsupported(m) => ApiError::unprocessable(m.clone()),
             PortError::AlreadyExists => ApiError::conflict("Already exists"),
             PortError::Transient { .. } => {
                 tracing::error!(error = %e, "storage failure");
-                ApiError::new(503, "transient", "Storage is unavailable; retry later")
-                    .with_header("Retry-After", "5")
+                ApiError::unavailable("Storage is unavailable; retry later", 5)
             }
             PortError::Permanent { what, .. } => {
                 tracing::error!(error = %e, "storage failure");
-                ApiError::new(500, "exception", format!("The server failed: {what}"))
+                ApiError::internal(format!("The server failed: {what}"))
             }
         }
     }

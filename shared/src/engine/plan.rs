@@ -41,7 +41,12 @@ impl Engine {
                 }
                 Err(PortError::Conflict) => match self.ports.jobs.get_job(job_id).await? {
                     Some(j) if j.state == JobState::Queued => job = j,
-                    _ => return Ok(()), // cancelled (or planned by a twin) meanwhile
+                    // Planned by a twin, which may die before it sends the
+                    // parts' messages: send them too (duplicates are harmless).
+                    Some(j) if j.state == JobState::Running => {
+                        return self.send_unfinished_parts(&j).await
+                    }
+                    _ => return Ok(()), // cancelled meanwhile
                 },
                 Err(e) => return Err(e),
             }

@@ -25,12 +25,17 @@ use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
 use crate::ports::{PortError, PortResult, ShardScan, Version};
 
-/// How a message was handled (either way, it may be deleted from the queue).
+/// How a message was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkOutcome {
     Done,
     /// Out of time: a checkpoint is saved and a continuation queued.
     Continued,
+    /// Another handling of the part won a checkpoint first. It may yet die
+    /// before it finishes or hands on, so this message must come back
+    /// later rather than be deleted (a redelivered copy is the same SQS
+    /// message: deleting it would delete the winner's too).
+    Contended,
 }
 
 /// What becomes of a delivery once it was handled.
@@ -55,6 +60,9 @@ impl Engine {
         deadline: Instant,
     ) -> Disposition {
         let error = match self.handle(message, deadline).await {
+            Ok(WorkOutcome::Contended) => {
+                return Disposition::RetryAfter(self.retry_delay(receive_count))
+            }
             Ok(_) => return Disposition::Done,
             Err(e) => e,
         };
@@ -130,7 +138,7 @@ impl Engine {
             // The checkpoint names uploads a rival handling may be using:
             // claim them (fresh chunk numbers) before writing anything.
             if !sink.load_spills().await? || !self.save_checkpoint(&mut part, &mut sink).await? {
-                return Ok(WorkOutcome::Done);
+                return Ok(WorkOutcome::Contended);
             }
             sink.complete_sealed().await?;
         }
@@ -141,10 +149,11 @@ impl Engine {
             // completion removes what is left.
             sink.discard_unrecorded().await;
         }
-        match result? {
-            Driven::Paused => Ok(WorkOutcome::Continued),
-            _ => Ok(WorkOutcome::Done),
-        }
+        Ok(match result? {
+            Driven::Paused => WorkOutcome::Continued,
+            Driven::LostRace => WorkOutcome::Contended,
+            Driven::Finished | Driven::Stopped => WorkOutcome::Done,
+        })
     }
 
     async fn drive(

@@ -338,6 +338,9 @@ pub trait JobStore: Send + Sync {
     /// Atomically marks the part done (conditional on its version) and
     /// decrements the job's `parts_remaining`; returns the new count.
     async fn complete_part(&self, part: &Part) -> PortResult<u32>;
+    /// How many of `owner`'s jobs are queued or running. May lag a moment
+    /// behind the latest writes (DynamoDB answers from an index).
+    async fn count_active_jobs(&self, owner: &str) -> PortResult<u32>;
     /// Ids of jobs whose `expires_at` is at or before `now`.
     async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>>;
 }

@@ -17,6 +17,7 @@ use bulk_export::domain::job::{job_prefix, Position};
 use bulk_export::engine::Engine;
 use bulk_export::ports::{ArtifactStore, Clock, JobStore, PortResult, WorkQueue};
 use bulk_export::sample::{generate, SampleConfig};
+use bulk_export::service::ServiceSettings;
 use bulk_export_functions::settings::{AuthMode, Settings};
 use bulk_export_functions::{http as lambda, sweeper, worker, Container};
 use serde_json::Value;
@@ -51,24 +52,22 @@ async fn stack(patients: usize, wrap: Option<Wrap>) -> Stack {
     if let Some(wrap) = wrap {
         ports.artifacts = wrap(ports.artifacts);
     }
+    let mut service = ServiceSettings::default();
+    // Small files and chunks: many multipart uploads and checkpoints per
+    // part (moto runs with S3_UPLOAD_PART_MIN_SIZE=1).
+    service.engine.max_resources_per_file = 40;
+    service.engine.min_chunk_bytes = 16 << 10;
+    // Failed messages come back at once (the driver's visibility is 2 s).
+    service.engine.retry_base = Duration::ZERO;
     let settings = Settings {
         names: names.clone(),
-        base_path: "/fhir".into(),
-        public_url: None,
-        retention: chrono::Duration::days(7),
-        max_resources_per_file: 40,
-        // Small chunks: many multipart uploads and checkpoints per part
-        // (moto runs with S3_UPLOAD_PART_MIN_SIZE=1).
-        part_size_bytes: 16 << 10,
-        presign_ttl: Duration::from_secs(300),
-        // Failed messages come back at once (the driver's visibility is 2 s).
-        retry_base: Duration::ZERO,
         shards: 4,
         auth: AuthMode::Open,
         signing_key: None,
         external_issuer: None,
+        service,
     };
-    let container = Container::from_parts(settings, ports, adapters.jobs.clone(), None);
+    let container = Container::from_parts(settings, ports, adapters.jobs.clone(), None).unwrap();
     let engine = container.engine(ORIGIN);
     let values: Vec<Value> = generate(SampleConfig { patients, seed: 7 }).collect();
     let mut loaded: BTreeMap<String, Vec<String>> = BTreeMap::new();
