@@ -31,7 +31,7 @@ use bulk_export::aws::{
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::JobState;
 use bulk_export::domain::request::{ExportLevel, KickoffInput};
-use bulk_export::engine::{Caller, Engine, EngineConfig};
+use bulk_export::engine::{Caller, Disposition, Engine, EngineConfig};
 use bulk_export::ports::WorkQueue;
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export_functions::worker::SAFETY_MARGIN;
@@ -40,6 +40,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 const FLOOR_PARTITIONS: usize = 16;
+/// Deliveries that came back (a failure or a lost race), for the summary.
+static RETRIES: AtomicU64 = AtomicU64::new(0);
 /// As deployed (template.yaml): the worker's 300 s timeout less its 20 s
 /// safety margin, and the queue's visibility timeout of six times the
 /// function's. With less slack, a page that moto serves slowly pushes a
@@ -121,6 +123,8 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
     ));
     let mut config = EngineConfig::new("https://bench.example/fhir");
     config.min_chunk_bytes = 8 << 20; // the functions' default part size
+                                      // Retries come back no later than a lost delivery would.
+    config.retry_base = config.retry_base.min(timing.visibility);
     let engine = Engine::new(adapters.ports(), config);
 
     let values: Vec<Value> = generate(SampleConfig::for_resources(n, 7))
@@ -213,19 +217,16 @@ async fn export_once(
                 futures::future::join_all(deliveries.iter().map(|d| {
                     let (engine, queue) = (&engine, &queue);
                     async move {
-                        // A failed handling is redelivered (on AWS after the
-                        // visibility timeout) and resumes from its
-                        // checkpoint; here it is retried at once.
-                        for attempt in 1.. {
-                            match engine.handle(&d.message, deadline).await {
-                                Ok(_) => break,
-                                Err(e) if attempt < 5 => {
-                                    eprintln!("handling failed (attempt {attempt}, retrying): {e}")
-                                }
-                                Err(e) => panic!("handling failed {attempt} times: {e}"),
+                        // As the worker function settles a record: done is
+                        // deleted; a failure or a lost race comes back
+                        // after the delay the engine asks for.
+                        match engine.process(&d.message, d.receive_count, deadline).await {
+                            Disposition::Done => queue.delete(&d.receipt).await.unwrap(),
+                            Disposition::RetryAfter(delay) => {
+                                RETRIES.fetch_add(1, Ordering::Relaxed);
+                                queue.retry_later(&d.receipt, delay).await.unwrap()
                             }
                         }
-                        queue.delete(&d.receipt).await.unwrap();
                     }
                 }))
                 .await;
@@ -275,13 +276,35 @@ async fn export_once(
     }
     let listed: u64 = job.files.iter().map(|f| f.count).sum();
     assert_eq!(ids.len() as u64, listed, "each resource once in the files");
+    // Nothing left behind by handlings that lost a race, once the delayed
+    // clean-up has run (here at once: every worker has stopped): no open
+    // upload, no object the manifest does not list.
+    let collect = bulk_export::domain::job::WorkMessage::Collect {
+        job_id: job_id.clone(),
+    };
+    let now = tokio::time::Instant::now();
+    engine.handle(&collect, now).await.unwrap();
+    let prefix = bulk_export::domain::job::job_prefix(&job_id);
+    let uploads = engine.ports.artifacts.list_uploads(&prefix).await.unwrap();
+    assert!(uploads.is_empty(), "open uploads left: {uploads:?}");
+    let mut objects = engine.ports.artifacts.list(&prefix).await.unwrap();
+    objects.retain(|k| {
+        !job.files
+            .iter()
+            .any(|f| k.ends_with(&format!("/{}", f.name)))
+    });
+    assert!(
+        objects.is_empty(),
+        "objects outside the manifest: {objects:?}"
+    );
     let parts = engine.ports.jobs.list_parts(&job_id).await.unwrap().len();
     let planning_ms = job
         .started_at
         .map_or(-1, |s| (s - job.created_at).num_milliseconds());
     println!(
-        "           {parts} parts, {} files, planning {planning_ms} ms",
-        job.files.len()
+        "           {parts} parts, {} files, planning {planning_ms} ms, {} deliveries came back (failed or lost a race)",
+        job.files.len(),
+        RETRIES.load(Ordering::Relaxed)
     );
     (job.files.iter().map(|f| f.count).sum(), bytes)
 }

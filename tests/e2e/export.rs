@@ -304,9 +304,9 @@ async fn files_split_at_the_configured_size() {
     let app = spawn_app(Options {
         sample_patients: 6,
         tune: Box::new(|c| {
-            c.max_resources_per_file = 7;
-            c.page_size = 3;
-            c.min_chunk_bytes = 2000;
+            c.engine.max_resources_per_file = 7;
+            c.engine.page_size = 3;
+            c.engine.min_chunk_bytes = 2000;
         }),
         ..Default::default()
     })
@@ -335,8 +335,8 @@ async fn running_status_then_cancel_leaves_nothing() {
         sample_patients: 10,
         wrap_artifacts: gated(&gate),
         tune: Box::new(|c| {
-            c.page_size = 10;
-            c.min_chunk_bytes = 1;
+            c.engine.page_size = 10;
+            c.engine.min_chunk_bytes = 1;
         }),
         ..Default::default()
     })
@@ -524,8 +524,8 @@ async fn a_part_killed_mid_way_resumes_without_duplicates_or_loss() {
             Arc::new(Intercepted { inner, hook })
         })),
         tune: Box::new(|c| {
-            c.page_size = 7;
-            c.min_chunk_bytes = 1;
+            c.engine.page_size = 7;
+            c.engine.min_chunk_bytes = 1;
             c.visibility_timeout = Duration::from_millis(500);
         }),
         ..Default::default()
@@ -554,8 +554,8 @@ async fn parts_out_of_time_continue_in_new_messages() {
     let app = spawn_app(Options {
         sample_patients: 6,
         tune: Box::new(|c| {
-            c.page_size = 5;
-            c.min_chunk_bytes = 1;
+            c.engine.page_size = 5;
+            c.engine.min_chunk_bytes = 1;
             c.invocation_budget = Duration::from_millis(1);
         }),
         ..Default::default()
@@ -578,12 +578,12 @@ async fn the_files_of_an_export_do_not_depend_on_pauses() {
         let app = spawn_app(Options {
             sample_patients: 8,
             tune: Box::new(move |c| {
-                c.page_size = 5;
-                c.max_resources_per_file = 13;
+                c.engine.page_size = 5;
+                c.engine.max_resources_per_file = 13;
                 // Buffers too large to carry and too small to upload: a
                 // pause must spill them, not end the file.
-                c.carry_limit_bytes = 256;
-                c.min_chunk_bytes = 64 << 10;
+                c.engine.carry_limit_bytes = 256;
+                c.engine.min_chunk_bytes = 64 << 10;
                 c.invocation_budget = budget;
             }),
             ..Default::default()
@@ -630,8 +630,8 @@ async fn changes_during_an_export_do_not_leak_into_it() {
         sample_patients: 20,
         wrap_artifacts: gated(&gate),
         tune: Box::new(|c| {
-            c.page_size = 1;
-            c.min_chunk_bytes = 1;
+            c.engine.page_size = 1;
+            c.engine.min_chunk_bytes = 1;
             c.workers = 1;
         }),
         ..Default::default()
@@ -679,7 +679,7 @@ async fn a_job_that_keeps_failing_answers_500_with_an_outcome() {
             Arc::new(Intercepted { inner, hook })
         })),
         tune: Box::new(|c| {
-            c.min_chunk_bytes = 1;
+            c.engine.min_chunk_bytes = 1;
             c.visibility_timeout = Duration::from_millis(300);
         }),
         ..Default::default()
@@ -737,7 +737,7 @@ async fn a_permanent_error_fails_the_job_at_its_first_handling() {
                 hook: Denied { calls: c },
             })
         })),
-        tune: Box::new(|c| c.min_chunk_bytes = 1),
+        tune: Box::new(|c| c.engine.min_chunk_bytes = 1),
         ..Default::default()
     })
     .await;
@@ -760,4 +760,172 @@ async fn a_permanent_error_fails_the_job_at_its_first_handling() {
         1,
         "no retry of a permanent error"
     );
+}
+
+/// A client at its limit of exports in progress gets 429 with Retry-After
+/// and an OperationOutcome; other clients are not affected, and the client
+/// may start again once one of its exports ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_limit_of_exports_in_progress_gets_429() {
+    let gate = Gate::new();
+    let app = spawn_app(Options {
+        sample_patients: 3,
+        header_subject: true,
+        wrap_artifacts: gated(&gate),
+        tune: Box::new(|c| {
+            c.engine.max_active_exports_per_client = 2;
+            c.engine.min_chunk_bytes = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let as_ = |who: &str, r: reqwest::RequestBuilder| r.header("x-test-subject", who.to_string());
+    let kickoff = |who: &str| {
+        as_(who, app.client.get(app.url("$export?_type=Patient")))
+            .header("accept", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .send()
+    };
+    let first = kickoff("alice").await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        kickoff("alice").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let third = kickoff("alice").await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = third.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    let oo = expect_outcome(third, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 2"),
+        "{oo}"
+    );
+    // Another client has its own limit.
+    assert_eq!(kickoff("bob").await.unwrap().status(), StatusCode::ACCEPTED);
+    // Once one of Alice's exports ends (here: cancelled), she may start again.
+    let status = first.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cancel = as_("alice", app.client.delete(&status))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        kickoff("alice").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    gate.open();
+}
+
+/// Twenty exports at once from five clients: every one completes, each
+/// exactly (its files hold every resource of its types once), and each
+/// client sees only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_exports_from_five_clients_all_complete_exactly() {
+    let app = spawn_app(Options {
+        sample_patients: 6,
+        header_subject: true,
+        tune: Box::new(|c| {
+            c.engine.page_size = 20;
+            c.engine.max_resources_per_file = 25;
+            c.engine.min_chunk_bytes = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let expected = by_type(sample(6));
+    let types = ["Patient", "Observation", "Encounter", "Condition"];
+    let app = &app;
+    let exports = (0..20).map(|n| async move {
+        let who = format!("client-{}", n % 5);
+        let t = types[n % types.len()];
+        let resp = app
+            .kickoff_get(&format!("$export?_type={t}"))
+            .header("x-test-subject", &who)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "export {n}");
+        let status = resp.headers()["content-location"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let manifest: Value = loop {
+            let r = app
+                .client
+                .get(&status)
+                .header("x-test-subject", &who)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == StatusCode::OK {
+                break r.json().await.unwrap();
+            }
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "export {n} did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Another client cannot see it.
+        let other = app
+            .client
+            .get(&status)
+            .header("x-test-subject", "intruder")
+            .send()
+            .await;
+        assert_eq!(other.unwrap().status(), StatusCode::NOT_FOUND);
+        let mut ids = Vec::new();
+        for file in manifest["output"].as_array().unwrap() {
+            let r = app
+                .client
+                .get(file["url"].as_str().unwrap())
+                .header("x-test-subject", &who)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::SEE_OTHER);
+            let signed = r.headers()["location"].to_str().unwrap().to_string();
+            let text = app
+                .client
+                .get(&signed)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(text.lines().count() as u64, file["count"].as_u64().unwrap());
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["resourceType"], t);
+                ids.push(v["id"].as_str().unwrap().to_string());
+            }
+        }
+        (t, ids)
+    });
+    for (t, mut ids) in futures::future::join_all(exports).await {
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(n, ids.len(), "{t}: no resource twice");
+        let mut want: Vec<String> = expected[t]
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        want.sort();
+        assert_eq!(ids, want, "{t}: every resource once");
+    }
 }

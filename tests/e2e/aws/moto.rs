@@ -92,6 +92,27 @@ fn start() -> Result<String, String> {
     Err("moto did not start within 60 s".into())
 }
 
+/// Clears the emulator's state (every table, bucket and queue). Only for a
+/// caller that owns the emulator: tests sharing it would lose theirs.
+#[allow(dead_code)] // used by the fault harness, not by the tests
+pub fn reset() {
+    let url = endpoint();
+    let addr = url.trim_start_matches("http://");
+    if let Ok(mut s) = TcpStream::connect(addr) {
+        use std::io::Write;
+        let _ = s.write_all(b"POST /moto-api/reset HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    }
+}
+
+/// Whether this process started the emulator (so it may reset it).
+#[allow(dead_code)] // used by the fault harness, not by the tests
+pub fn owned() -> bool {
+    endpoint();
+    CHILD.lock().unwrap().is_some()
+}
+
 /// The emulator's endpoint, starting it on first use.
 pub fn endpoint() -> String {
     SERVER
