@@ -411,7 +411,7 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
     let give_up = Instant::now()
         + match backend {
             Backend::Embedded => Duration::from_secs(120),
-            Backend::Moto => Duration::from_secs(900),
+            Backend::Moto => Duration::from_secs(240),
         };
     let mut step = 0;
     loop {
@@ -419,10 +419,13 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
             let job = stack.ports.jobs.get_job(&job_id).await.unwrap();
             let parts = stack.ports.jobs.list_parts(&job_id).await.unwrap();
             return Err(format!(
-                "the export did not end in time: {:?}, {} messages pending, parts done {:?}",
-                job.map(|j| j.state),
+                "the export did not end in time: {:?}, {} messages pending, parts {:?}",
+                job.map(|j| (j.state, j.parts_remaining)),
                 stack.pending.count().await,
-                parts.iter().map(|p| p.done).collect::<Vec<_>>()
+                parts
+                    .iter()
+                    .map(|p| (p.done, p.version, p.checkpoint.position.clone()))
+                    .collect::<Vec<_>>()
             ));
         }
         step += 1;
