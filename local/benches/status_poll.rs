@@ -1,6 +1,8 @@
 //! Status polling under many concurrent pollers, on the local service.
 //!
 //! `cargo bench -p bulk-export-local --bench status_poll -- --pollers 100 --polls 100`
+//! (`--interval-ms N`: each poller waits N ms between its polls, as a client
+//! honouring `Retry-After` would; 0, the default, polls as fast as it can)
 //!
 //! Starts the real service (HTTP on a free 127.0.0.1 port, embedded
 //! storage, sample data), runs one export to completion, and copies its job
@@ -31,10 +33,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(arg("--pollers", 100), arg("--polls", 100)));
+    rt.block_on(run(
+        arg("--pollers", 100),
+        arg("--polls", 100),
+        Duration::from_millis(arg("--interval-ms", 0) as u64),
+    ));
 }
 
-async fn run(pollers: usize, polls: usize) {
+async fn run(pollers: usize, polls: usize, interval: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = LocalConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
     config.sample_patients = 50;
@@ -79,7 +85,8 @@ async fn run(pollers: usize, polls: usize) {
     let running_url = done_url.replace(done_id, &job.id);
 
     println!(
-        "status polling: {pollers} concurrent pollers x {polls} polls, {} parts",
+        "status polling: {pollers} concurrent pollers x {polls} polls, {:?} apart, {} parts",
+        interval,
         parts.len()
     );
     for (label, url, want) in [
@@ -89,11 +96,17 @@ async fn run(pollers: usize, polls: usize) {
         let url = Arc::new(url);
         let started = Instant::now();
         let tasks: Vec<_> = (0..pollers)
-            .map(|_| {
+            .map(|i| {
                 let (client, url) = (client.clone(), url.clone());
                 tokio::spawn(async move {
+                    // Spread the pollers over one interval, as independent
+                    // clients would be.
+                    tokio::time::sleep(interval * i as u32 / pollers as u32).await;
                     let mut latencies = Vec::with_capacity(polls);
                     for _ in 0..polls {
+                        if !interval.is_zero() {
+                            tokio::time::sleep(interval).await;
+                        }
                         let t = Instant::now();
                         let resp = client.get(url.as_str()).send().await.unwrap();
                         let status = resp.status().as_u16();
