@@ -147,7 +147,7 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
     // 2. The export.
     let queries_before = queries.swap(0, Ordering::Relaxed);
     let t = Instant::now();
-    let exported = export_once(&engine, &adapters, workers, timing).await;
+    let exported = export_once(&engine, &adapters, workers, timing, n).await;
     let export_secs = t.elapsed().as_secs_f64();
     let export_queries = queries.swap(0, Ordering::Relaxed);
     assert_eq!(exported.0 as usize, n, "every resource exported once");
@@ -196,6 +196,7 @@ async fn export_once(
     adapters: &AwsAdapters,
     workers: usize,
     timing: Timing,
+    n: usize,
 ) -> (u64, u64) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -242,7 +243,15 @@ async fn export_once(
         now: chrono::Utc::now(),
     };
     let job_id = engine.kickoff(&Caller::anonymous(), input).await.unwrap();
+    // Generous (100k took 22 min), and a stall fails the run instead of
+    // hanging it.
+    let limit = Duration::from_secs(600).max(Duration::from_millis(30 * n as u64));
+    let give_up = Instant::now() + limit;
     let job = loop {
+        assert!(
+            Instant::now() < give_up,
+            "the export did not finish within {limit:?}"
+        );
         let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
         if job.state == JobState::Completed {
             break job;

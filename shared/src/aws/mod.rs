@@ -107,8 +107,20 @@ pub async fn read_secure_parameter(sdk: &SdkConfig, name: &str) -> PortResult<St
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client())
+        .timeout_config(timeouts())
         .load()
         .await
+}
+
+/// The SDK sets no timeout on an attempt by default, so a call whose answer
+/// never comes would hold its handling (and its message) forever. With
+/// these, a stuck attempt fails and is retried by the SDK, then surfaces as
+/// a transient error the engine retries later.
+fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .operation_attempt_timeout(std::time::Duration::from_secs(60))
+        .build()
 }
 
 fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
@@ -124,6 +136,7 @@ fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
 pub async fn emulator_config(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client())
+        .timeout_config(timeouts())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
