@@ -130,6 +130,11 @@ impl Settings {
         if let Some(n) = optional_number("BULK_EXPORT_MAX_ACTIVE_EXPORTS_PER_CLIENT")? {
             engine.max_active_exports_per_client = n;
         }
+        if let Some(ms) = optional_number("BULK_EXPORT_STATUS_WAIT_MS")? {
+            engine.status_wait = Duration::from_millis(ms);
+        }
+        // DynamoDB reads of a held status request: ten a second.
+        engine.status_wait_poll = Duration::from_millis(100);
         if let Some(secs) = optional_number("BULK_EXPORT_RETRY_BASE_SECONDS")? {
             engine.retry_base = Duration::from_secs(secs);
         }

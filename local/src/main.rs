@@ -50,6 +50,11 @@ struct Args {
     /// (0: no limit) [default: 10].
     #[arg(long, env = "BULK_EXPORT_MAX_ACTIVE_EXPORTS_PER_CLIENT")]
     max_active_exports_per_client: Option<u32>,
+    /// Milliseconds a status request for an export in progress is held
+    /// open, answered as soon as the export completes (0: at once)
+    /// [default: 1000].
+    #[arg(long, env = "BULK_EXPORT_STATUS_WAIT_MS")]
+    status_wait_ms: Option<u64>,
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
@@ -132,6 +137,9 @@ async fn main() {
     }
     if let Some(n) = args.max_active_exports_per_client {
         engine.max_active_exports_per_client = n;
+    }
+    if let Some(ms) = args.status_wait_ms {
+        engine.status_wait = Duration::from_millis(ms);
     }
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.auth = args.auth;

@@ -226,6 +226,9 @@ fn killed_mid_export_a_restart_resumes_at_once_and_exactly() {
         "1",
         "--page-size",
         "2",
+        // Polls answer at once: the test must see the export mid-way.
+        "--status-wait-ms",
+        "0",
     ];
     let (mut child, base) = start_with(dir.path(), &slow);
     let http = reqwest::blocking::Client::builder()

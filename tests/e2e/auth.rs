@@ -13,17 +13,17 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A client's key pair: what it signs with, and the JWK it registers.
-struct ClientKey {
-    alg: Algorithm,
-    kid: String,
-    encoding: EncodingKey,
-    jwk: Value,
+pub(crate) struct ClientKey {
+    pub(crate) alg: Algorithm,
+    pub(crate) kid: String,
+    pub(crate) encoding: EncodingKey,
+    pub(crate) jwk: Value,
 }
 
-fn es384(kid: &str) -> ClientKey {
+pub(crate) fn es384(kid: &str) -> ClientKey {
     let secret = p384::SecretKey::random(&mut p384::elliptic_curve::rand_core::OsRng);
     let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
     let mut jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string()).unwrap();
@@ -59,7 +59,7 @@ fn now() -> i64 {
 }
 
 /// A client assertion; `tweak` changes claims or header for a bad case.
-fn assertion(
+pub(crate) fn assertion(
     key: &ClientKey,
     client_id: &str,
     aud: &str,
@@ -161,7 +161,7 @@ impl AuthApp {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -324,8 +324,8 @@ async fn the_token_endpoint_follows_smart_backend_services() {
         "invalid_scope",
     ));
     cases.push((
-        "v2 write scope",
-        form(good(), "system/Patient.cruds"),
+        "v2 mutation-only scope",
+        form(good(), "system/Patient.cu"),
         400,
         "invalid_scope",
     ));
@@ -346,17 +346,47 @@ async fn the_token_endpoint_follows_smart_backend_services() {
         );
     }
 
-    // A client limited to some types may not ask for more.
+    // Wider scopes are narrowed to read access, and the response names it.
+    for (asked, granted) in [
+        ("system/*.*", "system/*.read"),
+        ("system/*.cruds", "system/*.rs"),
+        (
+            "system/Patient.cu system/Observation.rs",
+            "system/Observation.rs",
+        ),
+    ] {
+        let (status, body) = send(form(good(), asked)).await;
+        assert_eq!(status, StatusCode::OK, "{asked}: {body}");
+        assert_eq!(body["scope"], granted, "{asked}");
+    }
+    // A client limited to some types gets only those.
     a.register("client-narrow", &[&ec], "system/Patient.read", None)
         .await;
-    let (status, body) = send(form(
-        assertion(&ec, "client-narrow", &a.token_url, |_, _| {}),
-        "system/*.read",
-    ))
-    .await;
+    let narrow = || assertion(&ec, "client-narrow", &a.token_url, |_, _| {});
+    let (status, body) = send(form(narrow(), "system/*.read")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "system/Patient.read");
+    let (status, body) = send(form(narrow(), "system/Observation.read")).await;
     assert_eq!(
         (status.as_u16(), body["error"].as_str().unwrap()),
         (400, "invalid_scope")
+    );
+
+    // An assertion refused for its scope is not spent: it may be sent again.
+    // Once it has got a token, it is.
+    let once = good();
+    let (status, body) = send(form(once.clone(), "system/Patient.cu")).await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str().unwrap()),
+        (400, "invalid_scope")
+    );
+    let (status, body) = send(form(once.clone(), "system/*.read")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(form(once, "system/*.read")).await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str().unwrap()),
+        (401, "invalid_client"),
+        "{body}"
     );
 
     // Discovery.

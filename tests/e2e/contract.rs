@@ -27,6 +27,8 @@ pub fn job(id: &str) -> Job {
             until: None,
             elements: ElementSelection::default(),
             patients: vec![],
+            excluded_patients: vec![],
+            associated_provenance: None,
             lenient_issues: vec![],
         },
         state: JobState::Running,
@@ -39,6 +41,7 @@ pub fn job(id: &str) -> Job {
         parts_remaining: 2,
         files: vec![],
         error: None,
+        plan_inputs: None,
         version: 0,
     }
 }

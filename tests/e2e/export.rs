@@ -929,3 +929,269 @@ async fn twenty_concurrent_exports_from_five_clients_all_complete_exactly() {
         assert_eq!(ids, want, "{t}: every resource once");
     }
 }
+
+/// `patient` names that are not in the export (no such patient, or not a
+/// member of the Group) are accepted: the others are exported, and each
+/// left-out one is an OperationOutcome in the manifest's `error`, worded
+/// the same whichever the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_non_member_patients_are_reported_not_refused() {
+    let app = spawn_app(Options {
+        sample_patients: 4,
+        ..Default::default()
+    })
+    .await;
+    let patients = ids(&by_type(sample(4))["Patient"]);
+    let group = app
+        .put(
+            &json!({"resourceType": "Group", "id": "two", "type": "person", "actual": true,
+            "member": [{"entity": {"reference": format!("Patient/{}", patients[0])}},
+                       {"entity": {"reference": format!("Patient/{}", patients[1])}}]}),
+        )
+        .await;
+    assert_eq!(group["id"], "two");
+    let named = |ids: &[&str]| -> Value {
+        json!(ids
+            .iter()
+            .map(|p| json!({"name": "patient", "valueReference": {"reference": format!("Patient/{p}")}}))
+            .chain([json!({"name": "_type", "valueString": "Patient"})])
+            .collect::<Vec<_>>())
+    };
+    let diagnostics = |errors: &BTreeMap<String, Vec<Value>>| -> Vec<String> {
+        errors
+            .get("OperationOutcome")
+            .into_iter()
+            .flatten()
+            .map(|o| o["issue"][0]["diagnostics"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Patient level: one real patient and one that does not exist.
+    let body = named(&[&patients[0], "nobody"]);
+    let manifest = app
+        .wait_manifest(
+            &app.start_export(app.kickoff_post("Patient/$export", body))
+                .await,
+        )
+        .await;
+    let out = app.outputs(&manifest, "output").await;
+    assert_eq!(ids(&out["Patient"]), [patients[0].clone()]);
+    let said = diagnostics(&app.outputs(&manifest, "error").await);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("Patient/nobody"), "{}", said[0]);
+
+    // Group level: a member, a patient that exists but is not a member, and
+    // one that does not exist: the last two get the same words.
+    let body = named(&[&patients[1], &patients[2], "ghost"]);
+    let manifest = app
+        .wait_manifest(
+            &app.start_export(app.kickoff_post("Group/two/$export", body))
+                .await,
+        )
+        .await;
+    let out = app.outputs(&manifest, "output").await;
+    assert_eq!(ids(&out["Patient"]), [patients[1].clone()]);
+    let said = diagnostics(&app.outputs(&manifest, "error").await);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(
+        said[0].replace(&patients[2], "X"),
+        said[1].replace("ghost", "X"),
+        "an existing non-member and a missing patient are told apart"
+    );
+
+    // Nobody left: an export with no output, not one of every patient.
+    let body = named(&["ghost"]);
+    let manifest = app
+        .wait_manifest(
+            &app.start_export(app.kickoff_post("Group/two/$export", body))
+                .await,
+        )
+        .await;
+    assert_eq!(manifest["output"], json!([]));
+    assert_eq!(diagnostics(&app.outputs(&manifest, "error").await).len(), 1);
+}
+
+/// A status request for an export in progress is held open and answered
+/// with the manifest as soon as the export completes; one that is still
+/// running when the hold ends gets its 202, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_request_is_held_until_the_export_completes() {
+    let gate = Gate::new();
+    let app = spawn_app(Options {
+        sample_patients: 5,
+        wrap_artifacts: gated(&gate),
+        tune: Box::new(|c| {
+            // A hold far longer than the export, so a busy machine cannot
+            // make the first poll miss it.
+            c.engine.status_wait = Duration::from_secs(60);
+            c.engine.min_chunk_bytes = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient"))
+        .await;
+    gate.reached().await;
+    // The export is stopped at the gate; the poll is held while it is.
+    let poll = tokio::spawn({
+        let (client, status) = (app.client.clone(), status.clone());
+        async move { client.get(&status).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "answered while the export was stopped");
+    gate.open();
+    let resp = poll.await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the first poll gets the manifest"
+    );
+    let manifest: Value = resp.json().await.unwrap();
+    assert_eq!(app.outputs(&manifest, "output").await["Patient"].len(), 5);
+
+    // A hold that ends first: 202 with Retry-After, after the hold.
+    let gate = Gate::new();
+    let app = spawn_app(Options {
+        sample_patients: 5,
+        wrap_artifacts: gated(&gate),
+        tune: Box::new(|c| {
+            c.engine.status_wait = Duration::from_millis(400);
+            c.engine.min_chunk_bytes = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient"))
+        .await;
+    gate.reached().await;
+    let t = std::time::Instant::now();
+    let resp = app.client.get(&status).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t.elapsed()
+    );
+    gate.open();
+    app.wait_manifest(&status).await;
+}
+
+/// `includeAssociatedData`: the Provenance of exported resources rides
+/// along (all of it, or per resource the latest), and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_associated_data_adds_the_provenance_of_exported_resources() {
+    let app = spawn_app(Options {
+        sample_patients: 3,
+        ..Default::default()
+    })
+    .await;
+    let data = by_type(sample(3));
+    let obs = &data["Observation"][0];
+    let obs_id = obs["id"].as_str().unwrap();
+    let obs_patient = obs["subject"]["reference"].as_str().unwrap().to_string();
+    let org_id = data["Organization"][0]["id"].as_str().unwrap();
+    // Without any Provenance the export still succeeds.
+    let manifest = app
+        .wait_manifest(
+            &app.start_export(app.kickoff_get(
+                "$export?_type=Patient&includeAssociatedData=RelevantProvenanceResources",
+            ))
+            .await,
+        )
+        .await;
+    assert!(!app
+        .outputs(&manifest, "output")
+        .await
+        .contains_key("Provenance"));
+
+    let provenance = |id: &str, target: &str, recorded: &str| {
+        json!({"resourceType": "Provenance", "id": id, "recorded": recorded,
+            "target": [{"reference": target}],
+            "agent": [{"who": {"reference": format!("Organization/{org_id}")}}]})
+    };
+    for p in [
+        provenance(
+            "obs-old",
+            &format!("Observation/{obs_id}"),
+            "2020-01-01T00:00:00Z",
+        ),
+        provenance(
+            "obs-new",
+            &format!("Observation/{obs_id}"),
+            "2021-01-01T00:00:00+02:00",
+        ),
+        provenance("patient", &obs_patient, "2020-06-01T00:00:00Z"),
+        provenance(
+            "org",
+            &format!("Organization/{org_id}"),
+            "2022-01-01T00:00:00Z",
+        ),
+        provenance(
+            "gone",
+            "Observation/no-such-observation",
+            "2023-01-01T00:00:00Z",
+        ),
+    ] {
+        app.put(&p).await;
+    }
+    let provenance_of = |path: String| {
+        let app = &app;
+        async move {
+            let manifest = app
+                .wait_manifest(&app.start_export(app.kickoff_get(&path)).await)
+                .await;
+            app.outputs(&manifest, "output")
+                .await
+                .get("Provenance")
+                .map(|p| ids(p))
+                .unwrap_or_default()
+        }
+    };
+    let types = "_type=Patient,Observation";
+    assert_eq!(
+        provenance_of(format!(
+            "$export?{types}&includeAssociatedData=RelevantProvenanceResources"
+        ))
+        .await,
+        ["obs-new", "obs-old", "patient"]
+    );
+    assert_eq!(
+        provenance_of(format!(
+            "$export?{types}&includeAssociatedData=LatestProvenanceResources"
+        ))
+        .await,
+        ["obs-new", "patient"]
+    );
+    // Patient level, Observations only: the Patient's Provenance is not
+    // about an exported resource.
+    assert_eq!(
+        provenance_of(
+            "Patient/$export?_type=Observation&includeAssociatedData=RelevantProvenanceResources"
+                .into()
+        )
+        .await,
+        ["obs-new", "obs-old"]
+    );
+    // Provenance among the types as well: each one once.
+    assert_eq!(
+        provenance_of(
+            "Patient/$export?_type=Observation,Provenance&includeAssociatedData=RelevantProvenanceResources".into()
+        )
+        .await,
+        ["obs-new", "obs-old", "patient"]
+    );
+
+    // A custom value: refused, or under lenient handling a note.
+    let req = app
+        .kickoff_get("$export?includeAssociatedData=_mine,LatestProvenanceResources")
+        .header("prefer", "respond-async, handling=lenient");
+    let manifest = app.wait_manifest(&app.start_export(req).await).await;
+    let errors = app.outputs(&manifest, "error").await;
+    assert!(errors["OperationOutcome"][0]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("_mine"));
+}

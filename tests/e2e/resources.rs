@@ -154,4 +154,19 @@ async fn capability_statement_declares_the_export_operations() {
     };
     assert_eq!(op_of("Patient"), "patient-export");
     assert_eq!(op_of("Group"), "group-export");
+    // Each operation names the kick-off parameters the server supports.
+    let documentation = cs["rest"][0]["operation"][0]["documentation"]
+        .as_str()
+        .unwrap();
+    for parameter in [
+        "_outputFormat",
+        "_since",
+        "_until",
+        "_type",
+        "_elements",
+        "patient",
+        "includeAssociatedData",
+    ] {
+        assert!(documentation.contains(parameter), "{parameter}");
+    }
 }

@@ -91,6 +91,12 @@ struct AssertionClaims {
     jti: Option<String>,
 }
 
+/// What makes an assertion single-use: its `jti`, remembered until `exp`.
+struct OneTimeProof {
+    jti: String,
+    expires: chrono::DateTime<chrono::Utc>,
+}
+
 pub struct AuthServer {
     pub issuer: Arc<TokenIssuer>,
     pub clients: Arc<dyn ClientStore>,
@@ -131,9 +137,12 @@ impl AuthServer {
         }
         let assertion = field("client_assertion")
             .ok_or_else(|| invalid_client("client_assertion is missing"))?;
-        let client = self.authenticate(assertion).await?;
+        let (client, proof) = self.authenticate(assertion).await?;
         let requested = field("scope").unwrap_or("").trim();
         let granted = grant_scopes(requested, &client.scope)?;
+        // Only now is the assertion spent: one refused for its scope may be
+        // sent again with other scopes, one that got a token may not.
+        self.spend(&client.client_id, proof).await?;
         let now = self.clock.now();
         let token = self
             .issuer
@@ -146,8 +155,12 @@ impl AuthServer {
         }))
     }
 
-    /// Verifies the client assertion; returns the client it proves.
-    async fn authenticate(&self, assertion: &str) -> Result<ClientRegistration, OAuthError> {
+    /// Verifies the client assertion; returns the client it proves and the
+    /// assertion's one-time `jti`, not yet spent.
+    async fn authenticate(
+        &self,
+        assertion: &str,
+    ) -> Result<(ClientRegistration, OneTimeProof), OAuthError> {
         let header = jsonwebtoken::decode_header(assertion)
             .map_err(|e| invalid_client(format!("the client assertion is not a valid JWT: {e}")))?;
         let alg = header.alg;
@@ -237,8 +250,18 @@ impl AuthServer {
             .filter(|j| !j.is_empty())
             .ok_or_else(|| invalid_client("the client assertion has no jti"))?;
         let expires = chrono::DateTime::from_timestamp(exp, 0).unwrap_or_else(chrono::Utc::now);
-        match self.clients.remember_jti(&client_id, &jti, expires).await {
-            Ok(true) => Ok(client),
+        Ok((client, OneTimeProof { jti, expires }))
+    }
+
+    /// Records the assertion's `jti`; an assertion already used for a
+    /// token is refused.
+    async fn spend(&self, client_id: &str, proof: OneTimeProof) -> Result<(), OAuthError> {
+        match self
+            .clients
+            .remember_jti(client_id, &proof.jti, proof.expires)
+            .await
+        {
+            Ok(true) => Ok(()),
             Ok(false) => Err(invalid_client("this assertion's jti was already used")),
             Err(e) => {
                 // The cause goes to the log; the client gets our words only.
@@ -266,8 +289,13 @@ impl AuthServer {
     }
 }
 
-/// The scopes a request may be granted: every requested scope must be a
-/// read-only system scope that the client's registration covers.
+/// The scopes a token request is granted. Each requested `system/` scope is
+/// narrowed to its read part (`.read`, or `r`/`s` of v2), since servers
+/// "should avoid granting .* and prefer .read", and to the types the
+/// client's registration covers. Scopes with nothing left (`system/Patient.cu`,
+/// `patient/*.read`, `launch`) are left out, as RFC 6749 §3.3 allows; a
+/// request left with nothing is `invalid_scope`. The response names what
+/// was granted.
 fn grant_scopes(requested: &str, allowed: &str) -> Result<String, OAuthError> {
     if requested.is_empty() {
         return Err(OAuthError::new(
@@ -276,31 +304,67 @@ fn grant_scopes(requested: &str, allowed: &str) -> Result<String, OAuthError> {
         ));
     }
     let allowed = Access::from_scopes(allowed);
+    let mut granted: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for scope in requested.split_whitespace() {
-        let refuse = |why: &str| OAuthError::new("invalid_scope", format!("'{scope}': {why}"));
-        let rest = scope
-            .strip_prefix("system/")
-            .ok_or_else(|| refuse("only system/ scopes are granted"))?;
-        let (target, perms) = rest
-            .split_once('.')
-            .ok_or_else(|| refuse("not a SMART scope"))?;
-        let read_only = match perms {
-            "read" => true,
-            p => is_v2_permission(p) && p.chars().all(|c| c == 'r' || c == 's') && p.contains('r'),
-        };
-        if !read_only || perms.contains('?') {
-            return Err(refuse("only read access is granted (.read or .rs)"));
-        }
-        let covered = match target {
-            "*" => allowed.types == TypeAccess::All,
-            t if is_resource_type(t) => allowed.can_read(t),
-            _ => return Err(refuse("unknown resource type")),
-        };
-        if !covered {
-            return Err(refuse("not among the scopes this client may be granted"));
+        match read_part(scope) {
+            Ok((target, perms)) => {
+                let targets: Vec<String> = match (target, &allowed.types) {
+                    ("*", TypeAccess::All) => vec!["*".into()],
+                    ("*", TypeAccess::Only(types)) => types.iter().cloned().collect(),
+                    (t, _) if allowed.can_read(t) => vec![t.to_string()],
+                    _ => {
+                        refused.push(format!(
+                            "'{scope}': not among the scopes this client may be granted"
+                        ));
+                        continue;
+                    }
+                };
+                for t in targets {
+                    let g = format!("system/{t}.{perms}");
+                    if !granted.contains(&g) {
+                        granted.push(g);
+                    }
+                }
+            }
+            Err(why) => refused.push(format!("'{scope}': {why}")),
         }
     }
-    Ok(requested.split_whitespace().collect::<Vec<_>>().join(" "))
+    if granted.is_empty() {
+        return Err(OAuthError::new(
+            "invalid_scope",
+            format!(
+                "no requested scope grants read access (only read access is granted: \
+                 system/*.read or system/*.rs, or per type); {}",
+                refused.join("; ")
+            ),
+        ));
+    }
+    Ok(granted.join(" "))
+}
+
+/// The read part of one scope: its target (`*` or a type) and the
+/// permissions to grant (`read`, `rs` or `r`), or why it grants nothing.
+fn read_part(scope: &str) -> Result<(&str, &'static str), &'static str> {
+    let rest = scope
+        .strip_prefix("system/")
+        .ok_or("only system/ scopes are granted")?;
+    let (target, perms) = rest.split_once('.').ok_or("not a SMART scope")?;
+    if perms.contains('?') {
+        return Err("scopes with search parameters are not granted");
+    }
+    if target != "*" && !is_resource_type(target) {
+        return Err("unknown resource type");
+    }
+    let read = match perms {
+        "read" | "*" => "read",
+        p if is_v2_permission(p) && p.contains('r') && p.contains('s') => "rs",
+        p if is_v2_permission(p) && p.contains('r') => "r",
+        "write" => return Err("write access is not granted"),
+        p if is_v2_permission(p) => return Err("grants no read access"),
+        _ => return Err("not a SMART scope"),
+    };
+    Ok((target, read))
 }
 
 #[cfg(test)]
@@ -317,19 +381,40 @@ mod tests {
             .unwrap(),
             "system/Patient.read system/Observation.rs"
         );
-        assert!(grant_scopes("system/*.read", "system/Patient.read").is_err());
+        // Wider than allowed or than read: narrowed, and named.
+        for (asked, allowed, granted) in [
+            ("system/*.*", "system/*.read", "system/*.read"),
+            ("system/*.cruds", "system/*.read", "system/*.rs"),
+            ("system/Patient.cruds", "system/*.read", "system/Patient.rs"),
+            ("system/Patient.cru", "system/*.read", "system/Patient.r"),
+            (
+                "system/*.read",
+                "system/Patient.read",
+                "system/Patient.read",
+            ),
+            (
+                "system/Patient.cu system/Observation.read launch",
+                "system/*.read",
+                "system/Observation.read",
+            ),
+        ] {
+            assert_eq!(grant_scopes(asked, allowed).unwrap(), granted, "{asked}");
+        }
         for bad in [
             "",
             "patient/*.read",
             "user/Patient.rs",
             "system/Patient.write",
-            "system/Patient.cruds",
+            "system/Patient.cu",
+            "system/*.cud",
             "system/Patient.s",
             "system/Nope.read",
+            "system/Observation.rs?category=laboratory",
             "launch",
         ] {
             let e = grant_scopes(bad, "system/*.read").unwrap_err();
             assert_eq!(e.error, "invalid_scope", "{bad}");
         }
+        assert!(grant_scopes("system/Observation.read", "system/Patient.read").is_err());
     }
 }

@@ -75,9 +75,29 @@ pub struct Job {
     pub files: Vec<OutputFile>,
     #[serde(default)]
     pub error: Option<String>,
+    /// What planning read from live store metadata, fixed on the job before
+    /// any part is written (see [`PlanInputs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_inputs: Option<PlanInputs>,
     /// Optimistic-concurrency version; every store write checks it.
     #[serde(default)]
     pub version: u64,
+}
+
+/// The part of a plan that is not a function of the data as of the
+/// transaction time: the stored types, and the shard segments (and their
+/// sizes) of a type, which come from live counters. A planner fixes them on
+/// the job first, with a conditional write; every planner of the job (a
+/// redelivered plan message, a twin) then makes exactly the same parts from
+/// them and from as-of reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PlanInputs {
+    /// The types the export writes.
+    pub types: Vec<String>,
+    /// Parts that do not depend on patients, with their progress totals:
+    /// a system export's shard segments, the associated-data part.
+    #[serde(default)]
+    pub fixed_parts: Vec<(PartSpec, u64)>,
 }
 
 impl Job {
@@ -159,6 +179,10 @@ pub enum PartSpec {
         types: Vec<String>,
         patients: Vec<String>,
     },
+    /// `includeAssociatedData`: every shard of Provenance, keeping those
+    /// that target an exported resource (with `latest_only`, only the
+    /// latest for some target).
+    Provenance { latest_only: bool },
 }
 
 /// Where a part's reading stands.

@@ -26,6 +26,19 @@ pub enum ExportLevel {
     Group { group_id: String },
 }
 
+impl ExportRequest {
+    /// The patients named by the `patient` parameter, or `None` when it
+    /// was not given (every patient of the level). `Some(&[])` means all
+    /// the named patients were excluded: the export holds nobody.
+    pub fn named_patients(&self) -> Option<&[String]> {
+        if self.patients.is_empty() && self.excluded_patients.is_empty() {
+            None
+        } else {
+            Some(&self.patients)
+        }
+    }
+}
+
 impl ExportLevel {
     pub fn is_patient_based(&self) -> bool {
         !matches!(self, ExportLevel::System)
@@ -58,6 +71,19 @@ impl ElementSelection {
     }
 }
 
+/// `includeAssociatedData`: which Provenance resources of the exported
+/// resources ride along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssociatedProvenance {
+    /// `LatestProvenanceResources`: per exported resource, the Provenance
+    /// that targets it with the latest `recorded`.
+    Latest,
+    /// `RelevantProvenanceResources`: every Provenance that targets an
+    /// exported resource (so also the latest ones).
+    Relevant,
+}
+
 /// A validated export request, as stored on the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportRequest {
@@ -73,9 +99,16 @@ pub struct ExportRequest {
     pub until: Option<DateTime<Utc>>,
     #[serde(default)]
     pub elements: ElementSelection,
-    /// `patient` parameter: Patient ids (POST only).
+    /// `patient` parameter: Patient ids (POST only) that are in the export.
     #[serde(default)]
     pub patients: Vec<String>,
+    /// `patient` ids that are not (no such patient, or not in the Group):
+    /// accepted, exported as nothing, and reported in the manifest's `error`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_patients: Vec<String>,
+    /// `includeAssociatedData`: Provenance to add, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub associated_provenance: Option<AssociatedProvenance>,
     /// Problems ignored under `Prefer: handling=lenient`; reported in the
     /// manifest's `error` files.
     #[serde(default)]
@@ -178,6 +211,8 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
         until: None,
         elements: ElementSelection::default(),
         patients: Vec::new(),
+        excluded_patients: Vec::new(),
+        associated_provenance: None,
         lenient_issues: Vec::new(),
     };
     let lenient = input.lenient;
@@ -288,7 +323,30 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                     req.patients.push(id.to_string());
                 }
             }
-            "_typeFilter" | "includeAssociatedData" => unsupported(
+            "includeAssociatedData" => {
+                for value in text.split(',').map(str::trim) {
+                    let wanted = match value {
+                        "LatestProvenanceResources" => AssociatedProvenance::Latest,
+                        "RelevantProvenanceResources" => AssociatedProvenance::Relevant,
+                        custom if custom.starts_with('_') => {
+                            unsupported(
+                                &mut req,
+                                format!("includeAssociatedData: the custom value '{custom}' is not supported by this server"),
+                            )?;
+                            continue;
+                        }
+                        other => {
+                            return Err(ApiError::invalid(format!(
+                            "includeAssociatedData: '{other}' is not LatestProvenanceResources, \
+                                 RelevantProvenanceResources or a custom value starting with '_'"
+                        )))
+                        }
+                    };
+                    // Relevant includes Latest.
+                    req.associated_provenance = req.associated_provenance.max(Some(wanted));
+                }
+            }
+            "_typeFilter" => unsupported(
                 &mut req,
                 format!("Parameter '{name}' is not supported by this server"),
             )?,
@@ -405,7 +463,9 @@ mod tests {
             &[("_elements", "code.coding")],
             &[("_elements", "Nope.code")],
             &[("_typeFilter", "Observation?status=final")],
-            &[("includeAssociatedData", "LatestProvenanceResources")],
+            &[("includeAssociatedData", "Nope")],
+            &[("includeAssociatedData", "LatestProvenanceResources,")],
+            &[("includeAssociatedData", "_custom")],
             &[("foo", "bar")],
             &[("patient", "Patient/1")],
         ];
@@ -413,6 +473,38 @@ mod tests {
             let err = parse_export_request(input(ExportLevel::System, params)).unwrap_err();
             assert!(err.status == 400, "{params:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn include_associated_data_values() {
+        let parse = |params: &[(&str, &str)]| {
+            parse_export_request(input(ExportLevel::System, params))
+                .map(|r| r.associated_provenance)
+        };
+        assert_eq!(
+            parse(&[("includeAssociatedData", "LatestProvenanceResources")]),
+            Ok(Some(AssociatedProvenance::Latest))
+        );
+        for both in [
+            &[(
+                "includeAssociatedData",
+                "LatestProvenanceResources,RelevantProvenanceResources",
+            )][..],
+            &[
+                ("includeAssociatedData", "RelevantProvenanceResources"),
+                ("includeAssociatedData", "LatestProvenanceResources"),
+            ],
+        ] {
+            assert_eq!(parse(both), Ok(Some(AssociatedProvenance::Relevant)));
+        }
+        let mut i = input(
+            ExportLevel::System,
+            &[("includeAssociatedData", "_custom,LatestProvenanceResources")],
+        );
+        i.lenient = true;
+        let r = parse_export_request(i).unwrap();
+        assert_eq!(r.associated_provenance, Some(AssociatedProvenance::Latest));
+        assert_eq!(r.lenient_issues.len(), 1);
     }
 
     #[test]

@@ -183,6 +183,27 @@ fn collect_references(value: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
+/// The resources a Provenance names in `target`, as (type, id): relative
+/// or absolute references, without a `_history` suffix.
+pub fn provenance_targets(provenance: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = provenance
+        .get("target")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("reference").and_then(Value::as_str))
+        .filter_map(|r| {
+            let r = r.split("/_history/").next()?;
+            let mut segments = r.rsplit('/');
+            let (id, ty) = (segments.next()?, segments.next()?);
+            (is_resource_type(ty) && is_valid_id(id)).then(|| (ty.to_string(), id.to_string()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// `Patient/123` (also with a base URL or a `_history` suffix) -> `123`.
 fn patient_id_of_reference(reference: &str) -> Option<&str> {
     let reference = reference.split("/_history/").next()?;
@@ -195,6 +216,25 @@ fn patient_id_of_reference(reference: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn provenance_targets_are_typed_references() {
+        let p = json!({"resourceType": "Provenance", "target": [
+            {"reference": "Observation/o1"},
+            {"reference": "https://fhir.example/r4/Patient/p1/_history/3"},
+            {"reference": "Observation/o1"},
+            {"reference": "urn:uuid:0a1b"},
+            {"display": "no reference"}
+        ]});
+        assert_eq!(
+            provenance_targets(&p),
+            [
+                ("Observation".to_string(), "o1".to_string()),
+                ("Patient".to_string(), "p1".to_string())
+            ]
+        );
+        assert!(provenance_targets(&json!({"resourceType": "Provenance"})).is_empty());
+    }
 
     #[test]
     fn ids() {

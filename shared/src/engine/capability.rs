@@ -4,9 +4,17 @@ use serde_json::{json, Value};
 
 use super::Engine;
 
+/// The kick-off parameters the server supports, as the operations'
+/// documentation states them (the README's table has the details).
+pub const KICKOFF_PARAMETERS: &str = "Supported kick-off parameters: _outputFormat \
+(application/fhir+ndjson), _since, _until, _type, _elements (top-level), patient (POST, \
+Patient and Group level), includeAssociatedData (LatestProvenanceResources, \
+RelevantProvenanceResources). Not supported: _typeFilter, organizeOutputBy, \
+allowPartialManifests (400, or a note in the manifest under Prefer: handling=lenient).";
+
 impl Engine {
     pub fn capability_statement(&self) -> Value {
-        let op = |name: &str, def: &str| json!({ "name": name, "definition": def });
+        let op = |name: &str, def: &str| json!({ "name": name, "definition": def, "documentation": KICKOFF_PARAMETERS });
         let mut cs = json!({
             "resourceType": "CapabilityStatement",
             "status": "active",

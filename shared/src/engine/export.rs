@@ -1,5 +1,7 @@
 //! Kick-off, status, cancel and file links: the client-facing use cases.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -49,8 +51,7 @@ impl Engine {
     pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, ApiError> {
         let mut request = parse_export_request(input)?;
         authorize_export(&caller.access, &mut request)?;
-        self.check_patients(&request.level, &request.patients)
-            .await?;
+        self.check_patients(&mut request).await?;
         self.check_active_limit(caller).await?;
         let snapshot = self.ports.resources.snapshot().await?;
         let transaction_time = request.until.map_or(snapshot, |u| u.min(snapshot));
@@ -69,6 +70,7 @@ impl Engine {
             parts_remaining: 0,
             files: Vec::new(),
             error: None,
+            plan_inputs: None,
             version: 0,
         };
         self.ports.jobs.create_job(&job).await?;
@@ -101,28 +103,16 @@ impl Engine {
         Ok(())
     }
 
-    /// The Group must exist; listed patients must exist (and be members).
-    async fn check_patients(
-        &self,
-        level: &ExportLevel,
-        patients: &[String],
-    ) -> Result<(), ApiError> {
+    /// The Group must exist. Named patients that do not exist (Patient
+    /// level) or are not members (Group level) are moved to
+    /// `excluded_patients`: the export goes on without them, and its
+    /// manifest says so, in the same words for both cases.
+    async fn check_patients(&self, request: &mut ExportRequest) -> Result<(), ApiError> {
         let resources = &self.ports.resources;
-        match level {
-            ExportLevel::System => Ok(()),
-            ExportLevel::Patient => {
-                for p in patients {
-                    match resources.read_current("Patient", p).await? {
-                        Some(v) if !v.deleted => {}
-                        _ => {
-                            return Err(ApiError::invalid(format!(
-                                "patient: Patient/{p} does not exist"
-                            )))
-                        }
-                    }
-                }
-                Ok(())
-            }
+        let named = std::mem::take(&mut request.patients);
+        let members = match &request.level {
+            ExportLevel::System => return Ok(()),
+            ExportLevel::Patient => None,
             ExportLevel::Group { group_id } => {
                 let group = match resources.read_current("Group", group_id).await? {
                     Some(v) if !v.deleted => v,
@@ -134,17 +124,24 @@ impl Engine {
                 };
                 let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
                     .map_err(|_| ApiError::internal("stored Group is not JSON"))?;
-                let members = group_member_ids(&body);
-                for p in patients {
-                    if !members.contains(p) {
-                        return Err(ApiError::invalid(format!(
-                            "patient: Patient/{p} is not a member of Group/{group_id}"
-                        )));
-                    }
-                }
-                Ok(())
+                Some(group_member_ids(&body))
+            }
+        };
+        for p in named {
+            let included = match &members {
+                Some(members) => members.contains(&p),
+                None => matches!(
+                    resources.read_current("Patient", &p).await?,
+                    Some(v) if !v.deleted
+                ),
+            };
+            if included {
+                request.patients.push(p);
+            } else {
+                request.excluded_patients.push(p);
             }
         }
+        Ok(())
     }
 
     /// Loads a job the caller may see; anything else is the same 404.
@@ -158,8 +155,25 @@ impl Engine {
         }
     }
 
+    /// The job's status. While it is in progress the answer is held up to
+    /// `status_wait`, looking at the job every `status_wait_poll`, and given
+    /// as soon as it completes.
     pub async fn status(&self, caller: &Caller, job_id: &str) -> Result<StatusReply, ApiError> {
-        let job = self.visible_job(caller, job_id).await?;
+        let mut job = self.visible_job(caller, job_id).await?;
+        let poll = self.config.status_wait_poll.max(Duration::from_millis(1));
+        let deadline = tokio::time::Instant::now() + self.config.status_wait;
+        while matches!(job.state, JobState::Queued | JobState::Running)
+            && tokio::time::Instant::now() + poll <= deadline
+        {
+            tokio::time::sleep(poll).await;
+            job = self.visible_job(caller, job_id).await?;
+        }
+        self.status_of(job).await
+    }
+
+    async fn status_of(&self, job: Job) -> Result<StatusReply, ApiError> {
+        let job_id = job.id.clone();
+        let job_id = job_id.as_str();
         match job.state {
             JobState::Queued => Ok(StatusReply::InProgress {
                 progress: "scheduled",

@@ -71,6 +71,13 @@ pub struct EngineConfig {
     /// next one (0: no limit). Two kick-offs at the same instant may both
     /// pass: the limit is a guard against runaway clients, not a quota.
     pub max_active_exports_per_client: u32,
+    /// A status request for an export in progress is held open up to this
+    /// long, and answered as soon as the export completes: a small export
+    /// reaches the client in the time it takes, not in `Retry-After`'s
+    /// whole second. Zero answers at once.
+    pub status_wait: Duration,
+    /// How often a held status request looks at the job again.
+    pub status_wait_poll: Duration,
 }
 
 impl EngineConfig {
@@ -92,6 +99,8 @@ impl EngineConfig {
             retry_max: Duration::from_secs(900),
             collect_delay: Duration::from_secs(900),
             max_active_exports_per_client: 10,
+            status_wait: Duration::from_secs(1),
+            status_wait_poll: Duration::from_millis(25),
         }
     }
 }

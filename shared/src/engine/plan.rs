@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::Engine;
 use crate::domain::instant::to_micros;
-use crate::domain::job::{Job, JobState, Part, PartSpec, WorkMessage};
-use crate::domain::request::{in_patient_compartment, ExportLevel};
+use crate::domain::job::{Job, JobState, Part, PartSpec, PlanInputs, WorkMessage};
+use crate::domain::request::{in_patient_compartment, AssociatedProvenance, ExportLevel};
 use crate::domain::resource::group_member_ids;
 use crate::ports::{PortError, PortResult, ShardScan};
 
@@ -26,6 +26,13 @@ impl Engine {
             JobState::Running => return self.send_unfinished_parts(&job).await,
             _ => return Ok(()),
         }
+        let job = match job.plan_inputs {
+            Some(_) => job,
+            None => match self.fix_plan_inputs(job).await? {
+                Some(job) => job,
+                None => return Ok(()),
+            },
+        };
         let parts = self.make_parts(&job).await?;
         self.ports.jobs.put_parts(&parts).await?;
         let mut job = job;
@@ -77,48 +84,81 @@ impl Engine {
         Ok(())
     }
 
-    async fn make_parts(&self, job: &Job) -> PortResult<Vec<Part>> {
+    /// Reads the plan's live inputs and fixes them on the queued job; a twin
+    /// that fixed them first wins, and its inputs are used. `None`: the job
+    /// is no longer queued (planned by a twin, whose parts' messages are
+    /// sent again, or cancelled).
+    async fn fix_plan_inputs(&self, mut job: Job) -> PortResult<Option<Job>> {
+        loop {
+            job.plan_inputs = Some(self.plan_inputs(&job).await?);
+            match self.ports.jobs.update_job(&job).await {
+                Ok(updated) => return Ok(Some(updated)),
+                Err(PortError::Conflict) => match self.ports.jobs.get_job(&job.id).await? {
+                    Some(j) if j.state == JobState::Queued && j.plan_inputs.is_some() => {
+                        return Ok(Some(j))
+                    }
+                    Some(j) if j.state == JobState::Queued => job = j,
+                    Some(j) if j.state == JobState::Running => {
+                        self.send_unfinished_parts(&j).await?;
+                        return Ok(None);
+                    }
+                    _ => return Ok(None),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn plan_inputs(&self, job: &Job) -> PortResult<PlanInputs> {
         let types = self.export_types(job).await?;
         let as_of = Self::as_of_micros(job);
         let since = job.request.since.map(to_micros);
-        let mut specs: Vec<(PartSpec, u64)> = Vec::new();
-        match &job.request.level {
-            ExportLevel::System => {
-                let target = self.config.part_target_resources;
-                for t in &types {
-                    let segments = self
-                        .ports
-                        .resources
-                        .segments(t, since, as_of, since.is_some(), target)
-                        .await?;
-                    for seg in segments {
-                        let spec = PartSpec::Shards {
-                            resource_type: t.clone(),
-                            first_shard: seg.first_shard,
-                            last_shard: seg.last_shard,
-                            after: seg.after,
-                            until: seg.until,
-                        };
-                        specs.push((spec, seg.count));
-                    }
-                }
-            }
-            level => {
-                let patients = self.export_patients(job, level).await?;
-                if !types.is_empty() {
-                    for chunk in patients.chunks(self.config.patients_per_part.max(1)) {
-                        let steps = (chunk.len() * types.len()) as u64;
-                        specs.push((
-                            PartSpec::Patients {
-                                types: types.clone(),
-                                patients: chunk.to_vec(),
-                            },
-                            steps,
-                        ));
-                    }
+        let mut fixed_parts: Vec<(PartSpec, u64)> = Vec::new();
+        if job.request.level == ExportLevel::System {
+            let target = self.config.part_target_resources;
+            for t in &types {
+                let segments = self
+                    .ports
+                    .resources
+                    .segments(t, since, as_of, since.is_some(), target)
+                    .await?;
+                for seg in segments {
+                    let spec = PartSpec::Shards {
+                        resource_type: t.clone(),
+                        first_shard: seg.first_shard,
+                        last_shard: seg.last_shard,
+                        after: seg.after,
+                        until: seg.until,
+                    };
+                    fixed_parts.push((spec, seg.count));
                 }
             }
         }
+        if let Some(spec) = self.provenance_part(job, &types, as_of).await? {
+            fixed_parts.push(spec);
+        }
+        Ok(PlanInputs { types, fixed_parts })
+    }
+
+    /// The parts, from the job's fixed plan inputs and as-of reads: the
+    /// same for every planner of the job.
+    async fn make_parts(&self, job: &Job) -> PortResult<Vec<Part>> {
+        let inputs = job.plan_inputs.clone().unwrap_or_default();
+        let mut specs: Vec<(PartSpec, u64)> = Vec::new();
+        if job.request.level.is_patient_based() && !inputs.types.is_empty() {
+            let patients = self.export_patients(job, &job.request.level).await?;
+            for chunk in patients.chunks(self.config.patients_per_part.max(1)) {
+                let steps = (chunk.len() * inputs.types.len()) as u64;
+                specs.push((
+                    PartSpec::Patients {
+                        types: inputs.types.clone(),
+                        patients: chunk.to_vec(),
+                    },
+                    steps,
+                ));
+            }
+        }
+        specs.extend(inputs.fixed_parts);
         Ok(specs
             .into_iter()
             .enumerate()
@@ -134,8 +174,39 @@ impl Engine {
             .collect())
     }
 
+    /// The part that adds `includeAssociatedData`'s Provenance, unless a
+    /// system export already holds every Provenance.
+    async fn provenance_part(
+        &self,
+        job: &Job,
+        types: &[String],
+        as_of: i64,
+    ) -> PortResult<Option<(PartSpec, u64)>> {
+        let Some(mode) = job.request.associated_provenance else {
+            return Ok(None);
+        };
+        let exported_whole = job.request.level == ExportLevel::System
+            && job.request.since.is_none()
+            && types.iter().any(|t| t == "Provenance");
+        if exported_whole {
+            return Ok(None);
+        }
+        let total: u64 = self
+            .ports
+            .resources
+            .segments("Provenance", None, as_of, false, u64::MAX)
+            .await?
+            .iter()
+            .map(|s| s.count)
+            .sum();
+        let spec = PartSpec::Provenance {
+            latest_only: mode == AssociatedProvenance::Latest,
+        };
+        Ok(Some((spec, total)))
+    }
+
     /// Requested types, or every stored type the export level can contain.
-    async fn export_types(&self, job: &Job) -> PortResult<Vec<String>> {
+    pub(crate) async fn export_types(&self, job: &Job) -> PortResult<Vec<String>> {
         if !job.request.types.is_empty() {
             return Ok(job.request.types.clone());
         }
@@ -155,8 +226,8 @@ impl Engine {
         job: &Job,
         level: &ExportLevel,
     ) -> PortResult<Vec<String>> {
-        if !job.request.patients.is_empty() {
-            let set: BTreeSet<String> = job.request.patients.iter().cloned().collect();
+        if let Some(named) = job.request.named_patients() {
+            let set: BTreeSet<String> = named.iter().cloned().collect();
             return Ok(set.into_iter().collect());
         }
         let as_of = Self::as_of_micros(job);

@@ -4,9 +4,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 
-use super::{
-    empty_response, header_text, json_response, media_types, require_json_body, Api, FHIR_JSON,
-};
+use super::{empty_response, header_text, json_response, require_json_body, Api, FHIR_JSON};
 use crate::domain::instant::http_date;
 use crate::domain::job::status_url;
 use crate::domain::outcome::operation_outcome;
@@ -47,17 +45,31 @@ fn parse_prefer(headers: &HeaderMap) -> Result<Prefer, ApiError> {
     Ok(p)
 }
 
+/// The kick-off's `Accept` must allow `application/fhir+json`, the only
+/// type the IG defines for it: exactly, or through `*/*` or
+/// `application/*`, and not with `q=0`. `application/json` alone does not.
 fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
     let accept = header_text(headers, "accept")?.ok_or_else(|| {
         ApiError::invalid(format!("The kick-off request needs 'Accept: {FHIR_JSON}'"))
     })?;
-    if media_types(accept).any(|m| m == FHIR_JSON || m == "application/json") {
+    if accept.split(',').any(allows_fhir_json) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
-            "Accept '{accept}' is not supported; the kick-off request needs 'Accept: {FHIR_JSON}'"
+            "Accept '{accept}' does not allow {FHIR_JSON}, the only type a kick-off answers with"
         )))
     }
+}
+
+fn allows_fhir_json(range: &str) -> bool {
+    let mut parts = range.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let refused = parts.any(|p| {
+        p.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+        })
+    });
+    !refused && matches!(media.as_str(), FHIR_JSON | "*/*" | "application/*")
 }
 
 /// Query parameters, percent-decoded without turning `+` into a space
@@ -238,6 +250,21 @@ mod tests {
         );
         assert_eq!(q[1], RawParam::text("_type", "Patient,Observation"));
         assert!(query_params("=x").is_err());
+        for (accept, ok) in [
+            ("application/fhir+json", true),
+            ("application/json, application/fhir+json;q=0.9", true),
+            ("*/*", true),
+            ("application/*", true),
+            ("application/json", false),
+            ("application/fhir+json;q=0", false),
+            ("text/html", false),
+        ] {
+            assert_eq!(accept.split(',').any(allows_fhir_json), ok, "{accept}");
+            let mut h = HeaderMap::new();
+            h.insert("accept", HeaderValue::from_static(accept));
+            assert_eq!(check_accept(&h).is_ok(), ok, "{accept}");
+        }
+        assert!(check_accept(&HeaderMap::new()).is_err(), "no Accept");
         assert!(query_params("a=%ff").is_err());
     }
 }

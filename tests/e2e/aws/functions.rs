@@ -59,6 +59,9 @@ async fn stack(patients: usize, wrap: Option<Wrap>) -> Stack {
     service.engine.min_chunk_bytes = 16 << 10;
     // Failed messages come back at once (the driver's visibility is 2 s).
     service.engine.retry_base = Duration::ZERO;
+    // The driver polls and then runs the worker itself: a held status
+    // request would only wait for work nobody is doing.
+    service.engine.status_wait = Duration::ZERO;
     let settings = Settings {
         names: names.clone(),
         shards: 4,
@@ -93,16 +96,44 @@ async fn stack(patients: usize, wrap: Option<Wrap>) -> Stack {
 
 impl Stack {
     async fn call(&self, method: &str, path: &str) -> http::Response<lambda_http::Body> {
-        let req = http::Request::builder()
+        self.send(method, path, "application/fhir+json", None).await
+    }
+
+    /// A request through the HTTP functions' handler, with this `Accept`
+    /// (none if empty) and, if given, a FHIR JSON body.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        body: Option<Value>,
+    ) -> http::Response<lambda_http::Body> {
+        let mut req = http::Request::builder()
             .method(method)
             .uri(format!("{ORIGIN}{path}"))
             .header("host", "api.example.test")
             .header("x-forwarded-proto", "https")
-            .header("accept", "application/fhir+json")
             .header("prefer", "respond-async")
-            .body(lambda_http::Body::Empty)
-            .unwrap();
-        lambda::handle(&self.container, req).await
+            .header("content-type", "application/fhir+json");
+        if !accept.is_empty() {
+            req = req.header("accept", accept);
+        }
+        let body = match body {
+            Some(b) => lambda_http::Body::Text(b.to_string()),
+            None => lambda_http::Body::Empty,
+        };
+        lambda::handle(&self.container, req.body(body).unwrap()).await
+    }
+
+    /// A POST kick-off with these Parameters; returns the status path.
+    async fn kickoff_post(&self, path: &str, parameters: Value) -> String {
+        let body = serde_json::json!({"resourceType": "Parameters", "parameter": parameters});
+        let resp = self
+            .send("POST", path, "application/fhir+json", Some(body))
+            .await;
+        assert_eq!(resp.status(), 202, "{:?}", resp.body());
+        let location = resp.headers()["content-location"].to_str().unwrap();
+        location.strip_prefix(ORIGIN).unwrap().to_string()
     }
 
     async fn kickoff(&self, path: &str) -> String {
@@ -418,4 +449,231 @@ async fn expired_exports_answer_404_and_the_sweeper_removes_them() {
     assert!(report["removed"].as_u64().unwrap() >= 1, "{report}");
     assert!(s.adapters.jobs.get_job(&id).await.unwrap().is_none());
     assert_eq!(s.leftovers(&id).await, (vec![], vec![]));
+}
+
+/// The conformance fixes through the functions: a kick-off whose `Accept`
+/// does not allow FHIR JSON is refused at every level, and `patient` names
+/// that are not in the export are reported in the manifest, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kickoff_accept_and_unknown_patients_through_the_functions() {
+    let s = stack(3, None).await;
+    let parameters = serde_json::json!({"resourceType": "Parameters", "parameter": []});
+    let group = format!("/fhir/Group/{}/$export", s.loaded["Group"][0]);
+    for path in ["/fhir/$export", "/fhir/Patient/$export", group.as_str()] {
+        for (method, body) in [("GET", None), ("POST", Some(parameters.clone()))] {
+            for accept in ["application/json", ""] {
+                let resp = s.send(method, path, accept, body.clone()).await;
+                assert_eq!(resp.status(), 400, "{method} {path} Accept: {accept}");
+                let oo: Value = serde_json::from_slice(resp.body()).unwrap();
+                assert_eq!(oo["resourceType"], "OperationOutcome");
+            }
+        }
+    }
+
+    let mut patients = s.loaded["Patient"].clone();
+    patients.sort();
+    let named = serde_json::json!([
+        {"name": "patient", "valueReference": {"reference": format!("Patient/{}", patients[0])}},
+        {"name": "patient", "valueReference": {"reference": "Patient/nobody"}},
+        {"name": "_type", "valueString": "Patient"}
+    ]);
+    let status = s.kickoff_post("/fhir/Patient/$export", named).await;
+    let manifest = s.drive_to_manifest(&status, false).await;
+    assert_eq!(
+        s.exported(&manifest).await["Patient"],
+        [patients[0].clone()]
+    );
+    let errors = manifest["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{manifest}");
+    let outcomes = s.download(errors[0]["url"].as_str().unwrap()).await;
+    assert_eq!(outcomes.len(), 1);
+    assert!(outcomes[0]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("Patient/nobody"));
+}
+
+/// SMART token requests through the functions, the replay guard on
+/// DynamoDB: wide scopes are narrowed to read access and named; a
+/// mutation-only scope is `invalid_scope` and does not spend the assertion;
+/// an assertion that got a token cannot get another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_scopes_and_one_time_assertions_on_dynamodb() {
+    use crate::auth::{assertion, es384, urlencode, ASSERTION_TYPE};
+    use bulk_export::auth::{ClientRegistration, TokenIssuer};
+    use bulk_export::ports::ClientStore;
+    use bulk_export_functions::settings::SigningKey;
+
+    let (sdk, names) = fresh_stack().await;
+    let clock = Arc::new(OffsetClock::default());
+    let adapters = AwsAdapters::new(&sdk, &names, 4, clock.clone() as Arc<dyn Clock>);
+    let pem = TokenIssuer::generate_pem();
+    let settings = Settings {
+        names: names.clone(),
+        shards: 4,
+        auth: AuthMode::Smart,
+        signing_key: Some(SigningKey::Pem(pem.clone())),
+        external_issuer: None,
+        service: ServiceSettings::default(),
+    };
+    let container =
+        Container::from_parts(settings, adapters.ports(), adapters.jobs.clone(), Some(pem))
+            .unwrap();
+    let key = es384("k1");
+    adapters
+        .jobs
+        .put_client(&ClientRegistration {
+            client_id: "lims".into(),
+            jwks: Some(serde_json::json!({"keys": [key.jwk.clone()]})),
+            jwks_url: None,
+            scope: "system/*.read".into(),
+            groups: None,
+        })
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        http::Request::builder()
+            .uri(format!("{ORIGIN}{path}"))
+            .header("host", "api.example.test")
+            .header("x-forwarded-proto", "https")
+            .body(lambda_http::Body::Empty)
+            .unwrap()
+    };
+    let conf = lambda::handle(&container, get("/fhir/.well-known/smart-configuration")).await;
+    let conf: Value = serde_json::from_slice(conf.body()).unwrap();
+    let token_url = conf["token_endpoint"].as_str().unwrap().to_string();
+    let exchange = |signed: String, scope: &str| {
+        let form = format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={}&scope={}",
+            urlencode(ASSERTION_TYPE),
+            urlencode(&signed),
+            urlencode(scope)
+        );
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(&token_url)
+            .header("host", "api.example.test")
+            .header("x-forwarded-proto", "https")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(lambda_http::Body::Text(form))
+            .unwrap();
+        let container = &container;
+        async move {
+            let resp = lambda::handle(container, req).await;
+            let body: Value = serde_json::from_slice(resp.body()).unwrap();
+            (resp.status().as_u16(), body)
+        }
+    };
+    let fresh = || assertion(&key, "lims", &token_url, |_, _| {});
+
+    for (asked, granted) in [
+        ("system/*.*", "system/*.read"),
+        ("system/*.cruds", "system/*.rs"),
+    ] {
+        let (status, body) = exchange(fresh(), asked).await;
+        assert_eq!(status, 200, "{asked}: {body}");
+        assert_eq!(body["scope"], granted);
+    }
+    let once = fresh();
+    let (status, body) = exchange(once.clone(), "system/Patient.cu").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+    let (status, body) = exchange(once.clone(), "system/Patient.read").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = exchange(once, "system/Patient.read").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
+}
+
+/// The status function holds a request for an export in progress and
+/// answers with the manifest as soon as the worker completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_function_holds_a_poll_until_the_export_completes() {
+    let s = stack(3, None).await;
+    let mut service = ServiceSettings::default();
+    // Generous, so a busy machine cannot make the held poll miss the end.
+    service.engine.status_wait = Duration::from_secs(120);
+    let settings = Settings {
+        names: s.container.settings.names.clone(),
+        shards: 4,
+        auth: AuthMode::Open,
+        signing_key: None,
+        external_issuer: None,
+        service,
+    };
+    let holding =
+        Container::from_parts(settings, s.adapters.ports(), s.adapters.jobs.clone(), None).unwrap();
+    let status = s.kickoff("/fhir/$export").await;
+    let held = async {
+        let req = http::Request::builder()
+            .uri(format!("{ORIGIN}{status}"))
+            .header("host", "api.example.test")
+            .header("x-forwarded-proto", "https")
+            .body(lambda_http::Body::Empty)
+            .unwrap();
+        lambda::handle(&holding, req).await
+    };
+    let work = async {
+        // Nothing completes the export but this worker: the held poll can
+        // only answer 200 by seeing the worker's result.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let give_up = Instant::now() + Duration::from_secs(100);
+        while Instant::now() < give_up {
+            if s.invoke_worker(Duration::from_secs(20), false).await == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let job = s.adapters.jobs.get_job(&job_id(&status)).await.unwrap();
+            if job.is_some_and(|j| j.completed_at.is_some()) {
+                return;
+            }
+        }
+        panic!("the export did not complete");
+    };
+    let (resp, ()) = tokio::join!(held, work);
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    let manifest: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(s.exported(&manifest).await, s.expected());
+}
+
+/// `includeAssociatedData` through the functions: the latest Provenance of
+/// each exported resource is added, none of an unexported one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_associated_data_through_the_functions() {
+    let s = stack(3, None).await;
+    let obs = s.loaded["Observation"][0].clone();
+    let org = s.loaded["Organization"][0].clone();
+    let provenance = |id: &str, target: String, recorded: &str| {
+        serde_json::json!({"resourceType": "Provenance", "id": id, "recorded": recorded,
+            "target": [{"reference": target}]})
+    };
+    bulk_export::loader::load_values(
+        &s.engine,
+        [
+            provenance("old", format!("Observation/{obs}"), "2020-01-01T00:00:00Z"),
+            provenance("new", format!("Observation/{obs}"), "2021-01-01T00:00:00Z"),
+            provenance("org", format!("Organization/{org}"), "2022-01-01T00:00:00Z"),
+        ]
+        .into_iter(),
+    )
+    .await
+    .unwrap();
+    for (value, want) in [
+        ("LatestProvenanceResources", vec!["new"]),
+        ("RelevantProvenanceResources", vec!["new", "old"]),
+    ] {
+        let status = s
+            .kickoff(&format!(
+                "/fhir/$export?_type=Observation&includeAssociatedData={value}"
+            ))
+            .await;
+        let manifest = s.drive_to_manifest(&status, false).await;
+        let exported = s.exported(&manifest).await;
+        assert_eq!(exported["Observation"], s.expected()["Observation"]);
+        assert_eq!(exported["Provenance"], want, "{value}");
+    }
 }
