@@ -130,6 +130,9 @@ impl Settings {
         if let Some(n) = optional_number("BULK_EXPORT_MAX_ACTIVE_EXPORTS_PER_CLIENT")? {
             engine.max_active_exports_per_client = n;
         }
+        if let Some(secs) = optional_number("BULK_EXPORT_JOB_REUSE_SECONDS")? {
+            engine.reuse_window = Duration::from_secs(secs);
+        }
         if let Some(ms) = optional_number("BULK_EXPORT_STATUS_WAIT_MS")? {
             engine.status_wait = Duration::from_millis(ms);
         }

@@ -49,6 +49,8 @@ async fn measure(resources: usize, runs: usize, wait: Duration) {
             .get(format!("{}/$export", running.base_url))
             .header("accept", "application/fhir+json")
             .header("prefer", "respond-async")
+            // Every run a new export, not the last one reused.
+            .header("cache-control", "no-cache")
             .send()
             .await
             .unwrap();

@@ -55,6 +55,12 @@ struct Args {
     /// [default: 1000].
     #[arg(long, env = "BULK_EXPORT_STATUS_WAIT_MS")]
     status_wait_ms: Option<u64>,
+    /// Seconds an identical kick-off of the same client reuses its export
+    /// (queued, running, or completed that long ago) instead of starting a
+    /// new one; `Cache-Control: no-cache` forces a new one (0: never reuse)
+    /// [default: 600].
+    #[arg(long, env = "BULK_EXPORT_JOB_REUSE_SECONDS")]
+    job_reuse_seconds: Option<u64>,
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
@@ -137,6 +143,9 @@ async fn main() {
     }
     if let Some(n) = args.max_active_exports_per_client {
         engine.max_active_exports_per_client = n;
+    }
+    if let Some(secs) = args.job_reuse_seconds {
+        engine.reuse_window = Duration::from_secs(secs);
     }
     if let Some(ms) = args.status_wait_ms {
         engine.status_wait = Duration::from_millis(ms);

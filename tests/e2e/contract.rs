@@ -87,6 +87,27 @@ pub async fn job_store_contract(store: Arc<dyn JobStore>) {
         JobState::Completed
     );
 
+    // Reuse keys: a completed job keeps its key; a failed one leaves the
+    // index, and another owner's identical request has another key.
+    let key = a.reuse_key().expect("a completed job has a reuse key");
+    let found = store.jobs_with_reuse_key(&key).await.unwrap();
+    assert!(found.iter().any(|j| j.id == id), "found by its key");
+    let mut theirs = job(&id);
+    theirs.owner = "bob".into();
+    assert_ne!(theirs.reuse_key(), Some(key.clone()));
+    let mut failed = a.clone();
+    failed.state = JobState::Failed;
+    let failed = store.update_job(&failed).await.unwrap();
+    assert!(store
+        .jobs_with_reuse_key(&key)
+        .await
+        .unwrap()
+        .iter()
+        .all(|j| j.id != id));
+    let mut completed = failed;
+    completed.state = JobState::Completed;
+    store.update_job(&completed).await.unwrap();
+
     // Parts: a second put keeps what is there.
     store
         .put_parts(&[part(&id, 0), part(&id, 1)])

@@ -1195,3 +1195,53 @@ async fn include_associated_data_adds_the_provenance_of_exported_resources() {
         .unwrap()
         .contains("_mine"));
 }
+
+/// Job reuse: an identical kick-off by the same client gets its export in
+/// progress or completed within the window; `Cache-Control: no-cache`,
+/// other parameters, another client or an older export get a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_kickoff_reuses_the_clients_recent_export() {
+    let app = spawn_app(Options {
+        sample_patients: 3,
+        header_subject: true,
+        tune: Box::new(|c| c.engine.reuse_window = Duration::from_secs(600)),
+        ..Default::default()
+    })
+    .await;
+    let kickoff = |path: &str, who: &str, no_cache: bool| {
+        let mut req = app.kickoff_get(path).header("x-test-subject", who);
+        if no_cache {
+            req = req.header("cache-control", "no-cache");
+        }
+        app.start_export(req)
+    };
+    let first = kickoff("$export?_type=Patient", "alice", false).await;
+    assert_eq!(
+        kickoff("$export?_type=Patient", "alice", false).await,
+        first
+    );
+    // A parameter that does not change the export does not make another.
+    assert_eq!(
+        kickoff("$export?_type=Patient&_outputFormat=ndjson", "alice", false).await,
+        first
+    );
+    let bobs = kickoff("$export?_type=Patient", "bob", false).await;
+    assert_ne!(bobs, first, "never another client's export");
+    let fresh = kickoff("$export?_type=Patient", "alice", true).await;
+    assert_ne!(fresh, first, "no-cache starts a new export");
+    let other = kickoff("$export?_type=Patient,Observation", "alice", false).await;
+    assert!(other != first && other != fresh);
+
+    // Completed: still reused within the window (the newest one), not after.
+    // (No X-Test-Subject header is alice.)
+    app.wait_manifest(&first).await;
+    let manifest = app.wait_manifest(&fresh).await;
+    assert_eq!(
+        kickoff("$export?_type=Patient", "alice", false).await,
+        fresh
+    );
+    assert_eq!(app.wait_manifest(&fresh).await, manifest);
+    app.clock.advance(chrono::Duration::seconds(601));
+    let later = kickoff("$export?_type=Patient", "alice", false).await;
+    assert!(later != first && later != fresh, "older than the window");
+}

@@ -79,6 +79,9 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     config.visibility_timeout = Duration::from_secs(5);
     config.engine.retry_base = Duration::from_millis(100);
     config.sweep_interval = Duration::from_secs(3600);
+    // Tests kick off identical exports and mean separate ones; the reuse
+    // test turns reuse on.
+    config.engine.reuse_window = Duration::ZERO;
     (opts.tune)(&mut config);
     let clock = Arc::new(OffsetClock::default());
     let overrides = Overrides {

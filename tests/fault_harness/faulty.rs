@@ -260,6 +260,13 @@ impl JobStore for Faulty<dyn JobStore> {
     async fn count_active_jobs(&self, owner: &str) -> PortResult<u32> {
         through!(self, Service::Jobs, self.inner.count_active_jobs(owner))
     }
+    async fn jobs_with_reuse_key(&self, reuse_key: &str) -> PortResult<Vec<Job>> {
+        through!(
+            self,
+            Service::Jobs,
+            self.inner.jobs_with_reuse_key(reuse_key)
+        )
+    }
     async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>> {
         through!(self, Service::Jobs, self.inner.expired_jobs(now, limit))
     }

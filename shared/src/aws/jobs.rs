@@ -37,6 +37,8 @@ use crate::ports::{ClientStore, JobStore, PortError, PortResult};
 pub const EXPIRY_INDEX: &str = "by_expiry";
 /// The sparse `by_active_owner` index: jobs in progress, by owner.
 pub const ACTIVE_OWNER_INDEX: &str = "by_active_owner";
+/// The sparse `by_reuse_key` index: reusable jobs, by request key.
+pub const REUSE_KEY_INDEX: &str = "by_reuse_key";
 const EXPIRING: &str = "expiring";
 /// DynamoDB's own expiry runs this long after the sweeper's.
 const TTL_GRACE_SECONDS: i64 = 2 * 86_400;
@@ -73,6 +75,9 @@ fn job_item(job: &Job) -> PortResult<Item> {
     item.insert("parts_remaining".into(), n(job.parts_remaining));
     if job.is_active() {
         item.insert("active_owner".into(), s(&job.owner));
+    }
+    if let Some(key) = job.reuse_key() {
+        item.insert("reuse_key".into(), s(key));
     }
     if let Some(t) = job.expires_at {
         item.insert("expires_at".into(), n(t.timestamp_micros()));
@@ -341,6 +346,28 @@ impl JobStore for DynamoJobs {
             count += page.map_err(backend)?.count().max(0) as u32;
         }
         Ok(count)
+    }
+
+    async fn jobs_with_reuse_key(&self, reuse_key: &str) -> PortResult<Vec<Job>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(REUSE_KEY_INDEX)
+            .key_condition_expression("reuse_key = :k")
+            .expression_attribute_values(":k", s(reuse_key))
+            .limit(20)
+            .send()
+            .await
+            .map_err(backend)?;
+        let mut jobs = Vec::new();
+        for item in out.items() {
+            let id = get_s(item, "pk")?.trim_start_matches("JOB#").to_string();
+            if let Some(job) = self.get_job(&id).await? {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
     }
 
     async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>> {

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 
-use super::jobs::{ACTIVE_OWNER_INDEX, EXPIRY_INDEX};
+use super::jobs::{ACTIVE_OWNER_INDEX, EXPIRY_INDEX, REUSE_KEY_INDEX};
 use super::resources::BY_ID_INDEX;
 use super::{backend, s3_client, AwsNames};
 use crate::ports::PortResult;
@@ -128,6 +128,12 @@ pub async fn provision(
             Index {
                 name: ACTIVE_OWNER_INDEX,
                 hash: "active_owner",
+                range: None,
+                projection: ProjectionType::KeysOnly,
+            },
+            Index {
+                name: REUSE_KEY_INDEX,
+                hash: "reuse_key",
                 range: None,
                 projection: ProjectionType::KeysOnly,
             },

@@ -101,6 +101,18 @@ pub struct PlanInputs {
 }
 
 impl Job {
+    /// The key under which an identical request by the same owner finds
+    /// this job for reuse, while it is queued, running or completed (a
+    /// failed or cancelled job is never reused). The request is compared
+    /// without its URL, with its lists in a canonical order.
+    pub fn reuse_key(&self) -> Option<String> {
+        matches!(
+            self.state,
+            JobState::Queued | JobState::Running | JobState::Completed
+        )
+        .then(|| reuse_key(&self.owner, &self.request))
+    }
+
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|t| now >= t)
     }
@@ -302,4 +314,22 @@ impl WorkMessage {
             | WorkMessage::Collect { job_id } => job_id,
         }
     }
+}
+
+/// See [`Job::reuse_key`]: a hash of the owner and the canonical request.
+pub fn reuse_key(owner: &str, request: &ExportRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut canonical = request.clone();
+    canonical.request_url.clear();
+    canonical.types.sort();
+    canonical.patients.sort();
+    canonical.excluded_patients.sort();
+    canonical.elements.all_types.sort();
+    let body = serde_json::to_string(&canonical).unwrap_or_default();
+    let digest = Sha256::new()
+        .chain_update(owner.as_bytes())
+        .chain_update([0])
+        .chain_update(body.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

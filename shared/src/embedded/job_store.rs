@@ -61,6 +61,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN active_owner TEXT",
     "CREATE INDEX IF NOT EXISTS jobs_by_active_owner ON jobs (active_owner)
      WHERE active_owner IS NOT NULL",
+    // Jobs an identical request may reuse, by request key.
+    "ALTER TABLE jobs ADD COLUMN reuse_key TEXT",
+    "CREATE INDEX IF NOT EXISTS jobs_by_reuse_key ON jobs (reuse_key)
+     WHERE reuse_key IS NOT NULL",
 ];
 
 impl SqliteJobs {
@@ -104,9 +108,15 @@ impl JobStore for SqliteJobs {
             .call(move |c| {
                 let n = c
                     .execute(
-                        "INSERT OR IGNORE INTO jobs (id, version, expires_at, active_owner, body)
-                         VALUES (?1, 1, ?2, ?3, ?4)",
-                        params![job.id, expiry_key(&job), active_owner(&job), to_json(&job)?],
+                        "INSERT OR IGNORE INTO jobs (id, version, expires_at, active_owner, reuse_key, body)
+                         VALUES (?1, 1, ?2, ?3, ?4, ?5)",
+                        params![
+                            job.id,
+                            expiry_key(&job),
+                            active_owner(&job),
+                            job.reuse_key(),
+                            to_json(&job)?
+                        ],
                     )
                     .map_err(backend)?;
                 if n == 0 {
@@ -140,12 +150,13 @@ impl JobStore for SqliteJobs {
                 job.version += 1;
                 let n = c
                     .execute(
-                        "UPDATE jobs SET version = ?1, expires_at = ?2, active_owner = ?3, body = ?4
-                         WHERE id = ?5 AND version = ?6",
+                        "UPDATE jobs SET version = ?1, expires_at = ?2, active_owner = ?3,
+                         reuse_key = ?4, body = ?5 WHERE id = ?6 AND version = ?7",
                         params![
                             job.version as i64,
                             expiry_key(&job),
                             active_owner(&job),
+                            job.reuse_key(),
                             to_json(&job)?,
                             job.id,
                             expected as i64
@@ -156,6 +167,25 @@ impl JobStore for SqliteJobs {
                     return Err(PortError::Conflict);
                 }
                 Ok(job)
+            })
+            .await
+    }
+
+    async fn jobs_with_reuse_key(&self, reuse_key: &str) -> PortResult<Vec<Job>> {
+        let key = reuse_key.to_string();
+        self.db
+            .call(move |c| {
+                let mut s = c
+                    .prepare_cached("SELECT body FROM jobs WHERE reuse_key = ?1")
+                    .map_err(backend)?;
+                let rows = s
+                    .query_map(params![key], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(from_json(&row.map_err(backend)?)?);
+                }
+                Ok(out)
             })
             .await
     }

@@ -9,7 +9,7 @@ use super::{Caller, Engine};
 use crate::domain::access::{Access, TypeAccess};
 use crate::domain::instant::to_micros;
 use crate::domain::job::{
-    artifact_key, job_prefix, manifest, FileKind, Job, JobState, WorkMessage,
+    artifact_key, job_prefix, manifest, reuse_key, FileKind, Job, JobState, WorkMessage,
 };
 use crate::domain::request::{
     in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
@@ -49,9 +49,27 @@ impl Engine {
     /// Validates the request, records the job and queues its planning.
     /// Returns the new job's id.
     pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, ApiError> {
+        self.kickoff_or_reuse(caller, input, false).await
+    }
+
+    /// The same, but with `reuse` an identical export of the caller that
+    /// is in progress or completed within `reuse_window` is answered
+    /// instead: its id is returned, and nothing new is started.
+    pub async fn kickoff_or_reuse(
+        &self,
+        caller: &Caller,
+        input: KickoffInput,
+        reuse: bool,
+    ) -> Result<String, ApiError> {
         let mut request = parse_export_request(input)?;
         authorize_export(&caller.access, &mut request)?;
         self.check_patients(&mut request).await?;
+        if reuse && !self.config.reuse_window.is_zero() {
+            if let Some(id) = self.reusable_job(caller, &request).await? {
+                tracing::info!(job = %id, owner = %caller.subject, "identical export reused");
+                return Ok(id);
+            }
+        }
         self.check_active_limit(caller).await?;
         let snapshot = self.ports.resources.snapshot().await?;
         let transaction_time = request.until.map_or(snapshot, |u| u.min(snapshot));
@@ -82,6 +100,33 @@ impl Engine {
             .await?;
         tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
         Ok(job.id)
+    }
+
+    /// The newest of the caller's jobs for an identical request that is
+    /// queued, running, or completed within the reuse window, and not
+    /// expired.
+    async fn reusable_job(
+        &self,
+        caller: &Caller,
+        request: &ExportRequest,
+    ) -> Result<Option<String>, ApiError> {
+        let key = reuse_key(&caller.subject, request);
+        let now = self.ports.clock.now();
+        let window =
+            chrono::Duration::from_std(self.config.reuse_window).unwrap_or(chrono::Duration::MAX);
+        let candidates = self.ports.jobs.jobs_with_reuse_key(&key).await?;
+        Ok(candidates
+            .into_iter()
+            // The index may lag behind: the job as read now must still carry the key.
+            .filter(|j| j.owner == caller.subject && j.reuse_key().as_deref() == Some(&key))
+            .filter(|j| j.is_visible(now))
+            .filter(|j| match j.state {
+                JobState::Queued | JobState::Running => true,
+                JobState::Completed => j.completed_at.is_some_and(|t| now - t <= window),
+                _ => false,
+            })
+            .max_by_key(|j| j.created_at)
+            .map(|j| j.id))
     }
 
     /// 429 when the caller already has its limit of exports in progress.

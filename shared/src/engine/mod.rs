@@ -78,6 +78,11 @@ pub struct EngineConfig {
     pub status_wait: Duration,
     /// How often a held status request looks at the job again.
     pub status_wait_poll: Duration,
+    /// A kick-off identical to one of the same owner's jobs that is queued,
+    /// running, or completed at most this long ago gets that job instead
+    /// of a new one (`Cache-Control: no-cache` forces a new one). Zero
+    /// turns reuse off.
+    pub reuse_window: Duration,
 }
 
 impl EngineConfig {
@@ -101,6 +106,7 @@ impl EngineConfig {
             max_active_exports_per_client: 10,
             status_wait: Duration::from_secs(1),
             status_wait_poll: Duration::from_millis(25),
+            reuse_window: Duration::from_secs(600),
         }
     }
 }

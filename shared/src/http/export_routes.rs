@@ -147,7 +147,17 @@ impl Api {
             via_post,
             now: self.engine.ports.clock.now(),
         };
-        let job_id = self.engine.kickoff(&caller, input).await?;
+        // `Cache-Control: no-cache` asks for a new export, not a reused one.
+        let no_cache = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
+        let job_id = self
+            .engine
+            .kickoff_or_reuse(&caller, input, !no_cache)
+            .await?;
         let mut resp = empty_response(StatusCode::ACCEPTED);
         let location = status_url(&self.engine.config.base_url, &job_id);
         resp.headers_mut().insert(

@@ -341,6 +341,10 @@ pub trait JobStore: Send + Sync {
     /// How many of `owner`'s jobs are queued or running. May lag a moment
     /// behind the latest writes (DynamoDB answers from an index).
     async fn count_active_jobs(&self, owner: &str) -> PortResult<u32>;
+    /// Jobs (queued, running or completed) stored under this
+    /// [`Job::reuse_key`](crate::domain::job::Job::reuse_key). May lag a
+    /// moment behind the latest writes (DynamoDB answers from an index).
+    async fn jobs_with_reuse_key(&self, reuse_key: &str) -> PortResult<Vec<Job>>;
     /// Ids of jobs whose `expires_at` is at or before `now`.
     async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>>;
 }

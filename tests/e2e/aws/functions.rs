@@ -62,6 +62,8 @@ async fn stack(patients: usize, wrap: Option<Wrap>) -> Stack {
     // The driver polls and then runs the worker itself: a held status
     // request would only wait for work nobody is doing.
     service.engine.status_wait = Duration::ZERO;
+    // Identical kick-offs in one stack mean separate exports.
+    service.engine.reuse_window = Duration::ZERO;
     let settings = Settings {
         names: names.clone(),
         shards: 4,
@@ -596,8 +598,10 @@ async fn token_scopes_and_one_time_assertions_on_dynamodb() {
 async fn the_status_function_holds_a_poll_until_the_export_completes() {
     let s = stack(3, None).await;
     let mut service = ServiceSettings::default();
-    // Generous, so a busy machine cannot make the held poll miss the end.
-    service.engine.status_wait = Duration::from_secs(120);
+    // Generous, so a busy machine cannot make the held poll miss the end;
+    // a quarter-second poll keeps the shared emulator's load small.
+    service.engine.status_wait = Duration::from_secs(300);
+    service.engine.status_wait_poll = Duration::from_millis(250);
     let settings = Settings {
         names: s.container.settings.names.clone(),
         shards: 4,
@@ -606,35 +610,46 @@ async fn the_status_function_holds_a_poll_until_the_export_completes() {
         external_issuer: None,
         service,
     };
-    let holding =
-        Container::from_parts(settings, s.adapters.ports(), s.adapters.jobs.clone(), None).unwrap();
+    let holding = Arc::new(
+        Container::from_parts(settings, s.adapters.ports(), s.adapters.jobs.clone(), None).unwrap(),
+    );
     let status = s.kickoff("/fhir/$export").await;
-    let held = async {
-        let req = http::Request::builder()
-            .uri(format!("{ORIGIN}{status}"))
-            .header("host", "api.example.test")
-            .header("x-forwarded-proto", "https")
-            .body(lambda_http::Body::Empty)
-            .unwrap();
-        lambda::handle(&holding, req).await
-    };
+    // The held request runs in its own task, as it would in its own
+    // function instance.
+    let held = tokio::spawn({
+        let (holding, status) = (holding.clone(), status.clone());
+        async move {
+            let req = http::Request::builder()
+                .uri(format!("{ORIGIN}{status}"))
+                .header("host", "api.example.test")
+                .header("x-forwarded-proto", "https")
+                .body(lambda_http::Body::Empty)
+                .unwrap();
+            lambda::handle(&holding, req).await
+        }
+    });
     let work = async {
         // Nothing completes the export but this worker: the held poll can
         // only answer 200 by seeing the worker's result.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let give_up = Instant::now() + Duration::from_secs(100);
-        while Instant::now() < give_up {
+        let give_up = Instant::now() + Duration::from_secs(240);
+        loop {
             if s.invoke_worker(Duration::from_secs(20), false).await == 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let job = s.adapters.jobs.get_job(&job_id(&status)).await.unwrap();
-            if job.is_some_and(|j| j.completed_at.is_some()) {
+            if job.as_ref().is_some_and(|j| j.completed_at.is_some()) {
                 return;
             }
+            assert!(
+                Instant::now() < give_up,
+                "the export did not complete: {:?}",
+                job.map(|j| (j.state, j.parts_remaining))
+            );
         }
-        panic!("the export did not complete");
     };
-    let (resp, ()) = tokio::join!(held, work);
+    work.await;
+    let resp = held.await.unwrap();
     assert_eq!(resp.status(), 200, "{:?}", resp.body());
     let manifest: Value = serde_json::from_slice(resp.body()).unwrap();
     assert_eq!(s.exported(&manifest).await, s.expected());
@@ -676,4 +691,58 @@ async fn include_associated_data_through_the_functions() {
         assert_eq!(exported["Observation"], s.expected()["Observation"]);
         assert_eq!(exported["Provenance"], want, "{value}");
     }
+}
+
+/// Job reuse through the functions, on DynamoDB's `by_reuse_key` index: an
+/// identical kick-off gets the export in progress; `Cache-Control:
+/// no-cache` or other parameters get a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_kickoff_reuses_the_export_in_progress() {
+    let s = stack(2, None).await;
+    let mut service = ServiceSettings::default();
+    service.engine.status_wait = Duration::ZERO;
+    let settings = Settings {
+        names: s.container.settings.names.clone(),
+        shards: 4,
+        auth: AuthMode::Open,
+        signing_key: None,
+        external_issuer: None,
+        service,
+    };
+    let reusing =
+        Container::from_parts(settings, s.adapters.ports(), s.adapters.jobs.clone(), None).unwrap();
+    let kickoff = |path: &'static str, no_cache: bool| {
+        let mut req = http::Request::builder()
+            .uri(format!("{ORIGIN}{path}"))
+            .header("host", "api.example.test")
+            .header("x-forwarded-proto", "https")
+            .header("accept", "application/fhir+json")
+            .header("prefer", "respond-async");
+        if no_cache {
+            req = req.header("cache-control", "no-cache");
+        }
+        let req = req.body(lambda_http::Body::Empty).unwrap();
+        let reusing = &reusing;
+        async move {
+            let resp = lambda::handle(reusing, req).await;
+            assert_eq!(resp.status(), 202, "{:?}", resp.body());
+            resp.headers()["content-location"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    // (moto's indexes are consistent at once; DynamoDB's lag a moment, so
+    // there two kick-offs in the same instant may both start an export.)
+    let first = kickoff("/fhir/$export?_type=Patient", false).await;
+    assert_eq!(kickoff("/fhir/$export?_type=Patient", false).await, first);
+    let fresh = kickoff("/fhir/$export?_type=Patient", true).await;
+    assert_ne!(fresh, first, "no-cache starts a new export");
+    let other = kickoff("/fhir/$export?_type=Observation", false).await;
+    assert!(other != first && other != fresh);
+    assert_eq!(
+        kickoff("/fhir/$export?_type=Patient", false).await,
+        fresh,
+        "the newest identical export"
+    );
 }
