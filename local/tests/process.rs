@@ -6,11 +6,24 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn start(data_dir: &std::path::Path) -> (Child, String) {
+/// The running binary. Dropping it kills the process if it still runs, so
+/// a test that fails before it stops its server leaves none behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn start(data_dir: &std::path::Path) -> (Server, String) {
     start_with(data_dir, &[])
 }
 
-fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> (Server, String) {
     let (child, base, _) = start_logged(data_dir, extra, "warn");
     (child, base)
 }
@@ -21,7 +34,7 @@ fn start_logged(
     data_dir: &std::path::Path,
     extra: &[&str],
     log_level: &str,
-) -> (Child, String, String) {
+) -> (Server, String, String) {
     let sample: &[&str] = if extra.contains(&"--sample-patients") {
         &[]
     } else {
@@ -38,6 +51,7 @@ fn start_logged(
         .spawn()
         .expect("the binary starts");
     let mut out = BufReader::new(child.stdout.take().unwrap());
+    let child = Server(child);
     let mut before = String::new();
     let base = loop {
         let mut line = String::new();
@@ -59,7 +73,8 @@ fn start_logged(
     (child, base, before)
 }
 
-fn terminate(mut child: Child) {
+fn terminate(mut server: Server) {
+    let child = &mut server.0;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -263,8 +278,8 @@ fn killed_mid_export_a_restart_resumes_at_once_and_exactly() {
         assert!(std::time::Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
 
     let restarted = std::time::Instant::now();
     let (child, base2, log) = start_logged(dir.path(), &slow, "info");
