@@ -220,7 +220,21 @@ impl Stack {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        panic!("the export did not finish within 300 s");
+        let job = self.adapters.jobs.get_job(&job_id(status)).await.unwrap();
+        let parts = self
+            .adapters
+            .jobs
+            .list_parts(&job_id(status))
+            .await
+            .unwrap();
+        panic!(
+            "the export did not finish within 300 s: job {:?}, parts (done, version, position) {:?}",
+            job.map(|j| (j.state, j.parts_total, j.parts_remaining)),
+            parts
+                .iter()
+                .map(|p| (p.done, p.version, p.checkpoint.position.clone()))
+                .collect::<Vec<_>>()
+        );
     }
 
     /// Follows a manifest URL: 303 from the files function, then the
