@@ -82,6 +82,10 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     // Tests kick off identical exports and mean separate ones; the reuse
     // test turns reuse on.
     config.engine.reuse_window = Duration::ZERO;
+    // Polls answer at once, as before the hold existed: a held poll re-reads
+    // the job every 25 ms, load that tests with many polls do not need. The
+    // hold's own test turns it on.
+    config.engine.status_wait = Duration::ZERO;
     (opts.tune)(&mut config);
     let clock = Arc::new(OffsetClock::default());
     let overrides = Overrides {

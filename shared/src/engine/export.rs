@@ -283,12 +283,22 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.ports
+        // The job is cancelled from here on, whatever follows. Deleting its
+        // files may race a worker still writing them (a directory refilled
+        // as it is removed); what is left, the delayed collection and the
+        // sweeper (the job expires now) remove.
+        if let Err(e) = self
+            .ports
             .artifacts
             .delete_prefix(&job_prefix(job_id))
-            .await?;
+            .await
+        {
+            tracing::warn!(job = %job_id, error = %e, "cancel: files left for the sweeper");
+        }
         // Handlings still running may write a little more.
-        self.collect_later(job_id).await?;
+        if let Err(e) = self.collect_later(job_id).await {
+            tracing::warn!(job = %job_id, error = %e, "cancel: no delayed collection queued");
+        }
         tracing::info!(job = %job_id, "export cancelled");
         Ok(())
     }
