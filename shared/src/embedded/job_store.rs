@@ -74,6 +74,28 @@ impl SqliteJobs {
         })
     }
 
+    /// The JSON records a one-parameter query selects, decoded.
+    async fn bodies<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        sql: &'static str,
+        key: &str,
+    ) -> PortResult<Vec<T>> {
+        let key = key.to_string();
+        self.db
+            .call(move |c| {
+                let mut s = c.prepare_cached(sql).map_err(backend)?;
+                let rows = s
+                    .query_map(params![key], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(from_json(&row.map_err(backend)?)?);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     pub fn queue(&self) -> SqliteQueue {
         SqliteQueue {
             db: self.db.clone(),
@@ -172,21 +194,7 @@ impl JobStore for SqliteJobs {
     }
 
     async fn jobs_with_reuse_key(&self, reuse_key: &str) -> PortResult<Vec<Job>> {
-        let key = reuse_key.to_string();
-        self.db
-            .call(move |c| {
-                let mut s = c
-                    .prepare_cached("SELECT body FROM jobs WHERE reuse_key = ?1")
-                    .map_err(backend)?;
-                let rows = s
-                    .query_map(params![key], |r| r.get::<_, String>(0))
-                    .map_err(backend)?;
-                let mut out = Vec::new();
-                for row in rows {
-                    out.push(from_json(&row.map_err(backend)?)?);
-                }
-                Ok(out)
-            })
+        self.bodies("SELECT body FROM jobs WHERE reuse_key = ?1", reuse_key)
             .await
     }
 
@@ -243,22 +251,11 @@ impl JobStore for SqliteJobs {
     }
 
     async fn list_parts(&self, job_id: &str) -> PortResult<Vec<Part>> {
-        let job_id = job_id.to_string();
-        self.db
-            .call(move |c| {
-                let mut s = c
-                    .prepare_cached("SELECT body FROM parts WHERE job_id = ?1 ORDER BY idx")
-                    .map_err(backend)?;
-                let rows = s
-                    .query_map(params![job_id], |r| r.get::<_, String>(0))
-                    .map_err(backend)?;
-                let mut out = Vec::new();
-                for row in rows {
-                    out.push(from_json(&row.map_err(backend)?)?);
-                }
-                Ok(out)
-            })
-            .await
+        self.bodies(
+            "SELECT body FROM parts WHERE job_id = ?1 ORDER BY idx",
+            job_id,
+        )
+        .await
     }
 
     async fn save_part(&self, part: &Part) -> PortResult<Part> {

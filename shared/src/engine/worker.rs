@@ -415,6 +415,27 @@ fn excluded_patient_message(patient: &str, level: &ExportLevel) -> String {
     )
 }
 
+/// After a page of a shard scan: the next page of the same shard if this
+/// one was full, else the next shard; and the progress it made.
+fn advance_shard_cursor(
+    cp: &mut crate::domain::job::Checkpoint,
+    shard: u16,
+    page: &crate::ports::ScanPage,
+    limit: usize,
+) {
+    cp.position = match page.items.last() {
+        Some(v) if page.len() == limit => Position::Shard {
+            shard,
+            after: Some(v.last_updated),
+        },
+        _ => Position::Shard {
+            shard: shard + 1,
+            after: None,
+        },
+    };
+    cp.progress_done += page.len() as u64;
+}
+
 enum Driven {
     Finished,
     Paused,
@@ -516,17 +537,7 @@ impl<'a> PartReader<'a> {
                 limit,
             })
             .await?;
-        cp.position = match page.items.last() {
-            Some(v) if page.len() == limit => Position::Shard {
-                shard,
-                after: Some(v.last_updated),
-            },
-            _ => Position::Shard {
-                shard: shard + 1,
-                after: None,
-            },
-        };
-        cp.progress_done += page.len() as u64;
+        advance_shard_cursor(cp, shard, &page, limit);
         for item in &page.items {
             self.emit(sink, resource_type, &item.id, page.body(item))
                 .await?;

@@ -34,17 +34,7 @@ impl PartReader<'_> {
         }
         let limit = self.engine.config.page_size;
         let page = self.provenance_scan(shard, after, limit).await?;
-        cp.position = match page.items.last() {
-            Some(v) if page.len() == limit => Position::Shard {
-                shard,
-                after: Some(v.last_updated),
-            },
-            _ => Position::Shard {
-                shard: shard + 1,
-                after: None,
-            },
-        };
-        cp.progress_done += page.len() as u64;
+        super::advance_shard_cursor(cp, shard, &page, limit);
         for item in &page.items {
             let Some(body) = page.body(item) else {
                 continue;
