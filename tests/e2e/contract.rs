@@ -29,6 +29,8 @@ pub fn job(id: &str) -> Job {
             patients: vec![],
             excluded_patients: vec![],
             associated_provenance: None,
+            allow_partial_manifests: false,
+            organize_by_patient: false,
             lenient_issues: vec![],
         },
         state: JobState::Running,

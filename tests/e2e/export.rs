@@ -11,7 +11,7 @@ use bulk_export_local::loader::load_values;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::faults::{ChunkHook, Crashes, Gate, Intercepted};
+use crate::faults::{ChunkHook, Crashes, Gate, HoldAfter, Intercepted};
 use crate::helpers::*;
 
 const SYNTHEA_GROUP: &str = "d9f31445-f448-48c0-af57-295c005e07df";
@@ -1244,4 +1244,109 @@ async fn an_identical_kickoff_reuses_the_clients_recent_export() {
     app.clock.advance(chrono::Duration::seconds(601));
     let later = kickoff("$export?_type=Patient", "alice", false).await;
     assert!(later != first && later != fresh, "older than the window");
+}
+
+/// `allowPartialManifests`: files written while the export is held mid-way
+/// are listed on a 202; `next` links then lead through pages of at most
+/// two files to the 200 that has none, every file on exactly one page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_manifests_list_files_before_the_export_completes() {
+    let gate = Gate::new();
+    let hold = gate.clone();
+    let app = spawn_app(Options {
+        sample_patients: 8,
+        wrap_artifacts: Some(Box::new(move |inner| {
+            Arc::new(Intercepted {
+                inner,
+                hook: HoldAfter::new(6, hold),
+            })
+        })),
+        tune: Box::new(|c| {
+            c.engine.page_size = 5;
+            c.engine.max_resources_per_file = 5;
+            c.engine.min_chunk_bytes = 1;
+            c.engine.manifest_page_files = 2;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(
+            app.kickoff_get(
+                "$export?_type=Patient,Observation,Encounter&allowPartialManifests=true",
+            ),
+        )
+        .await;
+    // Without the parameter a page is refused.
+    let plain = app
+        .start_export(app.kickoff_get("$export?_type=Patient"))
+        .await;
+    gate.reached().await;
+    expect_outcome(
+        app.client
+            .get(format!("{plain}?page=1"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+
+    let mut listed: Vec<Value> = Vec::new();
+    let mut page_url = status.clone();
+    // Held mid-way: a 202 whose body lists the files already complete.
+    let early = loop {
+        let resp = app.client.get(&page_url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        assert_eq!(resp.headers()["x-progress"], "started");
+        let body = resp.bytes().await.unwrap();
+        if !body.is_empty() {
+            break serde_json::from_slice::<Value>(&body).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let early_files = early["output"].as_array().unwrap().clone();
+    assert!(!early_files.is_empty() && early_files.len() <= 2, "{early}");
+    // They can be downloaded while the export still runs.
+    for f in &early_files {
+        assert!(!app.download(f["url"].as_str().unwrap()).await.is_empty());
+    }
+    listed.extend(early_files);
+    page_url = early["link"][0]["url"].as_str().unwrap().to_string();
+    gate.open();
+    loop {
+        let resp = app.client.get(&page_url).send().await.unwrap();
+        let code = resp.status();
+        let body = resp.bytes().await.unwrap();
+        if body.is_empty() {
+            assert_eq!(code, StatusCode::ACCEPTED);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let files = page["output"].as_array().unwrap();
+        assert!(files.len() <= 2, "{page}");
+        listed.extend(files.iter().cloned());
+        match page["link"][0]["url"].as_str() {
+            Some(next) => page_url = next.to_string(),
+            None => {
+                assert_eq!(code, StatusCode::OK, "only the last page has no next link");
+                break;
+            }
+        }
+    }
+    let mut urls: Vec<&str> = listed.iter().map(|f| f["url"].as_str().unwrap()).collect();
+    let n = urls.len();
+    urls.sort();
+    urls.dedup();
+    assert_eq!(urls.len(), n, "no file on two pages");
+    let expected: BTreeMap<String, Vec<Value>> = by_type(sample(8))
+        .into_iter()
+        .filter(|(t, _)| ["Patient", "Observation", "Encounter"].contains(&t.as_str()))
+        .collect();
+    let all = json!({ "output": listed });
+    assert_same_content(&app.outputs(&all, "output").await, &expected);
+    // The plain export's manifest is whole, without pages.
+    let manifest = app.wait_manifest(&plain).await;
+    assert!(manifest.get("link").is_none());
 }

@@ -69,6 +69,38 @@ impl ChunkHook for Arc<Gate> {
     }
 }
 
+/// A hook that lets `pass` chunk uploads through, then holds the rest at
+/// the gate.
+pub struct HoldAfter {
+    pass: usize,
+    calls: AtomicUsize,
+    gate: Arc<Gate>,
+}
+
+impl HoldAfter {
+    pub fn new(pass: usize, gate: Arc<Gate>) -> Self {
+        HoldAfter {
+            pass,
+            calls: AtomicUsize::new(0),
+            gate,
+        }
+    }
+}
+
+#[async_trait]
+impl ChunkHook for HoldAfter {
+    async fn before(&self) -> PortResult<usize> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n > self.pass {
+            self.gate.before().await?;
+        }
+        Ok(n)
+    }
+    async fn after(&self, _n: usize) -> PortResult<()> {
+        Ok(())
+    }
+}
+
 /// Fails chosen `upload_chunk` calls: `before` ones fail without writing
 /// (a crash before the upload), `after` ones write and then fail (a crash
 /// between the upload and the checkpoint).

@@ -148,27 +148,137 @@ pub fn status_url(base_url: &str, job_id: &str) -> String {
 
 /// The completion manifest of the Bulk Data IG.
 pub fn manifest(job: &Job, base_url: &str, requires_access_token: bool) -> Value {
+    manifest_of(job, &job.files, base_url, requires_access_token)
+}
+
+/// A manifest listing `files` of `job`.
+fn manifest_of(
+    job: &Job,
+    files: &[OutputFile],
+    base_url: &str,
+    requires_access_token: bool,
+) -> Value {
     let entries = |kind: FileKind| -> Vec<Value> {
-        job.files
+        files
             .iter()
             .filter(|f| f.kind == kind)
             .map(|f| {
-                json!({
-                    "type": f.resource_type,
+                let mut entry = json!({
                     "url": file_url(base_url, &job.id, &f.name),
                     "count": f.count,
-                })
+                });
+                // Files organized by patient mix types: the IG omits `type`.
+                if !(job.request.organize_by_patient && kind == FileKind::Output) {
+                    entry["type"] = json!(f.resource_type);
+                }
+                entry
             })
             .collect()
     };
-    json!({
+    let mut m = json!({
         "transactionTime": format_instant(job.transaction_time),
         "request": job.request.request_url,
         "requiresAccessToken": requires_access_token,
         "output": entries(FileKind::Output),
         "deleted": entries(FileKind::Deleted),
         "error": entries(FileKind::Error),
-    })
+    });
+    if job.request.organize_by_patient {
+        m["outputOrganizedBy"] = json!("Patient");
+    }
+    m
+}
+
+/// Where a client stands in a paged manifest (`allowPartialManifests`):
+/// for each part, in index order, how many of its files earlier pages
+/// listed. A part's files only ever grow at the end, so the files after a
+/// cursor are exactly the ones no earlier page listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManifestCursor(Vec<u32>);
+
+impl ManifestCursor {
+    /// The `page` query parameter's form: counts joined by `.`, without
+    /// trailing zeros (the first page is the empty cursor).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.is_empty() {
+            return Some(Self::default());
+        }
+        text.split('.')
+            .map(|n| n.parse().ok())
+            .collect::<Option<Vec<u32>>>()
+            .map(ManifestCursor)
+    }
+
+    pub fn to_text(&self) -> String {
+        let used = self.0.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+        let counts: Vec<String> = self.0[..used].iter().map(u32::to_string).collect();
+        counts.join(".")
+    }
+
+    fn get(&self, part: usize) -> usize {
+        self.0.get(part).copied().unwrap_or(0) as usize
+    }
+}
+
+/// One page of a paged manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestPage {
+    pub files: Vec<OutputFile>,
+    /// Where the next page starts; `None` on the last page of a completed job.
+    pub next: Option<ManifestCursor>,
+}
+
+/// The files after `cursor`, at most `limit`, taking each part's finished
+/// files in part order. Once the job is `complete` and nothing is left
+/// after this page, the job's error files close it.
+pub fn manifest_page(
+    job: &Job,
+    parts: &[Part],
+    cursor: &ManifestCursor,
+    limit: usize,
+    complete: bool,
+) -> ManifestPage {
+    let mut parts: Vec<&Part> = parts.iter().collect();
+    parts.sort_by_key(|p| p.index);
+    let mut files = Vec::new();
+    let mut next = Vec::with_capacity(parts.len());
+    let mut left = false;
+    for (i, part) in parts.iter().enumerate() {
+        let finished = &part.checkpoint.files;
+        let from = cursor.get(i).min(finished.len());
+        let take = limit.saturating_sub(files.len()).min(finished.len() - from);
+        files.extend_from_slice(&finished[from..from + take]);
+        left |= from + take < finished.len();
+        next.push((from + take) as u32);
+    }
+    if complete && !left {
+        files.extend(
+            job.files
+                .iter()
+                .filter(|f| f.kind == FileKind::Error)
+                .cloned(),
+        );
+        return ManifestPage { files, next: None };
+    }
+    ManifestPage {
+        files,
+        next: Some(ManifestCursor(next)),
+    }
+}
+
+/// A page of the manifest, with a `next` link when another follows.
+pub fn paged_manifest(
+    job: &Job,
+    page: &ManifestPage,
+    base_url: &str,
+    requires_access_token: bool,
+) -> Value {
+    let mut m = manifest_of(job, &page.files, base_url, requires_access_token);
+    if let Some(next) = &page.next {
+        let url = format!("{}?page={}", status_url(base_url, &job.id), next.to_text());
+        m["link"] = json!([{ "relation": "next", "url": url }]);
+    }
+    m
 }
 
 /// What one part reads.
@@ -332,4 +442,20 @@ pub fn reuse_key(owner: &str, request: &ExportRequest) -> String {
         .chain_update(body.as_bytes())
         .finalize();
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_cursor_reads_back_what_it_writes() {
+        for text in ["", "3", "0.2.1", "1.0.4"] {
+            assert_eq!(ManifestCursor::parse(text).unwrap().to_text(), text);
+        }
+        assert_eq!(ManifestCursor(vec![2, 0, 0]).to_text(), "2");
+        for bad in ["x", "1..2", "-1", "1.2."] {
+            assert_eq!(ManifestCursor::parse(bad), None, "{bad}");
+        }
+    }
 }

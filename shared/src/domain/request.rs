@@ -109,6 +109,14 @@ pub struct ExportRequest {
     /// `includeAssociatedData`: Provenance to add, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub associated_provenance: Option<AssociatedProvenance>,
+    /// `allowPartialManifests`: the manifest comes in pages, the first
+    /// ones while the export is still running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_partial_manifests: bool,
+    /// `organizeOutputBy=Patient`: each patient's resources together, after
+    /// a header line naming the patient, in files of mixed types.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub organize_by_patient: bool,
     /// Problems ignored under `Prefer: handling=lenient`; reported in the
     /// manifest's `error` files.
     #[serde(default)]
@@ -213,6 +221,8 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
         patients: Vec::new(),
         excluded_patients: Vec::new(),
         associated_provenance: None,
+        allow_partial_manifests: false,
+        organize_by_patient: false,
         lenient_issues: Vec::new(),
     };
     let lenient = input.lenient;
@@ -229,7 +239,10 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
 
     for p in &input.params {
         let name = p.name.as_str();
-        if matches!(name, "_outputFormat" | "_since" | "_until") {
+        if matches!(
+            name,
+            "_outputFormat" | "_since" | "_until" | "allowPartialManifests"
+        ) {
             if seen_single.contains(&name) {
                 return Err(ApiError::invalid(format!(
                     "Parameter '{name}' may be given only once"
@@ -345,6 +358,17 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                     // Relevant includes Latest.
                     req.associated_provenance = req.associated_provenance.max(Some(wanted));
                 }
+            }
+            "allowPartialManifests" => {
+                req.allow_partial_manifests = match text.to_ascii_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "allowPartialManifests: '{text}' is not true or false"
+                        )))
+                    }
+                };
             }
             "_typeFilter" => unsupported(
                 &mut req,
@@ -466,6 +490,11 @@ mod tests {
             &[("includeAssociatedData", "Nope")],
             &[("includeAssociatedData", "LatestProvenanceResources,")],
             &[("includeAssociatedData", "_custom")],
+            &[("allowPartialManifests", "yes")],
+            &[
+                ("allowPartialManifests", "true"),
+                ("allowPartialManifests", "true"),
+            ],
             &[("foo", "bar")],
             &[("patient", "Patient/1")],
         ];

@@ -9,8 +9,9 @@ use super::Engine;
 pub const KICKOFF_PARAMETERS: &str = "Supported kick-off parameters: _outputFormat \
 (application/fhir+ndjson), _since, _until, _type, _elements (top-level), patient (POST, \
 Patient and Group level), includeAssociatedData (LatestProvenanceResources, \
-RelevantProvenanceResources). Not supported: _typeFilter, organizeOutputBy, \
-allowPartialManifests (400, or a note in the manifest under Prefer: handling=lenient).";
+RelevantProvenanceResources), allowPartialManifests (manifest pages, the first ones on the \
+202s of a running export). Not supported: _typeFilter, organizeOutputBy (400, or a note in \
+the manifest under Prefer: handling=lenient).";
 
 impl Engine {
     pub fn capability_statement(&self) -> Value {

@@ -9,7 +9,8 @@ use super::{Caller, Engine};
 use crate::domain::access::{Access, TypeAccess};
 use crate::domain::instant::to_micros;
 use crate::domain::job::{
-    artifact_key, job_prefix, manifest, reuse_key, FileKind, Job, JobState, WorkMessage,
+    artifact_key, job_prefix, manifest, manifest_page, paged_manifest, reuse_key, FileKind, Job,
+    JobState, ManifestCursor, Part, WorkMessage,
 };
 use crate::domain::request::{
     in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
@@ -26,6 +27,8 @@ pub enum StatusReply {
         progress: &'static str,
         percent: Option<u8>,
         retry_after_secs: u64,
+        /// With `allowPartialManifests`, a page of the files ready so far.
+        manifest: Option<Value>,
     },
     Complete {
         manifest: Value,
@@ -202,9 +205,29 @@ impl Engine {
 
     /// The job's status. While it is in progress the answer is held up to
     /// `status_wait`, looking at the job every `status_wait_poll`, and given
-    /// as soon as it completes.
-    pub async fn status(&self, caller: &Caller, job_id: &str) -> Result<StatusReply, ApiError> {
+    /// as soon as it completes. `page` is a paged manifest's cursor (the
+    /// `next` link's `page` parameter).
+    pub async fn status(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        page: Option<&str>,
+    ) -> Result<StatusReply, ApiError> {
         let mut job = self.visible_job(caller, job_id).await?;
+        let cursor = match page {
+            None => ManifestCursor::default(),
+            Some(_) if !job.request.allow_partial_manifests => {
+                return Err(ApiError::invalid(
+                    "page: this export's manifest is not paged (it was not started with \
+                     allowPartialManifests=true)",
+                ))
+            }
+            Some(text) => ManifestCursor::parse(text).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "page: '{text}' is not a page of this manifest; follow the manifest's next link"
+                ))
+            })?,
+        };
         let poll = self.config.status_wait_poll.max(Duration::from_millis(1));
         let deadline = tokio::time::Instant::now() + self.config.status_wait;
         while matches!(job.state, JobState::Queued | JobState::Running)
@@ -213,10 +236,10 @@ impl Engine {
             tokio::time::sleep(poll).await;
             job = self.visible_job(caller, job_id).await?;
         }
-        self.status_of(job).await
+        self.status_of(job, &cursor).await
     }
 
-    async fn status_of(&self, job: Job) -> Result<StatusReply, ApiError> {
+    async fn status_of(&self, job: Job, cursor: &ManifestCursor) -> Result<StatusReply, ApiError> {
         let job_id = job.id.clone();
         let job_id = job_id.as_str();
         match job.state {
@@ -224,6 +247,7 @@ impl Engine {
                 progress: "scheduled",
                 percent: None,
                 retry_after_secs: 1,
+                manifest: None,
             }),
             JobState::Running => {
                 let parts = self.ports.jobs.list_parts(job_id).await?;
@@ -251,21 +275,59 @@ impl Engine {
                     progress: "started",
                     percent: Some((fraction * 100.0).floor().min(99.0) as u8),
                     retry_after_secs: estimate_retry_after(elapsed, fraction),
+                    manifest: self.partial_manifest(&job, &parts, cursor),
                 })
             }
-            JobState::Completed => Ok(StatusReply::Complete {
-                manifest: manifest(
-                    &job,
-                    &self.config.base_url,
-                    self.config.requires_access_token,
-                ),
-                expires: job.expires_at.unwrap_or(job.created_at),
-            }),
+            JobState::Completed => {
+                let manifest = if job.request.allow_partial_manifests {
+                    let parts = self.ports.jobs.list_parts(job_id).await?;
+                    let page =
+                        manifest_page(&job, &parts, cursor, self.config.manifest_page_files, true);
+                    paged_manifest(
+                        &job,
+                        &page,
+                        &self.config.base_url,
+                        self.config.requires_access_token,
+                    )
+                } else {
+                    manifest(
+                        &job,
+                        &self.config.base_url,
+                        self.config.requires_access_token,
+                    )
+                };
+                Ok(StatusReply::Complete {
+                    manifest,
+                    expires: job.expires_at.unwrap_or(job.created_at),
+                })
+            }
             JobState::Failed => Ok(StatusReply::Failed {
                 message: job.error.unwrap_or_else(|| "The export failed".into()),
             }),
             JobState::Cancelled => Err(job_not_found(job_id)),
         }
+    }
+
+    /// A running job's manifest page at `cursor`, when the client asked for
+    /// partial manifests and files past the cursor are ready.
+    fn partial_manifest(
+        &self,
+        job: &Job,
+        parts: &[Part],
+        cursor: &ManifestCursor,
+    ) -> Option<Value> {
+        if !job.request.allow_partial_manifests {
+            return None;
+        }
+        let page = manifest_page(job, parts, cursor, self.config.manifest_page_files, false);
+        (!page.files.is_empty()).then(|| {
+            paged_manifest(
+                job,
+                &page,
+                &self.config.base_url,
+                self.config.requires_access_token,
+            )
+        })
     }
 
     /// Cancels a job: it disappears for its owner at once, workers stop at
@@ -311,8 +373,20 @@ impl Engine {
         name: &str,
     ) -> Result<String, ApiError> {
         let job = self.visible_job(caller, job_id).await?;
-        let file = job.files.iter().find(|f| f.name == name);
-        let Some(file) = file.filter(|_| job.state == JobState::Completed) else {
+        let file = match job.state {
+            JobState::Completed => job.files.iter().find(|f| f.name == name).cloned(),
+            // A partial manifest lists the files of parts still running.
+            JobState::Running if job.request.allow_partial_manifests => self
+                .ports
+                .jobs
+                .list_parts(job_id)
+                .await?
+                .into_iter()
+                .flat_map(|p| p.checkpoint.files)
+                .find(|f| f.name == name),
+            _ => None,
+        };
+        let Some(file) = file else {
             return Err(ApiError::not_found(format!(
                 "Export job '{job_id}' has no file '{name}'"
             )));

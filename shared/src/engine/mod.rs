@@ -83,6 +83,9 @@ pub struct EngineConfig {
     /// of a new one (`Cache-Control: no-cache` forces a new one). Zero
     /// turns reuse off.
     pub reuse_window: Duration,
+    /// A page of a paged manifest (`allowPartialManifests`) lists at most
+    /// this many files.
+    pub manifest_page_files: usize,
 }
 
 impl EngineConfig {
@@ -107,6 +110,7 @@ impl EngineConfig {
             status_wait: Duration::from_secs(1),
             status_wait_poll: Duration::from_millis(25),
             reuse_window: Duration::from_secs(600),
+            manifest_page_files: 200,
         }
     }
 }

@@ -95,6 +95,23 @@ fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
     Ok(out)
 }
 
+/// The one value of query parameter `name`, if given.
+fn query_param(req: &Request<Bytes>, name: &str) -> Result<Option<String>, ApiError> {
+    let mut values = query_params(req.uri().query().unwrap_or(""))?
+        .into_iter()
+        .filter(|p| p.name == name);
+    let first = values.next().map(|p| match p.value {
+        crate::domain::request::ParamValue::Text(t)
+        | crate::domain::request::ParamValue::Reference(t) => t,
+    });
+    if values.next().is_some() {
+        return Err(ApiError::invalid(format!(
+            "Parameter '{name}' may be given only once"
+        )));
+    }
+    Ok(first)
+}
+
 impl Api {
     pub(super) async fn kickoff(
         &self,
@@ -173,13 +190,19 @@ impl Api {
         job_id: &str,
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        match self.engine.status(&caller, job_id).await? {
+        let page = query_param(req, "page")?;
+        match self.engine.status(&caller, job_id, page.as_deref()).await? {
             StatusReply::InProgress {
                 progress,
                 percent,
                 retry_after_secs,
+                manifest,
             } => {
-                let mut resp = empty_response(StatusCode::ACCEPTED);
+                // A partial manifest rides on the 202 (allowPartialManifests).
+                let mut resp = match manifest {
+                    Some(m) => json_response(StatusCode::ACCEPTED, "application/json", &m),
+                    None => empty_response(StatusCode::ACCEPTED),
+                };
                 let h = resp.headers_mut();
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 h.insert("x-progress", HeaderValue::from_static(progress));

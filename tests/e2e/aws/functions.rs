@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use bulk_export::aws::{AwsAdapters, SqsQueue};
 use bulk_export::clock::OffsetClock;
 use bulk_export::domain::job::{job_prefix, Position};
 use bulk_export::engine::Engine;
-use bulk_export::ports::{ArtifactStore, Clock, JobStore, PortResult, WorkQueue};
+use bulk_export::ports::{ArtifactStore, Clock, JobStore, WorkQueue};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export::service::ServiceSettings;
 use bulk_export_functions::settings::{AuthMode, Settings};
@@ -24,7 +23,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::moto::fresh_stack;
-use crate::faults::{ChunkHook, Gate, Intercepted};
+use crate::faults::{Gate, HoldAfter, Intercepted};
 
 const ORIGIN: &str = "https://api.example.test";
 /// Visibility timeout of the test driver: how soon an unacknowledged
@@ -45,6 +44,15 @@ struct Stack {
 type Wrap = Box<dyn FnOnce(Arc<dyn ArtifactStore>) -> Arc<dyn ArtifactStore>>;
 
 async fn stack(patients: usize, wrap: Option<Wrap>) -> Stack {
+    stack_tuned(patients, wrap, |_| {}).await
+}
+
+/// A stack whose service settings `tune` adjusts after the test defaults.
+async fn stack_tuned(
+    patients: usize,
+    wrap: Option<Wrap>,
+    tune: impl FnOnce(&mut ServiceSettings),
+) -> Stack {
     let (sdk, names) = fresh_stack().await;
     let clock = Arc::new(OffsetClock::default());
     let adapters = AwsAdapters::new(&sdk, &names, 4, clock.clone() as Arc<dyn Clock>);
@@ -64,6 +72,7 @@ async fn stack(patients: usize, wrap: Option<Wrap>) -> Stack {
     service.engine.status_wait = Duration::ZERO;
     // Identical kick-offs in one stack mean separate exports.
     service.engine.reuse_window = Duration::ZERO;
+    tune(&mut service);
     let settings = Settings {
         names: names.clone(),
         shards: 4,
@@ -309,38 +318,12 @@ async fn a_system_export_runs_through_the_functions() {
     assert_eq!(s.leftovers(&job_id(&status)).await.1, Vec::<String>::new());
 }
 
-/// A hook that lets `pass` chunk uploads through, then holds the rest at
-/// the gate.
-struct HoldAfter {
-    pass: usize,
-    calls: AtomicUsize,
-    gate: Arc<Gate>,
-}
-
-#[async_trait]
-impl ChunkHook for HoldAfter {
-    async fn before(&self) -> PortResult<usize> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if n > self.pass {
-            self.gate.before().await?;
-        }
-        Ok(n)
-    }
-    async fn after(&self, _n: usize) -> PortResult<()> {
-        Ok(())
-    }
-}
-
 fn hold_after(pass: usize, gate: &Arc<Gate>) -> Wrap {
     let gate = gate.clone();
     Box::new(move |inner| {
         Arc::new(Intercepted {
             inner,
-            hook: HoldAfter {
-                pass,
-                calls: AtomicUsize::new(0),
-                gate,
-            },
+            hook: HoldAfter::new(pass, gate),
         })
     })
 }
@@ -759,4 +742,67 @@ async fn an_identical_kickoff_reuses_the_export_in_progress() {
         fresh,
         "the newest identical export"
     );
+}
+
+/// `allowPartialManifests` through the functions: while the export runs,
+/// status answers 202 with a page of the files already written; following
+/// `next` links to the end lists every file exactly once, and together they
+/// hold the export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_manifests_through_the_functions() {
+    let s = stack_tuned(6, None, |service| {
+        service.engine.page_size = 20;
+        service.engine.manifest_page_files = 3;
+    })
+    .await;
+    let status = s.kickoff("/fhir/$export?allowPartialManifests=true").await;
+    let mut page_path = status.clone();
+    let mut listed: Vec<Value> = Vec::new();
+    let mut early_pages = 0;
+    let give_up = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < give_up, "the export did not finish");
+        let resp = s.call("GET", &page_path).await;
+        let code = resp.status();
+        assert!(code == 200 || code == 202, "{code}: {:?}", resp.body());
+        let page: Option<Value> =
+            (!resp.body().is_empty()).then(|| serde_json::from_slice(resp.body()).unwrap());
+        if let Some(page) = &page {
+            let files = page["output"].as_array().unwrap();
+            assert!(files.len() <= 3, "a page lists at most 3 files");
+            listed.extend(files.iter().cloned());
+            if code == 202 {
+                early_pages += 1;
+                assert!(!files.is_empty());
+            }
+        }
+        let next = page
+            .as_ref()
+            .and_then(|p| p["link"][0]["url"].as_str().map(str::to_string));
+        match (code.as_u16(), next) {
+            (200, None) => break,
+            (_, Some(next)) => {
+                assert_eq!(page.as_ref().unwrap()["link"][0]["relation"], "next");
+                page_path = next.strip_prefix(ORIGIN).unwrap().to_string();
+            }
+            (_, None) => {}
+        }
+        if code == 202 {
+            s.invoke_worker(Duration::ZERO, false).await;
+        }
+    }
+    assert!(
+        early_pages > 0,
+        "some files were listed before the export completed"
+    );
+    let mut urls: Vec<&str> = listed.iter().map(|f| f["url"].as_str().unwrap()).collect();
+    let n = urls.len();
+    urls.sort();
+    urls.dedup();
+    assert_eq!(urls.len(), n, "no file on two pages");
+    let all = serde_json::json!({ "output": listed });
+    assert_eq!(s.exported(&all).await, s.expected());
+    // A cursor that is not one is refused.
+    let resp = s.call("GET", &format!("{status}?page=x")).await;
+    assert_eq!(resp.status(), 400);
 }
