@@ -1350,3 +1350,148 @@ async fn partial_manifests_list_files_before_the_export_completes() {
     let manifest = app.wait_manifest(&plain).await;
     assert!(manifest.get("link").is_none());
 }
+
+/// Reads an export organized by patient: checks its manifest and files, and
+/// that every block is one patient's (its header, the Patient first, then
+/// resources of that patient's compartment), each patient once; returns
+/// the resources without the headers.
+async fn read_patient_blocks(app: &TestApp, manifest: &Value) -> Vec<Value> {
+    assert_eq!(manifest["outputOrganizedBy"], "Patient");
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut resources = Vec::new();
+    for entry in manifest["output"].as_array().unwrap() {
+        assert!(entry.get("type").is_none(), "{entry}");
+        let lines = app.download(entry["url"].as_str().unwrap()).await;
+        assert_eq!(entry["count"], lines.len());
+        assert_eq!(
+            lines[0]["resourceType"], "Parameters",
+            "a file starts a block"
+        );
+        let mut current: Option<String> = None;
+        let mut first_in_block = false;
+        for line in lines {
+            if line["resourceType"] == "Parameters" {
+                assert_eq!(line["parameter"][0]["name"], "header");
+                let reference = line["parameter"][0]["valueReference"]["reference"]
+                    .as_str()
+                    .unwrap();
+                let patient = reference.strip_prefix("Patient/").unwrap().to_string();
+                assert!(
+                    seen.insert(patient.clone()),
+                    "one block per patient: {patient}"
+                );
+                current = Some(patient);
+                first_in_block = true;
+                continue;
+            }
+            let patient = current.as_deref().expect("a header opens the block");
+            let t = line["resourceType"].as_str().unwrap();
+            if t == "Patient" {
+                assert!(first_in_block, "the Patient comes first in its block");
+                assert_eq!(line["id"], patient);
+            } else {
+                assert!(
+                    compartment_patients(t, &line).iter().any(|p| p == patient),
+                    "{t}/{} is not in Patient/{patient}'s compartment",
+                    line["id"]
+                );
+            }
+            first_in_block = false;
+            resources.push(line);
+        }
+    }
+    resources
+}
+
+/// `organizeOutputBy=Patient`, Patient and Group level: each patient's
+/// resources come together after a header, blocks are never split across
+/// files, and the content is exactly the export's, even with handlings
+/// crashing before and after chunk uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_organized_by_patient_comes_in_blocks() {
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = failures.clone();
+    let app = spawn_app(Options {
+        sample_patients: 10,
+        wrap_artifacts: Some(Box::new(move |inner| {
+            let hook = Crashes {
+                calls: AtomicUsize::new(0),
+                fail_before: vec![3, 11],
+                fail_after: vec![6, 15],
+                failures: f,
+            };
+            Arc::new(Intercepted { inner, hook })
+        })),
+        tune: Box::new(|c| {
+            c.engine.page_size = 3;
+            c.engine.max_resources_per_file = 7;
+            c.engine.min_chunk_bytes = 1;
+            c.engine.patients_per_part = 4;
+            c.visibility_timeout = Duration::from_millis(500);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let data = sample(10);
+    let patients: Vec<String> = data
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let six: BTreeSet<String> = patients.iter().take(6).cloned().collect();
+    let members: Vec<Value> = six
+        .iter()
+        .map(|p| json!({"entity": {"reference": format!("Patient/{p}")}}))
+        .collect();
+    let group = json!({"resourceType": "Group", "id": "six", "type": "person",
+        "actual": true, "member": members});
+    app.put(&group).await;
+    let mut data = data;
+    data.push(group);
+    let in_compartment = |r: &Value, of: &BTreeSet<String>| {
+        let t = r["resourceType"].as_str().unwrap();
+        if t == "Patient" {
+            return of.contains(r["id"].as_str().unwrap());
+        }
+        compartment_patients(t, r).iter().any(|p| of.contains(p))
+    };
+    let all: BTreeSet<String> = patients.iter().cloned().collect();
+    let types = ["Patient", "Observation", "Encounter"];
+    for (path, of, only) in [
+        ("Patient/$export?organizeOutputBy=Patient", &all, None),
+        (
+            "Group/six/$export?organizeOutputBy=Patient&_type=Observation,Encounter,Patient",
+            &six,
+            Some(types),
+        ),
+    ] {
+        let status = app.start_export(app.kickoff_get(path)).await;
+        let manifest = app.wait_manifest(&status).await;
+        assert!(
+            manifest["output"].as_array().unwrap().len() > 1,
+            "{path}: files roll over"
+        );
+        let got = by_type(read_patient_blocks(&app, &manifest).await);
+        let want = by_type(
+            data.iter()
+                .filter(|r| in_compartment(r, of))
+                .filter(|r| only.is_none_or(|t| t.contains(&r["resourceType"].as_str().unwrap())))
+                .cloned(),
+        );
+        assert_same_content(&got, &want);
+    }
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        4,
+        "every injected crash happened"
+    );
+    // A system export cannot be organized by patient.
+    expect_outcome(
+        app.kickoff_get("$export?organizeOutputBy=Patient")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}

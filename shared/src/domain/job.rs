@@ -128,6 +128,19 @@ impl Job {
     }
 }
 
+/// The `type` of the files of an export organized by patient, which hold
+/// blocks of every type (it names the files; the manifest omits it).
+pub const PATIENT_BLOCKS: &str = "PatientBlocks";
+
+/// The header line that opens a patient's block (`organizeOutputBy`).
+pub fn patient_block_header(patient: &str) -> String {
+    json!({
+        "resourceType": "Parameters",
+        "parameter": [{ "name": "header", "valueReference": { "reference": format!("Patient/{patient}") } }]
+    })
+    .to_string()
+}
+
 /// Artifact key of a job's file: every file of a job sits under its prefix.
 pub fn artifact_key(job_id: &str, name: &str) -> String {
     format!("{}{name}", job_prefix(job_id))
@@ -319,10 +332,15 @@ pub enum Position {
         after: Option<i64>,
     },
     /// At `types[type_index]`, `patients[patient_index]`, after `after_id`.
+    /// A part reads type by type, patient by patient within a type; output
+    /// organized by patient reads patient by patient, and `block_started`
+    /// says whether the patient's header line is written.
     Patients {
         type_index: usize,
         patient_index: usize,
         after_id: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        block_started: bool,
     },
     Finished,
 }

@@ -241,7 +241,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
         let name = p.name.as_str();
         if matches!(
             name,
-            "_outputFormat" | "_since" | "_until" | "allowPartialManifests"
+            "_outputFormat" | "_since" | "_until" | "allowPartialManifests" | "organizeOutputBy"
         ) {
             if seen_single.contains(&name) {
                 return Err(ApiError::invalid(format!(
@@ -370,6 +370,24 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                     }
                 };
             }
+            "organizeOutputBy" => match text {
+                "Patient" if req.level.is_patient_based() => req.organize_by_patient = true,
+                "Patient" => unsupported(
+                    &mut req,
+                    "organizeOutputBy: a system export cannot be organized by patient; \
+                     use Patient/$export or Group/[id]/$export"
+                        .to_string(),
+                )?,
+                t if is_resource_type(t) => unsupported(
+                    &mut req,
+                    format!("organizeOutputBy: output can be organized by Patient only, not {t}"),
+                )?,
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "organizeOutputBy: '{other}' is not a FHIR R4 resource type"
+                    )))
+                }
+            },
             "_typeFilter" => unsupported(
                 &mut req,
                 format!("Parameter '{name}' is not supported by this server"),
@@ -491,6 +509,9 @@ mod tests {
             &[("includeAssociatedData", "LatestProvenanceResources,")],
             &[("includeAssociatedData", "_custom")],
             &[("allowPartialManifests", "yes")],
+            &[("organizeOutputBy", "Patient")],
+            &[("organizeOutputBy", "Encounter")],
+            &[("organizeOutputBy", "patient")],
             &[
                 ("allowPartialManifests", "true"),
                 ("allowPartialManifests", "true"),

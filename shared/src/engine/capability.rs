@@ -10,8 +10,8 @@ pub const KICKOFF_PARAMETERS: &str = "Supported kick-off parameters: _outputForm
 (application/fhir+ndjson), _since, _until, _type, _elements (top-level), patient (POST, \
 Patient and Group level), includeAssociatedData (LatestProvenanceResources, \
 RelevantProvenanceResources), allowPartialManifests (manifest pages, the first ones on the \
-202s of a running export). Not supported: _typeFilter, organizeOutputBy (400, or a note in \
-the manifest under Prefer: handling=lenient).";
+202s of a running export), organizeOutputBy (Patient, at Patient and Group level). Not \
+supported: _typeFilter (400, or a note in the manifest under Prefer: handling=lenient).";
 
 impl Engine {
     pub fn capability_statement(&self) -> Value {

@@ -10,7 +10,7 @@ use crate::domain::access::{Access, TypeAccess};
 use crate::domain::instant::to_micros;
 use crate::domain::job::{
     artifact_key, job_prefix, manifest, manifest_page, paged_manifest, reuse_key, FileKind, Job,
-    JobState, ManifestCursor, Part, WorkMessage,
+    JobState, ManifestCursor, Part, WorkMessage, PATIENT_BLOCKS,
 };
 use crate::domain::request::{
     in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
@@ -392,11 +392,20 @@ impl Engine {
             )));
         };
         // Scopes are checked again at download: the token may be a newer,
-        // narrower one than the one that started the export.
-        let data_type = file.source_type.as_deref().unwrap_or(&file.resource_type);
-        if file.kind != FileKind::Error && !caller.access.can_read(data_type) {
+        // narrower one than the one that started the export. A file of
+        // patient blocks may hold any of the export's types.
+        let data_types: Vec<&str> = match (file.kind, file.resource_type.as_str()) {
+            (FileKind::Error, _) => Vec::new(),
+            (_, PATIENT_BLOCKS) => job
+                .plan_inputs
+                .iter()
+                .flat_map(|p| p.types.iter().map(String::as_str))
+                .collect(),
+            _ => vec![file.source_type.as_deref().unwrap_or(&file.resource_type)],
+        };
+        if let Some(t) = data_types.iter().find(|t| !caller.access.can_read(t)) {
             return Err(ApiError::forbidden(format!(
-                "The access token's scopes do not permit reading {data_type}"
+                "The access token's scopes do not permit reading {t}"
             )));
         }
         Ok(self

@@ -147,11 +147,16 @@ impl Engine {
         let mut specs: Vec<(PartSpec, u64)> = Vec::new();
         if job.request.level.is_patient_based() && !inputs.types.is_empty() {
             let patients = self.export_patients(job, &job.request.level).await?;
+            let mut types = inputs.types.clone();
+            if job.request.organize_by_patient {
+                // A patient's block starts with the Patient itself.
+                types.sort_by_key(|t| t != "Patient");
+            }
             for chunk in patients.chunks(self.config.patients_per_part.max(1)) {
-                let steps = (chunk.len() * inputs.types.len()) as u64;
+                let steps = (chunk.len() * types.len()) as u64;
                 specs.push((
                     PartSpec::Patients {
-                        types: inputs.types.clone(),
+                        types: types.clone(),
                         patients: chunk.to_vec(),
                     },
                     steps,

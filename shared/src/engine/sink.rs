@@ -33,7 +33,7 @@ use bytes::Bytes;
 
 use super::Engine;
 use crate::domain::job::{
-    artifact_key, job_prefix, FileKind, OpenFile, OutputFile, Part, UploadedChunk,
+    artifact_key, job_prefix, FileKind, OpenFile, OutputFile, Part, UploadedChunk, PATIENT_BLOCKS,
 };
 use crate::ports::{PortError, PortResult};
 
@@ -162,8 +162,19 @@ impl<'a> Sink<'a> {
         w.buf.extend_from_slice(line);
         w.buf.push(b'\n');
         w.file.count += 1;
-        if w.file.count >= max {
+        // Blocks organized by patient are never split: their files roll
+        // over between blocks (`end_block`).
+        if w.file.count >= max && resource_type != PATIENT_BLOCKS {
             self.close(kind).await?;
+        }
+        Ok(())
+    }
+
+    /// Between two patient blocks: a full block file is closed here.
+    pub async fn end_block(&mut self) -> PortResult<()> {
+        let max = self.engine.config.max_resources_per_file;
+        if self.output.as_ref().is_some_and(|w| w.file.count >= max) {
+            self.close(FileKind::Output).await?;
         }
         Ok(())
     }

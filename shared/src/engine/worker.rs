@@ -18,7 +18,8 @@ use super::Engine;
 use crate::domain::elements::subset;
 use crate::domain::instant::to_micros;
 use crate::domain::job::{
-    job_prefix, FileKind, Job, JobState, OutputFile, Part, PartSpec, Position, WorkMessage,
+    job_prefix, patient_block_header, FileKind, Job, JobState, OutputFile, Part, PartSpec,
+    Position, WorkMessage, PATIENT_BLOCKS,
 };
 use crate::domain::outcome::operation_outcome;
 use crate::domain::request::ExportLevel;
@@ -552,16 +553,23 @@ impl<'a> PartReader<'a> {
         cp: &mut crate::domain::job::Checkpoint,
         sink: &mut Sink<'_>,
     ) -> PortResult<()> {
-        let (ti, pi, after_id) = match &cp.position {
-            Position::Start => (0, 0, None),
+        let organized = self.job.request.organize_by_patient;
+        let (ti, pi, after_id, block_started) = match &cp.position {
+            Position::Start => (0, 0, None, false),
             Position::Patients {
                 type_index,
                 patient_index,
                 after_id,
-            } => (*type_index, *patient_index, after_id.clone()),
-            _ => (types.len(), 0, None),
+                block_started,
+            } => (
+                *type_index,
+                *patient_index,
+                after_id.clone(),
+                *block_started,
+            ),
+            _ => (types.len(), patients.len(), None, false),
         };
-        if ti >= types.len() || patients.is_empty() {
+        if ti >= types.len() || pi >= patients.len() {
             cp.position = Position::Finished;
             return Ok(());
         }
@@ -580,28 +588,7 @@ impl<'a> PartReader<'a> {
                 .await?;
             (versions, ids.len() == limit, ids.last().cloned())
         };
-        cp.position = if page_full {
-            Position::Patients {
-                type_index: ti,
-                patient_index: pi,
-                after_id: last_id,
-            }
-        } else {
-            cp.progress_done += 1;
-            if pi + 1 < patients.len() {
-                Position::Patients {
-                    type_index: ti,
-                    patient_index: pi + 1,
-                    after_id: None,
-                }
-            } else {
-                Position::Patients {
-                    type_index: ti + 1,
-                    patient_index: 0,
-                    after_id: None,
-                }
-            }
-        };
+        let mut wanted = Vec::with_capacity(versions.len());
         for v in versions {
             if v.deleted && self.since.is_none() {
                 continue;
@@ -612,6 +599,63 @@ impl<'a> PartReader<'a> {
             if resource_type != "Patient" && !self.belongs_here(resource_type, patient, &v).await? {
                 continue;
             }
+            wanted.push(v);
+        }
+        // Organized by patient, a block opens (in a file that may roll over
+        // only between blocks) with its header, before its first line.
+        let opens_block = organized && !block_started && wanted.iter().any(|v| !v.deleted);
+        if opens_block {
+            sink.end_block().await?;
+            let header = patient_block_header(patient);
+            sink.push(FileKind::Output, PATIENT_BLOCKS, header.as_bytes())
+                .await?;
+        }
+        let block_started = block_started || opens_block;
+        cp.position = match (page_full, organized) {
+            (true, _) => Position::Patients {
+                type_index: ti,
+                patient_index: pi,
+                after_id: last_id,
+                block_started,
+            },
+            (false, false) => {
+                cp.progress_done += 1;
+                if pi + 1 < patients.len() {
+                    Position::Patients {
+                        type_index: ti,
+                        patient_index: pi + 1,
+                        after_id: None,
+                        block_started: false,
+                    }
+                } else {
+                    Position::Patients {
+                        type_index: ti + 1,
+                        patient_index: 0,
+                        after_id: None,
+                        block_started: false,
+                    }
+                }
+            }
+            (false, true) => {
+                cp.progress_done += 1;
+                if ti + 1 < types.len() {
+                    Position::Patients {
+                        type_index: ti + 1,
+                        patient_index: pi,
+                        after_id: None,
+                        block_started,
+                    }
+                } else {
+                    Position::Patients {
+                        type_index: 0,
+                        patient_index: pi + 1,
+                        after_id: None,
+                        block_started: false,
+                    }
+                }
+            }
+        };
+        for v in wanted {
             self.emit(sink, resource_type, &v.id, v.body.as_deref())
                 .await?;
         }
@@ -701,21 +745,22 @@ impl<'a> PartReader<'a> {
                 )
                 .await;
         };
+        let file_type = if self.job.request.organize_by_patient {
+            PATIENT_BLOCKS
+        } else {
+            resource_type
+        };
         match self.job.request.elements.for_type(resource_type) {
             None => {
-                sink.push(FileKind::Output, resource_type, body.as_bytes())
+                sink.push(FileKind::Output, file_type, body.as_bytes())
                     .await
             }
             Some(keep) => {
                 let mut value: Value = serde_json::from_str(body)
                     .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
                 subset(&mut value, resource_type, &keep);
-                sink.push(
-                    FileKind::Output,
-                    resource_type,
-                    value.to_string().as_bytes(),
-                )
-                .await
+                sink.push(FileKind::Output, file_type, value.to_string().as_bytes())
+                    .await
             }
         }
     }

@@ -806,3 +806,58 @@ async fn partial_manifests_through_the_functions() {
     let resp = s.call("GET", &format!("{status}?page=x")).await;
     assert_eq!(resp.status(), 400);
 }
+
+/// `organizeOutputBy=Patient` through the functions, each message handled
+/// by two racing workers: one block per patient, opened by its header and
+/// its Patient, and the same resources as the plain Group export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_organized_by_patient_through_the_functions() {
+    let s = stack_tuned(5, None, |service| {
+        service.engine.page_size = 4;
+        service.engine.patients_per_part = 2;
+    })
+    .await;
+    let group = format!("/fhir/Group/{}/$export", s.loaded["Group"][0]);
+    let plain = s.kickoff(&group).await;
+    let plain = s.drive_to_manifest(&plain, false).await;
+    let status = s
+        .kickoff(&format!("{group}?organizeOutputBy=Patient"))
+        .await;
+    let manifest = s.drive_to_manifest(&status, true).await;
+    assert_eq!(manifest["outputOrganizedBy"], "Patient");
+    let mut exported: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut blocks: Vec<String> = Vec::new();
+    for entry in manifest["output"].as_array().unwrap() {
+        assert!(entry.get("type").is_none(), "{entry}");
+        let lines = s.download(entry["url"].as_str().unwrap()).await;
+        assert_eq!(entry["count"], lines.len());
+        let mut previous: Option<&Value> = None;
+        for line in &lines {
+            let t = line["resourceType"].as_str().unwrap();
+            if t == "Parameters" {
+                let reference = &line["parameter"][0]["valueReference"]["reference"];
+                blocks.push(reference.as_str().unwrap().to_string());
+            } else {
+                assert!(previous.is_some(), "a file opens with a header");
+                if t == "Patient" {
+                    assert_eq!(previous.unwrap()["resourceType"], "Parameters");
+                    assert_eq!(
+                        format!("Patient/{}", line["id"].as_str().unwrap()),
+                        *blocks.last().unwrap()
+                    );
+                }
+                exported
+                    .entry(t.to_string())
+                    .or_default()
+                    .push(line["id"].as_str().unwrap().to_string());
+            }
+            previous = Some(line);
+        }
+    }
+    let n = blocks.len();
+    blocks.sort();
+    blocks.dedup();
+    assert_eq!(blocks.len(), n, "one block per patient");
+    exported.values_mut().for_each(|ids| ids.sort());
+    assert_eq!(exported, s.exported(&plain).await);
+}
