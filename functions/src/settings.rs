@@ -65,7 +65,7 @@ fn optional_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String
         .map(|v| {
             v.trim()
                 .parse()
-                .map_err(|_| format!("{name}={v} is not a valid number"))
+                .map_err(|_| format!("{name}={v} is not a valid value"))
         })
         .transpose()
 }
@@ -135,6 +135,9 @@ impl Settings {
         }
         if let Some(ms) = optional_number("BULK_EXPORT_STATUS_WAIT_MS")? {
             engine.status_wait = Duration::from_millis(ms);
+        }
+        if let Some(gzip) = optional_number::<bool>("BULK_EXPORT_GZIP_FILES")? {
+            engine.gzip_files = gzip;
         }
         // DynamoDB reads of a held status request: ten a second.
         engine.status_wait_poll = Duration::from_millis(100);

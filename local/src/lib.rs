@@ -328,6 +328,13 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/fhir+ndjson"),
             );
+            // A gzip twin is the NDJSON compressed, as S3 serves it.
+            if key.ends_with(".gz") {
+                h.insert(
+                    http::header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+            }
             if let Some(len) = len {
                 h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
             }

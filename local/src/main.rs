@@ -61,6 +61,10 @@ struct Args {
     /// [default: 600].
     #[arg(long, env = "BULK_EXPORT_JOB_REUSE_SECONDS")]
     job_reuse_seconds: Option<u64>,
+    /// Whether each finished file gets a gzip twin, sent to clients that
+    /// accept gzip [default: true].
+    #[arg(long, env = "BULK_EXPORT_GZIP_FILES")]
+    gzip_files: Option<bool>,
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
@@ -149,6 +153,9 @@ async fn main() {
     }
     if let Some(ms) = args.status_wait_ms {
         engine.status_wait = Duration::from_millis(ms);
+    }
+    if let Some(gzip) = args.gzip_files {
+        engine.gzip_files = gzip;
     }
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.auth = args.auth;

@@ -602,17 +602,23 @@ async fn the_files_of_an_export_do_not_depend_on_pauses() {
                 (name, f["count"].as_u64().unwrap())
             })
             .collect();
-        // Spills and unlisted uploads are gone once the export completed.
+        // Spills and unlisted uploads are gone once the export completed;
+        // each file of the manifest has its gzip twin.
         let mut left = app.leftovers(&job_id_of(&status)).await;
+        for (name, _) in &files {
+            for key in [format!("/{name}"), format!("/{name}.gz")] {
+                assert!(left.iter().any(|k| k.ends_with(&key)), "{key} is kept");
+            }
+        }
         left.retain(|k| {
-            !files
-                .iter()
-                .any(|(name, _)| k.ends_with(&format!("/{name}")))
+            !files.iter().any(|(name, _)| {
+                k.ends_with(&format!("/{name}")) || k.ends_with(&format!("/{name}.gz"))
+            })
         });
         assert_eq!(
             left,
             Vec::<String>::new(),
-            "only the manifest's files remain"
+            "only the manifest's files and their twins remain"
         );
         manifests.push(files);
     }
@@ -1266,6 +1272,9 @@ async fn partial_manifests_list_files_before_the_export_completes() {
             c.engine.max_resources_per_file = 5;
             c.engine.min_chunk_bytes = 1;
             c.engine.manifest_page_files = 2;
+            // The hook holds every chunk upload, a gzip twin's too, and a
+            // file is listed only once its twin is written.
+            c.engine.gzip_files = false;
         }),
         ..Default::default()
     })
@@ -1295,7 +1304,9 @@ async fn partial_manifests_list_files_before_the_export_completes() {
     let mut listed: Vec<Value> = Vec::new();
     let mut page_url = status.clone();
     // Held mid-way: a 202 whose body lists the files already complete.
+    let give_up = std::time::Instant::now() + Duration::from_secs(120);
     let early = loop {
+        assert!(std::time::Instant::now() < give_up, "no partial manifest");
         let resp = app.client.get(&page_url).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::ACCEPTED);
         assert_eq!(resp.headers()["x-progress"], "started");
@@ -1315,6 +1326,10 @@ async fn partial_manifests_list_files_before_the_export_completes() {
     page_url = early["link"][0]["url"].as_str().unwrap().to_string();
     gate.open();
     loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the export did not finish"
+        );
         let resp = app.client.get(&page_url).send().await.unwrap();
         let code = resp.status();
         let body = resp.bytes().await.unwrap();
@@ -1494,4 +1509,66 @@ async fn output_organized_by_patient_comes_in_blocks() {
         StatusCode::BAD_REQUEST,
     )
     .await;
+}
+
+/// Compressed downloads: a client that accepts gzip is sent to the file's
+/// gzip twin (`Content-Encoding: gzip`, the same NDJSON once inflated);
+/// one that does not, or refuses it with `q=0`, gets the NDJSON itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_sent_gzipped_to_clients_that_accept_gzip() {
+    use std::io::Read;
+    let app = spawn_app(Options {
+        sample_patients: 4,
+        tune: Box::new(|c| {
+            c.engine.max_resources_per_file = 9;
+            c.engine.min_chunk_bytes = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient,Observation"))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let fetch = |url: String, encoding: &'static str| {
+        let client = app.client.clone();
+        async move {
+            let resp = client
+                .get(&url)
+                .header("accept-encoding", encoding)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+            assert_eq!(resp.headers()["vary"], "accept-encoding");
+            let link = resp.headers()["location"].to_str().unwrap().to_string();
+            let resp = client
+                .get(&link)
+                .header("accept-encoding", encoding)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["content-type"], "application/fhir+ndjson");
+            let gzipped = resp.headers().get("content-encoding").is_some();
+            (gzipped, resp.bytes().await.unwrap())
+        }
+    };
+    for entry in manifest["output"].as_array().unwrap() {
+        let url = entry["url"].as_str().unwrap().to_string();
+        let plain = app.download_text(&url).await;
+        let (gzipped, body) = fetch(url.clone(), "br, gzip").await;
+        assert!(gzipped);
+        assert!(body.len() < plain.len(), "{} < {}", body.len(), plain.len());
+        let mut inflated = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut inflated)
+            .unwrap();
+        assert_eq!(inflated, plain);
+        for refused in ["gzip;q=0", "identity"] {
+            let (gzipped, body) = fetch(url.clone(), refused).await;
+            assert!(!gzipped, "{refused}");
+            assert_eq!(body, plain.as_bytes());
+        }
+    }
 }

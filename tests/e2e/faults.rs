@@ -170,6 +170,9 @@ impl<H: ChunkHook> ArtifactStore for Intercepted<H> {
     async fn delete(&self, key: &str) -> PortResult<()> {
         self.inner.delete(key).await
     }
+    async fn get_range(&self, key: &str, offset: u64, len: usize) -> PortResult<Bytes> {
+        self.inner.get_range(key, offset, len).await
+    }
     async fn retain_only(&self, prefix: &str, keep: &[String]) -> PortResult<()> {
         self.inner.retain_only(prefix, keep).await
     }

@@ -318,6 +318,9 @@ impl ArtifactStore for Faulty<dyn ArtifactStore> {
     async fn get(&self, key: &str) -> PortResult<Bytes> {
         through!(self, Service::Files, self.inner.get(key))
     }
+    async fn get_range(&self, key: &str, offset: u64, len: usize) -> PortResult<Bytes> {
+        through!(self, Service::Files, self.inner.get_range(key, offset, len))
+    }
     async fn put(&self, key: &str, data: Bytes) -> PortResult<()> {
         through!(self, Service::Files, self.inner.put(key, data))
     }

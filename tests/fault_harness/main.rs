@@ -555,7 +555,7 @@ async fn verify(
         return Err(format!("open uploads left: {uploads:?}"));
     }
     if cancelled {
-        if base.status(caller, job_id).await.is_ok() {
+        if base.status(caller, job_id, None).await.is_ok() {
             return Err("a cancelled job still answers".into());
         }
         if !objects.is_empty() {
@@ -563,7 +563,7 @@ async fn verify(
         }
         return Ok(());
     }
-    let manifest = match base.status(caller, job_id).await {
+    let manifest = match base.status(caller, job_id, None).await {
         Ok(StatusReply::Complete { manifest, .. }) => manifest,
         other => return Err(format!("not complete: {other:?}")),
     };
@@ -581,6 +581,16 @@ async fn verify(
         let key = artifact_key(job_id, name);
         let text = files.get(&key).await.map_err(|e| format!("{key}: {e}"))?;
         listed.insert(key.clone());
+        // Its gzip twin holds the same bytes.
+        let twin = format!("{key}.gz");
+        let gz = files.get(&twin).await.map_err(|e| format!("{twin}: {e}"))?;
+        let mut inflated = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut inflated)
+            .map_err(|e| format!("{twin}: {e}"))?;
+        if inflated != text {
+            return Err(format!("{twin} does not inflate to {key}"));
+        }
+        listed.insert(twin);
         let text = std::str::from_utf8(&text).unwrap();
         let count = text.lines().count() as u64;
         if Some(count) != entry["count"].as_u64() {

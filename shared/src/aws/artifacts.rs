@@ -43,6 +43,8 @@ impl ArtifactStore for S3Artifacts {
             .bucket(&self.bucket)
             .key(key)
             .content_type(FHIR_NDJSON)
+            // A gzip twin: S3 serves it as compressed NDJSON.
+            .set_content_encoding(key.ends_with(".gz").then(|| "gzip".to_string()))
             .send()
             .await
             .map_err(backend)?;
@@ -177,6 +179,34 @@ impl ArtifactStore for S3Artifacts {
             Ok(out) => out,
             Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => {
                 return Err(PortError::NotFound)
+            }
+            Err(e) => return Err(backend(e)),
+        };
+        let data = out.body.collect().await.map_err(backend)?;
+        Ok(data.into_bytes())
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: usize) -> PortResult<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let range = format!("bytes={offset}-{}", offset + len as u64 - 1);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(range)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => {
+                return Err(PortError::NotFound)
+            }
+            // 416: the range starts at or past the end.
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 416 => {
+                return Ok(Bytes::new())
             }
             Err(e) => return Err(backend(e)),
         };

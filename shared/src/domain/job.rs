@@ -46,6 +46,9 @@ pub struct OutputFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_type: Option<String>,
     pub count: u64,
+    /// A gzip twin of the file exists (`engine::gzip_twin`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gzip: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

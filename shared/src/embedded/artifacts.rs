@@ -212,6 +212,24 @@ impl ArtifactStore for FsArtifacts {
         }
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: usize) -> PortResult<Bytes> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = match tokio::fs::File::open(self.object_path(key)?).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PortError::NotFound),
+            Err(e) => return Err(backend(e)),
+        };
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(len);
+        file.take(len as u64)
+            .read_to_end(&mut out)
+            .await
+            .map_err(backend)?;
+        Ok(out.into())
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> PortResult<()> {
         let target = self.object_path(key)?;
         if let Some(parent) = target.parent() {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::gzip_twin::twin_key;
 use super::{Caller, Engine};
 use crate::domain::access::{Access, TypeAccess};
 use crate::domain::instant::to_micros;
@@ -365,12 +366,14 @@ impl Engine {
         Ok(())
     }
 
-    /// A short-lived presigned link to one of a completed job's files.
+    /// A short-lived presigned link to one of a completed job's files: to
+    /// its gzip twin when the client accepts gzip and the twin exists.
     pub async fn file_link(
         &self,
         caller: &Caller,
         job_id: &str,
         name: &str,
+        accepts_gzip: bool,
     ) -> Result<String, ApiError> {
         let job = self.visible_job(caller, job_id).await?;
         let file = match job.state {
@@ -408,10 +411,16 @@ impl Engine {
                 "The access token's scopes do not permit reading {t}"
             )));
         }
+        let key = artifact_key(job_id, name);
+        let key = if accepts_gzip && file.gzip {
+            twin_key(&key)
+        } else {
+            key
+        };
         Ok(self
             .ports
             .artifacts
-            .presign_get(&artifact_key(job_id, name), self.config.presign_ttl)
+            .presign_get(&key, self.config.presign_ttl)
             .await?)
     }
 

@@ -5,6 +5,7 @@
 
 mod capability;
 mod export;
+pub mod gzip_twin;
 mod plan;
 mod resources;
 mod sink;
@@ -86,6 +87,9 @@ pub struct EngineConfig {
     /// A page of a paged manifest (`allowPartialManifests`) lists at most
     /// this many files.
     pub manifest_page_files: usize,
+    /// Each finished file gets a gzip twin, served to clients that accept
+    /// gzip (see `gzip_twin`).
+    pub gzip_files: bool,
 }
 
 impl EngineConfig {
@@ -111,6 +115,7 @@ impl EngineConfig {
             status_wait_poll: Duration::from_millis(25),
             reuse_window: Duration::from_secs(600),
             manifest_page_files: 200,
+            gzip_files: true,
         }
     }
 }

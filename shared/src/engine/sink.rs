@@ -31,6 +31,7 @@
 
 use bytes::Bytes;
 
+use super::gzip_twin::write_gzip_twin;
 use super::Engine;
 use crate::domain::job::{
     artifact_key, job_prefix, FileKind, OpenFile, OutputFile, Part, UploadedChunk, PATIENT_BLOCKS,
@@ -265,6 +266,11 @@ impl<'a> Sink<'a> {
                 .artifacts
                 .complete_upload(&key, &file.upload_id, &file.chunks)
                 .await?;
+            let gzip = self.engine.config.gzip_files;
+            if gzip {
+                let artifacts = self.engine.ports.artifacts.as_ref();
+                write_gzip_twin(artifacts, &key, self.engine.config.min_chunk_bytes).await?;
+            }
             let deleted = file.kind == FileKind::Deleted;
             self.files.push(OutputFile {
                 kind: file.kind,
@@ -276,6 +282,7 @@ impl<'a> Sink<'a> {
                 source_type: deleted.then(|| file.resource_type.clone()),
                 name: file.name,
                 count: file.count,
+                gzip,
             });
         }
         Ok(())

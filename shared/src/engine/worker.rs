@@ -357,7 +357,11 @@ impl Engine {
         let keep: Vec<String> = job
             .files
             .iter()
-            .map(|f| crate::domain::job::artifact_key(&job.id, &f.name))
+            .flat_map(|f| {
+                let key = crate::domain::job::artifact_key(&job.id, &f.name);
+                let twin = f.gzip.then(|| super::gzip_twin::twin_key(&key));
+                std::iter::once(key).chain(twin)
+            })
             .collect();
         self.ports
             .artifacts
@@ -400,6 +404,7 @@ impl Engine {
             name,
             source_type: None,
             count: outcomes.len() as u64,
+            gzip: false,
         })
     }
 }

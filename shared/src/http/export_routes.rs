@@ -95,6 +95,25 @@ fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
     Ok(out)
 }
 
+/// Whether `Accept-Encoding` allows gzip (named or `*`, without `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut fields = coding.split(';').map(str::trim);
+            let name = fields.next().unwrap_or("").to_ascii_lowercase();
+            let refused = fields.any(|f| {
+                f.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            !refused && matches!(name.as_str(), "gzip" | "x-gzip" | "*")
+        })
+}
+
 /// The one value of query parameter `name`, if given.
 fn query_param(req: &Request<Bytes>, name: &str) -> Result<Option<String>, ApiError> {
     let mut values = query_params(req.uri().query().unwrap_or(""))?
@@ -250,14 +269,17 @@ impl Api {
         name: &str,
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        let url = self.engine.file_link(&caller, job_id, name).await?;
+        let gzip = accepts_gzip(req.headers());
+        let url = self.engine.file_link(&caller, job_id, name, gzip).await?;
         let mut resp = empty_response(StatusCode::SEE_OTHER);
-        resp.headers_mut().insert(
+        let h = resp.headers_mut();
+        h.insert(
             header::LOCATION,
             HeaderValue::from_str(&url).map_err(|_| ApiError::internal("bad file URL"))?,
         );
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // The link depends on Accept-Encoding (the gzip twin or the file).
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         Ok(resp)
     }
 }
@@ -265,6 +287,22 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding_parsing() {
+        let accepts = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            accepts_gzip(&h)
+        };
+        assert!(accepts("gzip"));
+        assert!(accepts("br, GZIP;q=0.5"));
+        assert!(accepts("*"));
+        assert!(!accepts("identity"));
+        assert!(!accepts("gzip;q=0"));
+        assert!(!accepts("br, deflate"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 
     #[test]
     fn prefer_and_query_parsing() {

@@ -387,6 +387,9 @@ pub trait ArtifactStore: Send + Sync {
     async fn retain_only(&self, prefix: &str, keep: &[String]) -> PortResult<()>;
     /// Reads a whole object (small ones: error files, tests).
     async fn get(&self, key: &str) -> PortResult<Bytes>;
+    /// Reads up to `len` bytes of an object from `offset`: fewer at its
+    /// end, none past it.
+    async fn get_range(&self, key: &str, offset: u64, len: usize) -> PortResult<Bytes>;
     /// Writes a small object in one go.
     async fn put(&self, key: &str, data: Bytes) -> PortResult<()>;
     /// Deletes every object and aborts every upload under `prefix`.

@@ -394,8 +394,9 @@ async fn two_workers_racing_on_every_part_export_each_resource_once() {
     assert_eq!(s.exported(&manifest).await, s.expected());
     let (objects, uploads) = s.leftovers(&job_id(&status)).await;
     assert!(uploads.is_empty(), "the losers' uploads are aborted");
-    let listed =
-        manifest["output"].as_array().unwrap().len() + manifest["error"].as_array().unwrap().len();
+    // Each output file and its gzip twin, and the error file.
+    let listed = 2 * manifest["output"].as_array().unwrap().len()
+        + manifest["error"].as_array().unwrap().len();
     assert_eq!(objects.len(), listed, "no stray objects: {objects:?}");
 }
 
@@ -860,4 +861,42 @@ async fn output_organized_by_patient_through_the_functions() {
     assert_eq!(blocks.len(), n, "one block per patient");
     exported.values_mut().for_each(|ids| ids.sort());
     assert_eq!(exported, s.exported(&plain).await);
+}
+
+/// Compressed downloads through the functions and S3: with
+/// `Accept-Encoding: gzip` the file function redirects to the gzip twin,
+/// which S3 serves with `Content-Encoding: gzip`; it inflates to the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_sent_gzipped_through_the_functions() {
+    use std::io::Read;
+    let s = stack(3, None).await;
+    let status = s.kickoff("/fhir/$export?_type=Observation").await;
+    let manifest = s.drive_to_manifest(&status, false).await;
+    let entry = &manifest["output"][0];
+    let url = entry["url"].as_str().unwrap();
+    let req = http::Request::builder()
+        .uri(url)
+        .header("host", "api.example.test")
+        .header("x-forwarded-proto", "https")
+        .header("accept-encoding", "gzip, deflate")
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let resp = lambda::handle(&s.container, req).await;
+    assert_eq!(resp.status(), 303, "{:?}", resp.body());
+    let link = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(link.contains(".ndjson.gz"), "{link}");
+    let got = reqwest::get(&link).await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-encoding"], "gzip");
+    let body = got.bytes().await.unwrap();
+    let mut inflated = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut inflated)
+        .unwrap();
+    let lines: Vec<Value> = inflated
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, s.download(url).await);
+    assert_eq!(entry["count"], lines.len());
 }
