@@ -13,7 +13,8 @@
 //!    written to a file, no engine around them. Ratio = export / floor.
 //!
 //! Steps 2 and 3 alternate `--runs` times (default 3); the summary gives the
-//! best and the median of each.
+//! best and the median of each. The export writes gzip twins as the service
+//! does (`--gzip-files false` leaves them out); the floor does not.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -64,15 +65,18 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn dir_bytes(path: &std::path::Path) -> u64 {
+/// Bytes of the files under `path` whose names end in `.gz` (`gz`) or not.
+fn dir_bytes(path: &std::path::Path, gz: bool) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
             let p = e.path();
             total += if p.is_dir() {
-                dir_bytes(&p)
-            } else {
+                dir_bytes(&p, gz)
+            } else if p.extension().is_some_and(|x| x == "gz") == gz {
                 e.metadata().map(|m| m.len()).unwrap_or(0)
+            } else {
+                0
             };
         }
     }
@@ -116,7 +120,11 @@ async fn run(n: usize, workers: usize) {
         queue: Arc::new(queue.clone()),
         clock,
     };
-    let engine = Engine::new(ports, EngineConfig::new("http://127.0.0.1:1/fhir"));
+    let mut config = EngineConfig::new("http://127.0.0.1:1/fhir");
+    if let Some(gzip) = arg_text("--gzip-files") {
+        config.gzip_files = gzip.parse().expect("--gzip-files true|false");
+    }
+    let engine = Engine::new(ports, config);
 
     // 1. Load (unless a kept directory already holds the data).
     let t = Instant::now();
@@ -171,9 +179,10 @@ async fn run(n: usize, workers: usize) {
         let e = export_once(&engine, &queue, workers, &files).await;
         assert_eq!(e.resources as usize, loaded, "every resource exported once");
         println!(
-            "export #{run}  {} resources, {:.1} MB in {:.2} s ({:.0} resources/s, {:.1} MB/s, {} files; planning {} ms; cpu {:.2} s)",
+            "export #{run}  {} resources, {:.1} MB (gzip twins {:.1} MB) in {:.2} s ({:.0} resources/s, {:.1} MB/s, {} files; planning {} ms; cpu {:.2} s)",
             e.resources,
             e.bytes as f64 / 1e6,
+            e.gzip_bytes as f64 / 1e6,
             e.secs,
             e.resources as f64 / e.secs,
             e.bytes as f64 / 1e6 / e.secs,
@@ -237,6 +246,8 @@ struct ExportRun {
     planning_ms: i64,
     resources: u64,
     bytes: u64,
+    /// The gzip twins'.
+    gzip_bytes: u64,
     files: usize,
 }
 
@@ -290,7 +301,8 @@ async fn export_once(
         let _ = t.await;
     }
     let job_dir = files.join("objects").join("jobs").join(&job_id);
-    let bytes = dir_bytes(&job_dir);
+    let bytes = dir_bytes(&job_dir, false);
+    let gzip_bytes = dir_bytes(&job_dir, true);
     let _ = std::fs::remove_dir_all(&job_dir);
     let planning_ms = job
         .started_at
@@ -302,6 +314,7 @@ async fn export_once(
         planning_ms,
         resources: job.files.iter().map(|f| f.count).sum(),
         bytes,
+        gzip_bytes,
         files: job.files.len(),
     }
 }

@@ -31,6 +31,7 @@ pub fn job(id: &str) -> Job {
             associated_provenance: None,
             allow_partial_manifests: false,
             organize_by_patient: false,
+            type_filters: vec![],
             lenient_issues: vec![],
         },
         state: JobState::Running,

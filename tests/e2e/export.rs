@@ -1572,3 +1572,177 @@ async fn files_are_sent_gzipped_to_clients_that_accept_gzip() {
         }
     }
 }
+
+fn codes(concept: &Value) -> Vec<(String, String)> {
+    concept["coding"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let text = |k: &str| c[k].as_str().unwrap_or("").to_string();
+                    (text("system"), text("code"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `_typeFilter` on the Synthea sample, system and Patient level: each
+/// filtered type holds exactly what the filter selects (computed here
+/// without the service's search code), filters of one type are
+/// alternatives (comma-separated or repeated), unfiltered types are whole;
+/// an unsupported parameter follows the lenient/strict rules and a
+/// malformed filter is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_filters_select_resources_by_search_parameters() {
+    let (app, data) = synthea_app().await;
+    let of_type = |t: &'static str| data.iter().filter(move |r| r["resourceType"] == t);
+    let loinc = |code: &'static str| {
+        move |r: &&Value| codes(&r["code"]).contains(&("http://loinc.org".into(), code.into()))
+    };
+    let heavy = |r: &&Value| {
+        r["valueQuantity"]["value"]
+            .as_f64()
+            .is_some_and(|v| v > 100.0)
+    };
+    let enc = |q: &str| {
+        percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+
+    // Codes, genders and dates; Encounter unfiltered.
+    let filter = enc(
+        "Observation?code=http://loinc.org|8302-2,Patient?gender=female&birthdate=lt1970-01-01",
+    );
+    let status = app
+        .start_export(app.kickoff_get(&format!(
+            "$export?_type=Observation,Patient,Encounter,Condition&_typeFilter={filter}&_typeFilter={}",
+            enc("Condition?clinical-status=resolved")
+        )))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let want = by_type(
+        of_type("Observation")
+            .filter(loinc("8302-2"))
+            .chain(of_type("Patient").filter(|p| {
+                p["gender"] == "female" && p["birthDate"].as_str().unwrap() < "1970-01-01"
+            }))
+            .chain(of_type("Encounter"))
+            .chain(of_type("Condition").filter(|c| {
+                codes(&c["clinicalStatus"])
+                    .iter()
+                    .any(|(_, code)| code == "resolved")
+            }))
+            .cloned(),
+    );
+    assert!(want["Observation"].len() > 900 && want["Patient"].len() == 18);
+    assert_same_content(&app.outputs(&manifest, "output").await, &want);
+
+    // Alternatives of one type, a quantity, and :not and :missing.
+    let status = app
+        .start_export(app.kickoff_get(&format!(
+            "$export?_type=Observation,Condition&_typeFilter={}&_typeFilter={}&_typeFilter={}",
+            enc("Observation?code=http://loinc.org|8867-4"),
+            enc("Observation?value-quantity=gt100&category=laboratory"),
+            enc("Condition?clinical-status:not=resolved&onset-date:missing=false")
+        )))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let laboratory = |r: &&Value| {
+        r["category"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| codes(c).iter().any(|(_, code)| code == "laboratory"))
+        })
+    };
+    let want = by_type(
+        of_type("Observation")
+            .filter(|r| loinc("8867-4")(r) || (heavy(r) && laboratory(r)))
+            .chain(of_type("Condition").filter(|c| {
+                !codes(&c["clinicalStatus"])
+                    .iter()
+                    .any(|(_, code)| code == "resolved")
+                    && c["onsetDateTime"].is_string()
+            }))
+            .cloned(),
+    );
+    assert!(want["Condition"].len() > 200, "{}", want["Condition"].len());
+    assert_same_content(&app.outputs(&manifest, "output").await, &want);
+
+    // Patient level: the filter applies to each patient's compartment.
+    let status = app
+        .start_export(app.kickoff_get(&format!(
+            "Patient/$export?_type=Observation&_typeFilter={}",
+            enc("Observation?category=vital-signs&date=ge2015")
+        )))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let vital = |r: &&Value| {
+        r["category"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| codes(c).iter().any(|(_, code)| code == "vital-signs"))
+        })
+    };
+    let want = by_type(
+        of_type("Observation")
+            .filter(vital)
+            .filter(|r| {
+                r["effectiveDateTime"].as_str().is_some_and(|d| {
+                    let t = chrono::DateTime::parse_from_rfc3339(d).unwrap();
+                    t >= "2015-01-01T00:00:00Z"
+                        .parse::<chrono::DateTime<chrono::Utc>>()
+                        .unwrap()
+                })
+            })
+            .cloned(),
+    );
+    assert!(!want["Observation"].is_empty());
+    assert_same_content(&app.outputs(&manifest, "output").await, &want);
+
+    // Unsupported: strict refuses; lenient exports without the clause and says so.
+    let unsupported = format!(
+        "$export?_type=Patient&_typeFilter={}",
+        enc("Patient?gender=male&foo=1")
+    );
+    expect_outcome(
+        app.kickoff_get(&unsupported).send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let status = app
+        .start_export(
+            app.kickoff_get(&unsupported)
+                .header("prefer", "respond-async, handling=lenient"),
+        )
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let want = by_type(
+        of_type("Patient")
+            .filter(|p| p["gender"] == "male")
+            .cloned(),
+    );
+    assert_same_content(&app.outputs(&manifest, "output").await, &want);
+    let errors = app
+        .download(manifest["error"][0]["url"].as_str().unwrap())
+        .await;
+    assert!(errors[0]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("foo"));
+    // A filter on a type the export does not hold is refused too.
+    let elsewhere = format!(
+        "$export?_type=Patient&_typeFilter={}",
+        enc("Condition?clinical-status=active")
+    );
+    expect_outcome(
+        app.kickoff_get(&elsewhere).send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // Malformed: 400 whatever the handling.
+    let malformed = app
+        .kickoff_get(&format!(
+            "$export?_typeFilter={}",
+            enc("Observation?date=ge2020-13")
+        ))
+        .header("prefer", "respond-async, handling=lenient");
+    expect_outcome(malformed.send().await.unwrap(), StatusCode::BAD_REQUEST).await;
+}

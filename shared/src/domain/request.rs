@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::fhir_types::{is_resource_type, patient_compartment_paths};
 use super::instant::parse_instant;
 use super::ApiError;
+use crate::search::{parse_type_filters, FilterIssue};
 
 /// Output formats accepted for `_outputFormat` (all mean NDJSON).
 pub const NDJSON_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
@@ -117,6 +118,10 @@ pub struct ExportRequest {
     /// a header line naming the patient, in files of mixed types.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub organize_by_patient: bool,
+    /// `_typeFilter` queries (`Observation?code=...`), each as given; the
+    /// worker evaluates them (see `crate::search`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub type_filters: Vec<String>,
     /// Problems ignored under `Prefer: handling=lenient`; reported in the
     /// manifest's `error` files.
     #[serde(default)]
@@ -223,6 +228,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
         associated_provenance: None,
         allow_partial_manifests: false,
         organize_by_patient: false,
+        type_filters: Vec::new(),
         lenient_issues: Vec::new(),
     };
     let lenient = input.lenient;
@@ -388,11 +394,33 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                     )))
                 }
             },
-            "_typeFilter" => unsupported(
-                &mut req,
-                format!("Parameter '{name}' is not supported by this server"),
-            )?,
+            "_typeFilter" => {
+                let (filters, issues) = parse_type_filters(text).map_err(|issue| match issue {
+                    FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) => ApiError::invalid(m),
+                })?;
+                // Unsupported clauses are left out: the filter lets more through.
+                for FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) in issues {
+                    unsupported(&mut req, m)?;
+                }
+                req.type_filters.extend(filters.into_iter().map(|f| f.text));
+            }
             other => unsupported(&mut req, format!("Unknown parameter '{other}'"))?,
+        }
+    }
+    // A filter on a type the export cannot hold filters nothing.
+    let filtered_types: Vec<String> = req
+        .type_filters
+        .iter()
+        .filter_map(|f| f.split_once('?').map(|(t, _)| t.to_string()))
+        .collect();
+    for t in filtered_types {
+        let excluded = (!req.types.is_empty() && !req.types.contains(&t))
+            || (req.level.is_patient_based() && !in_patient_compartment(&t));
+        if excluded {
+            unsupported(
+                &mut req,
+                format!("_typeFilter: {t} is not among the types this export holds, so its filter is not used"),
+            )?;
         }
     }
     if let (Some(s), Some(u)) = (req.since, req.until) {
@@ -504,7 +532,17 @@ mod tests {
             &[("_outputFormat", "text/csv")],
             &[("_elements", "code.coding")],
             &[("_elements", "Nope.code")],
-            &[("_typeFilter", "Observation?status=final")],
+            &[("_typeFilter", "Observation")],
+            &[("_typeFilter", "Nope?status=final")],
+            &[("_typeFilter", "Observation?code")],
+            &[("_typeFilter", "Observation?_count=10")],
+            &[("_typeFilter", "Observation?date=ge2020-13")],
+            &[("_typeFilter", "Observation?foo=1")],
+            &[("_typeFilter", "Observation?code:below=1")],
+            &[
+                ("_type", "Patient"),
+                ("_typeFilter", "Observation?status=final"),
+            ],
             &[("includeAssociatedData", "Nope")],
             &[("includeAssociatedData", "LatestProvenanceResources,")],
             &[("includeAssociatedData", "_custom")],
@@ -559,10 +597,47 @@ mod tests {
 
     #[test]
     fn lenient_records_unsupported_parameters() {
-        let mut i = input(ExportLevel::System, &[("_typeFilter", "x"), ("foo", "1")]);
+        let mut i = input(
+            ExportLevel::System,
+            &[
+                ("_typeFilter", "Observation?foo=1&status=final"),
+                ("foo", "1"),
+            ],
+        );
         i.lenient = true;
         let r = parse_export_request(i).unwrap();
         assert_eq!(r.lenient_issues.len(), 2);
+        assert_eq!(r.type_filters, ["Observation?foo=1&status=final"]);
+        // A malformed filter is refused whatever the handling.
+        let mut i = input(
+            ExportLevel::System,
+            &[("_typeFilter", "Observation?_sort=date")],
+        );
+        i.lenient = true;
+        assert_eq!(parse_export_request(i).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn type_filters_split_at_each_query() {
+        let r = parse_export_request(input(
+            ExportLevel::System,
+            &[
+                (
+                    "_typeFilter",
+                    "Observation?code=a,b&status=final,Patient?gender=female",
+                ),
+                ("_typeFilter", "Condition?clinical-status:not=resolved"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(
+            r.type_filters,
+            [
+                "Observation?code=a,b&status=final",
+                "Patient?gender=female",
+                "Condition?clinical-status:not=resolved"
+            ]
+        );
     }
 
     #[test]

@@ -10,8 +10,10 @@ pub const KICKOFF_PARAMETERS: &str = "Supported kick-off parameters: _outputForm
 (application/fhir+ndjson), _since, _until, _type, _elements (top-level), patient (POST, \
 Patient and Group level), includeAssociatedData (LatestProvenanceResources, \
 RelevantProvenanceResources), allowPartialManifests (manifest pages, the first ones on the \
-202s of a running export), organizeOutputBy (Patient, at Patient and Group level). Not \
-supported: _typeFilter (400, or a note in the manifest under Prefer: handling=lenient).";
+202s of a running export), organizeOutputBy (Patient, at Patient and Group level), \
+_typeFilter (the R4 search parameters of type token, string, date, reference, quantity, \
+number and uri; modifiers missing, not, text, exact, contains). Unsupported values follow \
+Prefer: handling (400, or a note in the manifest's error file under handling=lenient).";
 
 impl Engine {
     pub fn capability_statement(&self) -> Value {

@@ -25,6 +25,7 @@ use crate::domain::outcome::operation_outcome;
 use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
 use crate::ports::{PortError, PortResult, ShardScan, Version};
+use crate::search::{matches_any, parse_type_filters, TypeFilter};
 
 mod provenance;
 
@@ -409,6 +410,20 @@ impl Engine {
     }
 }
 
+/// The export's `_typeFilter`s by type (checked at kick-off; a query that
+/// no longer parses filters nothing).
+fn type_filters(queries: &[String]) -> HashMap<String, Vec<TypeFilter>> {
+    let mut by_type: HashMap<String, Vec<TypeFilter>> = HashMap::new();
+    for q in queries {
+        if let Ok((filters, _)) = parse_type_filters(q) {
+            for f in filters {
+                by_type.entry(f.resource_type.clone()).or_default().push(f);
+            }
+        }
+    }
+    by_type
+}
+
 /// One message whether the patient does not exist or is not a member, so
 /// the manifest never tells a client more than it could read itself.
 fn excluded_patient_message(patient: &str, level: &ExportLevel) -> String {
@@ -465,6 +480,9 @@ struct PartReader<'a> {
     export_types: Option<Vec<String>>,
     target_exported: HashMap<(String, String), bool>,
     latest_provenance: Option<HashMap<(String, String), String>>,
+    /// `_typeFilter`s by type: a resource of a filtered type is written
+    /// only if one of its type's filters matches it.
+    type_filters: HashMap<String, Vec<TypeFilter>>,
 }
 
 impl<'a> PartReader<'a> {
@@ -479,6 +497,7 @@ impl<'a> PartReader<'a> {
             export_types: None,
             target_exported: HashMap::new(),
             latest_provenance: None,
+            type_filters: type_filters(&job.request.type_filters),
         }
     }
 
@@ -750,6 +769,13 @@ impl<'a> PartReader<'a> {
                 )
                 .await;
         };
+        if let Some(filters) = self.type_filters.get(resource_type) {
+            let value: Value = serde_json::from_str(body)
+                .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
+            if !matches_any(filters, &value) {
+                return Ok(());
+            }
+        }
         let file_type = if self.job.request.organize_by_patient {
             PATIENT_BLOCKS
         } else {

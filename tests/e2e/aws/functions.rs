@@ -900,3 +900,51 @@ async fn files_are_sent_gzipped_through_the_functions() {
     assert_eq!(lines, s.download(url).await);
     assert_eq!(entry["count"], lines.len());
 }
+
+/// `_typeFilter` through the functions: a filtered type holds what its
+/// filter selects (computed here from the loaded sample), the others are
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_filters_through_the_functions() {
+    let s = stack(6, None).await;
+    let values: Vec<Value> = generate(SampleConfig {
+        patients: 6,
+        seed: 7,
+    })
+    .collect();
+    let ids = |keep: &dyn Fn(&Value) -> bool, t: &str| {
+        let mut ids: Vec<String> = values
+            .iter()
+            .filter(|v| v["resourceType"] == t && keep(v))
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let filter = "Patient%3Fgender%3Dfemale%2CObservation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C8867-4";
+    let status = s
+        .kickoff(&format!(
+            "/fhir/$export?_type=Patient,Observation,Encounter&_typeFilter={filter}"
+        ))
+        .await;
+    let manifest = s.drive_to_manifest(&status, false).await;
+    let exported = s.exported(&manifest).await;
+    let female = ids(&|v| v["gender"] == "female", "Patient");
+    let heart_rate = ids(
+        &|v| {
+            v["code"]["coding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["system"] == "http://loinc.org" && c["code"] == "8867-4")
+        },
+        "Observation",
+    );
+    assert!(!female.is_empty() && !heart_rate.is_empty());
+    assert_eq!(exported.get("Patient").cloned().unwrap_or_default(), female);
+    assert_eq!(
+        exported.get("Observation").cloned().unwrap_or_default(),
+        heart_rate
+    );
+    assert_eq!(exported["Encounter"], s.expected()["Encounter"]);
+}

@@ -1,0 +1,462 @@
+//! Evaluation of a parsed expression on JSON FHIR resources.
+//!
+//! Collections are `Vec<Item>`; an item borrows from the resource where it
+//! can. Types are what the JSON says: a resource's `resourceType`, a choice
+//! element's suffix (`valueQuantity` is a `Quantity`), a literal's System
+//! type. Without a schema, an element reached by its plain name has no
+//! known type, and `is`/`ofType` on it are false.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::parse::{BinOp, Expr, TypeOp};
+
+/// One element of a collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item<'a> {
+    pub value: Cow<'a, Value>,
+    /// The FHIR or System type, when known.
+    pub type_name: Option<Cow<'a, str>>,
+}
+
+impl<'a> Item<'a> {
+    fn node(value: &'a Value, type_name: Option<Cow<'a, str>>) -> Self {
+        Item {
+            value: Cow::Borrowed(value),
+            type_name,
+        }
+    }
+
+    fn owned(value: Value, type_name: &'static str) -> Self {
+        Item {
+            value: Cow::Owned(value),
+            type_name: Some(Cow::Borrowed(type_name)),
+        }
+    }
+
+    /// The item's type, as known.
+    pub fn type_of(&self) -> Option<&str> {
+        if let Some(t) = &self.type_name {
+            return Some(t);
+        }
+        self.value.get("resourceType").and_then(Value::as_str)
+    }
+}
+
+/// Why evaluation failed (a type error the spec makes an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalError(pub String);
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+type Out<'a> = Result<Vec<Item<'a>>, EvalError>;
+
+/// What an evaluation can see besides its focus.
+pub struct Env<'a> {
+    /// `%resource` and `%context`.
+    pub resource: &'a Value,
+    /// Other `%name` variables.
+    pub variables: HashMap<String, Vec<Item<'a>>>,
+}
+
+pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
+    Ok(match expr {
+        Expr::Empty => Vec::new(),
+        Expr::Str(s) => vec![Item::owned(Value::String(s.clone()), "String")],
+        Expr::Int(i) => vec![Item::owned(Value::from(*i), "Integer")],
+        Expr::Dec(d) => vec![Item::owned(Value::from(*d), "Decimal")],
+        Expr::Bool(b) => vec![Item::owned(Value::Bool(*b), "Boolean")],
+        Expr::DateTime(d) => vec![Item::owned(Value::String(d.clone()), "DateTime")],
+        Expr::This => focus.to_vec(),
+        Expr::Variable(name) => match name.as_str() {
+            "resource" | "context" | "rootResource" => vec![Item::node(env.resource, None)],
+            "ucum" => vec![Item::owned(
+                Value::String("http://unitsofmeasure.org".into()),
+                "String",
+            )],
+            "sct" => vec![Item::owned(
+                Value::String("http://snomed.info/sct".into()),
+                "String",
+            )],
+            "loinc" => vec![Item::owned(
+                Value::String("http://loinc.org".into()),
+                "String",
+            )],
+            other => env
+                .variables
+                .get(other)
+                .cloned()
+                .ok_or_else(|| EvalError(format!("unknown variable %{other}")))?,
+        },
+        Expr::Name(name) => focus.iter().flat_map(|i| member(i, name)).collect(),
+        Expr::Member(target, name) => evaluate(target, focus, env)?
+            .iter()
+            .flat_map(|i| member(i, name))
+            .collect(),
+        Expr::Index(target, index) => {
+            let items = evaluate(target, focus, env)?;
+            let index = evaluate(index, focus, env)?;
+            match index.first().and_then(|i| i.value.as_i64()) {
+                Some(n) if n >= 0 => items.into_iter().nth(n as usize).into_iter().collect(),
+                _ => Vec::new(),
+            }
+        }
+        Expr::Negate(e) => evaluate(e, focus, env)?
+            .into_iter()
+            .map(|i| match i.value.as_ref() {
+                Value::Number(n) if n.is_i64() => Ok(Item::owned(
+                    Value::from(-n.as_i64().unwrap_or(0)),
+                    "Integer",
+                )),
+                Value::Number(n) => Ok(Item::owned(
+                    Value::from(-n.as_f64().unwrap_or(0.0)),
+                    "Decimal",
+                )),
+                _ => Err(EvalError("'-' applies to numbers".into())),
+            })
+            .collect::<Result<_, _>>()?,
+        Expr::TypeOp(e, op, t) => {
+            let items = evaluate(e, focus, env)?;
+            type_op(items, *op, t)?
+        }
+        Expr::Binary(l, op, r) => binary(l, *op, r, focus, env)?,
+        Expr::Call(target, name, args) => {
+            let input = match target {
+                Some(t) => evaluate(t, focus, env)?,
+                None => focus.to_vec(),
+            };
+            super::functions::call(name, input, args, env)?
+        }
+    })
+}
+
+/// A child of `item` by name: an element (arrays flattened), a choice
+/// element by its base name, or, on a resource, its own type name (a path
+/// may start with it; `Resource` and `DomainResource` fit any resource).
+fn member<'a>(item: &Item<'a>, name: &str) -> Vec<Item<'a>> {
+    let Cow::Borrowed(value) = item.value else {
+        return owned_member(&item.value, name);
+    };
+    let Some(obj) = value.as_object() else {
+        return Vec::new();
+    };
+    if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+        if let Some(t) = obj.get("resourceType").and_then(Value::as_str) {
+            let fits = t == name || name == "Resource" || name == "DomainResource";
+            return if fits { vec![item.clone()] } else { Vec::new() };
+        }
+    }
+    if let Some(v) = obj.get(name) {
+        return flatten(v, None);
+    }
+    // valueQuantity, valueString...: a choice element, typed by its suffix.
+    obj.iter()
+        .filter_map(|(k, v)| {
+            let suffix = k.strip_prefix(name)?;
+            suffix
+                .starts_with(|c: char| c.is_ascii_uppercase())
+                .then(|| flatten(v, Some(Cow::Borrowed(suffix))))
+        })
+        .flatten()
+        .collect()
+}
+
+fn owned_member<'a>(value: &Value, name: &str) -> Vec<Item<'a>> {
+    let item = Item::node(value, None);
+    member(&item, name)
+        .into_iter()
+        .map(|i| Item {
+            value: Cow::Owned(i.value.into_owned()),
+            type_name: i.type_name.map(|t| Cow::Owned(t.into_owned())),
+        })
+        .collect()
+}
+
+fn flatten<'a>(value: &'a Value, type_name: Option<Cow<'a, str>>) -> Vec<Item<'a>> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter(|v| !v.is_null())
+            .map(|v| Item::node(v, type_name.clone()))
+            .collect(),
+        Value::Null => Vec::new(),
+        v => vec![Item::node(v, type_name)],
+    }
+}
+
+/// Whether `item` is of type `wanted` (`FHIR.` and `System.` prefixes and
+/// the case of the first letter do not matter: `String` and `string`).
+pub fn is_type(item: &Item, wanted: &str) -> bool {
+    let wanted = wanted.rsplit('.').next().unwrap_or(wanted);
+    let Some(t) = item.type_of() else {
+        return false;
+    };
+    if t.eq_ignore_ascii_case(wanted) {
+        return true;
+    }
+    // Resources are Resources (and DomainResources but for Bundle, Binary, Parameters).
+    if item.value.get("resourceType").is_some() {
+        return wanted == "Resource"
+            || (wanted == "DomainResource" && !matches!(t, "Bundle" | "Binary" | "Parameters"));
+    }
+    false
+}
+
+fn type_op<'a>(items: Vec<Item<'a>>, op: TypeOp, t: &str) -> Out<'a> {
+    match op {
+        TypeOp::Is => match items.as_slice() {
+            [] => Ok(Vec::new()),
+            [one] => Ok(vec![bool_item(is_type(one, t))]),
+            _ => Err(EvalError("'is' needs a single item".into())),
+        },
+        TypeOp::As => Ok(items.into_iter().filter(|i| is_type(i, t)).collect()),
+    }
+}
+
+pub fn bool_item<'a>(b: bool) -> Item<'a> {
+    Item::owned(Value::Bool(b), "Boolean")
+}
+
+/// A collection as a boolean: empty is `None`, a single boolean is itself,
+/// any other single item is `true`.
+pub fn as_bool(items: &[Item]) -> Result<Option<bool>, EvalError> {
+    match items {
+        [] => Ok(None),
+        [one] => Ok(Some(one.value.as_bool().unwrap_or(true))),
+        _ => Err(EvalError(
+            "a boolean was expected, not a collection of several items".into(),
+        )),
+    }
+}
+
+fn binary<'a>(l: &Expr, op: BinOp, r: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
+    use BinOp::*;
+    let left = evaluate(l, focus, env)?;
+    if matches!(op, And | Or | Xor | Implies) {
+        let a = as_bool(&left)?;
+        // Short cuts that need no right side.
+        match (op, a) {
+            (And, Some(false)) => return Ok(vec![bool_item(false)]),
+            (Or, Some(true)) => return Ok(vec![bool_item(true)]),
+            (Implies, Some(false)) => return Ok(vec![bool_item(true)]),
+            _ => {}
+        }
+        let b = as_bool(&evaluate(r, focus, env)?)?;
+        let result = match op {
+            And => match (a, b) {
+                (Some(true), Some(true)) => Some(true),
+                (_, Some(false)) => Some(false),
+                _ => None,
+            },
+            Or => match (a, b) {
+                (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+            Xor => a.zip(b).map(|(a, b)| a != b),
+            _ => match (a, b) {
+                (_, Some(true)) => Some(true),
+                (Some(true), Some(false)) => Some(false),
+                _ => None,
+            },
+        };
+        return Ok(result.map(bool_item).into_iter().collect());
+    }
+    let right = evaluate(r, focus, env)?;
+    Ok(match op {
+        Union => {
+            let mut out: Vec<Item> = Vec::new();
+            for i in left.into_iter().chain(right) {
+                if !out.iter().any(|o| o.value == i.value) {
+                    out.push(i);
+                }
+            }
+            out
+        }
+        In | Contains => {
+            let (needle, hay) = if op == In {
+                (left, right)
+            } else {
+                (right, left)
+            };
+            match needle.as_slice() {
+                [] => Vec::new(),
+                [one] => vec![bool_item(hay.iter().any(|h| equal(h, one) == Some(true)))],
+                _ => return Err(EvalError("'in' needs a single item on its left".into())),
+            }
+        }
+        Eq | Ne | Equiv | NotEquiv => {
+            let equivalent = matches!(op, Equiv | NotEquiv);
+            let same = if left.is_empty() || right.is_empty() {
+                if equivalent {
+                    Some(left.is_empty() && right.is_empty())
+                } else {
+                    None
+                }
+            } else if left.len() != right.len() {
+                Some(false)
+            } else {
+                let mut all = Some(true);
+                for (a, b) in left.iter().zip(&right) {
+                    let e = if equivalent {
+                        Some(equivalent_items(a, b))
+                    } else {
+                        equal(a, b)
+                    };
+                    all = match (all, e) {
+                        (Some(true), e) => e,
+                        (x, _) => x,
+                    };
+                }
+                all
+            };
+            let negate = matches!(op, Ne | NotEquiv);
+            same.map(|s| bool_item(s != negate)).into_iter().collect()
+        }
+        Lt | Le | Gt | Ge => {
+            let (a, b) = match (left.as_slice(), right.as_slice()) {
+                ([a], [b]) => (a, b),
+                ([], _) | (_, []) => return Ok(Vec::new()),
+                _ => return Err(EvalError("comparison needs single items".into())),
+            };
+            match compare(a, b) {
+                Some(o) => vec![bool_item(match op {
+                    Lt => o.is_lt(),
+                    Le => o.is_le(),
+                    Gt => o.is_gt(),
+                    _ => o.is_ge(),
+                })],
+                None => Vec::new(),
+            }
+        }
+        Concat => {
+            let text = |items: &[Item]| {
+                items
+                    .first()
+                    .and_then(|i| i.value.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            vec![Item::owned(
+                Value::String(text(&left) + &text(&right)),
+                "String",
+            )]
+        }
+        Add | Sub | Mul | Div | IntDiv | Mod => arithmetic(&left, op, &right)?,
+        And | Or | Xor | Implies => unreachable!("handled above"),
+    })
+}
+
+fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
+    let (a, b) = match (left, right) {
+        ([a], [b]) => (a, b),
+        ([], _) | (_, []) => return Ok(Vec::new()),
+        _ => return Err(EvalError("arithmetic needs single items".into())),
+    };
+    if let (BinOp::Add, Some(x), Some(y)) = (op, a.value.as_str(), b.value.as_str()) {
+        return Ok(vec![Item::owned(
+            Value::String(format!("{x}{y}")),
+            "String",
+        )]);
+    }
+    let (Value::Number(x), Value::Number(y)) = (a.value.as_ref(), b.value.as_ref()) else {
+        return Err(EvalError("arithmetic applies to numbers".into()));
+    };
+    if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+        let int = match op {
+            BinOp::Add => x.checked_add(y),
+            BinOp::Sub => x.checked_sub(y),
+            BinOp::Mul => x.checked_mul(y),
+            BinOp::IntDiv => (y != 0).then(|| x.div_euclid(y)),
+            BinOp::Mod => (y != 0).then(|| x.rem_euclid(y)),
+            _ => None,
+        };
+        if let Some(v) = int {
+            return Ok(vec![Item::owned(Value::from(v), "Integer")]);
+        }
+        if op != BinOp::Div {
+            return Ok(Vec::new());
+        }
+    }
+    let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+    let v = match op {
+        BinOp::Add => x + y,
+        BinOp::Sub => x - y,
+        BinOp::Mul => x * y,
+        BinOp::Div if y != 0.0 => x / y,
+        BinOp::IntDiv if y != 0.0 => (x / y).trunc(),
+        BinOp::Mod if y != 0.0 => x % y,
+        _ => return Ok(Vec::new()),
+    };
+    Ok(vec![Item::owned(Value::from(v), "Decimal")])
+}
+
+/// `=` on two items: `None` when it cannot be decided (dates of different
+/// precision).
+pub fn equal(a: &Item, b: &Item) -> Option<bool> {
+    match (a.value.as_ref(), b.value.as_ref()) {
+        (Value::Number(x), Value::Number(y)) => Some(x.as_f64() == y.as_f64()),
+        (Value::String(x), Value::String(y)) if is_temporal(a) || is_temporal(b) => {
+            let (x, y) = (x.trim_start_matches('@'), y.trim_start_matches('@'));
+            if x.len() == y.len() || !looks_temporal(x) || !looks_temporal(y) {
+                Some(x == y)
+            } else {
+                None
+            }
+        }
+        (x, y) => Some(x == y),
+    }
+}
+
+fn equivalent_items(a: &Item, b: &Item) -> bool {
+    match (a.value.as_str(), b.value.as_str()) {
+        (Some(x), Some(y)) => {
+            let norm = |s: &str| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            };
+            norm(x) == norm(y)
+        }
+        _ => equal(a, b).unwrap_or(false),
+    }
+}
+
+fn is_temporal(i: &Item) -> bool {
+    i.type_of().is_some_and(|t| {
+        matches!(
+            t.to_ascii_lowercase().as_str(),
+            "datetime" | "date" | "instant" | "time"
+        )
+    })
+}
+
+fn looks_temporal(s: &str) -> bool {
+    s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+}
+
+/// Order of two single items (numbers, or strings and dates as text).
+pub fn compare(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
+    match (a.value.as_ref(), b.value.as_ref()) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => {
+            let (x, y) = (x.trim_start_matches('@'), y.trim_start_matches('@'));
+            if (is_temporal(a) || is_temporal(b)) && looks_temporal(x) && looks_temporal(y) {
+                // Compared to the precision both have.
+                let n = x.len().min(y.len());
+                let o = x[..n].cmp(&y[..n]);
+                return (o.is_ne() || x.len() == y.len()).then_some(o);
+            }
+            Some(x.cmp(y))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,342 @@
+//! The FHIRPath functions this service evaluates: those the R4 search
+//! parameters use, the common collection functions, and the SQL on FHIR
+//! additions (`getResourceKey`, `getReferenceKey`).
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::eval::{as_bool, bool_item, equal, evaluate, is_type, Env, EvalError, Item};
+use super::parse::Expr;
+
+type Out<'a> = Result<Vec<Item<'a>>, EvalError>;
+
+fn arity(name: &str, args: &[Expr], allowed: &[usize]) -> Result<(), EvalError> {
+    if allowed.contains(&args.len()) {
+        Ok(())
+    } else {
+        Err(EvalError(format!(
+            "{name}() takes {allowed:?} arguments, not {}",
+            args.len()
+        )))
+    }
+}
+
+/// A type name argument (`Quantity`, `FHIR.Quantity`).
+fn type_arg(name: &str, args: &[Expr]) -> Result<String, EvalError> {
+    fn text(e: &Expr) -> Option<String> {
+        match e {
+            Expr::Name(n) => Some(n.clone()),
+            Expr::Member(t, n) => Some(format!("{}.{n}", text(t)?)),
+            _ => None,
+        }
+    }
+    args.first()
+        .and_then(text)
+        .ok_or_else(|| EvalError(format!("{name}() takes a type name")))
+}
+
+fn string_arg(
+    name: &str,
+    arg: Option<&Expr>,
+    input: &[Item<'_>],
+    env: &Env<'_>,
+) -> Result<Option<String>, EvalError> {
+    let Some(arg) = arg else { return Ok(None) };
+    let v = evaluate(arg, input, env)?;
+    match v.as_slice() {
+        [] => Ok(None),
+        [one] => one
+            .value
+            .as_str()
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| EvalError(format!("{name}() takes a string"))),
+        _ => Err(EvalError(format!("{name}() takes a single string"))),
+    }
+}
+
+fn int_arg(name: &str, arg: &Expr, input: &[Item<'_>], env: &Env<'_>) -> Result<i64, EvalError> {
+    match evaluate(arg, input, env)?.as_slice() {
+        [one] => one
+            .value
+            .as_i64()
+            .ok_or_else(|| EvalError(format!("{name}() takes an integer"))),
+        _ => Err(EvalError(format!("{name}() takes an integer"))),
+    }
+}
+
+fn text_item<'a>(s: String) -> Item<'a> {
+    Item {
+        value: Cow::Owned(Value::String(s)),
+        type_name: Some(Cow::Borrowed("String")),
+    }
+}
+
+/// Each item evaluated on its own (the focus and `$this` of `where`...).
+fn per_item<'a>(item: &Item<'a>, e: &Expr, env: &Env<'a>) -> Out<'a> {
+    evaluate(e, std::slice::from_ref(item), env)
+}
+
+pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    Ok(match name {
+        "where" => {
+            arity(name, args, &[1])?;
+            let mut out = Vec::new();
+            for item in input {
+                if as_bool(&per_item(&item, &args[0], env)?)? == Some(true) {
+                    out.push(item);
+                }
+            }
+            out
+        }
+        "select" => {
+            arity(name, args, &[1])?;
+            let mut out = Vec::new();
+            for item in &input {
+                out.extend(per_item(item, &args[0], env)?);
+            }
+            out
+        }
+        "exists" => {
+            arity(name, args, &[0, 1])?;
+            let found = match args.first() {
+                None => !input.is_empty(),
+                Some(c) => {
+                    let mut any = false;
+                    for item in &input {
+                        if as_bool(&per_item(item, c, env)?)? == Some(true) {
+                            any = true;
+                            break;
+                        }
+                    }
+                    any
+                }
+            };
+            vec![bool_item(found)]
+        }
+        "all" => {
+            arity(name, args, &[1])?;
+            let mut all = true;
+            for item in &input {
+                if as_bool(&per_item(item, &args[0], env)?)? != Some(true) {
+                    all = false;
+                    break;
+                }
+            }
+            vec![bool_item(all)]
+        }
+        "allTrue" | "anyTrue" | "allFalse" | "anyFalse" => {
+            arity(name, args, &[0])?;
+            let want = name.ends_with("True");
+            let hits = input
+                .iter()
+                .filter(|i| i.value.as_bool() == Some(want))
+                .count();
+            let r = if name.starts_with("all") {
+                hits == input.len()
+            } else {
+                hits > 0
+            };
+            vec![bool_item(r)]
+        }
+        "empty" => {
+            arity(name, args, &[0])?;
+            vec![bool_item(input.is_empty())]
+        }
+        "not" => {
+            arity(name, args, &[0])?;
+            as_bool(&input)?
+                .map(|b| bool_item(!b))
+                .into_iter()
+                .collect()
+        }
+        "hasValue" => {
+            arity(name, args, &[0])?;
+            let primitive = matches!(input.as_slice(), [one] if !one.value.is_object() && !one.value.is_array());
+            vec![bool_item(primitive)]
+        }
+        "count" => {
+            arity(name, args, &[0])?;
+            vec![Item {
+                value: Cow::Owned(Value::from(input.len())),
+                type_name: Some(Cow::Borrowed("Integer")),
+            }]
+        }
+        "first" => input.into_iter().take(1).collect(),
+        "last" => input.into_iter().last().into_iter().collect(),
+        "tail" => input.into_iter().skip(1).collect(),
+        "single" => match input.len() {
+            0 | 1 => input,
+            _ => return Err(EvalError("single() on several items".into())),
+        },
+        "skip" | "take" => {
+            arity(name, args, &[1])?;
+            let n = int_arg(name, &args[0], &input, env)?.max(0) as usize;
+            if name == "skip" {
+                input.into_iter().skip(n).collect()
+            } else {
+                input.into_iter().take(n).collect()
+            }
+        }
+        "distinct" => {
+            let mut out: Vec<Item> = Vec::new();
+            for i in input {
+                if !out.iter().any(|o| equal(o, &i) == Some(true)) {
+                    out.push(i);
+                }
+            }
+            out
+        }
+        "ofType" => {
+            let t = type_arg(name, args)?;
+            input.into_iter().filter(|i| is_type(i, &t)).collect()
+        }
+        "is" => {
+            let t = type_arg(name, args)?;
+            match input.as_slice() {
+                [] => Vec::new(),
+                [one] => vec![bool_item(is_type(one, &t))],
+                _ => return Err(EvalError("is() on several items".into())),
+            }
+        }
+        "as" => {
+            let t = type_arg(name, args)?;
+            input.into_iter().filter(|i| is_type(i, &t)).collect()
+        }
+        "iif" => {
+            arity(name, args, &[2, 3])?;
+            if as_bool(&evaluate(&args[0], &input, env)?)? == Some(true) {
+                evaluate(&args[1], &input, env)?
+            } else if let Some(otherwise) = args.get(2) {
+                evaluate(otherwise, &input, env)?
+            } else {
+                Vec::new()
+            }
+        }
+        // A reference "resolves" to a stand-in typed by the reference's
+        // target type: enough for `resolve() is Patient`; the service does
+        // not read other resources while evaluating.
+        "resolve" => input
+            .iter()
+            .filter_map(|i| {
+                let (t, _) = reference_parts(&i.value)?;
+                Some(Item {
+                    value: Cow::Owned(Value::Object(Default::default())),
+                    type_name: Some(Cow::Owned(t)),
+                })
+            })
+            .collect(),
+        "extension" => {
+            arity(name, args, &[1])?;
+            let url = string_arg(name, args.first(), &input, env)?.unwrap_or_default();
+            let mut out = Vec::new();
+            for item in &input {
+                let Cow::Borrowed(v) = item.value else {
+                    continue;
+                };
+                if let Some(exts) = v.get("extension").and_then(Value::as_array) {
+                    out.extend(
+                        exts.iter()
+                            .filter(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))
+                            .map(|e| Item {
+                                value: Cow::Borrowed(e),
+                                type_name: Some(Cow::Borrowed("Extension")),
+                            }),
+                    );
+                }
+            }
+            out
+        }
+        "join" => {
+            arity(name, args, &[0, 1])?;
+            let sep = string_arg(name, args.first(), &input, env)?.unwrap_or_default();
+            let parts: Vec<String> = input
+                .iter()
+                .filter_map(|i| i.value.as_str().map(str::to_string))
+                .collect();
+            vec![text_item(parts.join(&sep))]
+        }
+        "toString" => input
+            .iter()
+            .take(1)
+            .filter_map(|i| match i.value.as_ref() {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            })
+            .map(text_item)
+            .collect(),
+        "lower" | "upper" | "length" | "startsWith" | "endsWith" | "contains" | "matches" => {
+            let Some(s) = input
+                .first()
+                .and_then(|i| i.value.as_str().map(str::to_string))
+            else {
+                return Ok(Vec::new());
+            };
+            let arg = string_arg(name, args.first(), &input, env)?;
+            match (name, arg) {
+                ("lower", _) => vec![text_item(s.to_lowercase())],
+                ("upper", _) => vec![text_item(s.to_uppercase())],
+                ("length", _) => vec![Item {
+                    value: Cow::Owned(Value::from(s.chars().count())),
+                    type_name: Some(Cow::Borrowed("Integer")),
+                }],
+                ("startsWith", Some(a)) => vec![bool_item(s.starts_with(&a))],
+                ("endsWith", Some(a)) => vec![bool_item(s.ends_with(&a))],
+                ("contains", Some(a)) => vec![bool_item(s.contains(&a))],
+                _ => Vec::new(),
+            }
+        }
+        // SQL on FHIR: a resource's key, and the key a reference points at
+        // (if it points at the given type).
+        "getResourceKey" => input
+            .iter()
+            .filter_map(|i| i.value.get("id").cloned())
+            .map(|id| Item {
+                value: Cow::Owned(id),
+                type_name: Some(Cow::Borrowed("String")),
+            })
+            .collect(),
+        "getReferenceKey" => {
+            let wanted = if args.is_empty() {
+                None
+            } else {
+                Some(type_arg(name, args)?)
+            };
+            input
+                .iter()
+                .filter_map(|i| {
+                    let (t, id) = reference_parts(&i.value)?;
+                    wanted
+                        .as_deref()
+                        .is_none_or(|w| w == t)
+                        .then(|| text_item(id))
+                })
+                .collect()
+        }
+        other => {
+            return Err(EvalError(format!(
+                "the function {other}() is not supported"
+            )))
+        }
+    })
+}
+
+/// The type and id a Reference names: `Type/id` (also at the end of an
+/// absolute URL, or before `/_history/n`), or `type` with an id.
+pub fn reference_parts(reference: &Value) -> Option<(String, String)> {
+    let text = reference.get("reference").and_then(Value::as_str)?;
+    let text = text.split("/_history/").next().unwrap_or(text);
+    let mut segments = text.rsplit('/');
+    let id = segments.next()?;
+    match segments.next() {
+        Some(t) if t.starts_with(|c: char| c.is_ascii_uppercase()) => {
+            Some((t.to_string(), id.to_string()))
+        }
+        _ => {
+            let t = reference.get("type").and_then(Value::as_str)?;
+            Some((t.to_string(), id.to_string()))
+        }
+    }
+}

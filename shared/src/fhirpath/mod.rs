@@ -1,0 +1,154 @@
+//! FHIRPath, the subset the service evaluates, over `serde_json` values.
+//!
+//! Chosen over the FHIRPath crates after measuring them (see the README's
+//! "FHIRPath" section): they take minutes to build on a 2-core machine, and
+//! most need their own typed FHIR model; this one reads the resources'
+//! JSON as stored. The parser takes all of FHIRPath's grammar; the
+//! evaluator has the functions in `functions.rs`, and fails clearly on
+//! others.
+
+mod eval;
+mod functions;
+mod parse;
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+pub use eval::{as_bool, EvalError, Item};
+pub use functions::reference_parts;
+pub use parse::{parse, Expr, ParseError};
+
+/// A parsed expression, evaluated any number of times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Path {
+    expr: Expr,
+}
+
+impl Path {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        Ok(Path { expr: parse(text)? })
+    }
+
+    /// The expression's result on `resource` (its focus and `%resource`).
+    pub fn evaluate<'a>(&self, resource: &'a Value) -> Result<Vec<Item<'a>>, EvalError> {
+        let env = eval::Env {
+            resource,
+            variables: HashMap::new(),
+        };
+        let focus = [Item {
+            value: std::borrow::Cow::Borrowed(resource),
+            type_name: None,
+        }];
+        eval::evaluate(&self.expr, &focus, &env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn values(expr: &str, resource: &Value) -> Vec<Value> {
+        Path::parse(expr)
+            .unwrap()
+            .evaluate(resource)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.value.into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn paths_choices_and_filters() {
+        let obs = json!({
+            "resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}, {"system": "x", "code": "y"}]},
+            "subject": {"reference": "Patient/p1"},
+            "valueQuantity": {"value": 72, "unit": "/min"},
+            "component": [{"valueString": "a"}, {"valueQuantity": {"value": 5}}]
+        });
+        assert_eq!(values("Observation.status", &obs), [json!("final")]);
+        assert_eq!(values("Condition.code", &obs), Vec::<Value>::new());
+        assert_eq!(values("Resource.id", &obs), [json!("o1")]);
+        assert_eq!(
+            values(
+                "Observation.code.coding.where(system='http://loinc.org').code",
+                &obs
+            ),
+            [json!("8867-4")]
+        );
+        assert_eq!(
+            values("(Observation.value as Quantity).value", &obs),
+            [json!(72)]
+        );
+        assert_eq!(
+            values("Observation.value.ofType(Quantity).unit", &obs),
+            [json!("/min")]
+        );
+        assert_eq!(
+            values("Observation.value.ofType(string)", &obs),
+            Vec::<Value>::new()
+        );
+        assert_eq!(
+            values("Observation.component.value.ofType(String)", &obs),
+            [json!("a")]
+        );
+        assert_eq!(
+            values(
+                "Observation.subject.where(resolve() is Patient).reference",
+                &obs
+            ),
+            [json!("Patient/p1")]
+        );
+        assert_eq!(
+            values("Observation.subject.where(resolve() is Group)", &obs),
+            Vec::<Value>::new()
+        );
+        assert_eq!(
+            values("Observation.subject.getReferenceKey(Patient)", &obs),
+            [json!("p1")]
+        );
+        assert_eq!(values("getResourceKey()", &obs), [json!("o1")]);
+        assert_eq!(
+            values("Observation.code.coding.code.join(',')", &obs),
+            [json!("8867-4,y")]
+        );
+        assert_eq!(
+            values(
+                "Observation.code.coding.count() > 1 and status = 'final'",
+                &obs
+            ),
+            [json!(true)]
+        );
+        assert_eq!(
+            values("Observation.nothing.exists() or {} ", &obs),
+            Vec::<Value>::new()
+        );
+        assert_eq!(values("Observation.value.value + 1", &obs), [json!(73)]);
+        assert_eq!(
+            values("status | status | id", &obs),
+            [json!("final"), json!("o1")]
+        );
+    }
+
+    #[test]
+    fn dates_compare_at_their_precision() {
+        let enc = json!({"resourceType": "Encounter", "period": {"start": "2016-03-04T10:00:00Z"}});
+        assert_eq!(
+            values("Encounter.period.start > @2015-01-01", &enc),
+            [json!(true)]
+        );
+        assert_eq!(
+            values("Encounter.period.start < @2016", &enc),
+            Vec::<Value>::new()
+        );
+    }
+
+    #[test]
+    fn unsupported_functions_are_errors() {
+        let p = Path::parse("Patient.name.aggregate($this)").unwrap();
+        let err = p.evaluate(&json!({"resourceType": "Patient"})).unwrap_err();
+        assert!(err.0.contains("aggregate"), "{err}");
+    }
+}

@@ -1,0 +1,471 @@
+//! FHIRPath text to a syntax tree: a lexer and a precedence-climbing parser
+//! for the grammar of FHIRPath N1 (literals, paths, indexers, function
+//! calls, and every operator with its precedence).
+
+use std::fmt;
+
+/// A parsed expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// `{}`
+    Empty,
+    Str(String),
+    Int(i64),
+    Dec(f64),
+    Bool(bool),
+    /// `@2015-02-04T14:34:28Z` and the like, without the `@`.
+    DateTime(String),
+    /// `$this`
+    This,
+    /// `%name`
+    Variable(String),
+    /// A name at the start of a path (evaluated on the focus).
+    Name(String),
+    /// `target.name`
+    Member(Box<Expr>, String),
+    /// `name(args)` on the focus, or `target.name(args)`.
+    Call(Option<Box<Expr>>, String, Vec<Expr>),
+    /// `target[index]`
+    Index(Box<Expr>, Box<Expr>),
+    /// `-x`
+    Negate(Box<Expr>),
+    Binary(Box<Expr>, BinOp, Box<Expr>),
+    /// `x is Type`, `x as Type`
+    TypeOp(Box<Expr>, TypeOp, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Mul,
+    Div,
+    IntDiv,
+    Mod,
+    Add,
+    Sub,
+    Concat,
+    Union,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    Equiv,
+    NotEquiv,
+    In,
+    Contains,
+    And,
+    Or,
+    Xor,
+    Implies,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeOp {
+    Is,
+    As,
+}
+
+/// Why an expression does not parse, with the byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub at: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at character {})", self.message, self.at + 1)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    /// A `` `delimited` `` identifier: never a keyword.
+    Quoted(String),
+    Str(String),
+    Num(String),
+    DateTime(String),
+    Special(String),
+    Var(String),
+    Sym(&'static str),
+}
+
+fn lex(text: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let err = |at: usize, m: &str| ParseError {
+        at,
+        message: m.to_string(),
+    };
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if text[i..].starts_with("//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if text[i..].starts_with("/*") {
+            let end = text[i + 2..]
+                .find("*/")
+                .ok_or_else(|| err(i, "unterminated comment"))?;
+            i += end + 4;
+            continue;
+        }
+        let tok = if c.is_ascii_alphabetic() || c == b'_' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            Tok::Ident(text[start..i].to_string())
+        } else if c.is_ascii_digit() {
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            Tok::Num(text[start..i].to_string())
+        } else if c == b'\'' || c == b'`' {
+            let (s, next) = unquote(text, i).ok_or_else(|| err(i, "unterminated string"))?;
+            i = next;
+            if c == b'\'' {
+                Tok::Str(s)
+            } else {
+                Tok::Quoted(s)
+            }
+        } else if c == b'@' {
+            i += 1;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'-' | b':' | b'.' | b'+'))
+            {
+                i += 1;
+            }
+            Tok::DateTime(text[start + 1..i].to_string())
+        } else if c == b'$' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            Tok::Special(text[start..i].to_string())
+        } else if c == b'%' {
+            i += 1;
+            if i < b.len() && (b[i] == b'\'' || b[i] == b'`') {
+                let (s, next) =
+                    unquote(text, i).ok_or_else(|| err(i, "unterminated variable name"))?;
+                i = next;
+                Tok::Var(s)
+            } else {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'-')
+                {
+                    i += 1;
+                }
+                Tok::Var(text[start + 1..i].to_string())
+            }
+        } else {
+            const SYMS: [&str; 21] = [
+                "<=", ">=", "!=", "!~", "(", ")", "[", "]", "{", "}", ".", ",", "*", "/", "+", "-",
+                "&", "|", "<", ">", "=",
+            ];
+            let sym = SYMS
+                .iter()
+                .find(|s| text[i..].starts_with(**s))
+                .copied()
+                .or_else(|| (c == b'~').then_some("~"))
+                .ok_or_else(|| err(i, &format!("unexpected character '{}'", c as char)))?;
+            i += sym.len();
+            Tok::Sym(sym)
+        };
+        out.push((start, tok));
+    }
+    Ok(out)
+}
+
+/// The text of a quoted string or identifier starting at `i`, unescaped,
+/// and the offset after its closing quote.
+fn unquote(text: &str, i: usize) -> Option<(String, usize)> {
+    let quote = text.as_bytes()[i] as char;
+    let mut out = String::new();
+    let mut chars = text[i + 1..].char_indices();
+    while let Some((j, c)) = chars.next() {
+        match c {
+            '\\' => {
+                let (_, e) = chars.next()?;
+                match e {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    'f' => out.push('\u{c}'),
+                    'u' => {
+                        let hex: String =
+                            (0..4).filter_map(|_| chars.next().map(|x| x.1)).collect();
+                        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                    }
+                    other => out.push(other),
+                }
+            }
+            c if c == quote => return Some((out, i + 1 + j + 1)),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Parses a FHIRPath expression.
+pub fn parse(text: &str) -> Result<Expr, ParseError> {
+    let toks = lex(text)?;
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        len: text.len(),
+    };
+    let e = p.expr(0)?;
+    if p.pos < p.toks.len() {
+        return Err(p.error("unexpected text after the expression"));
+    }
+    Ok(e)
+}
+
+struct Parser {
+    toks: Vec<(usize, Tok)>,
+    pos: usize,
+    len: usize,
+}
+
+/// Binding power of infix operators, loosest first (FHIRPath §6 order).
+fn infix(tok: &Tok) -> Option<(u8, BinOrType)> {
+    use BinOp::*;
+    let op = match tok {
+        Tok::Sym(s) => match *s {
+            "*" => (9, BinOrType::Bin(Mul)),
+            "/" => (9, BinOrType::Bin(Div)),
+            "+" => (8, BinOrType::Bin(Add)),
+            "-" => (8, BinOrType::Bin(Sub)),
+            "&" => (8, BinOrType::Bin(Concat)),
+            "|" => (6, BinOrType::Bin(Union)),
+            "<" => (5, BinOrType::Bin(Lt)),
+            "<=" => (5, BinOrType::Bin(Le)),
+            ">" => (5, BinOrType::Bin(Gt)),
+            ">=" => (5, BinOrType::Bin(Ge)),
+            "=" => (4, BinOrType::Bin(Eq)),
+            "!=" => (4, BinOrType::Bin(Ne)),
+            "~" => (4, BinOrType::Bin(Equiv)),
+            "!~" => (4, BinOrType::Bin(NotEquiv)),
+            _ => return None,
+        },
+        Tok::Ident(s) => match s.as_str() {
+            "div" => (9, BinOrType::Bin(IntDiv)),
+            "mod" => (9, BinOrType::Bin(Mod)),
+            "is" => (7, BinOrType::Type(TypeOp::Is)),
+            "as" => (7, BinOrType::Type(TypeOp::As)),
+            "in" => (3, BinOrType::Bin(In)),
+            "contains" => (3, BinOrType::Bin(Contains)),
+            "and" => (2, BinOrType::Bin(And)),
+            "or" => (1, BinOrType::Bin(Or)),
+            "xor" => (1, BinOrType::Bin(Xor)),
+            "implies" => (0, BinOrType::Bin(Implies)),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(op)
+}
+
+enum BinOrType {
+    Bin(BinOp),
+    Type(TypeOp),
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos).map(|t| &t.1)
+    }
+
+    fn error(&self, message: &str) -> ParseError {
+        ParseError {
+            at: self.toks.get(self.pos).map_or(self.len, |t| t.0),
+            message: message.to_string(),
+        }
+    }
+
+    fn eat(&mut self, sym: &str) -> bool {
+        if matches!(self.peek(), Some(Tok::Sym(s)) if *s == sym) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, sym: &str) -> Result<(), ParseError> {
+        if self.eat(sym) {
+            Ok(())
+        } else {
+            Err(self.error(&format!("expected '{sym}'")))
+        }
+    }
+
+    /// Operators binding at least as tightly as `min`.
+    fn expr(&mut self, min: u8) -> Result<Expr, ParseError> {
+        let mut left = self.unary()?;
+        while let Some((power, op)) = self.peek().and_then(infix) {
+            if power < min {
+                break;
+            }
+            self.pos += 1;
+            left = match op {
+                BinOrType::Bin(op) => {
+                    let right = self.expr(power + 1)?;
+                    Expr::Binary(Box::new(left), op, Box::new(right))
+                }
+                BinOrType::Type(op) => Expr::TypeOp(Box::new(left), op, self.type_name()?),
+            };
+        }
+        Ok(left)
+    }
+
+    fn type_name(&mut self) -> Result<String, ParseError> {
+        let mut name = self.identifier()?;
+        while self.eat(".") {
+            name = format!("{name}.{}", self.identifier()?);
+        }
+        Ok(name)
+    }
+
+    fn identifier(&mut self) -> Result<String, ParseError> {
+        match self.peek().cloned() {
+            Some(Tok::Ident(s)) | Some(Tok::Quoted(s)) => {
+                self.pos += 1;
+                Ok(s)
+            }
+            _ => Err(self.error("expected a name")),
+        }
+    }
+
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        if self.eat("-") {
+            return Ok(Expr::Negate(Box::new(self.unary()?)));
+        }
+        if self.eat("+") {
+            return self.unary();
+        }
+        let mut e = self.term()?;
+        loop {
+            if self.eat(".") {
+                let name = self.identifier()?;
+                e = if self.eat("(") {
+                    Expr::Call(Some(Box::new(e)), name, self.args()?)
+                } else {
+                    Expr::Member(Box::new(e), name)
+                };
+            } else if self.eat("[") {
+                let index = self.expr(0)?;
+                self.expect("]")?;
+                e = Expr::Index(Box::new(e), Box::new(index));
+            } else {
+                return Ok(e);
+            }
+        }
+    }
+
+    fn args(&mut self) -> Result<Vec<Expr>, ParseError> {
+        let mut args = Vec::new();
+        if self.eat(")") {
+            return Ok(args);
+        }
+        loop {
+            args.push(self.expr(0)?);
+            if self.eat(")") {
+                return Ok(args);
+            }
+            self.expect(",")?;
+        }
+    }
+
+    fn term(&mut self) -> Result<Expr, ParseError> {
+        let Some(tok) = self.peek().cloned() else {
+            return Err(self.error("the expression ends too soon"));
+        };
+        self.pos += 1;
+        Ok(match tok {
+            Tok::Sym("(") => {
+                let e = self.expr(0)?;
+                self.expect(")")?;
+                e
+            }
+            Tok::Sym("{") => {
+                self.expect("}")?;
+                Expr::Empty
+            }
+            Tok::Str(s) => Expr::Str(s),
+            Tok::Num(n) => match n.parse::<i64>() {
+                Ok(i) if !n.contains('.') => Expr::Int(i),
+                _ => Expr::Dec(n.parse().map_err(|_| self.error("bad number"))?),
+            },
+            Tok::DateTime(d) => Expr::DateTime(d),
+            Tok::Special(s) if s == "$this" => Expr::This,
+            Tok::Special(s) => Expr::Variable(s),
+            Tok::Var(v) => Expr::Variable(v),
+            Tok::Ident(s) if s == "true" => Expr::Bool(true),
+            Tok::Ident(s) if s == "false" => Expr::Bool(false),
+            Tok::Ident(s) | Tok::Quoted(s) => {
+                if self.eat("(") {
+                    Expr::Call(None, s, self.args()?)
+                } else {
+                    Expr::Name(s)
+                }
+            }
+            Tok::Sym(_) => {
+                self.pos -= 1;
+                return Err(self.error("unexpected symbol"));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_paths() {
+        let e = parse("Patient.name.where(use = 'official').family | Patient.id").unwrap();
+        let Expr::Binary(left, BinOp::Union, _) = e else {
+            panic!("{e:?}")
+        };
+        assert!(matches!(*left, Expr::Member(_, ref f) if f == "family"));
+        let e = parse("a and b or c implies d").unwrap();
+        assert!(matches!(e, Expr::Binary(_, BinOp::Implies, _)));
+        let e = parse("(Observation.value as Quantity).value > 5.5").unwrap();
+        assert!(matches!(e, Expr::Binary(_, BinOp::Gt, _)));
+        let e = parse("x.`div`[0] - -1 is System.Integer").unwrap();
+        assert!(matches!(e, Expr::TypeOp(_, TypeOp::Is, ref t) if t == "System.Integer"));
+        assert_eq!(
+            parse("@2020-01-01T10:00:00Z").unwrap(),
+            Expr::DateTime("2020-01-01T10:00:00Z".into())
+        );
+        assert_eq!(parse("'it\\'s'").unwrap(), Expr::Str("it's".into()));
+    }
+
+    #[test]
+    fn errors_say_where() {
+        for bad in [
+            "Patient.", "a +", "where(", "'open", "a ^ b", "f(a,)", "a b",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.at <= bad.len(), "{bad}: {e}");
+        }
+    }
+}
