@@ -1386,6 +1386,7 @@ async fn read_patient_blocks(app: &TestApp, manifest: &Value) -> Vec<Value> {
         let mut first_in_block = false;
         for line in lines {
             if line["resourceType"] == "Parameters" {
+                assert!(current.is_none() || !first_in_block, "no empty block");
                 assert_eq!(line["parameter"][0]["name"], "header");
                 let reference = line["parameter"][0]["valueReference"]["reference"]
                     .as_str()
@@ -1414,6 +1415,7 @@ async fn read_patient_blocks(app: &TestApp, manifest: &Value) -> Vec<Value> {
             first_in_block = false;
             resources.push(line);
         }
+        assert!(!first_in_block, "no empty block at the end of a file");
     }
     resources
 }
@@ -1500,6 +1502,23 @@ async fn output_organized_by_patient_comes_in_blocks() {
         4,
         "every injected crash happened"
     );
+    // With a _typeFilter, only patients with a resource that passes it
+    // have a block.
+    let encounters: Vec<&Value> = data
+        .iter()
+        .filter(|r| r["resourceType"] == "Encounter")
+        .collect();
+    let picked = [encounters[0], encounters[encounters.len() - 1]];
+    let status = app
+        .start_export(app.kickoff_get(&format!(
+            "Patient/$export?organizeOutputBy=Patient&_type=Encounter&_typeFilter=Encounter%3F_id%3D{}%2C{}",
+            picked[0]["id"].as_str().unwrap(),
+            picked[1]["id"].as_str().unwrap()
+        )))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let got = by_type(read_patient_blocks(&app, &manifest).await);
+    assert_same_content(&got, &by_type(picked.into_iter().cloned()));
     // A system export cannot be organized by patient.
     expect_outcome(
         app.kickoff_get("$export?organizeOutputBy=Patient")

@@ -564,8 +564,10 @@ impl<'a> PartReader<'a> {
             .await?;
         advance_shard_cursor(cp, shard, &page, limit);
         for item in &page.items {
-            self.emit(sink, resource_type, &item.id, page.body(item))
-                .await?;
+            let body = page.body(item);
+            if self.passes_type_filters(resource_type, body)? {
+                self.emit(sink, resource_type, &item.id, body).await?;
+            }
         }
         Ok(())
     }
@@ -621,6 +623,9 @@ impl<'a> PartReader<'a> {
                 continue;
             }
             if resource_type != "Patient" && !self.belongs_here(resource_type, patient, &v).await? {
+                continue;
+            }
+            if !self.passes_type_filters(resource_type, v.body.as_deref())? {
                 continue;
             }
             wanted.push(v);
@@ -746,6 +751,17 @@ impl<'a> PartReader<'a> {
         Ok(exists)
     }
 
+    /// Whether a version passes its type's `_typeFilter`s (deletions, and
+    /// types without a filter, always do).
+    fn passes_type_filters(&self, resource_type: &str, body: Option<&str>) -> PortResult<bool> {
+        let (Some(filters), Some(body)) = (self.type_filters.get(resource_type), body) else {
+            return Ok(true);
+        };
+        let value: Value = serde_json::from_str(body)
+            .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
+        Ok(matches_any(filters, &value))
+    }
+
     /// Writes one version: a body (whole, or reduced by `_elements`), or for
     /// a deletion (no body) a transaction Bundle with its DELETE entry.
     async fn emit(
@@ -769,13 +785,6 @@ impl<'a> PartReader<'a> {
                 )
                 .await;
         };
-        if let Some(filters) = self.type_filters.get(resource_type) {
-            let value: Value = serde_json::from_str(body)
-                .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
-            if !matches_any(filters, &value) {
-                return Ok(());
-            }
-        }
         let file_type = if self.job.request.organize_by_patient {
             PATIENT_BLOCKS
         } else {
