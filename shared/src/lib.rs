@@ -27,3 +27,4 @@ pub mod private_file;
 pub mod sample;
 pub mod search;
 pub mod service;
+pub mod view;

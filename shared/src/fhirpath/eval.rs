@@ -22,6 +22,19 @@ pub struct Item<'a> {
 }
 
 impl<'a> Item<'a> {
+    /// A value of the resource (a resource itself: typed by `resourceType`).
+    pub fn of(value: &'a Value) -> Self {
+        Item::node(value, None)
+    }
+
+    /// A computed value of a known type (a constant).
+    pub fn typed(value: Value, type_name: &str) -> Item<'static> {
+        Item {
+            value: Cow::Owned(value),
+            type_name: Some(Cow::Owned(type_name.to_string())),
+        }
+    }
+
     fn node(value: &'a Value, type_name: Option<Cow<'a, str>>) -> Self {
         Item {
             value: Cow::Borrowed(value),
@@ -64,7 +77,9 @@ pub struct Env<'a> {
     /// `%resource` and `%context`.
     pub resource: &'a Value,
     /// Other `%name` variables.
-    pub variables: HashMap<String, Vec<Item<'a>>>,
+    pub variables: &'a HashMap<String, Vec<Item<'a>>>,
+    /// `%rowIndex` (SQL on FHIR): the focus's index in its iteration.
+    pub row_index: i64,
 }
 
 pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
@@ -82,6 +97,7 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
                 Value::String("http://unitsofmeasure.org".into()),
                 "String",
             )],
+            "rowIndex" => vec![Item::owned(Value::from(env.row_index), "Integer")],
             "sct" => vec![Item::owned(
                 Value::String("http://snomed.info/sct".into()),
                 "String",

@@ -288,6 +288,18 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
                 _ => Vec::new(),
             }
         }
+        "lowBoundary" | "highBoundary" => {
+            let high = name == "highBoundary";
+            input
+                .iter()
+                .take(1)
+                .filter_map(|i| boundary(i, high))
+                .map(|(v, t)| Item {
+                    value: Cow::Owned(v),
+                    type_name: Some(Cow::Borrowed(t)),
+                })
+                .collect()
+        }
         // SQL on FHIR: a resource's key, and the key a reference points at
         // (if it points at the given type).
         "getResourceKey" => input
@@ -339,4 +351,106 @@ pub fn reference_parts(reference: &Value) -> Option<(String, String)> {
             Some((t.to_string(), id.to_string()))
         }
     }
+}
+
+/// The least or greatest value an imprecise value may stand for: a decimal
+/// by half its last digit, a date, dateTime or time filled out (a dateTime
+/// without a zone at the widest zones, +14:00 and -12:00).
+fn boundary(item: &Item<'_>, high: bool) -> Option<(Value, &'static str)> {
+    match item.value.as_ref() {
+        Value::Number(n) => {
+            let text = n.to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+            let half = 0.5 * 10f64.powi(-decimals);
+            let v = n.as_f64()? + if high { half } else { -half };
+            let scale = 10f64.powi(decimals + 1);
+            Some((Value::from((v * scale).round() / scale), "Decimal"))
+        }
+        Value::String(s) => {
+            let kind = item.type_of().map(str::to_ascii_lowercase);
+            match kind.as_deref() {
+                Some("time") => Some((Value::String(time_boundary(s, high)?), "Time")),
+                Some("datetime") | Some("instant") => {
+                    Some((Value::String(datetime_boundary(s, high)?), "DateTime"))
+                }
+                Some("date") => Some((Value::String(date_boundary(s, high)?), "Date")),
+                Some(_) => None,
+                None if s.contains('T') => {
+                    Some((Value::String(datetime_boundary(s, high)?), "DateTime"))
+                }
+                None if s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) => {
+                    Some((Value::String(date_boundary(s, high)?), "Date"))
+                }
+                None => Some((Value::String(time_boundary(s, high)?), "Time")),
+            }
+        }
+        _ => None,
+    }
+}
+
+fn date_boundary(s: &str, high: bool) -> Option<String> {
+    let mut parts = s.split('-');
+    let y: i32 = parts.next()?.parse().ok()?;
+    let m: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
+    let d: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
+    let m = m.unwrap_or(if high { 12 } else { 1 });
+    let d = match d {
+        Some(d) => d,
+        None if high => {
+            let next = if m == 12 {
+                chrono::NaiveDate::from_ymd_opt(y + 1, 1, 1)?
+            } else {
+                chrono::NaiveDate::from_ymd_opt(y, m + 1, 1)?
+            };
+            chrono::Datelike::day(&next.pred_opt()?)
+        }
+        None => 1,
+    };
+    chrono::NaiveDate::from_ymd_opt(y, m, d)?;
+    Some(format!("{y:04}-{m:02}-{d:02}"))
+}
+
+fn time_boundary(s: &str, high: bool) -> Option<String> {
+    let (hms, frac) = match s.split_once('.') {
+        Some((a, f)) => (a, Some(f)),
+        None => (s, None),
+    };
+    let mut parts = hms.split(':');
+    let h: u32 = parts.next()?.parse().ok()?;
+    let m: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
+    let sec: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
+    if h > 23 {
+        return None;
+    }
+    let (fill_m, fill_s, fill_f) = if high { (59, 59, "999") } else { (0, 0, "000") };
+    let frac = match frac {
+        Some(f) => format!("{f:0<3}"),
+        None => fill_f.to_string(),
+    };
+    Some(format!(
+        "{h:02}:{:02}:{:02}.{frac}",
+        m.unwrap_or(fill_m),
+        sec.unwrap_or(fill_s)
+    ))
+}
+
+fn datetime_boundary(s: &str, high: bool) -> Option<String> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let date = date_boundary(date, high)?;
+    let (time, zone) = match time {
+        Some(t) => {
+            let cut = t.find(['Z', '+', '-']).unwrap_or(t.len());
+            (Some(&t[..cut]), Some(&t[cut..]).filter(|z| !z.is_empty()))
+        }
+        None => (None, None),
+    };
+    let time = match time.filter(|t| !t.is_empty()) {
+        Some(t) => time_boundary(t, high)?,
+        None => (if high { "23:59:59.999" } else { "00:00:00.000" }).to_string(),
+    };
+    let zone = zone.unwrap_or(if high { "-12:00" } else { "+14:00" });
+    Some(format!("{date}T{time}{zone}"))
 }

@@ -32,15 +32,34 @@ impl Path {
 
     /// The expression's result on `resource` (its focus and `%resource`).
     pub fn evaluate<'a>(&self, resource: &'a Value) -> Result<Vec<Item<'a>>, EvalError> {
+        static NONE: std::sync::OnceLock<HashMap<String, Vec<Item<'static>>>> =
+            std::sync::OnceLock::new();
+        let focus = [Item::of(resource)];
+        self.evaluate_in(&focus, resource, NONE.get_or_init(HashMap::new), 0)
+    }
+
+    /// The result on `focus`, within `resource`, with `%` variables and
+    /// `%rowIndex`.
+    pub fn evaluate_in<'a>(
+        &self,
+        focus: &[Item<'a>],
+        resource: &'a Value,
+        variables: &'a HashMap<String, Vec<Item<'a>>>,
+        row_index: i64,
+    ) -> Result<Vec<Item<'a>>, EvalError> {
         let env = eval::Env {
             resource,
-            variables: HashMap::new(),
+            variables,
+            row_index,
         };
-        let focus = [Item {
-            value: std::borrow::Cow::Borrowed(resource),
-            type_name: None,
-        }];
-        eval::evaluate(&self.expr, &focus, &env)
+        eval::evaluate(&self.expr, focus, &env)
+    }
+
+    /// The `%name` variables the expression uses.
+    pub fn variables(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.expr.variables(&mut out);
+        out
     }
 }
 

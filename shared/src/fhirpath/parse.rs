@@ -34,6 +34,27 @@ pub enum Expr {
     TypeOp(Box<Expr>, TypeOp, String),
 }
 
+impl Expr {
+    /// Collects the `%name` variables used anywhere in the expression.
+    pub fn variables(&self, out: &mut Vec<String>) {
+        match self {
+            Expr::Variable(v) => out.push(v.clone()),
+            Expr::Member(t, _) | Expr::Negate(t) | Expr::TypeOp(t, _, _) => t.variables(out),
+            Expr::Index(a, b) | Expr::Binary(a, _, b) => {
+                a.variables(out);
+                b.variables(out);
+            }
+            Expr::Call(t, _, args) => {
+                if let Some(t) = t {
+                    t.variables(out);
+                }
+                args.iter().for_each(|a| a.variables(out));
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinOp {
     Mul,
