@@ -9,3 +9,4 @@ mod faults;
 mod helpers;
 mod malformed;
 mod resources;
+mod views;

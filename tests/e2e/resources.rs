@@ -166,7 +166,11 @@ async fn capability_statement_declares_the_export_operations() {
         "_elements",
         "patient",
         "includeAssociatedData",
+        "_typeFilter",
+        "organizeOutputBy",
+        "allowPartialManifests",
     ] {
         assert!(documentation.contains(parameter), "{parameter}");
     }
+    assert_eq!(cs["rest"][0]["operation"][1]["name"], "viewdefinition-run");
 }

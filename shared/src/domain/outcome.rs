@@ -73,6 +73,11 @@ impl ApiError {
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(422, "not-supported", message)
     }
+    /// A request the service could answer but will not synchronously: too
+    /// much to compute or send (the message says what to use instead).
+    pub fn too_costly(message: impl Into<String>) -> Self {
+        Self::new(422, "too-costly", message)
+    }
     /// Too many requests of this client at once: try again after `retry_after_secs`.
     pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::new(429, "throttled", message)

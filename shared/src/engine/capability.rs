@@ -15,6 +15,13 @@ _typeFilter (the R4 search parameters of type token, string, date, reference, qu
 number and uri; modifiers missing, not, text, exact, contains). Unsupported values follow \
 Prefer: handling (400, or a note in the manifest's error file under handling=lenient).";
 
+/// What `$viewdefinition-run` takes.
+const VIEW_RUN: &str = "SQL on FHIR v2 ViewDefinitions, run synchronously: POST \
+ViewDefinition/$viewdefinition-run (viewResource or viewReference), or GET/POST \
+ViewDefinition/[id]/$viewdefinition-run for a stored view. Over inline resource parameters, \
+or the store (optionally patient or group). _format json, ndjson or csv (header); _limit. \
+More rows than the server's limit is a 422: use an export.";
+
 impl Engine {
     pub fn capability_statement(&self) -> Value {
         let op = |name: &str, def: &str| json!({ "name": name, "definition": def, "documentation": KICKOFF_PARAMETERS });
@@ -43,7 +50,14 @@ impl Engine {
                     }
                 ],
                 "interaction": [{"code": "batch"}, {"code": "transaction"}],
-                "operation": [op("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
+                "operation": [
+                    op("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"),
+                    {
+                        "name": "viewdefinition-run",
+                        "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run",
+                        "documentation": VIEW_RUN
+                    }
+                ]
             }]
         });
         if let Some(token_url) = &self.config.token_url {

@@ -10,12 +10,14 @@ mod plan;
 mod resources;
 mod sink;
 mod sweep;
+mod views;
 mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use export::StatusReply;
+pub use views::ViewSource;
 pub use worker::{Disposition, WorkOutcome};
 
 use crate::domain::access::Access;
@@ -90,6 +92,9 @@ pub struct EngineConfig {
     /// Each finished file gets a gzip twin, served to clients that accept
     /// gzip (see `gzip_twin`).
     pub gzip_files: bool,
+    /// `$viewdefinition-run` answers at most this many rows (more is a 422
+    /// pointing to `$viewdefinition-export`).
+    pub view_run_row_limit: usize,
 }
 
 impl EngineConfig {
@@ -116,6 +121,7 @@ impl EngineConfig {
             reuse_window: Duration::from_secs(600),
             manifest_page_files: 200,
             gzip_files: true,
+            view_run_row_limit: 10_000,
         }
     }
 }

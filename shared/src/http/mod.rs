@@ -4,6 +4,7 @@
 mod auth;
 mod export_routes;
 mod resource_routes;
+mod view_routes;
 
 use std::sync::Arc;
 
@@ -106,6 +107,19 @@ impl Api {
             (["$export-jobs", _], _) => Err(method_not_allowed("GET, DELETE")),
             (["$export-jobs", id, "files", name], &Method::GET) => self.file(&req, id, name).await,
             (["$export-jobs", _, "files", _], _) => Err(method_not_allowed("GET")),
+            (["ViewDefinition", "$viewdefinition-run"], &Method::POST) => {
+                self.view_run(req, None).await
+            }
+            (["ViewDefinition", "$viewdefinition-run"], _) => Err(method_not_allowed("POST")),
+            (["ViewDefinition", id, "$viewdefinition-run"], m)
+                if m == Method::GET || m == Method::POST =>
+            {
+                let id = id.to_string();
+                self.view_run(req, Some(&id)).await
+            }
+            (["ViewDefinition", _, "$viewdefinition-run"], _) => {
+                Err(method_not_allowed("GET, POST"))
+            }
             ([], &Method::POST) => self.bundle(req).await,
             ([], _) => Err(method_not_allowed("POST")),
             ([t], &Method::POST) => self.create(req, t).await,

@@ -9,6 +9,7 @@
 //! and yield the rows of each. Domain-pure: no I/O.
 
 mod definition;
+pub mod output;
 
 use std::collections::HashMap;
 

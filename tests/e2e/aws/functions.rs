@@ -948,3 +948,60 @@ async fn type_filters_through_the_functions() {
     );
     assert_eq!(exported["Encounter"], s.expected()["Encounter"]);
 }
+
+/// `$viewdefinition-run` through the functions, reading DynamoDB: a stored
+/// view's rows are every Patient; an inline view over inline resources
+/// gives only theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_definition_run_through_the_functions() {
+    let s = stack(3, None).await;
+    let view = serde_json::json!({"resourceType": "ViewDefinition", "id": "pv", "resource": "Patient",
+        "select": [{"column": [{"name": "id", "path": "getResourceKey()"}, {"name": "gender", "path": "gender"}]}]});
+    let resp = s
+        .send(
+            "PUT",
+            "/fhir/ViewDefinition/pv",
+            "application/fhir+json",
+            Some(view),
+        )
+        .await;
+    assert!(resp.status().is_success(), "{:?}", resp.body());
+    let resp = s
+        .send(
+            "GET",
+            "/fhir/ViewDefinition/pv/$viewdefinition-run?_format=ndjson",
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    let mut ids: Vec<String> = std::str::from_utf8(resp.body())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, s.expected()["Patient"]);
+    let params = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/pv"}},
+        {"name": "resource", "resource": {"resourceType": "Patient", "id": "only", "gender": "female"}}]});
+    let resp = s
+        .send(
+            "POST",
+            "/fhir/ViewDefinition/$viewdefinition-run",
+            "",
+            Some(params),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    let rows: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"id": "only", "gender": "female"}])
+    );
+}

@@ -1,0 +1,172 @@
+//! `$viewdefinition-run`: a ViewDefinition run synchronously, over inline
+//! resources or the store as it is now, for small results.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::{Caller, Engine};
+use crate::domain::resource::{compartment_patients, group_member_ids};
+use crate::domain::ApiError;
+use crate::ports::ShardScan;
+use crate::view::{Row, View, ViewError};
+
+/// Where a run's resources come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ViewSource {
+    /// The request's own `resource` parameters.
+    Inline(Vec<Value>),
+    /// The store as of now, all of it or one patient's or one Group's
+    /// members' compartments.
+    Store {
+        patient: Option<String>,
+        group: Option<String>,
+    },
+}
+
+fn view_error(e: ViewError) -> ApiError {
+    ApiError::invalid(format!("The view cannot be run: {e}"))
+}
+
+impl Engine {
+    /// The stored ViewDefinition `reference` names (`ViewDefinition/{id}`
+    /// or the id alone), if the caller may read it.
+    pub async fn stored_view(&self, caller: &Caller, reference: &str) -> Result<Value, ApiError> {
+        let id = reference
+            .strip_prefix("ViewDefinition/")
+            .unwrap_or(reference);
+        let v = self.read_resource(caller, "ViewDefinition", id).await?;
+        serde_json::from_str(v.body.as_deref().unwrap_or("{}"))
+            .map_err(|_| ApiError::internal("a stored ViewDefinition is not JSON"))
+    }
+
+    /// The view's rows; more than `limit` (at most the configured limit)
+    /// is a 422 that points to `$viewdefinition-export`.
+    pub async fn run_view(
+        &self,
+        caller: &Caller,
+        view: &View,
+        source: ViewSource,
+        limit: Option<usize>,
+    ) -> Result<Vec<Row>, ApiError> {
+        let t = &view.resource_type;
+        if !caller.access.can_read(t) {
+            return Err(ApiError::forbidden(format!(
+                "The access token's scopes do not permit reading {t}"
+            )));
+        }
+        let max = self.config.view_run_row_limit;
+        let limit = limit.map_or(max, |l| l.min(max));
+        let mut rows = Vec::new();
+        let add = |resource: &Value, rows: &mut Vec<Row>| -> Result<(), ApiError> {
+            rows.extend(view.rows(resource).map_err(view_error)?);
+            if rows.len() > limit {
+                return Err(ApiError::too_costly(format!(
+                    "The view gives more than {limit} rows, more than $viewdefinition-run returns; \
+                     use $viewdefinition-export, which writes them to files"
+                )));
+            }
+            Ok(())
+        };
+        match source {
+            ViewSource::Inline(resources) => {
+                for r in &resources {
+                    add(r, &mut rows)?;
+                }
+            }
+            ViewSource::Store { patient, group } => {
+                if let Some(groups) = &caller.access.groups {
+                    if !group.as_ref().is_some_and(|g| groups.contains(g)) {
+                        return Err(ApiError::forbidden(
+                            "This client is limited to its Groups: name one with the group parameter",
+                        ));
+                    }
+                }
+                let patients = self.view_patients(patient, group).await?;
+                let as_of =
+                    crate::domain::instant::to_micros(self.ports.resources.snapshot().await?);
+                let segments = self
+                    .ports
+                    .resources
+                    .segments(t, None, as_of, false, u64::MAX)
+                    .await?;
+                for seg in segments {
+                    for shard in seg.first_shard..=seg.last_shard {
+                        let mut after = seg.after;
+                        loop {
+                            let page_size = self.config.page_size;
+                            let page = self
+                                .ports
+                                .resources
+                                .scan_shard(ShardScan {
+                                    resource_type: t,
+                                    shard,
+                                    after,
+                                    until: seg.until,
+                                    as_of,
+                                    include_deleted: false,
+                                    limit: page_size,
+                                })
+                                .await?;
+                            for item in &page.items {
+                                let Some(body) = page.body(item) else {
+                                    continue;
+                                };
+                                let value: Value = serde_json::from_str(body).map_err(|_| {
+                                    ApiError::internal("a stored resource is not JSON")
+                                })?;
+                                if let Some(set) = &patients {
+                                    let inside = if t == "Patient" {
+                                        set.contains(&item.id)
+                                    } else {
+                                        compartment_patients(t, &value)
+                                            .iter()
+                                            .any(|p| set.contains(p))
+                                    };
+                                    if !inside {
+                                        continue;
+                                    }
+                                }
+                                add(&value, &mut rows)?;
+                            }
+                            match page.items.last() {
+                                Some(last) if page.len() == page_size => {
+                                    after = Some(last.last_updated)
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The patients whose compartments a run reads (`None`: everything).
+    async fn view_patients(
+        &self,
+        patient: Option<String>,
+        group: Option<String>,
+    ) -> Result<Option<BTreeSet<String>>, ApiError> {
+        let mut set: Option<BTreeSet<String>> = None;
+        if let Some(p) = patient {
+            set = Some([p.strip_prefix("Patient/").unwrap_or(&p).to_string()].into());
+        }
+        if let Some(g) = group {
+            let id = g.strip_prefix("Group/").unwrap_or(&g);
+            let group = match self.ports.resources.read_current("Group", id).await? {
+                Some(v) if !v.deleted => v,
+                _ => return Err(ApiError::not_found(format!("Group/{id} does not exist"))),
+            };
+            let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
+                .map_err(|_| ApiError::internal("stored Group is not JSON"))?;
+            let members: BTreeSet<String> = group_member_ids(&body).into_iter().collect();
+            set = Some(match set {
+                Some(s) => s.intersection(&members).cloned().collect(),
+                None => members,
+            });
+        }
+        Ok(set)
+    }
+}

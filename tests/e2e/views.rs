@@ -1,0 +1,285 @@
+//! `$viewdefinition-run` end to end over HTTP against the local service.
+
+use std::collections::BTreeSet;
+
+use bulk_export::domain::resource::compartment_patients;
+use bulk_export::sample::{generate, SampleConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn sample(patients: usize) -> Vec<Value> {
+    generate(SampleConfig { patients, seed: 42 }).collect()
+}
+
+fn patients_view() -> Value {
+    json!({"resourceType": "ViewDefinition", "id": "patients", "name": "patients",
+        "resource": "Patient", "status": "active",
+        "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()", "type": "id"},
+            {"name": "gender", "path": "gender", "type": "code"},
+            {"name": "birth_date", "path": "birthDate", "type": "date"}]}]})
+}
+
+fn run(app: &TestApp, path: &str, params: Value) -> reqwest::RequestBuilder {
+    app.client
+        .post(app.url(path))
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Parameters", "parameter": params}).to_string())
+}
+
+/// A stored view over the store as CSV; an inline view over one
+/// patient's compartment as NDJSON; over inline resources as JSON; the
+/// Group's members; and the row limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_definition_run_over_the_store_and_inline() {
+    let app = spawn_app(Options {
+        sample_patients: 6,
+        ..Default::default()
+    })
+    .await;
+    let data = sample(6);
+    let patients: Vec<&Value> = data
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .collect();
+    app.put(&patients_view()).await;
+
+    // Stored, CSV with a header, every Patient.
+    let resp = app
+        .client
+        .get(app.url("ViewDefinition/patients/$viewdefinition-run?_format=csv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = resp.text().await.unwrap();
+    let mut lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.remove(0), "id,gender,birth_date");
+    let got: BTreeSet<String> = lines.iter().map(|l| l.to_string()).collect();
+    let want: BTreeSet<String> = patients
+        .iter()
+        .map(|p| {
+            format!(
+                "{},{},{}",
+                p["id"].as_str().unwrap(),
+                p["gender"].as_str().unwrap(),
+                p["birthDate"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    // Inline view, one patient's Observations, a row per coding, NDJSON.
+    let patient = patients[0]["id"].as_str().unwrap();
+    let view = json!({"resource": "Observation", "select": [
+        {"column": [{"name": "id", "path": "getResourceKey()"}]},
+        {"forEach": "code.coding", "column": [{"name": "code", "path": "code"}]}]});
+    let resp = run(
+        &app,
+        "ViewDefinition/$viewdefinition-run",
+        json!([{"name": "viewResource", "resource": view},
+               {"name": "_format", "valueCode": "ndjson"},
+               {"name": "patient", "valueReference": {"reference": format!("Patient/{patient}")}}]),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got: BTreeSet<(String, String)> = resp
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let row: Value = serde_json::from_str(l).unwrap();
+            (
+                row["id"].as_str().unwrap().to_string(),
+                row["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = data
+        .iter()
+        .filter(|r| r["resourceType"] == "Observation")
+        .filter(|r| {
+            compartment_patients("Observation", r)
+                .iter()
+                .any(|p| p == patient)
+        })
+        .flat_map(|r| {
+            let id = r["id"].as_str().unwrap().to_string();
+            r["code"]["coding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |c| (id.clone(), c["code"].as_str().unwrap().to_string()))
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+
+    // Inline resources, JSON: only their rows.
+    let resp = run(
+        &app,
+        "ViewDefinition/$viewdefinition-run",
+        json!([{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}},
+               {"name": "resource", "resource": {"resourceType": "Patient", "id": "x1", "gender": "other"}},
+               {"name": "resource", "resource": {"resourceType": "Patient", "id": "x2"}}]),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rows: Value = resp.json().await.unwrap();
+    assert_eq!(
+        rows,
+        json!([{"id": "x1", "gender": "other", "birth_date": null},
+               {"id": "x2", "gender": null, "birth_date": null}])
+    );
+
+    // A Group's members.
+    let group: Value = app.get_json("Group/sample-cohort-1").await;
+    let members: BTreeSet<String> = group["member"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["entity"]["reference"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("Patient/")
+                .to_string()
+        })
+        .collect();
+    let resp = app
+        .client
+        .get(app.url("ViewDefinition/patients/$viewdefinition-run?group=Group/sample-cohort-1"))
+        .send()
+        .await
+        .unwrap();
+    let rows: Vec<Value> = resp.json().await.unwrap();
+    let got: BTreeSet<String> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!members.is_empty());
+    assert_eq!(got, members);
+
+    // More rows than the limit: a 422 that points to the export.
+    let resp = app
+        .client
+        .get(app.url("ViewDefinition/patients/$viewdefinition-run?_limit=2"))
+        .send()
+        .await
+        .unwrap();
+    let oo = expect_outcome(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(oo.to_string().contains("$viewdefinition-export"), "{oo}");
+}
+
+/// Bad requests get a 4xx OperationOutcome that says what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_view_runs_get_4xx_outcomes() {
+    let app = spawn_app(Options {
+        sample_patients: 2,
+        ..Default::default()
+    })
+    .await;
+    app.put(&patients_view()).await;
+    let view = |v: Value| json!([{"name": "viewResource", "resource": v}]);
+    let column = |path: &str| json!({"resource": "Patient", "select": [{"column": [{"name": "c", "path": path}]}]});
+    let cases: Vec<(Value, StatusCode)> = vec![
+        (json!([]), StatusCode::BAD_REQUEST),
+        (
+            view(json!({"select": [{"column": [{"name": "id", "path": "id"}]}]})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            view(
+                json!({"resource": "Nope", "select": [{"column": [{"name": "id", "path": "id"}]}]}),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            view(json!({"resource": "Patient"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            view(column("name.aggregate($this)")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (view(column("name.given")), StatusCode::BAD_REQUEST),
+        (view(column("(((")), StatusCode::BAD_REQUEST),
+        (view(column("%undefined")), StatusCode::BAD_REQUEST),
+        (
+            view(
+                json!({"resource": "Patient", "select": [{"column": [{"name": "a", "path": "id"}, {"name": "a", "path": "id"}]}]}),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            view(json!({"resource": "Patient", "select": [{"forEach": 1}]})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            view(
+                json!({"resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}], "where": [{"path": "name.family"}]}),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/missing"}}]),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!([{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}, {"name": "_format", "valueCode": "parquet"}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}, {"name": "surprise", "valueString": "x"}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}, {"name": "_limit", "valueInteger": 0}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}, {"name": "resource", "resource": {"resourceType": "Patient", "id": "p"}}, {"name": "patient", "valueReference": {"reference": "Patient/p"}}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "viewResource", "resource": patients_view()}, {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}, {"name": "group", "valueReference": {"reference": "Group/none"}}]),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (params, status) in cases {
+        let resp = run(&app, "ViewDefinition/$viewdefinition-run", params.clone())
+            .send()
+            .await
+            .unwrap();
+        expect_outcome(resp, status).await;
+    }
+    // Not a Parameters body; a GET on the type-level operation.
+    let resp = app
+        .client
+        .post(app.url("ViewDefinition/$viewdefinition-run"))
+        .header("content-type", "application/fhir+json")
+        .body(patients_view().to_string())
+        .send()
+        .await
+        .unwrap();
+    expect_outcome(resp, StatusCode::BAD_REQUEST).await;
+    let resp = app
+        .client
+        .get(app.url("ViewDefinition/$viewdefinition-run"))
+        .send()
+        .await
+        .unwrap();
+    expect_outcome(resp, StatusCode::METHOD_NOT_ALLOWED).await;
+}
