@@ -17,7 +17,8 @@ if [ -z "${BULK_EXPORT_MOTO_URL:-}" ]; then
   PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   MOTO_LOG=${MOTO_LOG:-${TMPDIR:-/tmp}/moto-export-bench.log}
   echo "moto on 127.0.0.1:$PORT, log in $MOTO_LOG"
-  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$MOTO_LOG" 2>&1 &
+  # scripts/moto_server.py: moto with its DynamoDB writes made atomic.
+  setsid "$VENV/bin/python" scripts/moto_server.py -H 127.0.0.1 -p "$PORT" >"$MOTO_LOG" 2>&1 &
   MOTO=$!
   trap 'kill -- "-$MOTO" 2>/dev/null || kill "$MOTO" 2>/dev/null || true' EXIT
   export BULK_EXPORT_MOTO_URL=http://127.0.0.1:$PORT

@@ -45,7 +45,7 @@ trap cleanup EXIT
 
 if [ -z "${BULK_EXPORT_MOTO_URL:-}" ]; then
   MOTO_PORT=$(free_port)
-  setsid moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+  setsid python scripts/moto_server.py -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
   STARTED+=($!)
   BULK_EXPORT_MOTO_URL=http://127.0.0.1:$MOTO_PORT
   wait_for "$BULK_EXPORT_MOTO_URL/moto-api/" 60

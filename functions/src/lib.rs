@@ -21,11 +21,25 @@ pub use settings::Settings;
 
 /// Logs as JSON lines for CloudWatch, level from `RUST_LOG` (default info).
 pub fn init_tracing() {
+    let _ = tracing::subscriber::set_global_default(log_subscriber(std::io::stdout));
+}
+
+/// The functions' log format: one JSON object per event (level, target,
+/// message and the event's fields, such as `job`), no ANSI colours, no
+/// time (CloudWatch stamps each line). Resource content is never a field:
+/// the engine logs ids, counts and reasons.
+pub fn log_subscriber<W>(writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
+        .json()
         .with_env_filter(filter)
         .with_ansi(false)
         .without_time()
-        .try_init();
+        .with_current_span(false)
+        .with_writer(writer)
+        .finish()
 }

@@ -1005,3 +1005,69 @@ async fn view_definition_run_through_the_functions() {
         serde_json::json!([{"id": "only", "gender": "female"}])
     );
 }
+
+/// Collects what a subscriber writes.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The functions log JSON lines that name the job, and never resource
+/// content: an export's logs, in the functions' own format, are searched
+/// for the patients' names.
+#[tokio::test(flavor = "current_thread")]
+async fn function_logs_are_json_and_hold_no_resource_content() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    // The whole test runs on this thread, so every event reaches it.
+    let _guard =
+        tracing::subscriber::set_default(bulk_export_functions::log_subscriber(move || {
+            writer.clone()
+        }));
+    let s = stack(3, None).await;
+    let status = s.kickoff("/fhir/$export").await;
+    let manifest = s.drive_to_manifest(&status, false).await;
+    assert!(!manifest["output"].as_array().unwrap().is_empty());
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
+        .collect();
+    let job = job_id(&status);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "export completed"
+                && l["fields"]["job"] == job.as_str()),
+        "{text}"
+    );
+    let names: Vec<String> = generate(SampleConfig {
+        patients: 3,
+        seed: 7,
+    })
+    .filter(|r| r["resourceType"] == "Patient")
+    .flat_map(|p| {
+        p["name"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["family"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    })
+    .collect();
+    assert!(!names.is_empty());
+    for name in names {
+        assert!(
+            !text.contains(&name),
+            "a patient's name is in the logs: {name}"
+        );
+    }
+}

@@ -63,9 +63,14 @@ fn start() -> Result<String, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
+    // moto's server through scripts/moto_server.py, which makes its
+    // DynamoDB writes atomic (see there), with the venv's Python.
+    let python = server.with_file_name("python");
+    let launcher = repo_root().join("scripts/moto_server.py");
     let script = format!(
-        "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; cat >/dev/null; kill $m",
-        server.display()
+        "'{}' '{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; cat >/dev/null; kill $m",
+        python.display(),
+        launcher.display()
     );
     let child = Command::new("sh")
         .arg("-c")
