@@ -297,10 +297,12 @@ async fn export_once(
     let uploads = engine.ports.artifacts.list_uploads(&prefix).await.unwrap();
     assert!(uploads.is_empty(), "open uploads left: {uploads:?}");
     let mut objects = engine.ports.artifacts.list(&prefix).await.unwrap();
+    // Each file of the manifest, and its gzip twin.
     objects.retain(|k| {
-        !job.files
-            .iter()
-            .any(|f| k.ends_with(&format!("/{}", f.name)))
+        !job.files.iter().any(|f| {
+            k.ends_with(&format!("/{}", f.name))
+                || (f.gzip && k.ends_with(&format!("/{}.gz", f.name)))
+        })
     });
     assert!(
         objects.is_empty(),
