@@ -26,6 +26,31 @@ pub struct S3Artifacts {
 }
 
 impl S3Artifacts {
+    /// An object's bytes, or those of an HTTP `range` of it (none when the
+    /// range starts at or past its end: S3's 416).
+    async fn get_object(&self, key: &str, range: Option<String>) -> PortResult<Bytes> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_range(range)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => {
+                return Err(PortError::NotFound)
+            }
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 416 => {
+                return Ok(Bytes::new())
+            }
+            Err(e) => return Err(backend(e)),
+        };
+        let data = out.body.collect().await.map_err(backend)?;
+        Ok(data.into_bytes())
+    }
+
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
         S3Artifacts {
             client,
@@ -168,22 +193,7 @@ impl ArtifactStore for S3Artifacts {
     }
 
     async fn get(&self, key: &str) -> PortResult<Bytes> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => {
-                return Err(PortError::NotFound)
-            }
-            Err(e) => return Err(backend(e)),
-        };
-        let data = out.body.collect().await.map_err(backend)?;
-        Ok(data.into_bytes())
+        self.get_object(key, None).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: usize) -> PortResult<Bytes> {
@@ -191,27 +201,7 @@ impl ArtifactStore for S3Artifacts {
             return Ok(Bytes::new());
         }
         let range = format!("bytes={offset}-{}", offset + len as u64 - 1);
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(range)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => {
-                return Err(PortError::NotFound)
-            }
-            // 416: the range starts at or past the end.
-            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 416 => {
-                return Ok(Bytes::new())
-            }
-            Err(e) => return Err(backend(e)),
-        };
-        let data = out.body.collect().await.map_err(backend)?;
-        Ok(data.into_bytes())
+        self.get_object(key, Some(range)).await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> PortResult<()> {

@@ -162,19 +162,7 @@ impl Engine {
         let members = match &request.level {
             ExportLevel::System => return Ok(()),
             ExportLevel::Patient => None,
-            ExportLevel::Group { group_id } => {
-                let group = match resources.read_current("Group", group_id).await? {
-                    Some(v) if !v.deleted => v,
-                    _ => {
-                        return Err(ApiError::not_found(format!(
-                            "Group/{group_id} does not exist"
-                        )))
-                    }
-                };
-                let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
-                    .map_err(|_| ApiError::internal("stored Group is not JSON"))?;
-                Some(group_member_ids(&body))
-            }
+            ExportLevel::Group { group_id } => Some(self.group_members(group_id).await?),
         };
         for p in named {
             let included = match &members {
@@ -191,6 +179,22 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The member patients of the current Group `group_id`; 404 if there is
+    /// none.
+    pub(crate) async fn group_members(&self, group_id: &str) -> Result<Vec<String>, ApiError> {
+        let group = match self.ports.resources.read_current("Group", group_id).await? {
+            Some(v) if !v.deleted => v,
+            _ => {
+                return Err(ApiError::not_found(format!(
+                    "Group/{group_id} does not exist"
+                )))
+            }
+        };
+        let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
+            .map_err(|_| ApiError::internal("stored Group is not JSON"))?;
+        Ok(group_member_ids(&body))
     }
 
     /// Loads a job the caller may see; anything else is the same 404.

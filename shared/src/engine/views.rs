@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::{Caller, Engine};
-use crate::domain::resource::{compartment_patients, group_member_ids};
+use crate::domain::resource::compartment_patients;
 use crate::domain::ApiError;
 use crate::ports::ShardScan;
 use crate::view::{Row, View, ViewError};
@@ -154,14 +154,11 @@ impl Engine {
             set = Some([p.strip_prefix("Patient/").unwrap_or(&p).to_string()].into());
         }
         if let Some(g) = group {
-            let id = g.strip_prefix("Group/").unwrap_or(&g);
-            let group = match self.ports.resources.read_current("Group", id).await? {
-                Some(v) if !v.deleted => v,
-                _ => return Err(ApiError::not_found(format!("Group/{id} does not exist"))),
-            };
-            let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
-                .map_err(|_| ApiError::internal("stored Group is not JSON"))?;
-            let members: BTreeSet<String> = group_member_ids(&body).into_iter().collect();
+            let members: BTreeSet<String> = self
+                .group_members(g.strip_prefix("Group/").unwrap_or(&g))
+                .await?
+                .into_iter()
+                .collect();
             set = Some(match set {
                 Some(s) => s.intersection(&members).cloned().collect(),
                 None => members,
