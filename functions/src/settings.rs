@@ -139,6 +139,9 @@ impl Settings {
         if let Some(gzip) = optional_number::<bool>("BULK_EXPORT_GZIP_FILES")? {
             engine.gzip_files = gzip;
         }
+        if let Some(secs) = optional_number("BULK_EXPORT_REVISIONS_WAIT_SECONDS")? {
+            engine.revisions_wait = Duration::from_secs(secs);
+        }
         // DynamoDB reads of a held status request: ten a second.
         engine.status_wait_poll = Duration::from_millis(100);
         if let Some(secs) = optional_number("BULK_EXPORT_RETRY_BASE_SECONDS")? {

@@ -115,6 +115,7 @@ async fn run(n: usize, workers: usize) {
         Arc::new(FsArtifacts::open(&files, "http://127.0.0.1:1", clock.clone()).unwrap());
     let ports = Ports {
         resources: store.clone(),
+        clients: Arc::new(jobs.clone()),
         jobs: Arc::new(jobs),
         artifacts,
         queue: Arc::new(queue.clone()),

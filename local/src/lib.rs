@@ -202,6 +202,7 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     };
     let ports = Ports {
         resources: Arc::new(resources),
+        clients: clients.clone(),
         jobs: Arc::new(jobs),
         artifacts,
         queue: Arc::new(queue.clone()) as Arc<dyn WorkQueue>,

@@ -65,6 +65,17 @@ struct Args {
     /// accept gzip [default: true].
     #[arg(long, env = "BULK_EXPORT_GZIP_FILES")]
     gzip_files: Option<bool>,
+    /// Seconds `$export-revisions` waits for its file before answering
+    /// with a status link instead [default: 30].
+    #[arg(long, env = "BULK_EXPORT_REVISIONS_WAIT_SECONDS")]
+    revisions_wait_seconds: Option<u64>,
+    /// Announce every finished export to this URL (a signed POST; clients
+    /// registered with a webhook of their own get theirs instead).
+    #[arg(long, env = "BULK_EXPORT_WEBHOOK_URL", requires = "webhook_secret")]
+    webhook_url: Option<String>,
+    /// The secret webhook signatures are made with.
+    #[arg(long, env = "BULK_EXPORT_WEBHOOK_SECRET", requires = "webhook_url")]
+    webhook_secret: Option<String>,
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
@@ -156,6 +167,12 @@ async fn main() {
     }
     if let Some(gzip) = args.gzip_files {
         engine.gzip_files = gzip;
+    }
+    if let Some(secs) = args.revisions_wait_seconds {
+        engine.revisions_wait = Duration::from_secs(secs);
+    }
+    if let (Some(url), Some(secret)) = (args.webhook_url, args.webhook_secret) {
+        engine.webhook = Some(bulk_export::engine::notify::Webhook { url, secret });
     }
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.auth = args.auth;

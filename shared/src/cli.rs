@@ -23,6 +23,21 @@ pub struct RegisterClient {
     /// Limit the client to these Groups (repeatable).
     #[arg(long = "group")]
     pub groups: Vec<String>,
+    /// Who the client is, for people (the audit export's "User").
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A contact e-mail (the audit export's "User Email ID").
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Lets the client export the audit trail (`$export-revisions`).
+    #[arg(long)]
+    pub audit: bool,
+    /// Announce the client's finished exports to this URL (a signed POST).
+    #[arg(long, requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The shared secret the webhook's signature is made with.
+    #[arg(long, requires = "webhook_url")]
+    pub webhook_secret: Option<String>,
 }
 
 impl RegisterClient {
@@ -42,6 +57,16 @@ impl RegisterClient {
             jwks_url: self.jwks_url.clone(),
             scope: self.scope.clone(),
             groups: (!self.groups.is_empty()).then(|| self.groups.clone()),
+            name: self.name.clone(),
+            email: self.email.clone(),
+            audit: self.audit,
+            webhook: match (&self.webhook_url, &self.webhook_secret) {
+                (Some(url), Some(secret)) => Some(crate::engine::notify::Webhook {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                }),
+                _ => None,
+            },
         };
         client.check()?;
         Ok(client)

@@ -117,6 +117,7 @@ impl AuthApp {
             jwks_url: Some(format!("https://{client_id}.example/jwks.json")),
             scope: scope.into(),
             groups: groups.map(|g| g.into_iter().map(String::from).collect()),
+            ..Default::default()
         };
         self.app.running.clients.put_client(&reg).await.unwrap();
     }
@@ -632,6 +633,7 @@ async fn client_keys_come_from_the_registered_jwks_url_cached() {
         jwks_url: Some(jwks_url.clone()),
         scope: "system/*.read".into(),
         groups: None,
+        ..Default::default()
     };
     a.app.running.clients.put_client(&reg).await.unwrap();
     for _ in 0..3 {

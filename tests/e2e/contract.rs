@@ -33,6 +33,7 @@ pub fn job(id: &str) -> Job {
             organize_by_patient: false,
             type_filters: vec![],
             lenient_issues: vec![],
+            revisions: None,
         },
         state: JobState::Running,
         transaction_time: Utc::now(),

@@ -9,4 +9,5 @@ mod faults;
 mod helpers;
 mod malformed;
 mod resources;
+mod revisions;
 mod views;

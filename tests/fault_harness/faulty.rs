@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bulk_export::domain::job::{Job, Part, UploadedChunk, WorkMessage};
 use bulk_export::engine::Ports;
 use bulk_export::ports::{
-    ArtifactStore, Delivery, JobStore, PortError, PortResult, ResourceStore, ScanPage, Segment,
-    ShardScan, Version, WorkQueue, WriteOp, WriteResult,
+    ArtifactStore, Delivery, JobStore, PortError, PortResult, ResourceStore, Revision,
+    RevisionScan, ScanPage, Segment, ShardScan, Version, WorkQueue, WriteOp, WriteResult,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -116,6 +116,7 @@ impl Faults {
     /// The ports of one handling, every call passing through these faults.
     pub fn wrap(self: &Arc<Self>, base: &Ports) -> Ports {
         Ports {
+            clients: base.clients.clone(),
             resources: Arc::new(Faulty {
                 inner: base.resources.clone(),
                 faults: self.clone(),
@@ -157,8 +158,23 @@ impl ResourceStore for Faulty<dyn ResourceStore> {
     fn shard_count(&self) -> u16 {
         self.inner.shard_count()
     }
-    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
-        through!(self, Service::Resources, self.inner.write(ops))
+    async fn write_as(&self, author: &str, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        through!(self, Service::Resources, self.inner.write_as(author, ops))
+    }
+    async fn revisions(&self, scan: RevisionScan<'_>) -> PortResult<Vec<Revision>> {
+        through!(self, Service::Resources, self.inner.revisions(scan))
+    }
+    async fn predecessors(
+        &self,
+        t: &str,
+        of: &[Revision],
+        with_bodies: bool,
+    ) -> PortResult<Vec<Option<Version>>> {
+        through!(
+            self,
+            Service::Resources,
+            self.inner.predecessors(t, of, with_bodies)
+        )
     }
     async fn read_current(&self, t: &str, id: &str) -> PortResult<Option<Version>> {
         through!(self, Service::Resources, self.inner.read_current(t, id))

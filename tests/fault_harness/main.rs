@@ -180,6 +180,7 @@ async fn stack(backend: Backend) -> Stack {
             Stack {
                 ports: Ports {
                     resources: Arc::new(resources),
+                    clients: Arc::new(jobs.clone()),
                     jobs: Arc::new(jobs),
                     artifacts: Arc::new(files),
                     queue: Arc::new(queue.clone()),

@@ -25,6 +25,9 @@ pub struct AccessClaims {
     /// The client's Group allow-list, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// The client may export the audit trail (its registration says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 #[derive(Clone)]
@@ -122,6 +125,18 @@ impl TokenIssuer {
         groups: Option<Vec<String>>,
         now: DateTime<Utc>,
     ) -> String {
+        self.issue_with_audit(client_id, scope, groups, false, now)
+    }
+
+    /// `issue`, for a client that may (or may not) export the audit trail.
+    pub fn issue_with_audit(
+        &self,
+        client_id: &str,
+        scope: &str,
+        groups: Option<Vec<String>>,
+        audit: bool,
+        now: DateTime<Utc>,
+    ) -> String {
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: client_id.into(),
@@ -131,6 +146,7 @@ impl TokenIssuer {
             jti: uuid::Uuid::new_v4().to_string(),
             scope: scope.into(),
             groups,
+            audit,
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());

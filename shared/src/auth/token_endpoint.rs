@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::issuer::{TokenIssuer, ACCESS_TOKEN_SECONDS};
-use crate::domain::access::{is_v2_permission, Access, TypeAccess};
+use crate::domain::access::{Access, Perms, TypeAccess};
 use crate::domain::fhir_types::is_resource_type;
 use crate::ports::{ClientStore, Clock};
 
@@ -26,7 +26,7 @@ const MAX_ASSERTION_SECONDS: i64 = 300;
 const LEEWAY_SECONDS: i64 = 30;
 
 /// A registered client: its keys, what it may ask for, and its Groups.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ClientRegistration {
     pub client_id: String,
     /// The client's public keys (a JWKS document).
@@ -41,6 +41,19 @@ pub struct ClientRegistration {
     /// Groups the client is limited to; `None` means no limit.
     #[serde(default)]
     pub groups: Option<Vec<String>>,
+    /// Who the client is, for people: the audit export's "User" and
+    /// "User Email ID" columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// May export the audit trail (`$export-revisions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
+    /// Where the client's finished exports are announced (see
+    /// `engine::notify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::engine::notify::Webhook>,
 }
 
 impl ClientRegistration {
@@ -144,9 +157,13 @@ impl AuthServer {
         // sent again with other scopes, one that got a token may not.
         self.spend(&client.client_id, proof).await?;
         let now = self.clock.now();
-        let token = self
-            .issuer
-            .issue(&client.client_id, &granted, client.groups.clone(), now);
+        let token = self.issuer.issue_with_audit(
+            &client.client_id,
+            &granted,
+            client.groups.clone(),
+            client.audit,
+            now,
+        );
         Ok(json!({
             "access_token": token,
             "token_type": "bearer",
@@ -283,19 +300,19 @@ impl AuthServer {
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
             "grant_types_supported": ["client_credentials"],
-            "scopes_supported": ["system/*.read", "system/*.rs"],
+            "scopes_supported": ["system/*.read", "system/*.rs", "system/*.write", "system/*.cud"],
             "capabilities": ["client-confidential-asymmetric"],
         })
     }
 }
 
 /// The scopes a token request is granted. Each requested `system/` scope is
-/// narrowed to its read part (`.read`, or `r`/`s` of v2), since servers
-/// "should avoid granting .* and prefer .read", and to the types the
-/// client's registration covers. Scopes with nothing left (`system/Patient.cu`,
-/// `patient/*.read`, `launch`) are left out, as RFC 6749 §3.3 allows; a
-/// request left with nothing is `invalid_scope`. The response names what
-/// was granted.
+/// narrowed to what the client's registration allows on its types (so
+/// `system/*.cruds` for a read-only client becomes `system/*.rs`). Scopes
+/// with nothing left (`system/Patient.cu` for a reader, `patient/*.read`,
+/// `launch`) are left out, as RFC 6749 §3.3 allows; a request left with
+/// nothing is `invalid_scope`. The response names what was granted, in v1
+/// form (`read`, `write`) when the request was and the grant is whole.
 fn grant_scopes(requested: &str, allowed: &str) -> Result<String, OAuthError> {
     if requested.is_empty() {
         return Err(OAuthError::new(
@@ -307,35 +324,56 @@ fn grant_scopes(requested: &str, allowed: &str) -> Result<String, OAuthError> {
     let mut granted: Vec<String> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     for scope in requested.split_whitespace() {
-        match read_part(scope) {
-            Ok((target, perms)) => {
-                let targets: Vec<String> = match (target, &allowed.types) {
-                    ("*", TypeAccess::All) => vec!["*".into()],
-                    ("*", TypeAccess::Only(types)) => types.iter().cloned().collect(),
-                    (t, _) if allowed.can_read(t) => vec![t.to_string()],
-                    _ => {
-                        refused.push(format!(
-                            "'{scope}': not among the scopes this client may be granted"
-                        ));
-                        continue;
-                    }
-                };
-                for t in targets {
-                    let g = format!("system/{t}.{perms}");
-                    if !granted.contains(&g) {
-                        granted.push(g);
-                    }
+        let (target, asked) = match parse_requested(scope) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                refused.push(format!("'{scope}': {why}"));
+                continue;
+            }
+        };
+        let v1 = scope.ends_with(".read") || scope.ends_with(".write") || scope.ends_with(".*");
+        // `*` grants what the registration allows on every type, plus per
+        // type what it allows only there.
+        let mut targets = vec![target.to_string()];
+        let mut everywhere = Perms::default();
+        if target == "*" {
+            everywhere = asked.and(allowed.perms_on("*"));
+            targets.extend(registered_types(&allowed));
+        }
+        let mut any = false;
+        for t in targets {
+            let mut g = asked.and(allowed.perms_on(&t));
+            if t != "*" {
+                g = g.without(everywhere);
+            }
+            if g.is_empty() {
+                continue;
+            }
+            any = true;
+            let names: Vec<String> = match (v1, g.is_read(), g.is_write()) {
+                (true, true, _) => vec![format!("system/{t}.read")],
+                (true, _, true) => vec![format!("system/{t}.write")],
+                _ => vec![format!("system/{t}.{}", g.letters())],
+            };
+            for name in names {
+                if !granted.contains(&name) {
+                    granted.push(name);
                 }
             }
-            Err(why) => refused.push(format!("'{scope}': {why}")),
+        }
+        if !any {
+            refused.push(format!(
+                "'{scope}': not among the scopes this client may be granted"
+            ));
         }
     }
     if granted.is_empty() {
         return Err(OAuthError::new(
             "invalid_scope",
             format!(
-                "no requested scope grants read access (only read access is granted: \
-                 system/*.read or system/*.rs, or per type); {}",
+                "no requested scope is among those this client may be granted \
+                 (system/*.read or system/*.rs, per type, and write scopes where \
+                 the registration allows them); {}",
                 refused.join("; ")
             ),
         ));
@@ -343,9 +381,24 @@ fn grant_scopes(requested: &str, allowed: &str) -> Result<String, OAuthError> {
     Ok(granted.join(" "))
 }
 
-/// The read part of one scope: its target (`*` or a type) and the
-/// permissions to grant (`read`, `rs` or `r`), or why it grants nothing.
-fn read_part(scope: &str) -> Result<(&str, &'static str), &'static str> {
+/// The types a registration names in any of its scopes.
+fn registered_types(allowed: &Access) -> Vec<String> {
+    let mut types = std::collections::BTreeSet::new();
+    for t in [
+        &allowed.types,
+        &allowed.creates,
+        &allowed.updates,
+        &allowed.deletes,
+    ] {
+        if let TypeAccess::Only(set) = t {
+            types.extend(set.iter().cloned());
+        }
+    }
+    types.into_iter().collect()
+}
+
+/// A requested scope's target and permissions, or why it grants nothing.
+fn parse_requested(scope: &str) -> Result<(&str, Perms), &'static str> {
     let rest = scope
         .strip_prefix("system/")
         .ok_or("only system/ scopes are granted")?;
@@ -356,15 +409,9 @@ fn read_part(scope: &str) -> Result<(&str, &'static str), &'static str> {
     if target != "*" && !is_resource_type(target) {
         return Err("unknown resource type");
     }
-    let read = match perms {
-        "read" | "*" => "read",
-        p if is_v2_permission(p) && p.contains('r') && p.contains('s') => "rs",
-        p if is_v2_permission(p) && p.contains('r') => "r",
-        "write" => return Err("write access is not granted"),
-        p if is_v2_permission(p) => return Err("grants no read access"),
-        _ => return Err("not a SMART scope"),
-    };
-    Ok((target, read))
+    Perms::parse(perms)
+        .ok_or("not a SMART scope")
+        .map(|p| (target, p))
 }
 
 #[cfg(test)]

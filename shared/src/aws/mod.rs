@@ -78,6 +78,7 @@ impl AwsAdapters {
             artifacts: self.artifacts.clone(),
             queue: self.queue.clone(),
             clock: self.clock.clone(),
+            clients: self.jobs.clone(),
         }
     }
 }

@@ -44,8 +44,8 @@ use super::dynamo::{
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, shard_of, stamp_meta};
 use crate::ports::{
-    Clock, PortError, PortResult, ResourceStore, ScanPage, Segment, ShardScan, Version, WriteOp,
-    WriteResult,
+    Clock, PortError, PortResult, ResourceStore, Revision, RevisionScan, ScanPage, Segment,
+    ShardScan, Version, WriteOp, WriteResult,
 };
 
 pub const BY_ID_INDEX: &str = "by_id";
@@ -163,7 +163,7 @@ impl DynamoResources {
     }
 
     /// The item of one version (in its type's shard, keyed by lastUpdated).
-    fn version_item(&self, v: &Version) -> Item {
+    fn version_item(&self, v: &Version, author: &str, previous_at: Option<i64>) -> Item {
         let shard = shard_of(&v.id, self.shards);
         let mut item = key(version_pk(&v.resource_type, shard), lu_sk(v.last_updated));
         item.insert("rid".into(), s(format!("{}#{}", v.resource_type, v.id)));
@@ -173,6 +173,10 @@ impl DynamoResources {
         item.insert("del".into(), b(v.deleted));
         if let Some(body) = &v.body {
             item.insert("body".into(), s(body.clone()));
+        }
+        item.insert("by".into(), s(author.to_string()));
+        if let Some(p) = previous_at {
+            item.insert("plu".into(), n(p));
         }
         item
     }
@@ -338,6 +342,7 @@ impl DynamoResources {
     /// should be retried from fresh reads.
     async fn try_write(
         &self,
+        author: &str,
         ops: &[WriteOp],
         targets: &[(String, String)],
     ) -> PortResult<Option<Vec<WriteResult>>> {
@@ -437,14 +442,18 @@ impl DynamoResources {
                         .build(),
                 );
             }
-            let item = self.version_item(&Version {
-                resource_type: resource_type.clone(),
-                id: id.clone(),
-                version,
-                last_updated,
-                deleted,
-                body: body.clone(),
-            });
+            let item = self.version_item(
+                &Version {
+                    resource_type: resource_type.clone(),
+                    id: id.clone(),
+                    version,
+                    last_updated,
+                    deleted,
+                    body: body.clone(),
+                },
+                author,
+                head.map(|h| h.last_updated),
+            );
             items.push(
                 TransactWriteItem::builder()
                     .put(
@@ -533,7 +542,7 @@ impl ResourceStore for DynamoResources {
         self.shards
     }
 
-    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+    async fn write_as(&self, author: &str, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -554,7 +563,7 @@ impl ResourceStore for DynamoResources {
         }
         self.put_links(&ops).await?;
         for attempt in 0u32.. {
-            if let Some(results) = self.try_write(&ops, &targets).await? {
+            if let Some(results) = self.try_write(author, &ops, &targets).await? {
                 return Ok(results);
             }
             backoff(attempt).await?;
@@ -562,8 +571,103 @@ impl ResourceStore for DynamoResources {
         unreachable!("backoff gives up")
     }
 
-    async fn load(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
-        self.bulk_load(ops).await
+    async fn load_as(&self, author: &str, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        self.bulk_load(author, ops).await
+    }
+
+    async fn revisions(&self, scan: RevisionScan<'_>) -> PortResult<Vec<Revision>> {
+        let mut out = Vec::with_capacity(scan.limit.min(1024));
+        if scan.from >= scan.before || scan.limit == 0 {
+            return Ok(out);
+        }
+        let projection = if scan.with_bodies {
+            "id, ver, lu, del, body, #by, plu"
+        } else {
+            "id, ver, lu, del, #by, plu"
+        };
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
+                .expression_attribute_values(":pk", s(version_pk(scan.resource_type, scan.shard)))
+                .expression_attribute_values(":low", s(lu_sk(scan.from)))
+                .expression_attribute_values(":high", s(lu_sk(scan.before - 1)))
+                .projection_expression(projection)
+                .expression_attribute_names("#by", "by")
+                .scan_index_forward(false)
+                .consistent_read(true)
+                .limit((scan.limit - out.len()) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in page.items() {
+                out.push(Revision {
+                    version: version_from_item(scan.resource_type, item)?,
+                    author: opt_s(item, "by").map(str::to_string),
+                    previous_at: opt_n(item, "plu"),
+                });
+            }
+            match page.last_evaluated_key {
+                Some(k) if out.len() < scan.limit => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn predecessors(
+        &self,
+        resource_type: &str,
+        of: &[Revision],
+        with_bodies: bool,
+    ) -> PortResult<Vec<Option<Version>>> {
+        // Versions written since authorship was recorded name their
+        // predecessor's key (`plu`): one BatchGetItem for the lot. Older
+        // ones are looked up through the history index.
+        let keys: Vec<Item> = of
+            .iter()
+            .filter_map(|r| {
+                let at = r.previous_at?;
+                let shard = shard_of(&r.version.id, self.shards);
+                Some(key(version_pk(resource_type, shard), lu_sk(at)))
+            })
+            .collect();
+        let mut found: HashMap<(String, u64), Version> = HashMap::new();
+        for item in self.get_many(keys).await? {
+            let mut v = version_from_item(resource_type, &item)?;
+            if !with_bodies {
+                v.body = None;
+            }
+            found.insert((v.id.clone(), v.version), v);
+        }
+        let mut out = Vec::with_capacity(of.len());
+        for r in of {
+            let (id, version) = (&r.version.id, r.version.version);
+            if version <= 1 {
+                out.push(None);
+                continue;
+            }
+            let v = match found.remove(&(id.clone(), version - 1)) {
+                Some(v) => Some(v),
+                None if r.previous_at.is_none() => {
+                    let mut v = self
+                        .history_before(resource_type, id, version, |_| true)
+                        .await?;
+                    if !with_bodies {
+                        if let Some(v) = v.as_mut() {
+                            v.body = None;
+                        }
+                    }
+                    v
+                }
+                None => None,
+            };
+            out.push(v);
+        }
+        Ok(out)
     }
 
     async fn read_current(&self, resource_type: &str, id: &str) -> PortResult<Option<Version>> {

@@ -135,6 +135,10 @@ impl Job {
 /// blocks of every type (it names the files; the manifest omits it).
 pub const PATIENT_BLOCKS: &str = "PatientBlocks";
 
+/// The `type` of the audit trail's CSV (`$export-revisions`), and its name.
+pub const REVISIONS: &str = "Revisions";
+pub const REVISIONS_FILE: &str = "revisions.csv";
+
 /// The header line that opens a patient's block (`organizeOutputBy`).
 pub fn patient_block_header(patient: &str) -> String {
     json!({
@@ -321,6 +325,9 @@ pub enum PartSpec {
     /// that target an exported resource (with `latest_only`, only the
     /// latest for some target).
     Provenance { latest_only: bool },
+    /// `$export-revisions`: every version of these types in the request's
+    /// time range, newest first, as one CSV.
+    Revisions { types: Vec<String> },
 }
 
 /// Where a part's reading stands.
@@ -344,6 +351,10 @@ pub enum Position {
         after_id: Option<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         block_started: bool,
+    },
+    /// Revisions newer than `before` (µs, exclusive) are written.
+    Revisions {
+        before: i64,
     },
     Finished,
 }

@@ -8,5 +8,6 @@ pub mod job;
 pub mod outcome;
 pub mod request;
 pub mod resource;
+pub mod revisions;
 
 pub use outcome::ApiError;

@@ -126,6 +126,9 @@ pub struct ExportRequest {
     /// manifest's `error` files.
     #[serde(default)]
     pub lenient_issues: Vec<String>,
+    /// `$export-revisions`: the job exports the audit trail, not resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions: Option<super::revisions::RevisionsQuery>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +233,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
         organize_by_patient: false,
         type_filters: Vec::new(),
         lenient_issues: Vec::new(),
+        revisions: None,
     };
     let lenient = input.lenient;
     // Under lenient handling an unsupported parameter is recorded, not fatal.

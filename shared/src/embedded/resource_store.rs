@@ -21,7 +21,8 @@ use super::sqlite::{backend, Db};
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, stamp_meta};
 use crate::ports::{
-    Clock, PortResult, ResourceStore, ScanPage, Segment, ShardScan, Version, WriteOp, WriteResult,
+    Clock, PortResult, ResourceStore, Revision, RevisionScan, ScanPage, Segment, ShardScan,
+    Version, WriteOp, WriteResult,
 };
 
 const SCHEMA: &str = "
@@ -55,6 +56,9 @@ CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value INTEGER NOT N
 INSERT OR IGNORE INTO store_meta VALUES ('last_ts', 0);
 ";
 
+/// Versions written before authorship was recorded have no author.
+const MIGRATIONS: &[&str] = &["ALTER TABLE versions ADD COLUMN author TEXT"];
+
 pub struct SqliteResourceStore {
     db: Db,
     clock: Arc<dyn Clock>,
@@ -63,7 +67,7 @@ pub struct SqliteResourceStore {
 impl SqliteResourceStore {
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> PortResult<Self> {
         Ok(SqliteResourceStore {
-            db: Db::open(path, SCHEMA)?,
+            db: Db::open_migrated(path, SCHEMA, MIGRATIONS)?,
             clock,
         })
     }
@@ -102,8 +106,9 @@ impl ResourceStore for SqliteResourceStore {
         1
     }
 
-    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+    async fn write_as(&self, author: &str, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
         let now = to_micros(self.clock.now());
+        let author = author.to_string();
         self.db
             .call(move |c| {
                 let tx = c
@@ -171,11 +176,11 @@ impl ResourceStore for SqliteResourceStore {
                         }
                     };
                     tx.prepare_cached(
-                        "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body)
-                         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
+                        "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body, author)
+                         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
                     )
                     .and_then(|mut s| {
-                        s.execute(params![resource_type, ts, id, version as i64, deleted as i64, body])
+                        s.execute(params![resource_type, ts, id, version as i64, deleted as i64, body, author])
                     })
                     .map_err(backend)?;
                     let versions: i64 = tx
@@ -272,6 +277,69 @@ impl ResourceStore for SqliteResourceStore {
                     }
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    async fn revisions(&self, scan: RevisionScan<'_>) -> PortResult<Vec<Revision>> {
+        let (t, from, before, limit) = (
+            scan.resource_type.to_string(),
+            scan.from,
+            scan.before,
+            scan.limit as i64,
+        );
+        let body = if scan.with_bodies { "body" } else { "NULL" };
+        let sql = format!(
+            "SELECT type, id, version, last_updated, deleted, {body}, author FROM versions
+             WHERE type = ?1 AND last_updated >= ?2 AND last_updated < ?3
+             ORDER BY last_updated DESC LIMIT ?4"
+        );
+        self.db
+            .call(move |c| {
+                let mut s = c.prepare_cached(&sql).map_err(backend)?;
+                let rows = s
+                    .query_map(params![t, from, before, limit], |r| {
+                        Ok(Revision {
+                            version: row_to_version(r)?,
+                            author: r.get(6)?,
+                            previous_at: None,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            })
+            .await
+    }
+
+    async fn predecessors(
+        &self,
+        resource_type: &str,
+        of: &[Revision],
+        with_bodies: bool,
+    ) -> PortResult<Vec<Option<Version>>> {
+        let t = resource_type.to_string();
+        let wanted: Vec<(String, u64)> = of
+            .iter()
+            .map(|r| (r.version.id.clone(), r.version.version))
+            .collect();
+        let body = if with_bodies { "body" } else { "NULL" };
+        let sql = format!(
+            "SELECT type, id, version, last_updated, deleted, {body} FROM versions
+             INDEXED BY versions_by_id WHERE type = ?1 AND id = ?2 AND version = ?3"
+        );
+        self.db
+            .call(move |c| {
+                let mut s = c.prepare_cached(&sql).map_err(backend)?;
+                wanted
+                    .into_iter()
+                    .map(|(id, version)| match version {
+                        0 | 1 => Ok(None),
+                        v => s
+                            .query_row(params![t, id, (v - 1) as i64], row_to_version)
+                            .optional()
+                            .map_err(backend),
+                    })
+                    .collect()
             })
             .await
     }

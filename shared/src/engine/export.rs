@@ -11,7 +11,7 @@ use crate::domain::access::{Access, TypeAccess};
 use crate::domain::instant::to_micros;
 use crate::domain::job::{
     artifact_key, job_prefix, manifest, manifest_page, paged_manifest, reuse_key, FileKind, Job,
-    JobState, ManifestCursor, Part, WorkMessage, PATIENT_BLOCKS,
+    JobState, ManifestCursor, Part, WorkMessage, PATIENT_BLOCKS, REVISIONS,
 };
 use crate::domain::request::{
     in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
@@ -75,6 +75,15 @@ impl Engine {
             }
         }
         self.check_active_limit(caller).await?;
+        self.record_job(caller, request).await
+    }
+
+    /// Records a new job for an authorized request and queues its planning.
+    pub(crate) async fn record_job(
+        &self,
+        caller: &Caller,
+        request: ExportRequest,
+    ) -> Result<String, ApiError> {
         let snapshot = self.ports.resources.snapshot().await?;
         let transaction_time = request.until.map_or(snapshot, |u| u.min(snapshot));
         let now = self.ports.clock.now();
@@ -134,7 +143,7 @@ impl Engine {
     }
 
     /// 429 when the caller already has its limit of exports in progress.
-    async fn check_active_limit(&self, caller: &Caller) -> Result<(), ApiError> {
+    pub(crate) async fn check_active_limit(&self, caller: &Caller) -> Result<(), ApiError> {
         let limit = self.config.max_active_exports_per_client;
         if limit == 0 {
             return Ok(());
@@ -198,7 +207,7 @@ impl Engine {
     }
 
     /// Loads a job the caller may see; anything else is the same 404.
-    async fn visible_job(&self, caller: &Caller, job_id: &str) -> Result<Job, ApiError> {
+    pub(crate) async fn visible_job(&self, caller: &Caller, job_id: &str) -> Result<Job, ApiError> {
         let job = self.ports.jobs.get_job(job_id).await?;
         match job {
             Some(job) if job.owner == caller.subject && job.is_visible(self.ports.clock.now()) => {
@@ -401,9 +410,12 @@ impl Engine {
         // Scopes are checked again at download: the token may be a newer,
         // narrower one than the one that started the export. A file of
         // patient blocks may hold any of the export's types.
+        if file.resource_type == REVISIONS && !caller.access.can_audit() {
+            return Err(super::revisions::audit_refused());
+        }
         let data_types: Vec<&str> = match (file.kind, file.resource_type.as_str()) {
             (FileKind::Error, _) => Vec::new(),
-            (_, PATIENT_BLOCKS) => job
+            (_, PATIENT_BLOCKS | REVISIONS) => job
                 .plan_inputs
                 .iter()
                 .flat_map(|p| p.types.iter().map(String::as_str))
@@ -446,6 +458,7 @@ impl Engine {
             match self.ports.jobs.update_job(&job).await {
                 Ok(_) => {
                     tracing::error!(job = %job_id, reason, "export failed");
+                    self.announce(&job).await;
                     self.collect_later(job_id).await?;
                     return Ok(());
                 }

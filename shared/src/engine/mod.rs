@@ -6,8 +6,11 @@
 mod capability;
 mod export;
 pub mod gzip_twin;
+pub mod notify;
 mod plan;
 mod resources;
+mod revisions;
+pub use revisions::RevisionsOutcome;
 mod sink;
 mod sweep;
 mod views;
@@ -22,7 +25,9 @@ pub use worker::{Disposition, WorkOutcome};
 
 use crate::domain::access::Access;
 use crate::domain::ApiError;
-use crate::ports::{ArtifactStore, Clock, JobStore, PortError, ResourceStore, WorkQueue};
+use crate::ports::{
+    ArtifactStore, ClientStore, Clock, JobStore, PortError, ResourceStore, WorkQueue,
+};
 
 /// The adapters the engine runs on.
 #[derive(Clone)]
@@ -32,6 +37,9 @@ pub struct Ports {
     pub artifacts: Arc<dyn ArtifactStore>,
     pub queue: Arc<dyn WorkQueue>,
     pub clock: Arc<dyn Clock>,
+    /// Client registrations: who authors are (the audit export) and where
+    /// a client's exports are announced.
+    pub clients: Arc<dyn ClientStore>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +103,12 @@ pub struct EngineConfig {
     /// `$viewdefinition-run` answers at most this many rows (more is a 422
     /// pointing to `$viewdefinition-export`).
     pub view_run_row_limit: usize,
+    /// `$export-revisions` answers with the file's id if the file is ready
+    /// within this long, else with a status link (the seed's 30 s).
+    pub revisions_wait: Duration,
+    /// Where finished exports are announced when the owner's registration
+    /// names no webhook of its own (open mode has no registrations).
+    pub webhook: Option<notify::Webhook>,
 }
 
 impl EngineConfig {
@@ -122,6 +136,8 @@ impl EngineConfig {
             manifest_page_files: 200,
             gzip_files: true,
             view_run_row_limit: 10_000,
+            revisions_wait: Duration::from_secs(30),
+            webhook: None,
         }
     }
 }

@@ -111,6 +111,16 @@ impl Engine {
 
     async fn plan_inputs(&self, job: &Job) -> PortResult<PlanInputs> {
         let types = self.export_types(job).await?;
+        if job.request.revisions.is_some() {
+            // One part: the audit trail is one CSV in one global order.
+            let spec = PartSpec::Revisions {
+                types: types.clone(),
+            };
+            return Ok(PlanInputs {
+                types,
+                fixed_parts: vec![(spec, 0)],
+            });
+        }
         let as_of = Self::as_of_micros(job);
         let since = job.request.since.map(to_micros);
         let mut fixed_parts: Vec<(PartSpec, u64)> = Vec::new();

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{Caller, Engine};
+use crate::domain::access::WriteKind;
 use crate::domain::instant::{format_instant, from_micros};
 use crate::domain::resource::{check_id, check_resource_value, check_type, is_valid_id};
 use crate::domain::ApiError;
@@ -57,7 +58,7 @@ impl Engine {
         resource: Value,
     ) -> Result<Written, ApiError> {
         check_type(resource_type)?;
-        require_write(caller)?;
+        require_write(caller, WriteKind::Update, resource_type)?;
         check_id(id)?;
         check_resource_value(&resource, resource_type, Some(id))?;
         let op = WriteOp::Upsert {
@@ -65,7 +66,7 @@ impl Engine {
             id: id.into(),
             resource,
         };
-        let r = self.write_one(op).await?;
+        let r = self.write_one(caller, op).await?;
         Ok(Written {
             status: if r.created { 201 } else { 200 },
             version: r.version,
@@ -79,7 +80,7 @@ impl Engine {
         resource: Value,
     ) -> Result<Written, ApiError> {
         check_type(resource_type)?;
-        require_write(caller)?;
+        require_write(caller, WriteKind::Create, resource_type)?;
         check_resource_value(&resource, resource_type, None)?;
         // FHIR create: the server assigns the id, whatever the body says.
         let id = uuid::Uuid::new_v4().to_string();
@@ -88,7 +89,7 @@ impl Engine {
             id,
             resource,
         };
-        let r = self.write_one(op).await?;
+        let r = self.write_one(caller, op).await?;
         Ok(Written {
             status: 201,
             version: r.version,
@@ -102,12 +103,15 @@ impl Engine {
         id: &str,
     ) -> Result<(), ApiError> {
         check_type(resource_type)?;
-        require_write(caller)?;
+        require_write(caller, WriteKind::Delete, resource_type)?;
         check_id(id)?;
-        self.write_one(WriteOp::Delete {
-            resource_type: resource_type.into(),
-            id: id.into(),
-        })
+        self.write_one(
+            caller,
+            WriteOp::Delete {
+                resource_type: resource_type.into(),
+                id: id.into(),
+            },
+        )
         .await?;
         Ok(())
     }
@@ -117,8 +121,12 @@ impl Engine {
         Ok(self.ports.resources.load(ops).await?)
     }
 
-    async fn write_one(&self, op: WriteOp) -> Result<WriteResult, ApiError> {
-        let mut results = self.ports.resources.write(vec![op]).await?;
+    async fn write_one(&self, caller: &Caller, op: WriteOp) -> Result<WriteResult, ApiError> {
+        let mut results = self
+            .ports
+            .resources
+            .write_as(&caller.subject, vec![op])
+            .await?;
         results
             .pop()
             .ok_or_else(|| ApiError::internal("the store returned no result"))
@@ -128,7 +136,11 @@ impl Engine {
     /// all-or-nothing: one bad entry refuses the whole Bundle. A batch
     /// reports each entry's outcome and writes the good ones.
     pub async fn process_bundle(&self, caller: &Caller, bundle: Value) -> Result<Value, ApiError> {
-        require_write(caller)?;
+        if !caller.access.can_write_any() {
+            return Err(ApiError::forbidden(
+                "This client may not write resources (it has no write scope)",
+            ));
+        }
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(ApiError::invalid("POST to the base takes a Bundle"));
         }
@@ -155,7 +167,7 @@ impl Engine {
         let mut planned: Vec<Result<WriteOp, ApiError>> = entries
             .into_iter()
             .enumerate()
-            .map(|(i, e)| entry_op(i, e))
+            .map(|(i, e)| entry_op(i, e).and_then(|(kind, op)| permitted(caller, i, kind, op)))
             .collect();
         if transaction {
             if let Some(Err(e)) = planned.iter().find(|p| p.is_err()) {
@@ -166,7 +178,12 @@ impl Engine {
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
             .collect();
-        let mut results = self.ports.resources.write(ops).await?.into_iter();
+        let mut results = self
+            .ports
+            .resources
+            .write_as(&caller.subject, ops)
+            .await?
+            .into_iter();
         let response_entries: Vec<Value> = planned
             .iter_mut()
             .map(|p| match p {
@@ -186,6 +203,11 @@ impl Engine {
                         response["etag"] = json!(format!("W/\"{}\"", r.version.version));
                         response["lastModified"] =
                             json!(format_instant(from_micros(r.version.last_updated)));
+                    } else if r.version.last_updated > 0 {
+                        // When the deletion was recorded (an audit trail's
+                        // revision time).
+                        response["lastModified"] =
+                            json!(format_instant(from_micros(r.version.last_updated)));
                     }
                     json!({ "response": response })
                 }
@@ -203,17 +225,34 @@ impl Engine {
     }
 }
 
-/// Writing needs write access: loaders and administrators (open mode), never
-/// an access token (the token endpoint refuses write scopes).
-fn require_write(caller: &Caller) -> Result<(), ApiError> {
-    if caller.access.write {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("This client may not write resources"))
+/// Writing needs a write scope on the type (SMART v1 `system/T.write`, or
+/// v2 `c`, `u`, `d` for create, update, delete); open mode writes freely.
+fn require_write(caller: &Caller, kind: WriteKind, resource_type: &str) -> Result<(), ApiError> {
+    if caller.access.can_write(kind, resource_type) {
+        return Ok(());
     }
+    let (verb, letter) = match kind {
+        WriteKind::Create => ("create", 'c'),
+        WriteKind::Update => ("update", 'u'),
+        WriteKind::Delete => ("delete", 'd'),
+    };
+    Err(ApiError::forbidden(format!(
+        "This client may not {verb} {resource_type}: that needs a write scope \
+         (system/{resource_type}.write, or system/{resource_type}.{letter} in SMART v2)"
+    )))
 }
 
-fn entry_op(i: usize, entry: Value) -> Result<WriteOp, ApiError> {
+/// A Bundle entry's write, if the caller's scopes permit it.
+fn permitted(caller: &Caller, i: usize, kind: WriteKind, op: WriteOp) -> Result<WriteOp, ApiError> {
+    let (WriteOp::Delete { resource_type, .. } | WriteOp::Upsert { resource_type, .. }) = &op;
+    require_write(caller, kind, resource_type).map_err(|mut e| {
+        e.message = format!("Bundle.entry[{i}]: {}", e.message);
+        e
+    })?;
+    Ok(op)
+}
+
+fn entry_op(i: usize, entry: Value) -> Result<(WriteKind, WriteOp), ApiError> {
     let at = |msg: String| ApiError::invalid(format!("Bundle.entry[{i}]: {msg}"));
     let request = entry
         .get("request")
@@ -244,25 +283,30 @@ fn entry_op(i: usize, entry: Value) -> Result<WriteOp, ApiError> {
         ("PUT", Some(id)) => {
             let r = resource()?;
             check_resource_value(&r, resource_type, Some(id)).map_err(|e| at(e.message))?;
-            Ok(WriteOp::Upsert {
+            let op = WriteOp::Upsert {
                 resource_type: resource_type.into(),
                 id: id.into(),
                 resource: r,
-            })
+            };
+            Ok((WriteKind::Update, op))
         }
         ("POST", None) => {
             let r = resource()?;
             check_resource_value(&r, resource_type, None).map_err(|e| at(e.message))?;
-            Ok(WriteOp::Upsert {
+            let op = WriteOp::Upsert {
                 resource_type: resource_type.into(),
                 id: uuid::Uuid::new_v4().to_string(),
                 resource: r,
-            })
+            };
+            Ok((WriteKind::Create, op))
         }
-        ("DELETE", Some(id)) => Ok(WriteOp::Delete {
-            resource_type: resource_type.into(),
-            id: id.into(),
-        }),
+        ("DELETE", Some(id)) => Ok((
+            WriteKind::Delete,
+            WriteOp::Delete {
+                resource_type: resource_type.into(),
+                id: id.into(),
+            },
+        )),
         _ => Err(at(format!(
             "'{method} {url}' is not supported (PUT Type/id, POST Type, DELETE Type/id)"
         ))),

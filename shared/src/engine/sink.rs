@@ -35,7 +35,9 @@ use super::gzip_twin::write_gzip_twin;
 use super::Engine;
 use crate::domain::job::{
     artifact_key, job_prefix, FileKind, OpenFile, OutputFile, Part, UploadedChunk, PATIENT_BLOCKS,
+    REVISIONS, REVISIONS_FILE,
 };
+use crate::domain::revisions::{csv_line, HEADER};
 use crate::ports::{PortError, PortResult};
 
 /// Chunk numbers reserved per open upload by each checkpoint. Between two
@@ -164,9 +166,18 @@ impl<'a> Sink<'a> {
         w.buf.push(b'\n');
         w.file.count += 1;
         // Blocks organized by patient are never split: their files roll
-        // over between blocks (`end_block`).
-        if w.file.count >= max && resource_type != PATIENT_BLOCKS {
+        // over between blocks (`end_block`). The audit trail is one file.
+        if w.file.count >= max && resource_type != PATIENT_BLOCKS && resource_type != REVISIONS {
             self.close(kind).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the file for `resource_type` unless it is open: a file that
+    /// must exist even if no line comes (the audit trail's CSV).
+    pub async fn ensure_open(&mut self, kind: FileKind, resource_type: &str) -> PortResult<()> {
+        if self.slot(kind).is_none() {
+            self.open(kind, resource_type).await?;
         }
         Ok(())
     }
@@ -319,6 +330,7 @@ impl<'a> Sink<'a> {
         let seq = self.next_file_seq;
         self.next_file_seq += 1;
         let name = match kind {
+            _ if resource_type == REVISIONS => REVISIONS_FILE.to_string(),
             FileKind::Deleted => format!(
                 "{resource_type}-deleted-{:04}-{seq:03}.ndjson",
                 self.part_index
@@ -341,9 +353,14 @@ impl<'a> Sink<'a> {
             spill: None,
             reserved_to: 0,
         };
+        let mut buf = Vec::new();
+        if resource_type == REVISIONS {
+            buf.extend_from_slice(&csv_line(&HEADER));
+            buf.extend_from_slice(b"\r\n");
+        }
         *self.slot(kind) = Some(Writer {
             file,
-            buf: Vec::new(),
+            buf,
             next: 1,
             recorded: false,
         });
@@ -412,7 +429,7 @@ impl<'a> Sink<'a> {
         let Some(w) = self.slot(kind).take() else {
             return Ok(());
         };
-        if w.file.count == 0 {
+        if w.file.count == 0 && w.file.resource_type != REVISIONS {
             // Opened for a line that never came: no checkpoint names it.
             let key = artifact_key(&self.job_id, &w.file.name);
             let artifacts = &self.engine.ports.artifacts;

@@ -28,6 +28,7 @@ use crate::ports::{PortError, PortResult, ShardScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
 
 mod provenance;
+mod revisions;
 
 /// How a message was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +312,7 @@ impl Engine {
             match self.ports.jobs.update_job(&job).await {
                 Ok(_) => {
                     tracing::info!(job = %job_id, files = job.files.len(), "export completed");
+                    self.announce(&job).await;
                     self.collect_garbage(&job).await?;
                     return self.collect_later(job_id).await;
                 }
@@ -483,6 +485,10 @@ struct PartReader<'a> {
     /// `_typeFilter`s by type: a resource of a filtered type is written
     /// only if one of its type's filters matches it.
     type_filters: HashMap<String, Vec<TypeFilter>>,
+    /// `$export-revisions`: the open merge of the audit trail's streams,
+    /// and the authors looked up so far.
+    revisions: Option<revisions::RevisionMerge>,
+    people: HashMap<String, std::sync::Arc<revisions::Person>>,
 }
 
 impl<'a> PartReader<'a> {
@@ -498,6 +504,8 @@ impl<'a> PartReader<'a> {
             target_exported: HashMap::new(),
             latest_provenance: None,
             type_filters: type_filters(&job.request.type_filters),
+            revisions: None,
+            people: HashMap::new(),
         }
     }
 
@@ -526,6 +534,7 @@ impl<'a> PartReader<'a> {
             PartSpec::Provenance { latest_only } => {
                 self.provenance_page(*latest_only, cp, sink).await
             }
+            PartSpec::Revisions { types } => self.revisions_page(types, cp, sink).await,
         }
     }
 

@@ -142,7 +142,9 @@ impl Authenticator for TokenAuthenticator {
         let groups = claims.groups.map(|g| g.into_iter().collect());
         Ok(Caller {
             subject: claims.sub,
-            access: Access::from_scopes(&claims.scope).with_groups(groups),
+            access: Access::from_scopes(&claims.scope)
+                .with_groups(groups)
+                .with_audit(claims.audit),
         })
     }
 }

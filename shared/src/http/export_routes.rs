@@ -16,12 +16,12 @@ use crate::domain::ApiError;
 use crate::engine::StatusReply;
 
 /// What the `Prefer` header asks for.
-struct Prefer {
-    respond_async: bool,
+pub(super) struct Prefer {
+    pub(super) respond_async: bool,
     lenient: bool,
 }
 
-fn parse_prefer(headers: &HeaderMap) -> Result<Prefer, ApiError> {
+pub(super) fn parse_prefer(headers: &HeaderMap) -> Result<Prefer, ApiError> {
     let mut p = Prefer {
         respond_async: false,
         lenient: false,
@@ -96,7 +96,7 @@ fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
 }
 
 /// Whether `Accept-Encoding` allows gzip (named or `*`, without `q=0`).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
+pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -115,7 +115,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// The one value of query parameter `name`, if given.
-fn query_param(req: &Request<Bytes>, name: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn query_param(req: &Request<Bytes>, name: &str) -> Result<Option<String>, ApiError> {
     let mut values = query_params(req.uri().query().unwrap_or(""))?
         .into_iter()
         .filter(|p| p.name == name);

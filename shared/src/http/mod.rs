@@ -4,6 +4,7 @@
 mod auth;
 mod export_routes;
 mod resource_routes;
+mod revision_routes;
 mod view_routes;
 
 use std::sync::Arc;
@@ -102,6 +103,10 @@ impl Api {
             (["$export"] | ["Patient", "$export"] | ["Group", _, "$export"], _) => {
                 Err(method_not_allowed("GET, POST"))
             }
+            (["$export-revisions"], &Method::POST) => self.export_revisions(req).await,
+            (["$export-revisions"], _) => Err(method_not_allowed("POST")),
+            (["$export-revisions", "file"], &Method::GET) => self.revisions_file(&req).await,
+            (["$export-revisions", "file"], _) => Err(method_not_allowed("GET")),
             (["$export-jobs", id], &Method::GET) => self.status(&req, id).await,
             (["$export-jobs", id], &Method::DELETE) => self.cancel(&req, id).await,
             (["$export-jobs", _], _) => Err(method_not_allowed("GET, DELETE")),

@@ -124,6 +124,36 @@ pub struct Version {
     pub body: Option<String>,
 }
 
+/// Who wrote what the store loads by itself (the sample loader, bulk loads).
+pub const SYSTEM_AUTHOR: &str = "bulk-export-loader";
+
+/// One version as an audit trail sees it: what changed, who changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// The version (its body only if the scan asked for bodies).
+    pub version: Version,
+    /// The subject that wrote it; `None` for versions written before the
+    /// store recorded authors.
+    pub author: Option<String>,
+    /// `lastUpdated` of the version before it, where the store knows it
+    /// (lets a store fetch predecessors by key).
+    pub previous_at: Option<i64>,
+}
+
+/// A page request over one type's revisions in one shard, newest first.
+#[derive(Debug, Clone)]
+pub struct RevisionScan<'a> {
+    pub resource_type: &'a str,
+    pub shard: u16,
+    /// Inclusive lower bound on `last_updated` (µs).
+    pub from: i64,
+    /// Exclusive upper bound on `last_updated` (µs): the range's end, or the
+    /// oldest revision already read.
+    pub before: i64,
+    pub with_bodies: bool,
+    pub limit: usize,
+}
+
 #[derive(Debug, Clone)]
 pub enum WriteOp {
     /// Create or update `resource_type/id` with `resource` (validated).
@@ -243,16 +273,40 @@ pub trait ResourceStore: Send + Sync {
     fn shard_count(&self) -> u16;
 
     /// Applies the writes atomically (all or none), each with a fresh
-    /// version and a strictly increasing `lastUpdated`.
-    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>>;
+    /// version and a strictly increasing `lastUpdated`, recording `author`
+    /// (the subject that made the change) on every version.
+    async fn write_as(&self, author: &str, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>>;
+
+    /// `write_as` under the [`SYSTEM_AUTHOR`].
+    async fn write(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        self.write_as(SYSTEM_AUTHOR, ops).await
+    }
 
     /// Bulk loading: each resource's write is atomic and versioned as with
     /// `write`, but the whole need not be one atomic write (a store with a
     /// limit on atomic writes splits it; one may write new resources
     /// without transactions). Results come back in order.
-    async fn load(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
-        self.write(ops).await
+    async fn load_as(&self, author: &str, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        self.write_as(author, ops).await
     }
+
+    /// `load_as` under the [`SYSTEM_AUTHOR`] (the sample loader, benches).
+    async fn load(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+        self.load_as(SYSTEM_AUTHOR, ops).await
+    }
+
+    /// One page of a type's revisions (every version, tombstones included)
+    /// in one shard, newest first: `from <= lastUpdated < before`.
+    async fn revisions(&self, scan: RevisionScan<'_>) -> PortResult<Vec<Revision>>;
+
+    /// For each revision, the version just before it (`version - 1`), if
+    /// any; bodies only when `with_bodies`.
+    async fn predecessors(
+        &self,
+        resource_type: &str,
+        of: &[Revision],
+        with_bodies: bool,
+    ) -> PortResult<Vec<Option<Version>>>;
 
     /// The newest version (a tombstone if deleted).
     async fn read_current(&self, resource_type: &str, id: &str) -> PortResult<Option<Version>>;

@@ -154,51 +154,8 @@ impl Stack {
         location.strip_prefix(ORIGIN).unwrap().to_string()
     }
 
-    /// One worker invocation: receives up to 5 messages and hands them to
-    /// the worker function; what it does not report failed is deleted, as
-    /// the SQS event source does. Returns how many messages it was given.
     async fn invoke_worker(&self, budget: Duration, twice: bool) -> usize {
-        let deliveries = self.queue.receive(5, VISIBILITY).await.unwrap();
-        if deliveries.is_empty() {
-            return 0;
-        }
-        let count = deliveries.len();
-        let mut event = SqsEvent::default();
-        for d in &deliveries {
-            let mut m = SqsMessage::default();
-            m.message_id = Some(d.receipt.clone());
-            m.receipt_handle = Some(d.receipt.clone());
-            m.body = Some(serde_json::to_string(&d.message).unwrap());
-            m.attributes.insert(
-                "ApproximateReceiveCount".into(),
-                d.receive_count.to_string(),
-            );
-            event.records.push(m);
-        }
-        let deadline = Instant::now() + budget;
-        let response = if twice {
-            // Two workers given the same messages at once (a duplicate
-            // delivery): both race through every checkpoint.
-            let (a, b) = tokio::join!(
-                worker::handle_batch(&self.engine, event.clone(), deadline),
-                worker::handle_batch(&self.engine, event, deadline)
-            );
-            let mut a = a;
-            a.batch_item_failures.extend(b.batch_item_failures);
-            a
-        } else {
-            worker::handle_batch(&self.engine, event, deadline).await
-        };
-        for d in deliveries {
-            let failed = response
-                .batch_item_failures
-                .iter()
-                .any(|f| f.item_identifier == d.receipt);
-            if !failed {
-                self.queue.delete(&d.receipt).await.unwrap();
-            }
-        }
-        count
+        invoke_worker(&self.engine, &self.queue, budget, twice).await
     }
 
     /// Runs the worker until the status answers 200; returns the manifest.
@@ -295,6 +252,58 @@ impl Stack {
             a.list_uploads(&prefix).await.unwrap(),
         )
     }
+}
+
+/// One worker invocation: receives up to 5 messages and hands them to
+/// the worker function; what it does not report failed is deleted, as
+/// the SQS event source does. Returns how many messages it was given.
+pub(super) async fn invoke_worker(
+    engine: &Engine,
+    queue: &SqsQueue,
+    budget: Duration,
+    twice: bool,
+) -> usize {
+    let deliveries = queue.receive(5, VISIBILITY).await.unwrap();
+    if deliveries.is_empty() {
+        return 0;
+    }
+    let count = deliveries.len();
+    let mut event = SqsEvent::default();
+    for d in &deliveries {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(d.receipt.clone());
+        m.receipt_handle = Some(d.receipt.clone());
+        m.body = Some(serde_json::to_string(&d.message).unwrap());
+        m.attributes.insert(
+            "ApproximateReceiveCount".into(),
+            d.receive_count.to_string(),
+        );
+        event.records.push(m);
+    }
+    let deadline = Instant::now() + budget;
+    let response = if twice {
+        // Two workers given the same messages at once (a duplicate
+        // delivery): both race through every checkpoint.
+        let (a, b) = tokio::join!(
+            worker::handle_batch(engine, event.clone(), deadline),
+            worker::handle_batch(engine, event, deadline)
+        );
+        let mut a = a;
+        a.batch_item_failures.extend(b.batch_item_failures);
+        a
+    } else {
+        worker::handle_batch(engine, event, deadline).await
+    };
+    for d in deliveries {
+        let failed = response
+            .batch_item_failures
+            .iter()
+            .any(|f| f.item_identifier == d.receipt);
+        if !failed {
+            queue.delete(&d.receipt).await.unwrap();
+        }
+    }
+    count
 }
 
 fn job_id(status: &str) -> String {
@@ -528,6 +537,7 @@ async fn token_scopes_and_one_time_assertions_on_dynamodb() {
             jwks_url: None,
             scope: "system/*.read".into(),
             groups: None,
+            ..Default::default()
         })
         .await
         .unwrap();

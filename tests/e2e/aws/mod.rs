@@ -4,3 +4,4 @@ mod bulk_load;
 mod contract;
 mod functions;
 pub mod moto;
+mod revisions;

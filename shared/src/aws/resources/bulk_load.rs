@@ -81,16 +81,20 @@ impl Fence {
 }
 
 impl DynamoResources {
-    pub(super) async fn bulk_load(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+    pub(super) async fn bulk_load(
+        &self,
+        author: &str,
+        ops: Vec<WriteOp>,
+    ) -> PortResult<Vec<WriteResult>> {
         let mut results = Vec::with_capacity(ops.len());
         for run in runs_without_repeats(ops) {
-            results.extend(self.load_run(run).await?);
+            results.extend(self.load_run(author, run).await?);
         }
         Ok(results)
     }
 
     /// Loads ops that change each resource at most once.
-    async fn load_run(&self, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
+    async fn load_run(&self, author: &str, ops: Vec<WriteOp>) -> PortResult<Vec<WriteResult>> {
         let targets: Vec<(String, String)> = ops.iter().map(target).collect();
         let heads = self.heads(&targets).await?;
         let mut results: Vec<Option<WriteResult>> = vec![None; ops.len()];
@@ -102,7 +106,7 @@ impl DynamoResources {
         });
         if !fresh.is_empty() {
             let fresh_ops: Vec<WriteOp> = fresh.iter().map(|&i| ops[i].clone()).collect();
-            let outcome = self.put_fresh(&fresh_ops).await?;
+            let outcome = self.put_fresh(author, &fresh_ops).await?;
             for (slot, result) in fresh.iter().zip(outcome) {
                 match result {
                     Some(r) => results[*slot] = Some(r),
@@ -118,17 +122,20 @@ impl DynamoResources {
         for i in rest {
             types.insert(targets[i].0.as_str());
             if chunk.len() + 1 > max_atomic_ops(types.len()) {
-                self.write_slots(&ops, &mut chunk, &mut results).await?;
+                self.write_slots(author, &ops, &mut chunk, &mut results)
+                    .await?;
                 types = HashSet::from([targets[i].0.as_str()]);
             }
             chunk.push(i);
         }
-        self.write_slots(&ops, &mut chunk, &mut results).await?;
+        self.write_slots(author, &ops, &mut chunk, &mut results)
+            .await?;
         Ok(results.into_iter().flatten().collect())
     }
 
     async fn write_slots(
         &self,
+        author: &str,
         ops: &[WriteOp],
         chunk: &mut Vec<usize>,
         results: &mut [Option<WriteResult>],
@@ -137,7 +144,7 @@ impl DynamoResources {
             return Ok(());
         }
         let written = self
-            .write(chunk.iter().map(|&i| ops[i].clone()).collect())
+            .write_as(author, chunk.iter().map(|&i| ops[i].clone()).collect())
             .await?;
         for (i, r) in chunk.drain(..).zip(written) {
             results[i] = Some(r);
@@ -147,7 +154,11 @@ impl DynamoResources {
 
     /// Puts new resources as version 1 inside a fence. `None` for a
     /// resource that someone else created meanwhile (nothing of it written).
-    async fn put_fresh(&self, ops: &[WriteOp]) -> PortResult<Vec<Option<WriteResult>>> {
+    async fn put_fresh(
+        &self,
+        author: &str,
+        ops: &[WriteOp],
+    ) -> PortResult<Vec<Option<WriteResult>>> {
         let types: Vec<String> = ops
             .iter()
             .map(|op| target(op).0)
@@ -179,7 +190,7 @@ impl DynamoResources {
             })
             .collect::<PortResult<Vec<_>>>();
         let written = match versions {
-            Ok(versions) => match self.put_fenced(ops, versions.clone(), &fence).await {
+            Ok(versions) => match self.put_fenced(author, ops, versions.clone(), &fence).await {
                 Ok(written) => Ok(written),
                 // Versions without a head must not outlive the fence.
                 Err(e) => match self.remove_headless(&versions).await {
@@ -196,6 +207,7 @@ impl DynamoResources {
 
     async fn put_fenced(
         &self,
+        author: &str,
         ops: &[WriteOp],
         versions: Vec<Version>,
         fence: &Fence,
@@ -212,8 +224,13 @@ impl DynamoResources {
         for (resource_type, counts) in counts {
             self.add_stats(resource_type, &counts).await?;
         }
-        self.put_many(versions.iter().map(|v| self.version_item(v)).collect())
-            .await?;
+        self.put_many(
+            versions
+                .iter()
+                .map(|v| self.version_item(v, author, None))
+                .collect(),
+        )
+        .await?;
         let last_head_at = fence.until - LEASE_MARGIN.as_micros() as i64;
         let heads_written: Vec<bool> = stream::iter(versions.iter().cloned())
             .map(|v| async move {
