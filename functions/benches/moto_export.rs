@@ -158,6 +158,15 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
         exported.0 as f64 / export_secs
     );
 
+    // 2b. The audit trail of the same store: one version per resource.
+    let (rows, revisions_secs) = revisions_once(&engine, &adapters, workers, timing).await;
+    let revisions_queries = queries.swap(0, Ordering::Relaxed);
+    assert_eq!(rows as usize, n, "every revision once");
+    println!(
+        "revisions  {rows} revisions in {revisions_secs:.1} s ({:.0} revisions/s; {revisions_queries} Query calls)",
+        rows as f64 / revisions_secs
+    );
+
     // 3. The floor.
     let t = Instant::now();
     bare_puts(&dynamo, &names.resources_table, &bodies).await;
@@ -186,6 +195,11 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
         n as f64 / put_secs,
         load_secs / put_secs
     );
+    println!(
+        "SUMMARY moto, {n} revisions: $export-revisions {:.0} revisions/s, ratio to the floor {:.2}x",
+        n as f64 / revisions_secs,
+        revisions_secs / floor_secs
+    );
 }
 
 /// One system-level export; worker tasks take up to 10 messages at a time
@@ -198,42 +212,7 @@ async fn export_once(
     timing: Timing,
     n: usize,
 ) -> (u64, u64) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let engine = engine.clone();
-        let queue = adapters.queue.clone();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            while !*stop.borrow() {
-                let deliveries = queue.receive(10, timing.visibility).await.unwrap();
-                if deliveries.is_empty() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        _ = stop.changed() => {}
-                    }
-                    continue;
-                }
-                let deadline = tokio::time::Instant::now() + timing.work;
-                futures::future::join_all(deliveries.iter().map(|d| {
-                    let (engine, queue) = (&engine, &queue);
-                    async move {
-                        // As the worker function settles a record: done is
-                        // deleted; a failure or a lost race comes back
-                        // after the delay the engine asks for.
-                        match engine.process(&d.message, d.receive_count, deadline).await {
-                            Disposition::Done => queue.delete(&d.receipt).await.unwrap(),
-                            Disposition::RetryAfter(delay) => {
-                                RETRIES.fetch_add(1, Ordering::Relaxed);
-                                queue.retry_later(&d.receipt, delay).await.unwrap()
-                            }
-                        }
-                    }
-                }))
-                .await;
-            }
-        }));
-    }
+    let (stop_tx, tasks) = spawn_workers(engine, adapters, workers, timing);
     let input = KickoffInput {
         level: ExportLevel::System,
         request_url: "https://bench.example/fhir/$export".into(),
@@ -318,6 +297,84 @@ async fn export_once(
         RETRIES.load(Ordering::Relaxed)
     );
     (job.files.iter().map(|f| f.count).sum(), bytes)
+}
+
+/// Worker tasks that take up to 10 messages at a time from SQS and handle
+/// them concurrently, as the worker function does, until told to stop.
+fn spawn_workers(
+    engine: &Engine,
+    adapters: &AwsAdapters,
+    workers: usize,
+    timing: Timing,
+) -> (watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let engine = engine.clone();
+        let queue = adapters.queue.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            while !*stop.borrow() {
+                let deliveries = queue.receive(10, timing.visibility).await.unwrap();
+                if deliveries.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+                let deadline = tokio::time::Instant::now() + timing.work;
+                futures::future::join_all(deliveries.iter().map(|d| {
+                    let (engine, queue) = (&engine, &queue);
+                    async move {
+                        // As the worker function settles a record: done is
+                        // deleted; a failure or a lost race comes back
+                        // after the delay the engine asks for.
+                        match engine.process(&d.message, d.receive_count, deadline).await {
+                            Disposition::Done => queue.delete(&d.receipt).await.unwrap(),
+                            Disposition::RetryAfter(delay) => {
+                                RETRIES.fetch_add(1, Ordering::Relaxed);
+                                queue.retry_later(&d.receipt, delay).await.unwrap()
+                            }
+                        }
+                    }
+                }))
+                .await;
+            }
+        }));
+    }
+    (stop_tx, tasks)
+}
+
+/// `$export-revisions` of the whole store (no change log); returns the rows
+/// and the seconds it took.
+async fn revisions_once(
+    engine: &Engine,
+    adapters: &AwsAdapters,
+    workers: usize,
+    timing: Timing,
+) -> (u64, f64) {
+    let (stop_tx, tasks) = spawn_workers(engine, adapters, workers, timing);
+    let t = Instant::now();
+    let body = br#"{"startDate": 0, "endDate": 253402300799999}"#;
+    let job_id = engine
+        .start_revisions(&Caller::anonymous(), body, "bench".into())
+        .await
+        .unwrap();
+    let job = loop {
+        let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
+        if job.state == JobState::Completed {
+            break job;
+        }
+        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (job.files.iter().map(|f| f.count).sum(), secs)
 }
 
 #[derive(Debug)]

@@ -31,39 +31,7 @@ use bulk_export_local::workers::work_loop;
 use tokio::sync::watch;
 
 mod common;
-use common::{arg, arg_text};
-
-fn status_kb(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU seconds (user + system) this process has used so far.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100)
-}
-
-fn reset_peak_rss() {
-    // "5" resets VmHWM to the current RSS (Linux >= 4.0).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
+use common::{arg, arg_text, cpu_secs, reset_peak_rss, status_kb};
 
 /// Bytes of the files under `path` whose names end in `.gz` (`gz`) or not.
 fn dir_bytes(path: &std::path::Path, gz: bool) -> u64 {

@@ -10,7 +10,8 @@ use bulk_export::domain::job::{Job, JobState, Part, PartSpec, UploadedChunk, Wor
 use bulk_export::domain::request::{ElementSelection, ExportLevel, ExportRequest};
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteResourceStore};
 use bulk_export::ports::{
-    ArtifactStore, JobStore, PortError, ResourceStore, ShardScan, WorkQueue, WriteOp,
+    ArtifactStore, JobStore, PortError, ResourceStore, RevisionScan, ShardScan, WorkQueue, WriteOp,
+    SYSTEM_AUTHOR,
 };
 use chrono::Utc;
 use serde_json::json;
@@ -442,6 +443,138 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
         .await
         .unwrap()
         .contains(&t.to_string()));
+
+    revisions_contract(store.as_ref(), t).await;
+}
+
+/// Authors, the audit trail's pages and predecessors, after the writes of
+/// `resource_store_contract` (30 creates, an update and a deletion by the
+/// system author).
+async fn revisions_contract(store: &dyn ResourceStore, t: &str) {
+    let put = |id: &str, v: i64| WriteOp::Upsert {
+        resource_type: t.into(),
+        id: id.into(),
+        resource: json!({"resourceType": t, "id": id, "valueInteger": v}),
+    };
+    let mine = store
+        .write_as("alice", vec![put("o00", 300)])
+        .await
+        .unwrap();
+    // A bulk load: a new resource (the fresh path) and an update.
+    let loaded = store
+        .load_as("bob", vec![put("o90", 1), put("o02", 22)])
+        .await
+        .unwrap();
+    let from_alice = mine[0].version.last_updated;
+    // Every shard's revisions, newest first, in pages of 7.
+    let read_all = |from: i64| async move {
+        let mut all = Vec::new();
+        for shard in 0..store.shard_count() {
+            let mut before = i64::MAX;
+            loop {
+                let page = store
+                    .revisions(RevisionScan {
+                        resource_type: t,
+                        shard,
+                        from,
+                        before,
+                        with_bodies: false,
+                        limit: 7,
+                    })
+                    .await
+                    .unwrap();
+                assert!(page.len() <= 7);
+                assert!(
+                    page.windows(2)
+                        .all(|w| w[0].version.last_updated > w[1].version.last_updated),
+                    "newest first"
+                );
+                assert!(page
+                    .iter()
+                    .all(|r| r.version.body.is_none() && r.version.last_updated >= from));
+                let Some(last) = page.last() else { break };
+                before = last.version.last_updated;
+                let full = page.len() == 7;
+                all.extend(page);
+                if !full {
+                    break;
+                }
+            }
+        }
+        all.sort_by_key(|r| std::cmp::Reverse(r.version.last_updated));
+        all
+    };
+    let all = read_all(0).await;
+    let summary: Vec<(String, u64, bool, String)> = all
+        .iter()
+        .map(|r| {
+            (
+                r.version.id.clone(),
+                r.version.version,
+                r.version.deleted,
+                r.author.clone().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, u64, bool, String)> = (0..30)
+        .map(|i| (format!("o{i:02}"), 1, false, SYSTEM_AUTHOR.to_string()))
+        .collect();
+    expected.push(("o00".into(), 2, false, SYSTEM_AUTHOR.into()));
+    expected.push(("o01".into(), 2, true, SYSTEM_AUTHOR.into()));
+    expected.push(("o00".into(), 3, false, "alice".into()));
+    expected.extend(loaded.iter().map(|r| {
+        (
+            r.version.id.clone(),
+            r.version.version,
+            false,
+            "bob".to_string(),
+        )
+    }));
+    let mut got = summary.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "every version once, with its author");
+    assert_eq!(
+        summary[..3].iter().filter(|s| s.3 == "bob").count(),
+        2,
+        "the newest are bob's"
+    );
+    // A lower bound: only what alice and bob wrote.
+    assert_eq!(read_all(from_alice).await.len(), 3);
+
+    // Predecessors: the version before each, bodies on request.
+    let pick = |id: &str, version: u64| {
+        all.iter()
+            .find(|r| r.version.id == id && r.version.version == version)
+            .unwrap()
+            .clone()
+    };
+    let of = vec![
+        pick("o00", 3),
+        pick("o01", 2),
+        pick("o02", 2),
+        pick("o90", 1),
+    ];
+    let with = store.predecessors(t, &of, true).await.unwrap();
+    let shape: Vec<Option<(String, u64, bool)>> = with
+        .iter()
+        .map(|p| p.as_ref().map(|v| (v.id.clone(), v.version, v.deleted)))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            Some(("o00".into(), 2, false)),
+            Some(("o01".into(), 1, false)),
+            Some(("o02".into(), 1, false)),
+            None
+        ]
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(with[0].as_ref().unwrap().body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["valueInteger"], 100);
+    let without = store.predecessors(t, &of, false).await.unwrap();
+    assert!(without.iter().flatten().all(|v| v.body.is_none()));
+    assert_eq!(without.iter().flatten().count(), 3);
 }
 
 /// (id, version) of everything the segments' scans read, sorted.

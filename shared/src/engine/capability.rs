@@ -22,6 +22,14 @@ ViewDefinition/[id]/$viewdefinition-run for a stored view. Over inline resource 
 or the store (optionally patient or group). _format json, ndjson or csv (header); _limit. \
 More rows than the server's limit is a 422: use an export.";
 
+/// What `$export-revisions` takes.
+const EXPORT_REVISIONS: &str = "The audit trail as CSV (Revision ID, Revision Time, User, \
+User Email ID, Operation, Record Type, Record, Change Log), newest first: POST \
+$export-revisions with a JSON body {startDate, endDate (epoch ms or ISO instants), userId or \
+userIds, entities, includeModifiedProps}. Answers {fileId} when the file is ready within the \
+wait budget, else {fileId: null, status}; Prefer: respond-async gives 202 and a manifest. \
+The file: GET $export-revisions/file?fileId=. Needs the audit permission.";
+
 impl Engine {
     pub fn capability_statement(&self) -> Value {
         let op = |name: &str, def: &str| json!({ "name": name, "definition": def, "documentation": KICKOFF_PARAMETERS });
@@ -56,6 +64,11 @@ impl Engine {
                         "name": "viewdefinition-run",
                         "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run",
                         "documentation": VIEW_RUN
+                    },
+                    {
+                        "name": "export-revisions",
+                        "definition": format!("{}/OperationDefinition/export-revisions", self.config.base_url),
+                        "documentation": EXPORT_REVISIONS
                     }
                 ]
             }]

@@ -1,0 +1,265 @@
+//! The audit trail export (`$export-revisions`) on the embedded default,
+//! with its floor.
+//!
+//! `cargo bench -p bulk-export-local --bench revisions -- --revisions 1000000`
+//! (`--dir PATH` keeps the loaded store and reuses it; `--runs N`, default 3.)
+//!
+//! 1. Loads a history of about N revisions: synthetic resources written by
+//!    one author, then a fifth of them updated and a twentieth deleted by
+//!    others (timed, for reference).
+//! 2. Exports the whole trail through the engine and a worker loop, without
+//!    and with the change log: revisions/s, CPU, and the process's peak RSS
+//!    (reset after loading).
+//! 3. The floor: the same rows read straight from SQLite newest first and
+//!    written as the same CSV columns (no change log), no engine around
+//!    them. Ratio = export / floor.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulk_export::clock::SystemClock;
+use bulk_export::domain::instant::{format_instant, from_micros};
+use bulk_export::domain::job::JobState;
+use bulk_export::domain::revisions::{csv_line, Operation, HEADER};
+use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
+use bulk_export::engine::{Caller, Engine, EngineConfig, Ports};
+use bulk_export::ports::{Clock, ResourceStore, WriteOp};
+use bulk_export::sample::{generate, SampleConfig};
+use bulk_export_local::workers::work_loop;
+use tokio::sync::watch;
+
+mod common;
+use common::{arg, arg_text, cpu_secs, reset_peak_rss, status_kb};
+
+fn main() {
+    let revisions = arg("--revisions", 100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(revisions));
+}
+
+async fn run(n: usize) {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = arg_text("--dir")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(dir.join("files"));
+    for f in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store =
+        Arc::new(SqliteResourceStore::open(&dir.join("resources.db"), clock.clone()).unwrap());
+    let jobs = SqliteJobs::open(&dir.join("jobs.db")).unwrap();
+    let queue = jobs.queue();
+    let files = dir.join("files");
+    let ports = Ports {
+        resources: store.clone(),
+        clients: Arc::new(jobs.clone()),
+        jobs: Arc::new(jobs),
+        artifacts: Arc::new(
+            FsArtifacts::open(&files, "http://127.0.0.1:1", clock.clone()).unwrap(),
+        ),
+        queue: Arc::new(queue.clone()),
+        clock,
+    };
+    let engine = Engine::new(ports, EngineConfig::new("http://127.0.0.1:1/fhir"));
+
+    // 1. Load: creates by the loader, then updates and deletions by others.
+    let t = Instant::now();
+    let mut total = store.version_count().await.unwrap() as usize;
+    if total == 0 {
+        // n = creates × (1 + 1/5 + 1/20)
+        let creates = n * 20 / 25;
+        let target = SampleConfig::for_resources(creates, 7);
+        let mut written: Vec<(String, String, serde_json::Value)> = Vec::new();
+        let mut batch = Vec::with_capacity(5000);
+        for v in generate(target).take(creates) {
+            let (t, id) = (
+                v["resourceType"].as_str().unwrap().to_string(),
+                v["id"].as_str().unwrap().to_string(),
+            );
+            if written.len() % 5 == 0 {
+                written.push((t.clone(), id.clone(), v.clone()));
+            } else {
+                written.push((t.clone(), id.clone(), serde_json::Value::Null));
+            }
+            batch.push(WriteOp::Upsert {
+                resource_type: t,
+                id,
+                resource: v,
+            });
+            if batch.len() == 5000 {
+                store.load(std::mem::take(&mut batch)).await.unwrap();
+            }
+        }
+        store.load(std::mem::take(&mut batch)).await.unwrap();
+        for (i, (t, id, v)) in written.into_iter().enumerate() {
+            if i % 20 == 0 {
+                batch.push(WriteOp::Delete {
+                    resource_type: t,
+                    id,
+                });
+            } else if i % 5 == 0 {
+                let mut v = v;
+                v["meta"] = serde_json::json!({"tag": [{"code": "reviewed"}]});
+                batch.push(WriteOp::Upsert {
+                    resource_type: t,
+                    id,
+                    resource: v,
+                });
+            } else {
+                continue;
+            }
+            if batch.len() == 5000 {
+                store
+                    .load_as("lab-a", std::mem::take(&mut batch))
+                    .await
+                    .unwrap();
+            }
+        }
+        store.load_as("lab-a", batch).await.unwrap();
+        total = store.version_count().await.unwrap() as usize;
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "loaded     {total} revisions in {secs:.1} s ({:.0} revisions/s)",
+            total as f64 / secs
+        );
+    } else {
+        println!("reusing    {total} revisions in {}", dir.display());
+    }
+
+    let runs = arg("--runs", 3).max(1);
+    reset_peak_rss();
+    let rss_before = status_kb("VmRSS:");
+    let (mut plain, mut logged, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        for (with_log, into) in [(false, &mut plain), (true, &mut logged)] {
+            let (secs, cpu, rows) = export_once(&engine, &queue, &files, with_log).await;
+            assert_eq!(rows, total as u64, "every revision once");
+            println!(
+                "export #{run}{}  {rows} revisions in {secs:.2} s ({:.0} revisions/s; cpu {cpu:.2} s)",
+                if with_log { " with change log" } else { "" },
+                rows as f64 / secs
+            );
+            into.push(secs);
+        }
+        let (secs, cpu, rows) = floor_once(&dir.join("resources.db"), &dir.join("floor.csv")).await;
+        assert_eq!(rows, total as u64);
+        println!(
+            "floor  #{run}  {rows} rows in {secs:.2} s ({:.0} rows/s; cpu {cpu:.2} s)",
+            rows as f64 / secs
+        );
+        floors.push(secs);
+    }
+    let peak_kb = status_kb("VmHWM:");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (p, l, f) = (median(plain), median(logged), median(floors));
+    let n = total as f64;
+    println!("SUMMARY {n} revisions, medians: export {p:.2} s = {:.0} revisions/s; with change log {l:.2} s = {:.0} revisions/s; floor {f:.2} s = {:.0} rows/s", n / p, n / l, n / f);
+    println!(
+        "SUMMARY ratio export / floor (median/median): {:.2}x, with change log {:.2}x",
+        p / f,
+        l / f
+    );
+    println!(
+        "SUMMARY peak RSS {:.1} MB during the exports (RSS before them: {:.1} MB)",
+        peak_kb as f64 / 1024.0,
+        rss_before as f64 / 1024.0
+    );
+}
+
+/// One `$export-revisions` of everything through the engine and a worker.
+async fn export_once(
+    engine: &Engine,
+    queue: &SqliteQueue,
+    files: &std::path::Path,
+    with_log: bool,
+) -> (f64, f64, u64) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(work_loop(
+        0,
+        engine.clone(),
+        queue.clone(),
+        Duration::from_secs(600),
+        Duration::from_secs(900),
+        stop_rx,
+    ));
+    let t = Instant::now();
+    let cpu = cpu_secs();
+    let body = format!(
+        r#"{{"startDate": 0, "endDate": 253402300799999, "includeModifiedProps": {with_log}}}"#
+    );
+    let job_id = engine
+        .start_revisions(&Caller::anonymous(), body.as_bytes(), "bench".into())
+        .await
+        .unwrap();
+    let job = loop {
+        let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
+        if job.state == JobState::Completed {
+            break job;
+        }
+        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu;
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    let _ = std::fs::remove_dir_all(files.join("objects").join("jobs").join(&job_id));
+    (secs, cpu, job.files.iter().map(|f| f.count).sum())
+}
+
+/// The same rows straight from SQLite, newest first, as the same CSV
+/// columns. It knows Add from Edit by the version number alone (a
+/// re-creation after a deletion would need the predecessor, as the engine
+/// reads it).
+async fn floor_once(db: &std::path::Path, out: &std::path::Path) -> (f64, f64, u64) {
+    let (db, out) = (db.to_path_buf(), out.to_path_buf());
+    let t = Instant::now();
+    let cpu = cpu_secs();
+    let rows = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT last_updated, author, deleted, version, type, id FROM versions ORDER BY last_updated DESC")
+            .unwrap();
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&out).unwrap());
+        w.write_all(&csv_line(&HEADER)).unwrap();
+        w.write_all(b"\r\n").unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        let mut n = 0u64;
+        while let Some(r) = rows.next().unwrap() {
+            let at: i64 = r.get(0).unwrap();
+            let author: String = r.get::<_, Option<String>>(1).unwrap().unwrap_or_default();
+            let op = Operation::of(r.get::<_, i64>(2).unwrap() != 0, r.get::<_, i64>(3).unwrap() > 1);
+            let (t, id): (String, String) = (r.get(4).unwrap(), r.get(5).unwrap());
+            let line = csv_line(&[
+                &at.to_string(),
+                &format_instant(from_micros(at)),
+                &author,
+                "",
+                op.as_str(),
+                &t,
+                &id,
+                "",
+            ]);
+            w.write_all(&line).unwrap();
+            w.write_all(b"\r\n").unwrap();
+            n += 1;
+        }
+        w.flush().unwrap();
+        let _ = std::fs::remove_file(&out);
+        n
+    })
+    .await
+    .unwrap();
+    (t.elapsed().as_secs_f64(), cpu_secs() - cpu, rows)
+}
