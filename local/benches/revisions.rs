@@ -77,17 +77,16 @@ async fn run(n: usize) {
         // n = creates × (1 + 1/5 + 1/20)
         let creates = n * 20 / 25;
         let target = SampleConfig::for_resources(creates, 7);
-        let mut written: Vec<(String, String, serde_json::Value)> = Vec::new();
+        // Every fifth resource is updated; every fourth of those is then deleted.
+        let mut changed: Vec<(String, String, serde_json::Value)> = Vec::new();
         let mut batch = Vec::with_capacity(5000);
-        for v in generate(target).take(creates) {
+        for (i, v) in generate(target).take(creates).enumerate() {
             let (t, id) = (
                 v["resourceType"].as_str().unwrap().to_string(),
                 v["id"].as_str().unwrap().to_string(),
             );
-            if written.len() % 5 == 0 {
-                written.push((t.clone(), id.clone(), v.clone()));
-            } else {
-                written.push((t.clone(), id.clone(), serde_json::Value::Null));
+            if i.is_multiple_of(5) {
+                changed.push((t.clone(), id.clone(), v.clone()));
             }
             batch.push(WriteOp::Upsert {
                 resource_type: t,
@@ -99,31 +98,32 @@ async fn run(n: usize) {
             }
         }
         store.load(std::mem::take(&mut batch)).await.unwrap();
-        for (i, (t, id, v)) in written.into_iter().enumerate() {
-            if i % 20 == 0 {
-                batch.push(WriteOp::Delete {
-                    resource_type: t,
-                    id,
-                });
-            } else if i % 5 == 0 {
-                let mut v = v;
-                v["meta"] = serde_json::json!({"tag": [{"code": "reviewed"}]});
-                batch.push(WriteOp::Upsert {
-                    resource_type: t,
-                    id,
-                    resource: v,
-                });
-            } else {
-                continue;
-            }
-            if batch.len() == 5000 {
-                store
-                    .load_as("lab-a", std::mem::take(&mut batch))
-                    .await
-                    .unwrap();
-            }
+        for chunk in changed.chunks(5000) {
+            let updates = chunk
+                .iter()
+                .map(|(t, id, v)| {
+                    let mut v = v.clone();
+                    v["meta"] = serde_json::json!({"tag": [{"code": "reviewed"}]});
+                    WriteOp::Upsert {
+                        resource_type: t.clone(),
+                        id: id.clone(),
+                        resource: v,
+                    }
+                })
+                .collect();
+            store.load_as("lab-a", updates).await.unwrap();
         }
-        store.load_as("lab-a", batch).await.unwrap();
+        let deletions: Vec<WriteOp> = changed
+            .iter()
+            .step_by(4)
+            .map(|(t, id, _)| WriteOp::Delete {
+                resource_type: t.clone(),
+                id: id.clone(),
+            })
+            .collect();
+        for chunk in deletions.chunks(5000) {
+            store.load_as("lab-b", chunk.to_vec()).await.unwrap();
+        }
         total = store.version_count().await.unwrap() as usize;
         let secs = t.elapsed().as_secs_f64();
         println!(
