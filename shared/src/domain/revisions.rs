@@ -16,7 +16,10 @@
 //!   `meta.lastUpdated` are left out: they change with every version.
 
 use chrono::{DateTime, Days, NaiveTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::fhir_types::is_resource_type;
@@ -269,40 +272,66 @@ impl Operation {
     }
 }
 
-/// The top-level elements that count as content.
-fn content(resource: Option<&Value>) -> Map<String, Value> {
-    let mut map = match resource {
-        Some(Value::Object(m)) => m.clone(),
-        _ => Map::new(),
+/// A body's top-level elements as raw JSON text, in name order (the text is
+/// compared and copied, never rebuilt: the store writes compact JSON).
+type Elements<'a> = BTreeMap<String, &'a RawValue>;
+
+fn elements(body: Option<&str>) -> Result<Elements<'_>, serde_json::Error> {
+    let mut map: Elements = match body {
+        Some(b) => serde_json::from_str(b)?,
+        None => BTreeMap::new(),
     };
     map.remove("resourceType");
     map.remove("id");
-    if let Some(Value::Object(meta)) = map.get_mut("meta") {
-        meta.remove("versionId");
-        meta.remove("lastUpdated");
-        if meta.is_empty() {
-            map.remove("meta");
-        }
-    }
-    map
+    Ok(map)
+}
+
+/// `meta` without the stamps every version changes; `None` if nothing else.
+fn meta_content(raw: Option<&RawValue>) -> Result<Option<Value>, serde_json::Error> {
+    let Some(raw) = raw else { return Ok(None) };
+    let mut meta: Map<String, Value> = serde_json::from_str(raw.get())?;
+    meta.remove("versionId");
+    meta.remove("lastUpdated");
+    Ok((!meta.is_empty()).then_some(Value::Object(meta)))
 }
 
 /// The change log between the previous live body (if any) and this one
-/// (`None` for a deletion): see the module comment.
-pub fn change_log(previous: Option<&Value>, current: Option<&Value>) -> String {
-    let (before, after) = (content(previous), content(current));
-    let mut patch = Map::new();
-    for (k, v) in &after {
-        if before.get(k) != Some(v) {
-            patch.insert(k.clone(), v.clone());
+/// (`None` for a deletion): see the module comment. Elements appear in
+/// name order.
+pub fn change_log(
+    previous: Option<&str>,
+    current: Option<&str>,
+) -> Result<String, serde_json::Error> {
+    let (before, after) = (elements(previous)?, elements(current)?);
+    let mut out = String::from("{");
+    let mut entry = |name: &str, value: &str| {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(name.to_string()).to_string());
+        out.push(':');
+        out.push_str(value);
+    };
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        let (old, new) = (before.get(name.as_str()), after.get(name.as_str()));
+        if name == "meta" {
+            let (old, new) = (meta_content(old.copied())?, meta_content(new.copied())?);
+            match new {
+                Some(new) if old.as_ref() != Some(&new) => entry(name, &new.to_string()),
+                None if old.is_some() => entry(name, "null"),
+                _ => {}
+            }
+            continue;
+        }
+        match (old, new) {
+            (_, Some(new)) if old.map(|o| o.get()) != Some(new.get()) => entry(name, new.get()),
+            (Some(_), None) => entry(name, "null"),
+            _ => {}
         }
     }
-    for k in before.keys() {
-        if !after.contains_key(k) {
-            patch.insert(k.clone(), Value::Null);
-        }
-    }
-    Value::Object(patch).to_string()
+    out.push('}');
+    Ok(out)
 }
 
 /// One CSV row.
@@ -334,16 +363,32 @@ impl RevisionRow<'_> {
     }
 }
 
-/// Fields quoted where RFC 4180 needs it; no line break at the end.
+/// One RFC 4180 record without its line break: a field is quoted when it
+/// holds a comma, a quote or a line break, with its quotes doubled. (The
+/// csv crate's writer would allocate its buffer for every record.)
 pub fn csv_line(fields: &[&str]) -> Vec<u8> {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::new());
-    // Writing to a Vec cannot fail.
-    w.write_record(fields).expect("in-memory CSV");
-    let mut line = w.into_inner().expect("in-memory CSV");
-    line.truncate(line.len() - 2);
-    line
+    let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 3).sum());
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if field
+            .bytes()
+            .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+        {
+            out.push(b'"');
+            for b in field.bytes() {
+                if b == b'"' {
+                    out.push(b'"');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(field.as_bytes());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -427,20 +472,30 @@ mod tests {
                         "status": "preliminary", "note": [{"text": "n"}], "code": {"text": "c"}});
         let v2 = json!({"resourceType": "Observation", "id": "o", "meta": {"versionId": "2", "lastUpdated": "y"},
                         "status": "final", "code": {"text": "c"}, "issued": "2020-01-01T00:00:00Z"});
-        let patch: Value = serde_json::from_str(&change_log(Some(&v1), Some(&v2))).unwrap();
+        let log = |a: Option<&Value>, b: Option<&Value>| -> Value {
+            let (a, b) = (a.map(Value::to_string), b.map(Value::to_string));
+            serde_json::from_str(&change_log(a.as_deref(), b.as_deref()).unwrap()).unwrap()
+        };
+        let patch = log(Some(&v1), Some(&v2));
         assert_eq!(
             patch,
             json!({"status": "final", "issued": "2020-01-01T00:00:00Z", "note": null})
         );
-        let added: Value = serde_json::from_str(&change_log(None, Some(&v1))).unwrap();
+        let added = log(None, Some(&v1));
         assert_eq!(
             added,
             json!({"status": "preliminary", "note": [{"text": "n"}], "code": {"text": "c"}})
         );
-        let deleted: Value = serde_json::from_str(&change_log(Some(&v2), None)).unwrap();
+        let deleted = log(Some(&v2), None);
         assert_eq!(
             deleted,
             json!({"status": null, "code": null, "issued": null})
+        );
+        // Tags in meta count; the stamps do not. Names come in order.
+        let tagged = json!({"resourceType": "Observation", "meta": {"versionId": "3", "tag": [{"code": "t"}]}, "status": "final", "code": {"text": "c"}});
+        assert_eq!(
+            change_log(Some(&v2.to_string()), Some(&tagged.to_string())).unwrap(),
+            r#"{"issued":null,"meta":{"tag":[{"code":"t"}]}}"#
         );
     }
 

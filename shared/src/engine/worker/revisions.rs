@@ -7,8 +7,6 @@
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use serde_json::Value;
-
 use super::PartReader;
 use crate::domain::job::{Checkpoint, FileKind, Position, REVISIONS};
 use crate::domain::revisions::{change_log, Operation, RevisionRow, RevisionsQuery};
@@ -189,7 +187,25 @@ impl PartReader<'_> {
         }
         let mut previous: Vec<Option<Version>> = vec![None; page.len()];
         for (resource_type, indexes) in by_type {
-            let of: Vec<Revision> = indexes.iter().map(|&i| page[i].clone()).collect();
+            // The store needs their keys, not their bodies.
+            let of: Vec<Revision> = indexes
+                .iter()
+                .map(|&i| {
+                    let v = &page[i].version;
+                    Revision {
+                        version: Version {
+                            resource_type: v.resource_type.clone(),
+                            id: v.id.clone(),
+                            version: v.version,
+                            last_updated: v.last_updated,
+                            deleted: v.deleted,
+                            body: None,
+                        },
+                        author: None,
+                        previous_at: page[i].previous_at,
+                    }
+                })
+                .collect();
             let found = self
                 .engine
                 .ports
@@ -204,16 +220,9 @@ impl PartReader<'_> {
             let prev_live = prev.filter(|p| !p.deleted);
             let operation = Operation::of(r.version.deleted, prev_live.is_some());
             let log = if query.include_modified_props {
-                let parse = |v: &Version| -> PortResult<Option<Value>> {
-                    v.body
-                        .as_deref()
-                        .map(serde_json::from_str)
-                        .transpose()
-                        .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))
-                };
-                let before = prev_live.as_ref().map(parse).transpose()?.flatten();
-                let after = parse(&r.version)?;
-                change_log(before.as_ref(), after.as_ref())
+                let before = prev_live.as_ref().and_then(|p| p.body.as_deref());
+                change_log(before, r.version.body.as_deref())
+                    .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?
             } else {
                 String::new()
             };
