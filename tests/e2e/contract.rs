@@ -35,6 +35,7 @@ pub fn job(id: &str) -> Job {
             type_filters: vec![],
             lenient_issues: vec![],
             revisions: None,
+            views: None,
         },
         state: JobState::Running,
         transaction_time: Utc::now(),

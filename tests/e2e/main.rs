@@ -10,4 +10,5 @@ mod helpers;
 mod malformed;
 mod resources;
 mod revisions;
+mod view_export;
 mod views;

@@ -206,6 +206,14 @@ fn manifest_of(
     if job.request.organize_by_patient {
         m["outputOrganizedBy"] = json!("Patient");
     }
+    if let Some(id) = job
+        .request
+        .views
+        .as_ref()
+        .and_then(|v| v.client_tracking_id.as_ref())
+    {
+        m["clientTrackingId"] = json!(id);
+    }
     m
 }
 

@@ -1,6 +1,7 @@
 //! Pure domain types and rules: no I/O, no AWS, no HTTP framework.
 
 pub mod access;
+pub mod csv;
 pub mod elements;
 pub mod fhir_types;
 pub mod instant;
@@ -9,5 +10,6 @@ pub mod outcome;
 pub mod request;
 pub mod resource;
 pub mod revisions;
+pub mod view_export;
 
 pub use outcome::ApiError;

@@ -129,6 +129,10 @@ pub struct ExportRequest {
     /// `$export-revisions`: the job exports the audit trail, not resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revisions: Option<super::revisions::RevisionsQuery>,
+    /// `$viewdefinition-export`: the job writes these views' rows, not
+    /// resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<super::view_export::ViewExport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +238,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
         type_filters: Vec::new(),
         lenient_issues: Vec::new(),
         revisions: None,
+        views: None,
     };
     let lenient = input.lenient;
     // Under lenient handling an unsupported parameter is recorded, not fatal.

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+pub use super::csv::csv_line;
 use super::fhir_types::is_resource_type;
 use super::instant::{format_instant, from_micros, parse_instant, to_micros};
 use super::ApiError;
@@ -361,34 +362,6 @@ impl RevisionRow<'_> {
             self.change_log,
         ])
     }
-}
-
-/// One RFC 4180 record without its line break: a field is quoted when it
-/// holds a comma, a quote or a line break, with its quotes doubled. (The
-/// csv crate's writer would allocate its buffer for every record.)
-pub fn csv_line(fields: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 3).sum());
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        if field
-            .bytes()
-            .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
-        {
-            out.push(b'"');
-            for b in field.bytes() {
-                if b == b'"' {
-                    out.push(b'"');
-                }
-                out.push(b);
-            }
-            out.push(b'"');
-        } else {
-            out.extend_from_slice(field.as_bytes());
-        }
-    }
-    out
 }
 
 #[cfg(test)]

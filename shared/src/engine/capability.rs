@@ -22,6 +22,12 @@ ViewDefinition/[id]/$viewdefinition-run for a stored view. Over inline resource 
 or the store (optionally patient or group). _format json, ndjson or csv (header); _limit. \
 More rows than the server's limit is a 422: use an export.";
 
+/// What `$viewdefinition-export` takes.
+const VIEW_EXPORT: &str = "SQL on FHIR v2 ViewDefinitions exported asynchronously: POST \
+ViewDefinition/$viewdefinition-export with a Parameters body: one or more view parameters \
+(parts name, viewResource or viewReference), _format csv (header) or ndjson, _since, patient, \
+group, clientTrackingId. 202 and a status URL; the manifest lists each view's files.";
+
 /// What `$export-revisions` takes.
 const EXPORT_REVISIONS: &str = "The audit trail as CSV (Revision ID, Revision Time, User, \
 User Email ID, Operation, Record Type, Record, Change Log), newest first: POST \
@@ -64,6 +70,11 @@ impl Engine {
                         "name": "viewdefinition-run",
                         "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run",
                         "documentation": VIEW_RUN
+                    },
+                    {
+                        "name": "viewdefinition-export",
+                        "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-export",
+                        "documentation": VIEW_EXPORT
                     },
                     {
                         "name": "export-revisions",

@@ -165,7 +165,7 @@ impl Engine {
     /// level) or are not members (Group level) are moved to
     /// `excluded_patients`: the export goes on without them, and its
     /// manifest says so, in the same words for both cases.
-    async fn check_patients(&self, request: &mut ExportRequest) -> Result<(), ApiError> {
+    pub(crate) async fn check_patients(&self, request: &mut ExportRequest) -> Result<(), ApiError> {
         let resources = &self.ports.resources;
         let named = std::mem::take(&mut request.patients);
         let members = match &request.level {
@@ -476,7 +476,10 @@ impl Engine {
 /// Applies the caller's access to a parsed request: requested types must be
 /// readable, no `_type` means exactly the readable types, and a client
 /// limited to Groups may export only those Groups.
-fn authorize_export(access: &Access, request: &mut ExportRequest) -> Result<(), ApiError> {
+pub(crate) fn authorize_export(
+    access: &Access,
+    request: &mut ExportRequest,
+) -> Result<(), ApiError> {
     match &request.level {
         ExportLevel::Group { group_id } if !access.can_use_group(group_id) => {
             return Err(ApiError::forbidden(format!(

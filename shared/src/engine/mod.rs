@@ -13,7 +13,9 @@ mod revisions;
 pub use revisions::RevisionsOutcome;
 mod sink;
 mod sweep;
+mod view_export;
 mod views;
+pub use view_export::{ViewExportInput, ViewRef};
 mod worker;
 
 use std::sync::Arc;

@@ -77,6 +77,7 @@ impl Engine {
             type_filters: Vec::new(),
             lenient_issues: Vec::new(),
             revisions: Some(query),
+            views: None,
         };
         let id = self.record_job(caller, request).await?;
         tracing::info!(job = %id, owner = %caller.subject, "revisions export accepted");

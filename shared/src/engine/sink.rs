@@ -38,12 +38,24 @@ use crate::domain::job::{
     REVISIONS, REVISIONS_FILE,
 };
 use crate::domain::revisions::{csv_line, HEADER};
+use crate::domain::view_export::{TableFormat, ViewExport};
 use crate::ports::{PortError, PortResult};
+use crate::view::output::header_line;
+use crate::view::View;
 
 /// Chunk numbers reserved per open upload by each checkpoint. Between two
 /// checkpoints a handling uploads at most two chunks to one file (a full
 /// chunk at the end of a page, and its last chunk when the file closes).
 pub(crate) const RESERVE: u32 = 4;
+
+/// How a view export's files of one view look.
+struct ViewFile {
+    extension: &'static str,
+    /// Written at the top of each file (CSV's header record and CRLF).
+    header: Option<Vec<u8>>,
+    /// The view's resource type (downloads check the reader's scopes on it).
+    source_type: String,
+}
 
 struct Writer {
     file: OpenFile,
@@ -78,6 +90,8 @@ pub(crate) struct Sink<'a> {
     spill_seq: u32,
     /// A chunk went up or a file was sealed since the last checkpoint.
     dirty: bool,
+    /// A view export's files, by view name (`describe_views`).
+    view_files: std::collections::HashMap<String, ViewFile>,
 }
 
 impl<'a> Sink<'a> {
@@ -112,6 +126,30 @@ impl<'a> Sink<'a> {
             stale_spills: Vec::new(),
             spill_seq: 0,
             dirty: false,
+            view_files: Default::default(),
+        }
+    }
+
+    /// For a view export: each view's files are named after the view, with
+    /// the format's extension, and a CSV file starts with its header.
+    pub fn describe_views(&mut self, export: &ViewExport) {
+        for v in &export.views {
+            let header = match (export.format, View::parse(&v.definition)) {
+                (TableFormat::Csv, Ok(view)) if export.header => {
+                    let mut h = header_line(view.columns());
+                    h.extend_from_slice(b"\r\n");
+                    Some(h)
+                }
+                _ => None,
+            };
+            self.view_files.insert(
+                v.name.clone(),
+                ViewFile {
+                    extension: export.format.extension(),
+                    header,
+                    source_type: v.resource_type.clone(),
+                },
+            );
         }
     }
 
@@ -283,6 +321,10 @@ impl<'a> Sink<'a> {
                 write_gzip_twin(artifacts, &key, self.engine.config.min_chunk_bytes).await?;
             }
             let deleted = file.kind == FileKind::Deleted;
+            let view_type = self
+                .view_files
+                .get(&file.resource_type)
+                .map(|v| v.source_type.clone());
             self.files.push(OutputFile {
                 kind: file.kind,
                 resource_type: if deleted {
@@ -290,7 +332,11 @@ impl<'a> Sink<'a> {
                 } else {
                     file.resource_type.clone()
                 },
-                source_type: deleted.then(|| file.resource_type.clone()),
+                source_type: if deleted {
+                    Some(file.resource_type.clone())
+                } else {
+                    view_type
+                },
                 name: file.name,
                 count: file.count,
                 gzip,
@@ -329,8 +375,14 @@ impl<'a> Sink<'a> {
     async fn open(&mut self, kind: FileKind, resource_type: &str) -> PortResult<()> {
         let seq = self.next_file_seq;
         self.next_file_seq += 1;
+        let view = self.view_files.get(resource_type);
         let name = match kind {
             _ if resource_type == REVISIONS => REVISIONS_FILE.to_string(),
+            _ if view.is_some() => format!(
+                "{resource_type}-{:04}-{seq:03}.{}",
+                self.part_index,
+                view.map_or("ndjson", |v| v.extension)
+            ),
             FileKind::Deleted => format!(
                 "{resource_type}-deleted-{:04}-{seq:03}.ndjson",
                 self.part_index
@@ -357,6 +409,9 @@ impl<'a> Sink<'a> {
         if resource_type == REVISIONS {
             buf.extend_from_slice(&csv_line(&HEADER));
             buf.extend_from_slice(b"\r\n");
+        }
+        if let Some(header) = view.and_then(|v| v.header.as_ref()) {
+            buf.extend_from_slice(header);
         }
         *self.slot(kind) = Some(Writer {
             file,

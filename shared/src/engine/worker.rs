@@ -26,6 +26,7 @@ use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
 use crate::ports::{PortError, PortResult, ShardScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
+use crate::view::output::row_line;
 
 mod provenance;
 mod revisions;
@@ -139,6 +140,9 @@ impl Engine {
             return Ok(WorkOutcome::Done);
         }
         let mut sink = Sink::resume(self, &part);
+        if let Some(views) = &job.request.views {
+            sink.describe_views(views);
+        }
         if sink.needs_claim() {
             // The checkpoint names uploads a rival handling may be using:
             // claim them (fresh chunk numbers) before writing anything.
@@ -489,6 +493,9 @@ struct PartReader<'a> {
     /// and the authors looked up so far.
     revisions: Option<revisions::RevisionMerge>,
     people: HashMap<String, std::sync::Arc<revisions::Person>>,
+    /// `$viewdefinition-export`: the views, by name, parsed once.
+    views: Vec<(String, crate::view::View)>,
+    csv_rows: bool,
 }
 
 impl<'a> PartReader<'a> {
@@ -506,6 +513,23 @@ impl<'a> PartReader<'a> {
             type_filters: type_filters(&job.request.type_filters),
             revisions: None,
             people: HashMap::new(),
+            views: job
+                .request
+                .views
+                .iter()
+                .flat_map(|e| &e.views)
+                .filter_map(|v| {
+                    Some((
+                        v.name.clone(),
+                        crate::view::View::parse(&v.definition).ok()?,
+                    ))
+                })
+                .collect(),
+            csv_rows: job
+                .request
+                .views
+                .as_ref()
+                .is_some_and(|e| e.format == crate::domain::view_export::TableFormat::Csv),
         }
     }
 
@@ -780,6 +804,9 @@ impl<'a> PartReader<'a> {
         id: &str,
         body: Option<&str>,
     ) -> PortResult<()> {
+        if self.job.request.views.is_some() {
+            return self.emit_rows(sink, resource_type, id, body).await;
+        }
         let Some(body) = body else {
             let bundle = json!({
                 "resourceType": "Bundle",
@@ -812,5 +839,39 @@ impl<'a> PartReader<'a> {
                     .await
             }
         }
+    }
+
+    /// A view export writes each view's rows of the resource to the view's
+    /// files; deletions make no rows.
+    async fn emit_rows(
+        &self,
+        sink: &mut Sink<'_>,
+        resource_type: &str,
+        id: &str,
+        body: Option<&str>,
+    ) -> PortResult<()> {
+        let Some(body) = body else { return Ok(()) };
+        let value: Value = serde_json::from_str(body)
+            .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
+        for (name, view) in &self.views {
+            if view.resource_type != resource_type {
+                continue;
+            }
+            let rows = view.rows(&value).map_err(|e| {
+                PortError::permanent(
+                    format!("view '{name}' failed on {resource_type}/{id}: {e}"),
+                    e.to_string(),
+                )
+            })?;
+            for row in &rows {
+                let mut line = row_line(view.columns(), row, self.csv_rows);
+                if self.csv_rows {
+                    // RFC 4180 lines end in CRLF; the sink adds the LF.
+                    line.push(b'\r');
+                }
+                sink.push(FileKind::Output, name, &line).await?;
+            }
+        }
+        Ok(())
     }
 }

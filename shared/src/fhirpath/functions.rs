@@ -77,6 +77,48 @@ fn per_item<'a>(item: &Item<'a>, e: &Expr, env: &Env<'a>) -> Out<'a> {
     evaluate(e, std::slice::from_ref(item), env)
 }
 
+/// The functions `call` knows (a view using another is refused when read).
+pub const SUPPORTED: &[&str] = &[
+    "where",
+    "select",
+    "exists",
+    "all",
+    "allTrue",
+    "anyTrue",
+    "allFalse",
+    "anyFalse",
+    "empty",
+    "not",
+    "hasValue",
+    "count",
+    "first",
+    "last",
+    "tail",
+    "single",
+    "skip",
+    "take",
+    "distinct",
+    "ofType",
+    "is",
+    "as",
+    "iif",
+    "resolve",
+    "extension",
+    "join",
+    "toString",
+    "lower",
+    "upper",
+    "length",
+    "startsWith",
+    "endsWith",
+    "contains",
+    "matches",
+    "lowBoundary",
+    "highBoundary",
+    "getResourceKey",
+    "getReferenceKey",
+];
+
 pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
     Ok(match name {
         "where" => {

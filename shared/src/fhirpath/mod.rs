@@ -61,6 +61,15 @@ impl Path {
         self.expr.variables(&mut out);
         out
     }
+
+    /// The first function the expression calls that the evaluator does not
+    /// know, if any (found when a view is read, not on its first row).
+    pub fn unsupported_function(&self) -> Option<String> {
+        let mut out = Vec::new();
+        self.expr.functions(&mut out);
+        out.into_iter()
+            .find(|f| !functions::SUPPORTED.contains(&f.as_str()))
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,25 @@ pub enum Expr {
 }
 
 impl Expr {
+    /// Collects the names of the functions called anywhere in the expression.
+    pub fn functions(&self, out: &mut Vec<String>) {
+        match self {
+            Expr::Member(t, _) | Expr::Negate(t) | Expr::TypeOp(t, _, _) => t.functions(out),
+            Expr::Index(a, b) | Expr::Binary(a, _, b) => {
+                a.functions(out);
+                b.functions(out);
+            }
+            Expr::Call(t, name, args) => {
+                out.push(name.clone());
+                if let Some(t) = t {
+                    t.functions(out);
+                }
+                args.iter().for_each(|a| a.functions(out));
+            }
+            _ => {}
+        }
+    }
+
     /// Collects the `%name` variables used anywhere in the expression.
     pub fn variables(&self, out: &mut Vec<String>) {
         match self {

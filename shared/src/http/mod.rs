@@ -116,6 +116,10 @@ impl Api {
                 self.view_run(req, None).await
             }
             (["ViewDefinition", "$viewdefinition-run"], _) => Err(method_not_allowed("POST")),
+            (["ViewDefinition", "$viewdefinition-export"], &Method::POST) => {
+                self.view_export(req).await
+            }
+            (["ViewDefinition", "$viewdefinition-export"], _) => Err(method_not_allowed("POST")),
             (["ViewDefinition", id, "$viewdefinition-run"], m)
                 if m == Method::GET || m == Method::POST =>
             {

@@ -78,6 +78,11 @@ impl Reader {
             .and_then(Value::as_str)
             .ok_or_else(|| err(format!("{what} must be a FHIRPath string")))?;
         let path = Path::parse(text).map_err(|e| err(format!("{what} '{text}': {e}")))?;
+        if let Some(f) = path.unsupported_function() {
+            return Err(err(format!(
+                "{what} '{text}': the function {f}() is not supported"
+            )));
+        }
         for var in path.variables() {
             if !self.constants.contains(&var) && !BUILT_IN_VARIABLES.contains(&var.as_str()) {
                 return Err(err(format!(

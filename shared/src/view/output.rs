@@ -35,6 +35,24 @@ impl Format {
     }
 }
 
+/// One row as a line of a table file (no line break): an RFC 4180 record
+/// for CSV, a JSON object for NDJSON.
+pub fn row_line(columns: &[ColumnDef], row: &Row, csv: bool) -> Vec<u8> {
+    if csv {
+        let cells: Vec<String> = row.iter().map(cell).collect();
+        let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+        crate::domain::csv::csv_line(&cells)
+    } else {
+        object(columns, row).to_string().into_bytes()
+    }
+}
+
+/// The CSV header record of a view's columns.
+pub fn header_line(columns: &[ColumnDef]) -> Vec<u8> {
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    crate::domain::csv::csv_line(&names)
+}
+
 fn object(columns: &[ColumnDef], row: &Row) -> Value {
     let map: Map<String, Value> = columns
         .iter()

@@ -1,0 +1,175 @@
+//! `$viewdefinition-export`: checks the request, copies the views into the
+//! job, and starts it. The job then runs as an ordinary export whose parts
+//! write the views' rows (`worker::PartReader::emit`).
+
+use serde_json::Value;
+
+use super::{Caller, Engine};
+use crate::domain::instant::parse_instant;
+use crate::domain::request::{in_patient_compartment, ExportLevel, ExportRequest};
+use crate::domain::resource::is_valid_id;
+use crate::domain::view_export::{is_valid_view_name, NamedView, TableFormat, ViewExport};
+use crate::domain::ApiError;
+use crate::view::View;
+
+/// At most this many views in one export.
+pub const MAX_VIEWS: usize = 20;
+
+/// A view as the request names it.
+#[derive(Debug, Clone)]
+pub enum ViewRef {
+    Inline(Value),
+    /// `ViewDefinition/{id}` or a canonical URL.
+    Reference(String),
+}
+
+/// A `$viewdefinition-export` request, as the HTTP layer read it.
+#[derive(Debug, Clone, Default)]
+pub struct ViewExportInput {
+    /// (name, view) per `view` parameter.
+    pub views: Vec<(Option<String>, ViewRef)>,
+    pub format: Option<String>,
+    pub header: Option<bool>,
+    /// `patient` references (`Patient/{id}` or an id).
+    pub patients: Vec<String>,
+    pub group: Option<String>,
+    pub since: Option<String>,
+    pub client_tracking_id: Option<String>,
+    pub request_url: String,
+}
+
+/// `Type/id` or `id`, for a reference parameter to `resource_type`.
+fn reference_id(param: &str, resource_type: &str, text: &str) -> Result<String, ApiError> {
+    let id = match text.split_once('/') {
+        Some((t, id)) if t == resource_type => id,
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "{param}: '{text}' is not a reference to a {resource_type}"
+            )))
+        }
+        None => text,
+    };
+    if !is_valid_id(id) {
+        return Err(ApiError::invalid(format!(
+            "{param}: '{id}' is not a valid id"
+        )));
+    }
+    Ok(id.to_string())
+}
+
+impl Engine {
+    /// Validates the request and starts the export; returns the job's id.
+    pub async fn kickoff_view_export(
+        &self,
+        caller: &Caller,
+        input: ViewExportInput,
+    ) -> Result<String, ApiError> {
+        if input.views.is_empty() {
+            return Err(ApiError::invalid(
+                "view: give at least one view (viewResource or viewReference)",
+            ));
+        }
+        if input.views.len() > MAX_VIEWS {
+            return Err(ApiError::invalid(format!(
+                "view: at most {MAX_VIEWS} views in one export"
+            )));
+        }
+        let format_text = input.format.as_deref().unwrap_or("csv");
+        let format = TableFormat::parse(format_text).ok_or_else(|| {
+            ApiError::invalid(format!("_format: '{format_text}' is not csv or ndjson"))
+        })?;
+        if input.header.is_some() && format != TableFormat::Csv {
+            return Err(ApiError::invalid("header: only a CSV export has a header"));
+        }
+        let mut views: Vec<NamedView> = Vec::new();
+        for (i, (name, source)) in input.views.into_iter().enumerate() {
+            let definition = match source {
+                ViewRef::Inline(v) => v,
+                ViewRef::Reference(r) => self.stored_view(caller, &r).await?,
+            };
+            let view = View::parse(&definition).map_err(|e| {
+                ApiError::invalid(format!("view[{i}]: not a valid ViewDefinition: {e}"))
+            })?;
+            let name = name.or(view.name.clone()).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "view[{i}]: the view has no name; give the view's name part"
+                ))
+            })?;
+            if !is_valid_view_name(&name) {
+                return Err(ApiError::invalid(format!(
+                    "view[{i}]: '{name}' cannot name files: use 1 to 64 letters, digits, '_' or '-'"
+                )));
+            }
+            if views.iter().any(|v| v.name == name) {
+                return Err(ApiError::invalid(format!(
+                    "view[{i}]: two views are named '{name}'"
+                )));
+            }
+            views.push(NamedView {
+                name,
+                resource_type: view.resource_type.clone(),
+                definition,
+            });
+        }
+        let since = input
+            .since
+            .as_deref()
+            .map(parse_instant)
+            .transpose()
+            .map_err(|e| ApiError::invalid(format!("_since: {e}")))?;
+        let patients = input
+            .patients
+            .iter()
+            .map(|p| reference_id("patient", "Patient", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let level = match &input.group {
+            Some(g) => ExportLevel::Group {
+                group_id: reference_id("group", "Group", g)?,
+            },
+            None if !patients.is_empty() => ExportLevel::Patient,
+            None => ExportLevel::System,
+        };
+        let mut types: Vec<String> = views.iter().map(|v| v.resource_type.clone()).collect();
+        types.sort();
+        types.dedup();
+        if level.is_patient_based() {
+            if let Some(t) = types.iter().find(|t| !in_patient_compartment(t)) {
+                return Err(ApiError::invalid(format!(
+                    "view: {t} is not in the Patient compartment, so a patient or group export cannot hold its rows"
+                )));
+            }
+        }
+        let mut request = ExportRequest {
+            level,
+            request_url: input.request_url,
+            types,
+            since,
+            until: None,
+            elements: Default::default(),
+            patients,
+            excluded_patients: Vec::new(),
+            associated_provenance: None,
+            allow_partial_manifests: false,
+            organize_by_patient: false,
+            type_filters: Vec::new(),
+            lenient_issues: Vec::new(),
+            revisions: None,
+            views: Some(ViewExport {
+                views,
+                format,
+                header: input.header.unwrap_or(true),
+                client_tracking_id: input.client_tracking_id,
+            }),
+        };
+        super::export::authorize_export(&caller.access, &mut request)?;
+        self.check_patients(&mut request).await?;
+        if let ExportLevel::Group { group_id } = &request.level {
+            // 404 now rather than an empty export later.
+            self.group_members(group_id).await?;
+        }
+        self.check_active_limit(caller).await?;
+        let id = self.record_job(caller, request).await?;
+        tracing::info!(job = %id, owner = %caller.subject, "view export accepted");
+        Ok(id)
+    }
+}
