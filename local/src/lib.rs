@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bulk_export::auth::TokenIssuer;
 use bulk_export::clock::SystemClock;
+use bulk_export::domain::job::content_type_of;
 use bulk_export::domain::ApiError;
 use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
@@ -327,7 +328,7 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
             let h = resp.headers_mut();
             h.insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/fhir+ndjson"),
+                http::HeaderValue::from_static(content_type_of(&key)),
             );
             // A gzip twin is the NDJSON compressed, as S3 serves it.
             if key.ends_with(".gz") {

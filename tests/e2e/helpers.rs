@@ -273,7 +273,12 @@ impl TestApp {
         let signed = resp.headers()["location"].to_str().unwrap().to_string();
         let resp = self.client.get(&signed).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(resp.headers()["content-type"], "application/fhir+ndjson");
+        let expected = if url.ends_with(".csv") {
+            "text/csv; charset=utf-8"
+        } else {
+            "application/fhir+ndjson"
+        };
+        assert_eq!(resp.headers()["content-type"], expected);
         resp.text().await.unwrap()
     }
 

@@ -120,6 +120,7 @@ async fn export(app: &TestApp, body: Value) -> (Value, Tables) {
     let status = app.start_export(kickoff(app, body.clone())).await;
     let manifest = app.wait_manifest(&status).await;
     let csv = body.to_string().contains("\"csv\"");
+    let parquet = body.to_string().contains("\"parquet\"");
     let headers = [
         ("patients", "id,gender,birth_date"),
         ("codes", "id,patient,system,code"),
@@ -127,7 +128,15 @@ async fn export(app: &TestApp, body: Value) -> (Value, Tables) {
     let mut tables = Tables::new();
     for out in manifest["output"].as_array().unwrap() {
         let view = out["type"].as_str().unwrap().to_string();
-        let text = app.download_text(out["url"].as_str().unwrap()).await;
+        let url = out["url"].as_str().unwrap();
+        if parquet {
+            assert!(url.ends_with(".parquet"), "{url}");
+            let mut rows = parquet_rows(app, url).await;
+            assert_eq!(out["count"], rows.len(), "the manifest counts the rows");
+            tables.entry(view).or_default().append(&mut rows);
+            continue;
+        }
+        let text = app.download_text(url).await;
         let mut rows: Vec<Vec<String>> = if csv {
             let mut lines: Vec<&str> = text.split("\r\n").collect();
             assert_eq!(lines.pop(), Some(""), "every record ends in CRLF");
@@ -168,8 +177,38 @@ async fn export(app: &TestApp, body: Value) -> (Value, Tables) {
     (manifest, tables)
 }
 
+/// A Parquet file's rows, read back with the `parquet` crate: each cell as
+/// text (the test views' columns are all strings).
+async fn parquet_rows(app: &TestApp, url: &str) -> Vec<Vec<String>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let resp = app.client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let link = resp.headers()["location"].to_str().unwrap().to_string();
+    let resp = reqwest::get(&link).await.unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.apache.parquet"
+    );
+    let bytes = resp.bytes().await.unwrap();
+    let reader = SerializedFileReader::new(bytes).unwrap();
+    reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            row.unwrap()
+                .get_column_iter()
+                .map(|(_, field)| match field {
+                    Field::Str(s) => s.clone(),
+                    other => panic!("a string column holds {other:?}"),
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_view_export_holds_each_views_rows_in_csv_and_ndjson() {
+async fn a_view_export_holds_each_views_rows_in_csv_ndjson_and_parquet() {
     let app = spawn_app(Options {
         sample_patients: PATIENTS,
         // Several files per view.
@@ -190,6 +229,8 @@ async fn a_view_export_holds_each_views_rows_in_csv_and_ndjson() {
     assert_eq!(csv, expected(&data, |_| true));
     let (_, ndjson) = export(&app, params("ndjson", json!([]))).await;
     assert_eq!(ndjson, csv, "the same rows in either format");
+    let (_, parquet) = export(&app, params("parquet", json!([]))).await;
+    assert_eq!(parquet, csv, "the same rows in Parquet");
 
     // A Group: exactly its members' rows.
     let patient_ids: Vec<&str> = data
@@ -334,7 +375,12 @@ async fn malformed_view_exports_get_4xx_outcomes() {
         ),
         (body(json!([column("(((")])), StatusCode::BAD_REQUEST),
         (body(json!([column("%undefined")])), StatusCode::BAD_REQUEST),
-        (body(json!([inline(json!({"resource": "Patient", "select": [{"column": [{"name": "c"}]}]}))])), StatusCode::BAD_REQUEST),
+        (
+            body(json!([inline(
+                json!({"resource": "Patient", "select": [{"column": [{"name": "c"}]}]})
+            )])),
+            StatusCode::BAD_REQUEST,
+        ),
         (
             body(json!([inline(
                 json!({"resource": "Patient", "select": [{"column": [{"name": "a", "path": "id"}, {"name": "a", "path": "id"}]}]})

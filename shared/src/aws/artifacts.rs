@@ -12,8 +12,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use bytes::Bytes;
 
 use super::backend;
+use crate::domain::job::content_type_of;
 use crate::domain::job::UploadedChunk;
-use crate::http::FHIR_NDJSON;
 use crate::ports::{ArtifactStore, PortError, PortResult};
 
 /// S3 deletes at most this many keys per request.
@@ -67,7 +67,7 @@ impl ArtifactStore for S3Artifacts {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .content_type(FHIR_NDJSON)
+            .content_type(content_type_of(key))
             // A gzip twin: S3 serves it as compressed NDJSON.
             .set_content_encoding(key.ends_with(".gz").then(|| "gzip".to_string()))
             .send()
@@ -209,7 +209,7 @@ impl ArtifactStore for S3Artifacts {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .content_type(FHIR_NDJSON)
+            .content_type(content_type_of(key))
             .body(ByteStream::from(data))
             .send()
             .await

@@ -148,6 +148,19 @@ pub fn patient_block_header(patient: &str) -> String {
     .to_string()
 }
 
+/// The media type a job's file is served with, by its name (a gzip twin
+/// is its file's type, sent with `Content-Encoding: gzip`).
+pub fn content_type_of(key: &str) -> &'static str {
+    let key = key.strip_suffix(".gz").unwrap_or(key);
+    if key.ends_with(".csv") {
+        "text/csv; charset=utf-8"
+    } else if key.ends_with(".parquet") {
+        "application/vnd.apache.parquet"
+    } else {
+        "application/fhir+ndjson"
+    }
+}
+
 /// Artifact key of a job's file: every file of a job sits under its prefix.
 pub fn artifact_key(job_id: &str, name: &str) -> String {
     format!("{}{name}", job_prefix(job_id))

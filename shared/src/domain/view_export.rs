@@ -14,6 +14,8 @@ pub enum TableFormat {
     Csv,
     /// One JSON object per row, keyed by column name.
     Ndjson,
+    /// Typed columns, Snappy-compressed (see `view::parquet`).
+    Parquet,
 }
 
 impl TableFormat {
@@ -25,14 +27,19 @@ impl TableFormat {
             | "application/x-ndjson"
             | "application/ndjson"
             | "application/fhir+ndjson" => Some(TableFormat::Ndjson),
+            "parquet" | "application/vnd.apache.parquet" | "application/parquet" => {
+                Some(TableFormat::Parquet)
+            }
             _ => None,
         }
     }
 
+    /// The extension of the files the parts write (Parquet files are
+    /// converted from NDJSON ones: `engine::parquet_files`).
     pub fn extension(self) -> &'static str {
         match self {
             TableFormat::Csv => "csv",
-            TableFormat::Ndjson => "ndjson",
+            TableFormat::Ndjson | TableFormat::Parquet => "ndjson",
         }
     }
 }
@@ -85,5 +92,6 @@ mod tests {
         assert_eq!(TableFormat::parse("text/csv"), Some(TableFormat::Csv));
         assert_eq!(TableFormat::parse("NDJSON"), Some(TableFormat::Ndjson));
         assert_eq!(TableFormat::parse("json"), None);
+        assert_eq!(TableFormat::parse("parquet"), Some(TableFormat::Parquet));
     }
 }

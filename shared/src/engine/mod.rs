@@ -7,6 +7,7 @@ mod capability;
 mod export;
 pub mod gzip_twin;
 pub mod notify;
+mod parquet_files;
 mod plan;
 mod resources;
 mod revisions;

@@ -32,6 +32,7 @@
 use bytes::Bytes;
 
 use super::gzip_twin::write_gzip_twin;
+use super::parquet_files::{parquet_name, write_parquet};
 use super::Engine;
 use crate::domain::job::{
     artifact_key, job_prefix, FileKind, OpenFile, OutputFile, Part, UploadedChunk, PATIENT_BLOCKS,
@@ -41,7 +42,7 @@ use crate::domain::revisions::{csv_line, HEADER};
 use crate::domain::view_export::{TableFormat, ViewExport};
 use crate::ports::{PortError, PortResult};
 use crate::view::output::header_line;
-use crate::view::View;
+use crate::view::{ColumnDef, View};
 
 /// Chunk numbers reserved per open upload by each checkpoint. Between two
 /// checkpoints a handling uploads at most two chunks to one file (a full
@@ -55,6 +56,8 @@ struct ViewFile {
     header: Option<Vec<u8>>,
     /// The view's resource type (downloads check the reader's scopes on it).
     source_type: String,
+    /// Parquet: the columns each finished NDJSON file is converted with.
+    parquet: Option<Vec<ColumnDef>>,
 }
 
 struct Writer {
@@ -134,20 +137,24 @@ impl<'a> Sink<'a> {
     /// the format's extension, and a CSV file starts with its header.
     pub fn describe_views(&mut self, export: &ViewExport) {
         for v in &export.views {
-            let header = match (export.format, View::parse(&v.definition)) {
-                (TableFormat::Csv, Ok(view)) if export.header => {
-                    let mut h = header_line(view.columns());
+            let view = View::parse(&v.definition).ok();
+            let columns = view.as_ref().map(|v| v.columns().to_vec());
+            let header = match (export.format, &columns) {
+                (TableFormat::Csv, Some(columns)) if export.header => {
+                    let mut h = header_line(columns);
                     h.extend_from_slice(b"\r\n");
                     Some(h)
                 }
                 _ => None,
             };
+            let parquet = columns.filter(|_| export.format == TableFormat::Parquet);
             self.view_files.insert(
                 v.name.clone(),
                 ViewFile {
                     extension: export.format.extension(),
                     header,
                     source_type: v.resource_type.clone(),
+                    parquet,
                 },
             );
         }
@@ -315,11 +322,28 @@ impl<'a> Sink<'a> {
                 .artifacts
                 .complete_upload(&key, &file.upload_id, &file.chunks)
                 .await?;
-            let gzip = self.engine.config.gzip_files;
-            if gzip {
-                let artifacts = self.engine.ports.artifacts.as_ref();
-                write_gzip_twin(artifacts, &key, self.engine.config.min_chunk_bytes).await?;
-            }
+            let artifacts = self.engine.ports.artifacts.as_ref();
+            let min_chunk = self.engine.config.min_chunk_bytes;
+            let parquet = self
+                .view_files
+                .get(&file.resource_type)
+                .and_then(|v| v.parquet.as_ref());
+            let (name, gzip) = match parquet {
+                Some(columns) => {
+                    // The Parquet file is listed; its NDJSON source is not.
+                    let target = parquet_name(&file.name);
+                    let target_key = artifact_key(&self.job_id, &target);
+                    write_parquet(artifacts, &key, &target_key, columns, min_chunk).await?;
+                    (target, false)
+                }
+                None => {
+                    let gzip = self.engine.config.gzip_files;
+                    if gzip {
+                        write_gzip_twin(artifacts, &key, min_chunk).await?;
+                    }
+                    (file.name.clone(), gzip)
+                }
+            };
             let deleted = file.kind == FileKind::Deleted;
             let view_type = self
                 .view_files
@@ -337,7 +361,7 @@ impl<'a> Sink<'a> {
                 } else {
                     view_type
                 },
-                name: file.name,
+                name,
                 count: file.count,
                 gzip,
             });

@@ -76,7 +76,9 @@ impl Engine {
         }
         let format_text = input.format.as_deref().unwrap_or("csv");
         let format = TableFormat::parse(format_text).ok_or_else(|| {
-            ApiError::invalid(format!("_format: '{format_text}' is not csv or ndjson"))
+            ApiError::invalid(format!(
+                "_format: '{format_text}' is not csv, ndjson or parquet"
+            ))
         })?;
         if input.header.is_some() && format != TableFormat::Csv {
             return Err(ApiError::invalid("header: only a CSV export has a header"));

@@ -10,6 +10,7 @@
 
 mod definition;
 pub mod output;
+pub mod parquet;
 
 use std::collections::HashMap;
 

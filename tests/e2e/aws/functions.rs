@@ -1084,7 +1084,8 @@ async fn function_logs_are_json_and_hold_no_resource_content() {
 
 /// A view export through the functions whose worker is killed mid-part:
 /// the redelivered part resumes from its checkpoint, and every row is
-/// there once (CSV, several files per view).
+/// there once (Parquet on S3, several files per view; the NDJSON they were
+/// converted from is gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_export_killed_mid_part_resumes_with_every_row_once() {
     let gate = Gate::new();
@@ -1098,7 +1099,7 @@ async fn a_view_export_killed_mid_part_resumes_with_every_row_once() {
             serde_json::json!([
                 {"name": "view", "part": [{"name": "name", "valueString": "codes"},
                                           {"name": "viewResource", "resource": view}]},
-                {"name": "_format", "valueCode": "csv"}]),
+                {"name": "_format", "valueCode": "parquet"}]),
         )
         .await;
     assert_eq!(s.invoke_worker(Duration::from_secs(20), false).await, 1);
@@ -1123,11 +1124,23 @@ async fn a_view_export_killed_mid_part_resumes_with_every_row_once() {
             )
             .await;
         let link = resp.headers()["location"].to_str().unwrap().to_string();
-        let text = reqwest::get(&link).await.unwrap().text().await.unwrap();
-        let mut lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
-        assert_eq!(lines.remove(0), "id,code");
-        assert_eq!(out["count"], lines.len());
-        rows.extend(lines.iter().map(|l| l.to_string()));
+        let bytes = reqwest::get(&link).await.unwrap().bytes().await.unwrap();
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let mut n = 0;
+        for row in reader.get_row_iter(None).unwrap() {
+            let cells: Vec<String> = row
+                .unwrap()
+                .get_column_iter()
+                .map(|(_, f)| match f {
+                    parquet::record::Field::Str(s) => s.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            rows.push(cells.join(","));
+            n += 1;
+        }
+        assert_eq!(out["count"], n);
     }
     rows.sort();
     let mut expected: Vec<String> = generate(SampleConfig {
@@ -1147,5 +1160,18 @@ async fn a_view_export_killed_mid_part_resumes_with_every_row_once() {
     .collect();
     expected.sort();
     assert_eq!(rows, expected, "every row once");
-    assert_eq!(s.leftovers(&job_id(&status)).await.1, Vec::<String>::new());
+    let (mut objects, uploads) = s.leftovers(&job_id(&status)).await;
+    assert_eq!(uploads, Vec::<String>::new());
+    let mut listed: Vec<String> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let name = o["url"].as_str().unwrap().rsplit('/').next().unwrap();
+            format!("{}{name}", job_prefix(&job_id(&status)))
+        })
+        .collect();
+    objects.sort();
+    listed.sort();
+    assert_eq!(objects, listed, "only the Parquet files remain");
 }
