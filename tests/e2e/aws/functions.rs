@@ -1114,52 +1114,9 @@ async fn a_view_export_killed_mid_part_resumes_with_every_row_once() {
     assert!(killed, "an invocation was held mid-part and killed");
     gate.open();
     let manifest = s.drive_to_manifest(&status, false).await;
-    let mut rows: Vec<String> = Vec::new();
-    for out in manifest["output"].as_array().unwrap() {
-        assert_eq!(out["type"], "codes");
-        let resp = s
-            .call(
-                "GET",
-                out["url"].as_str().unwrap().strip_prefix(ORIGIN).unwrap(),
-            )
-            .await;
-        let link = resp.headers()["location"].to_str().unwrap().to_string();
-        let bytes = reqwest::get(&link).await.unwrap().bytes().await.unwrap();
-        use parquet::file::reader::{FileReader, SerializedFileReader};
-        let reader = SerializedFileReader::new(bytes).unwrap();
-        let mut n = 0;
-        for row in reader.get_row_iter(None).unwrap() {
-            let cells: Vec<String> = row
-                .unwrap()
-                .get_column_iter()
-                .map(|(_, f)| match f {
-                    parquet::record::Field::Str(s) => s.clone(),
-                    other => panic!("{other:?}"),
-                })
-                .collect();
-            rows.push(cells.join(","));
-            n += 1;
-        }
-        assert_eq!(out["count"], n);
-    }
+    let mut rows = s.view_rows(&manifest, "parquet").await;
     rows.sort();
-    let mut expected: Vec<String> = generate(SampleConfig {
-        patients: 6,
-        seed: 7,
-    })
-    .filter(|r| r["resourceType"] == "Observation")
-    .flat_map(|r| {
-        let id = r["id"].as_str().unwrap().to_string();
-        r["code"]["coding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| format!("{id},{}", c["code"].as_str().unwrap()))
-            .collect::<Vec<_>>()
-    })
-    .collect();
-    expected.sort();
-    assert_eq!(rows, expected, "every row once");
+    assert_eq!(rows, code_rows(6, |_| true), "every row once");
     let (mut objects, uploads) = s.leftovers(&job_id(&status)).await;
     assert_eq!(uploads, Vec::<String>::new());
     let mut listed: Vec<String> = manifest["output"]
@@ -1174,4 +1131,146 @@ async fn a_view_export_killed_mid_part_resumes_with_every_row_once() {
     objects.sort();
     listed.sort();
     assert_eq!(objects, listed, "only the Parquet files remain");
+}
+
+/// The (id, code) rows of the codes view over the stack's sample, for the
+/// Observations of the patients `keep` keeps, sorted.
+fn code_rows(patients: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut rows: Vec<String> = generate(SampleConfig { patients, seed: 7 })
+        .filter(|r| r["resourceType"] == "Observation")
+        .filter(|r| {
+            keep(
+                r["subject"]["reference"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("Patient/"),
+            )
+        })
+        .flat_map(|r| {
+            let id = r["id"].as_str().unwrap().to_string();
+            r["code"]["coding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| format!("{id},{}", c["code"].as_str().unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn codes_export(format: &str, extra: Vec<Value>) -> Value {
+    let view = serde_json::json!({"resourceType": "ViewDefinition", "resource": "Observation",
+        "select": [{"column": [{"name": "id", "path": "getResourceKey()"}]},
+                   {"forEach": "code.coding", "column": [{"name": "code", "path": "code"}]}]});
+    let mut p = vec![
+        serde_json::json!({"name": "view", "part": [{"name": "name", "valueString": "codes"},
+                                                    {"name": "viewResource", "resource": view}]}),
+        serde_json::json!({"name": "_format", "valueCode": format}),
+    ];
+    p.extend(extra);
+    Value::Array(p)
+}
+
+impl Stack {
+    /// A view export's rows, each as its cells joined by commas, whatever
+    /// the format (Parquet read back with the parquet crate).
+    async fn view_rows(&self, manifest: &Value, format: &str) -> Vec<String> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let mut rows = Vec::new();
+        for out in manifest["output"].as_array().unwrap() {
+            let resp = self
+                .call(
+                    "GET",
+                    out["url"].as_str().unwrap().strip_prefix(ORIGIN).unwrap(),
+                )
+                .await;
+            assert_eq!(resp.status(), 303);
+            let link = resp.headers()["location"].to_str().unwrap().to_string();
+            let bytes = reqwest::get(&link).await.unwrap().bytes().await.unwrap();
+            let before = rows.len();
+            match format {
+                "parquet" => {
+                    let reader = SerializedFileReader::new(bytes).unwrap();
+                    for row in reader.get_row_iter(None).unwrap() {
+                        let cells: Vec<String> = row
+                            .unwrap()
+                            .get_column_iter()
+                            .map(|(_, f)| match f {
+                                parquet::record::Field::Str(s) => s.clone(),
+                                other => panic!("{other:?}"),
+                            })
+                            .collect();
+                        rows.push(cells.join(","));
+                    }
+                }
+                "csv" => {
+                    let text = String::from_utf8(bytes.to_vec()).unwrap();
+                    let mut lines: Vec<&str> =
+                        text.split("\r\n").filter(|l| !l.is_empty()).collect();
+                    assert_eq!(lines.remove(0), "id,code");
+                    rows.extend(lines.iter().map(|l| l.to_string()));
+                }
+                _ => {
+                    for line in std::str::from_utf8(&bytes).unwrap().lines() {
+                        let row: Value = serde_json::from_str(line).unwrap();
+                        rows.push(format!(
+                            "{},{}",
+                            row["id"].as_str().unwrap(),
+                            row["code"].as_str().unwrap()
+                        ));
+                    }
+                }
+            }
+            assert_eq!(
+                out["count"],
+                rows.len() - before,
+                "the manifest counts the rows"
+            );
+        }
+        rows.sort();
+        rows
+    }
+}
+
+/// On moto through the functions: the same view in CSV, NDJSON and Parquet
+/// holds the same rows, and a Group's export exactly its members' rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_exports_in_every_format_and_for_a_group_through_the_functions() {
+    let s = stack(4, None).await;
+    let all = code_rows(4, |_| true);
+    for format in ["csv", "ndjson", "parquet"] {
+        let status = s
+            .kickoff_post(
+                "/fhir/ViewDefinition/$viewdefinition-export",
+                codes_export(format, vec![]),
+            )
+            .await;
+        let manifest = s.drive_to_manifest(&status, false).await;
+        assert_eq!(s.view_rows(&manifest, format).await, all, "{format}");
+    }
+    let patients: Vec<String> = s.loaded["Patient"].clone();
+    let group = serde_json::json!({"resourceType": "Group", "id": "pair", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": format!("Patient/{}", patients[0])}},
+                   {"entity": {"reference": format!("Patient/{}", patients[2])}}]});
+    let resp = s
+        .send(
+            "PUT",
+            "/fhir/Group/pair",
+            "application/fhir+json",
+            Some(group),
+        )
+        .await;
+    assert!(resp.status().is_success(), "{:?}", resp.body());
+    let status = s
+        .kickoff_post(
+            "/fhir/ViewDefinition/$viewdefinition-export",
+            codes_export("csv", vec![serde_json::json!({"name": "group", "valueReference": {"reference": "Group/pair"}})]),
+        )
+        .await;
+    let manifest = s.drive_to_manifest(&status, false).await;
+    let members = code_rows(4, |p| p == patients[0] || p == patients[2]);
+    assert!(!members.is_empty() && members.len() < all.len());
+    assert_eq!(s.view_rows(&manifest, "csv").await, members);
 }
