@@ -95,8 +95,9 @@ fn expected(data: &[Value], keep_patient: impl Fn(&str) -> bool) -> Tables {
 
 fn params(format: &str, extra: Value) -> Value {
     let mut p = vec![
+        // By its canonical URL.
         json!({"name": "view", "part": [
-            {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}]}),
+            {"name": "viewReference", "valueCanonical": "https://example.org/views/patients"}]}),
         json!({"name": "view", "part": [
             {"name": "name", "valueString": "codes"},
             {"name": "viewResource", "resource": codes_view()}]}),
@@ -486,6 +487,10 @@ async fn malformed_view_exports_get_4xx_outcomes() {
             StatusCode::BAD_REQUEST,
         ),
     ];
+    cases.push((
+        body(json!([{"name": "view", "part": [{"name": "viewReference", "valueCanonical": "https://example.org/views/none"}]}])),
+        StatusCode::NOT_FOUND,
+    ));
     cases.push((
         body(json!((0..21).map(|i| json!({"name": "view", "part": [{"name": "name", "valueString": format!("v{i}")}, {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}]})).collect::<Vec<_>>())),
         StatusCode::BAD_REQUEST,

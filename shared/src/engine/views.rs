@@ -29,15 +29,75 @@ fn view_error(e: ViewError) -> ApiError {
 }
 
 impl Engine {
-    /// The stored ViewDefinition `reference` names (`ViewDefinition/{id}`
-    /// or the id alone), if the caller may read it.
+    /// The stored ViewDefinition `reference` names (`ViewDefinition/{id}`,
+    /// the id alone, or its canonical `url`, optionally `|version`), if the
+    /// caller may read it.
     pub async fn stored_view(&self, caller: &Caller, reference: &str) -> Result<Value, ApiError> {
+        if reference.contains("://") || reference.starts_with("urn:") {
+            return self.view_by_canonical(caller, reference).await;
+        }
         let id = reference
             .strip_prefix("ViewDefinition/")
             .unwrap_or(reference);
         let v = self.read_resource(caller, "ViewDefinition", id).await?;
         serde_json::from_str(v.body.as_deref().unwrap_or("{}"))
             .map_err(|_| ApiError::internal("a stored ViewDefinition is not JSON"))
+    }
+
+    /// The newest stored ViewDefinition whose `url` (and `version`, after a
+    /// `|`) is `canonical`. Views are few: this reads them all.
+    async fn view_by_canonical(&self, caller: &Caller, canonical: &str) -> Result<Value, ApiError> {
+        if !caller.access.can_read("ViewDefinition") {
+            return Err(ApiError::forbidden(
+                "The access token's scopes do not permit reading ViewDefinition",
+            ));
+        }
+        let (url, version) = match canonical.split_once('|') {
+            Some((u, v)) => (u, Some(v)),
+            None => (canonical, None),
+        };
+        let store = &self.ports.resources;
+        let as_of = crate::domain::instant::to_micros(store.snapshot().await?);
+        let mut found: Option<(i64, Value)> = None;
+        for shard in 0..store.shard_count() {
+            let mut after = None;
+            loop {
+                let page = store
+                    .scan_shard(crate::ports::ShardScan {
+                        resource_type: "ViewDefinition",
+                        shard,
+                        after,
+                        until: None,
+                        as_of,
+                        include_deleted: false,
+                        limit: self.config.page_size,
+                    })
+                    .await?;
+                for item in &page.items {
+                    let Some(view) = page
+                        .body(item)
+                        .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                    else {
+                        continue;
+                    };
+                    let matches = view.get("url").and_then(Value::as_str) == Some(url)
+                        && version
+                            .is_none_or(|v| view.get("version").and_then(Value::as_str) == Some(v));
+                    if matches && found.as_ref().is_none_or(|(at, _)| item.last_updated > *at) {
+                        found = Some((item.last_updated, view));
+                    }
+                }
+                if page.len() < self.config.page_size {
+                    break;
+                }
+                after = page.items.last().map(|i| i.last_updated);
+            }
+        }
+        found.map(|(_, v)| v).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "No stored ViewDefinition has the url '{canonical}'"
+            ))
+        })
     }
 
     /// The view's rows; more than `limit` (at most the configured limit)
