@@ -529,3 +529,77 @@ async fn malformed_view_exports_get_4xx_outcomes() {
         .unwrap();
     expect_outcome(resp, StatusCode::METHOD_NOT_ALLOWED).await;
 }
+
+/// Handlings that crash before and after chunk uploads (their messages come
+/// back after the visibility timeout and resume from their checkpoints):
+/// the view export still holds every row once, and so does the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_and_audit_exports_survive_crashed_handlings() {
+    use crate::faults::{Crashes, Intercepted};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = failures.clone();
+    let app = spawn_app(Options {
+        sample_patients: PATIENTS,
+        wrap_artifacts: Some(Box::new(move |inner| {
+            let hook = Crashes {
+                calls: AtomicUsize::new(0),
+                fail_before: vec![3, 11],
+                fail_after: vec![6, 15],
+                failures: f,
+            };
+            Arc::new(Intercepted { inner, hook })
+        })),
+        tune: Box::new(|c| {
+            c.engine.page_size = 7;
+            c.engine.min_chunk_bytes = 1;
+            c.visibility_timeout = std::time::Duration::from_millis(500);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let data = sample();
+    app.put(&patients_view()).await;
+    let (_, rows) = export(&app, params("parquet", json!([]))).await;
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        4,
+        "every injected crash happened"
+    );
+    assert_eq!(rows, expected(&data, |_| true));
+
+    // The audit trail: one row per stored version, each once, newest first.
+    let resp = app
+        .client
+        .post(app.url("$export-revisions"))
+        .header("content-type", "application/json")
+        .body(r#"{"startDate": 0}"#)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = resp.json().await.unwrap();
+    let id = answer["fileId"].as_str().unwrap();
+    let resp = app
+        .client
+        .get(app.url(&format!("$export-revisions/file?fileId={id}")))
+        .send()
+        .await
+        .unwrap();
+    let link = resp.headers()["location"].to_str().unwrap().to_string();
+    let resp = reqwest::get(&link).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = resp.text().await.unwrap();
+    let ids: Vec<i64> = text
+        .split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    let versions = data.len() + 1; // the sample, and the stored view
+    assert_eq!(ids.len(), versions);
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first, each once"
+    );
+}
