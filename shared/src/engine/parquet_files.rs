@@ -17,7 +17,7 @@ use crate::view::ColumnDef;
 /// How much of the NDJSON is read at a time.
 const READ_BYTES: usize = 8 << 20;
 /// Rows per Parquet row group: memory holds one group.
-const ROWS_PER_GROUP: usize = 50_000;
+const ROWS_PER_GROUP: usize = 10_000;
 
 /// The Parquet file's name for the NDJSON file `name`.
 pub(crate) fn parquet_name(name: &str) -> String {
