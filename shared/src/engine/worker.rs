@@ -851,12 +851,14 @@ impl<'a> PartReader<'a> {
         body: Option<&str>,
     ) -> PortResult<()> {
         let Some(body) = body else { return Ok(()) };
-        let value: Value = serde_json::from_str(body)
-            .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
         for (name, view) in &self.views {
             if view.resource_type != resource_type {
                 continue;
             }
+            // Only what the view reads is parsed.
+            let value = view
+                .read_resource(body)
+                .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
             let rows = view.rows(&value).map_err(|e| {
                 PortError::permanent(
                     format!("view '{name}' failed on {resource_type}/{id}: {e}"),

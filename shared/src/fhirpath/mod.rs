@@ -62,6 +62,13 @@ impl Path {
         out
     }
 
+    /// The top-level elements the expression reads when evaluated on a
+    /// resource; `None` if it may read anything.
+    pub fn root_elements(&self) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        self.expr.root_elements(&mut out).then_some(out)
+    }
+
     /// The first function the expression calls that the evaluator does not
     /// know, if any (found when a view is read, not on its first row).
     pub fn unsupported_function(&self) -> Option<String> {

@@ -54,6 +54,32 @@ impl Expr {
         }
     }
 
+    /// For an expression evaluated on a resource: adds the top-level
+    /// elements it reads to `out`, and says whether that is all it reads.
+    /// `false` when it cannot tell (the resource itself, `$this`, a type
+    /// name or a function at the root): the caller must give it all.
+    pub fn root_elements(&self, out: &mut Vec<String>) -> bool {
+        match self {
+            Expr::Empty | Expr::Str(_) | Expr::Int(_) | Expr::Dec(_) | Expr::Bool(_) => true,
+            Expr::DateTime(_) => true,
+            Expr::Name(n) if n.starts_with(|c: char| c.is_ascii_lowercase()) => {
+                out.push(n.clone());
+                true
+            }
+            Expr::Member(t, _) | Expr::Negate(t) | Expr::TypeOp(t, _, _) => t.root_elements(out),
+            // Arguments of a call on a path apply to that path's items.
+            Expr::Call(Some(t), _, _) => t.root_elements(out),
+            Expr::Call(None, f, args) if f == "getResourceKey" && args.is_empty() => {
+                out.push("id".into());
+                true
+            }
+            Expr::Index(a, b) | Expr::Binary(a, _, b) => {
+                a.root_elements(out) && b.root_elements(out)
+            }
+            _ => false,
+        }
+    }
+
     /// Collects the `%name` variables used anywhere in the expression.
     pub fn variables(&self, out: &mut Vec<String>) {
         match self {

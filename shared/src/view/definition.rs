@@ -53,6 +53,44 @@ pub(super) struct Select {
     pub width: usize,
 }
 
+impl Select {
+    /// Collects the paths evaluated on the resource itself into `root`
+    /// (when `at_root`), and every path into `all`.
+    pub(super) fn paths<'a>(
+        &'a self,
+        at_root: bool,
+        root: &mut Vec<&'a Path>,
+        all: &mut Vec<&'a Path>,
+    ) {
+        let inner_at_root = match &self.focus {
+            Focus::Same => at_root,
+            Focus::ForEach { path, .. } => {
+                if at_root {
+                    root.push(path);
+                }
+                all.push(path);
+                false
+            }
+            Focus::Repeat(paths) => {
+                if at_root {
+                    root.extend(paths.iter());
+                }
+                all.extend(paths.iter());
+                false
+            }
+        };
+        for c in &self.columns {
+            if inner_at_root {
+                root.push(&c.path);
+            }
+            all.push(&c.path);
+        }
+        for s in self.selects.iter().chain(&self.union_all) {
+            s.paths(inner_at_root, root, all);
+        }
+    }
+}
+
 fn err(m: impl Into<String>) -> ViewError {
     ViewError(m.into())
 }
@@ -277,12 +315,15 @@ pub(super) fn parse(view: &Value) -> Result<View, ViewError> {
     for w in list(o, "where")? {
         where_paths.push(reader.path("where path", w.get("path"))?);
     }
-    Ok(View {
+    let mut view = View {
         resource_type: resource_type.to_string(),
         name: o.get("name").and_then(Value::as_str).map(str::to_string),
         constants,
         select,
         where_paths,
         columns,
-    })
+        roots: None,
+    };
+    view.roots = view.root_elements();
+    Ok(view)
 }

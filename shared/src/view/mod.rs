@@ -29,6 +29,8 @@ pub struct View {
     select: Vec<Select>,
     where_paths: Vec<Path>,
     columns: Vec<ColumnDef>,
+    /// `root_elements`, worked out once.
+    roots: Option<std::collections::BTreeSet<String>>,
 }
 
 /// One row: a value per column, in the view's column order.
@@ -43,6 +45,62 @@ impl View {
     /// The columns, in order.
     pub fn columns(&self) -> &[ColumnDef] {
         &self.columns
+    }
+
+    /// The top-level elements of a resource the view reads (besides
+    /// `resourceType`), so a caller may parse only those; `None` when it may
+    /// read anything (`%resource`, `$this` or a function at the root).
+    pub fn root_elements(&self) -> Option<std::collections::BTreeSet<String>> {
+        let mut out = Vec::new();
+        let mut paths: Vec<&Path> = self.where_paths.iter().collect();
+        let mut all = Vec::new();
+        for s in &self.select {
+            s.paths(true, &mut paths, &mut all);
+        }
+        // %resource and friends reach the whole resource from anywhere.
+        let whole = ["resource", "rootResource", "context"];
+        if all
+            .iter()
+            .chain(paths.iter())
+            .any(|p| p.variables().iter().any(|v| whole.contains(&v.as_str())))
+        {
+            return None;
+        }
+        for p in paths {
+            out.extend(p.root_elements()?);
+        }
+        Some(out.into_iter().collect())
+    }
+
+    /// Parses a stored resource for this view: only the top-level elements
+    /// the view reads (`root_elements`, with their choice-type and `_`
+    /// siblings) when it can tell, which skips most of a large resource.
+    pub fn read_resource(&self, body: &str) -> Result<Value, serde_json::Error> {
+        let Some(names) = &self.roots else {
+            return serde_json::from_str(body);
+        };
+        let wanted = |key: &str| {
+            let key = key.strip_prefix('_').unwrap_or(key);
+            key == "resourceType"
+                || names.contains(key)
+                || names.iter().any(|n| {
+                    key.len() > n.len()
+                        && key.starts_with(n.as_str())
+                        && key[n.len()..].starts_with(|c: char| c.is_ascii_uppercase())
+                })
+        };
+        // Keys are borrowed; one with an escape (never in FHIR) falls back.
+        type Raw<'b> = std::collections::BTreeMap<&'b str, &'b serde_json::value::RawValue>;
+        let Ok(raw) = serde_json::from_str::<Raw>(body) else {
+            return serde_json::from_str(body);
+        };
+        let mut map = serde_json::Map::new();
+        for (k, v) in raw {
+            if wanted(k) {
+                map.insert(k.to_string(), serde_json::from_str(v.get())?);
+            }
+        }
+        Ok(Value::Object(map))
     }
 
     /// The rows of one resource (none if it is of another type or fails
@@ -196,6 +254,57 @@ impl<'a> Run<'a> {
                 "column '{}' has {n} values; mark it \"collection\": true, or narrow its path",
                 c.name
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod root_element_tests {
+    use serde_json::json;
+
+    use super::View;
+
+    fn roots(view: serde_json::Value) -> Option<Vec<String>> {
+        View::parse(&view)
+            .unwrap()
+            .root_elements()
+            .map(|s| s.into_iter().collect())
+    }
+
+    #[test]
+    fn a_view_names_the_top_level_elements_it_reads() {
+        let view = json!({"resource": "Observation", "where": [{"path": "status = 'final'"}],
+            "select": [
+                {"column": [{"name": "id", "path": "getResourceKey()"},
+                            {"name": "v", "path": "value.ofType(Quantity).value"}]},
+                {"forEach": "code.coding", "column": [{"name": "c", "path": "code"}]}]});
+        assert_eq!(
+            roots(view),
+            Some(vec![
+                "code".into(),
+                "id".into(),
+                "status".into(),
+                "value".into()
+            ])
+        );
+        let read = View::parse(&json!({"resource": "Observation", "select": [{"column": [
+            {"name": "v", "path": "value.ofType(Quantity).value"}]}]}))
+        .unwrap()
+        .read_resource(r#"{"resourceType":"Observation","id":"o","text":{"div":"<div/>"},"valueQuantity":{"value":1},"_status":{"x":1}}"#)
+        .unwrap();
+        assert_eq!(
+            read,
+            json!({"resourceType": "Observation", "valueQuantity": {"value": 1}})
+        );
+        // What can reach the whole resource disables the pruning.
+        for path in [
+            "%resource.id",
+            "$this.id",
+            "ofType(Observation).id",
+            "extension('u')",
+        ] {
+            let view = json!({"resource": "Observation", "select": [{"column": [{"name": "c", "path": path}]}]});
+            assert_eq!(roots(view), None, "{path}");
         }
     }
 }
