@@ -33,6 +33,7 @@ mod common;
 use common::{arg, arg_text, cpu_secs, reset_peak_rss, status_kb};
 
 fn main() {
+    bulk_export_local::bound_malloc_arenas();
     let revisions = arg("--revisions", 100_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -345,3 +345,18 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
         Err(_) => error_response(&ApiError::not_found("No such file")).map(Body::from),
     }
 }
+
+/// Caps glibc's malloc arenas at two. By default glibc gives each thread
+/// its own arena (up to eight per core), and memory freed in one stays
+/// there: a view export of 1M resources, which parses a resource per row on
+/// every worker thread, peaked at 393 MB of RSS, and at 138 MB with two
+/// arenas at the same speed (`cargo bench -p bulk-export-local --bench
+/// view_export`). Call it before any thread starts.
+pub fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before
+    // other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
