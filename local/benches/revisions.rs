@@ -15,22 +15,19 @@
 //!    them. Ratio = export / floor.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulk_export::clock::SystemClock;
 use bulk_export::domain::instant::{format_instant, from_micros};
-use bulk_export::domain::job::JobState;
 use bulk_export::domain::revisions::{csv_line, Operation, HEADER};
-use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
-use bulk_export::engine::{Caller, Engine, EngineConfig, Ports};
-use bulk_export::ports::{Clock, ResourceStore, WriteOp};
+use bulk_export::embedded::SqliteQueue;
+use bulk_export::engine::{Caller, Engine};
+use bulk_export::ports::{ResourceStore, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export_local::workers::work_loop;
 use tokio::sync::watch;
 
 mod common;
-use common::{arg, arg_text, cpu_secs, reset_peak_rss, status_kb};
+use common::{arg, cpu_secs, open_stack, reset_peak_rss, status_kb, wait_completed};
 
 fn main() {
     bulk_export_local::bound_malloc_arenas();
@@ -44,32 +41,14 @@ fn main() {
 }
 
 async fn run(n: usize) {
-    let temp = tempfile::tempdir().unwrap();
-    let dir = arg_text("--dir")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).unwrap();
-    let _ = std::fs::remove_dir_all(dir.join("files"));
-    for f in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store =
-        Arc::new(SqliteResourceStore::open(&dir.join("resources.db"), clock.clone()).unwrap());
-    let jobs = SqliteJobs::open(&dir.join("jobs.db")).unwrap();
-    let queue = jobs.queue();
-    let files = dir.join("files");
-    let ports = Ports {
-        resources: store.clone(),
-        clients: Arc::new(jobs.clone()),
-        jobs: Arc::new(jobs),
-        artifacts: Arc::new(
-            FsArtifacts::open(&files, "http://127.0.0.1:1", clock.clone()).unwrap(),
-        ),
-        queue: Arc::new(queue.clone()),
-        clock,
-    };
-    let engine = Engine::new(ports, EngineConfig::new("http://127.0.0.1:1/fhir"));
+    let stack = open_stack();
+    let (dir, store, queue, files, engine) = (
+        &stack.dir,
+        stack.store.clone(),
+        stack.queue.clone(),
+        &stack.files,
+        &stack.engine,
+    );
 
     // 1. Load: creates by the loader, then updates and deletions by others.
     let t = Instant::now();
@@ -141,7 +120,7 @@ async fn run(n: usize) {
     let (mut plain, mut logged, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
         for (with_log, into) in [(false, &mut plain), (true, &mut logged)] {
-            let (secs, cpu, rows) = export_once(&engine, &queue, &files, with_log).await;
+            let (secs, cpu, rows) = export_once(engine, &queue, files, with_log).await;
             assert_eq!(rows, total as u64, "every revision once");
             println!(
                 "export #{run}{}  {rows} revisions in {secs:.2} s ({:.0} revisions/s; cpu {cpu:.2} s)",
@@ -203,14 +182,7 @@ async fn export_once(
         .start_revisions(&Caller::anonymous(), body.as_bytes(), "bench".into())
         .await
         .unwrap();
-    let job = loop {
-        let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
-        if job.state == JobState::Completed {
-            break job;
-        }
-        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let job = wait_completed(engine, &job_id).await;
     let secs = t.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu;
     let _ = stop_tx.send(true);

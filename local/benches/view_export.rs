@@ -16,14 +16,11 @@
 //!    floor.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulk_export::clock::SystemClock;
-use bulk_export::domain::job::JobState;
-use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
-use bulk_export::engine::{Caller, Engine, EngineConfig, Ports, ViewExportInput, ViewRef};
-use bulk_export::ports::{Clock, ResourceStore, WriteOp};
+use bulk_export::embedded::SqliteQueue;
+use bulk_export::engine::{Caller, Engine, ViewExportInput, ViewRef};
+use bulk_export::ports::{ResourceStore, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export::view::output::{header_line, row_line};
 use bulk_export::view::parquet::ParquetTable;
@@ -33,7 +30,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 mod common;
-use common::{arg, arg_text, cpu_secs, reset_peak_rss, status_kb};
+use common::{arg, cpu_secs, open_stack, reset_peak_rss, status_kb, wait_completed};
 
 const VIEWS: [&str; 3] = [
     include_str!("../sample-views/patients.json"),
@@ -52,32 +49,14 @@ fn main() {
 }
 
 async fn run(n: usize, workers: usize) {
-    let temp = tempfile::tempdir().unwrap();
-    let dir = arg_text("--dir")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).unwrap();
-    let _ = std::fs::remove_dir_all(dir.join("files"));
-    for f in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store =
-        Arc::new(SqliteResourceStore::open(&dir.join("resources.db"), clock.clone()).unwrap());
-    let jobs = SqliteJobs::open(&dir.join("jobs.db")).unwrap();
-    let queue = jobs.queue();
-    let files = dir.join("files");
-    let ports = Ports {
-        resources: store.clone(),
-        clients: Arc::new(jobs.clone()),
-        jobs: Arc::new(jobs),
-        artifacts: Arc::new(
-            FsArtifacts::open(&files, "http://127.0.0.1:1", clock.clone()).unwrap(),
-        ),
-        queue: Arc::new(queue.clone()),
-        clock,
-    };
-    let engine = Engine::new(ports, EngineConfig::new("http://127.0.0.1:1/fhir"));
+    let stack = open_stack();
+    let (dir, store, queue, files, engine) = (
+        &stack.dir,
+        stack.store.clone(),
+        stack.queue.clone(),
+        &stack.files,
+        &stack.engine,
+    );
 
     if store.version_count().await.unwrap() == 0 {
         let t = Instant::now();
@@ -120,13 +99,13 @@ async fn run(n: usize, workers: usize) {
         let (mut exports, mut floors) = (Vec::new(), Vec::new());
         for run in 1..=runs {
             let (secs, cpu, rows, bytes) =
-                export_once(&engine, &queue, workers, &files, &views, format).await;
+                export_once(engine, &queue, workers, files, &views, format).await;
             println!(
                 "{format} export #{run}  {rows} rows, {:.1} MB in {secs:.2} s ({:.0} rows/s; cpu {cpu:.2} s)",
                 bytes as f64 / 1e6,
                 rows as f64 / secs
             );
-            let (fsecs, fcpu, frows, fbytes) = floor_once(&dir, &views, format).await;
+            let (fsecs, fcpu, frows, fbytes) = floor_once(dir, &views, format).await;
             assert_eq!(frows, rows, "the floor makes the same rows");
             println!(
                 "{format} floor  #{run}  {frows} rows, {:.1} MB in {fsecs:.2} s ({:.0} rows/s; cpu {fcpu:.2} s)",
@@ -196,14 +175,7 @@ async fn export_once(
         .kickoff_view_export(&Caller::anonymous(), input)
         .await
         .unwrap();
-    let job = loop {
-        let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
-        if job.state == JobState::Completed {
-            break job;
-        }
-        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let job = wait_completed(engine, &job_id).await;
     let secs = t.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu;
     let _ = stop_tx.send(true);

@@ -53,3 +53,76 @@ pub fn reset_peak_rss() {
     // "5" resets VmHWM to the current RSS (Linux >= 4.0).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
+
+/// A bench's embedded stack: the store in `--dir` (kept between runs, so a
+/// loaded store is reused) or a temporary directory, with its jobs, queue
+/// and files cleared.
+#[allow(dead_code)]
+pub struct Stack {
+    pub dir: std::path::PathBuf,
+    pub store: std::sync::Arc<bulk_export::embedded::SqliteResourceStore>,
+    pub queue: bulk_export::embedded::SqliteQueue,
+    pub files: std::path::PathBuf,
+    pub engine: bulk_export::engine::Engine,
+    _temp: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+pub fn open_stack() -> Stack {
+    use std::sync::Arc;
+
+    use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteResourceStore};
+    use bulk_export::engine::{Engine, EngineConfig, Ports};
+    use bulk_export::ports::Clock;
+
+    let temp = tempfile::tempdir().unwrap();
+    let dir = arg_text("--dir")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(dir.join("files"));
+    for f in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let clock: Arc<dyn Clock> = Arc::new(bulk_export::clock::SystemClock);
+    let store =
+        Arc::new(SqliteResourceStore::open(&dir.join("resources.db"), clock.clone()).unwrap());
+    let jobs = SqliteJobs::open(&dir.join("jobs.db")).unwrap();
+    let queue = jobs.queue();
+    let files = dir.join("files");
+    let ports = Ports {
+        resources: store.clone(),
+        clients: Arc::new(jobs.clone()),
+        jobs: Arc::new(jobs),
+        artifacts: Arc::new(
+            FsArtifacts::open(&files, "http://127.0.0.1:1", clock.clone()).unwrap(),
+        ),
+        queue: Arc::new(queue.clone()),
+        clock,
+    };
+    Stack {
+        engine: Engine::new(ports, EngineConfig::new("http://127.0.0.1:1/fhir")),
+        dir,
+        store,
+        queue,
+        files,
+        _temp: temp,
+    }
+}
+
+/// Polls the job until it completes (a failed job fails the bench).
+#[allow(dead_code)]
+pub async fn wait_completed(
+    engine: &bulk_export::engine::Engine,
+    job_id: &str,
+) -> bulk_export::domain::job::Job {
+    use bulk_export::domain::job::JobState;
+    loop {
+        let job = engine.ports.jobs.get_job(job_id).await.unwrap().unwrap();
+        if job.state == JobState::Completed {
+            return job;
+        }
+        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

@@ -28,6 +28,27 @@ pub enum ExportLevel {
 }
 
 impl ExportRequest {
+    /// A request of `level` with no parameters: every type, from the start.
+    pub fn new(level: ExportLevel, request_url: String) -> Self {
+        ExportRequest {
+            level,
+            request_url,
+            types: Vec::new(),
+            since: None,
+            until: None,
+            elements: ElementSelection::default(),
+            patients: Vec::new(),
+            excluded_patients: Vec::new(),
+            associated_provenance: None,
+            allow_partial_manifests: false,
+            organize_by_patient: false,
+            type_filters: Vec::new(),
+            lenient_issues: Vec::new(),
+            revisions: None,
+            views: None,
+        }
+    }
+
     /// The patients named by the `patient` parameter, or `None` when it
     /// was not given (every patient of the level). `Some(&[])` means all
     /// the named patients were excluded: the export holds nobody.
@@ -223,23 +244,7 @@ pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, Api
 /// Applies the Bulk Data parameter rules. Checks that need the data (does the
 /// Group exist, is a patient a member) are the engine's.
 pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiError> {
-    let mut req = ExportRequest {
-        level: input.level.clone(),
-        request_url: input.request_url,
-        types: Vec::new(),
-        since: None,
-        until: None,
-        elements: ElementSelection::default(),
-        patients: Vec::new(),
-        excluded_patients: Vec::new(),
-        associated_provenance: None,
-        allow_partial_manifests: false,
-        organize_by_patient: false,
-        type_filters: Vec::new(),
-        lenient_issues: Vec::new(),
-        revisions: None,
-        views: None,
-    };
+    let mut req = ExportRequest::new(input.level.clone(), input.request_url);
     let lenient = input.lenient;
     // Under lenient handling an unsupported parameter is recorded, not fatal.
     let mut unsupported = |req: &mut ExportRequest, msg: String| -> Result<(), ApiError> {

@@ -74,7 +74,9 @@ async fn compress_into(
     Ok(chunks)
 }
 
-async fn upload(
+/// Uploads the next chunk of a file derived from a finished one (a gzip
+/// twin, a Parquet file) and records it.
+pub(crate) async fn upload(
     artifacts: &dyn ArtifactStore,
     twin: &str,
     upload_id: &str,

@@ -6,9 +6,9 @@
 //! the NDJSON is removed with the job's other leftovers. Converting again
 //! after a crash writes the same file.
 
-use bytes::Bytes;
 use serde_json::Value;
 
+use super::gzip_twin::upload;
 use crate::domain::job::UploadedChunk;
 use crate::ports::{ArtifactStore, PortError, PortResult};
 use crate::view::parquet::ParquetTable;
@@ -98,19 +98,4 @@ async fn convert(
     pending.extend(table.finish().map_err(failed)?);
     upload(artifacts, target, upload_id, &mut chunks, pending).await?;
     Ok(chunks)
-}
-
-async fn upload(
-    artifacts: &dyn ArtifactStore,
-    target: &str,
-    upload_id: &str,
-    chunks: &mut Vec<UploadedChunk>,
-    data: Vec<u8>,
-) -> PortResult<()> {
-    let number = chunks.len() as u32 + 1;
-    let etag = artifacts
-        .upload_chunk(target, upload_id, number, Bytes::from(data))
-        .await?;
-    chunks.push(UploadedChunk { number, etag });
-    Ok(())
 }

@@ -63,21 +63,9 @@ impl Engine {
         };
         self.check_active_limit(caller).await?;
         let request = ExportRequest {
-            level: ExportLevel::System,
-            request_url,
             types,
-            since: None,
-            until: None,
-            elements: Default::default(),
-            patients: Vec::new(),
-            excluded_patients: Vec::new(),
-            associated_provenance: None,
-            allow_partial_manifests: false,
-            organize_by_patient: false,
-            type_filters: Vec::new(),
-            lenient_issues: Vec::new(),
             revisions: Some(query),
-            views: None,
+            ..ExportRequest::new(ExportLevel::System, request_url)
         };
         let id = self.record_job(caller, request).await?;
         tracing::info!(job = %id, owner = %caller.subject, "revisions export accepted");

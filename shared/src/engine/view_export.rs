@@ -142,26 +142,16 @@ impl Engine {
             }
         }
         let mut request = ExportRequest {
-            level,
-            request_url: input.request_url,
             types,
             since,
-            until: None,
-            elements: Default::default(),
             patients,
-            excluded_patients: Vec::new(),
-            associated_provenance: None,
-            allow_partial_manifests: false,
-            organize_by_patient: false,
-            type_filters: Vec::new(),
-            lenient_issues: Vec::new(),
-            revisions: None,
             views: Some(ViewExport {
                 views,
                 format,
                 header: input.header.unwrap_or(true),
                 client_tracking_id: input.client_tracking_id,
             }),
+            ..ExportRequest::new(level, input.request_url)
         };
         super::export::authorize_export(&caller.access, &mut request)?;
         self.check_patients(&mut request).await?;
