@@ -26,7 +26,10 @@ impl Container {
 
     pub async fn new(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let sdk = sdk_config().await;
-        let adapters = AwsAdapters::new(&sdk, &settings.names, settings.shards, clock);
+        let mut adapters = AwsAdapters::new(&sdk, &settings.names, settings.shards, clock);
+        if let Some(bus) = &settings.event_bus {
+            adapters = adapters.with_event_bus(&sdk, bus);
+        }
         let ports = adapters.ports();
         let signing_key_pem = match (&settings.auth, &settings.signing_key) {
             (AuthMode::Open, _) | (_, None) => None,

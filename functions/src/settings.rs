@@ -40,6 +40,8 @@ pub struct Settings {
     pub signing_key: Option<SigningKey>,
     /// An external token issuer and its JWKS URL, accepted besides ours.
     pub external_issuer: Option<(String, String)>,
+    /// The EventBridge bus completion events go to (`None`: none are sent).
+    pub event_bus: Option<String>,
     /// Base path, public origin and the engine's settings; what the
     /// environment does not set keeps the library's defaults.
     pub service: ServiceSettings,
@@ -144,6 +146,9 @@ impl Settings {
         }
         // DynamoDB reads of a held status request: ten a second.
         engine.status_wait_poll = Duration::from_millis(100);
+        if let Some(secs) = optional_number("BULK_EXPORT_LINK_MAX_SECONDS")? {
+            engine.max_link_ttl = Duration::from_secs(secs);
+        }
         if let Some(secs) = optional_number("BULK_EXPORT_RETRY_BASE_SECONDS")? {
             engine.retry_base = Duration::from_secs(secs);
         }
@@ -158,6 +163,7 @@ impl Settings {
             auth,
             signing_key,
             external_issuer,
+            event_bus: optional("BULK_EXPORT_EVENT_BUS"),
             service,
         })
     }

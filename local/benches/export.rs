@@ -85,6 +85,8 @@ async fn run(n: usize, workers: usize) {
     let ports = Ports {
         resources: store.clone(),
         clients: Arc::new(jobs.clone()),
+        schedules: Arc::new(jobs.clone()),
+        events: Arc::new(bulk_export::ports::NoEvents),
         jobs: Arc::new(jobs),
         artifacts,
         queue: Arc::new(queue.clone()),

@@ -19,10 +19,14 @@ use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::content_type_of;
 use bulk_export::domain::ApiError;
 use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
-use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
+use bulk_export::embedded::{
+    FolderDelivery, FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore,
+};
 use bulk_export::engine::{Engine, EngineConfig, Ports};
 use bulk_export::http::{error_response, Api, Authenticator, MAX_BODY_BYTES};
-use bulk_export::ports::{ArtifactStore, ClientStore, Clock, WorkQueue};
+use bulk_export::ports::{
+    AllPublishers, ArtifactStore, ClientStore, Clock, EventPublisher, WorkQueue,
+};
 use bulk_export::service::{AuthSettings, Service, ServiceSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -62,6 +66,12 @@ pub struct LocalConfig {
     /// The token signing key (PKCS#8 PEM, P-256) from configuration; without
     /// it, a key is generated into the data directory on first start.
     pub token_signing_key: Option<String>,
+    /// Completed runs of schedules are also copied here, one folder per
+    /// run (`FolderDelivery`).
+    pub delivery_dir: Option<PathBuf>,
+    /// How often the in-process scheduler looks for due schedules (zero:
+    /// never; tests fire them by hand).
+    pub schedule_tick: Duration,
 }
 
 impl LocalConfig {
@@ -81,6 +91,8 @@ impl LocalConfig {
             auth: false,
             external_issuer: None,
             token_signing_key: None,
+            delivery_dir: None,
+            schedule_tick: Duration::from_secs(20),
         }
     }
 }
@@ -97,6 +109,8 @@ pub struct Overrides {
     #[allow(clippy::type_complexity)]
     pub wrap_artifacts:
         Option<Box<dyn FnOnce(Arc<dyn ArtifactStore>) -> Arc<dyn ArtifactStore> + Send>>,
+    /// Gets every completion event too (after folder delivery, if any).
+    pub events: Option<Arc<dyn EventPublisher>>,
 }
 
 /// A running service.
@@ -201,9 +215,16 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     } else {
         AuthSettings::Open
     };
+    let mut publishers: Vec<Arc<dyn EventPublisher>> = Vec::new();
+    if let Some(dir) = &config.delivery_dir {
+        publishers.push(Arc::new(FolderDelivery::new(dir, artifacts.clone())));
+    }
+    publishers.extend(overrides.events);
     let ports = Ports {
         resources: Arc::new(resources),
         clients: clients.clone(),
+        schedules: Arc::new(jobs.clone()),
+        events: Arc::new(AllPublishers(publishers)),
         jobs: Arc::new(jobs),
         artifacts,
         queue: Arc::new(queue.clone()) as Arc<dyn WorkQueue>,
@@ -270,6 +291,13 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
             queue.clone(),
             budget,
             config.visibility_timeout,
+            stop_rx.clone(),
+        )));
+    }
+    if !config.schedule_tick.is_zero() {
+        tasks.push(tokio::spawn(workers::schedule_loop(
+            engine.clone(),
+            config.schedule_tick,
             stop_rx.clone(),
         )));
     }

@@ -76,6 +76,13 @@ struct Args {
     /// The secret webhook signatures are made with.
     #[arg(long, env = "BULK_EXPORT_WEBHOOK_SECRET", requires = "webhook_url")]
     webhook_secret: Option<String>,
+    /// Copy each completed scheduled run, files then manifest.json, to
+    /// DIR/<schedule-name>/<run-number>/ (renamed into place when whole).
+    #[arg(long, env = "BULK_EXPORT_DELIVERY_DIR", value_name = "DIR")]
+    delivery_dir: Option<PathBuf>,
+    /// Seconds between looks for due export schedules (0: none run).
+    #[arg(long, env = "BULK_EXPORT_SCHEDULE_TICK_SECONDS", default_value_t = 20)]
+    schedule_tick_seconds: u64,
     /// Seconds between sweeps of expired exports.
     #[arg(long, env = "BULK_EXPORT_SWEEP_SECONDS", default_value_t = 60)]
     sweep_seconds: u64,
@@ -183,6 +190,8 @@ async fn run() {
         engine.webhook = Some(bulk_export::engine::notify::Webhook { url, secret });
     }
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
+    config.delivery_dir = args.delivery_dir;
+    config.schedule_tick = Duration::from_secs(args.schedule_tick_seconds);
     config.auth = args.auth;
     config.external_issuer = args.external_issuer.zip(args.external_jwks_url);
     config.token_signing_key = args.token_signing_key;

@@ -63,3 +63,19 @@ pub async fn sweep_loop(engine: Engine, every: Duration, mut stop: watch::Receiv
         }
     }
 }
+
+/// The in-process scheduler: every `every`, fires the schedules that are
+/// due (the same engine call the scheduler Lambda makes each minute).
+pub async fn schedule_loop(engine: Engine, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        match engine.fire_due_schedules().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "scheduled runs started"),
+            Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -48,6 +48,8 @@ pub fn job(id: &str) -> Job {
         files: vec![],
         error: None,
         plan_inputs: None,
+        run_of: None,
+        deliveries: Vec::new(),
         version: 0,
     }
 }

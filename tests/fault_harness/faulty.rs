@@ -117,6 +117,8 @@ impl Faults {
     pub fn wrap(self: &Arc<Self>, base: &Ports) -> Ports {
         Ports {
             clients: base.clients.clone(),
+            schedules: base.schedules.clone(),
+            events: base.events.clone(),
             resources: Arc::new(Faulty {
                 inner: base.resources.clone(),
                 faults: self.clone(),

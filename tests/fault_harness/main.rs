@@ -181,6 +181,8 @@ async fn stack(backend: Backend) -> Stack {
                 ports: Ports {
                     resources: Arc::new(resources),
                     clients: Arc::new(jobs.clone()),
+                    schedules: Arc::new(jobs.clone()),
+                    events: Arc::new(bulk_export::ports::NoEvents),
                     jobs: Arc::new(jobs),
                     artifacts: Arc::new(files),
                     queue: Arc::new(queue.clone()),

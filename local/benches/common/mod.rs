@@ -93,6 +93,8 @@ pub fn open_stack() -> Stack {
     let ports = Ports {
         resources: store.clone(),
         clients: Arc::new(jobs.clone()),
+        schedules: Arc::new(jobs.clone()),
+        events: Arc::new(bulk_export::ports::NoEvents),
         jobs: Arc::new(jobs),
         artifacts: Arc::new(
             FsArtifacts::open(&files, "http://127.0.0.1:1", clock.clone()).unwrap(),

@@ -48,8 +48,8 @@ const CONCURRENCY: usize = 16;
 
 #[derive(Clone)]
 pub struct DynamoJobs {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
+    pub(super) client: aws_sdk_dynamodb::Client,
+    pub(super) table: String,
 }
 
 fn job_pk(id: &str) -> String {
@@ -60,11 +60,11 @@ fn part_sk(index: u32) -> String {
     format!("PART#{index:08}")
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> PortResult<String> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> PortResult<String> {
     serde_json::to_string(v).map_err(|e| PortError::corrupt("a record", e))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> PortResult<T> {
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> PortResult<T> {
     serde_json::from_str(s).map_err(|e| PortError::corrupt("a stored record is corrupt", e))
 }
 
@@ -116,12 +116,12 @@ impl DynamoJobs {
         }
     }
 
-    async fn get_item(&self, key: Item) -> PortResult<Option<Item>> {
+    pub(super) async fn get_item(&self, key: Item) -> PortResult<Option<Item>> {
         dynamo::get_item(&self.client, &self.table, key).await
     }
 
     /// Puts `item` if `condition` holds; `Conflict` if it does not.
-    async fn put_if(
+    pub(super) async fn put_if(
         &self,
         item: Item,
         condition: &str,
@@ -162,7 +162,7 @@ impl DynamoJobs {
             .map_err(backend)
     }
 
-    async fn delete_keys(&self, keys: Vec<Item>) -> PortResult<()> {
+    pub(super) async fn delete_keys(&self, keys: Vec<Item>) -> PortResult<()> {
         batch_write(
             &self.client,
             &self.table,

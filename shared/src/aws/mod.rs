@@ -8,10 +8,12 @@
 
 mod artifacts;
 mod dynamo;
+pub mod events;
 mod jobs;
 pub mod provision;
 mod queue;
 mod resources;
+mod schedules;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -27,7 +29,7 @@ pub use queue::{parse_work_message, SqsQueue};
 pub use resources::{DynamoResources, FENCE_LEASE};
 
 use crate::engine::Ports;
-use crate::ports::{Clock, PortError, PortResult};
+use crate::ports::{Clock, EventPublisher, NoEvents, PortError, PortResult};
 
 /// Where the service's state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct AwsAdapters {
     pub artifacts: Arc<S3Artifacts>,
     pub queue: Arc<SqsQueue>,
     pub clock: Arc<dyn Clock>,
+    /// Completion events: EventBridge when a bus is named, else nowhere.
+    pub events: Arc<dyn EventPublisher>,
 }
 
 impl AwsAdapters {
@@ -68,7 +72,17 @@ impl AwsAdapters {
                 &names.queue_url,
             )),
             clock,
+            events: Arc::new(NoEvents),
         }
+    }
+
+    /// Publishes completion events to the EventBridge bus `bus`.
+    pub fn with_event_bus(mut self, sdk: &SdkConfig, bus: &str) -> Self {
+        self.events = Arc::new(events::EventBridgePublisher::new(
+            aws_sdk_eventbridge::Client::new(sdk),
+            bus,
+        ));
+        self
     }
 
     pub fn ports(&self) -> Ports {
@@ -79,6 +93,8 @@ impl AwsAdapters {
             queue: self.queue.clone(),
             clock: self.clock.clone(),
             clients: self.jobs.clone(),
+            schedules: self.jobs.clone(),
+            events: self.events.clone(),
         }
     }
 }

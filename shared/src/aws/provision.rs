@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::jobs::{ACTIVE_OWNER_INDEX, EXPIRY_INDEX, REUSE_KEY_INDEX};
 use super::resources::BY_ID_INDEX;
+use super::schedules::{DUE_INDEX, LIST_INDEX};
 use super::{backend, s3_client, AwsNames};
 use crate::ports::PortResult;
 
@@ -136,6 +137,18 @@ pub async fn provision(
                 hash: "reuse_key",
                 range: None,
                 projection: ProjectionType::KeysOnly,
+            },
+            Index {
+                name: DUE_INDEX,
+                hash: "due_bucket",
+                range: Some(("next_due", ScalarAttributeType::N)),
+                projection: ProjectionType::All,
+            },
+            Index {
+                name: LIST_INDEX,
+                hash: "list_key",
+                range: None,
+                projection: ProjectionType::All,
             },
         ],
         true,

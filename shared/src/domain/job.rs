@@ -82,6 +82,12 @@ pub struct Job {
     /// any part is written (see [`PlanInputs`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_inputs: Option<PlanInputs>,
+    /// A schedule's run: which schedule, which run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_of: Option<super::schedule::RunOf>,
+    /// Each attempt to deliver the job's completion event to a webhook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<super::schedule::DeliveryAttempt>,
     /// Optimistic-concurrency version; every store write checks it.
     #[serde(default)]
     pub version: u64,

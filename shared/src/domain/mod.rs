@@ -10,6 +10,7 @@ pub mod outcome;
 pub mod request;
 pub mod resource;
 pub mod revisions;
+pub mod schedule;
 pub mod view_export;
 
 pub use outcome::ApiError;

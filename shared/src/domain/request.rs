@@ -189,6 +189,28 @@ pub struct KickoffInput {
     pub now: DateTime<Utc>,
 }
 
+/// A kick-off's query string as raw parameters.
+pub fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::invalid("The query string is not valid UTF-8"))
+        };
+        let (k, v) = (decode(k)?, decode(v)?);
+        if k.is_empty() {
+            return Err(ApiError::invalid(
+                "The query string has a parameter without a name",
+            ));
+        }
+        out.push(RawParam::text(&k, &v));
+    }
+    Ok(out)
+}
+
 /// Reads a POST body's `Parameters` resource into raw parameters.
 pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, ApiError> {
     let value: Value = serde_json::from_slice(body)

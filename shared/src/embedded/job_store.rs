@@ -41,6 +41,20 @@ CREATE TABLE IF NOT EXISTS queue (
     receipt TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (visible_at);
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    next_due INTEGER,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS schedules_by_owner ON schedules (owner);
+CREATE INDEX IF NOT EXISTS schedules_by_due ON schedules (next_due) WHERE next_due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS releases (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS used_jtis (
     client_id TEXT NOT NULL, jti TEXT NOT NULL, expires_at INTEGER NOT NULL,
@@ -51,7 +65,7 @@ CREATE TABLE IF NOT EXISTS used_jtis (
 /// The jobs database; hands out the job store and the queue over one file.
 #[derive(Clone)]
 pub struct SqliteJobs {
-    db: Db,
+    pub(super) db: Db,
 }
 
 /// Applied at open, in order; each may already be applied to an older
@@ -75,7 +89,7 @@ impl SqliteJobs {
     }
 
     /// The JSON records a one-parameter query selects, decoded.
-    async fn bodies<T: serde::de::DeserializeOwned + Send + 'static>(
+    pub(super) async fn bodies<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         sql: &'static str,
         key: &str,

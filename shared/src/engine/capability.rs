@@ -36,6 +36,23 @@ userIds, entities, includeModifiedProps}. Answers {fileId} when the file is read
 wait budget, else {fileId: null, status}; Prefer: respond-async gives 202 and a manifest. \
 The file: GET $export-revisions/file?fileId=. Needs the audit permission.";
 
+/// What `$export-schedules` offers.
+const EXPORT_SCHEDULES: &str = "Recurring exports: POST $export-schedules with a JSON body \
+{name, cadence (rate(...) or cron(...), EventBridge syntax, UTC), mode (full or incremental: \
+_since the previous successful run, deletions included), export (a kick-off such as \
+$export?_type=Patient), startAt, startFromRelease, webhook {url, secret}}. GET lists the \
+caller's schedules; GET/DELETE $export-schedules/{id}; POST .../{id}/pause, /resume, /run; \
+GET .../{id}/runs; GET .../{id}/runs/{n or latest} answers as a status request (202 or the \
+manifest); POST .../{id}/runs/{n or latest}/links?expiresIn=seconds gives presigned links to \
+the manifest and files for systems without a token.";
+
+/// What `$export-releases` offers.
+const EXPORT_RELEASES: &str = "Named exports frozen at their transactionTime, made once for \
+every subscriber: POST $export-releases {name, export} (needs system/*.read); GET lists them; \
+GET or HEAD $export-releases/{name or latest} gives name, transactionTime, request and the \
+manifest link; GET $export-releases/{name}/manifest answers as a status request, rebuilding \
+expired files as of the same transactionTime (202 until done).";
+
 impl Engine {
     pub fn capability_statement(&self) -> Value {
         let op = |name: &str, def: &str| json!({ "name": name, "definition": def, "documentation": KICKOFF_PARAMETERS });
@@ -80,6 +97,16 @@ impl Engine {
                         "name": "export-revisions",
                         "definition": format!("{}/OperationDefinition/export-revisions", self.config.base_url),
                         "documentation": EXPORT_REVISIONS
+                    },
+                    {
+                        "name": "export-schedules",
+                        "definition": format!("{}/OperationDefinition/export-schedules", self.config.base_url),
+                        "documentation": EXPORT_SCHEDULES
+                    },
+                    {
+                        "name": "export-releases",
+                        "definition": format!("{}/OperationDefinition/export-releases", self.config.base_url),
+                        "documentation": EXPORT_RELEASES
                     }
                 ]
             }]

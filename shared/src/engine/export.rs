@@ -11,12 +11,13 @@ use crate::domain::access::{Access, TypeAccess};
 use crate::domain::instant::to_micros;
 use crate::domain::job::{
     artifact_key, job_prefix, manifest, manifest_page, paged_manifest, reuse_key, FileKind, Job,
-    JobState, ManifestCursor, Part, WorkMessage, PATIENT_BLOCKS, REVISIONS,
+    JobState, ManifestCursor, OutputFile, Part, WorkMessage, PATIENT_BLOCKS, REVISIONS,
 };
 use crate::domain::request::{
     in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
 };
 use crate::domain::resource::group_member_ids;
+use crate::domain::schedule::RELEASE_OWNER_PREFIX;
 use crate::domain::ApiError;
 use crate::ports::PortError;
 
@@ -84,16 +85,40 @@ impl Engine {
         caller: &Caller,
         request: ExportRequest,
     ) -> Result<String, ApiError> {
+        let transaction_time = self.transaction_time_for(&request).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let job = self.queued_job(id, &caller.subject, request, transaction_time);
+        self.ports.jobs.create_job(&job).await?;
+        self.queue_planning(&job).await?;
+        tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
+        Ok(job.id)
+    }
+
+    /// The instant a new export of `request` is consistent as of: now, or
+    /// its `_until` if that is earlier.
+    pub(crate) async fn transaction_time_for(
+        &self,
+        request: &ExportRequest,
+    ) -> Result<DateTime<Utc>, PortError> {
         let snapshot = self.ports.resources.snapshot().await?;
-        let transaction_time = request.until.map_or(snapshot, |u| u.min(snapshot));
-        let now = self.ports.clock.now();
-        let job = Job {
-            id: uuid::Uuid::new_v4().to_string(),
-            owner: caller.subject.clone(),
+        Ok(request.until.map_or(snapshot, |u| u.min(snapshot)))
+    }
+
+    /// A new, queued job.
+    pub(crate) fn queued_job(
+        &self,
+        id: String,
+        owner: &str,
+        request: ExportRequest,
+        transaction_time: DateTime<Utc>,
+    ) -> Job {
+        Job {
+            id,
+            owner: owner.to_string(),
             request,
             state: JobState::Queued,
             transaction_time,
-            created_at: now,
+            created_at: self.ports.clock.now(),
             started_at: None,
             completed_at: None,
             expires_at: None,
@@ -102,17 +127,35 @@ impl Engine {
             files: Vec::new(),
             error: None,
             plan_inputs: None,
+            run_of: None,
+            deliveries: Vec::new(),
             version: 0,
-        };
-        self.ports.jobs.create_job(&job).await?;
+        }
+    }
+
+    pub(crate) async fn queue_planning(&self, job: &Job) -> Result<(), PortError> {
         self.ports
             .queue
             .send(&[WorkMessage::Plan {
                 job_id: job.id.clone(),
             }])
-            .await?;
-        tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
-        Ok(job.id)
+            .await
+    }
+
+    /// Stores a job whose id is fixed by what it is (a schedule's run, a
+    /// release's build) and queues its planning. If another caller stored
+    /// it first, that job stands; its planning is queued again while it is
+    /// still queued, in case that caller died before queuing it (planning
+    /// a job twice makes the same parts).
+    pub(crate) async fn start_job_once(&self, job: &Job) -> Result<(), PortError> {
+        match self.ports.jobs.create_job(job).await {
+            Ok(()) => self.queue_planning(job).await,
+            Err(PortError::AlreadyExists) => match self.ports.jobs.get_job(&job.id).await? {
+                Some(j) if j.state == JobState::Queued => self.queue_planning(&j).await,
+                _ => Ok(()),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The newest of the caller's jobs for an identical request that is
@@ -217,6 +260,21 @@ impl Engine {
         }
     }
 
+    /// A job the caller may read: its own, or a release's (every client
+    /// may fetch a release; each file is checked against its scopes).
+    pub(crate) async fn readable_job(&self, caller: &Caller, job_id: &str) -> Result<Job, ApiError> {
+        let job = self.ports.jobs.get_job(job_id).await?;
+        match job {
+            Some(job)
+                if (job.owner == caller.subject || job.owner.starts_with(RELEASE_OWNER_PREFIX))
+                    && job.is_visible(self.ports.clock.now()) =>
+            {
+                Ok(job)
+            }
+            _ => Err(job_not_found(job_id)),
+        }
+    }
+
     /// The job's status. While it is in progress the answer is held up to
     /// `status_wait`, looking at the job every `status_wait_poll`, and given
     /// as soon as it completes. `page` is a paged manifest's cursor (the
@@ -227,7 +285,7 @@ impl Engine {
         job_id: &str,
         page: Option<&str>,
     ) -> Result<StatusReply, ApiError> {
-        let mut job = self.visible_job(caller, job_id).await?;
+        let mut job = self.readable_job(caller, job_id).await?;
         let cursor = match page {
             None => ManifestCursor::default(),
             Some(_) if !job.request.allow_partial_manifests => {
@@ -248,7 +306,7 @@ impl Engine {
             && tokio::time::Instant::now() + poll <= deadline
         {
             tokio::time::sleep(poll).await;
-            job = self.visible_job(caller, job_id).await?;
+            job = self.readable_job(caller, job_id).await?;
         }
         self.status_of(job, &cursor).await
     }
@@ -354,11 +412,15 @@ impl Engine {
             // after this point) at its next run.
             job.expires_at = Some(self.ports.clock.now());
             match self.ports.jobs.update_job(&job).await {
-                Ok(_) => break,
+                Ok(saved) => {
+                    job = saved;
+                    break;
+                }
                 Err(PortError::Conflict) => job = self.visible_job(caller, job_id).await?,
                 Err(e) => return Err(e.into()),
             }
         }
+        self.announce(&job).await;
         // The job is cancelled from here on, whatever follows. Deleting its
         // files may race a worker still writing them (a directory refilled
         // as it is removed); what is left, the delayed collection and the
@@ -388,7 +450,7 @@ impl Engine {
         name: &str,
         accepts_gzip: bool,
     ) -> Result<String, ApiError> {
-        let job = self.visible_job(caller, job_id).await?;
+        let job = self.readable_job(caller, job_id).await?;
         let file = match job.state {
             JobState::Completed => job.files.iter().find(|f| f.name == name).cloned(),
             // A partial manifest lists the files of parts still running.
@@ -407,9 +469,29 @@ impl Engine {
                 "Export job '{job_id}' has no file '{name}'"
             )));
         };
-        // Scopes are checked again at download: the token may be a newer,
-        // narrower one than the one that started the export. A file of
-        // patient blocks may hold any of the export's types.
+        self.check_file_access(caller, &job, &file)?;
+        let key = artifact_key(job_id, name);
+        let key = if accepts_gzip && file.gzip {
+            twin_key(&key)
+        } else {
+            key
+        };
+        Ok(self
+            .ports
+            .artifacts
+            .presign_get(&key, self.config.presign_ttl)
+            .await?)
+    }
+
+    /// Scopes are checked again at download: the token may be a newer,
+    /// narrower one than the one that started the export. A file of
+    /// patient blocks may hold any of the export's types.
+    pub(crate) fn check_file_access(
+        &self,
+        caller: &Caller,
+        job: &Job,
+        file: &OutputFile,
+    ) -> Result<(), ApiError> {
         if file.resource_type == REVISIONS && !caller.access.can_audit() {
             return Err(super::revisions::audit_refused());
         }
@@ -427,17 +509,7 @@ impl Engine {
                 "The access token's scopes do not permit reading {t}"
             )));
         }
-        let key = artifact_key(job_id, name);
-        let key = if accepts_gzip && file.gzip {
-            twin_key(&key)
-        } else {
-            key
-        };
-        Ok(self
-            .ports
-            .artifacts
-            .presign_get(&key, self.config.presign_ttl)
-            .await?)
+        Ok(())
     }
 
     /// Marks a job failed (a message that kept failing); its files go at expiry.

@@ -6,11 +6,15 @@
 mod capability;
 mod export;
 pub mod gzip_twin;
+mod links;
 pub mod notify;
 mod parquet_files;
 mod plan;
+mod releases;
 mod resources;
 mod revisions;
+mod schedules;
+pub use schedules::RunSelector;
 pub use revisions::RevisionsOutcome;
 mod sink;
 mod sweep;
@@ -29,7 +33,8 @@ pub use worker::{Disposition, WorkOutcome};
 use crate::domain::access::Access;
 use crate::domain::ApiError;
 use crate::ports::{
-    ArtifactStore, ClientStore, Clock, JobStore, PortError, ResourceStore, WorkQueue,
+    ArtifactStore, ClientStore, Clock, EventPublisher, JobStore, PortError, ResourceStore,
+    ScheduleStore, WorkQueue,
 };
 
 /// The adapters the engine runs on.
@@ -43,6 +48,10 @@ pub struct Ports {
     /// Client registrations: who authors are (the audit export) and where
     /// a client's exports are announced.
     pub clients: Arc<dyn ClientStore>,
+    /// Export schedules and releases.
+    pub schedules: Arc<dyn ScheduleStore>,
+    /// Where ended exports are announced (EventBridge, folder delivery).
+    pub events: Arc<dyn EventPublisher>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +121,9 @@ pub struct EngineConfig {
     /// Where finished exports are announced when the owner's registration
     /// names no webhook of its own (open mode has no registrations).
     pub webhook: Option<notify::Webhook>,
+    /// The longest a presigned link for a downstream system may live (see
+    /// `run_links`): with temporary credentials, a link dies with them.
+    pub max_link_ttl: Duration,
 }
 
 impl EngineConfig {
@@ -141,6 +153,7 @@ impl EngineConfig {
             view_run_row_limit: 10_000,
             revisions_wait: Duration::from_secs(30),
             webhook: None,
+            max_link_ttl: Duration::from_secs(6 * 3600),
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Completion events: when an export ends (completed, failed), its owner's
-//! webhook (from the client's registration, or the service-wide one) gets
-//! one signed POST, retried with backoff. The handling whose write ended the
-//! job sends it, so a job is announced once; if that handling dies between
-//! the write and the POST, the event is lost (the job's status still tells).
-//! Receivers should still dedupe by `jobId`.
+//! Completion events: when an export ends (completed, failed, cancelled),
+//! the handling whose write ended it publishes one event: to the event
+//! publisher (EventBridge on AWS, folder delivery locally) and to a webhook
+//! (a schedule's own, else the owner's registration's, else the service-wide
+//! one) as one signed POST, retried with backoff, each attempt recorded on
+//! the job. A run of a deleted schedule goes to no webhook. If the handling
+//! dies between its write and the POST, the event is lost (the job's status
+//! still tells). Receivers should dedupe by `jobId`.
 //!
 //! The signature is `X-Bulk-Export-Signature: t=<unix seconds>,v1=<hex>`,
 //! where `v1` is HMAC-SHA256 with the shared secret over `"<t>.<body>"`
@@ -20,7 +22,9 @@ use sha2::Sha256;
 
 use super::Engine;
 use crate::domain::instant::format_instant;
-use crate::domain::job::{status_url, Job, JobState};
+use crate::domain::job::{manifest, status_url, FileKind, Job, JobState};
+use crate::domain::schedule::{DeliveryAttempt, RELEASE_OWNER_PREFIX};
+use crate::ports::{JobEvent, PortError};
 
 pub const SIGNATURE_HEADER: &str = "X-Bulk-Export-Signature";
 /// Attempts per event, and the pause before the first retry (doubling).
@@ -35,7 +39,7 @@ pub struct Webhook {
     pub secret: String,
 }
 
-/// The event's JSON body.
+/// The event's JSON body (EventBridge's `detail`, the webhook's body).
 pub fn event_body(job: &Job, base_url: &str) -> Value {
     let outcome = match job.state {
         JobState::Completed => "completed",
@@ -43,7 +47,20 @@ pub fn event_body(job: &Job, base_url: &str) -> Value {
         JobState::Cancelled => "cancelled",
         JobState::Queued | JobState::Running => "running",
     };
-    let resources: u64 = job.files.iter().map(|f| f.count).sum();
+    let outputs = job.files.iter().filter(|f| f.kind == FileKind::Output);
+    let resources: u64 = outputs.clone().map(|f| f.count).sum();
+    let mut counts = serde_json::Map::new();
+    for f in outputs {
+        let n = counts.get(&f.resource_type).and_then(Value::as_u64).unwrap_or(0);
+        counts.insert(f.resource_type.clone(), json!(n + f.count));
+    }
+    let deleted: u64 = job
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Deleted)
+        .map(|f| f.count)
+        .sum();
+    let status = status_url(base_url, &job.id);
     json!({
         "type": "bulk-export.job-finished",
         "jobId": job.id,
@@ -52,8 +69,15 @@ pub fn event_body(job: &Job, base_url: &str) -> Value {
         "transactionTime": format_instant(job.transaction_time),
         "files": job.files.len(),
         "count": resources,
+        "counts": counts,
+        "deleted": deleted,
         "error": job.error,
-        "status": status_url(base_url, &job.id),
+        "status": status,
+        "manifest": (job.state == JobState::Completed).then_some(status.clone()),
+        "scheduleId": job.run_of.as_ref().map(|r| r.schedule_id.clone()),
+        "scheduleName": job.run_of.as_ref().map(|r| r.schedule_name.clone()),
+        "run": job.run_of.as_ref().map(|r| r.run),
+        "release": job.owner.strip_prefix(RELEASE_OWNER_PREFIX),
     })
 }
 
@@ -68,9 +92,42 @@ pub fn sign(secret: &str, at: DateTime<Utc>, body: &str) -> String {
 }
 
 impl Engine {
-    /// Announces a finished job to its owner's webhook, if there is one.
-    /// Never fails the job: a receiver that stays down is logged.
+    /// Announces an ended job: moves its schedule's cursor, publishes the
+    /// event, and posts it to the webhook, if there is one. Never fails the
+    /// job: a receiver that stays down is logged and recorded.
     pub(crate) async fn announce(&self, job: &Job) {
+        self.chain_cursor(job).await;
+        let detail = event_body(job, &self.config.base_url);
+        let event = JobEvent {
+            job: job.clone(),
+            manifest: (job.state == JobState::Completed).then(|| {
+                manifest(job, &self.config.base_url, self.config.requires_access_token)
+            }),
+            detail,
+        };
+        if let Err(e) = self.ports.events.publish(&event).await {
+            tracing::warn!(job = %job.id, error = %e, "the completion event was not published");
+        }
+        if let Some(hook) = self.webhook_of(job).await {
+            self.post_event(job, &hook, &event.detail.to_string()).await;
+        }
+    }
+
+    /// A schedule's run goes to its schedule's webhook (none once the
+    /// schedule is deleted); other jobs, and runs of schedules without one,
+    /// to the owner's registered webhook, else the service-wide one.
+    async fn webhook_of(&self, job: &Job) -> Option<Webhook> {
+        if let Some(run) = &job.run_of {
+            match self.ports.schedules.get_schedule(&run.schedule_id).await {
+                Ok(Some(s)) if s.webhook.is_some() => return s.webhook,
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "could not read the run's schedule");
+                    return None;
+                }
+            }
+        }
         let registered = match self.ports.clients.get_client(&job.owner).await {
             Ok(Some(c)) => c.webhook,
             Ok(None) => None,
@@ -79,10 +136,10 @@ impl Engine {
                 None
             }
         };
-        let Some(hook) = registered.or_else(|| self.config.webhook.clone()) else {
-            return;
-        };
-        let body = event_body(job, &self.config.base_url).to_string();
+        registered.or_else(|| self.config.webhook.clone())
+    }
+
+    async fn post_event(&self, job: &Job, hook: &Webhook, body: &str) {
         let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
             Ok(c) => c,
             Err(e) => {
@@ -92,27 +149,62 @@ impl Engine {
         };
         let mut pause = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            let signature = sign(&hook.secret, self.ports.clock.now(), &body);
+            let at = self.ports.clock.now();
             let sent = client
                 .post(&hook.url)
                 .header("Content-Type", "application/json")
-                .header(SIGNATURE_HEADER, signature)
-                .body(body.clone())
+                .header(SIGNATURE_HEADER, sign(&hook.secret, at, body))
+                .body(body.to_string())
                 .send()
                 .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {
-                    tracing::info!(job = %job.id, attempt, "webhook delivered");
-                    return;
-                }
-                Ok(r) => {
-                    tracing::warn!(job = %job.id, attempt, status = r.status().as_u16(), "webhook refused")
-                }
-                Err(e) => tracing::warn!(job = %job.id, attempt, error = %e, "webhook failed"),
+            let record = match sent {
+                Ok(r) => DeliveryAttempt {
+                    at,
+                    attempt,
+                    status: Some(r.status().as_u16()),
+                    error: None,
+                    delivered: r.status().is_success(),
+                },
+                Err(e) => DeliveryAttempt {
+                    at,
+                    attempt,
+                    status: None,
+                    error: Some(e.to_string()),
+                    delivered: false,
+                },
+            };
+            let delivered = record.delivered;
+            if delivered {
+                tracing::info!(job = %job.id, attempt, "webhook delivered");
+            } else {
+                tracing::warn!(job = %job.id, attempt, status = ?record.status, error = ?record.error, "webhook not delivered");
+            }
+            self.record_delivery(&job.id, record).await;
+            if delivered {
+                return;
             }
             if attempt < ATTEMPTS {
                 tokio::time::sleep(pause).await;
                 pause *= 2;
+            }
+        }
+    }
+
+    /// Adds a delivery attempt to the job's record (best effort).
+    async fn record_delivery(&self, job_id: &str, attempt: DeliveryAttempt) {
+        for _ in 0..10 {
+            let mut job = match self.ports.jobs.get_job(job_id).await {
+                Ok(Some(j)) => j,
+                _ => return,
+            };
+            job.deliveries.push(attempt.clone());
+            match self.ports.jobs.update_job(&job).await {
+                Ok(_) => return,
+                Err(PortError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(job = %job_id, error = %e, "delivery attempt not recorded");
+                    return;
+                }
             }
         }
     }

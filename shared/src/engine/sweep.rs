@@ -22,6 +22,10 @@ impl Engine {
             for id in &ids {
                 // Files first: a job record is only dropped once nothing of it is left.
                 self.ports.artifacts.delete_prefix(&job_prefix(id)).await?;
+                self.ports
+                    .artifacts
+                    .delete_prefix(&super::links::links_prefix(id))
+                    .await?;
                 self.ports.jobs.delete_job(id).await?;
                 swept += 1;
             }

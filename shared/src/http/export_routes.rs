@@ -2,14 +2,13 @@
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use percent_encoding::percent_decode_str;
 
 use super::{empty_response, header_text, json_response, require_json_body, Api, FHIR_JSON};
 use crate::domain::instant::http_date;
 use crate::domain::job::status_url;
 use crate::domain::outcome::operation_outcome;
 use crate::domain::request::{
-    params_from_parameters_resource, ExportLevel, KickoffInput, RawParam,
+    params_from_parameters_resource, query_params, ExportLevel, KickoffInput,
 };
 use crate::domain::resource::check_id;
 use crate::domain::ApiError;
@@ -74,27 +73,6 @@ fn allows_fhir_json(range: &str) -> bool {
 
 /// Query parameters, percent-decoded without turning `+` into a space
 /// (`_outputFormat=application/fhir+ndjson` is often sent unencoded).
-fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
-    let mut out = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_decode_str(s)
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| ApiError::invalid("The query string is not valid UTF-8"))
-        };
-        let (k, v) = (decode(k)?, decode(v)?);
-        if k.is_empty() {
-            return Err(ApiError::invalid(
-                "The query string has a parameter without a name",
-            ));
-        }
-        out.push(RawParam::text(&k, &v));
-    }
-    Ok(out)
-}
-
 /// Whether `Accept-Encoding` allows gzip (named or `*`, without `q=0`).
 pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
@@ -210,38 +188,7 @@ impl Api {
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
         let page = query_param(req, "page")?;
-        match self.engine.status(&caller, job_id, page.as_deref()).await? {
-            StatusReply::InProgress {
-                progress,
-                percent,
-                retry_after_secs,
-                manifest,
-            } => {
-                // A partial manifest rides on the 202 (allowPartialManifests).
-                let mut resp = match manifest {
-                    Some(m) => json_response(StatusCode::ACCEPTED, "application/json", &m),
-                    None => empty_response(StatusCode::ACCEPTED),
-                };
-                let h = resp.headers_mut();
-                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-                h.insert("x-progress", HeaderValue::from_static(progress));
-                if let Some(p) = percent {
-                    h.insert("x-progress-percent", HeaderValue::from(p as u16));
-                }
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                Ok(resp)
-            }
-            StatusReply::Complete { manifest, expires } => {
-                let mut resp = json_response(StatusCode::OK, "application/json", &manifest);
-                let h = resp.headers_mut();
-                if let Ok(v) = HeaderValue::from_str(&http_date(expires)) {
-                    h.insert(header::EXPIRES, v);
-                }
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                Ok(resp)
-            }
-            StatusReply::Failed { message } => Err(ApiError::internal(message)),
-        }
+        status_response(self.engine.status(&caller, job_id, page.as_deref()).await?)
     }
 
     pub(super) async fn cancel(
@@ -284,6 +231,43 @@ impl Api {
     }
 }
 
+/// A status poll's answer over HTTP: 202 with `Retry-After` and
+/// `X-Progress`, 200 with the manifest and `Expires`, or the failure.
+pub(super) fn status_response(reply: StatusReply) -> Result<Response<Bytes>, ApiError> {
+match reply {
+        StatusReply::InProgress {
+            progress,
+            percent,
+            retry_after_secs,
+            manifest,
+        } => {
+            // A partial manifest rides on the 202 (allowPartialManifests).
+            let mut resp = match manifest {
+                Some(m) => json_response(StatusCode::ACCEPTED, "application/json", &m),
+                None => empty_response(StatusCode::ACCEPTED),
+            };
+            let h = resp.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            h.insert("x-progress", HeaderValue::from_static(progress));
+            if let Some(p) = percent {
+                h.insert("x-progress-percent", HeaderValue::from(p as u16));
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
+        StatusReply::Complete { manifest, expires } => {
+            let mut resp = json_response(StatusCode::OK, "application/json", &manifest);
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&http_date(expires)) {
+                h.insert(header::EXPIRES, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
+        StatusReply::Failed { message } => Err(ApiError::internal(message)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +290,7 @@ mod tests {
 
     #[test]
     fn prefer_and_query_parsing() {
+        use crate::domain::request::RawParam;
         let mut h = HeaderMap::new();
         h.insert(
             "prefer",

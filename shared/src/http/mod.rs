@@ -5,6 +5,7 @@ mod auth;
 mod export_routes;
 mod resource_routes;
 mod revision_routes;
+mod schedule_routes;
 mod view_routes;
 
 use std::sync::Arc;
@@ -107,6 +108,8 @@ impl Api {
             (["$export-revisions"], _) => Err(method_not_allowed("POST")),
             (["$export-revisions", "file"], &Method::GET) => self.revisions_file(&req).await,
             (["$export-revisions", "file"], _) => Err(method_not_allowed("GET")),
+            (["$export-schedules", rest @ ..], _) => self.schedules(req, rest).await,
+            (["$export-releases", rest @ ..], _) => self.releases(req, rest).await,
             (["$export-jobs", id], &Method::GET) => self.status(&req, id).await,
             (["$export-jobs", id], &Method::DELETE) => self.cancel(&req, id).await,
             (["$export-jobs", _], _) => Err(method_not_allowed("GET, DELETE")),

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::domain::job::{Job, Part, UploadedChunk, WorkMessage};
+use crate::domain::schedule::{Release, Schedule};
 
 /// The cause behind a backend error, kept for logs (never shown to clients).
 pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -498,4 +499,77 @@ pub trait ClientStore: Send + Sync {
         jti: &str,
         expires: DateTime<Utc>,
     ) -> PortResult<bool>;
+}
+
+/// Export schedules (with an index of due times) and releases, kept with
+/// the jobs. Updates are conditional on the stored `version`, as for jobs.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// `AlreadyExists` if the id is taken.
+    async fn create_schedule(&self, schedule: &Schedule) -> PortResult<()>;
+    async fn get_schedule(&self, id: &str) -> PortResult<Option<Schedule>>;
+    /// Writes `schedule` if the stored version equals its `version`;
+    /// returns it with the new version. `Conflict` otherwise, `NotFound`
+    /// if it was deleted.
+    async fn update_schedule(&self, schedule: &Schedule) -> PortResult<Schedule>;
+    /// Deleting a schedule that is gone already is fine.
+    async fn delete_schedule(&self, id: &str) -> PortResult<()>;
+    /// `owner`'s schedules, oldest first.
+    async fn schedules_of(&self, owner: &str) -> PortResult<Vec<Schedule>>;
+    /// Schedules with a due time at or before `now`, earliest first, read
+    /// from an index of due times (never a scan of every schedule).
+    async fn due_schedules(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<Schedule>>;
+    /// `AlreadyExists` if the name is taken.
+    async fn create_release(&self, release: &Release) -> PortResult<()>;
+    async fn get_release(&self, name: &str) -> PortResult<Option<Release>>;
+    /// Conditional on `release.version`, as `update_schedule`.
+    async fn update_release(&self, release: &Release) -> PortResult<Release>;
+    /// Every release, oldest `transaction_time` first.
+    async fn releases(&self) -> PortResult<Vec<Release>>;
+}
+
+/// An export that ended (completed, failed or cancelled), as publishers
+/// get it: the job, the event's documented JSON (`engine::notify`) and,
+/// for a completed job, its manifest.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    pub job: Job,
+    pub detail: Value,
+    pub manifest: Option<Value>,
+}
+
+/// Where ended exports are announced besides webhooks: EventBridge on AWS,
+/// folder delivery locally, a recorder in tests.
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    async fn publish(&self, event: &JobEvent) -> PortResult<()>;
+}
+
+/// Publishes nowhere.
+pub struct NoEvents;
+
+#[async_trait]
+impl EventPublisher for NoEvents {
+    async fn publish(&self, _event: &JobEvent) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+/// Publishes to each of several publishers, in order; all are tried, and
+/// the first failure is returned.
+pub struct AllPublishers(pub Vec<Arc<dyn EventPublisher>>);
+
+#[async_trait]
+impl EventPublisher for AllPublishers {
+    async fn publish(&self, event: &JobEvent) -> PortResult<()> {
+        let mut result = Ok(());
+        for p in &self.0 {
+            if let Err(e) = p.publish(event).await {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
 }

@@ -79,6 +79,7 @@ async fn stack_tuned(
         auth: AuthMode::Open,
         signing_key: None,
         external_issuer: None,
+        event_bus: None,
         service,
     };
     let container = Container::from_parts(settings, ports, adapters.jobs.clone(), None).unwrap();
@@ -523,6 +524,7 @@ async fn token_scopes_and_one_time_assertions_on_dynamodb() {
         auth: AuthMode::Smart,
         signing_key: Some(SigningKey::Pem(pem.clone())),
         external_issuer: None,
+        event_bus: None,
         service: ServiceSettings::default(),
     };
     let container =
@@ -616,6 +618,7 @@ async fn the_status_function_holds_a_poll_until_the_export_completes() {
         auth: AuthMode::Open,
         signing_key: None,
         external_issuer: None,
+        event_bus: None,
         service,
     };
     let holding = Arc::new(
@@ -715,6 +718,7 @@ async fn an_identical_kickoff_reuses_the_export_in_progress() {
         auth: AuthMode::Open,
         signing_key: None,
         external_issuer: None,
+        event_bus: None,
         service,
     };
     let reusing =

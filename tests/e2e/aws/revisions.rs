@@ -119,6 +119,7 @@ async fn the_audit_trail_of_three_clients_with_every_filter_on_moto() {
         auth: AuthMode::Smart,
         signing_key: Some(SigningKey::Pem(pem.clone())),
         external_issuer: None,
+        event_bus: None,
         service,
     };
     let container =

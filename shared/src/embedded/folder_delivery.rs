@@ -1,0 +1,100 @@
+//! Folder delivery (the OpenSpecimen model): each completed run of a
+//! schedule lands in `DIR/<schedule-name>/<run-number>/`, its files under
+//! their manifest names and `manifest.json` (file URLs relative to the
+//! folder). The run is assembled in a hidden `.<run-number>.partial`
+//! folder, manifest last, then renamed into place in one step: a program
+//! watching `DIR` never sees a run without its manifest, nor a half-written
+//! file. A run delivered already is left as it is (events may repeat).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::sqlite::backend;
+use crate::domain::job::{artifact_key, JobState};
+use crate::ports::{ArtifactStore, EventPublisher, JobEvent, PortResult};
+
+/// Files are copied in pieces of this size.
+const PIECE: usize = 4 << 20;
+
+pub struct FolderDelivery {
+    dir: PathBuf,
+    artifacts: Arc<dyn ArtifactStore>,
+}
+
+impl FolderDelivery {
+    pub fn new(dir: impl Into<PathBuf>, artifacts: Arc<dyn ArtifactStore>) -> Self {
+        FolderDelivery {
+            dir: dir.into(),
+            artifacts,
+        }
+    }
+
+    async fn copy(&self, key: &str, to: &Path) -> PortResult<()> {
+        let mut out = tokio::fs::File::create(to).await.map_err(backend)?;
+        let mut offset = 0u64;
+        loop {
+            let piece = self.artifacts.get_range(key, offset, PIECE).await?;
+            if piece.is_empty() {
+                break;
+            }
+            out.write_all(&piece).await.map_err(backend)?;
+            offset += piece.len() as u64;
+            if piece.len() < PIECE {
+                break;
+            }
+        }
+        out.sync_all().await.map_err(backend)
+    }
+}
+
+/// The manifest as delivered: each file's `url` is its name in the folder.
+fn local_manifest(manifest: &Value) -> Value {
+    let mut m = manifest.clone();
+    for list in ["output", "deleted", "error"] {
+        if let Some(entries) = m.get_mut(list).and_then(Value::as_array_mut) {
+            for e in entries {
+                if let Some(url) = e.get("url").and_then(Value::as_str) {
+                    let name = url.rsplit('/').next().unwrap_or(url).to_string();
+                    e["url"] = Value::String(name);
+                }
+            }
+        }
+    }
+    m["requiresAccessToken"] = Value::Bool(false);
+    m
+}
+
+#[async_trait]
+impl EventPublisher for FolderDelivery {
+    async fn publish(&self, event: &JobEvent) -> PortResult<()> {
+        let (Some(run), Some(manifest)) = (&event.job.run_of, &event.manifest) else {
+            return Ok(());
+        };
+        if event.job.state != JobState::Completed {
+            return Ok(());
+        }
+        let folder = self.dir.join(&run.schedule_name);
+        let target = folder.join(run.run.to_string());
+        if tokio::fs::try_exists(&target).await.map_err(backend)? {
+            return Ok(());
+        }
+        let partial = folder.join(format!(".{}.partial", run.run));
+        let _ = tokio::fs::remove_dir_all(&partial).await;
+        tokio::fs::create_dir_all(&partial).await.map_err(backend)?;
+        for f in &event.job.files {
+            self.copy(&artifact_key(&event.job.id, &f.name), &partial.join(&f.name))
+                .await?;
+        }
+        let body = serde_json::to_vec_pretty(&local_manifest(manifest)).map_err(backend)?;
+        tokio::fs::write(partial.join("manifest.json"), body)
+            .await
+            .map_err(backend)?;
+        tokio::fs::rename(&partial, &target).await.map_err(backend)?;
+        tracing::info!(job = %event.job.id, folder = %target.display(), "run delivered");
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! Links for downstream systems without tokens: a completed job's manifest
+//! with every file as a presigned URL, stored as an object of its own and
+//! itself handed out as a presigned URL. Anyone holding the manifest link
+//! can fetch the run until the links expire, and no longer.
+//!
+//! A presigned URL is only as good as the credentials that signed it: one
+//! signed with a Lambda role's temporary credentials stops working when
+//! they expire, whatever its own expiry says. The lifetime asked for is
+//! therefore capped (`EngineConfig::max_link_ttl`); the README says what
+//! that cap should be on AWS. A client with a token can always get fresh
+//! links.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{Caller, Engine};
+use crate::domain::instant::format_instant;
+use crate::domain::job::{artifact_key, manifest, JobState};
+use crate::domain::ApiError;
+
+/// Where a job's link manifests are kept (the sweeper removes them with
+/// the job).
+pub fn links_prefix(job_id: &str) -> String {
+    format!("links/{job_id}/")
+}
+
+impl Engine {
+    /// Presigned links to a completed job's manifest and files, valid for
+    /// `ttl` (the file endpoint's lifetime if not given).
+    pub async fn presigned_manifest(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Value, ApiError> {
+        let ttl = ttl.unwrap_or(self.config.presign_ttl);
+        let max = self.config.max_link_ttl;
+        if ttl.is_zero() || ttl > max {
+            return Err(ApiError::invalid(format!(
+                "expiresIn: links live from 1 to {} seconds here",
+                max.as_secs()
+            )));
+        }
+        let job = self.readable_job(caller, job_id).await?;
+        if job.state != JobState::Completed {
+            return Err(ApiError::conflict(format!(
+                "Export job '{job_id}' has not completed; links are for completed exports"
+            )));
+        }
+        // The same per-type check as each file download.
+        for f in &job.files {
+            self.check_file_access(caller, &job, f)?;
+        }
+        let mut m = manifest(&job, &self.config.base_url, false);
+        for list in ["output", "deleted", "error"] {
+            let Some(entries) = m.get_mut(list).and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for e in entries {
+                let name = e["url"]
+                    .as_str()
+                    .and_then(|u| u.rsplit('/').next())
+                    .unwrap_or_default()
+                    .to_string();
+                let url = self
+                    .ports
+                    .artifacts
+                    .presign_get(&artifact_key(&job.id, &name), ttl)
+                    .await?;
+                e["url"] = json!(url);
+            }
+        }
+        let key = format!("{}{}.json", links_prefix(&job.id), uuid::Uuid::new_v4());
+        let body = serde_json::to_vec(&m).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.ports.artifacts.put(&key, body.into()).await?;
+        let url = self.ports.artifacts.presign_get(&key, ttl).await?;
+        let expires = self.ports.clock.now()
+            + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());
+        Ok(json!({
+            "manifest": url,
+            "expires": format_instant(expires),
+            "links": m,
+        }))
+    }
+}

@@ -1,0 +1,145 @@
+//! Releases: named exports frozen at their `transactionTime`, made once
+//! for every subscriber. The record never expires; the files do, and are
+//! rebuilt on demand exactly as of the same instant (the store keeps
+//! every version), under the next generation's job.
+
+use serde::Deserialize;
+
+use super::export::authorize_export;
+use super::{Caller, Engine, StatusReply};
+use crate::domain::job::JobState;
+use crate::domain::request::parse_export_request;
+use crate::domain::schedule::{check_name, kickoff_of, Release, LATEST, RELEASE_OWNER_PREFIX};
+use crate::domain::ApiError;
+use crate::ports::PortError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseInput {
+    name: String,
+    export: String,
+}
+
+fn release_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("No release '{name}'"))
+}
+
+impl Engine {
+    /// Freezes a release as of now and starts building its files.
+    /// Publishing needs read access to every type and no Group limit.
+    pub async fn create_release(&self, caller: &Caller, body: &[u8]) -> Result<Release, ApiError> {
+        let input: ReleaseInput = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid(format!("The release is not valid: {e} (fields: name, export)"))
+        })?;
+        check_name("release", &input.name)?;
+        if input.name == LATEST {
+            return Err(ApiError::invalid(
+                "'latest' is the alias of the newest release; choose another name",
+            ));
+        }
+        if !caller.access.perms_on("*").read || caller.access.groups.is_some() {
+            return Err(ApiError::forbidden(
+                "Publishing a release needs read access to every type (system/*.read)",
+            ));
+        }
+        let now = self.ports.clock.now();
+        let input_kickoff = kickoff_of(&input.export, &self.config.base_url, None, now)?;
+        let mut request = parse_export_request(input_kickoff)?;
+        authorize_export(&caller.access, &mut request)?;
+        self.check_patients(&mut request).await?;
+        let transaction_time = self.transaction_time_for(&request).await?;
+        let release = Release {
+            name: input.name,
+            export: input.export.trim_start_matches('/').to_string(),
+            request,
+            transaction_time,
+            created_at: now,
+            created_by: caller.subject.clone(),
+            generation: 0,
+            version: 0,
+        };
+        match self.ports.schedules.create_release(&release).await {
+            Ok(()) => {}
+            Err(PortError::AlreadyExists) => {
+                return Err(ApiError::conflict(format!(
+                    "A release named '{}' exists; releases are immutable",
+                    release.name
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.build_release(&release).await?;
+        tracing::info!(release = %release.name, "release created");
+        Ok(release)
+    }
+
+    pub async fn releases(&self) -> Result<Vec<Release>, ApiError> {
+        Ok(self.ports.schedules.releases().await?)
+    }
+
+    /// A release by name; `latest` is the one with the newest
+    /// `transactionTime`.
+    pub async fn release_record(&self, name: &str) -> Result<Release, ApiError> {
+        let found = if name == LATEST {
+            self.ports.schedules.releases().await?.pop()
+        } else {
+            check_name("release", name)?;
+            self.ports.schedules.get_release(name).await?
+        };
+        found.ok_or_else(|| release_not_found(name))
+    }
+
+    /// The release's manifest: its files as built, or, once they have
+    /// expired (or a build failed), a rebuild as of the same instant, in
+    /// progress (202) until it is done.
+    pub async fn release_status(&self, caller: &Caller, name: &str) -> Result<StatusReply, ApiError> {
+        let mut release = self.release_record(name).await?;
+        loop {
+            let job = self.ports.jobs.get_job(&release.job_id()).await?;
+            let now = self.ports.clock.now();
+            let usable = job.as_ref().is_some_and(|j| {
+                j.is_visible(now) && !matches!(j.state, JobState::Failed | JobState::Cancelled)
+            });
+            if usable {
+                break;
+            }
+            if job.is_none() {
+                // Swept after expiry (or never stored, by a create that
+                // died): the same generation's id is free to build again.
+                self.build_release(&release).await?;
+                tracing::info!(release = %release.name, "release files rebuilt");
+                break;
+            }
+            // Expired but not swept yet, or failed: the next generation.
+            release.generation += 1;
+            match self.ports.schedules.update_release(&release).await {
+                Ok(saved) => {
+                    release = saved;
+                    self.build_release(&release).await?;
+                    tracing::info!(release = %release.name, generation = release.generation, "release files rebuilt");
+                    break;
+                }
+                Err(PortError::Conflict) => {
+                    // Someone else started the rebuild: use theirs.
+                    release = self.release_record(&release.name).await?;
+                    self.build_release(&release).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.status(caller, &release.job_id(), None).await
+    }
+
+    /// Stores (once) and queues the build of the release's generation.
+    async fn build_release(&self, release: &Release) -> Result<(), PortError> {
+        let owner = format!("{RELEASE_OWNER_PREFIX}{}", release.name);
+        let job = self.queued_job(
+            release.job_id(),
+            &owner,
+            release.request.clone(),
+            release.transaction_time,
+        );
+        self.start_job_once(&job).await
+    }
+}

@@ -1,0 +1,479 @@
+//! Export schedules: the owner's API, and firing due runs.
+//!
+//! The scheduler Lambda (every minute) and the local ticker both call
+//! [`Engine::fire_due_schedules`]; the clock decides what is due. A run is
+//! claimed by the schedule's conditional update, and its job has an id
+//! fixed by (schedule, run number), so schedulers racing on a tick make one
+//! run. A schedule that was not looked at for a while (downtime) fires once
+//! and then moves to its next due time after now: missed ticks are caught
+//! up once, not once each.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::export::authorize_export;
+use super::{Caller, Engine};
+use crate::domain::access::Access;
+use crate::domain::instant::parse_instant;
+use crate::domain::job::{manifest, Job, JobState};
+use crate::domain::request::{parse_export_request, ExportRequest};
+use crate::domain::schedule::{
+    check_name, kickoff_of, run_job_id, Cadence, RunOf, Schedule, ScheduleInput, ScheduleMode,
+};
+use crate::domain::ApiError;
+use crate::ports::{PortError, PortResult};
+
+/// Which run of a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunSelector {
+    Latest,
+    Number(u64),
+}
+
+impl RunSelector {
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        match text {
+            "latest" => Ok(RunSelector::Latest),
+            n => n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(RunSelector::Number)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("'{n}' is not a run: use a run number or latest"))
+                }),
+        }
+    }
+}
+
+/// Schedules due in one tick are fired in pages of this many.
+const DUE_PAGE: usize = 100;
+/// A run list shows at most this many runs, newest first.
+const RUNS_LISTED: u64 = 50;
+
+fn schedule_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("No export schedule '{id}'"))
+}
+
+impl Engine {
+    /// Validates and stores a new schedule of the caller's.
+    pub async fn create_schedule(&self, caller: &Caller, body: &[u8]) -> Result<Schedule, ApiError> {
+        let input = ScheduleInput::parse(body)?;
+        check_name("schedule", &input.name)?;
+        let cadence = Cadence::parse(&input.cadence).map_err(ApiError::invalid)?;
+        let mode = input.mode()?;
+        let now = self.ports.clock.now();
+        let start_at = match &input.start_at {
+            Some(t) => parse_instant(t).map_err(|e| ApiError::invalid(format!("startAt: {e}")))?,
+            None => now,
+        };
+        let cursor = match (&input.start_from_release, mode) {
+            (None, _) => None,
+            (Some(_), ScheduleMode::Full) => {
+                return Err(ApiError::invalid(
+                    "startFromRelease is for incremental schedules (mode: incremental)",
+                ))
+            }
+            (Some(name), ScheduleMode::Incremental) => {
+                let release = self.release_record(name).await?;
+                Some(release.transaction_time)
+            }
+        };
+        if let Some(hook) = &input.webhook {
+            let scheme_ok = hook.url.starts_with("https://") || hook.url.starts_with("http://");
+            if !scheme_ok || hook.secret.len() < 16 {
+                return Err(ApiError::invalid(
+                    "webhook: give an http(s) url and a secret of at least 16 characters",
+                ));
+            }
+        }
+        // The request must be one the caller may make now; at each run it
+        // is checked again against the owner's access as it stands then.
+        if self.config.requires_access_token
+            && self.ports.clients.get_client(&caller.subject).await?.is_none()
+        {
+            return Err(ApiError::forbidden(
+                "Schedules run without a token, on the owner's registration: only \
+                 registered clients may create them",
+            ));
+        }
+        let since = (mode == ScheduleMode::Incremental).then_some(cursor).flatten();
+        let mut request = parse_export_request(kickoff_of(
+            &input.export,
+            &self.config.base_url,
+            since,
+            now,
+        )?)?;
+        authorize_export(&caller.access, &mut request)?;
+        self.check_patients(&mut request).await?;
+        let first = cadence
+            .next_after(start_at, start_at - chrono::Duration::microseconds(1))
+            .ok_or_else(|| ApiError::invalid("cadence: the expression never fires again"))?;
+        let schedule = Schedule {
+            id: uuid::Uuid::new_v4().to_string(),
+            owner: caller.subject.clone(),
+            name: input.name,
+            cadence,
+            mode,
+            export: input.export.trim_start_matches('/').to_string(),
+            created_at: now,
+            start_at,
+            paused: false,
+            next_due: Some(first),
+            runs: 0,
+            cursor,
+            from_release: input.start_from_release,
+            webhook: input.webhook,
+            version: 0,
+        };
+        self.ports.schedules.create_schedule(&schedule).await?;
+        tracing::info!(schedule = %schedule.id, owner = %schedule.owner, cadence = schedule.cadence.as_str(), "schedule created");
+        self.owned_schedule(caller, &schedule.id).await
+    }
+
+    pub async fn schedules_of(&self, caller: &Caller) -> Result<Vec<Schedule>, ApiError> {
+        Ok(self.ports.schedules.schedules_of(&caller.subject).await?)
+    }
+
+    /// The caller's schedule; anyone else's is the same 404 as none.
+    pub async fn owned_schedule(&self, caller: &Caller, id: &str) -> Result<Schedule, ApiError> {
+        match self.ports.schedules.get_schedule(id).await? {
+            Some(s) if s.owner == caller.subject => Ok(s),
+            _ => Err(schedule_not_found(id)),
+        }
+    }
+
+    /// Pauses (no further runs) or resumes (the next due time after now).
+    pub async fn set_schedule_paused(
+        &self,
+        caller: &Caller,
+        id: &str,
+        paused: bool,
+    ) -> Result<Schedule, ApiError> {
+        loop {
+            let mut s = self.owned_schedule(caller, id).await?;
+            if s.paused == paused {
+                return Ok(s);
+            }
+            s.paused = paused;
+            s.next_due = if paused {
+                None
+            } else {
+                s.cadence.next_after(s.start_at, self.ports.clock.now())
+            };
+            match self.ports.schedules.update_schedule(&s).await {
+                Ok(s) => return Ok(s),
+                Err(PortError::Conflict) => continue,
+                Err(PortError::NotFound) => return Err(schedule_not_found(id)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Deletes the schedule: no further runs, and a run in progress is
+    /// cancelled (its events go nowhere: the schedule's webhook is gone).
+    pub async fn delete_schedule(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+        let s = self.owned_schedule(caller, id).await?;
+        self.ports.schedules.delete_schedule(id).await?;
+        if s.runs > 0 {
+            let job_id = run_job_id(id, s.runs);
+            if let Some(job) = self.ports.jobs.get_job(&job_id).await? {
+                if job.is_active() {
+                    let _ = self.cancel(caller, &job_id).await;
+                }
+            }
+        }
+        tracing::info!(schedule = %id, "schedule deleted");
+        Ok(())
+    }
+
+    /// Starts a run now, outside the cadence; returns its job id.
+    pub async fn run_schedule_now(&self, caller: &Caller, id: &str) -> Result<String, ApiError> {
+        loop {
+            let s = self.owned_schedule(caller, id).await?;
+            match self.claim_run(s, None).await {
+                Ok(Some(job_id)) => return Ok(job_id),
+                Ok(None) | Err(PortError::Conflict) => continue,
+                Err(PortError::NotFound) => return Err(schedule_not_found(id)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The schedule's recent runs, newest first (runs whose files have
+    /// expired are gone).
+    pub async fn schedule_runs(&self, caller: &Caller, id: &str) -> Result<Vec<Job>, ApiError> {
+        let s = self.owned_schedule(caller, id).await?;
+        let mut runs = Vec::new();
+        let now = self.ports.clock.now();
+        let oldest = s.runs.saturating_sub(RUNS_LISTED) + 1;
+        for n in (oldest..=s.runs).rev() {
+            if let Some(job) = self.ports.jobs.get_job(&run_job_id(id, n)).await? {
+                if job.is_visible(now) {
+                    runs.push(job);
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The job id of one of the caller's runs.
+    pub async fn run_job(
+        &self,
+        caller: &Caller,
+        id: &str,
+        run: RunSelector,
+    ) -> Result<String, ApiError> {
+        let s = self.owned_schedule(caller, id).await?;
+        let n = match run {
+            RunSelector::Latest if s.runs == 0 => {
+                return Err(ApiError::not_found(format!(
+                    "Schedule '{id}' has not run yet; its first run is due at {}",
+                    s.next_due
+                        .map(crate::domain::instant::format_instant)
+                        .unwrap_or_else(|| "no time (paused)".into())
+                )))
+            }
+            RunSelector::Latest => s.runs,
+            RunSelector::Number(n) if n > s.runs => {
+                return Err(ApiError::not_found(format!(
+                    "Schedule '{id}' has made {} runs",
+                    s.runs
+                )))
+            }
+            RunSelector::Number(n) => n,
+        };
+        Ok(run_job_id(id, n))
+    }
+
+    /// The scheduler's tick: fires every schedule due at the clock's now.
+    /// Returns how many runs this call started (a racing scheduler may
+    /// start the others).
+    pub async fn fire_due_schedules(&self) -> PortResult<u32> {
+        let now = self.ports.clock.now();
+        let mut fired = 0;
+        let due = self.ports.schedules.due_schedules(now, DUE_PAGE).await?;
+        for s in due {
+            let id = s.id.clone();
+            match self.fire_if_due(s, now).await {
+                Ok(true) => fired += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(schedule = %id, error = %e, "schedule not fired"),
+            }
+        }
+        Ok(fired)
+    }
+
+    /// A direct invocation (a team's own EventBridge rule or Scheduler)
+    /// naming a schedule: one run per distinct `at` (the event's time), so
+    /// a redelivered event does not run it twice.
+    pub async fn fire_named_schedule(&self, id: &str, at: DateTime<Utc>) -> PortResult<bool> {
+        loop {
+            let Some(s) = self.ports.schedules.get_schedule(id).await? else {
+                return Err(PortError::NotFound);
+            };
+            if s.paused {
+                return Ok(false);
+            }
+            let already = match s.runs {
+                0 => false,
+                n => matches!(
+                    self.ports.jobs.get_job(&run_job_id(id, n)).await?,
+                    Some(j) if j.run_of.as_ref().and_then(|r| r.due_at) >= Some(at)
+                ),
+            };
+            if already {
+                return Ok(false);
+            }
+            match self.claim_run(s, Some(at)).await {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) | Err(PortError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fires `s` if it is still due at `now`; false if another scheduler
+    /// fired it first.
+    async fn fire_if_due(&self, mut s: Schedule, now: DateTime<Utc>) -> PortResult<bool> {
+        loop {
+            let Some(due) = s.next_due.filter(|d| *d <= now && !s.paused) else {
+                return Ok(false);
+            };
+            match self.claim_run(s.clone(), Some(due)).await {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) | Err(PortError::Conflict) => {
+                    match self.ports.schedules.get_schedule(&s.id).await? {
+                        Some(fresh) => s = fresh,
+                        None => return Ok(false),
+                    }
+                }
+                Err(PortError::NotFound) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts run `runs + 1` of `s` (for `due`, or on demand) and claims it
+    /// with the schedule's conditional update. The job is stored first, under
+    /// the run's fixed id: a scheduler that dies after storing it leaves a
+    /// job the next claim of the same run finds, and a lost claim leaves
+    /// the winner's job (the same one). `Ok(None)`: the schedule changed.
+    async fn claim_run(&self, mut s: Schedule, due: Option<DateTime<Utc>>) -> PortResult<Option<String>> {
+        let run = s.runs + 1;
+        let job_id = run_job_id(&s.id, run);
+        let run_of = RunOf {
+            schedule_id: s.id.clone(),
+            schedule_name: s.name.clone(),
+            run,
+            due_at: due,
+        };
+        let started = self.start_run(&s, &job_id, run_of).await?;
+        let now = self.ports.clock.now();
+        s.runs = run;
+        if due.is_some() && due == s.next_due {
+            // The next tick after now: missed ticks are not run one by one.
+            s.next_due = s.cadence.next_after(s.start_at, now);
+        }
+        match self.ports.schedules.update_schedule(&s).await {
+            Ok(_) => {
+                tracing::info!(schedule = %s.id, run, job = %job_id, "scheduled run started");
+                if let Some(failed) = started {
+                    self.announce(&failed).await;
+                }
+                Ok(Some(job_id))
+            }
+            Err(PortError::Conflict) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores the run's job: queued, or failed with the cause when the
+    /// owner may no longer make the request. Returns the failed job (its
+    /// event is sent once the run is claimed).
+    async fn start_run(&self, s: &Schedule, job_id: &str, run_of: RunOf) -> PortResult<Option<Job>> {
+        if let Some(existing) = self.ports.jobs.get_job(job_id).await? {
+            // Stored by a racing or an earlier scheduler that may have died
+            // before queuing its planning (planning twice is harmless).
+            if existing.state == JobState::Queued {
+                self.queue_planning(&existing).await?;
+            }
+            return Ok(None);
+        }
+        let now = self.ports.clock.now();
+        let since = match s.mode {
+            ScheduleMode::Incremental => s.cursor,
+            ScheduleMode::Full => None,
+        };
+        match self.run_request(s, since, now).await {
+            Ok(request) => {
+                let tt = self.transaction_time_for(&request).await?;
+                let mut job = self.queued_job(job_id.into(), &s.owner, request, tt);
+                job.run_of = Some(run_of);
+                self.start_job_once(&job).await?;
+                Ok(None)
+            }
+            Err(why) => {
+                let url = format!("{}/{}", self.config.base_url, s.export);
+                let level = crate::domain::request::ExportLevel::System;
+                let mut job = self.queued_job(job_id.into(), &s.owner, ExportRequest::new(level, url), now);
+                job.run_of = Some(run_of);
+                job.state = JobState::Failed;
+                job.error = Some(why);
+                job.completed_at = Some(now);
+                job.expires_at = Some(now + self.config.retention);
+                match self.ports.jobs.create_job(&job).await {
+                    Ok(()) | Err(PortError::AlreadyExists) => {}
+                    Err(e) => return Err(e),
+                }
+                tracing::warn!(job = %job.id, reason = job.error.as_deref().unwrap_or(""), "scheduled run refused");
+                Ok(Some(job))
+            }
+        }
+    }
+
+    /// The run's export request, authorized with the owner's access as it
+    /// stands now; `Err` says why the owner may no longer make it.
+    async fn run_request(
+        &self,
+        s: &Schedule,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<ExportRequest, String> {
+        let access = self.owner_access(&s.owner).await?;
+        let refused = |e: ApiError| format!("The scheduled export was refused: {}", e.message);
+        let input = kickoff_of(&s.export, &self.config.base_url, since, now).map_err(refused)?;
+        let mut request = parse_export_request(input).map_err(refused)?;
+        authorize_export(&access, &mut request).map_err(refused)?;
+        self.check_patients(&mut request).await.map_err(refused)?;
+        Ok(request)
+    }
+
+    /// The owner's access as its registration stands now (open mode: all).
+    async fn owner_access(&self, owner: &str) -> Result<Access, String> {
+        match self.ports.clients.get_client(owner).await {
+            Ok(Some(reg)) => Ok(Access::from_scopes(&reg.scope)
+                .with_groups(reg.groups.map(|g| g.into_iter().collect()))
+                .with_audit(reg.audit)),
+            Ok(None) if !self.config.requires_access_token => Ok(Access::unrestricted()),
+            Ok(None) => Err(format!(
+                "The schedule's owner '{owner}' is no longer registered: its access was revoked"
+            )),
+            Err(e) => Err(format!("The owner's registration could not be read: {}", e.public_message())),
+        }
+    }
+
+    /// Moves an incremental schedule's cursor to a completed run's
+    /// `transactionTime` (never backwards: runs may finish out of order).
+    /// If this is lost, the next run repeats some changes; none are missed.
+    pub(crate) async fn chain_cursor(&self, job: &Job) {
+        let Some(run) = &job.run_of else { return };
+        if job.state != JobState::Completed {
+            return;
+        }
+        loop {
+            let mut s = match self.ports.schedules.get_schedule(&run.schedule_id).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
+                    return;
+                }
+            };
+            if s.cursor.is_some_and(|c| c >= job.transaction_time) {
+                return;
+            }
+            s.cursor = Some(job.transaction_time);
+            match self.ports.schedules.update_schedule(&s).await {
+                Ok(_) => return,
+                Err(PortError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A run as its schedule's run list shows it.
+    pub fn scheduled_run_view(&self, job: &Job) -> Value {
+        use crate::domain::instant::format_instant;
+        let run = job.run_of.as_ref();
+        let mut v = serde_json::json!({
+            "run": run.map(|r| r.run),
+            "jobId": job.id,
+            "state": job.state,
+            "dueAt": run.and_then(|r| r.due_at).map(format_instant),
+            "createdAt": format_instant(job.created_at),
+            "transactionTime": format_instant(job.transaction_time),
+            "since": job.request.since.map(format_instant),
+            "error": job.error,
+            "status": crate::domain::job::status_url(&self.config.base_url, &job.id),
+            "deliveries": job.deliveries,
+        });
+        if job.state == JobState::Completed {
+            v["manifest"] = manifest(job, &self.config.base_url, self.config.requires_access_token);
+        }
+        v
+    }
+}
