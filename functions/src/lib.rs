@@ -5,13 +5,15 @@
 //!   all served by [`http::run`] (the template decides which routes reach
 //!   which function, and each function's role allows only what its routes need);
 //! - `worker`: SQS work messages ([`worker`]);
-//! - `sweeper`: the EventBridge schedule ([`sweeper`]).
+//! - `sweeper`: the EventBridge schedule ([`sweeper`]);
+//! - `scheduler`: export schedules, every minute or by name ([`scheduler`]).
 //!
 //! [`Container`] builds the AWS clients and ports once per container (cold
 //! start), from [`Settings`].
 
 pub mod container;
 pub mod http;
+pub mod scheduler;
 pub mod settings;
 pub mod sweeper;
 pub mod worker;

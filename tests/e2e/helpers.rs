@@ -57,6 +57,8 @@ pub struct Options {
     pub header_subject: bool,
     /// Authorization on: bearer tokens from the built-in issuer.
     pub auth: bool,
+    /// Gets every completion event.
+    pub events: Option<Arc<dyn bulk_export::ports::EventPublisher>>,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             tune: Box::new(|_| {}),
             header_subject: false,
             auth: false,
+            events: None,
         }
     }
 }
@@ -86,6 +89,8 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     // the job every 25 ms, load that tests with many polls do not need. The
     // hold's own test turns it on.
     config.engine.status_wait = Duration::ZERO;
+    // Schedules fire when a test says so (it moves the clock, then ticks).
+    config.schedule_tick = Duration::ZERO;
     (opts.tune)(&mut config);
     let clock = Arc::new(OffsetClock::default());
     let overrides = Overrides {
@@ -96,6 +101,7 @@ pub async fn spawn_app(opts: Options) -> TestApp {
             None
         },
         wrap_artifacts: opts.wrap_artifacts,
+        events: opts.events,
     };
     let running = start(config, overrides).await.expect("service starts");
     let client = Client::builder()

@@ -10,5 +10,6 @@ mod helpers;
 mod malformed;
 mod resources;
 mod revisions;
+mod schedules;
 mod view_export;
 mod views;

@@ -27,12 +27,12 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 
-    fn header(&self, name: &str) -> &str {
+    pub fn header(&self, name: &str) -> &str {
         self.headers[name].to_str().unwrap()
     }
 }
@@ -675,7 +675,7 @@ fn malformed_bodies() -> Vec<(String, Option<&'static str>)> {
 }
 
 /// The embedded service with authorization on; tokens from its issuer.
-struct Embedded(TestApp);
+pub(crate) struct Embedded(pub TestApp);
 
 #[async_trait]
 impl Backend for Embedded {
@@ -741,10 +741,10 @@ async fn the_audit_trail_of_three_clients_with_every_filter() {
 }
 
 /// What a webhook receiver got: (signature header, body).
-type Received = Arc<Mutex<Vec<(String, String)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(String, String)>>>;
 
 /// A webhook receiver that refuses its first `failures` deliveries.
-async fn webhook_receiver(failures: usize) -> (String, Received, Arc<AtomicUsize>) {
+pub(crate) async fn webhook_receiver(failures: usize) -> (String, Received, Arc<AtomicUsize>) {
     let got: Received = Arc::default();
     let attempts = Arc::new(AtomicUsize::new(0));
     let (g, a) = (got.clone(), attempts.clone());
@@ -773,7 +773,7 @@ async fn webhook_receiver(failures: usize) -> (String, Received, Arc<AtomicUsize
 
 /// Checks the signature the way a receiver would: HMAC-SHA256 over
 /// "<t>.<body>", and `t` recent.
-fn verify_signature(secret: &str, header: &str, body: &str) {
+pub(crate) fn verify_signature(secret: &str, header: &str, body: &str) {
     let fields: BTreeMap<&str, &str> = header
         .split(',')
         .map(|kv| kv.split_once('=').unwrap())

@@ -49,10 +49,7 @@ impl EventPublisher for EventBridgePublisher {
                 .filter_map(|e| e.error_message())
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(PortError::transient(
-                "the event bus refused the event",
-                why,
-            ));
+            return Err(PortError::transient("the event bus refused the event", why));
         }
         Ok(())
     }

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 
 use super::backend;
 use super::dynamo::{get_n, get_s, key, n, s, Item};
@@ -108,12 +107,16 @@ impl ScheduleStore for DynamoJobs {
     async fn create_schedule(&self, schedule: &Schedule) -> PortResult<()> {
         let mut sc = schedule.clone();
         sc.version = 1;
-        self.put_if(schedule_item(&sc)?, "attribute_not_exists(pk)", HashMap::new())
-            .await
-            .map_err(|e| match e {
-                PortError::Conflict => PortError::AlreadyExists,
-                e => e,
-            })
+        self.put_if(
+            schedule_item(&sc)?,
+            "attribute_not_exists(pk)",
+            HashMap::new(),
+        )
+        .await
+        .map_err(|e| match e {
+            PortError::Conflict => PortError::AlreadyExists,
+            e => e,
+        })
     }
 
     async fn get_schedule(&self, id: &str) -> PortResult<Option<Schedule>> {
@@ -170,12 +173,16 @@ impl ScheduleStore for DynamoJobs {
     async fn create_release(&self, release: &Release) -> PortResult<()> {
         let mut r = release.clone();
         r.version = 1;
-        self.put_if(release_item(&r)?, "attribute_not_exists(pk)", HashMap::new())
-            .await
-            .map_err(|e| match e {
-                PortError::Conflict => PortError::AlreadyExists,
-                e => e,
-            })
+        self.put_if(
+            release_item(&r)?,
+            "attribute_not_exists(pk)",
+            HashMap::new(),
+        )
+        .await
+        .map_err(|e| match e {
+            PortError::Conflict => PortError::AlreadyExists,
+            e => e,
+        })
     }
 
     async fn get_release(&self, name: &str) -> PortResult<Option<Release>> {

@@ -400,10 +400,7 @@ mod tests {
         let c = Cadence::parse("rate(1 day)").unwrap();
         let start = at("2026-01-01T03:00:00Z");
         assert_eq!(c.next_after(start, at("2025-12-01T00:00:00Z")), Some(start));
-        assert_eq!(
-            c.next_after(start, start),
-            Some(at("2026-01-02T03:00:00Z"))
-        );
+        assert_eq!(c.next_after(start, start), Some(at("2026-01-02T03:00:00Z")));
         // A week later: the next tick after now, not the seven missed ones.
         assert_eq!(
             c.next_after(start, at("2026-01-08T10:00:00Z")),
@@ -455,7 +452,13 @@ mod tests {
     fn a_saved_kickoff_becomes_a_kickoff_with_since() {
         let now = Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap();
         let since = Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
-        let k = kickoff_of("Group/g1/$export?_type=Patient", "https://x/fhir", since, now).unwrap();
+        let k = kickoff_of(
+            "Group/g1/$export?_type=Patient",
+            "https://x/fhir",
+            since,
+            now,
+        )
+        .unwrap();
         assert_eq!(
             k.level,
             ExportLevel::Group {

@@ -86,14 +86,19 @@ impl EventPublisher for FolderDelivery {
         let _ = tokio::fs::remove_dir_all(&partial).await;
         tokio::fs::create_dir_all(&partial).await.map_err(backend)?;
         for f in &event.job.files {
-            self.copy(&artifact_key(&event.job.id, &f.name), &partial.join(&f.name))
-                .await?;
+            self.copy(
+                &artifact_key(&event.job.id, &f.name),
+                &partial.join(&f.name),
+            )
+            .await?;
         }
         let body = serde_json::to_vec_pretty(&local_manifest(manifest)).map_err(backend)?;
         tokio::fs::write(partial.join("manifest.json"), body)
             .await
             .map_err(backend)?;
-        tokio::fs::rename(&partial, &target).await.map_err(backend)?;
+        tokio::fs::rename(&partial, &target)
+            .await
+            .map_err(backend)?;
         tracing::info!(job = %event.job.id, folder = %target.display(), "run delivered");
         Ok(())
     }

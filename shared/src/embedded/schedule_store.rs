@@ -77,9 +77,11 @@ impl ScheduleStore for SqliteJobs {
                     return Ok(s);
                 }
                 let exists: Option<i64> = c
-                    .query_row("SELECT 1 FROM schedules WHERE id = ?1", params![s.id], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT 1 FROM schedules WHERE id = ?1",
+                        params![s.id],
+                        |r| r.get(0),
+                    )
                     .optional()
                     .map_err(backend)?;
                 Err(match exists {

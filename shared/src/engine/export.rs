@@ -262,7 +262,11 @@ impl Engine {
 
     /// A job the caller may read: its own, or a release's (every client
     /// may fetch a release; each file is checked against its scopes).
-    pub(crate) async fn readable_job(&self, caller: &Caller, job_id: &str) -> Result<Job, ApiError> {
+    pub(crate) async fn readable_job(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+    ) -> Result<Job, ApiError> {
         let job = self.ports.jobs.get_job(job_id).await?;
         match job {
             Some(job)

@@ -51,7 +51,10 @@ pub fn event_body(job: &Job, base_url: &str) -> Value {
     let resources: u64 = outputs.clone().map(|f| f.count).sum();
     let mut counts = serde_json::Map::new();
     for f in outputs {
-        let n = counts.get(&f.resource_type).and_then(Value::as_u64).unwrap_or(0);
+        let n = counts
+            .get(&f.resource_type)
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         counts.insert(f.resource_type.clone(), json!(n + f.count));
     }
     let deleted: u64 = job
@@ -101,7 +104,11 @@ impl Engine {
         let event = JobEvent {
             job: job.clone(),
             manifest: (job.state == JobState::Completed).then(|| {
-                manifest(job, &self.config.base_url, self.config.requires_access_token)
+                manifest(
+                    job,
+                    &self.config.base_url,
+                    self.config.requires_access_token,
+                )
             }),
             detail,
         };

@@ -29,7 +29,9 @@ impl Engine {
     /// Publishing needs read access to every type and no Group limit.
     pub async fn create_release(&self, caller: &Caller, body: &[u8]) -> Result<Release, ApiError> {
         let input: ReleaseInput = serde_json::from_slice(body).map_err(|e| {
-            ApiError::invalid(format!("The release is not valid: {e} (fields: name, export)"))
+            ApiError::invalid(format!(
+                "The release is not valid: {e} (fields: name, export)"
+            ))
         })?;
         check_name("release", &input.name)?;
         if input.name == LATEST {
@@ -92,7 +94,11 @@ impl Engine {
     /// The release's manifest: its files as built, or, once they have
     /// expired (or a build failed), a rebuild as of the same instant, in
     /// progress (202) until it is done.
-    pub async fn release_status(&self, caller: &Caller, name: &str) -> Result<StatusReply, ApiError> {
+    pub async fn release_status(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<StatusReply, ApiError> {
         let mut release = self.release_record(name).await?;
         loop {
             let job = self.ports.jobs.get_job(&release.job_id()).await?;

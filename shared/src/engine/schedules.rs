@@ -57,7 +57,11 @@ fn schedule_not_found(id: &str) -> ApiError {
 
 impl Engine {
     /// Validates and stores a new schedule of the caller's.
-    pub async fn create_schedule(&self, caller: &Caller, body: &[u8]) -> Result<Schedule, ApiError> {
+    pub async fn create_schedule(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Schedule, ApiError> {
         let input = ScheduleInput::parse(body)?;
         check_name("schedule", &input.name)?;
         let cadence = Cadence::parse(&input.cadence).map_err(ApiError::invalid)?;
@@ -90,14 +94,21 @@ impl Engine {
         // The request must be one the caller may make now; at each run it
         // is checked again against the owner's access as it stands then.
         if self.config.requires_access_token
-            && self.ports.clients.get_client(&caller.subject).await?.is_none()
+            && self
+                .ports
+                .clients
+                .get_client(&caller.subject)
+                .await?
+                .is_none()
         {
             return Err(ApiError::forbidden(
                 "Schedules run without a token, on the owner's registration: only \
                  registered clients may create them",
             ));
         }
-        let since = (mode == ScheduleMode::Incremental).then_some(cursor).flatten();
+        let since = (mode == ScheduleMode::Incremental)
+            .then_some(cursor)
+            .flatten();
         let mut request = parse_export_request(kickoff_of(
             &input.export,
             &self.config.base_url,
@@ -319,7 +330,11 @@ impl Engine {
     /// the run's fixed id: a scheduler that dies after storing it leaves a
     /// job the next claim of the same run finds, and a lost claim leaves
     /// the winner's job (the same one). `Ok(None)`: the schedule changed.
-    async fn claim_run(&self, mut s: Schedule, due: Option<DateTime<Utc>>) -> PortResult<Option<String>> {
+    async fn claim_run(
+        &self,
+        mut s: Schedule,
+        due: Option<DateTime<Utc>>,
+    ) -> PortResult<Option<String>> {
         let run = s.runs + 1;
         let job_id = run_job_id(&s.id, run);
         let run_of = RunOf {
@@ -351,7 +366,12 @@ impl Engine {
     /// Stores the run's job: queued, or failed with the cause when the
     /// owner may no longer make the request. Returns the failed job (its
     /// event is sent once the run is claimed).
-    async fn start_run(&self, s: &Schedule, job_id: &str, run_of: RunOf) -> PortResult<Option<Job>> {
+    async fn start_run(
+        &self,
+        s: &Schedule,
+        job_id: &str,
+        run_of: RunOf,
+    ) -> PortResult<Option<Job>> {
         if let Some(existing) = self.ports.jobs.get_job(job_id).await? {
             // Stored by a racing or an earlier scheduler that may have died
             // before queuing its planning (planning twice is harmless).
@@ -376,7 +396,8 @@ impl Engine {
             Err(why) => {
                 let url = format!("{}/{}", self.config.base_url, s.export);
                 let level = crate::domain::request::ExportLevel::System;
-                let mut job = self.queued_job(job_id.into(), &s.owner, ExportRequest::new(level, url), now);
+                let mut job =
+                    self.queued_job(job_id.into(), &s.owner, ExportRequest::new(level, url), now);
                 job.run_of = Some(run_of);
                 job.state = JobState::Failed;
                 job.error = Some(why);
@@ -419,7 +440,10 @@ impl Engine {
             Ok(None) => Err(format!(
                 "The schedule's owner '{owner}' is no longer registered: its access was revoked"
             )),
-            Err(e) => Err(format!("The owner's registration could not be read: {}", e.public_message())),
+            Err(e) => Err(format!(
+                "The owner's registration could not be read: {}",
+                e.public_message()
+            )),
         }
     }
 
@@ -472,7 +496,11 @@ impl Engine {
             "deliveries": job.deliveries,
         });
         if job.state == JobState::Completed {
-            v["manifest"] = manifest(job, &self.config.base_url, self.config.requires_access_token);
+            v["manifest"] = manifest(
+                job,
+                &self.config.base_url,
+                self.config.requires_access_token,
+            );
         }
         v
     }

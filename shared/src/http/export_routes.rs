@@ -234,7 +234,7 @@ impl Api {
 /// A status poll's answer over HTTP: 202 with `Retry-After` and
 /// `X-Progress`, 200 with the manifest and `Expires`, or the failure.
 pub(super) fn status_response(reply: StatusReply) -> Result<Response<Bytes>, ApiError> {
-match reply {
+    match reply {
         StatusReply::InProgress {
             progress,
             percent,

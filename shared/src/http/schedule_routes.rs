@@ -70,7 +70,9 @@ impl Api {
                 Ok(ok_json(&json!({ "schedules": list })))
             }
             ([], _) => Err(ApiError::method_not_allowed("GET, POST")),
-            ([id], &Method::GET) => Ok(ok_json(&engine.owned_schedule(&caller, id).await?.view(base))),
+            ([id], &Method::GET) => Ok(ok_json(
+                &engine.owned_schedule(&caller, id).await?.view(base),
+            )),
             ([id], &Method::DELETE) => {
                 engine.delete_schedule(&caller, id).await?;
                 Ok(empty_response(StatusCode::NO_CONTENT))
@@ -124,7 +126,9 @@ impl Api {
                         ApiError::invalid(format!("expiresIn: '{t}' is not a number of seconds"))
                     })?)),
                 };
-                Ok(ok_json(&engine.presigned_manifest(&caller, &job_id, ttl).await?))
+                Ok(ok_json(
+                    &engine.presigned_manifest(&caller, &job_id, ttl).await?,
+                ))
             }
             ([_, "runs", _, "links"], _) => Err(ApiError::method_not_allowed("POST")),
             _ => Err(ApiError::not_found("Nothing here under $export-schedules")),
@@ -162,7 +166,10 @@ impl Api {
                 let view = r.view(base);
                 let mut resp = ok_json(&view);
                 let h = resp.headers_mut();
-                h.insert(header::CONTENT_LOCATION, header_value(&release_url(base, &r.name))?);
+                h.insert(
+                    header::CONTENT_LOCATION,
+                    header_value(&release_url(base, &r.name))?,
+                );
                 h.insert("x-release-name", header_value(&r.name)?);
                 h.insert(
                     "x-transaction-time",
@@ -171,7 +178,10 @@ impl Api {
                 h.insert("x-request", header_value(&r.request.request_url)?);
                 h.insert(
                     header::LINK,
-                    header_value(&format!("<{}/manifest>; rel=\"manifest\"", release_url(base, &r.name)))?,
+                    header_value(&format!(
+                        "<{}/manifest>; rel=\"manifest\"",
+                        release_url(base, &r.name)
+                    ))?,
                 );
                 if m == Method::HEAD {
                     *resp.body_mut() = Bytes::new();

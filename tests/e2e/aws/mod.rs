@@ -5,3 +5,4 @@ mod contract;
 mod functions;
 pub mod moto;
 mod revisions;
+mod schedules;

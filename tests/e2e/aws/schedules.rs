@@ -1,0 +1,286 @@
+//! The schedule scenarios (`crate::schedules`) through the Lambda functions
+//! on moto: the HTTP handler every HTTP function runs, the scheduler
+//! function's entry point on a moved clock, and the worker function pumped
+//! from the real SQS queue. Completion events go to a real EventBridge bus
+//! (moto's), routed by a rule to an SQS queue the test reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_eventbridge::types::Target;
+use bulk_export::auth::TokenIssuer;
+use bulk_export::aws::{AwsAdapters, SdkConfig, SqsQueue};
+use bulk_export::clock::OffsetClock;
+use bulk_export::engine::Engine;
+use bulk_export::ports::{ClientStore, Clock};
+use bulk_export::service::ServiceSettings;
+use bulk_export_functions::settings::{AuthMode, Settings};
+use bulk_export_functions::{http as lambda, scheduler, Container};
+use serde_json::{json, Value};
+
+use super::functions::invoke_worker;
+use super::moto::fresh_stack;
+use crate::revisions::{Backend, Reply};
+use crate::schedules::{
+    cadence_scenario, links_scenario, release_rebuild_scenario, subscriber_scenario, Stack,
+};
+
+const ORIGIN: &str = "https://api.example.test";
+
+struct OnMoto {
+    container: Container,
+    engine: Engine,
+    queue: Arc<SqsQueue>,
+    adapters: AwsAdapters,
+    clock: Arc<OffsetClock>,
+}
+
+impl OnMoto {
+    async fn new(sdk: &SdkConfig, names: &bulk_export::aws::AwsNames, bus: Option<&str>) -> Self {
+        let clock = Arc::new(OffsetClock::default());
+        let mut adapters = AwsAdapters::new(sdk, names, 4, clock.clone() as Arc<dyn Clock>);
+        if let Some(bus) = bus {
+            adapters = adapters.with_event_bus(sdk, bus);
+        }
+        let mut service = ServiceSettings::default();
+        service.public_origin = Some(ORIGIN.into());
+        service.engine.retry_base = Duration::ZERO;
+        service.engine.status_wait = Duration::ZERO;
+        service.engine.reuse_window = Duration::ZERO;
+        let settings = Settings {
+            names: names.clone(),
+            shards: 4,
+            auth: AuthMode::Open,
+            signing_key: None,
+            external_issuer: None,
+            event_bus: bus.map(str::to_string),
+            service,
+        };
+        let container =
+            Container::from_parts(settings, adapters.ports(), adapters.jobs.clone(), None).unwrap();
+        let engine = container.engine(ORIGIN);
+        OnMoto {
+            queue: adapters.queue.clone(),
+            container,
+            engine,
+            adapters,
+            clock,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for OnMoto {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Reply {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{ORIGIN}/fhir/{path}"))
+            .header("host", "api.example.test")
+            .header("x-forwarded-proto", "https")
+            .header("accept", "application/fhir+json")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = match body {
+            Some(b) => lambda_http::Body::Text(b),
+            None => lambda_http::Body::Empty,
+        };
+        let resp = lambda::handle(&self.container, req.body(body).unwrap()).await;
+        let (parts, body) = resp.into_parts();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: bytes::Bytes::copy_from_slice(&body),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("{ORIGIN}/fhir")
+    }
+
+    fn issuer(&self) -> Arc<TokenIssuer> {
+        unreachable!("the schedule scenarios on moto run in open mode")
+    }
+
+    fn clients(&self) -> Arc<dyn ClientStore> {
+        self.adapters.jobs.clone()
+    }
+}
+
+#[async_trait]
+impl Stack for OnMoto {
+    fn clock(&self) -> Arc<OffsetClock> {
+        self.clock.clone()
+    }
+
+    /// The scheduler function's engine (each call a "container" of its own
+    /// would build the same one).
+    fn engine(&self) -> Engine {
+        self.container.background_engine()
+    }
+
+    async fn settle(&self) {
+        while invoke_worker(&self.engine, &self.queue, Duration::from_secs(20), false).await > 0 {}
+    }
+}
+
+async fn on_moto() -> OnMoto {
+    let (sdk, names) = fresh_stack().await;
+    OnMoto::new(&sdk, &names, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_schedule_on_moto_runs_once_a_day_catches_up_once_and_stops_when_deleted() {
+    cadence_scenario(&on_moto().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_replica_on_moto_equals_the_store() {
+    subscriber_scenario(&on_moto().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_rebuilt_on_moto_after_expiry_equals_the_original() {
+    release_rebuild_scenario(&on_moto().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_s3_links_open_a_run_without_a_token() {
+    links_scenario(&on_moto().await).await;
+}
+
+/// The completion event on EventBridge with its documented fields, and the
+/// scheduler function's direct invocation (a team's own EventBridge rule
+/// naming a schedule): one run per event time, however often it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_events_reach_eventbridge_and_a_named_invocation_runs_once() {
+    let (sdk, names) = fresh_stack().await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let bus = format!("bus-{id}");
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    events.create_event_bus().name(&bus).send().await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("events-{id}"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let queue_arn = format!("arn:aws:sqs:us-east-1:123456789012:events-{id}");
+    events
+        .put_rule()
+        .name("finished")
+        .event_bus_name(&bus)
+        .event_pattern(r#"{"source": ["bulk-export"]}"#)
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("finished")
+        .event_bus_name(&bus)
+        .targets(Target::builder().id("q").arn(&queue_arn).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let st = OnMoto::new(&sdk, &names, Some(&bus)).await;
+    let r = st
+        .call(
+            "PUT",
+            "Patient/e1",
+            None,
+            &[],
+            Some(json!({"resourceType": "Patient", "id": "e1"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let body =
+        json!({"name": "evented", "cadence": "rate(7 days)", "export": "$export?_type=Patient"});
+    let r = st
+        .call(
+            "POST",
+            "$export-schedules",
+            None,
+            &[],
+            Some(body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let schedule_id = r.json()["id"].as_str().unwrap().to_string();
+    // Not due by its own cadence until next week; a team's rule fires it,
+    // and EventBridge delivers that event twice.
+    let at = st.clock.now();
+    let event = json!({
+        "source": "aws.scheduler", "detail-type": "Scheduled Event",
+        "time": bulk_export::domain::instant::format_instant(at),
+        "detail": {"scheduleId": schedule_id}
+    });
+    let container = &st.container;
+    assert_eq!(
+        scheduler::handle(container, event.clone()).await.unwrap()["fired"],
+        1
+    );
+    assert_eq!(
+        scheduler::handle(container, event).await.unwrap()["fired"],
+        0
+    );
+    // The rate rule's tick (no payload) fires the due schedules: the first
+    // run is due at creation, and the named run was that one's.
+    let tick = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    assert_eq!(
+        scheduler::handle(container, tick).await.unwrap()["fired"],
+        1
+    );
+
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut seen: Vec<Value> = Vec::new();
+    while seen.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "events seen: {seen:?}"
+        );
+        st.settle().await;
+        let got = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in got.messages() {
+            seen.push(serde_json::from_str(m.body().unwrap()).unwrap());
+        }
+    }
+    seen.sort_by_key(|e| e["detail"]["run"].as_u64());
+    for (n, e) in seen.iter().enumerate() {
+        assert_eq!(e["source"], "bulk-export");
+        assert_eq!(e["detail-type"], "Bulk Export Job Finished");
+        let d = &e["detail"];
+        let job = format!("{schedule_id}-run-{}", n + 1);
+        assert_eq!(d["jobId"], job);
+        assert_eq!(d["scheduleId"], schedule_id);
+        assert_eq!(d["scheduleName"], "evented");
+        assert_eq!(d["run"], n as u64 + 1);
+        assert_eq!(d["outcome"], "completed");
+        assert_eq!(d["counts"]["Patient"], 1);
+        assert_eq!(d["count"], 1);
+        assert_eq!(d["manifest"], format!("{ORIGIN}/fhir/$export-jobs/{job}"));
+        assert!(d["transactionTime"].as_str().unwrap().ends_with('Z'));
+    }
+}
