@@ -75,6 +75,56 @@ def invoke_worker(base, sqs, queue_url):
     return len(got)
 
 
+def invoke_scheduler(base, payload):
+    status, _, body = request(
+        "POST",
+        f"{base}/2015-03-31/functions/scheduler/invocations",
+        {"Content-Type": "application/json"},
+        json.dumps(payload).encode(),
+    )
+    assert status == 200, (status, body[:300])
+    return json.loads(body)
+
+
+def scheduled_export(args, sqs, fhir, expected):
+    """A schedule through the schedules function, its run started by the
+    scheduler function (as its rate(1 minute) rule invokes it), the run's
+    manifest from the schedule's latest-run URL."""
+    body = {"name": "e2e-nightly", "cadence": "rate(1 day)", "export": "$export?_type=Patient"}
+    status, headers, reply = request(
+        "POST", f"{fhir}/$export-schedules",
+        {"Content-Type": "application/json", "Accept": "application/json"},
+        json.dumps(body).encode(),
+    )
+    assert status == 201, (status, reply[:500])
+    schedule = json.loads(reply)
+    print(f"schedules function: 201, schedule {schedule['id']}, next run {schedule['nextRunAt']}")
+    tick = {"version": "0", "id": "e2e-tick", "detail-type": "Scheduled Event",
+            "source": "aws.events", "account": "123456789012",
+            "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
+            "resources": [], "detail": {}}
+    fired = invoke_scheduler(args.base, tick)
+    assert fired == {"fired": 1}, fired
+    assert invoke_scheduler(args.base, tick) == {"fired": 0}
+    print("scheduler function: one run started; a second tick starts none")
+    latest = f"{fhir}/$export-schedules/{schedule['id']}/runs/latest"
+    started = time.time()
+    while time.time() - started < 600:
+        status, headers, reply = request("GET", latest, {"Accept": "application/json"})
+        if status == 200:
+            break
+        assert status == 202, (status, reply[:500])
+        if not invoke_worker(args.base, sqs, args.queue_url):
+            time.sleep(0.5)
+    else:
+        sys.exit("the scheduled run did not finish in 10 minutes")
+    manifest = json.loads(reply)
+    count = sum(e["count"] for e in manifest["output"] if e["type"] == "Patient")
+    assert count == expected["Patient"], (count, expected["Patient"])
+    print(f"schedules function: the latest run's manifest lists {count} Patients, "
+          f"as the store holds")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--base", required=True, help="cargo lambda watch's origin")
@@ -148,6 +198,8 @@ def main():
     )
     assert status == 200, (status, body[:300])
     print(f"sweeper function: {body.decode()} (nothing has expired yet)")
+
+    scheduled_export(args, sqs, fhir, expected)
 
     status, _, _ = request("DELETE", location)
     assert status == 202, status

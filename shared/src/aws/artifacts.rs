@@ -23,6 +23,8 @@ const DELETE_BATCH: usize = 1000;
 pub struct S3Artifacts {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// What signs presigned links (their real lifetime ends with it).
+    credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
 }
 
 impl S3Artifacts {
@@ -55,7 +57,17 @@ impl S3Artifacts {
         S3Artifacts {
             client,
             bucket: bucket.into(),
+            credentials: None,
         }
+    }
+
+    /// The credentials the client signs with (the SDK configuration's).
+    pub fn with_credentials(
+        mut self,
+        credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
+    ) -> Self {
+        self.credentials = credentials;
+        self
     }
 }
 
@@ -268,6 +280,21 @@ impl ArtifactStore for S3Artifacts {
             .await
             .map_err(backend)?;
         Ok(request.uri().to_string())
+    }
+
+    async fn signing_credentials_expiry(
+        &self,
+    ) -> PortResult<Option<chrono::DateTime<chrono::Utc>>> {
+        use aws_sdk_s3::config::ProvideCredentials;
+        let Some(provider) = &self.credentials else {
+            return Ok(None);
+        };
+        let credentials = provider.provide_credentials().await.map_err(|e| {
+            PortError::transient("the service's credentials are unavailable", e.to_string())
+        })?;
+        Ok(credentials
+            .expiry()
+            .map(chrono::DateTime::<chrono::Utc>::from))
     }
 }
 

@@ -66,7 +66,10 @@ impl AwsAdapters {
                 clock.clone(),
             )),
             jobs: Arc::new(DynamoJobs::new(dynamo, &names.jobs_table)),
-            artifacts: Arc::new(S3Artifacts::new(s3_client(sdk), &names.bucket)),
+            artifacts: Arc::new(
+                S3Artifacts::new(s3_client(sdk), &names.bucket)
+                    .with_credentials(sdk.credentials_provider()),
+            ),
             queue: Arc::new(SqsQueue::new(
                 aws_sdk_sqs::Client::new(sdk),
                 &names.queue_url,

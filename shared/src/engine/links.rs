@@ -5,10 +5,10 @@
 //!
 //! A presigned URL is only as good as the credentials that signed it: one
 //! signed with a Lambda role's temporary credentials stops working when
-//! they expire, whatever its own expiry says. The lifetime asked for is
-//! therefore capped (`EngineConfig::max_link_ttl`); the README says what
-//! that cap should be on AWS. A client with a token can always get fresh
-//! links.
+//! they expire, whatever its own expiry says. So the lifetime asked for is
+//! capped twice: by `EngineConfig::max_link_ttl`, and by what the signing
+//! credentials have left; the answer's `expires` is the true end. A client
+//! with a token can always get fresh links.
 
 use std::time::Duration;
 
@@ -34,14 +34,32 @@ impl Engine {
         job_id: &str,
         ttl: Option<Duration>,
     ) -> Result<Value, ApiError> {
-        let ttl = ttl.unwrap_or(self.config.presign_ttl);
+        let asked = ttl.unwrap_or(self.config.presign_ttl);
         let max = self.config.max_link_ttl;
-        if ttl.is_zero() || ttl > max {
+        if asked.is_zero() || asked > max {
             return Err(ApiError::invalid(format!(
                 "expiresIn: links live from 1 to {} seconds here",
                 max.as_secs()
             )));
         }
+        // Links die with the credentials that sign them: promise no more
+        // than those have left (a minute's margin).
+        let now = self.ports.clock.now();
+        let ttl = match self.ports.artifacts.signing_credentials_expiry().await? {
+            Some(until) => {
+                let left = (until - now - chrono::Duration::minutes(1))
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                if left < Duration::from_secs(60) {
+                    return Err(ApiError::unavailable(
+                        "The service's signing credentials are about to be renewed; retry in a minute",
+                        60,
+                    ));
+                }
+                asked.min(left)
+            }
+            None => asked,
+        };
         let job = self.readable_job(caller, job_id).await?;
         if job.state != JobState::Completed {
             return Err(ApiError::conflict(format!(
@@ -75,8 +93,7 @@ impl Engine {
         let body = serde_json::to_vec(&m).map_err(|e| ApiError::internal(e.to_string()))?;
         self.ports.artifacts.put(&key, body.into()).await?;
         let url = self.ports.artifacts.presign_get(&key, ttl).await?;
-        let expires = self.ports.clock.now()
-            + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());
         Ok(json!({
             "manifest": url,
             "expires": format_instant(expires),

@@ -455,6 +455,12 @@ pub trait ArtifactStore: Send + Sync {
     async fn list_uploads(&self, prefix: &str) -> PortResult<Vec<String>>;
     /// A URL that lets anyone holding it GET the object until `ttl` passes.
     async fn presign_get(&self, key: &str, ttl: Duration) -> PortResult<String>;
+    /// When links signed now stop working whatever their own expiry: the
+    /// expiry of the temporary credentials that sign them (a Lambda role's).
+    /// `None`: only their own expiry counts.
+    async fn signing_credentials_expiry(&self) -> PortResult<Option<DateTime<Utc>>> {
+        Ok(None)
+    }
 }
 
 /// A received message and the handle to acknowledge it.
