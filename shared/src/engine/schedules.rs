@@ -263,16 +263,28 @@ impl Engine {
     pub async fn fire_due_schedules(&self) -> PortResult<u32> {
         let now = self.ports.clock.now();
         let mut fired = 0;
-        let due = self.ports.schedules.due_schedules(now, DUE_PAGE).await?;
-        for s in due {
-            let id = s.id.clone();
-            match self.fire_if_due(s, now).await {
-                Ok(true) => fired += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(schedule = %id, error = %e, "schedule not fired"),
+        loop {
+            // A fired schedule leaves the due index, so each page is new work.
+            let due = self.ports.schedules.due_schedules(now, DUE_PAGE).await?;
+            let full_page = due.len() == DUE_PAGE;
+            let mut moved = 0;
+            for s in due {
+                let id = s.id.clone();
+                match self.fire_if_due(s, now).await {
+                    Ok(true) => {
+                        fired += 1;
+                        moved += 1;
+                    }
+                    // Fired by a racing scheduler: it moved on too.
+                    Ok(false) => moved += 1,
+                    Err(e) => tracing::warn!(schedule = %id, error = %e, "schedule not fired"),
+                }
+            }
+            // A page that failed as a whole would come back unchanged.
+            if !full_page || moved == 0 {
+                return Ok(fired);
             }
         }
-        Ok(fired)
     }
 
     /// A direct invocation (a team's own EventBridge rule or Scheduler)

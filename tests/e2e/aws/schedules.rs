@@ -43,8 +43,10 @@ impl OnMoto {
         if let Some(bus) = bus {
             adapters = adapters.with_event_bus(sdk, bus);
         }
-        let mut service = ServiceSettings::default();
-        service.public_origin = Some(ORIGIN.into());
+        let mut service = ServiceSettings {
+            public_origin: Some(ORIGIN.into()),
+            ..Default::default()
+        };
         service.engine.retry_base = Duration::ZERO;
         service.engine.status_wait = Duration::ZERO;
         service.engine.reuse_window = Duration::ZERO;
