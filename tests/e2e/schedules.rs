@@ -951,3 +951,111 @@ async fn runs_use_the_owners_access_at_run_time_and_schedules_are_private() {
         .await;
     assert_eq!(r.status, 403);
 }
+
+/// The nightly CSV for the warehouse: a schedule whose saved request is a
+/// `$viewdefinition-export`, incremental, delivered to a folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_view_export_delivers_each_runs_rows_as_csv() {
+    let delivery = tempfile::tempdir().unwrap();
+    let dir = delivery.path().to_path_buf();
+    let app = spawn_app(Options {
+        tune: Box::new({
+            let dir = dir.clone();
+            move |c| c.delivery_dir = Some(dir)
+        }),
+        ..Default::default()
+    })
+    .await;
+    let st = Embedded(app);
+    for (id, family) in [("v1", "Ames"), ("v2", "Bede"), ("v3", "Cole")] {
+        put(&st, patient(id, family)).await;
+    }
+    let view = json!({
+        "resourceType": "ViewDefinition", "name": "patient_names", "resource": "Patient",
+        "status": "active",
+        "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()"},
+            {"name": "family", "path": "name.family.first()"}
+        ]}]
+    });
+    let parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "view", "part": [{"name": "viewResource", "resource": view}]},
+        {"name": "_format", "valueCode": "csv"}
+    ]});
+    let s = create_schedule(
+        &st,
+        json!({"name": "names-csv", "cadence": "rate(1 day)", "mode": "incremental",
+               "viewExport": parameters}),
+    )
+    .await;
+    assert!(s["export"].is_null() && s["viewExport"]["resourceType"] == "Parameters");
+    let id = s["id"].as_str().unwrap().to_string();
+    let csv_of = |run: &str| {
+        let folder = dir.join("names-csv").join(run);
+        let file = std::fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+            .expect("a CSV file");
+        let mut lines: Vec<String> = std::fs::read_to_string(file.path())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let wait_delivered = |run: &'static str| {
+        let manifest = dir.join("names-csv").join(run).join("manifest.json");
+        async move {
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !manifest.exists() {
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "run {run} never delivered"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(tick(&st).await, 1);
+    run_manifest(&st, &id, "1").await;
+    wait_delivered("1").await;
+    assert_eq!(
+        csv_of("1"),
+        vec!["id,family", "v1,Ames", "v2,Bede", "v3,Cole"]
+    );
+
+    put(&st, patient("v2", "Bright")).await;
+    advance(&st, chrono::Duration::days(1));
+    assert_eq!(tick(&st).await, 1);
+    let m = run_manifest(&st, &id, "2").await;
+    assert!(
+        m["request"]
+            .as_str()
+            .unwrap()
+            .ends_with("$viewdefinition-export"),
+        "{m}"
+    );
+    wait_delivered("2").await;
+    assert_eq!(
+        csv_of("2"),
+        vec!["id,family", "v2,Bright"],
+        "only the changed row"
+    );
+
+    // A view export schedule takes no kick-off besides, and a bad view is refused now.
+    let both = json!({"name": "x", "cadence": "rate(1 day)", "export": "$export",
+                      "viewExport": {"resourceType": "Parameters"}});
+    assert_eq!(
+        call(&st, "POST", "$export-schedules", Some(both))
+            .await
+            .status,
+        400
+    );
+    let bad = json!({"name": "x", "cadence": "rate(1 day)", "viewExport": {"resourceType": "Parameters",
+        "parameter": [{"name": "view", "part": [{"name": "viewResource", "resource": {"resourceType": "ViewDefinition"}}]}]}});
+    let r = call(&st, "POST", "$export-schedules", Some(bad)).await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("view[0]"));
+}

@@ -145,8 +145,14 @@ pub struct Schedule {
     pub name: String,
     pub cadence: Cadence,
     pub mode: ScheduleMode,
-    /// The kick-off, relative to the FHIR base: `$export?_type=Patient`.
+    /// The kick-off, relative to the FHIR base: `$export?_type=Patient`
+    /// (empty for a view export).
+    #[serde(default)]
     pub export: String,
+    /// Or a `$viewdefinition-export` Parameters body: the run writes the
+    /// views' rows (CSV, NDJSON or Parquet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_export: Option<Value>,
     pub created_at: DateTime<Utc>,
     /// Rates count from here.
     pub start_at: DateTime<Utc>,
@@ -208,7 +214,10 @@ pub struct ScheduleInput {
     pub cadence: String,
     #[serde(default)]
     pub mode: Option<String>,
-    pub export: String,
+    #[serde(default)]
+    pub export: Option<String>,
+    #[serde(default)]
+    pub view_export: Option<Value>,
     #[serde(default)]
     pub start_at: Option<String>,
     #[serde(default)]
@@ -240,8 +249,8 @@ impl ScheduleInput {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         serde_json::from_slice(body).map_err(|e| {
             ApiError::invalid(format!(
-                "The schedule is not valid: {e} (fields: name, cadence, mode, export, \
-                 startAt, startFromRelease, webhook)"
+                "The schedule is not valid: {e} (fields: name, cadence, mode, export or \
+                 viewExport, startAt, startFromRelease, webhook)"
             ))
         })
     }
@@ -313,7 +322,8 @@ impl Schedule {
             "name": self.name,
             "cadence": self.cadence.as_str(),
             "mode": self.mode,
-            "export": self.export,
+            "export": (self.view_export.is_none()).then_some(&self.export),
+            "viewExport": self.view_export,
             "status": if self.paused { "paused" } else { "active" },
             "createdAt": format_instant(self.created_at),
             "startAt": format_instant(self.start_at),

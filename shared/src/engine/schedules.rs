@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::export::authorize_export;
-use super::{Caller, Engine};
+use super::{Caller, Engine, ViewExportInput};
 use crate::domain::access::Access;
 use crate::domain::instant::parse_instant;
 use crate::domain::job::{manifest, Job, JobState};
@@ -109,14 +109,17 @@ impl Engine {
         let since = (mode == ScheduleMode::Incremental)
             .then_some(cursor)
             .flatten();
-        let mut request = parse_export_request(kickoff_of(
-            &input.export,
-            &self.config.base_url,
-            since,
-            now,
-        )?)?;
-        authorize_export(&caller.access, &mut request)?;
-        self.check_patients(&mut request).await?;
+        let export =
+            match (&input.export, &input.view_export) {
+                (Some(e), None) => e.trim_start_matches('/').to_string(),
+                (None, Some(_)) => String::new(),
+                _ => return Err(ApiError::invalid(
+                    "Give the schedule either export (a kick-off such as $export?_type=Patient) \
+                     or viewExport (a $viewdefinition-export Parameters body)",
+                )),
+            };
+        self.saved_request(caller, &export, input.view_export.as_ref(), since, now)
+            .await?;
         let first = cadence
             .next_after(start_at, start_at - chrono::Duration::microseconds(1))
             .ok_or_else(|| ApiError::invalid("cadence: the expression never fires again"))?;
@@ -126,7 +129,8 @@ impl Engine {
             name: input.name,
             cadence,
             mode,
-            export: input.export.trim_start_matches('/').to_string(),
+            export,
+            view_export: input.view_export,
             created_at: now,
             start_at,
             paused: false,
@@ -406,7 +410,13 @@ impl Engine {
                 Ok(None)
             }
             Err(why) => {
-                let url = format!("{}/{}", self.config.base_url, s.export);
+                let url = match s.view_export {
+                    Some(_) => format!(
+                        "{}/ViewDefinition/$viewdefinition-export",
+                        self.config.base_url
+                    ),
+                    None => format!("{}/{}", self.config.base_url, s.export),
+                };
                 let level = crate::domain::request::ExportLevel::System;
                 let mut job =
                     self.queued_job(job_id.into(), &s.owner, ExportRequest::new(level, url), now);
@@ -433,12 +443,47 @@ impl Engine {
         since: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<ExportRequest, String> {
-        let access = self.owner_access(&s.owner).await?;
-        let refused = |e: ApiError| format!("The scheduled export was refused: {}", e.message);
-        let input = kickoff_of(&s.export, &self.config.base_url, since, now).map_err(refused)?;
-        let mut request = parse_export_request(input).map_err(refused)?;
-        authorize_export(&access, &mut request).map_err(refused)?;
-        self.check_patients(&mut request).await.map_err(refused)?;
+        let owner = Caller {
+            subject: s.owner.clone(),
+            access: self.owner_access(&s.owner).await?,
+        };
+        self.saved_request(&owner, &s.export, s.view_export.as_ref(), since, now)
+            .await
+            .map_err(|e| format!("The scheduled export was refused: {}", e.message))
+    }
+
+    /// The export request a schedule saved (a kick-off, or a view export's
+    /// Parameters), with `_since` for an incremental run, checked and
+    /// authorized for `caller`.
+    async fn saved_request(
+        &self,
+        caller: &Caller,
+        export: &str,
+        view_export: Option<&Value>,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<ExportRequest, ApiError> {
+        if let Some(parameters) = view_export {
+            let url = format!(
+                "{}/ViewDefinition/$viewdefinition-export",
+                self.config.base_url
+            );
+            let mut input = ViewExportInput::from_parameters(parameters, url)
+                .map_err(|e| ApiError::invalid(format!("viewExport: {}", e.message)))?;
+            if let Some(since) = since {
+                if input.since.is_some() {
+                    return Err(ApiError::invalid(
+                        "An incremental schedule sets _since itself; leave it out of viewExport",
+                    ));
+                }
+                input.since = Some(crate::domain::instant::format_instant(since));
+            }
+            return self.view_export_request(caller, input).await;
+        }
+        let mut request =
+            parse_export_request(kickoff_of(export, &self.config.base_url, since, now)?)?;
+        authorize_export(&caller.access, &mut request)?;
+        self.check_patients(&mut request).await?;
         Ok(request)
     }
 

@@ -57,6 +57,131 @@ fn reference_id(param: &str, resource_type: &str, text: &str) -> Result<String, 
     Ok(id.to_string())
 }
 
+impl ViewExportInput {
+    /// Reads a `$viewdefinition-export` Parameters body (the HTTP request's,
+    /// or the one a schedule saved).
+    pub fn from_parameters(body: &Value, request_url: String) -> Result<Self, ApiError> {
+        if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+            return Err(ApiError::invalid(
+                "The body must be a FHIR Parameters resource",
+            ));
+        }
+        let params = match body.get("parameter") {
+            None => &Vec::new(),
+            Some(Value::Array(p)) => p,
+            Some(_) => return Err(ApiError::invalid("Parameters.parameter must be a list")),
+        };
+        let mut input = ViewExportInput {
+            request_url,
+            ..Default::default()
+        };
+        let once = |slot: &mut Option<String>, name: &str, value: String| {
+            if slot.replace(value).is_some() {
+                return Err(ApiError::invalid(format!("{name} may be given only once")));
+            }
+            Ok(())
+        };
+        for p in params {
+            let name = p
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::invalid("A parameter has no name"))?;
+            match name {
+                "view" => input.views.push(view_param(input.views.len(), p)?),
+                "_format" => once(&mut input.format, name, value_text(p, name)?)?,
+                "_since" => once(&mut input.since, name, value_text(p, name)?)?,
+                "group" => once(&mut input.group, name, value_text(p, name)?)?,
+                "clientTrackingId" => {
+                    let id = value_text(p, name)?;
+                    if id.is_empty() || id.len() > 256 {
+                        return Err(ApiError::invalid("clientTrackingId: 1 to 256 characters"));
+                    }
+                    once(&mut input.client_tracking_id, name, id)?
+                }
+                "patient" => input.patients.push(value_text(p, name)?),
+                "header" => {
+                    let value = p
+                        .get("valueBoolean")
+                        .and_then(Value::as_bool)
+                        .ok_or_else(|| ApiError::invalid("header takes a valueBoolean"))?;
+                    if input.header.replace(value).is_some() {
+                        return Err(ApiError::invalid("header may be given only once"));
+                    }
+                }
+                "source" => {
+                    return Err(ApiError::not_supported(
+                        "source: this server exports its own store only",
+                    ))
+                }
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "Parameter '{other}' is not one $viewdefinition-export takes"
+                    )))
+                }
+            }
+        }
+        Ok(input)
+    }
+}
+
+pub(crate) fn value_text(p: &Value, name: &str) -> Result<String, ApiError> {
+    if let Some(r) = p.get("valueReference").and_then(|r| r.get("reference")) {
+        return r
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::invalid(format!("{name}: the reference is not text")));
+    }
+    p.as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
+        .map(|(_, v)| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .ok_or_else(|| ApiError::invalid(format!("{name}: the parameter has no value")))
+}
+
+/// One `view` parameter: its `name` and its `viewResource` or
+/// `viewReference` parts.
+fn view_param(i: usize, p: &Value) -> Result<(Option<String>, ViewRef), ApiError> {
+    let parts = p.get("part").and_then(Value::as_array).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "view[{i}]: give its parts (name, viewResource or viewReference)"
+        ))
+    })?;
+    let (mut name, mut view) = (None, None);
+    for part in parts {
+        let part_name = part.get("name").and_then(Value::as_str).unwrap_or("");
+        let found = match part_name {
+            "name" => {
+                name = Some(value_text(part, "view.name")?);
+                continue;
+            }
+            "viewResource" => ViewRef::Inline(
+                part.get("resource")
+                    .filter(|r| r.is_object())
+                    .cloned()
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("view[{i}].viewResource takes a resource"))
+                    })?,
+            ),
+            "viewReference" => ViewRef::Reference(value_text(part, "view.viewReference")?),
+            other => {
+                return Err(ApiError::invalid(format!(
+                "view[{i}]: '{other}' is not a part of a view (name, viewResource, viewReference)"
+            )))
+            }
+        };
+        if view.replace(found).is_some() {
+            return Err(ApiError::invalid(format!(
+                "view[{i}]: give one viewResource or viewReference"
+            )));
+        }
+    }
+    let view = view
+        .ok_or_else(|| ApiError::invalid(format!("view[{i}]: no viewResource or viewReference")))?;
+    Ok((name, view))
+}
+
 impl Engine {
     /// Validates the request and starts the export; returns the job's id.
     pub async fn kickoff_view_export(
@@ -64,6 +189,20 @@ impl Engine {
         caller: &Caller,
         input: ViewExportInput,
     ) -> Result<String, ApiError> {
+        let request = self.view_export_request(caller, input).await?;
+        self.check_active_limit(caller).await?;
+        let id = self.record_job(caller, request).await?;
+        tracing::info!(job = %id, owner = %caller.subject, "view export accepted");
+        Ok(id)
+    }
+
+    /// The export request of a `$viewdefinition-export`, checked and
+    /// authorized for the caller (a schedule's run makes it at run time).
+    pub(crate) async fn view_export_request(
+        &self,
+        caller: &Caller,
+        input: ViewExportInput,
+    ) -> Result<ExportRequest, ApiError> {
         if input.views.is_empty() {
             return Err(ApiError::invalid(
                 "view: give at least one view (viewResource or viewReference)",
@@ -159,9 +298,6 @@ impl Engine {
             // 404 now rather than an empty export later.
             self.group_members(group_id).await?;
         }
-        self.check_active_limit(caller).await?;
-        let id = self.record_job(caller, request).await?;
-        tracing::info!(job = %id, owner = %caller.subject, "view export accepted");
-        Ok(id)
+        Ok(request)
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{empty_response, parse_json, require_json_body, Api, MAX_BODY_BYTES};
 use crate::domain::job::status_url;
 use crate::domain::ApiError;
-use crate::engine::{ViewExportInput, ViewRef, ViewSource};
+use crate::engine::{ViewExportInput, ViewSource};
 use crate::view::output::{render, Format};
 use crate::view::View;
 
@@ -184,63 +184,6 @@ impl Api {
 }
 
 /// The text of a parameter's `value[x]` (or `valueReference.reference`).
-fn value_text(p: &Value, name: &str) -> Result<String, ApiError> {
-    if let Some(r) = p.get("valueReference").and_then(|r| r.get("reference")) {
-        return r
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::invalid(format!("{name}: the reference is not text")));
-    }
-    p.as_object()
-        .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
-        .map(|(_, v)| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .ok_or_else(|| ApiError::invalid(format!("{name}: the parameter has no value")))
-}
-
-/// One `view` parameter: its `name` and its `viewResource` or
-/// `viewReference` parts.
-fn view_param(i: usize, p: &Value) -> Result<(Option<String>, ViewRef), ApiError> {
-    let parts = p.get("part").and_then(Value::as_array).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "view[{i}]: give its parts (name, viewResource or viewReference)"
-        ))
-    })?;
-    let (mut name, mut view) = (None, None);
-    for part in parts {
-        let part_name = part.get("name").and_then(Value::as_str).unwrap_or("");
-        let found = match part_name {
-            "name" => {
-                name = Some(value_text(part, "view.name")?);
-                continue;
-            }
-            "viewResource" => ViewRef::Inline(
-                part.get("resource")
-                    .filter(|r| r.is_object())
-                    .cloned()
-                    .ok_or_else(|| {
-                        ApiError::invalid(format!("view[{i}].viewResource takes a resource"))
-                    })?,
-            ),
-            "viewReference" => ViewRef::Reference(value_text(part, "view.viewReference")?),
-            other => {
-                return Err(ApiError::invalid(format!(
-                "view[{i}]: '{other}' is not a part of a view (name, viewResource, viewReference)"
-            )))
-            }
-        };
-        if view.replace(found).is_some() {
-            return Err(ApiError::invalid(format!(
-                "view[{i}]: give one viewResource or viewReference"
-            )));
-        }
-    }
-    let view = view
-        .ok_or_else(|| ApiError::invalid(format!("view[{i}]: no viewResource or viewReference")))?;
-    Ok((name, view))
-}
 
 impl Api {
     /// `POST [base]/ViewDefinition/$viewdefinition-export`: 202 and the
@@ -267,63 +210,11 @@ impl Api {
                 "The body must be a FHIR Parameters resource",
             ));
         }
-        let params = match body.get("parameter") {
-            None => &Vec::new(),
-            Some(Value::Array(p)) => p,
-            Some(_) => return Err(ApiError::invalid("Parameters.parameter must be a list")),
-        };
-        let mut input = ViewExportInput {
-            request_url: format!(
-                "{}/ViewDefinition/$viewdefinition-export",
-                self.engine.config.base_url
-            ),
-            ..Default::default()
-        };
-        let once = |slot: &mut Option<String>, name: &str, value: String| {
-            if slot.replace(value).is_some() {
-                return Err(ApiError::invalid(format!("{name} may be given only once")));
-            }
-            Ok(())
-        };
-        for p in params {
-            let name = p
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid("A parameter has no name"))?;
-            match name {
-                "view" => input.views.push(view_param(input.views.len(), p)?),
-                "_format" => once(&mut input.format, name, value_text(p, name)?)?,
-                "_since" => once(&mut input.since, name, value_text(p, name)?)?,
-                "group" => once(&mut input.group, name, value_text(p, name)?)?,
-                "clientTrackingId" => {
-                    let id = value_text(p, name)?;
-                    if id.is_empty() || id.len() > 256 {
-                        return Err(ApiError::invalid("clientTrackingId: 1 to 256 characters"));
-                    }
-                    once(&mut input.client_tracking_id, name, id)?
-                }
-                "patient" => input.patients.push(value_text(p, name)?),
-                "header" => {
-                    let value = p
-                        .get("valueBoolean")
-                        .and_then(Value::as_bool)
-                        .ok_or_else(|| ApiError::invalid("header takes a valueBoolean"))?;
-                    if input.header.replace(value).is_some() {
-                        return Err(ApiError::invalid("header may be given only once"));
-                    }
-                }
-                "source" => {
-                    return Err(ApiError::not_supported(
-                        "source: this server exports its own store only",
-                    ))
-                }
-                other => {
-                    return Err(ApiError::invalid(format!(
-                        "Parameter '{other}' is not one $viewdefinition-export takes"
-                    )))
-                }
-            }
-        }
+        let request_url = format!(
+            "{}/ViewDefinition/$viewdefinition-export",
+            self.engine.config.base_url
+        );
+        let input = ViewExportInput::from_parameters(&body, request_url)?;
         let job_id = self.engine.kickoff_view_export(&caller, input).await?;
         let mut resp = empty_response(StatusCode::ACCEPTED);
         let location = status_url(&self.engine.config.base_url, &job_id);
