@@ -1059,3 +1059,107 @@ async fn a_scheduled_view_export_delivers_each_runs_rows_as_csv() {
     assert_eq!(r.status, 400);
     assert!(String::from_utf8_lossy(&r.body).contains("view[0]"));
 }
+
+/// Passes everything through, but pauses the schedule (as its owner would)
+/// just before the first claim, so the claim loses to the pause.
+struct PauseBeforeClaim {
+    inner: Arc<dyn bulk_export::ports::ScheduleStore>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl bulk_export::ports::ScheduleStore for PauseBeforeClaim {
+    async fn create_schedule(&self, s: &bulk_export::domain::schedule::Schedule) -> PortResult<()> {
+        self.inner.create_schedule(s).await
+    }
+    async fn get_schedule(
+        &self,
+        id: &str,
+    ) -> PortResult<Option<bulk_export::domain::schedule::Schedule>> {
+        self.inner.get_schedule(id).await
+    }
+    async fn update_schedule(
+        &self,
+        s: &bulk_export::domain::schedule::Schedule,
+    ) -> PortResult<bulk_export::domain::schedule::Schedule> {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            let mut paused = self.inner.get_schedule(&s.id).await?.unwrap();
+            paused.paused = true;
+            paused.next_due = None;
+            self.inner.update_schedule(&paused).await?;
+        }
+        self.inner.update_schedule(s).await
+    }
+    async fn delete_schedule(&self, id: &str) -> PortResult<()> {
+        self.inner.delete_schedule(id).await
+    }
+    async fn schedules_of(
+        &self,
+        owner: &str,
+    ) -> PortResult<Vec<bulk_export::domain::schedule::Schedule>> {
+        self.inner.schedules_of(owner).await
+    }
+    async fn due_schedules(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> PortResult<Vec<bulk_export::domain::schedule::Schedule>> {
+        self.inner.due_schedules(now, limit).await
+    }
+    async fn create_release(&self, r: &bulk_export::domain::schedule::Release) -> PortResult<()> {
+        self.inner.create_release(r).await
+    }
+    async fn get_release(
+        &self,
+        name: &str,
+    ) -> PortResult<Option<bulk_export::domain::schedule::Release>> {
+        self.inner.get_release(name).await
+    }
+    async fn update_release(
+        &self,
+        r: &bulk_export::domain::schedule::Release,
+    ) -> PortResult<bulk_export::domain::schedule::Release> {
+        self.inner.update_release(r).await
+    }
+    async fn releases(&self) -> PortResult<Vec<bulk_export::domain::schedule::Release>> {
+        self.inner.releases().await
+    }
+}
+
+/// A pause that lands between a scheduler storing a run's job and claiming
+/// the run: the claim loses, and the job, which belongs to no run, is
+/// cancelled rather than left to export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_claim_loses_to_a_pause_is_cancelled() {
+    let st = Embedded(spawn_app(Options::default()).await);
+    put(&st, patient("c1", "Claim")).await;
+    let s = create_schedule(
+        &st,
+        json!({"name": "raced", "cadence": "rate(1 day)", "export": "$export?_type=Patient"}),
+    )
+    .await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let base = st.engine();
+    let ports = bulk_export::engine::Ports {
+        schedules: Arc::new(PauseBeforeClaim {
+            inner: base.ports.schedules.clone(),
+            done: Default::default(),
+        }),
+        ..base.ports.clone()
+    };
+    let racing = Engine::new(ports, (*base.config).clone());
+    assert_eq!(racing.fire_due_schedules().await.unwrap(), 0);
+    let s = schedule(&st, &id).await;
+    assert_eq!(
+        (s["status"].as_str(), s["runs"].as_u64()),
+        (Some("paused"), Some(0))
+    );
+    let job = base
+        .ports
+        .jobs
+        .get_job(&format!("{id}-run-1"))
+        .await
+        .unwrap()
+        .expect("the run's job was stored before the claim");
+    assert_eq!(job.state, bulk_export::domain::job::JobState::Cancelled);
+}

@@ -327,17 +327,40 @@ impl Engine {
             let Some(due) = s.next_due.filter(|d| *d <= now && !s.paused) else {
                 return Ok(false);
             };
+            let run = s.runs + 1;
             match self.claim_run(s.clone(), Some(due)).await {
                 Ok(Some(_)) => return Ok(true),
-                Ok(None) | Err(PortError::Conflict) => {
-                    match self.ports.schedules.get_schedule(&s.id).await? {
+                Ok(None) | Err(PortError::Conflict) | Err(PortError::NotFound) => {
+                    let fresh = self.ports.schedules.get_schedule(&s.id).await?;
+                    let still_due = fresh.as_ref().is_some_and(|f| {
+                        !f.paused && f.runs < run && f.next_due.is_some_and(|d| d <= now)
+                    });
+                    let claimed = fresh.as_ref().is_some_and(|f| f.runs >= run);
+                    if !still_due && !claimed {
+                        // Paused or deleted between storing the run's job and
+                        // claiming it: that job belongs to no run.
+                        self.cancel_unclaimed_run(&s.owner, &run_job_id(&s.id, run))
+                            .await;
+                    }
+                    match fresh {
                         Some(fresh) => s = fresh,
                         None => return Ok(false),
                     }
                 }
-                Err(PortError::NotFound) => return Ok(false),
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    async fn cancel_unclaimed_run(&self, owner: &str, job_id: &str) {
+        let owner = Caller {
+            subject: owner.to_string(),
+            access: Access::unrestricted(),
+        };
+        match self.cancel(&owner, job_id).await {
+            Ok(()) => tracing::info!(job = %job_id, "unclaimed run cancelled"),
+            Err(e) if e.status == 404 => {}
+            Err(e) => tracing::warn!(job = %job_id, error = %e.message, "unclaimed run left"),
         }
     }
 
