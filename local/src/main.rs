@@ -80,6 +80,10 @@ struct Args {
     /// DIR/<schedule-name>/<run-number>/ (renamed into place when whole).
     #[arg(long, env = "BULK_EXPORT_DELIVERY_DIR", value_name = "DIR")]
     delivery_dir: Option<PathBuf>,
+    /// Let schedules' webhooks point at loopback or private addresses
+    /// (trials on one machine; never on a shared server).
+    #[arg(long, env = "BULK_EXPORT_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
     /// Seconds between looks for due export schedules (0: none run).
     #[arg(long, env = "BULK_EXPORT_SCHEDULE_TICK_SECONDS", default_value_t = 20)]
     schedule_tick_seconds: u64,
@@ -191,6 +195,7 @@ async fn run() {
     }
     config.sweep_interval = Duration::from_secs(args.sweep_seconds.max(1));
     config.delivery_dir = args.delivery_dir;
+    config.engine.allow_private_webhooks = args.allow_private_webhooks;
     config.schedule_tick = Duration::from_secs(args.schedule_tick_seconds);
     config.auth = args.auth;
     config.external_issuer = args.external_issuer.zip(args.external_jwks_url);

@@ -91,6 +91,8 @@ pub async fn spawn_app(opts: Options) -> TestApp {
     config.engine.status_wait = Duration::ZERO;
     // Schedules fire when a test says so (it moves the clock, then ticks).
     config.schedule_tick = Duration::ZERO;
+    // Test webhook receivers listen on 127.0.0.1.
+    config.engine.allow_private_webhooks = true;
     (opts.tune)(&mut config);
     let clock = Arc::new(OffsetClock::default());
     let overrides = Overrides {

@@ -150,9 +150,11 @@ async fn run_manifest(st: &dyn Stack, id: &str, run: &str) -> Value {
     r.json()
 }
 
-async fn wait_for_hooks(got: &Received, n: usize) {
+/// Waits for `n` webhook deliveries (the worker posts them).
+async fn wait_for_hooks(st: &dyn Stack, got: &Received, n: usize) {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     while got.lock().unwrap().len() < n {
+        st.settle().await;
         assert!(
             tokio::time::Instant::now() < give_up,
             "only {} webhooks",
@@ -264,7 +266,7 @@ pub(crate) async fn cadence_scenario(st: &dyn Stack) {
     run_manifest(st, &id, "6").await;
 
     // One signed webhook per run.
-    wait_for_hooks(&got, 6).await;
+    wait_for_hooks(st, &got, 6).await;
     // (Signed at the service's time: only the first run's is "now".)
     let (sig, body) = got.lock().unwrap()[0].clone();
     verify_signature(SECRET, &sig, &body);
@@ -600,7 +602,7 @@ async fn a_failing_receiver_gets_the_event_on_retry_and_the_run_records_each_att
     let id = s["id"].as_str().unwrap().to_string();
     assert_eq!(tick(&st).await, 1);
     run_manifest(&st, &id, "1").await;
-    wait_for_hooks(&got, 1).await;
+    wait_for_hooks(&st, &got, 1).await;
     assert_eq!(attempts.load(Ordering::SeqCst), 4);
     let (sig, body) = got.lock().unwrap()[0].clone();
     verify_signature(SECRET, &sig, &body);
@@ -805,6 +807,8 @@ async fn runs_use_the_owners_access_at_run_time_and_schedules_are_private() {
     use bulk_export::auth::ClientRegistration;
     let app = spawn_app(Options {
         auth: true,
+        // As deployed: webhooks may not point into the service's network.
+        tune: Box::new(|c| c.engine.allow_private_webhooks = false),
         ..Default::default()
     })
     .await;
@@ -938,6 +942,54 @@ async fn runs_use_the_owners_access_at_run_time_and_schedules_are_private() {
         assert!(text.contains(words), "{bad}: {text}");
         assert!(text.contains("OperationOutcome"));
     }
+    // An incremental schedule from a release must export what the release holds.
+    let release = json!({"name": "patients", "export": "$export?_type=Patient"});
+    let r = st
+        .call(
+            "POST",
+            "$export-releases",
+            Some(&owner),
+            &[],
+            Some(release.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let wider = json!({"name": "sub", "cadence": "rate(1 day)", "mode": "incremental",
+                       "export": "$export?_type=Patient,Observation", "startFromRelease": "patients"});
+    let r = st
+        .call(
+            "POST",
+            "$export-schedules",
+            Some(&owner),
+            &[],
+            Some(wider.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("startFromRelease"));
+    // A client limited to a Group sees no release (a system-wide export).
+    let grouped = issuer.issue("other", "system/*.read", Some(vec!["g1".into()]), now);
+    let r = st
+        .call(
+            "GET",
+            "$export-releases/patients/manifest",
+            Some(&grouped),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = st
+        .call(
+            "GET",
+            "$export-releases/patients/manifest",
+            Some(&other),
+            &[],
+            None,
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 202, "{}", r.status);
+
     // A release needs read access to every type.
     let narrow = issuer.issue("other", "system/Patient.read", None, now);
     let r = st

@@ -473,6 +473,11 @@ pub enum WorkMessage {
     Collect {
         job_id: String,
     },
+    /// Posts an ended job's completion event to its webhook, off the path
+    /// of the request or handling that ended the job.
+    Announce {
+        job_id: String,
+    },
 }
 
 impl WorkMessage {
@@ -480,7 +485,8 @@ impl WorkMessage {
         match self {
             WorkMessage::Plan { job_id }
             | WorkMessage::Part { job_id, .. }
-            | WorkMessage::Collect { job_id } => job_id,
+            | WorkMessage::Collect { job_id }
+            | WorkMessage::Announce { job_id } => job_id,
         }
     }
 }

@@ -172,6 +172,10 @@ pub struct Schedule {
     pub from_release: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+    /// The `time` of the newest direct invocation that ran it (see
+    /// `Engine::fire_named_schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub version: u64,
 }
@@ -204,6 +208,65 @@ pub struct DeliveryAttempt {
     #[serde(default)]
     pub error: Option<String>,
     pub delivered: bool,
+}
+
+/// Whether an address is one a client-given webhook may reach: not the
+/// host itself, the private network or link-local addresses (the cloud's
+/// metadata and runtime endpoints live there).
+pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64/10
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_ip(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80) // link local
+            }
+        },
+    }
+}
+
+/// Checks a client-given webhook URL: `https` (or `http`), and, unless
+/// private targets are allowed, no private or loopback host by name or
+/// address. The addresses a name resolves to are checked again at each
+/// delivery.
+pub fn check_webhook_url(text: &str, allow_private: bool) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(format!("'{text}' is not an http(s) URL"));
+    }
+    if allow_private {
+        return Ok(url);
+    }
+    let private = match url.host() {
+        None => true,
+        Some(url::Host::Ipv4(ip)) => !is_public_ip(ip.into()),
+        Some(url::Host::Ipv6(ip)) => !is_public_ip(ip.into()),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal")
+        }
+    };
+    if private {
+        return Err(format!(
+            "'{text}' points into the service's own network; use a public address"
+        ));
+    }
+    Ok(url)
 }
 
 /// A schedule as a client asks for it (the body of a create).
@@ -456,6 +519,27 @@ mod tests {
             let e = Cadence::parse(text).unwrap_err();
             assert!(e.contains(words), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn webhooks_may_not_point_into_the_services_network() {
+        for bad in [
+            "http://127.0.0.1:9001/2018-06-01/runtime/invocation/next",
+            "http://169.254.169.254/latest/meta-data",
+            "https://10.1.2.3/hook",
+            "https://[::1]/hook",
+            "https://[fd00::1]/hook",
+            "https://[::ffff:192.168.0.1]/hook",
+            "https://localhost/hook",
+            "https://metadata.google.internal/x",
+            "ftp://example.org/hook",
+            "not a url",
+        ] {
+            assert!(check_webhook_url(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_webhook_url("https://hooks.example.org/bulk", false).is_ok());
+        assert!(check_webhook_url("https://93.184.216.34/bulk", false).is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:8081/hook", true).is_ok());
     }
 
     #[test]

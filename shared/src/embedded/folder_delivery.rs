@@ -5,6 +5,8 @@
 //! folder, manifest last, then renamed into place in one step: a program
 //! watching `DIR` never sees a run without its manifest, nor a half-written
 //! file. A run delivered already is left as it is (events may repeat).
+//! The schedule folder carries a hidden `.schedule-id`, so a schedule never
+//! writes into another's folder of the same name.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +33,38 @@ impl FolderDelivery {
             dir: dir.into(),
             artifacts,
         }
+    }
+
+    /// `DIR/<schedule-name>`, marked with the schedule's id (a hidden file).
+    /// A folder of that name marked for another schedule (another owner's,
+    /// or a deleted one's with the same name) is not reused: this schedule
+    /// gets `DIR/<schedule-name>.<first 8 of its id>` instead.
+    async fn schedule_folder(&self, schedule_id: &str, name: &str) -> PortResult<PathBuf> {
+        for folder in [
+            self.dir.join(name),
+            self.dir.join(format!(
+                "{name}.{}",
+                &schedule_id[..8.min(schedule_id.len())]
+            )),
+        ] {
+            let marker = folder.join(".schedule-id");
+            match tokio::fs::read_to_string(&marker).await {
+                Ok(owner) if owner.trim() == schedule_id => return Ok(folder),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tokio::fs::create_dir_all(&folder).await.map_err(backend)?;
+                    tokio::fs::write(&marker, schedule_id)
+                        .await
+                        .map_err(backend)?;
+                    return Ok(folder);
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Err(crate::ports::PortError::permanent(
+            "the delivery folder is taken by other schedules",
+            format!("{name} and its id-suffixed twin belong to other schedules"),
+        ))
     }
 
     async fn copy(&self, key: &str, to: &Path) -> PortResult<()> {
@@ -77,7 +111,9 @@ impl EventPublisher for FolderDelivery {
         if event.job.state != JobState::Completed {
             return Ok(());
         }
-        let folder = self.dir.join(&run.schedule_name);
+        let folder = self
+            .schedule_folder(&run.schedule_id, &run.schedule_name)
+            .await?;
         let target = folder.join(run.run.to_string());
         if tokio::fs::try_exists(&target).await.map_err(backend)? {
             return Ok(());

@@ -260,8 +260,9 @@ impl Engine {
         }
     }
 
-    /// A job the caller may read: its own, or a release's (every client
-    /// may fetch a release; each file is checked against its scopes).
+    /// A job the caller may read: its own, or a release's (a release is a
+    /// system-wide export: any client not limited to Groups may fetch it,
+    /// and each file is checked against its scopes).
     pub(crate) async fn readable_job(
         &self,
         caller: &Caller,
@@ -270,7 +271,9 @@ impl Engine {
         let job = self.ports.jobs.get_job(job_id).await?;
         match job {
             Some(job)
-                if (job.owner == caller.subject || job.owner.starts_with(RELEASE_OWNER_PREFIX))
+                if (job.owner == caller.subject
+                    || (job.owner.starts_with(RELEASE_OWNER_PREFIX)
+                        && caller.access.groups.is_none()))
                     && job.is_visible(self.ports.clock.now()) =>
             {
                 Ok(job)

@@ -124,6 +124,11 @@ pub struct EngineConfig {
     /// The longest a presigned link for a downstream system may live (see
     /// `run_links`): with temporary credentials, a link dies with them.
     pub max_link_ttl: Duration,
+    /// Whether a schedule's webhook (a client's choice) may point at
+    /// loopback, private or link-local addresses. Off except for trials
+    /// and tests: the service must not be a client's proxy into its own
+    /// network.
+    pub allow_private_webhooks: bool,
 }
 
 impl EngineConfig {
@@ -154,6 +159,7 @@ impl EngineConfig {
             revisions_wait: Duration::from_secs(30),
             webhook: None,
             max_link_ttl: Duration::from_secs(6 * 3600),
+            allow_private_webhooks: false,
         }
     }
 }

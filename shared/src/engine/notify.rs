@@ -22,14 +22,17 @@ use sha2::Sha256;
 
 use super::Engine;
 use crate::domain::instant::format_instant;
-use crate::domain::job::{manifest, status_url, FileKind, Job, JobState};
-use crate::domain::schedule::{DeliveryAttempt, RELEASE_OWNER_PREFIX};
+use crate::domain::job::{manifest, status_url, FileKind, Job, JobState, WorkMessage};
+use crate::domain::schedule::{
+    check_webhook_url, is_public_ip, DeliveryAttempt, RELEASE_OWNER_PREFIX,
+};
 use crate::ports::{JobEvent, PortError};
 
 pub const SIGNATURE_HEADER: &str = "X-Bulk-Export-Signature";
 /// Attempts per event, and the pause before the first retry (doubling).
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Four attempts at most take under a minute: well inside a worker's budget.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where events go and the secret they are signed with.
@@ -84,6 +87,27 @@ pub fn event_body(job: &Job, base_url: &str) -> Value {
     })
 }
 
+/// Refuses a client-given webhook whose host resolves to a private,
+/// loopback or link-local address (a name checked when the schedule was
+/// made may point elsewhere since).
+async fn public_target(url: &str) -> Result<(), String> {
+    let url = check_webhook_url(url, false)?;
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("the webhook's host did not resolve: {e}"))?;
+    for a in addrs {
+        if !is_public_ip(a.ip()) {
+            return Err(format!(
+                "refused: the webhook's host resolves to {}, inside the service's network",
+                a.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The signature header's value for `body` sent at `at`.
 pub fn sign(secret: &str, at: DateTime<Utc>, body: &str) -> String {
     let t = at.timestamp();
@@ -96,8 +120,9 @@ pub fn sign(secret: &str, at: DateTime<Utc>, body: &str) -> String {
 
 impl Engine {
     /// Announces an ended job: moves its schedule's cursor, publishes the
-    /// event, and posts it to the webhook, if there is one. Never fails the
-    /// job: a receiver that stays down is logged and recorded.
+    /// event, and queues the webhook's POST (a receiver that is slow or
+    /// down must not hold the request or handling that ended the job).
+    /// Never fails the job.
     pub(crate) async fn announce(&self, job: &Job) {
         self.chain_cursor(job).await;
         let detail = event_body(job, &self.config.base_url);
@@ -115,18 +140,60 @@ impl Engine {
         if let Err(e) = self.ports.events.publish(&event).await {
             tracing::warn!(job = %job.id, error = %e, "the completion event was not published");
         }
-        if let Some(hook) = self.webhook_of(job).await {
-            self.post_event(job, &hook, &event.detail.to_string()).await;
+        if self.webhook_of(job).await.is_some() {
+            let message = WorkMessage::Announce {
+                job_id: job.id.clone(),
+            };
+            if let Err(e) = self.ports.queue.send(&[message]).await {
+                tracing::warn!(job = %job.id, error = %e, "the webhook's POST was not queued");
+            }
         }
+    }
+
+    /// The worker's part of `announce`: posts the event to the job's
+    /// webhook, unless a delivery already succeeded (a repeated message).
+    pub(crate) async fn post_webhook(&self, job_id: &str) {
+        let job = match self.ports.jobs.get_job(job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "webhook: the job could not be read");
+                return;
+            }
+        };
+        if job.deliveries.iter().any(|d| d.delivered) {
+            return;
+        }
+        let Some((hook, client_given)) = self.webhook_of(&job).await else {
+            return;
+        };
+        if client_given && !self.config.allow_private_webhooks {
+            if let Err(why) = public_target(&hook.url).await {
+                tracing::warn!(job = %job.id, why, "webhook refused");
+                let attempt = DeliveryAttempt {
+                    at: self.ports.clock.now(),
+                    attempt: 1,
+                    status: None,
+                    error: Some(why),
+                    delivered: false,
+                };
+                self.record_delivery(&job.id, attempt).await;
+                return;
+            }
+        }
+        let body = event_body(&job, &self.config.base_url).to_string();
+        self.post_event(&job, &hook, &body).await;
     }
 
     /// A schedule's run goes to its schedule's webhook (none once the
     /// schedule is deleted); other jobs, and runs of schedules without one,
-    /// to the owner's registered webhook, else the service-wide one.
-    async fn webhook_of(&self, job: &Job) -> Option<Webhook> {
+    /// to the owner's registered webhook, else the service-wide one. The
+    /// flag says the URL is a client's choice (a schedule's), not an
+    /// administrator's.
+    async fn webhook_of(&self, job: &Job) -> Option<(Webhook, bool)> {
         if let Some(run) = &job.run_of {
             match self.ports.schedules.get_schedule(&run.schedule_id).await {
-                Ok(Some(s)) if s.webhook.is_some() => return s.webhook,
+                Ok(Some(s)) if s.webhook.is_some() => return s.webhook.map(|w| (w, true)),
                 Ok(Some(_)) => {}
                 Ok(None) => return None,
                 Err(e) => {
@@ -143,7 +210,9 @@ impl Engine {
                 None
             }
         };
-        registered.or_else(|| self.config.webhook.clone())
+        registered
+            .or_else(|| self.config.webhook.clone())
+            .map(|w| (w, false))
     }
 
     async fn post_event(&self, job: &Job, hook: &Webhook, body: &str) {

@@ -18,7 +18,8 @@ use crate::domain::instant::parse_instant;
 use crate::domain::job::{manifest, Job, JobState};
 use crate::domain::request::{parse_export_request, ExportRequest};
 use crate::domain::schedule::{
-    check_name, kickoff_of, run_job_id, Cadence, RunOf, Schedule, ScheduleInput, ScheduleMode,
+    check_name, check_webhook_url, kickoff_of, run_job_id, Cadence, RunOf, Schedule, ScheduleInput,
+    ScheduleMode,
 };
 use crate::domain::ApiError;
 use crate::ports::{PortError, PortResult};
@@ -46,6 +47,22 @@ impl RunSelector {
     }
 }
 
+/// Whether two requests export the same data (their `_since` aside).
+fn same_scope(a: &ExportRequest, b: &ExportRequest) -> bool {
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    a.level == b.level
+        && sorted(&a.types) == sorted(&b.types)
+        && a.elements == b.elements
+        && sorted(&a.type_filters) == sorted(&b.type_filters)
+        && a.associated_provenance == b.associated_provenance
+        && a.views.is_none()
+        && b.views.is_none()
+}
+
 /// Schedules due in one tick are fired in pages of this many.
 const DUE_PAGE: usize = 100;
 /// A run list shows at most this many runs, newest first.
@@ -71,25 +88,24 @@ impl Engine {
             Some(t) => parse_instant(t).map_err(|e| ApiError::invalid(format!("startAt: {e}")))?,
             None => now,
         };
-        let cursor = match (&input.start_from_release, mode) {
+        let release = match (&input.start_from_release, mode) {
             (None, _) => None,
             (Some(_), ScheduleMode::Full) => {
                 return Err(ApiError::invalid(
                     "startFromRelease is for incremental schedules (mode: incremental)",
                 ))
             }
-            (Some(name), ScheduleMode::Incremental) => {
-                let release = self.release_record(name).await?;
-                Some(release.transaction_time)
-            }
+            (Some(name), ScheduleMode::Incremental) => Some(self.release_record(name).await?),
         };
+        let cursor = release.as_ref().map(|r| r.transaction_time);
         if let Some(hook) = &input.webhook {
-            let scheme_ok = hook.url.starts_with("https://") || hook.url.starts_with("http://");
-            if !scheme_ok || hook.secret.len() < 16 {
+            if hook.secret.len() < 16 {
                 return Err(ApiError::invalid(
-                    "webhook: give an http(s) url and a secret of at least 16 characters",
+                    "webhook: give a secret of at least 16 characters",
                 ));
             }
+            check_webhook_url(&hook.url, self.config.allow_private_webhooks)
+                .map_err(|why| ApiError::invalid(format!("webhook: {why}")))?;
         }
         // The request must be one the caller may make now; at each run it
         // is checked again against the owner's access as it stands then.
@@ -106,9 +122,9 @@ impl Engine {
                  registered clients may create them",
             ));
         }
-        let since = (mode == ScheduleMode::Incremental)
-            .then_some(cursor)
-            .flatten();
+        // An incremental schedule sets `_since` at every run, so checking
+        // with one now refuses a saved `_since` whatever the cursor.
+        let since = (mode == ScheduleMode::Incremental).then(|| cursor.unwrap_or(now));
         let export =
             match (&input.export, &input.view_export) {
                 (Some(e), None) => e.trim_start_matches('/').to_string(),
@@ -118,8 +134,20 @@ impl Engine {
                      or viewExport (a $viewdefinition-export Parameters body)",
                 )),
             };
-        self.saved_request(caller, &export, input.view_export.as_ref(), since, now)
+        let request = self
+            .saved_request(caller, &export, input.view_export.as_ref(), since, now)
             .await?;
+        if let Some(release) = &release {
+            // Changes since the release complete it only if the release
+            // holds what the schedule exports.
+            if !same_scope(&release.request, &request) {
+                return Err(ApiError::invalid(format!(
+                    "startFromRelease: release '{}' exports {}; an incremental schedule from \
+                     it must export the same (level, _type, _elements, _typeFilter)",
+                    release.name, release.export
+                )));
+            }
+        }
         let first = cadence
             .next_after(start_at, start_at - chrono::Duration::microseconds(1))
             .ok_or_else(|| ApiError::invalid("cadence: the expression never fires again"))?;
@@ -139,6 +167,7 @@ impl Engine {
             cursor,
             from_release: input.start_from_release,
             webhook: input.webhook,
+            last_event_at: None,
             version: 0,
         };
         self.ports.schedules.create_schedule(&schedule).await?;
@@ -296,22 +325,15 @@ impl Engine {
     /// a redelivered event does not run it twice.
     pub async fn fire_named_schedule(&self, id: &str, at: DateTime<Utc>) -> PortResult<bool> {
         loop {
-            let Some(s) = self.ports.schedules.get_schedule(id).await? else {
+            let Some(mut s) = self.ports.schedules.get_schedule(id).await? else {
                 return Err(PortError::NotFound);
             };
-            if s.paused {
+            // The claim records the event's time: an event at or before the
+            // last one claimed is a redelivery (or older), not a new run.
+            if s.paused || s.last_event_at.is_some_and(|t| t >= at) {
                 return Ok(false);
             }
-            let already = match s.runs {
-                0 => false,
-                n => matches!(
-                    self.ports.jobs.get_job(&run_job_id(id, n)).await?,
-                    Some(j) if j.run_of.as_ref().and_then(|r| r.due_at) >= Some(at)
-                ),
-            };
-            if already {
-                return Ok(false);
-            }
+            s.last_event_at = Some(at);
             match self.claim_run(s, Some(at)).await {
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) | Err(PortError::Conflict) => continue,
@@ -382,7 +404,7 @@ impl Engine {
             run,
             due_at: due,
         };
-        let started = self.start_run(&s, &job_id, run_of).await?;
+        self.start_run(&s, &job_id, run_of).await?;
         let now = self.ports.clock.now();
         s.runs = run;
         if due.is_some() && due == s.next_due {
@@ -392,8 +414,12 @@ impl Engine {
         match self.ports.schedules.update_schedule(&s).await {
             Ok(_) => {
                 tracing::info!(schedule = %s.id, run, job = %job_id, "scheduled run started");
-                if let Some(failed) = started {
-                    self.announce(&failed).await;
+                // A run refused at start is announced by the claim's winner,
+                // whichever scheduler stored it.
+                if let Some(job) = self.ports.jobs.get_job(&job_id).await? {
+                    if job.state == JobState::Failed {
+                        self.announce(&job).await;
+                    }
                 }
                 Ok(Some(job_id))
             }
@@ -403,21 +429,24 @@ impl Engine {
     }
 
     /// Stores the run's job: queued, or failed with the cause when the
-    /// owner may no longer make the request. Returns the failed job (its
-    /// event is sent once the run is claimed).
-    async fn start_run(
-        &self,
-        s: &Schedule,
-        job_id: &str,
-        run_of: RunOf,
-    ) -> PortResult<Option<Job>> {
-        if let Some(existing) = self.ports.jobs.get_job(job_id).await? {
+    /// owner may no longer make the request (the claim's winner announces
+    /// a failed one).
+    async fn start_run(&self, s: &Schedule, job_id: &str, run_of: RunOf) -> PortResult<()> {
+        match self.ports.jobs.get_job(job_id).await? {
+            // An unclaimed run cancelled after a lost claim: this run is
+            // new, so its job is made afresh (parts and all).
+            Some(existing) if existing.state == JobState::Cancelled => {
+                self.ports.jobs.delete_job(job_id).await?;
+            }
             // Stored by a racing or an earlier scheduler that may have died
             // before queuing its planning (planning twice is harmless).
-            if existing.state == JobState::Queued {
-                self.queue_planning(&existing).await?;
+            Some(existing) => {
+                if existing.state == JobState::Queued {
+                    self.queue_planning(&existing).await?;
+                }
+                return Ok(());
             }
-            return Ok(None);
+            None => {}
         }
         let now = self.ports.clock.now();
         let since = match s.mode {
@@ -430,7 +459,7 @@ impl Engine {
                 let mut job = self.queued_job(job_id.into(), &s.owner, request, tt);
                 job.run_of = Some(run_of);
                 self.start_job_once(&job).await?;
-                Ok(None)
+                Ok(())
             }
             Err(why) => {
                 let url = match s.view_export {
@@ -453,7 +482,7 @@ impl Engine {
                     Err(e) => return Err(e),
                 }
                 tracing::warn!(job = %job.id, reason = job.error.as_deref().unwrap_or(""), "scheduled run refused");
-                Ok(Some(job))
+                Ok(())
             }
         }
     }

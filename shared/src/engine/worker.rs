@@ -114,6 +114,10 @@ impl Engine {
             WorkMessage::Collect { job_id } => {
                 self.collect(job_id).await.map(|_| WorkOutcome::Done)
             }
+            WorkMessage::Announce { job_id } => {
+                self.post_webhook(job_id).await;
+                Ok(WorkOutcome::Done)
+            }
         }
     }
 

@@ -175,7 +175,13 @@ impl Api {
                     "x-transaction-time",
                     header_value(&format_instant(r.transaction_time))?,
                 );
-                h.insert("x-request", header_value(&r.request.request_url)?);
+                // The URL may hold non-ASCII text (a _typeFilter value).
+                let request = percent_encoding::utf8_percent_encode(
+                    &r.request.request_url,
+                    percent_encoding::CONTROLS,
+                )
+                .to_string();
+                h.insert("x-request", header_value(&request)?);
                 h.insert(
                     header::LINK,
                     header_value(&format!(

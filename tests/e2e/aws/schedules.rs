@@ -50,6 +50,7 @@ impl OnMoto {
         service.engine.retry_base = Duration::ZERO;
         service.engine.status_wait = Duration::ZERO;
         service.engine.reuse_window = Duration::ZERO;
+        service.engine.allow_private_webhooks = true;
         let settings = Settings {
             names: names.clone(),
             shards: 4,
