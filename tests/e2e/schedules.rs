@@ -739,6 +739,36 @@ async fn a_watcher_never_sees_a_delivered_run_without_its_manifest() {
         "12 patients, 2 a file"
     );
     assert_eq!(m["requiresAccessToken"], false);
+
+    // Another schedule with the same name never writes into this folder.
+    let twin = create_schedule(
+        &st,
+        json!({"name": "warehouse", "cadence": "rate(1 day)", "export": "$export?_type=Patient"}),
+    )
+    .await;
+    let twin_id = twin["id"].as_str().unwrap().to_string();
+    let r = call(
+        &st,
+        "POST",
+        &format!("$export-schedules/{twin_id}/run"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    run_manifest(&st, &twin_id, "1").await;
+    let own = dir.join(format!("warehouse.{}/1/manifest.json", &twin_id[..8]));
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !own.exists() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the twin's run never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("warehouse/1/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(first, m, "the first schedule's run 1 is untouched");
 }
 
 /// An artifact store whose reads are slow: folder delivery copies file by
