@@ -124,6 +124,7 @@ impl ViewExportInput {
     }
 }
 
+/// The text of a parameter's `value[x]` (or `valueReference.reference`).
 pub(crate) fn value_text(p: &Value, name: &str) -> Result<String, ApiError> {
     if let Some(r) = p.get("valueReference").and_then(|r| r.get("reference")) {
         return r

@@ -183,8 +183,6 @@ impl Api {
     }
 }
 
-/// The text of a parameter's `value[x]` (or `valueReference.reference`).
-
 impl Api {
     /// `POST [base]/ViewDefinition/$viewdefinition-export`: 202 and the
     /// status URL, as for `$export`.
