@@ -40,7 +40,8 @@ The file: GET $export-revisions/file?fileId=. Needs the audit permission.";
 const EXPORT_SCHEDULES: &str = "Recurring exports: POST $export-schedules with a JSON body \
 {name, cadence (rate(...) or cron(...), EventBridge syntax, UTC), mode (full or incremental: \
 _since the previous successful run, deletions included), export (a kick-off such as \
-$export?_type=Patient), startAt, startFromRelease, webhook {url, secret}}. GET lists the \
+$export?_type=Patient) or viewExport (a $viewdefinition-export Parameters body), startAt, \
+startFromRelease, webhook {url, secret}}. GET lists the \
 caller's schedules; GET/DELETE $export-schedules/{id}; POST .../{id}/pause, /resume, /run; \
 GET .../{id}/runs; GET .../{id}/runs/{n or latest} answers as a status request (202 or the \
 manifest); POST .../{id}/runs/{n or latest}/links?expiresIn=seconds gives presigned links to \
