@@ -815,7 +815,9 @@ impl ResourceStore for DynamoResources {
     ) -> PortResult<Vec<Segment>> {
         // Shards are the unit of parallelism here: consecutive shards are
         // grouped up to about `target` versions (counts include history,
-        // so they overestimate).
+        // so they overestimate). An empty shard inside a group is marked,
+        // so the part does not query it (a small type's few resources sit
+        // in a few of the shards).
         let Some(stats) = self.get_item(key(stats_pk(resource_type), SK)).await? else {
             return Ok(Vec::new());
         };
@@ -827,6 +829,9 @@ impl ResourceStore for DynamoResources {
             }
             match segments.last_mut() {
                 Some(seg) if seg.count + count <= target.max(1) => {
+                    for skipped in seg.last_shard + 1..shard.min(64) {
+                        seg.empty_shards |= 1u64 << skipped;
+                    }
                     seg.last_shard = shard;
                     seg.count += count;
                 }
@@ -836,6 +841,7 @@ impl ResourceStore for DynamoResources {
                     after,
                     until: None,
                     count,
+                    empty_shards: 0,
                 }),
             }
         }

@@ -342,6 +342,10 @@ pub enum PartSpec {
         after: Option<i64>,
         #[serde(default)]
         until: Option<i64>,
+        /// Shards of the range that held nothing when planned (a bit per
+        /// shard, see `ports::Segment::empty_shards`): not queried.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        empty_shards: u64,
     },
     /// A chunk of the export's patients, every requested type.
     Patients {
@@ -355,6 +359,10 @@ pub enum PartSpec {
     /// `$export-revisions`: every version of these types in the request's
     /// time range, newest first, as one CSV.
     Revisions { types: Vec<String> },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where a part's reading stands.

@@ -448,6 +448,7 @@ impl ResourceStore for SqliteResourceStore {
                     after,
                     until,
                     count,
+                    empty_shards: 0,
                 };
                 while let Some(row) = rows.next().map_err(backend)? {
                     count += 1;
@@ -588,6 +589,7 @@ fn segments_from_marks(
             after: lower,
             until: Some(*cut),
             count: per_segment as u64 * MARK_EVERY,
+            empty_shards: 0,
         });
         lower = Some(*cut);
     }
@@ -598,6 +600,7 @@ fn segments_from_marks(
         after: lower,
         until: None,
         count: tail_marks * MARK_EVERY + MARK_EVERY / 2,
+        empty_shards: 0,
     });
     Ok(Some(segments))
 }

@@ -139,6 +139,7 @@ impl Engine {
                         last_shard: seg.last_shard,
                         after: seg.after,
                         until: seg.until,
+                        empty_shards: seg.empty_shards,
                     };
                     fixed_parts.push((spec, seg.count));
                 }

@@ -151,7 +151,7 @@ impl Engine {
                     .segments(t, None, as_of, false, u64::MAX)
                     .await?;
                 for seg in segments {
-                    for shard in seg.first_shard..=seg.last_shard {
+                    for shard in (seg.first_shard..=seg.last_shard).filter(|s| seg.reads(*s)) {
                         let mut after = seg.after;
                         loop {
                             let page_size = self.config.page_size;

@@ -551,8 +551,10 @@ impl<'a> PartReader<'a> {
                 last_shard,
                 after,
                 until,
+                empty_shards,
             } => {
-                let (shards, range) = ((*first_shard, *last_shard), (*after, *until));
+                let shards = (*first_shard, *last_shard, *empty_shards);
+                let range = (*after, *until);
                 self.shard_page(resource_type, shards, range, cp, sink)
                     .await
             }
@@ -569,16 +571,21 @@ impl<'a> PartReader<'a> {
     async fn shard_page(
         &mut self,
         resource_type: &str,
-        (first, last): (u16, u16),
+        (first, last, empty): (u16, u16, u64),
         (range_after, until): (Option<i64>, Option<i64>),
         cp: &mut crate::domain::job::Checkpoint,
         sink: &mut Sink<'_>,
     ) -> PortResult<()> {
-        let (shard, after) = match &cp.position {
+        let (mut shard, after) = match &cp.position {
             Position::Start => (first, None),
             Position::Shard { shard, after } => (*shard, *after),
             _ => (last + 1, None),
         };
+        // Shards that were empty when planned hold nothing as of the
+        // snapshot (planning follows it): they are passed over unread.
+        while shard <= last && !crate::ports::reads_shard(shard, first, last, empty) {
+            shard += 1;
+        }
         if shard > last {
             cp.position = Position::Finished;
             return Ok(());

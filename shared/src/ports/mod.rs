@@ -263,6 +263,22 @@ pub struct Segment {
     pub until: Option<i64>,
     /// How many versions it holds (for progress).
     pub count: u64,
+    /// Shards in `first_shard..=last_shard` that held no version of the
+    /// type when the segment was cut (bit `n` for shard `n`, shards below
+    /// 64): a reader skips them instead of querying them for nothing.
+    pub empty_shards: u64,
+}
+
+impl Segment {
+    /// Whether `shard` is in the segment and may hold versions.
+    pub fn reads(&self, shard: u16) -> bool {
+        reads_shard(shard, self.first_shard, self.last_shard, self.empty_shards)
+    }
+}
+
+/// Whether a reader of shards `first..=last` without `empty` reads `shard`.
+pub fn reads_shard(shard: u16, first: u16, last: u16, empty: u64) -> bool {
+    (first..=last).contains(&shard) && (shard >= 64 || empty & (1u64 << shard) == 0)
 }
 
 /// Current versions and full history of FHIR resources.
