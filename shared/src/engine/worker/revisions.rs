@@ -36,6 +36,28 @@ pub(super) struct RevisionMerge {
     before: i64,
 }
 
+/// The shards that hold some version of `resource_type`, from the store's
+/// segments over every version (a resource never changes shard, and each
+/// has a current version, live or deleted): the others are not queried.
+async fn shards_with_versions(
+    store: &dyn ResourceStore,
+    resource_type: &str,
+) -> PortResult<Vec<u16>> {
+    if store.shard_count() <= 1 {
+        return Ok(vec![0]);
+    }
+    let segments = store
+        .segments(resource_type, None, i64::MAX, true, u64::MAX)
+        .await?;
+    let mut shards: Vec<u16> = segments
+        .iter()
+        .flat_map(|s| (s.first_shard..=s.last_shard).filter(move |n| s.reads(*n)))
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    Ok(shards)
+}
+
 impl RevisionMerge {
     async fn open(
         store: &dyn ResourceStore,
@@ -43,8 +65,13 @@ impl RevisionMerge {
         query: &RevisionsQuery,
         before: i64,
     ) -> PortResult<Self> {
-        let shards = store.shard_count();
-        let count = (types.len() * shards as usize).max(1);
+        let mut plan: Vec<(&String, u16)> = Vec::new();
+        for resource_type in types {
+            for shard in shards_with_versions(store, resource_type).await? {
+                plan.push((resource_type, shard));
+            }
+        }
+        let count = plan.len().max(1);
         let mut merge = RevisionMerge {
             streams: Vec::with_capacity(count),
             heads: BinaryHeap::new(),
@@ -53,17 +80,15 @@ impl RevisionMerge {
             with_bodies: query.include_modified_props,
             before,
         };
-        for resource_type in types {
-            for shard in 0..shards {
-                merge.streams.push(Stream {
-                    resource_type: resource_type.clone(),
-                    shard,
-                    buffer: VecDeque::new(),
-                    exhausted: false,
-                });
-                let i = merge.streams.len() - 1;
-                merge.refill(store, i, before).await?;
-            }
+        for (resource_type, shard) in plan {
+            merge.streams.push(Stream {
+                resource_type: resource_type.clone(),
+                shard,
+                buffer: VecDeque::new(),
+                exhausted: false,
+            });
+            let i = merge.streams.len() - 1;
+            merge.refill(store, i, before).await?;
         }
         Ok(merge)
     }
