@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bulk_export::clock::OffsetClock;
+use bulk_export::domain::schedule::{Release, Schedule};
 use bulk_export::engine::Engine;
-use bulk_export::ports::{EventPublisher, JobEvent, PortResult};
+use bulk_export::ports::{EventPublisher, JobEvent, PortResult, ScheduleStore};
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, Options};
@@ -1145,25 +1146,19 @@ async fn a_scheduled_view_export_delivers_each_runs_rows_as_csv() {
 /// Passes everything through, but pauses the schedule (as its owner would)
 /// just before the first claim, so the claim loses to the pause.
 struct PauseBeforeClaim {
-    inner: Arc<dyn bulk_export::ports::ScheduleStore>,
+    inner: Arc<dyn ScheduleStore>,
     done: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
-impl bulk_export::ports::ScheduleStore for PauseBeforeClaim {
-    async fn create_schedule(&self, s: &bulk_export::domain::schedule::Schedule) -> PortResult<()> {
+impl ScheduleStore for PauseBeforeClaim {
+    async fn create_schedule(&self, s: &Schedule) -> PortResult<()> {
         self.inner.create_schedule(s).await
     }
-    async fn get_schedule(
-        &self,
-        id: &str,
-    ) -> PortResult<Option<bulk_export::domain::schedule::Schedule>> {
+    async fn get_schedule(&self, id: &str) -> PortResult<Option<Schedule>> {
         self.inner.get_schedule(id).await
     }
-    async fn update_schedule(
-        &self,
-        s: &bulk_export::domain::schedule::Schedule,
-    ) -> PortResult<bulk_export::domain::schedule::Schedule> {
+    async fn update_schedule(&self, s: &Schedule) -> PortResult<Schedule> {
         if !self.done.swap(true, Ordering::SeqCst) {
             let mut paused = self.inner.get_schedule(&s.id).await?.unwrap();
             paused.paused = true;
@@ -1175,35 +1170,26 @@ impl bulk_export::ports::ScheduleStore for PauseBeforeClaim {
     async fn delete_schedule(&self, id: &str) -> PortResult<()> {
         self.inner.delete_schedule(id).await
     }
-    async fn schedules_of(
-        &self,
-        owner: &str,
-    ) -> PortResult<Vec<bulk_export::domain::schedule::Schedule>> {
+    async fn schedules_of(&self, owner: &str) -> PortResult<Vec<Schedule>> {
         self.inner.schedules_of(owner).await
     }
     async fn due_schedules(
         &self,
         now: chrono::DateTime<chrono::Utc>,
         limit: usize,
-    ) -> PortResult<Vec<bulk_export::domain::schedule::Schedule>> {
+    ) -> PortResult<Vec<Schedule>> {
         self.inner.due_schedules(now, limit).await
     }
-    async fn create_release(&self, r: &bulk_export::domain::schedule::Release) -> PortResult<()> {
+    async fn create_release(&self, r: &Release) -> PortResult<()> {
         self.inner.create_release(r).await
     }
-    async fn get_release(
-        &self,
-        name: &str,
-    ) -> PortResult<Option<bulk_export::domain::schedule::Release>> {
+    async fn get_release(&self, name: &str) -> PortResult<Option<Release>> {
         self.inner.get_release(name).await
     }
-    async fn update_release(
-        &self,
-        r: &bulk_export::domain::schedule::Release,
-    ) -> PortResult<bulk_export::domain::schedule::Release> {
+    async fn update_release(&self, r: &Release) -> PortResult<Release> {
         self.inner.update_release(r).await
     }
-    async fn releases(&self) -> PortResult<Vec<bulk_export::domain::schedule::Release>> {
+    async fn releases(&self) -> PortResult<Vec<Release>> {
         self.inner.releases().await
     }
 }

@@ -145,6 +145,16 @@ impl DynamoJobs {
         Ok(())
     }
 
+    /// Puts a new item: `AlreadyExists` if its key is taken.
+    pub(super) async fn put_new(&self, item: Item) -> PortResult<()> {
+        self.put_if(item, "attribute_not_exists(pk)", HashMap::new())
+            .await
+            .map_err(|e| match e {
+                PortError::Conflict => PortError::AlreadyExists,
+                e => e,
+            })
+    }
+
     /// Every item under a partition key, strongly consistent.
     async fn query_partition(&self, pk: &str, sk_prefix: &str) -> PortResult<Vec<Item>> {
         self.client
@@ -177,12 +187,7 @@ impl JobStore for DynamoJobs {
     async fn create_job(&self, job: &Job) -> PortResult<()> {
         let mut job = job.clone();
         job.version = 1;
-        self.put_if(job_item(&job)?, "attribute_not_exists(pk)", HashMap::new())
-            .await
-            .map_err(|e| match e {
-                PortError::Conflict => PortError::AlreadyExists,
-                e => e,
-            })
+        self.put_new(job_item(&job)?).await
     }
 
     async fn get_job(&self, id: &str) -> PortResult<Option<Job>> {

@@ -107,16 +107,7 @@ impl ScheduleStore for DynamoJobs {
     async fn create_schedule(&self, schedule: &Schedule) -> PortResult<()> {
         let mut sc = schedule.clone();
         sc.version = 1;
-        self.put_if(
-            schedule_item(&sc)?,
-            "attribute_not_exists(pk)",
-            HashMap::new(),
-        )
-        .await
-        .map_err(|e| match e {
-            PortError::Conflict => PortError::AlreadyExists,
-            e => e,
-        })
+        self.put_new(schedule_item(&sc)?).await
     }
 
     async fn get_schedule(&self, id: &str) -> PortResult<Option<Schedule>> {
@@ -173,16 +164,7 @@ impl ScheduleStore for DynamoJobs {
     async fn create_release(&self, release: &Release) -> PortResult<()> {
         let mut r = release.clone();
         r.version = 1;
-        self.put_if(
-            release_item(&r)?,
-            "attribute_not_exists(pk)",
-            HashMap::new(),
-        )
-        .await
-        .map_err(|e| match e {
-            PortError::Conflict => PortError::AlreadyExists,
-            e => e,
-        })
+        self.put_new(release_item(&r)?).await
     }
 
     async fn get_release(&self, name: &str) -> PortResult<Option<Release>> {

@@ -190,6 +190,17 @@ pub fn manifest(job: &Job, base_url: &str, requires_access_token: bool) -> Value
     manifest_of(job, &job.files, base_url, requires_access_token)
 }
 
+/// The completion manifest with each file's `url` given by `url_of`: a
+/// presigned link, or a name in a delivery folder, instead of the file
+/// endpoint's URL.
+pub fn manifest_with_urls(
+    job: &Job,
+    requires_access_token: bool,
+    url_of: &dyn Fn(&OutputFile) -> String,
+) -> Value {
+    manifest_listing(job, &job.files, requires_access_token, url_of)
+}
+
 /// A manifest listing `files` of `job`.
 fn manifest_of(
     job: &Job,
@@ -197,13 +208,24 @@ fn manifest_of(
     base_url: &str,
     requires_access_token: bool,
 ) -> Value {
+    manifest_listing(job, files, requires_access_token, &|f| {
+        file_url(base_url, &job.id, &f.name)
+    })
+}
+
+fn manifest_listing(
+    job: &Job,
+    files: &[OutputFile],
+    requires_access_token: bool,
+    url_of: &dyn Fn(&OutputFile) -> String,
+) -> Value {
     let entries = |kind: FileKind| -> Vec<Value> {
         files
             .iter()
             .filter(|f| f.kind == kind)
             .map(|f| {
                 let mut entry = json!({
-                    "url": file_url(base_url, &job.id, &f.name),
+                    "url": url_of(f),
                     "count": f.count,
                 });
                 // Files organized by patient mix types: the IG omits `type`.

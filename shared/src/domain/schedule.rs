@@ -377,6 +377,15 @@ pub fn kickoff_of(
 }
 
 impl Schedule {
+    /// The URL of the request it saved (a run's manifest `request`, before
+    /// an incremental run's `_since`).
+    pub fn request_url(&self, base_url: &str) -> String {
+        match self.view_export {
+            Some(_) => super::view_export::view_export_url(base_url),
+            None => format!("{base_url}/{}", self.export),
+        }
+    }
+
     /// The schedule as its owner sees it (the webhook's secret left out).
     pub fn view(&self, base_url: &str) -> Value {
         let url = schedule_url(base_url, &self.id);

@@ -77,6 +77,12 @@ pub fn is_valid_view_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// The URL a `$viewdefinition-export` is requested at (the manifest's
+/// `request`).
+pub fn view_export_url(base_url: &str) -> String {
+    format!("{base_url}/ViewDefinition/$viewdefinition-export")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

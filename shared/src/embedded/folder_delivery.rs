@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::sqlite::backend;
-use crate::domain::job::{artifact_key, JobState};
+use crate::domain::job::{artifact_key, manifest_with_urls, JobState};
 use crate::ports::{ArtifactStore, EventPublisher, JobEvent, PortResult};
 
 /// Files are copied in pieces of this size.
@@ -85,27 +84,10 @@ impl FolderDelivery {
     }
 }
 
-/// The manifest as delivered: each file's `url` is its name in the folder.
-fn local_manifest(manifest: &Value) -> Value {
-    let mut m = manifest.clone();
-    for list in ["output", "deleted", "error"] {
-        if let Some(entries) = m.get_mut(list).and_then(Value::as_array_mut) {
-            for e in entries {
-                if let Some(url) = e.get("url").and_then(Value::as_str) {
-                    let name = url.rsplit('/').next().unwrap_or(url).to_string();
-                    e["url"] = Value::String(name);
-                }
-            }
-        }
-    }
-    m["requiresAccessToken"] = Value::Bool(false);
-    m
-}
-
 #[async_trait]
 impl EventPublisher for FolderDelivery {
     async fn publish(&self, event: &JobEvent) -> PortResult<()> {
-        let (Some(run), Some(manifest)) = (&event.job.run_of, &event.manifest) else {
+        let Some(run) = &event.job.run_of else {
             return Ok(());
         };
         if event.job.state != JobState::Completed {
@@ -128,7 +110,9 @@ impl EventPublisher for FolderDelivery {
             )
             .await?;
         }
-        let body = serde_json::to_vec_pretty(&local_manifest(manifest)).map_err(backend)?;
+        // Each file's `url` is its name in the folder.
+        let manifest = manifest_with_urls(&event.job, false, &|f| f.name.clone());
+        let body = serde_json::to_vec_pretty(&manifest).map_err(backend)?;
         tokio::fs::write(partial.join("manifest.json"), body)
             .await
             .map_err(backend)?;

@@ -10,13 +10,14 @@
 //! credentials have left; the answer's `expires` is the true end. A client
 //! with a token can always get fresh links.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::{Caller, Engine};
 use crate::domain::instant::format_instant;
-use crate::domain::job::{artifact_key, manifest, JobState};
+use crate::domain::job::{artifact_key, manifest_with_urls, JobState};
 use crate::domain::ApiError;
 
 /// Where a job's link manifests are kept (the sweeper removes them with
@@ -70,25 +71,15 @@ impl Engine {
         for f in &job.files {
             self.check_file_access(caller, &job, f)?;
         }
-        let mut m = manifest(&job, &self.config.base_url, false);
-        for list in ["output", "deleted", "error"] {
-            let Some(entries) = m.get_mut(list).and_then(Value::as_array_mut) else {
-                continue;
-            };
-            for e in entries {
-                let name = e["url"]
-                    .as_str()
-                    .and_then(|u| u.rsplit('/').next())
-                    .unwrap_or_default()
-                    .to_string();
-                let url = self
-                    .ports
-                    .artifacts
-                    .presign_get(&artifact_key(&job.id, &name), ttl)
-                    .await?;
-                e["url"] = json!(url);
-            }
+        let mut links = HashMap::new();
+        for f in &job.files {
+            let key = artifact_key(&job.id, &f.name);
+            links.insert(
+                f.name.clone(),
+                self.ports.artifacts.presign_get(&key, ttl).await?,
+            );
         }
+        let m = manifest_with_urls(&job, false, &|f| links[&f.name].clone());
         let key = format!("{}{}.json", links_prefix(&job.id), uuid::Uuid::new_v4());
         let body = serde_json::to_vec(&m).map_err(|e| ApiError::internal(e.to_string()))?;
         self.ports.artifacts.put(&key, body.into()).await?;

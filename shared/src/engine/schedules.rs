@@ -21,6 +21,7 @@ use crate::domain::schedule::{
     check_name, check_webhook_url, kickoff_of, run_job_id, Cadence, RunOf, Schedule, ScheduleInput,
     ScheduleMode,
 };
+use crate::domain::view_export::view_export_url;
 use crate::domain::ApiError;
 use crate::ports::{PortError, PortResult};
 
@@ -462,13 +463,7 @@ impl Engine {
                 Ok(())
             }
             Err(why) => {
-                let url = match s.view_export {
-                    Some(_) => format!(
-                        "{}/ViewDefinition/$viewdefinition-export",
-                        self.config.base_url
-                    ),
-                    None => format!("{}/{}", self.config.base_url, s.export),
-                };
+                let url = s.request_url(&self.config.base_url);
                 let level = crate::domain::request::ExportLevel::System;
                 let mut job =
                     self.queued_job(job_id.into(), &s.owner, ExportRequest::new(level, url), now);
@@ -516,10 +511,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<ExportRequest, ApiError> {
         if let Some(parameters) = view_export {
-            let url = format!(
-                "{}/ViewDefinition/$viewdefinition-export",
-                self.config.base_url
-            );
+            let url = view_export_url(&self.config.base_url);
             let mut input = ViewExportInput::from_parameters(parameters, url)
                 .map_err(|e| ApiError::invalid(format!("viewExport: {}", e.message)))?;
             if let Some(since) = since {

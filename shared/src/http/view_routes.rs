@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{empty_response, parse_json, require_json_body, Api, MAX_BODY_BYTES};
 use crate::domain::job::status_url;
+use crate::domain::view_export::view_export_url;
 use crate::domain::ApiError;
 use crate::engine::{ViewExportInput, ViewSource};
 use crate::view::output::{render, Format};
@@ -208,10 +209,7 @@ impl Api {
                 "The body must be a FHIR Parameters resource",
             ));
         }
-        let request_url = format!(
-            "{}/ViewDefinition/$viewdefinition-export",
-            self.engine.config.base_url
-        );
+        let request_url = view_export_url(&self.engine.config.base_url);
         let input = ViewExportInput::from_parameters(&body, request_url)?;
         let job_id = self.engine.kickoff_view_export(&caller, input).await?;
         let mut resp = empty_response(StatusCode::ACCEPTED);

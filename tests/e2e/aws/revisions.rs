@@ -21,13 +21,58 @@ use super::functions::invoke_worker;
 use super::moto::fresh_stack;
 use crate::revisions::{audit_trail_scenario, Backend, Reply};
 
-const ORIGIN: &str = "https://api.example.test";
+pub(super) const ORIGIN: &str = "https://api.example.test";
 
 struct OnMoto {
     container: Container,
     engine: Engine,
     queue: Arc<SqsQueue>,
     adapters: AwsAdapters,
+}
+
+/// A request as API Gateway hands it to an HTTP function: `path` under the
+/// FHIR base at `ORIGIN`, a bearer token, extra headers, a JSON body.
+pub(super) fn lambda_request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> http::Request<lambda_http::Body> {
+    let uri = match path {
+        "" => format!("{ORIGIN}/fhir"),
+        p => format!("{ORIGIN}/fhir/{p}"),
+    };
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "api.example.test")
+        .header("x-forwarded-proto", "https")
+        .header("accept", "application/fhir+json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if !headers.iter().any(|(k, _)| *k == "content-type") {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = match body {
+        Some(b) => lambda_http::Body::Text(b),
+        None => lambda_http::Body::Empty,
+    };
+    req.body(body).unwrap()
+}
+
+/// A function's answer as the scenarios read it.
+pub(super) fn reply_of(resp: http::Response<lambda_http::Body>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: bytes::Bytes::copy_from_slice(&body),
+    }
 }
 
 #[async_trait]
@@ -40,30 +85,7 @@ impl Backend for OnMoto {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> Reply {
-        let uri = match path {
-            "" => format!("{ORIGIN}/fhir"),
-            p => format!("{ORIGIN}/fhir/{p}"),
-        };
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("host", "api.example.test")
-            .header("x-forwarded-proto", "https")
-            .header("accept", "application/fhir+json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if !headers.iter().any(|(k, _)| *k == "content-type") {
-            req = req.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let body = match body {
-            Some(b) => lambda_http::Body::Text(b),
-            None => lambda_http::Body::Empty,
-        };
-        let req = req.body(body).unwrap();
+        let req = lambda_request(method, path, token, headers, body);
         // The worker runs while the request is open, until it is answered.
         let answered = AtomicBool::new(false);
         let request = async {
@@ -81,12 +103,7 @@ impl Backend for OnMoto {
             }
         };
         let (resp, ()) = tokio::join!(request, pump);
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: bytes::Bytes::copy_from_slice(&body),
-        }
+        reply_of(resp)
     }
 
     fn base(&self) -> String {

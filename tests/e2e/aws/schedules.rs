@@ -21,12 +21,11 @@ use serde_json::{json, Value};
 
 use super::functions::invoke_worker;
 use super::moto::fresh_stack;
+use super::revisions::{lambda_request, reply_of, ORIGIN};
 use crate::revisions::{Backend, Reply};
 use crate::schedules::{
     cadence_scenario, links_scenario, release_rebuild_scenario, subscriber_scenario, Stack,
 };
-
-const ORIGIN: &str = "https://api.example.test";
 
 struct OnMoto {
     container: Container,
@@ -83,30 +82,8 @@ impl Backend for OnMoto {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> Reply {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("{ORIGIN}/fhir/{path}"))
-            .header("host", "api.example.test")
-            .header("x-forwarded-proto", "https")
-            .header("accept", "application/fhir+json")
-            .header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let body = match body {
-            Some(b) => lambda_http::Body::Text(b),
-            None => lambda_http::Body::Empty,
-        };
-        let resp = lambda::handle(&self.container, req.body(body).unwrap()).await;
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: bytes::Bytes::copy_from_slice(&body),
-        }
+        let req = lambda_request(method, path, token, headers, body);
+        reply_of(lambda::handle(&self.container, req).await)
     }
 
     fn base(&self) -> String {
