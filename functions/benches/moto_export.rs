@@ -242,6 +242,15 @@ async fn export_once(
     for t in tasks {
         t.await.unwrap();
     }
+    // What the job recorded it consumed (`bulk-export-aws job-cost`). On
+    // moto, capacity units are moto's fixed figures per call, not AWS's.
+    let usage = engine.ports.jobs.usage(&job_id).await.unwrap();
+    let report = bulk_export::domain::cost::report(
+        &usage,
+        n as u64,
+        bulk_export::domain::cost::DEFAULT_WORKER_MEMORY_MB,
+    );
+    println!("job-cost   {report}");
     // Read back after the clock stopped: the bytes written.
     let mut bytes = 0;
     let mut ids = std::collections::HashSet::new();

@@ -27,6 +27,12 @@ impl Container {
     pub async fn new(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let sdk = sdk_config().await;
         let mut adapters = AwsAdapters::new(&sdk, &settings.names, settings.shards, clock);
+        if let Some(stack) = std::env::var("BULK_EXPORT_METRICS_STACK")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            adapters = adapters.with_metrics(&stack, worker_memory_mb()?);
+        }
         if let Some(bus) = &settings.event_bus {
             adapters = adapters.with_event_bus(&sdk, bus);
         }
@@ -77,5 +83,16 @@ impl Container {
     /// The routing table for requests that arrived at `origin`.
     pub fn api(&self, origin: &str) -> Api {
         self.service.api(origin)
+    }
+}
+
+/// The worker function's memory, which prices its time in the EMF line
+/// (the template sets it beside the worker's `MemorySize`).
+fn worker_memory_mb() -> Result<u32, String> {
+    match std::env::var("BULK_EXPORT_WORKER_MEMORY_MB") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("BULK_EXPORT_WORKER_MEMORY_MB={v} is not a number")),
+        Err(_) => Ok(bulk_export::domain::cost::DEFAULT_WORKER_MEMORY_MB),
     }
 }

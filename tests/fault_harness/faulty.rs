@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bulk_export::domain::job::{Job, Part, UploadedChunk, WorkMessage};
+use bulk_export::domain::usage::Usage;
 use bulk_export::engine::Ports;
 use bulk_export::ports::{
     ArtifactStore, Delivery, JobStore, PortError, PortResult, ResourceStore, Revision,
@@ -262,6 +263,12 @@ impl JobStore for Faulty<dyn JobStore> {
     }
     async fn put_parts(&self, parts: &[Part]) -> PortResult<()> {
         through!(self, Service::Jobs, self.inner.put_parts(parts))
+    }
+    async fn add_usage(&self, job_id: &str, usage: &Usage) -> PortResult<()> {
+        through!(self, Service::Jobs, self.inner.add_usage(job_id, usage))
+    }
+    async fn usage(&self, job_id: &str) -> PortResult<Usage> {
+        through!(self, Service::Jobs, self.inner.usage(job_id))
     }
     async fn get_part(&self, job_id: &str, index: u32) -> PortResult<Option<Part>> {
         through!(self, Service::Jobs, self.inner.get_part(job_id, index))

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use bulk_export::aws::{provision::provision, sdk_config, AwsAdapters, AwsNames};
 use bulk_export::cli::RegisterClient;
 use bulk_export::clock::SystemClock;
+use bulk_export::domain::cost;
+use bulk_export::domain::job::FileKind;
 use bulk_export::engine::{Engine, EngineConfig};
 use bulk_export::loader;
-use bulk_export::ports::{ResourceStore, ShardScan};
+use bulk_export::ports::{JobStore, ResourceStore, ShardScan};
 use bulk_export::sample::{generate, SampleConfig};
 use clap::{Parser, Subcommand};
 
@@ -46,6 +48,14 @@ enum Command {
     /// Registers (or replaces) a SMART Backend Services client in the jobs
     /// table, for `AuthMode=smart`.
     RegisterClient(RegisterClient),
+    /// Prints what an export consumed (AWS requests, capacity units, bytes,
+    /// worker time) and its estimated cost at on-demand list prices, as JSON.
+    JobCost {
+        job_id: String,
+        /// The worker function's memory (template.yaml: WorkerFunction).
+        #[arg(long, default_value_t = bulk_export::domain::cost::DEFAULT_WORKER_MEMORY_MB)]
+        worker_memory_mb: u32,
+    },
 }
 
 /// The store's names from the environment (the functions' variables).
@@ -187,6 +197,31 @@ async fn run(args: Args) -> Result<(), String> {
         Command::RegisterClient(args) => {
             args.registration()?;
             args.run(&*adapters().await?.jobs).await?;
+        }
+        Command::JobCost {
+            job_id,
+            worker_memory_mb,
+        } => {
+            let jobs = adapters().await?.jobs;
+            let job = jobs
+                .get_job(&job_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no job {job_id}"))?;
+            let usage = jobs.usage(&job_id).await.map_err(|e| e.to_string())?;
+            let resources = job
+                .files
+                .iter()
+                .filter(|f| f.kind == FileKind::Output)
+                .map(|f| f.count)
+                .sum();
+            let mut report = cost::report(&usage, resources, worker_memory_mb);
+            report["jobId"] = job_id.into();
+            report["state"] = serde_json::to_value(job.state).map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            );
         }
         Command::Count => {
             let engine = engine().await?;

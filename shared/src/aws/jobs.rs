@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | job | `JOB#<id>` | `JOB` |
 //! | part | `JOB#<id>` | `PART#<index, 8 digits>` |
+//! | job's consumption counters | `JOB#<id>` | `USAGE` |
 //! | client | `CLIENT#<client_id>` | `CLIENT` |
 //! | used assertion id | `JTI#<client_id>#<jti>` | `JTI` |
 //!
@@ -31,6 +32,7 @@ use super::dynamo::{
 };
 use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part};
+use crate::domain::usage::Usage;
 use crate::ports::{ClientStore, JobStore, PortError, PortResult};
 
 /// The `by_expiry` index: its one partition key value, and its name.
@@ -42,6 +44,11 @@ pub const REUSE_KEY_INDEX: &str = "by_reuse_key";
 const EXPIRING: &str = "expiring";
 /// DynamoDB's own expiry runs this long after the sweeper's.
 const TTL_GRACE_SECONDS: i64 = 2 * 86_400;
+/// A job's consumption counters: one item beside the job, `u.<counter>`
+/// attributes. It outlives a job the sweeper missed by DynamoDB's TTL.
+const USAGE_SK: &str = "USAGE";
+const USAGE_ATTRIBUTE_PREFIX: &str = "u.";
+const USAGE_TTL_SECONDS: i64 = 30 * 86_400;
 /// Concurrent requests when writing many items.
 const CONCURRENCY: usize = 16;
 /// BatchWriteItem takes at most 25 requests.
@@ -227,8 +234,58 @@ impl JobStore for DynamoJobs {
                 )
             })
             .collect();
+        keys.push(key(job_pk(id), USAGE_SK));
         self.delete_keys(std::mem::take(&mut keys)).await?;
         self.delete_keys(vec![key(job_pk(id), "JOB")]).await
+    }
+
+    async fn add_usage(&self, job_id: &str, usage: &Usage) -> PortResult<()> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        // One attribute per counter, added in place: concurrent handlings
+        // never overwrite each other. A counter name is not a valid
+        // attribute path, so each goes through a placeholder.
+        let mut names = HashMap::from([("#ttl".to_string(), "ttl".to_string())]);
+        let mut values = HashMap::from([(
+            ":ttl".to_string(),
+            n(chrono::Utc::now().timestamp() + USAGE_TTL_SECONDS),
+        )]);
+        let mut adds = Vec::new();
+        for (i, (counter, value)) in usage.counters().enumerate() {
+            names.insert(
+                format!("#c{i}"),
+                format!("{USAGE_ATTRIBUTE_PREFIX}{counter}"),
+            );
+            values.insert(format!(":c{i}"), n(value));
+            adds.push(format!("#c{i} :c{i}"));
+        }
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(job_id), USAGE_SK)))
+            .update_expression(format!("SET #ttl = :ttl ADD {}", adds.join(", ")))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn usage(&self, job_id: &str) -> PortResult<Usage> {
+        let item = self.get_item(key(job_pk(job_id), USAGE_SK)).await?;
+        Ok(item
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let counter = name.strip_prefix(USAGE_ATTRIBUTE_PREFIX)?.to_string();
+                match value {
+                    AttributeValue::N(v) => Some((counter, v.parse().ok()?)),
+                    _ => None,
+                }
+            })
+            .collect())
     }
 
     async fn put_parts(&self, parts: &[Part]) -> PortResult<()> {

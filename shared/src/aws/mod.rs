@@ -8,8 +8,10 @@
 
 mod artifacts;
 mod dynamo;
+pub mod emf;
 pub mod events;
 mod jobs;
+mod metering;
 pub mod provision;
 mod queue;
 mod resources;
@@ -19,6 +21,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
+pub use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 
 use std::sync::Arc;
 
@@ -29,7 +32,7 @@ pub use queue::{parse_work_message, SqsQueue};
 pub use resources::{DynamoResources, FENCE_LEASE};
 
 use crate::engine::Ports;
-use crate::ports::{Clock, EventPublisher, NoEvents, PortError, PortResult};
+use crate::ports::{AllPublishers, Clock, EventPublisher, NoEvents, PortError, PortResult};
 
 /// Where the service's state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +51,8 @@ pub struct AwsAdapters {
     pub artifacts: Arc<S3Artifacts>,
     pub queue: Arc<SqsQueue>,
     pub clock: Arc<dyn Clock>,
-    /// Completion events: EventBridge when a bus is named, else nowhere.
+    /// Completion events: the EMF log line ([`Self::with_metrics`]) and
+    /// EventBridge ([`Self::with_event_bus`]), else nowhere.
     pub events: Arc<dyn EventPublisher>,
 }
 
@@ -57,7 +61,20 @@ impl AwsAdapters {
     /// (part of the resource table's layout: never change it on a table
     /// that has data).
     pub fn new(sdk: &SdkConfig, names: &AwsNames, shards: u16, clock: Arc<dyn Clock>) -> Self {
-        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        Self::observed(sdk, names, shards, clock, None)
+    }
+
+    /// The same, with `observer` on every client besides the metering
+    /// (tests count requests with it).
+    pub fn observed(
+        sdk: &SdkConfig,
+        names: &AwsNames,
+        shards: u16,
+        clock: Arc<dyn Clock>,
+        observer: Option<SharedInterceptor>,
+    ) -> Self {
+        let clients = Clients { sdk, observer };
+        let dynamo = clients.dynamodb();
         AwsAdapters {
             resources: Arc::new(DynamoResources::new(
                 dynamo.clone(),
@@ -67,24 +84,38 @@ impl AwsAdapters {
             )),
             jobs: Arc::new(DynamoJobs::new(dynamo, &names.jobs_table)),
             artifacts: Arc::new(
-                S3Artifacts::new(s3_client(sdk), &names.bucket)
+                S3Artifacts::new(clients.s3(), &names.bucket)
                     .with_credentials(sdk.credentials_provider()),
             ),
-            queue: Arc::new(SqsQueue::new(
-                aws_sdk_sqs::Client::new(sdk),
-                &names.queue_url,
-            )),
+            queue: Arc::new(SqsQueue::new(clients.sqs(), &names.queue_url)),
             clock,
             events: Arc::new(NoEvents),
         }
     }
 
-    /// Publishes completion events to the EventBridge bus `bus`.
+    /// Prints one EMF metrics line per ended export (see [`emf`]).
+    pub fn with_metrics(mut self, stack: &str, worker_memory_mb: u32) -> Self {
+        self.events = Arc::new(AllPublishers(vec![
+            Arc::new(emf::EmfLog {
+                stack: stack.to_string(),
+                worker_memory_mb,
+            }),
+            self.events,
+        ]));
+        self
+    }
+
+    /// Publishes completion events to the EventBridge bus `bus` too.
     pub fn with_event_bus(mut self, sdk: &SdkConfig, bus: &str) -> Self {
-        self.events = Arc::new(events::EventBridgePublisher::new(
-            aws_sdk_eventbridge::Client::new(sdk),
-            bus,
-        ));
+        let client = aws_sdk_eventbridge::Client::from_conf(
+            aws_sdk_eventbridge::config::Builder::from(sdk)
+                .interceptor(metering::Metering)
+                .build(),
+        );
+        self.events = Arc::new(AllPublishers(vec![
+            Arc::new(events::EventBridgePublisher::new(client, bus)),
+            self.events,
+        ]));
         self
     }
 
@@ -99,6 +130,44 @@ impl AwsAdapters {
             schedules: self.jobs.clone(),
             events: self.events.clone(),
         }
+    }
+}
+
+/// Builds the service clients, each metered (and observed, in tests).
+struct Clients<'a> {
+    sdk: &'a SdkConfig,
+    observer: Option<SharedInterceptor>,
+}
+
+/// The same builder calls for every service's config type.
+macro_rules! client_config {
+    ($clients:expr, $service:ident) => {{
+        let mut config =
+            $service::config::Builder::from($clients.sdk).interceptor(metering::Metering);
+        if let Some(observer) = &$clients.observer {
+            config = config.interceptor(observer.clone());
+        }
+        config
+    }};
+}
+
+impl Clients<'_> {
+    fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::from_conf(client_config!(self, aws_sdk_dynamodb).build())
+    }
+
+    /// Path-style addressing when an endpoint is configured (emulators
+    /// serve `host/bucket`, not `bucket.host`).
+    fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            client_config!(self, aws_sdk_s3)
+                .force_path_style(self.sdk.endpoint_url().is_some())
+                .build(),
+        )
+    }
+
+    fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(client_config!(self, aws_sdk_sqs).build())
     }
 }
 

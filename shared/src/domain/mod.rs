@@ -1,6 +1,7 @@
 //! Pure domain types and rules: no I/O, no AWS, no HTTP framework.
 
 pub mod access;
+pub mod cost;
 pub mod csv;
 pub mod elements;
 pub mod fhir_types;
@@ -11,6 +12,7 @@ pub mod request;
 pub mod resource;
 pub mod revisions;
 pub mod schedule;
+pub mod usage;
 pub mod view_export;
 
 pub use outcome::ApiError;

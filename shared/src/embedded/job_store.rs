@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use super::sqlite::{backend, Db};
 use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part, WorkMessage};
+use crate::domain::usage::Usage;
 use crate::ports::{ClientStore, Delivery, JobStore, PortError, PortResult, WorkQueue};
 
 const SCHEMA: &str = "
@@ -32,6 +33,12 @@ CREATE TABLE IF NOT EXISTS parts (
     version INTEGER NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS job_usage (
+    job_id TEXT NOT NULL,
+    counter TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (job_id, counter)
 );
 CREATE TABLE IF NOT EXISTS queue (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -221,9 +228,48 @@ impl JobStore for SqliteJobs {
                     .map_err(backend)?;
                 tx.execute("DELETE FROM parts WHERE job_id = ?1", params![id])
                     .map_err(backend)?;
+                tx.execute("DELETE FROM job_usage WHERE job_id = ?1", params![id])
+                    .map_err(backend)?;
                 tx.execute("DELETE FROM jobs WHERE id = ?1", params![id])
                     .map_err(backend)?;
                 tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn add_usage(&self, job_id: &str, usage: &Usage) -> PortResult<()> {
+        let job_id = job_id.to_string();
+        let counters: Vec<(String, f64)> =
+            usage.counters().map(|(k, v)| (k.to_string(), v)).collect();
+        self.db
+            .call(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                for (counter, value) in &counters {
+                    tx.execute(
+                        "INSERT INTO job_usage (job_id, counter, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (job_id, counter) DO UPDATE SET value = value + excluded.value",
+                        params![job_id, counter, value],
+                    )
+                    .map_err(backend)?;
+                }
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn usage(&self, job_id: &str) -> PortResult<Usage> {
+        let job_id = job_id.to_string();
+        self.db
+            .call(move |c| {
+                let mut stmt = c
+                    .prepare("SELECT counter, value FROM job_usage WHERE job_id = ?1")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(backend)?;
+                rows.collect::<Result<Usage, _>>().map_err(backend)
             })
             .await
     }

@@ -18,6 +18,7 @@ use crate::domain::request::{
 };
 use crate::domain::resource::group_member_ids;
 use crate::domain::schedule::RELEASE_OWNER_PREFIX;
+use crate::domain::usage;
 use crate::domain::ApiError;
 use crate::ports::PortError;
 
@@ -85,13 +86,19 @@ impl Engine {
         caller: &Caller,
         request: ExportRequest,
     ) -> Result<String, ApiError> {
-        let transaction_time = self.transaction_time_for(&request).await?;
         let id = uuid::Uuid::new_v4().to_string();
-        let job = self.queued_job(id, &caller.subject, request, transaction_time);
-        self.ports.jobs.create_job(&job).await?;
-        self.queue_planning(&job).await?;
-        tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
-        Ok(job.id)
+        let (recorded, used) = usage::metered(async {
+            let transaction_time = self.transaction_time_for(&request).await?;
+            let job = self.queued_job(id.clone(), &caller.subject, request, transaction_time);
+            self.ports.jobs.create_job(&job).await?;
+            self.queue_planning(&job).await?;
+            tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
+            Ok::<_, ApiError>(())
+        })
+        .await;
+        recorded?;
+        self.save_usage(&id, used).await;
+        Ok(id)
     }
 
     /// The instant a new export of `request` is consistent as of: now, or
@@ -148,6 +155,14 @@ impl Engine {
     /// still queued, in case that caller died before queuing it (planning
     /// a job twice makes the same parts).
     pub(crate) async fn start_job_once(&self, job: &Job) -> Result<(), PortError> {
+        let (started, used) = usage::metered(self.unmetered_start_job_once(job)).await;
+        if started.is_ok() {
+            self.save_usage(&job.id, used).await;
+        }
+        started
+    }
+
+    async fn unmetered_start_job_once(&self, job: &Job) -> Result<(), PortError> {
         match self.ports.jobs.create_job(job).await {
             Ok(()) => self.queue_planning(job).await,
             Err(PortError::AlreadyExists) => match self.ports.jobs.get_job(&job.id).await? {
@@ -450,7 +465,24 @@ impl Engine {
 
     /// A short-lived presigned link to one of a completed job's files: to
     /// its gzip twin when the client accepts gzip and the twin exists.
+    /// Each link issued counts in the job's consumption.
     pub async fn file_link(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        name: &str,
+        accepts_gzip: bool,
+    ) -> Result<String, ApiError> {
+        let (link, mut used) =
+            usage::metered(self.unmetered_file_link(caller, job_id, name, accepts_gzip)).await;
+        if link.is_ok() {
+            used.add(usage::FILE_LINKS, 1.0);
+            self.save_usage(job_id, used).await;
+        }
+        link
+    }
+
+    async fn unmetered_file_link(
         &self,
         caller: &Caller,
         job_id: &str,

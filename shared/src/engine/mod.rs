@@ -3,6 +3,7 @@
 //! `Engine` is cheap to clone and shared by the HTTP routes, the worker loop
 //! (local task pool or SQS-driven Lambda) and the sweeper.
 
+mod accounting;
 mod capability;
 mod export;
 pub mod gzip_twin;

@@ -26,6 +26,7 @@ use crate::domain::job::{manifest, status_url, FileKind, Job, JobState, WorkMess
 use crate::domain::schedule::{
     check_webhook_url, is_public_ip, DeliveryAttempt, RELEASE_OWNER_PREFIX,
 };
+use crate::domain::usage::Usage;
 use crate::ports::{JobEvent, PortError};
 
 pub const SIGNATURE_HEADER: &str = "X-Bulk-Export-Signature";
@@ -125,8 +126,9 @@ impl Engine {
     /// Never fails the job.
     pub(crate) async fn announce(&self, job: &Job) {
         self.chain_cursor(job).await;
-        let detail = event_body(job, &self.config.base_url);
+        let (detail, usage) = self.event_detail(job).await;
         let event = JobEvent {
+            usage,
             job: job.clone(),
             manifest: (job.state == JobState::Completed).then(|| {
                 manifest(
@@ -148,6 +150,14 @@ impl Engine {
                 tracing::warn!(job = %job.id, error = %e, "the webhook's POST was not queued");
             }
         }
+    }
+
+    /// The event's body, with what the job has consumed so far.
+    async fn event_detail(&self, job: &Job) -> (Value, Usage) {
+        let mut detail = event_body(job, &self.config.base_url);
+        let usage = self.usage_so_far(&job.id).await;
+        detail["usage"] = json!(usage);
+        (detail, usage)
     }
 
     /// The worker's part of `announce`: posts the event to the job's
@@ -181,7 +191,7 @@ impl Engine {
                 return;
             }
         }
-        let body = event_body(&job, &self.config.base_url).to_string();
+        let body = self.event_detail(&job).await.0.to_string();
         self.post_event(&job, &hook, &body).await;
     }
 

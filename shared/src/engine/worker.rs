@@ -24,6 +24,7 @@ use crate::domain::job::{
 use crate::domain::outcome::operation_outcome;
 use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
+use crate::domain::usage;
 use crate::ports::{PortError, PortResult, ShardScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
 use crate::view::output::row_line;
@@ -59,7 +60,31 @@ impl Engine {
     /// fix comes back with a growing delay; a permanent one, or the last
     /// allowed attempt, fails the job at once, with words a client may read
     /// (the backend's own text goes to the log only).
+    ///
+    /// What the handling consumed is added to its job's counters (a
+    /// delayed collection's is not: its job may be gone).
     pub async fn process(
+        &self,
+        message: &WorkMessage,
+        receive_count: u32,
+        deadline: Instant,
+    ) -> Disposition {
+        let started = std::time::Instant::now();
+        let (disposition, mut used) =
+            usage::metered(self.dispose(message, receive_count, deadline)).await;
+        if !matches!(message, WorkMessage::Collect { .. }) {
+            used.add(usage::WORKER_HANDLINGS, 1.0);
+            // Lambda bills by the millisecond, rounded up.
+            used.add(
+                usage::WORKER_MS,
+                started.elapsed().as_micros().div_ceil(1000) as f64,
+            );
+            self.save_usage(message.job_id(), used).await;
+        }
+        disposition
+    }
+
+    async fn dispose(
         &self,
         message: &WorkMessage,
         receive_count: u32,

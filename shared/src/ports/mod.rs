@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::domain::job::{Job, Part, UploadedChunk, WorkMessage};
 use crate::domain::schedule::{Release, Schedule};
+use crate::domain::usage::Usage;
 
 /// The cause behind a backend error, kept for logs (never shown to clients).
 pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -418,6 +419,12 @@ pub trait JobStore: Send + Sync {
     async fn jobs_with_reuse_key(&self, reuse_key: &str) -> PortResult<Vec<Job>>;
     /// Ids of jobs whose `expires_at` is at or before `now`.
     async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> PortResult<Vec<String>>;
+    /// Adds to the job's consumption counters, atomically per counter (many
+    /// handlings add at once). Kept apart from the job's record, which
+    /// updates replace whole; deleted with the job.
+    async fn add_usage(&self, job_id: &str, usage: &Usage) -> PortResult<()>;
+    /// The job's counters so far (empty for an unknown job).
+    async fn usage(&self, job_id: &str) -> PortResult<Usage>;
 }
 
 /// Export files, written with S3-style multipart uploads. Both adapters
@@ -556,6 +563,8 @@ pub trait ScheduleStore: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct JobEvent {
     pub job: Job,
+    /// What the job consumed up to its end (see `domain::usage`).
+    pub usage: Usage,
     pub detail: Value,
     pub manifest: Option<Value>,
 }

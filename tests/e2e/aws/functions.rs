@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use bulk_export::aws::{AwsAdapters, SqsQueue};
+use bulk_export::aws::emf::EmfLog;
+use bulk_export::aws::{AwsAdapters, SharedInterceptor, SqsQueue};
 use bulk_export::clock::OffsetClock;
 use bulk_export::domain::job::{job_prefix, Position};
+use bulk_export::domain::usage;
 use bulk_export::engine::Engine;
-use bulk_export::ports::{ArtifactStore, Clock, JobStore, WorkQueue};
+use bulk_export::ports::{ArtifactStore, Clock, JobEvent, JobStore, WorkQueue};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export::service::ServiceSettings;
 use bulk_export_functions::settings::{AuthMode, Settings};
@@ -53,9 +55,20 @@ async fn stack_tuned(
     wrap: Option<Wrap>,
     tune: impl FnOnce(&mut ServiceSettings),
 ) -> Stack {
+    stack_observed(patients, wrap, tune, None).await
+}
+
+/// The same, with `observer` on every AWS client.
+async fn stack_observed(
+    patients: usize,
+    wrap: Option<Wrap>,
+    tune: impl FnOnce(&mut ServiceSettings),
+    observer: Option<SharedInterceptor>,
+) -> Stack {
     let (sdk, names) = fresh_stack().await;
     let clock = Arc::new(OffsetClock::default());
-    let adapters = AwsAdapters::new(&sdk, &names, 4, clock.clone() as Arc<dyn Clock>);
+    let adapters =
+        AwsAdapters::observed(&sdk, &names, 4, clock.clone() as Arc<dyn Clock>, observer);
     let mut ports = adapters.ports();
     if let Some(wrap) = wrap {
         ports.artifacts = wrap(ports.artifacts);
@@ -1277,4 +1290,199 @@ async fn view_exports_in_every_format_and_for_a_group_through_the_functions() {
     let members = code_rows(4, |p| p == patients[0] || p == patients[2]);
     assert!(!members.is_empty() && members.len() < all.len());
     assert_eq!(s.view_rows(&manifest, "csv").await, members);
+}
+
+/// Counts, independently of the service's own metering, the requests made
+/// while a handling, kick-off or download link is metered, with the
+/// capacity DynamoDB reported and the bytes sent to S3.
+#[derive(Debug, Default, Clone)]
+struct CountRequests(Arc<std::sync::Mutex<BTreeMap<String, f64>>>);
+
+impl CountRequests {
+    fn add(&self, key: &str, value: f64) {
+        *self.0.lock().unwrap().entry(key.to_string()).or_default() += value;
+    }
+    fn get(&self, key: &str) -> f64 {
+        self.0.lock().unwrap().get(key).copied().unwrap_or(0.0)
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if usage::so_far().is_none() {
+            return Ok(());
+        }
+        let op = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .unwrap();
+        let service = op.service().to_lowercase();
+        self.add(&format!("requests.{service}.{}", op.name()), 1.0);
+        if matches!(op.name(), "PutObject" | "UploadPart") {
+            let bytes = context.request().body().content_length().unwrap();
+            self.add(usage::S3_BYTES_STORED, bytes as f64);
+        }
+        Ok(())
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::AfterDeserializationInterceptorContextRef<
+            '_,
+        >,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_sdk_dynamodb::operation as op;
+        if usage::so_far().is_none() {
+            return Ok(());
+        }
+        let Ok(out) = context.output_or_error() else {
+            return Ok(());
+        };
+        let units = |c: Option<&aws_sdk_dynamodb::types::ConsumedCapacity>| {
+            c.and_then(|c| c.capacity_units()).unwrap_or(0.0)
+        };
+        let sum = |c: &[aws_sdk_dynamodb::types::ConsumedCapacity]| {
+            c.iter().filter_map(|c| c.capacity_units()).sum::<f64>()
+        };
+        let (read, write) = if let Some(o) = out.downcast_ref::<op::query::QueryOutput>() {
+            (units(o.consumed_capacity()), 0.0)
+        } else if let Some(o) = out.downcast_ref::<op::get_item::GetItemOutput>() {
+            (units(o.consumed_capacity()), 0.0)
+        } else if let Some(o) = out.downcast_ref::<op::batch_get_item::BatchGetItemOutput>() {
+            (sum(o.consumed_capacity()), 0.0)
+        } else if let Some(o) = out.downcast_ref::<op::put_item::PutItemOutput>() {
+            (0.0, units(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<op::update_item::UpdateItemOutput>() {
+            (0.0, units(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<op::delete_item::DeleteItemOutput>() {
+            (0.0, units(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<op::batch_write_item::BatchWriteItemOutput>() {
+            (0.0, sum(o.consumed_capacity()))
+        } else if let Some(o) =
+            out.downcast_ref::<op::transact_write_items::TransactWriteItemsOutput>()
+        {
+            (0.0, sum(o.consumed_capacity()))
+        } else {
+            (0.0, 0.0)
+        };
+        self.add(usage::DYNAMODB_READ_UNITS, read);
+        self.add(usage::DYNAMODB_WRITE_UNITS, write);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_recorded_consumption_matches_the_requests_counted_on_the_clients() {
+    let counted = CountRequests::default();
+    let s = stack_observed(
+        6,
+        None,
+        |_| {},
+        Some(SharedInterceptor::new(counted.clone())),
+    )
+    .await;
+    let status = s.kickoff("/fhir/$export").await;
+    let (manifest, handled) = s
+        .drive_within(&status, false, Duration::from_secs(60))
+        .await;
+    let links = manifest["output"].as_array().unwrap().len();
+    assert_eq!(s.exported(&manifest).await, s.expected());
+
+    let job = job_id(&status);
+    let recorded = s.adapters.jobs.usage(&job).await.unwrap();
+    let mut requests = 0.0;
+    for (counter, value) in recorded.counters() {
+        if counter.starts_with(usage::REQUESTS_PREFIX) {
+            assert_eq!(value, counted.get(counter), "{counter}");
+            requests += value;
+        }
+    }
+    let all_counted: f64 = counted
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with(usage::REQUESTS_PREFIX))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(requests, all_counted, "every counted request is recorded");
+    for counter in [
+        usage::DYNAMODB_READ_UNITS,
+        usage::DYNAMODB_WRITE_UNITS,
+        usage::S3_BYTES_STORED,
+    ] {
+        assert!(counted.get(counter) > 0.0, "{counter}");
+        assert_eq!(recorded.get(counter), counted.get(counter), "{counter}");
+    }
+    for request in [
+        "requests.dynamodb.Query",
+        "requests.dynamodb.PutItem",
+        "requests.s3.UploadPart",
+        "requests.sqs.SendMessageBatch",
+    ] {
+        assert!(recorded.get(request) > 0.0, "{request}: {recorded:?}");
+    }
+    assert_eq!(recorded.get(usage::WORKER_HANDLINGS), handled as f64);
+    assert_eq!(recorded.get(usage::FILE_LINKS), links as f64);
+    // One accounting write per handling, the kick-off and each link.
+    assert_eq!(
+        recorded.get(usage::ACCOUNTING_WRITES),
+        (handled + 1 + links) as f64
+    );
+    assert!(recorded.get(usage::SQS_MESSAGES) >= 1.0);
+    assert!(recorded.get(usage::WORKER_MS) > 0.0);
+
+    // The EMF line of the completion event carries the same counters.
+    let ended = s.adapters.jobs.get_job(&job).await.unwrap().unwrap();
+    let event = JobEvent {
+        detail: bulk_export::engine::notify::event_body(&ended, ORIGIN),
+        usage: recorded.clone(),
+        job: ended,
+        manifest: None,
+    };
+    let emf = EmfLog {
+        stack: "test-stack".into(),
+        worker_memory_mb: 1024,
+    };
+    let line: Value = serde_json::from_str(&emf.line(&event)).unwrap();
+    let declared = &line["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(declared["Namespace"], "BulkExport");
+    assert_eq!(
+        declared["Dimensions"],
+        serde_json::json!([["Stack", "Outcome"]])
+    );
+    assert_eq!(
+        (line["Stack"].as_str(), line["Outcome"].as_str()),
+        (Some("test-stack"), Some("completed"))
+    );
+    for metric in declared["Metrics"].as_array().unwrap() {
+        let name = metric["Name"].as_str().unwrap();
+        assert!(line[name].is_number(), "{name} has a value");
+    }
+    let total: usize = s.loaded.values().map(Vec::len).sum();
+    assert_eq!(line["Resources"], total as f64);
+    assert_eq!(
+        line["ReadCapacityUnits"],
+        recorded.get(usage::DYNAMODB_READ_UNITS)
+    );
+    assert_eq!(line["S3Requests"], recorded.request_count("s3"));
+
+    // The CLI's report prices the same counters.
+    let report = bulk_export::domain::cost::report(
+        &recorded,
+        s.loaded.values().map(|v| v.len() as u64).sum(),
+        1024,
+    );
+    assert!(report["estimateUsd"]["total"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["usage"], serde_json::json!(recorded));
 }

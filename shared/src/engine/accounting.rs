@@ -1,0 +1,35 @@
+//! Per-export accounting: what each handling, kick-off and download link
+//! consumed is added to its job's counters (`domain::usage`), which the
+//! completion event, the EMF log line and `bulk-export-aws job-cost` read.
+//!
+//! The write that stores a handling's counters cannot count itself: it
+//! runs after the metered scope, and is counted as one accounting write.
+//! A failed write loses that handling's counters (logged), never the work.
+
+use super::Engine;
+use crate::domain::usage::{self, Usage};
+
+impl Engine {
+    pub(crate) async fn save_usage(&self, job_id: &str, mut used: Usage) {
+        used.add(usage::ACCOUNTING_WRITES, 1.0);
+        if let Err(e) = self.ports.jobs.add_usage(job_id, &used).await {
+            tracing::warn!(job = %job_id, error = %e, "the job's consumption was not recorded");
+        }
+    }
+
+    /// The job's stored counters plus what the current handling has
+    /// counted and not yet stored.
+    pub(crate) async fn usage_so_far(&self, job_id: &str) -> Usage {
+        let mut total = match self.ports.jobs.usage(job_id).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "the job's consumption could not be read");
+                Usage::default()
+            }
+        };
+        if let Some(current) = usage::so_far() {
+            total.merge(&current);
+        }
+        total
+    }
+}
