@@ -5,7 +5,8 @@ requests per resource, bytes per resource) and the engine's CPU per resource
 (the local benchmark), under the stated AWS limits. Prints Markdown (the
 README's "Scale model" section is this output).
 
-    benches/scale_model.py --job-cost REPORT.json --cpu-us-per-resource 8.3
+    benches/scale_model.py --job-cost REPORT.json --cpu-us-per-resource 8.3 \
+        --bytes-per-resource 965
 
 REPORT.json: the `job-cost` line of benches/moto-export.sh, or the output
 of `bulk-export-aws job-cost JOB` on a deployment.
@@ -55,27 +56,33 @@ def main():
                    help="one 1 MB Query page, strongly consistent (assumed)")
     p.add_argument("--s3-puts-per-s-per-prefix", type=float, default=3500)
     p.add_argument("--part-mib", type=float, default=8, help="PartSizeMiB")
+    p.add_argument("--resources-per-file", type=int, default=100_000, help="MaxResourcesPerFile")
     p.add_argument("--shards", type=int, default=16)
     p.add_argument("--types", type=int, default=20, help="resource types exported")
     p.add_argument("--gzip-ratio", type=float, default=0.111,
                    help="gzip twin bytes / NDJSON bytes (README: Compressing export files)")
-    p.add_argument("--no-twins", action="store_true",
-                   help="the measured export wrote no gzip twins (GzipFiles=false)")
+    p.add_argument("--bytes-per-resource", type=float, default=None,
+                   help="NDJSON bytes per resource (the bench's export line: MB / resources); "
+                        "default: bytes stored / (1 + gzip ratio), which counts spills too")
     a = p.parse_args()
 
     r = json.load(open(a.job_cost))
     usage = r["usage"]
     n = r["resources"]
     per = lambda k: usage.get(k, 0.0) / n  # per resource
-    stored = per("s3.bytesStored")
-    # NDJSON bytes per resource: what was stored, less the gzip twins.
-    body = stored if a.no_twins else stored / (1 + a.gzip_ratio)
+    stored = per("s3.bytesStored")  # files, twins and spills
+    # NDJSON bytes per resource.
+    body = a.bytes_per_resource or stored / (1 + a.gzip_ratio)
     item = body + a.item_overhead_bytes
 
-    # Requests per resource, as measured, except read units (from bytes).
-    s3_a = sum(v for k, v in usage.items() if k.startswith("requests.s3.") and k[12:] in S3_CLASS_A) / n
-    s3_b = sum(v for k, v in usage.items() if k.startswith("requests.s3.")
-               and k[12:] not in S3_CLASS_A and k[12:] not in S3_FREE) / n
+    # Requests per resource as measured, except read units (from bytes) and
+    # S3 requests: a small export's few files make per-file requests look
+    # large per resource, so they are computed for full files instead.
+    measured_s3_a = sum(v for k, v in usage.items() if k.startswith("requests.s3.") and k[12:] in S3_CLASS_A) / n
+    part = a.part_mib * 1024 * 1024
+    s3_a = (body * (1 + a.gzip_ratio) / part                 # UploadPart, file and twin
+            + 2 * 2 / a.resources_per_file)                    # Create/Complete, file and twin
+    s3_b = body / part                                        # the file read back for its twin
     sqs = (sum(v for k, v in usage.items() if k.startswith("requests.sqs.")) + 2 * usage.get("worker.handlings", 0)) / n
     writes = per("dynamodb.writeUnits") + per("accounting.writes")
     handlings = per("worker.handlings")
@@ -92,7 +99,9 @@ def main():
         "DynamoDB reads": read_units * RRU,
         "DynamoDB writes": writes * WRU,
         "S3 requests": s3_a * S3_A + s3_b * S3_B,
-        "S3 storage (7 days)": stored / GB * S3_GB_MONTH * 7 / 30,
+        # Files and their gzip twins for 7 days (spills are deleted within
+        # the export, so they are not in it).
+        "S3 storage (7 days)": body * (1 + a.gzip_ratio) / GB * S3_GB_MONTH * 7 / 30,
         "SQS": sqs * SQS_REQ,
         "Lambda": handlings * LAMBDA_REQ + gb_s_per_resource * LAMBDA_GB_S,
     }
@@ -109,8 +118,9 @@ def main():
         types * a.shards * a.partition_read_units_per_s * 4096 / item
     bottleneck, rate = min(limits.items(), key=lambda kv: kv[1])
 
-    print(f"Inputs: `{a.job_cost}` ({n:,} resources; {body:,.0f} bytes per resource, "
-          f"{read_units:.3f} read units per resource), engine CPU {a.cpu_us_per_resource} us per resource, "
+    print(f"Inputs: `{a.job_cost}` ({n:,} resources; {body:,.0f} NDJSON bytes per resource, "
+          f"{read_units:.3f} read units per resource; S3 class A requests per million resources: "
+          f"{s3_a * 1e6:,.0f} for full files, {measured_s3_a * 1e6:,.0f} as measured), engine CPU {a.cpu_us_per_resource} us per resource, "
           f"prices of {PRICES_AS_OF} (us-east-1, on demand).\n")
     print("| resources | time at the first bottleneck | cost (egress excluded) | egress, plain | egress, gzip |")
     print("|---|---|---|---|---|")

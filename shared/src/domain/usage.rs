@@ -74,7 +74,8 @@ impl Usage {
     }
 
     pub fn request_count(&self, service: &str) -> f64 {
-        self.requests(service).map(|(_, n)| n).sum()
+        // (An empty float `sum` is -0.0.)
+        self.requests(service).fold(0.0, |total, (_, n)| total + n)
     }
 
     pub fn merge(&mut self, other: &Usage) {
