@@ -5,7 +5,7 @@ requests per resource, bytes per resource) and the engine's CPU per resource
 (the local benchmark), under the stated AWS limits. Prints Markdown (the
 README's "Scale model" section is this output).
 
-    benches/scale_model.py --job-cost REPORT.json --cpu-us-per-resource 8.3 \
+    benches/scale_model.py --job-cost REPORT.json --cpu-us-per-resource 8.1 \
         --bytes-per-resource 965
 
 REPORT.json: the `job-cost` line of benches/moto-export.sh, or the output
