@@ -250,7 +250,14 @@ async fn export_once(
             Instant::now() < give_up,
             "the export did not finish within {limit:?}"
         );
-        let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
+        let job = match engine.ports.jobs.get_job(&job_id).await {
+            Ok(job) => job.expect("the job exists"),
+            Err(e) => {
+                eprintln!("poll: reading the job failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         if job.state == JobState::Completed {
             break job;
         }
@@ -343,7 +350,17 @@ fn spawn_workers(
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             while !*stop.borrow() {
-                let deliveries = queue.receive(10, timing.visibility).await.unwrap();
+                // moto at 100k+ items can take longer than the SDK's
+                // attempt timeout: a failed call is retried, as the event
+                // source mapping would (a message not deleted comes back).
+                let deliveries = match queue.receive(10, timing.visibility).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("worker: receive failed, retrying: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
                 if deliveries.is_empty() {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -358,12 +375,16 @@ fn spawn_workers(
                         // As the worker function settles a record: done is
                         // deleted; a failure or a lost race comes back
                         // after the delay the engine asks for.
-                        match engine.process(&d.message, d.receive_count, deadline).await {
-                            Disposition::Done => queue.delete(&d.receipt).await.unwrap(),
-                            Disposition::RetryAfter(delay) => {
-                                RETRIES.fetch_add(1, Ordering::Relaxed);
-                                queue.retry_later(&d.receipt, delay).await.unwrap()
-                            }
+                        let settled =
+                            match engine.process(&d.message, d.receive_count, deadline).await {
+                                Disposition::Done => queue.delete(&d.receipt).await,
+                                Disposition::RetryAfter(delay) => {
+                                    RETRIES.fetch_add(1, Ordering::Relaxed);
+                                    queue.retry_later(&d.receipt, delay).await
+                                }
+                            };
+                        if let Err(e) = settled {
+                            eprintln!("worker: settling a message failed (it comes back): {e}");
                         }
                     }
                 }))
@@ -390,7 +411,14 @@ async fn revisions_once(
         .await
         .unwrap();
     let job = loop {
-        let job = engine.ports.jobs.get_job(&job_id).await.unwrap().unwrap();
+        let job = match engine.ports.jobs.get_job(&job_id).await {
+            Ok(job) => job.expect("the job exists"),
+            Err(e) => {
+                eprintln!("poll: reading the job failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         if job.state == JobState::Completed {
             break job;
         }
