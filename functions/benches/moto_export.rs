@@ -29,7 +29,7 @@ use bulk_export::aws::{
     emulator_config, provision::provision, s3_client, AwsAdapters, AwsNames, SharedInterceptor,
 };
 use bulk_export::clock::SystemClock;
-use bulk_export::domain::job::JobState;
+use bulk_export::domain::job::{Job, JobState};
 use bulk_export::domain::request::{ExportLevel, KickoffInput};
 use bulk_export::engine::{Caller, Disposition, Engine, EngineConfig};
 use bulk_export::ports::WorkQueue;
@@ -244,26 +244,7 @@ async fn export_once(
     // Generous (100k took 22 min), and a stall fails the run instead of
     // hanging it.
     let limit = Duration::from_secs(600).max(Duration::from_millis(30 * n as u64));
-    let give_up = Instant::now() + limit;
-    let job = loop {
-        assert!(
-            Instant::now() < give_up,
-            "the export did not finish within {limit:?}"
-        );
-        let job = match engine.ports.jobs.get_job(&job_id).await {
-            Ok(job) => job.expect("the job exists"),
-            Err(e) => {
-                eprintln!("poll: reading the job failed, retrying: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if job.state == JobState::Completed {
-            break job;
-        }
-        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let job = wait_until_completed(engine, &job_id, Some(limit), Duration::from_millis(250)).await;
     let _ = stop_tx.send(true);
     for t in tasks {
         t.await.unwrap();
@@ -332,6 +313,37 @@ async fn export_once(
         RETRIES.load(Ordering::Relaxed)
     );
     (job.files.iter().map(|f| f.count).sum(), bytes)
+}
+
+/// Polls the job until it completes; panics if it fails, or outlasts
+/// `limit` (a stall fails the run instead of hanging it). A failed read is
+/// retried: moto's calls can outlast the SDK's attempt timeout.
+async fn wait_until_completed(
+    engine: &Engine,
+    job_id: &str,
+    limit: Option<Duration>,
+    every: Duration,
+) -> Job {
+    let give_up = limit.map(|l| Instant::now() + l);
+    loop {
+        assert!(
+            give_up.is_none_or(|g| Instant::now() < g),
+            "the export did not finish within {limit:?}"
+        );
+        let job = match engine.ports.jobs.get_job(job_id).await {
+            Ok(job) => job.expect("the job exists"),
+            Err(e) => {
+                eprintln!("poll: reading the job failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if job.state == JobState::Completed {
+            return job;
+        }
+        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Worker tasks that take up to 10 messages at a time from SQS and handle
@@ -410,21 +422,7 @@ async fn revisions_once(
         .start_revisions(&Caller::anonymous(), body, "bench".into())
         .await
         .unwrap();
-    let job = loop {
-        let job = match engine.ports.jobs.get_job(&job_id).await {
-            Ok(job) => job.expect("the job exists"),
-            Err(e) => {
-                eprintln!("poll: reading the job failed, retrying: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if job.state == JobState::Completed {
-            break job;
-        }
-        assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let job = wait_until_completed(engine, &job_id, None, Duration::from_millis(100)).await;
     let secs = t.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     for t in tasks {

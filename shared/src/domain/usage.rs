@@ -68,9 +68,7 @@ impl Usage {
         let prefix = format!("{REQUESTS_PREFIX}{service}.");
         self.0
             .iter()
-            .filter_map(move |(k, v)| Some((k.strip_prefix(&prefix)?, *v)))
-            .collect::<Vec<_>>()
-            .into_iter()
+            .filter_map(move |(k, v)| Some((k.strip_prefix(prefix.as_str())?, *v)))
     }
 
     pub fn request_count(&self, service: &str) -> f64 {

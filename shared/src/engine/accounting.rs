@@ -6,10 +6,26 @@
 //! runs after the metered scope, and is counted as one accounting write.
 //! A failed write loses that handling's counters (logged), never the work.
 
+use std::future::Future;
+
 use super::Engine;
 use crate::domain::usage::{self, Usage};
 
 impl Engine {
+    /// Runs `work` metered and, if it succeeded, adds what it consumed to
+    /// the counters of `job_id` (a failed kick-off has no job to charge).
+    pub(crate) async fn charged<T, E>(
+        &self,
+        job_id: &str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let (out, used) = usage::metered(work).await;
+        if out.is_ok() {
+            self.save_usage(job_id, used).await;
+        }
+        out
+    }
+
     pub(crate) async fn save_usage(&self, job_id: &str, mut used: Usage) {
         used.add(usage::ACCOUNTING_WRITES, 1.0);
         if let Err(e) = self.ports.jobs.add_usage(job_id, &used).await {

@@ -87,7 +87,7 @@ impl Engine {
         request: ExportRequest,
     ) -> Result<String, ApiError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let (recorded, used) = usage::metered(async {
+        self.charged(&id, async {
             let transaction_time = self.transaction_time_for(&request).await?;
             let job = self.queued_job(id.clone(), &caller.subject, request, transaction_time);
             self.ports.jobs.create_job(&job).await?;
@@ -95,9 +95,7 @@ impl Engine {
             tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
             Ok::<_, ApiError>(())
         })
-        .await;
-        recorded?;
-        self.save_usage(&id, used).await;
+        .await?;
         Ok(id)
     }
 
@@ -155,22 +153,17 @@ impl Engine {
     /// still queued, in case that caller died before queuing it (planning
     /// a job twice makes the same parts).
     pub(crate) async fn start_job_once(&self, job: &Job) -> Result<(), PortError> {
-        let (started, used) = usage::metered(self.unmetered_start_job_once(job)).await;
-        if started.is_ok() {
-            self.save_usage(&job.id, used).await;
-        }
-        started
-    }
-
-    async fn unmetered_start_job_once(&self, job: &Job) -> Result<(), PortError> {
-        match self.ports.jobs.create_job(job).await {
-            Ok(()) => self.queue_planning(job).await,
-            Err(PortError::AlreadyExists) => match self.ports.jobs.get_job(&job.id).await? {
-                Some(j) if j.state == JobState::Queued => self.queue_planning(&j).await,
-                _ => Ok(()),
-            },
-            Err(e) => Err(e),
-        }
+        self.charged(&job.id, async {
+            match self.ports.jobs.create_job(job).await {
+                Ok(()) => self.queue_planning(job).await,
+                Err(PortError::AlreadyExists) => match self.ports.jobs.get_job(&job.id).await? {
+                    Some(j) if j.state == JobState::Queued => self.queue_planning(&j).await,
+                    _ => Ok(()),
+                },
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// The newest of the caller's jobs for an identical request that is
@@ -473,16 +466,17 @@ impl Engine {
         name: &str,
         accepts_gzip: bool,
     ) -> Result<String, ApiError> {
-        let (link, mut used) =
-            usage::metered(self.unmetered_file_link(caller, job_id, name, accepts_gzip)).await;
-        if link.is_ok() {
-            used.add(usage::FILE_LINKS, 1.0);
-            self.save_usage(job_id, used).await;
-        }
-        link
+        self.charged(job_id, async {
+            let link = self
+                .link_to_file(caller, job_id, name, accepts_gzip)
+                .await?;
+            usage::record(|u| u.add(usage::FILE_LINKS, 1.0));
+            Ok(link)
+        })
+        .await
     }
 
-    async fn unmetered_file_link(
+    async fn link_to_file(
         &self,
         caller: &Caller,
         job_id: &str,
