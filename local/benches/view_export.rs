@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p bulk-export-local --bench view_export -- --resources 1000000`
 //! (`--dir PATH` keeps the loaded store and reuses it; `--runs N`, default 3;
-//! `--workers N`, default 4 like the local server.)
+//! `--workers N`, default 4 like the local server; `--formats csv` or
+//! `--formats parquet` measures one format, default both.)
 //!
 //! 1. Loads N synthetic resources (unless `--dir` holds a store already).
 //! 2. Exports the three sample views (`local/sample-views`: patients,
@@ -22,7 +23,7 @@ use bulk_export::embedded::SqliteQueue;
 use bulk_export::engine::{Caller, Engine, ViewExportInput, ViewRef};
 use bulk_export::ports::{ResourceStore, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
-use bulk_export::view::output::{header_line, row_line};
+use bulk_export::view::output::{header_line, write_row};
 use bulk_export::view::parquet::ParquetTable;
 use bulk_export::view::View;
 use bulk_export_local::workers::work_loop;
@@ -30,7 +31,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 mod common;
-use common::{arg, cpu_secs, open_stack, reset_peak_rss, status_kb, wait_completed};
+use common::{arg, arg_text, cpu_secs, open_stack, reset_peak_rss, status_kb, wait_completed};
 
 const VIEWS: [&str; 3] = [
     include_str!("../sample-views/patients.json"),
@@ -95,7 +96,8 @@ async fn run(n: usize, workers: usize) {
     let runs = arg("--runs", 3).max(1);
     reset_peak_rss();
     let rss_before = status_kb("VmRSS:");
-    for format in ["csv", "parquet"] {
+    let formats = arg_text("--formats").unwrap_or_else(|| "csv,parquet".into());
+    for format in formats.split(',') {
         let (mut exports, mut floors) = (Vec::new(), Vec::new());
         for run in 1..=runs {
             let (secs, cpu, rows, bytes) =
@@ -222,6 +224,7 @@ async fn floor_once(dir: &std::path::Path, views: &[Value], format: &str) -> (f6
                 w.write_all(b"\r\n").unwrap();
             }
             let mut result = stmt.query([&view.resource_type]).unwrap();
+            let mut line = Vec::new();
             while let Some(row) = result.next().unwrap() {
                 let body: &str = row.get_ref(0).unwrap().as_str().unwrap();
                 // As the export reads it: only what the view needs.
@@ -234,8 +237,10 @@ async fn floor_once(dir: &std::path::Path, views: &[Value], format: &str) -> (f6
                             w.write_all(&t.take_bytes()).unwrap();
                         }
                         None => {
-                            w.write_all(&row_line(view.columns(), &r, true)).unwrap();
-                            w.write_all(b"\r\n").unwrap();
+                            line.clear();
+                            write_row(view.columns(), &r, true, &mut line);
+                            line.extend_from_slice(b"\r\n");
+                            w.write_all(&line).unwrap();
                         }
                     }
                 }

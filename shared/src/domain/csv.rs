@@ -9,21 +9,26 @@ pub fn csv_line(fields: &[&str]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        if field
-            .bytes()
-            .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
-        {
-            out.push(b'"');
-            for b in field.bytes() {
-                if b == b'"' {
-                    out.push(b'"');
-                }
-                out.push(b);
-            }
-            out.push(b'"');
-        } else {
-            out.extend_from_slice(field.as_bytes());
-        }
+        write_field(field, &mut out);
     }
     out
+}
+
+/// One field of a record, quoted when it must be.
+pub fn write_field(field: &str, out: &mut Vec<u8>) {
+    if field
+        .bytes()
+        .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+    {
+        out.push(b'"');
+        for b in field.bytes() {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(field.as_bytes());
+    }
 }

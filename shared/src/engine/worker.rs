@@ -27,7 +27,7 @@ use crate::domain::resource::compartment_patients;
 use crate::domain::usage;
 use crate::ports::{PortError, PortResult, ShardScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
-use crate::view::output::row_line;
+use crate::view::output::write_row;
 
 mod provenance;
 mod revisions;
@@ -901,8 +901,10 @@ impl<'a> PartReader<'a> {
                     e.to_string(),
                 )
             })?;
+            let mut line = Vec::new();
             for row in &rows {
-                let mut line = row_line(view.columns(), row, self.csv_rows);
+                line.clear();
+                write_row(view.columns(), row, self.csv_rows, &mut line);
                 if self.csv_rows {
                     // RFC 4180 lines end in CRLF; the sink adds the LF.
                     line.push(b'\r');

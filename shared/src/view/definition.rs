@@ -324,6 +324,6 @@ pub(super) fn parse(view: &Value) -> Result<View, ViewError> {
         columns,
         roots: None,
     };
-    view.roots = view.root_elements();
+    view.roots = view.root_elements().map(super::pruned::Roots::new);
     Ok(view)
 }

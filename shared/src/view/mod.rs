@@ -11,6 +11,7 @@
 mod definition;
 pub mod output;
 pub mod parquet;
+mod pruned;
 
 use std::collections::HashMap;
 
@@ -30,7 +31,7 @@ pub struct View {
     where_paths: Vec<Path>,
     columns: Vec<ColumnDef>,
     /// `root_elements`, worked out once.
-    roots: Option<std::collections::BTreeSet<String>>,
+    roots: Option<pruned::Roots>,
 }
 
 /// One row: a value per column, in the view's column order.
@@ -76,31 +77,10 @@ impl View {
     /// the view reads (`root_elements`, with their choice-type and `_`
     /// siblings) when it can tell, which skips most of a large resource.
     pub fn read_resource(&self, body: &str) -> Result<Value, serde_json::Error> {
-        let Some(names) = &self.roots else {
-            return serde_json::from_str(body);
-        };
-        let wanted = |key: &str| {
-            let key = key.strip_prefix('_').unwrap_or(key);
-            key == "resourceType"
-                || names.contains(key)
-                || names.iter().any(|n| {
-                    key.len() > n.len()
-                        && key.starts_with(n.as_str())
-                        && key[n.len()..].starts_with(|c: char| c.is_ascii_uppercase())
-                })
-        };
-        // Keys are borrowed; one with an escape (never in FHIR) falls back.
-        type Raw<'b> = std::collections::BTreeMap<&'b str, &'b serde_json::value::RawValue>;
-        let Ok(raw) = serde_json::from_str::<Raw>(body) else {
-            return serde_json::from_str(body);
-        };
-        let mut map = serde_json::Map::new();
-        for (k, v) in raw {
-            if wanted(k) {
-                map.insert(k.to_string(), serde_json::from_str(v.get())?);
-            }
+        match &self.roots {
+            Some(roots) => roots.read(body),
+            None => serde_json::from_str(body),
         }
-        Ok(Value::Object(map))
     }
 
     /// The rows of one resource (none if it is of another type or fails
@@ -138,11 +118,31 @@ struct Run<'a> {
     constants: &'a HashMap<String, Vec<Item<'static>>>,
 }
 
-fn product(left: Vec<Row>, right: Vec<Row>) -> Vec<Row> {
+/// Every left row followed by every right row: the rows of a select with
+/// those of its nested selects. One side is usually a single row, which
+/// needs no copy of the other.
+fn product(mut left: Vec<Row>, mut right: Vec<Row>) -> Vec<Row> {
+    if left.len() == 1 {
+        let l = left.pop().unwrap_or_default();
+        if !l.is_empty() {
+            for r in &mut right {
+                r.splice(0..0, l.iter().cloned());
+            }
+        }
+        return right;
+    }
+    if right.len() == 1 {
+        let r = right.pop().unwrap_or_default();
+        for l in &mut left {
+            l.extend(r.iter().cloned());
+        }
+        return left;
+    }
     let mut out = Vec::with_capacity(left.len() * right.len());
     for l in &left {
         for r in &right {
-            let mut row = l.clone();
+            let mut row = Vec::with_capacity(l.len() + r.len());
+            row.extend(l.iter().cloned());
             row.extend(r.iter().cloned());
             out.push(row);
         }

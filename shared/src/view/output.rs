@@ -1,6 +1,11 @@
 //! A view's rows as JSON, NDJSON or CSV (RFC 4180, UTF-8).
 
-use serde_json::{Map, Value};
+use std::io::Write;
+
+use serde::ser::{Serialize, SerializeMap};
+use serde_json::Value;
+
+use crate::domain::csv::write_field;
 
 use super::{ColumnDef, Row};
 
@@ -38,12 +43,47 @@ impl Format {
 /// One row as a line of a table file (no line break): an RFC 4180 record
 /// for CSV, a JSON object for NDJSON.
 pub fn row_line(columns: &[ColumnDef], row: &Row, csv: bool) -> Vec<u8> {
-    if csv {
-        let cells: Vec<String> = row.iter().map(cell).collect();
-        let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
-        crate::domain::csv::csv_line(&cells)
-    } else {
-        object(columns, row).to_string().into_bytes()
+    let mut out = Vec::new();
+    write_row(columns, row, csv, &mut out);
+    out
+}
+
+/// [`row_line`] appended to `out`, which an exporter reuses from row to
+/// row: no allocation per row or cell.
+pub fn write_row(columns: &[ColumnDef], row: &Row, csv: bool, out: &mut Vec<u8>) {
+    if !csv {
+        // A Vec<u8> takes any write.
+        let _ = serde_json::to_writer(&mut *out, &RowObject(columns, row));
+        return;
+    }
+    for (i, v) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match v {
+            Value::Null => {}
+            Value::String(s) => write_field(s, out),
+            // Neither needs quoting.
+            Value::Number(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            other => write_field(&other.to_string(), out),
+        }
+    }
+}
+
+/// A row as a JSON object, its columns in order, serialised without
+/// copying its values.
+struct RowObject<'r>(&'r [ColumnDef], &'r Row);
+
+impl Serialize for RowObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.1.len()))?;
+        for (c, v) in self.0.iter().zip(self.1) {
+            map.serialize_entry(&c.name, v)?;
+        }
+        map.end()
     }
 }
 
@@ -53,54 +93,31 @@ pub fn header_line(columns: &[ColumnDef]) -> Vec<u8> {
     crate::domain::csv::csv_line(&names)
 }
 
-fn object(columns: &[ColumnDef], row: &Row) -> Value {
-    let map: Map<String, Value> = columns
-        .iter()
-        .zip(row)
-        .map(|(c, v)| (c.name.clone(), v.clone()))
-        .collect();
-    Value::Object(map)
-}
-
-/// A CSV cell: text as is, numbers and booleans as written, null empty, and
-/// a collection (or an object) as its JSON.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        other => other.to_string(),
-    }
-}
-
 pub fn render(columns: &[ColumnDef], rows: &[Row], format: Format) -> Vec<u8> {
+    let mut out = Vec::new();
     match format {
         Format::Json => {
-            let all: Vec<Value> = rows.iter().map(|r| object(columns, r)).collect();
-            serde_json::to_vec(&all).unwrap_or_default()
+            let all: Vec<RowObject> = rows.iter().map(|r| RowObject(columns, r)).collect();
+            let _ = serde_json::to_writer(&mut out, &all);
         }
         Format::Ndjson => {
-            let mut out = Vec::new();
             for r in rows {
-                out.extend_from_slice(object(columns, r).to_string().as_bytes());
+                write_row(columns, r, false, &mut out);
                 out.push(b'\n');
             }
-            out
         }
         Format::Csv { header } => {
-            let mut w = csv::WriterBuilder::new()
-                .terminator(csv::Terminator::CRLF)
-                .from_writer(Vec::new());
             if header {
-                let _ = w.write_record(columns.iter().map(|c| c.name.as_str()));
+                out.extend_from_slice(&header_line(columns));
+                out.extend_from_slice(b"\r\n");
             }
             for r in rows {
-                let _ = w.write_record(r.iter().map(cell));
+                write_row(columns, r, true, &mut out);
+                out.extend_from_slice(b"\r\n");
             }
-            w.into_inner().unwrap_or_default()
         }
     }
+    out
 }
 
 #[cfg(test)]
