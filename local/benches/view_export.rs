@@ -3,7 +3,9 @@
 //! `cargo bench -p bulk-export-local --bench view_export -- --resources 1000000`
 //! (`--dir PATH` keeps the loaded store and reuses it; `--runs N`, default 3;
 //! `--workers N`, default 4 like the local server; `--formats csv` or
-//! `--formats parquet` measures one format, default both.)
+//! `--formats parquet` measures one format, default both; `--gzip-files
+//! false` makes no gzip twins, which the default config makes; `--floor
+//! false` skips the floor, for profiling the export alone.)
 //!
 //! 1. Loads N synthetic resources (unless `--dir` holds a store already).
 //! 2. Exports the three sample views (`local/sample-views`: patients,
@@ -107,6 +109,10 @@ async fn run(n: usize, workers: usize) {
                 bytes as f64 / 1e6,
                 rows as f64 / secs
             );
+            exports.push((secs, rows));
+            if arg_text("--floor").as_deref() == Some("false") {
+                continue;
+            }
             let (fsecs, fcpu, frows, fbytes) = floor_once(dir, &views, format).await;
             assert_eq!(frows, rows, "the floor makes the same rows");
             println!(
@@ -114,13 +120,15 @@ async fn run(n: usize, workers: usize) {
                 fbytes as f64 / 1e6,
                 frows as f64 / fsecs
             );
-            exports.push((secs, rows));
             floors.push(fsecs);
         }
         let median = |mut v: Vec<f64>| {
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());
             v[v.len() / 2]
         };
+        if floors.is_empty() {
+            continue;
+        }
         let rows = exports[0].1 as f64;
         let (e, f) = (
             median(exports.iter().map(|e| e.0).collect()),

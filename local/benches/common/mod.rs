@@ -102,8 +102,12 @@ pub fn open_stack() -> Stack {
         queue: Arc::new(queue.clone()),
         clock,
     };
+    let mut config = EngineConfig::new("http://127.0.0.1:1/fhir");
+    if let Some(gzip) = arg_text("--gzip-files") {
+        config.gzip_files = gzip.parse().expect("--gzip-files true|false");
+    }
     Stack {
-        engine: Engine::new(ports, EngineConfig::new("http://127.0.0.1:1/fhir")),
+        engine: Engine::new(ports, config),
         dir,
         store,
         queue,

@@ -54,7 +54,7 @@ impl<'a> Item<'a> {
         if let Some(t) = &self.type_name {
             return Some(t);
         }
-        self.value.get("resourceType").and_then(Value::as_str)
+        field(&self.value, "resourceType").and_then(Value::as_str)
     }
 }
 
@@ -112,11 +112,8 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
                 .cloned()
                 .ok_or_else(|| EvalError(format!("unknown variable %{other}")))?,
         },
-        Expr::Name(name) => focus.iter().flat_map(|i| member(i, name)).collect(),
-        Expr::Member(target, name) => evaluate(target, focus, env)?
-            .iter()
-            .flat_map(|i| member(i, name))
-            .collect(),
+        Expr::Name(name) => members(focus, name),
+        Expr::Member(target, name) => members(&evaluate(target, focus, env)?, name),
         Expr::Index(target, index) => {
             let items = evaluate(target, focus, env)?;
             let index = evaluate(index, focus, env)?;
@@ -154,6 +151,26 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
     })
 }
 
+/// An object's element by name. FHIR objects are small, and comparing
+/// their few keys is several times faster than hashing the name
+/// (`serde_json`'s ordered map hashes with SipHash); large ones hash.
+pub fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    let obj = value.as_object()?;
+    if obj.len() > 16 {
+        return obj.get(name);
+    }
+    obj.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+}
+
+/// The children of each item by name; a single item's without a copy
+/// (most steps of most paths have one).
+fn members<'a>(items: &[Item<'a>], name: &str) -> Vec<Item<'a>> {
+    match items {
+        [one] => member(one, name),
+        _ => items.iter().flat_map(|i| member(i, name)).collect(),
+    }
+}
+
 /// A child of `item` by name: an element (arrays flattened), a choice
 /// element by its base name, or, on a resource, its own type name (a path
 /// may start with it; `Resource` and `DomainResource` fit any resource).
@@ -165,12 +182,12 @@ fn member<'a>(item: &Item<'a>, name: &str) -> Vec<Item<'a>> {
         return Vec::new();
     };
     if name.starts_with(|c: char| c.is_ascii_uppercase()) {
-        if let Some(t) = obj.get("resourceType").and_then(Value::as_str) {
+        if let Some(t) = field(value, "resourceType").and_then(Value::as_str) {
             let fits = t == name || name == "Resource" || name == "DomainResource";
             return if fits { vec![item.clone()] } else { Vec::new() };
         }
     }
-    if let Some(v) = obj.get(name) {
+    if let Some(v) = field(value, name) {
         return flatten(v, None);
     }
     // valueQuantity, valueString...: a choice element, typed by its suffix.
@@ -219,7 +236,7 @@ pub fn is_type(item: &Item, wanted: &str) -> bool {
         return true;
     }
     // Resources are Resources (and DomainResources but for Bundle, Binary, Parameters).
-    if item.value.get("resourceType").is_some() {
+    if field(&item.value, "resourceType").is_some() {
         return wanted == "Resource"
             || (wanted == "DomainResource" && !matches!(t, "Bundle" | "Binary" | "Parameters"));
     }

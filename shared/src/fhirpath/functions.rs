@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::eval::{as_bool, bool_item, equal, evaluate, is_type, Env, EvalError, Item};
+use super::eval::{as_bool, bool_item, equal, evaluate, field, is_type, Env, EvalError, Item};
 use super::parse::Expr;
 
 type Out<'a> = Result<Vec<Item<'a>>, EvalError>;
@@ -276,10 +276,12 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
                 let Cow::Borrowed(v) = item.value else {
                     continue;
                 };
-                if let Some(exts) = v.get("extension").and_then(Value::as_array) {
+                if let Some(exts) = field(v, "extension").and_then(Value::as_array) {
                     out.extend(
                         exts.iter()
-                            .filter(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))
+                            .filter(|e| {
+                                field(e, "url").and_then(Value::as_str) == Some(url.as_str())
+                            })
                             .map(|e| Item {
                                 value: Cow::Borrowed(e),
                                 type_name: Some(Cow::Borrowed("Extension")),
@@ -346,7 +348,7 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
         // (if it points at the given type).
         "getResourceKey" => input
             .iter()
-            .filter_map(|i| i.value.get("id").cloned())
+            .filter_map(|i| field(&i.value, "id").cloned())
             .map(|id| Item {
                 value: Cow::Owned(id),
                 type_name: Some(Cow::Borrowed("String")),
@@ -380,7 +382,7 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
 /// The type and id a Reference names: `Type/id` (also at the end of an
 /// absolute URL, or before `/_history/n`), or `type` with an id.
 pub fn reference_parts(reference: &Value) -> Option<(String, String)> {
-    let text = reference.get("reference").and_then(Value::as_str)?;
+    let text = field(reference, "reference").and_then(Value::as_str)?;
     let text = text.split("/_history/").next().unwrap_or(text);
     let mut segments = text.rsplit('/');
     let id = segments.next()?;
@@ -389,7 +391,7 @@ pub fn reference_parts(reference: &Value) -> Option<(String, String)> {
             Some((t.to_string(), id.to_string()))
         }
         _ => {
-            let t = reference.get("type").and_then(Value::as_str)?;
+            let t = field(reference, "type").and_then(Value::as_str)?;
             Some((t.to_string(), id.to_string()))
         }
     }

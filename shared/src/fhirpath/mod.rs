@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-pub use eval::{as_bool, EvalError, Item};
+pub use eval::{as_bool, field, EvalError, Item};
 pub use functions::reference_parts;
 pub use parse::{parse, Expr, ParseError};
 

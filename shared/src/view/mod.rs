@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::fhirpath::{EvalError, Item, Path};
+use crate::fhirpath::{field, EvalError, Item, Path};
 use definition::{Column, Focus, Select};
 pub use definition::{ColumnDef, ViewError};
 
@@ -86,7 +86,7 @@ impl View {
     /// The rows of one resource (none if it is of another type or fails
     /// the view's `where`).
     pub fn rows(&self, resource: &Value) -> Result<Vec<Row>, ViewError> {
-        if resource.get("resourceType").and_then(Value::as_str) != Some(&self.resource_type) {
+        if field(resource, "resourceType").and_then(Value::as_str) != Some(&self.resource_type) {
             return Ok(Vec::new());
         }
         let run = Run {
