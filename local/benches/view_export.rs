@@ -25,7 +25,7 @@ use bulk_export::embedded::SqliteQueue;
 use bulk_export::engine::{Caller, Engine, ViewExportInput, ViewRef};
 use bulk_export::ports::{ResourceStore, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
-use bulk_export::view::output::{header_line, write_row};
+use bulk_export::view::output::{header_line, write_row, Line};
 use bulk_export::view::parquet::ParquetTable;
 use bulk_export::view::View;
 use bulk_export_local::workers::work_loop;
@@ -249,7 +249,7 @@ async fn floor_once(dir: &std::path::Path, views: &[Value], format: &str) -> (f6
                         }
                         None => {
                             line.clear();
-                            write_row(view.columns(), &r, true, &mut line);
+                            write_row(view.columns(), &r, Line::Csv, &mut line);
                             line.extend_from_slice(b"\r\n");
                             w.write_all(&line).unwrap();
                         }

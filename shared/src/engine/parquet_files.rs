@@ -1,5 +1,5 @@
 //! Parquet view files. A view export in Parquet writes each file's rows as
-//! NDJSON first, through the sink (checkpointed and resumed like any file);
+//! NDJSON first (a JSON array of the values per row), through the sink (checkpointed and resumed like any file);
 //! once that file is complete it is read back in ranges and converted into
 //! `<name>.parquet`, row group by row group, through a multipart upload of
 //! its own, the way gzip twins are made. Only the Parquet file is listed;
@@ -22,6 +22,28 @@ const ROWS_PER_GROUP: usize = 10_000;
 /// The Parquet file's name for the NDJSON file `name`.
 pub(crate) fn parquet_name(name: &str) -> String {
     format!("{}.parquet", name.strip_suffix(".ndjson").unwrap_or(name))
+}
+
+/// A staged row: a JSON array of the values in column order, or, as files
+/// staged before arrays were, an object keyed by column name.
+fn staged_row(line: &[u8], columns: &[ColumnDef]) -> PortResult<Vec<Value>> {
+    let corrupt = |e: serde_json::Error| PortError::corrupt("a view file line is not a row", e);
+    if line.first() == Some(&b'[') {
+        let row: Vec<Value> = serde_json::from_slice(line).map_err(corrupt)?;
+        if row.len() != columns.len() {
+            return Err(PortError::corrupt(
+                "a view file line is not a row",
+                format!("{} values for {} columns", row.len(), columns.len()),
+            ));
+        }
+        return Ok(row);
+    }
+    let mut object: serde_json::Map<String, Value> =
+        serde_json::from_slice(line).map_err(corrupt)?;
+    Ok(columns
+        .iter()
+        .map(|c| object.remove(&c.name).unwrap_or(Value::Null))
+        .collect())
 }
 
 /// Converts the finished NDJSON object `key` (one JSON object per row) into
@@ -71,12 +93,7 @@ async fn convert(
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
         {
-            let object: serde_json::Map<String, Value> = serde_json::from_slice(line)
-                .map_err(|e| PortError::corrupt("a view file line is not a JSON object", e))?;
-            let row = columns
-                .iter()
-                .map(|c| object.get(&c.name).cloned().unwrap_or(Value::Null))
-                .collect();
+            let row = staged_row(line, columns)?;
             table.push(row).map_err(failed)?;
         }
         carry.drain(..complete);
@@ -98,4 +115,31 @@ async fn convert(
     pending.extend(table.finish().map_err(failed)?);
     upload(artifacts, target, upload_id, &mut chunks, pending).await?;
     Ok(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::staged_row;
+    use crate::view::ColumnDef;
+
+    #[test]
+    fn staged_rows_are_arrays_or_the_older_objects() {
+        let columns: Vec<ColumnDef> = ["id", "n"]
+            .iter()
+            .map(|n| ColumnDef {
+                name: n.to_string(),
+                type_name: None,
+                collection: false,
+            })
+            .collect();
+        let row = |line: &str| staged_row(line.as_bytes(), &columns);
+        assert_eq!(row(r#"["a",1]"#).unwrap(), [json!("a"), json!(1)]);
+        assert_eq!(row(r#"{"n":1,"id":"a"}"#).unwrap(), [json!("a"), json!(1)]);
+        assert_eq!(row(r#"{"id":"a"}"#).unwrap(), [json!("a"), json!(null)]);
+        assert!(row(r#"["a"]"#).is_err());
+        assert!(row(r#"["a",1"#).is_err());
+        assert!(row("42").is_err());
+    }
 }

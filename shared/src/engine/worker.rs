@@ -25,9 +25,10 @@ use crate::domain::outcome::operation_outcome;
 use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
 use crate::domain::usage;
+use crate::domain::view_export::TableFormat;
 use crate::ports::{PortError, PortResult, ShardScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
-use crate::view::output::write_row;
+use crate::view::output::{write_row, Line};
 
 mod provenance;
 mod revisions;
@@ -524,7 +525,7 @@ struct PartReader<'a> {
     people: HashMap<String, std::sync::Arc<revisions::Person>>,
     /// `$viewdefinition-export`: the views, by name, parsed once.
     views: Vec<(String, crate::view::View)>,
-    csv_rows: bool,
+    row_lines: Line,
 }
 
 impl<'a> PartReader<'a> {
@@ -554,11 +555,11 @@ impl<'a> PartReader<'a> {
                     ))
                 })
                 .collect(),
-            csv_rows: job
-                .request
-                .views
-                .as_ref()
-                .is_some_and(|e| e.format == crate::domain::view_export::TableFormat::Csv),
+            row_lines: match job.request.views.as_ref().map(|e| e.format) {
+                Some(TableFormat::Csv) => Line::Csv,
+                Some(TableFormat::Parquet) => Line::Array,
+                _ => Line::Object,
+            },
         }
     }
 
@@ -904,8 +905,8 @@ impl<'a> PartReader<'a> {
             let mut line = Vec::new();
             for row in &rows {
                 line.clear();
-                write_row(view.columns(), row, self.csv_rows, &mut line);
-                if self.csv_rows {
+                write_row(view.columns(), row, self.row_lines, &mut line);
+                if self.row_lines == Line::Csv {
                     // RFC 4180 lines end in CRLF; the sink adds the LF.
                     line.push(b'\r');
                 }

@@ -40,21 +40,32 @@ impl Format {
     }
 }
 
-/// One row as a line of a table file (no line break): an RFC 4180 record
-/// for CSV, a JSON object for NDJSON.
-pub fn row_line(columns: &[ColumnDef], row: &Row, csv: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_row(columns, row, csv, &mut out);
-    out
+/// How a row is written as a line of a table file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// An RFC 4180 record.
+    Csv,
+    /// A JSON object keyed by column name (NDJSON).
+    Object,
+    /// A JSON array of the values in column order: how Parquet rows are
+    /// staged, read back with no key to hash or look up.
+    Array,
 }
 
-/// [`row_line`] appended to `out`, which an exporter reuses from row to
-/// row: no allocation per row or cell.
-pub fn write_row(columns: &[ColumnDef], row: &Row, csv: bool, out: &mut Vec<u8>) {
-    if !csv {
-        // A Vec<u8> takes any write.
-        let _ = serde_json::to_writer(&mut *out, &RowObject(columns, row));
-        return;
+/// One row as a line of a table file (no line break), appended to `out`,
+/// which an exporter reuses from row to row: no allocation per row or cell.
+pub fn write_row(columns: &[ColumnDef], row: &Row, line: Line, out: &mut Vec<u8>) {
+    // A Vec<u8> takes any write.
+    match line {
+        Line::Object => {
+            let _ = serde_json::to_writer(&mut *out, &RowObject(columns, row));
+            return;
+        }
+        Line::Array => {
+            let _ = serde_json::to_writer(&mut *out, row);
+            return;
+        }
+        Line::Csv => {}
     }
     for (i, v) in row.iter().enumerate() {
         if i > 0 {
@@ -102,7 +113,7 @@ pub fn render(columns: &[ColumnDef], rows: &[Row], format: Format) -> Vec<u8> {
         }
         Format::Ndjson => {
             for r in rows {
-                write_row(columns, r, false, &mut out);
+                write_row(columns, r, Line::Object, &mut out);
                 out.push(b'\n');
             }
         }
@@ -112,7 +123,7 @@ pub fn render(columns: &[ColumnDef], rows: &[Row], format: Format) -> Vec<u8> {
                 out.extend_from_slice(b"\r\n");
             }
             for r in rows {
-                write_row(columns, r, true, &mut out);
+                write_row(columns, r, Line::Csv, &mut out);
                 out.extend_from_slice(b"\r\n");
             }
         }
