@@ -99,9 +99,10 @@ async fn run(n: usize, workers: usize) {
     let rss_before = status_kb("VmRSS:");
     // The first export after opening the store runs on cold caches (SQLite's
     // and the kernel's); it is not one of the measured runs.
-    let (secs, ..) = export_once(engine, &queue, workers, files, &views, "csv").await;
-    println!("warm-up    one CSV export, not counted ({secs:.2} s)");
     let formats = arg_text("--formats").unwrap_or_else(|| "csv,parquet".into());
+    let first = formats.split(',').next().unwrap_or("csv");
+    let (secs, ..) = export_once(engine, &queue, workers, files, &views, first).await;
+    println!("warm-up    one {first} export, not counted ({secs:.2} s)");
     for format in formats.split(',') {
         let (mut exports, mut floors) = (Vec::new(), Vec::new());
         for run in 1..=runs {

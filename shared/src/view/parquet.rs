@@ -124,13 +124,18 @@ impl ParquetTable {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.pending);
+        let mut rows = std::mem::take(&mut self.pending);
+        let row_count = rows.len();
         let mut group = self.writer.next_row_group()?;
         let mut index = 0;
         while let Some(mut column) = group.next_column()? {
             let kind = self.kinds[index];
-            let cells = rows.iter().map(|r| r.get(index).unwrap_or(&Value::Null));
-            let mut levels = Vec::with_capacity(rows.len());
+            // Each value is taken out of its row, written once: text moves
+            // into the column as is, not copied.
+            let cells = rows
+                .iter_mut()
+                .map(|r| r.get_mut(index).map(std::mem::take).unwrap_or(Value::Null));
+            let mut levels = Vec::with_capacity(row_count);
             use parquet::column::writer::ColumnWriter as W;
             match (column.untyped(), kind) {
                 (W::ByteArrayColumnWriter(w), _) => {
@@ -178,10 +183,10 @@ fn present<T>(levels: &mut Vec<i16>, value: Option<T>) -> Option<T> {
     value
 }
 
-fn text(v: &Value) -> Option<String> {
+fn text(v: Value) -> Option<String> {
     match v {
         Value::Null => None,
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s),
         other => Some(other.to_string()),
     }
 }
