@@ -52,6 +52,7 @@ fn dir_bytes(path: &std::path::Path, gz: bool) -> u64 {
 }
 
 fn main() {
+    bulk_export_local::bound_malloc_arenas();
     let resources = arg("--resources", 100_000);
     let workers = arg("--workers", 4);
     let rt = tokio::runtime::Builder::new_multi_thread()

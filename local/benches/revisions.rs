@@ -30,6 +30,7 @@ mod common;
 use common::{arg, cpu_secs, open_stack, reset_peak_rss, status_kb, wait_completed};
 
 fn main() {
+    bulk_export_local::bound_malloc_arenas();
     let revisions = arg("--revisions", 100_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -42,6 +42,7 @@ const VIEWS: [&str; 3] = [
 ];
 
 fn main() {
+    bulk_export_local::bound_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -138,6 +138,7 @@ enum Command {
 }
 
 fn main() {
+    bulk_export_local::bound_malloc_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
