@@ -58,9 +58,51 @@ impl Write for Output {
 pub struct ParquetTable {
     writer: SerializedFileWriter<Output>,
     output: Output,
-    kinds: Vec<Kind>,
-    pending: Vec<Row>,
+    /// The current group's values, column by column, typed as they arrive:
+    /// a group costs its values' bytes, not a row of JSON values each.
+    columns: Vec<ColumnValues>,
+    rows: usize,
     rows_per_group: usize,
+}
+
+/// One column's values in the current group, and its definition levels
+/// (1 present, 0 null).
+struct ColumnValues {
+    values: Values,
+    levels: Vec<i16>,
+}
+
+enum Values {
+    Text(Vec<ByteArray>),
+    Int(Vec<i64>),
+    Double(Vec<f64>),
+    Bool(Vec<bool>),
+}
+
+impl ColumnValues {
+    fn new(kind: Kind) -> Self {
+        let values = match kind {
+            Kind::Text => Values::Text(Vec::new()),
+            Kind::Int => Values::Int(Vec::new()),
+            Kind::Double => Values::Double(Vec::new()),
+            Kind::Bool => Values::Bool(Vec::new()),
+        };
+        ColumnValues {
+            values,
+            levels: Vec::new(),
+        }
+    }
+
+    /// Adds a row's value: null when absent or not of the column's type.
+    fn push(&mut self, v: Value) {
+        let present = match &mut self.values {
+            Values::Text(out) => text(v).map(|s| out.push(ByteArray::from(s.into_bytes()))),
+            Values::Int(out) => v.as_i64().map(|n| out.push(n)),
+            Values::Double(out) => v.as_f64().map(|n| out.push(n)),
+            Values::Bool(out) => v.as_bool().map(|b| out.push(b)),
+        };
+        self.levels.push(i16::from(present.is_some()));
+    }
 }
 
 impl ParquetTable {
@@ -92,15 +134,19 @@ impl ParquetTable {
         Ok(ParquetTable {
             writer,
             output,
-            kinds: columns.iter().map(kind).collect(),
-            pending: Vec::with_capacity(rows_per_group),
+            columns: columns.iter().map(|c| ColumnValues::new(kind(c))).collect(),
+            rows: 0,
             rows_per_group: rows_per_group.max(1),
         })
     }
 
     pub fn push(&mut self, row: Row) -> Result<(), ParquetError> {
-        self.pending.push(row);
-        if self.pending.len() >= self.rows_per_group {
+        let mut row = row.into_iter();
+        for column in &mut self.columns {
+            column.push(row.next().unwrap_or(Value::Null));
+        }
+        self.rows += 1;
+        if self.rows >= self.rows_per_group {
             self.write_group()?;
         }
         Ok(())
@@ -121,66 +167,47 @@ impl ParquetTable {
     }
 
     fn write_group(&mut self) -> Result<(), ParquetError> {
-        if self.pending.is_empty() {
+        if self.rows == 0 {
             return Ok(());
         }
-        let mut rows = std::mem::take(&mut self.pending);
-        let row_count = rows.len();
+        self.rows = 0;
         let mut group = self.writer.next_row_group()?;
-        let mut index = 0;
-        while let Some(mut column) = group.next_column()? {
-            let kind = self.kinds[index];
-            // Each value is taken out of its row, written once: text moves
-            // into the column as is, not copied.
-            let cells = rows
-                .iter_mut()
-                .map(|r| r.get_mut(index).map(std::mem::take).unwrap_or(Value::Null));
-            let mut levels = Vec::with_capacity(row_count);
+        let mut columns = self.columns.iter_mut();
+        while let Some(mut writer) = group.next_column()? {
+            let Some(column) = columns.next() else {
+                return Err(ParquetError::General("more columns than the view's".into()));
+            };
+            let levels = Some(column.levels.as_slice());
             use parquet::column::writer::ColumnWriter as W;
-            match (column.untyped(), kind) {
-                (W::ByteArrayColumnWriter(w), _) => {
-                    let values: Vec<ByteArray> = cells
-                        .filter_map(|v| present(&mut levels, text(v)))
-                        .map(|s| ByteArray::from(s.into_bytes()))
-                        .collect();
-                    w.write_batch(&values, Some(&levels), None)?;
+            match (writer.untyped(), &mut column.values) {
+                (W::ByteArrayColumnWriter(w), Values::Text(v)) => {
+                    w.write_batch(v, levels, None)?;
+                    v.clear();
                 }
-                (W::Int64ColumnWriter(w), _) => {
-                    let values: Vec<i64> = cells
-                        .filter_map(|v| present(&mut levels, v.as_i64()))
-                        .collect();
-                    w.write_batch(&values, Some(&levels), None)?;
+                (W::Int64ColumnWriter(w), Values::Int(v)) => {
+                    w.write_batch(v, levels, None)?;
+                    v.clear();
                 }
-                (W::DoubleColumnWriter(w), _) => {
-                    let values: Vec<f64> = cells
-                        .filter_map(|v| present(&mut levels, v.as_f64()))
-                        .collect();
-                    w.write_batch(&values, Some(&levels), None)?;
+                (W::DoubleColumnWriter(w), Values::Double(v)) => {
+                    w.write_batch(v, levels, None)?;
+                    v.clear();
                 }
-                (W::BoolColumnWriter(w), _) => {
-                    let values: Vec<bool> = cells
-                        .filter_map(|v| present(&mut levels, v.as_bool()))
-                        .collect();
-                    w.write_batch(&values, Some(&levels), None)?;
+                (W::BoolColumnWriter(w), Values::Bool(v)) => {
+                    w.write_batch(v, levels, None)?;
+                    v.clear();
                 }
-                (_, k) => {
-                    return Err(ParquetError::General(format!(
-                        "no writer for a {k:?} column"
-                    )))
+                _ => {
+                    return Err(ParquetError::General(
+                        "a column's writer does not fit its type".into(),
+                    ))
                 }
             }
-            column.close()?;
-            index += 1;
+            column.levels.clear();
+            writer.close()?;
         }
         group.close()?;
         Ok(())
     }
-}
-
-/// Records a definition level (1 present, 0 null) and passes the value on.
-fn present<T>(levels: &mut Vec<i16>, value: Option<T>) -> Option<T> {
-    levels.push(i16::from(value.is_some()));
-    value
 }
 
 fn text(v: Value) -> Option<String> {
