@@ -10,20 +10,41 @@ use serde_json::{Map, Value};
 /// The top-level elements a view reads, each also wanted as a choice
 /// element (`value` → `valueQuantity`) and with its `_` sibling.
 #[derive(Debug)]
-pub(super) struct Roots(Vec<String>);
+pub(super) struct Roots {
+    names: Vec<String>,
+    /// The first bytes of the names and of `resourceType`: most of a
+    /// resource's keys are turned away on their first byte.
+    first_bytes: [bool; 256],
+}
 
 impl Roots {
     pub(super) fn new(names: impl IntoIterator<Item = String>) -> Self {
-        Roots(names.into_iter().collect())
+        let names: Vec<String> = names.into_iter().collect();
+        let mut first_bytes = [false; 256];
+        for n in names.iter().map(String::as_str).chain(["resourceType"]) {
+            if let Some(b) = n.bytes().next() {
+                first_bytes[usize::from(b)] = true;
+            }
+        }
+        Roots { names, first_bytes }
     }
 
     fn wants(&self, key: &str) -> bool {
         let key = key.strip_prefix('_').unwrap_or(key);
+        match key.bytes().next() {
+            Some(b) if self.first_bytes[usize::from(b)] => {}
+            _ => return false,
+        }
         key == "resourceType"
-            || self.0.iter().any(|n| match key.strip_prefix(n.as_str()) {
-                Some(rest) => rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_uppercase()),
-                None => false,
-            })
+            || self
+                .names
+                .iter()
+                .any(|n| match key.strip_prefix(n.as_str()) {
+                    Some(rest) => {
+                        rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_uppercase())
+                    }
+                    None => false,
+                })
     }
 
     /// The resource with only the wanted elements.
