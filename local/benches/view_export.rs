@@ -102,6 +102,7 @@ async fn run(n: usize, workers: usize) {
     // and the kernel's); it is not one of the measured runs.
     let formats = arg_text("--formats").unwrap_or_else(|| "csv,parquet".into());
     let first = formats.split(',').next().unwrap_or("csv");
+    let with_floor = arg_text("--floor").as_deref() != Some("false");
     let (secs, ..) = export_once(engine, &queue, workers, files, &views, first).await;
     println!("warm-up    one {first} export, not counted ({secs:.2} s)");
     for format in formats.split(',') {
@@ -115,7 +116,7 @@ async fn run(n: usize, workers: usize) {
                 rows as f64 / secs
             );
             exports.push((secs, rows));
-            if arg_text("--floor").as_deref() == Some("false") {
+            if !with_floor {
                 continue;
             }
             let (fsecs, fcpu, frows, fbytes) = floor_once(dir, &views, format).await;

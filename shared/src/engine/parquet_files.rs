@@ -1,6 +1,6 @@
 //! Parquet view files. A view export in Parquet writes each file's rows as
-//! NDJSON first (a JSON array of the values per row), through the sink (checkpointed and resumed like any file);
-//! once that file is complete it is read back in ranges and converted into
+//! NDJSON first (a JSON array of the values per row), through the sink
+//! (checkpointed and resumed like any file); once that file is complete it is read back in ranges and converted into
 //! `<name>.parquet`, row group by row group, through a multipart upload of
 //! its own, the way gzip twins are made. Only the Parquet file is listed;
 //! the NDJSON is removed with the job's other leftovers. Converting again
@@ -29,14 +29,14 @@ pub(crate) fn parquet_name(name: &str) -> String {
 /// A staged row: a JSON array of the values in column order, or, as files
 /// staged before arrays were, an object keyed by column name.
 fn staged_row(line: &[u8], columns: &[ColumnDef]) -> PortResult<Vec<Value>> {
-    let corrupt = |e: serde_json::Error| PortError::corrupt("a view file line is not a row", e);
+    fn corrupt(cause: impl std::fmt::Display) -> PortError {
+        PortError::corrupt("a view file line is not a row", cause)
+    }
     if line.first() == Some(&b'[') {
         let row: Vec<Value> = serde_json::from_slice(line).map_err(corrupt)?;
         if row.len() != columns.len() {
-            return Err(PortError::corrupt(
-                "a view file line is not a row",
-                format!("{} values for {} columns", row.len(), columns.len()),
-            ));
+            let counts = format!("{} values for {} columns", row.len(), columns.len());
+            return Err(corrupt(counts));
         }
         return Ok(row);
     }
@@ -48,7 +48,7 @@ fn staged_row(line: &[u8], columns: &[ColumnDef]) -> PortResult<Vec<Value>> {
         .collect())
 }
 
-/// Converts the finished NDJSON object `key` (one JSON object per row) into
+/// Converts the finished NDJSON object `key` (one staged row per line) into
 /// the Parquet object `target`.
 pub(crate) async fn write_parquet(
     artifacts: &dyn ArtifactStore,

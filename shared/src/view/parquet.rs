@@ -12,7 +12,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use parquet::basic::{Compression, ConvertedType, Repetition, Type as Physical};
-use parquet::data_type::ByteArray;
+use parquet::column::writer::ColumnWriterImpl;
+use parquet::data_type::{ByteArray, DataType};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
@@ -177,25 +178,13 @@ impl ParquetTable {
             let Some(column) = columns.next() else {
                 return Err(ParquetError::General("more columns than the view's".into()));
             };
-            let levels = Some(column.levels.as_slice());
+            let levels = column.levels.as_slice();
             use parquet::column::writer::ColumnWriter as W;
             match (writer.untyped(), &mut column.values) {
-                (W::ByteArrayColumnWriter(w), Values::Text(v)) => {
-                    w.write_batch(v, levels, None)?;
-                    v.clear();
-                }
-                (W::Int64ColumnWriter(w), Values::Int(v)) => {
-                    w.write_batch(v, levels, None)?;
-                    v.clear();
-                }
-                (W::DoubleColumnWriter(w), Values::Double(v)) => {
-                    w.write_batch(v, levels, None)?;
-                    v.clear();
-                }
-                (W::BoolColumnWriter(w), Values::Bool(v)) => {
-                    w.write_batch(v, levels, None)?;
-                    v.clear();
-                }
+                (W::ByteArrayColumnWriter(w), Values::Text(v)) => write_values(w, v, levels)?,
+                (W::Int64ColumnWriter(w), Values::Int(v)) => write_values(w, v, levels)?,
+                (W::DoubleColumnWriter(w), Values::Double(v)) => write_values(w, v, levels)?,
+                (W::BoolColumnWriter(w), Values::Bool(v)) => write_values(w, v, levels)?,
                 _ => {
                     return Err(ParquetError::General(
                         "a column's writer does not fit its type".into(),
@@ -208,6 +197,17 @@ impl ParquetTable {
         group.close()?;
         Ok(())
     }
+}
+
+/// Writes a column's values of the group and empties them for the next.
+fn write_values<T: DataType>(
+    writer: &mut ColumnWriterImpl<'_, T>,
+    values: &mut Vec<T::T>,
+    levels: &[i16],
+) -> Result<(), ParquetError> {
+    writer.write_batch(values, Some(levels), None)?;
+    values.clear();
+    Ok(())
 }
 
 fn text(v: Value) -> Option<String> {
