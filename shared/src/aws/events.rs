@@ -3,23 +3,24 @@
 //! body documented in `engine::notify` (the README lists its fields).
 
 use async_trait::async_trait;
-use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use serde_json::{json, Value};
 
-use super::backend;
+use super::json_api::{JsonClient, EVENTBRIDGE};
+use super::SdkConfig;
 use crate::ports::{EventPublisher, JobEvent, PortError, PortResult};
 
 pub const SOURCE: &str = "bulk-export";
 pub const DETAIL_TYPE: &str = "Bulk Export Job Finished";
 
 pub struct EventBridgePublisher {
-    client: aws_sdk_eventbridge::Client,
+    client: JsonClient,
     bus: String,
 }
 
 impl EventBridgePublisher {
-    pub fn new(client: aws_sdk_eventbridge::Client, bus: impl Into<String>) -> Self {
+    pub fn new(sdk: &SdkConfig, bus: impl Into<String>) -> Self {
         EventBridgePublisher {
-            client,
+            client: JsonClient::new(sdk, &EVENTBRIDGE),
             bus: bus.into(),
         }
     }
@@ -28,25 +29,24 @@ impl EventBridgePublisher {
 #[async_trait]
 impl EventPublisher for EventBridgePublisher {
     async fn publish(&self, event: &JobEvent) -> PortResult<()> {
-        let entry = PutEventsRequestEntry::builder()
-            .event_bus_name(&self.bus)
-            .source(SOURCE)
-            .detail_type(DETAIL_TYPE)
-            .resources(format!("bulk-export:job/{}", event.job.id))
-            .detail(event.detail.to_string())
-            .build();
+        let entry = json!({
+            "EventBusName": self.bus,
+            "Source": SOURCE,
+            "DetailType": DETAIL_TYPE,
+            "Resources": [format!("bulk-export:job/{}", event.job.id)],
+            "Detail": event.detail.to_string(),
+        });
         let out = self
             .client
-            .put_events()
-            .entries(entry)
-            .send()
-            .await
-            .map_err(backend)?;
-        if out.failed_entry_count() > 0 {
-            let why = out
-                .entries()
-                .iter()
-                .filter_map(|e| e.error_message())
+            .call("PutEvents", &json!({ "Entries": [entry] }))
+            .await?;
+        // A refused entry comes back in a 200 answer.
+        if out["FailedEntryCount"].as_u64().unwrap_or(0) > 0 {
+            let why = out["Entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.get("ErrorMessage").and_then(Value::as_str))
                 .collect::<Vec<_>>()
                 .join("; ");
             return Err(PortError::transient("the event bus refused the event", why));

@@ -11,6 +11,7 @@ mod dynamo;
 pub mod emf;
 pub mod events;
 mod jobs;
+pub mod json_api;
 mod metering;
 pub mod provision;
 mod queue;
@@ -107,13 +108,8 @@ impl AwsAdapters {
 
     /// Publishes completion events to the EventBridge bus `bus` too.
     pub fn with_event_bus(mut self, sdk: &SdkConfig, bus: &str) -> Self {
-        let client = aws_sdk_eventbridge::Client::from_conf(
-            aws_sdk_eventbridge::config::Builder::from(sdk)
-                .interceptor(metering::Metering)
-                .build(),
-        );
         self.events = Arc::new(AllPublishers(vec![
-            Arc::new(events::EventBridgePublisher::new(client, bus)),
+            Arc::new(events::EventBridgePublisher::new(sdk, bus)),
             self.events,
         ]));
         self
@@ -173,15 +169,12 @@ impl Clients<'_> {
 
 /// Reads an SSM SecureString parameter (the token signing key).
 pub async fn read_secure_parameter(sdk: &SdkConfig, name: &str) -> PortResult<String> {
-    let out = aws_sdk_ssm::Client::new(sdk)
-        .get_parameter()
-        .name(name)
-        .with_decryption(true)
-        .send()
-        .await
-        .map_err(backend)?;
-    out.parameter()
-        .and_then(|p| p.value())
+    let input = serde_json::json!({ "Name": name, "WithDecryption": true });
+    let out = json_api::JsonClient::new(sdk, &json_api::SSM)
+        .call("GetParameter", &input)
+        .await?;
+    out["Parameter"]["Value"]
+        .as_str()
         .map(str::to_string)
         .ok_or_else(|| {
             PortError::permanent(
@@ -278,28 +271,35 @@ where
             return matches!(self, SdkError::ConstructionFailure(_))
                 .then_some("the service built an invalid storage request");
         };
-        let status = s.raw().status().as_u16();
-        let code = s.err().code().unwrap_or_default();
-        if status >= 500 || status == 429 || THROTTLING.contains(&code) {
-            return None;
-        }
-        Some(match code {
-            c if c.starts_with("AccessDenied")
-                || c.contains("UnrecognizedClient")
-                || c.contains("InvalidClientTokenId")
-                || c.contains("ExpiredToken")
-                || c == "Forbidden" =>
-            {
-                "the service was denied access to its storage"
-            }
-            "ResourceNotFoundException"
-            | "NoSuchBucket"
-            | "QueueDoesNotExist"
-            | "AWS.SimpleQueueService.NonExistentQueue"
-            | "ParameterNotFound" => "the service's storage is missing a table, bucket or queue",
-            _ => "the service's storage rejected a request",
-        })
+        refusal(
+            s.raw().status().as_u16(),
+            s.err().code().unwrap_or_default(),
+        )
     }
+}
+
+/// `Some(words for a client)` if an AWS service's refusal, by its HTTP
+/// status and error code, is one that retrying cannot help.
+fn refusal(status: u16, code: &str) -> Option<&'static str> {
+    if status >= 500 || status == 429 || THROTTLING.contains(&code) {
+        return None;
+    }
+    Some(match code {
+        c if c.starts_with("AccessDenied")
+            || c.contains("UnrecognizedClient")
+            || c.contains("InvalidClientTokenId")
+            || c.contains("ExpiredToken")
+            || c == "Forbidden" =>
+        {
+            "the service was denied access to its storage"
+        }
+        "ResourceNotFoundException"
+        | "NoSuchBucket"
+        | "QueueDoesNotExist"
+        | "AWS.SimpleQueueService.NonExistentQueue"
+        | "ParameterNotFound" => "the service's storage is missing a table, bucket or queue",
+        _ => "the service's storage rejected a request",
+    })
 }
 
 impl Classify for aws_sdk_dynamodb::error::BuildError {

@@ -6,3 +6,4 @@ mod functions;
 pub mod moto;
 mod revisions;
 mod schedules;
+mod signed_requests;

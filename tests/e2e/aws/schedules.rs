@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_eventbridge::types::Target;
 use bulk_export::auth::TokenIssuer;
+use bulk_export::aws::json_api::{JsonClient, EVENTBRIDGE};
 use bulk_export::aws::{AwsAdapters, SdkConfig, SqsQueue};
 use bulk_export::clock::OffsetClock;
 use bulk_export::engine::Engine;
@@ -149,8 +149,11 @@ async fn completion_events_reach_eventbridge_and_a_named_invocation_runs_once() 
     let (sdk, names) = fresh_stack().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let bus = format!("bus-{id}");
-    let events = aws_sdk_eventbridge::Client::new(&sdk);
-    events.create_event_bus().name(&bus).send().await.unwrap();
+    let events = JsonClient::new(&sdk, &EVENTBRIDGE);
+    events
+        .call("CreateEventBus", &json!({ "Name": bus }))
+        .await
+        .unwrap();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = sqs
         .create_queue()
@@ -162,22 +165,18 @@ async fn completion_events_reach_eventbridge_and_a_named_invocation_runs_once() 
         .unwrap()
         .to_string();
     let queue_arn = format!("arn:aws:sqs:us-east-1:123456789012:events-{id}");
-    events
-        .put_rule()
-        .name("finished")
-        .event_bus_name(&bus)
-        .event_pattern(r#"{"source": ["bulk-export"]}"#)
-        .send()
-        .await
-        .unwrap();
-    events
-        .put_targets()
-        .rule("finished")
-        .event_bus_name(&bus)
-        .targets(Target::builder().id("q").arn(&queue_arn).build().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let rule = json!({
+        "Name": "finished",
+        "EventBusName": bus,
+        "EventPattern": r#"{"source": ["bulk-export"]}"#,
+    });
+    events.call("PutRule", &rule).await.unwrap();
+    let targets = json!({
+        "Rule": "finished",
+        "EventBusName": bus,
+        "Targets": [{ "Id": "q", "Arn": queue_arn }],
+    });
+    events.call("PutTargets", &targets).await.unwrap();
     let st = OnMoto::new(&sdk, &names, Some(&bus)).await;
     let r = st
         .call(
