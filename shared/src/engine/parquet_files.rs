@@ -6,12 +6,13 @@
 //! the NDJSON is removed with the job's other leftovers. Converting again
 //! after a crash writes the same file.
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::gzip_twin::upload;
 use crate::domain::job::UploadedChunk;
 use crate::ports::{ArtifactStore, PortError, PortResult};
-use crate::view::parquet::ParquetTable;
+use crate::view::parquet::{ParquetTable, StagedRowError};
 use crate::view::ColumnDef;
 
 /// How much of the NDJSON is read at a time.
@@ -26,26 +27,33 @@ pub(crate) fn parquet_name(name: &str) -> String {
     format!("{}.parquet", name.strip_suffix(".ndjson").unwrap_or(name))
 }
 
-/// A staged row: a JSON array of the values in column order, or, as files
-/// staged before arrays were, an object keyed by column name.
-fn staged_row(line: &[u8], columns: &[ColumnDef]) -> PortResult<Vec<Value>> {
+/// Adds the staged row `line` (a slice of `chunk`) to `table`: a JSON array
+/// of the values in column order, or, as files staged before arrays were,
+/// an object keyed by column name.
+fn push_line(
+    table: &mut ParquetTable,
+    chunk: &Bytes,
+    line: &[u8],
+    columns: &[ColumnDef],
+) -> PortResult<()> {
     fn corrupt(cause: impl std::fmt::Display) -> PortError {
         PortError::corrupt("a view file line is not a row", cause)
     }
     if line.first() == Some(&b'[') {
-        let row: Vec<Value> = serde_json::from_slice(line).map_err(corrupt)?;
-        if row.len() != columns.len() {
-            let counts = format!("{} values for {} columns", row.len(), columns.len());
-            return Err(corrupt(counts));
-        }
-        return Ok(row);
+        return table
+            .push_staged(&chunk.slice_ref(line))
+            .map_err(|e| match e {
+                StagedRowError::NotARow(e) => corrupt(e),
+                StagedRowError::Parquet(e) => failed(e),
+            });
     }
     let mut object: serde_json::Map<String, Value> =
         serde_json::from_slice(line).map_err(corrupt)?;
-    Ok(columns
+    let row = columns
         .iter()
         .map(|c| object.remove(&c.name).unwrap_or(Value::Null))
-        .collect())
+        .collect();
+    table.push(row).map_err(failed)
 }
 
 /// Converts the finished NDJSON object `key` (one staged row per line) into
@@ -84,21 +92,27 @@ async fn convert(
     let mut table = ParquetTable::new(columns, ROWS_PER_GROUP).map_err(failed)?;
     let mut chunks = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
+    // The last read's unfinished line.
     let mut carry: Vec<u8> = Vec::new();
     let mut offset = 0u64;
     loop {
         let data = artifacts.get_range(key, offset, READ_BYTES).await?;
         offset += data.len() as u64;
-        carry.extend_from_slice(&data);
-        let complete = carry.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        for line in carry[..complete]
+        let last = data.len() < READ_BYTES;
+        let chunk = if carry.is_empty() {
+            data
+        } else {
+            carry.extend_from_slice(&data);
+            Bytes::from(std::mem::take(&mut carry))
+        };
+        let complete = chunk.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in chunk[..complete]
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
         {
-            let row = staged_row(line, columns)?;
-            table.push(row).map_err(failed)?;
+            push_line(&mut table, &chunk, line, columns)?;
         }
-        carry.drain(..complete);
+        carry.extend_from_slice(&chunk[complete..]);
         pending.extend(table.take_bytes());
         if pending.len() >= min_part_bytes.max(1) {
             upload(
@@ -110,7 +124,7 @@ async fn convert(
             )
             .await?;
         }
-        if data.len() < READ_BYTES {
+        if last {
             break;
         }
     }
@@ -121,27 +135,53 @@ async fn convert(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use bytes::Bytes;
+    use serde_json::{json, Value};
 
-    use super::staged_row;
+    use super::push_line;
+    use crate::ports::PortResult;
+    use crate::view::parquet::ParquetTable;
     use crate::view::ColumnDef;
 
-    #[test]
-    fn staged_rows_are_arrays_or_the_older_objects() {
-        let columns: Vec<ColumnDef> = ["id", "n"]
+    fn columns() -> Vec<ColumnDef> {
+        ["id", "n"]
             .iter()
             .map(|n| ColumnDef {
                 name: n.to_string(),
                 type_name: None,
                 collection: false,
             })
-            .collect();
-        let row = |line: &str| staged_row(line.as_bytes(), &columns);
-        assert_eq!(row(r#"["a",1]"#).unwrap(), [json!("a"), json!(1)]);
-        assert_eq!(row(r#"{"n":1,"id":"a"}"#).unwrap(), [json!("a"), json!(1)]);
-        assert_eq!(row(r#"{"id":"a"}"#).unwrap(), [json!("a"), json!(null)]);
-        assert!(row(r#"["a"]"#).is_err());
-        assert!(row(r#"["a",1"#).is_err());
-        assert!(row("42").is_err());
+            .collect()
+    }
+
+    fn from_lines(lines: &[&str]) -> PortResult<Vec<u8>> {
+        let mut table = ParquetTable::new(&columns(), 2).unwrap();
+        for line in lines {
+            let chunk = Bytes::copy_from_slice(line.as_bytes());
+            push_line(&mut table, &chunk, &chunk, &columns())?;
+        }
+        Ok(table.finish().unwrap())
+    }
+
+    fn from_rows(rows: Vec<Vec<Value>>) -> Vec<u8> {
+        let mut table = ParquetTable::new(&columns(), 2).unwrap();
+        for row in rows {
+            table.push(row).unwrap();
+        }
+        table.finish().unwrap()
+    }
+
+    #[test]
+    fn staged_rows_are_arrays_or_the_older_objects() {
+        let file = from_lines(&[r#"["a",1]"#, r#"{"n":1,"id":"a"}"#, r#"{"id":"b"}"#]);
+        let expected = from_rows(vec![
+            vec![json!("a"), json!(1)],
+            vec![json!("a"), json!(1)],
+            vec![json!("b"), json!(null)],
+        ]);
+        assert_eq!(file.unwrap(), expected);
+        for bad in [r#"["a"]"#, r#"["a",1,2]"#, r#"["a",1"#, "42", r#"{"id":"#] {
+            assert!(from_lines(&[bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -8,8 +8,11 @@
 //! A collection column is a STRING holding its JSON, as in CSV. Every column
 //! is OPTIONAL; a value that does not fit its column's type is null.
 
+use std::fmt;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use parquet::basic::{Compression, ConvertedType, Repetition, Type as Physical};
 use parquet::column::writer::ColumnWriterImpl;
@@ -18,6 +21,8 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{ColumnDef, Row};
@@ -104,6 +109,93 @@ impl ColumnValues {
         };
         self.levels.push(i16::from(present.is_some()));
     }
+
+    /// Adds a row's value from its staged JSON text `raw`, a slice of
+    /// `line`, with the same result as parsing it and calling `push`.
+    fn push_raw(&mut self, raw: &str, line: &Bytes) -> Result<(), serde_json::Error> {
+        let present = raw != "null"
+            && match &mut self.values {
+                Values::Text(out) => {
+                    out.push(raw_text(raw, line)?);
+                    true
+                }
+                // A JSON integer is an i64 (or too large to be one) exactly
+                // when Rust parses it as one; any JSON number parses as f64.
+                Values::Int(out) => raw.parse().map(|n| out.push(n)).is_ok(),
+                Values::Double(out) => raw.parse().map(|n| out.push(n)).is_ok(),
+                Values::Bool(out) => match raw {
+                    "true" | "false" => {
+                        out.push(raw == "true");
+                        true
+                    }
+                    _ => false,
+                },
+            };
+        self.levels.push(i16::from(present));
+        Ok(())
+    }
+}
+
+/// A staged value's text for a STRING column. A string without escapes is
+/// a slice of the staged line (no copy: the group holds the line's bytes);
+/// other strings are unescaped; any other value is its JSON text, which is
+/// how staging wrote it.
+fn raw_text(raw: &str, line: &Bytes) -> Result<ByteArray, serde_json::Error> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'"') {
+        return Ok(ByteArray::from(line.slice_ref(bytes)));
+    }
+    if !bytes.contains(&b'\\') {
+        return Ok(ByteArray::from(line.slice_ref(&bytes[1..bytes.len() - 1])));
+    }
+    let text: String = serde_json::from_str(raw)?;
+    Ok(ByteArray::from(text.into_bytes()))
+}
+
+/// Why a staged row could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum StagedRowError {
+    #[error("a staged line is not a row of the view's columns: {0}")]
+    NotARow(#[from] serde_json::Error),
+    #[error(transparent)]
+    Parquet(#[from] ParquetError),
+}
+
+/// Reads a staged row (a JSON array of one value per column) straight into
+/// the columns' buffers: no JSON value is built.
+struct StagedRow<'a> {
+    columns: &'a mut [ColumnValues],
+    line: &'a Bytes,
+}
+
+impl<'de> DeserializeSeed<'de> for StagedRow<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StagedRow<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array of {} values", self.columns.len())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let count = self.columns.len();
+        let wrong_length = |n| A::Error::custom(format!("{n} values for {count} columns"));
+        for (i, column) in self.columns.iter_mut().enumerate() {
+            let raw: &RawValue = seq.next_element()?.ok_or_else(|| wrong_length(i))?;
+            column
+                .push_raw(raw.get(), self.line)
+                .map_err(A::Error::custom)?;
+        }
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(wrong_length(count + 1));
+        }
+        Ok(())
+    }
 }
 
 impl ParquetTable {
@@ -146,10 +238,29 @@ impl ParquetTable {
         for column in &mut self.columns {
             column.push(row.next().unwrap_or(Value::Null));
         }
+        self.added_row()
+    }
+
+    fn added_row(&mut self) -> Result<(), ParquetError> {
         self.rows += 1;
         if self.rows >= self.rows_per_group {
             self.write_group()?;
         }
+        Ok(())
+    }
+
+    /// Adds a staged row: `line` holds a JSON array of the row's values in
+    /// column order. A line that is not one leaves the table unusable: the
+    /// conversion stops.
+    pub fn push_staged(&mut self, line: &Bytes) -> Result<(), StagedRowError> {
+        let mut de = serde_json::Deserializer::from_slice(line);
+        StagedRow {
+            columns: &mut self.columns,
+            line,
+        }
+        .deserialize(&mut de)?;
+        de.end()?;
+        self.added_row()?;
         Ok(())
     }
 
@@ -215,5 +326,68 @@ fn text(v: Value) -> Option<String> {
         Value::Null => None,
         Value::String(s) => Some(s),
         other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn column(name: &str, type_name: Option<&str>, collection: bool) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            type_name: type_name.map(str::to_string),
+            collection,
+        }
+    }
+
+    /// Reading a staged row's text must give the file that the parsed row
+    /// gives, for every kind of column and every kind of value, fitting
+    /// its column's type or not.
+    #[test]
+    fn a_staged_row_gives_the_file_its_parsed_values_give() {
+        let columns = [
+            column("text", None, false),
+            column("int", Some("integer"), false),
+            column("double", Some("decimal"), false),
+            column("bool", Some("boolean"), false),
+            column("list", Some("string"), true),
+        ];
+        let rows = [
+            json!(["plain", 1, 1.5, true, ["x", "y"]]),
+            json!(["quote \" backslash \\ newline \n", -5, -2e-3, false, []]),
+            json!(["é \u{1F600} tab\t", 1.0, 1, 1, null]),
+            json!([
+                null,
+                99999999999999999999u128.to_string(),
+                "1.5",
+                "true",
+                "s"
+            ]),
+            json!([42, "5", true, null, {"a": 1}]),
+            json!([[1, "two"], true, null, "false", [null]]),
+            json!([1.25, 1e3, 12345678901234567890u64, null, [1.5]]),
+            json!(["", null, 0, false, [""]]),
+        ];
+        let mut parsed = ParquetTable::new(&columns, 3).unwrap();
+        let mut staged = ParquetTable::new(&columns, 3).unwrap();
+        for row in rows {
+            let line = Bytes::from(serde_json::to_vec(&row).unwrap());
+            staged.push_staged(&line).unwrap();
+            parsed.push(serde_json::from_value(row).unwrap()).unwrap();
+        }
+        assert_eq!(staged.finish().unwrap(), parsed.finish().unwrap());
+    }
+
+    #[test]
+    fn a_staged_line_that_is_not_a_row_is_refused() {
+        let columns = [column("a", None, false), column("b", None, false)];
+        for line in [r#"["x"]"#, r#"["x",1,2]"#, r#"{"a":1}"#, r#"["x",1"#, "7"] {
+            let mut table = ParquetTable::new(&columns, 10).unwrap();
+            let e = table.push_staged(&Bytes::from(line)).unwrap_err();
+            assert!(matches!(e, StagedRowError::NotARow(_)), "{line}: {e}");
+        }
     }
 }
