@@ -157,7 +157,7 @@ async fn run(n: usize, workers: usize) {
         let e = export_once(&engine, &queue, workers, &files).await;
         assert_eq!(e.resources as usize, loaded, "every resource exported once");
         println!(
-            "export #{run}  {} resources, {:.1} MB (gzip twins {:.1} MB) in {:.2} s ({:.0} resources/s, {:.1} MB/s, {} files; planning {} ms; cpu {:.2} s)",
+            "export #{run}  {} resources, {:.1} MB (gzip twins {:.1} MB) in {:.2} s ({:.0} resources/s, {:.1} MB/s, {} files; planning {} ms; cpu {:.3} s)",
             e.resources,
             e.bytes as f64 / 1e6,
             e.gzip_bytes as f64 / 1e6,
@@ -176,7 +176,7 @@ async fn run(n: usize, workers: usize) {
         assert_eq!(f.resources, e.resources);
         assert_eq!(f.bytes, e.bytes, "the floor writes the same bytes");
         println!(
-            "floor  #{run}  {} rows, {:.1} MB in {:.2} s ({:.0} resources/s, {:.1} MB/s; cpu {:.2} s)",
+            "floor  #{run}  {} rows, {:.1} MB in {:.2} s ({:.0} resources/s, {:.1} MB/s; cpu {:.3} s)",
             f.resources,
             f.bytes as f64 / 1e6,
             f.secs,
@@ -196,7 +196,7 @@ async fn run(n: usize, workers: usize) {
     if !floors.is_empty() {
         let f_cpu = median(floors.iter().map(|f| f.cpu).collect());
         println!(
-            "SUMMARY cpu per export, median: export {e_cpu:.2} s, floor {f_cpu:.2} s, ratio {:.2}x",
+            "SUMMARY cpu per export, median: export {e_cpu:.3} s, floor {f_cpu:.3} s, ratio {:.2}x",
             e_cpu / f_cpu
         );
     }

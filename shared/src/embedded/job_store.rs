@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
-use super::sqlite::{backend, Db};
+use super::sqlite::{backend, Db, ExecuteCached};
 use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part, WorkMessage};
 use crate::domain::usage::Usage;
@@ -150,7 +150,7 @@ impl JobStore for SqliteJobs {
         self.db
             .call(move |c| {
                 let n = c
-                    .execute(
+                    .execute_cached(
                         "INSERT OR IGNORE INTO jobs (id, version, expires_at, active_owner, reuse_key, body)
                          VALUES (?1, 1, ?2, ?3, ?4, ?5)",
                         params![
@@ -175,7 +175,7 @@ impl JobStore for SqliteJobs {
         self.db
             .call(move |c| {
                 let body: Option<String> = c
-                    .query_row("SELECT body FROM jobs WHERE id = ?1", params![id], |r| {
+                    .query_row_cached("SELECT body FROM jobs WHERE id = ?1", params![id], |r| {
                         r.get(0)
                     })
                     .optional()
@@ -192,7 +192,7 @@ impl JobStore for SqliteJobs {
                 let expected = job.version;
                 job.version += 1;
                 let n = c
-                    .execute(
+                    .execute_cached(
                         "UPDATE jobs SET version = ?1, expires_at = ?2, active_owner = ?3,
                          reuse_key = ?4, body = ?5 WHERE id = ?6 AND version = ?7",
                         params![
@@ -226,11 +226,11 @@ impl JobStore for SqliteJobs {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                tx.execute("DELETE FROM parts WHERE job_id = ?1", params![id])
+                tx.execute_cached("DELETE FROM parts WHERE job_id = ?1", params![id])
                     .map_err(backend)?;
-                tx.execute("DELETE FROM job_usage WHERE job_id = ?1", params![id])
+                tx.execute_cached("DELETE FROM job_usage WHERE job_id = ?1", params![id])
                     .map_err(backend)?;
-                tx.execute("DELETE FROM jobs WHERE id = ?1", params![id])
+                tx.execute_cached("DELETE FROM jobs WHERE id = ?1", params![id])
                     .map_err(backend)?;
                 tx.commit().map_err(backend)
             })
@@ -247,7 +247,7 @@ impl JobStore for SqliteJobs {
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
                 for (counter, value) in &counters {
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT INTO job_usage (job_id, counter, value) VALUES (?1, ?2, ?3)
                          ON CONFLICT (job_id, counter) DO UPDATE SET value = value + excluded.value",
                         params![job_id, counter, value],
@@ -282,7 +282,7 @@ impl JobStore for SqliteJobs {
                 for p in &parts {
                     let mut p = p.clone();
                     p.version = 1;
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT OR IGNORE INTO parts (job_id, idx, version, body) VALUES (?1, ?2, 1, ?3)",
                         params![p.job_id, p.index, to_json(&p)?],
                     )
@@ -298,7 +298,7 @@ impl JobStore for SqliteJobs {
         self.db
             .call(move |c| {
                 let body: Option<String> = c
-                    .query_row(
+                    .query_row_cached(
                         "SELECT body FROM parts WHERE job_id = ?1 AND idx = ?2",
                         params![job_id, index],
                         |r| r.get(0),
@@ -335,7 +335,7 @@ impl JobStore for SqliteJobs {
                 part.done = true;
                 let part = write_part_if_unchanged(&tx, part)?;
                 let body: String = tx
-                    .query_row(
+                    .query_row_cached(
                         "SELECT body FROM jobs WHERE id = ?1",
                         params![part.job_id],
                         |r| r.get(0),
@@ -346,7 +346,7 @@ impl JobStore for SqliteJobs {
                 let mut job: Job = from_json(&body)?;
                 job.parts_remaining = job.parts_remaining.saturating_sub(1);
                 job.version += 1;
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE jobs SET version = ?1, body = ?2 WHERE id = ?3",
                     params![job.version as i64, to_json(&job)?, job.id],
                 )
@@ -361,7 +361,7 @@ impl JobStore for SqliteJobs {
         let owner = owner.to_string();
         self.db
             .call(move |c| {
-                c.query_row(
+                c.query_row_cached(
                     "SELECT count(*) FROM jobs WHERE active_owner = ?1",
                     params![owner],
                     |r| r.get::<_, i64>(0),
@@ -397,7 +397,7 @@ fn write_part_if_unchanged(c: &rusqlite::Connection, mut part: Part) -> PortResu
     let expected = part.version;
     part.version += 1;
     let n = c
-        .execute(
+        .execute_cached(
             "UPDATE parts SET version = ?1, body = ?2 WHERE job_id = ?3 AND idx = ?4 AND version = ?5",
             params![part.version as i64, to_json(&part)?, part.job_id, part.index, expected as i64],
         )
@@ -414,7 +414,7 @@ impl ClientStore for SqliteJobs {
         let (id, body) = (client.client_id.clone(), to_json(client)?);
         self.db
             .call(move |c| {
-                c.execute(
+                c.execute_cached(
                     "INSERT OR REPLACE INTO clients (client_id, body) VALUES (?1, ?2)",
                     params![id, body],
                 )
@@ -429,7 +429,7 @@ impl ClientStore for SqliteJobs {
         self.db
             .call(move |c| {
                 let body: Option<String> = c
-                    .query_row(
+                    .query_row_cached(
                         "SELECT body FROM clients WHERE client_id = ?1",
                         params![id],
                         |r| r.get(0),
@@ -451,9 +451,9 @@ impl ClientStore for SqliteJobs {
         self.db
             .call(move |c| {
                 let now = Utc::now().timestamp();
-                c.execute("DELETE FROM used_jtis WHERE expires_at < ?1", params![now]).map_err(backend)?;
+                c.execute_cached("DELETE FROM used_jtis WHERE expires_at < ?1", params![now]).map_err(backend)?;
                 let n = c
-                    .execute(
+                    .execute_cached(
                         "INSERT OR IGNORE INTO used_jtis (client_id, jti, expires_at) VALUES (?1, ?2, ?3)",
                         params![id, jti, expires.timestamp()],
                     )
@@ -486,7 +486,7 @@ impl SqliteQueue {
         self.db
             .call(|c| {
                 let now = wall_micros();
-                c.execute(
+                c.execute_cached(
                     "UPDATE queue SET visible_at = ?1, receipt = NULL
                      WHERE receipt IS NOT NULL AND visible_at > ?1",
                     params![now],
@@ -500,7 +500,7 @@ impl SqliteQueue {
     pub async fn len(&self) -> PortResult<u64> {
         self.db
             .call(|c| {
-                c.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
+                c.query_row_cached("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
                     .map(|n| n as u64)
                     .map_err(backend)
             })
@@ -534,7 +534,7 @@ impl WorkQueue for SqliteQueue {
                     .map_err(backend)?;
                 let at = wall_micros() + delay.as_micros() as i64;
                 for b in &bodies {
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT INTO queue (body, visible_at) VALUES (?1, ?2)",
                         params![b, at],
                     )
@@ -569,7 +569,7 @@ impl WorkQueue for SqliteQueue {
                 let mut out = Vec::with_capacity(rows.len());
                 for (seq, body, count) in rows {
                     let receipt = format!("{seq}:{}", uuid::Uuid::new_v4());
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE queue SET visible_at = ?1, receive_count = receive_count + 1, receipt = ?2 WHERE seq = ?3",
                         params![now + visibility.as_micros() as i64, receipt, seq],
                     )
@@ -579,7 +579,7 @@ impl WorkQueue for SqliteQueue {
                         Err(_) => {
                             // A message that cannot be read can never succeed: drop it.
                             tracing::error!(seq, "dropping unreadable work message");
-                            tx.execute("DELETE FROM queue WHERE seq = ?1", params![seq]).map_err(backend)?;
+                            tx.execute_cached("DELETE FROM queue WHERE seq = ?1", params![seq]).map_err(backend)?;
                         }
                     }
                 }
@@ -593,7 +593,7 @@ impl WorkQueue for SqliteQueue {
         let receipt = receipt.to_string();
         self.db
             .call(move |c| {
-                c.execute("DELETE FROM queue WHERE receipt = ?1", params![receipt])
+                c.execute_cached("DELETE FROM queue WHERE receipt = ?1", params![receipt])
                     .map_err(backend)?;
                 Ok(())
             })
@@ -605,7 +605,7 @@ impl WorkQueue for SqliteQueue {
         self.db
             .call(move |c| {
                 let at = wall_micros() + delay.as_micros() as i64;
-                c.execute(
+                c.execute_cached(
                     "UPDATE queue SET visible_at = ?1 WHERE receipt = ?2",
                     params![at, receipt],
                 )

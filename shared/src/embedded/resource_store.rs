@@ -481,15 +481,15 @@ impl ResourceStore for SqliteResourceStore {
         let upper = until.map_or(as_of, |u| u.min(as_of));
         self.db
             .call(move |c| {
-                // `?n + 0`: SQLite built with STAT4 recompiles a statement
-                // whenever a parameter compared to an indexed column gets a
-                // new value, here every page (6% of an export's CPU). An
-                // expression keeps the plan (the primary key's range) and
-                // the cached statement.
+                // `?1 || ''` and `?n + 0`: SQLite built with STAT4 recompiles
+                // a statement whenever a parameter compared to an indexed
+                // column is bound again, here every page (6% of an export's
+                // CPU). An expression keeps the plan (the primary key's
+                // range) and the cached statement.
                 let mut s = c
                     .prepare_cached(
                         "SELECT id, version, last_updated, deleted, body FROM versions
-                         WHERE type = ?1 AND last_updated > ?2 + 0 AND last_updated <= ?3 + 0
+                         WHERE type = ?1 || '' AND last_updated > ?2 + 0 AND last_updated <= ?3 + 0
                            AND (superseded_at IS NULL OR superseded_at > ?4 + 0)
                            AND (?5 OR deleted = 0)
                          ORDER BY type, last_updated LIMIT ?6",

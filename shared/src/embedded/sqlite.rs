@@ -72,8 +72,36 @@ impl Db {
     }
 }
 
+/// `execute` through the connection's statement cache: the job store and
+/// the queue run the same few statements many times per export, and
+/// parsing and planning one again costs more than running it.
+pub trait ExecuteCached {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl ExecuteCached for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 fn open_connection(path: &Path) -> PortResult<Connection> {
     let conn = Connection::open(path).map_err(backend)?;
+    // Room for every statement a store runs (the default keeps 16).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(
         // page_size only takes effect on a new database (before WAL is on).
         "PRAGMA page_size = 16384;
