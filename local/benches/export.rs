@@ -3,7 +3,8 @@
 //! `cargo bench -p bulk-export-local --bench export -- --resources 1000000`
 //! (`--dir PATH` keeps the loaded store there and reuses it on the next run;
 //! `--workers N` sets the worker count, default 4 like the local server:
-//! parts wait on reads and writes, so more workers than cores keep both busy.)
+//! parts wait on reads and writes, so more workers than cores keep both busy;
+//! `--chunk-kib N` sets the chunk size, 4096 by default as in the service.)
 //!
 //! 1. Loads N synthetic resources into a fresh store (timed, for reference).
 //! 2. Runs a system-level export through the real engine and worker loop:
@@ -95,6 +96,9 @@ async fn run(n: usize, workers: usize) {
     let mut config = EngineConfig::new("http://127.0.0.1:1/fhir");
     if let Some(gzip) = arg_text("--gzip-files") {
         config.gzip_files = gzip.parse().expect("--gzip-files true|false");
+    }
+    if let Some(kib) = arg_text("--chunk-kib") {
+        config.min_chunk_bytes = kib.parse::<usize>().expect("--chunk-kib N") << 10;
     }
     let engine = Engine::new(ports, config);
 
