@@ -1,7 +1,7 @@
 //! SSM and EventBridge through one small signed client instead of their SDK
 //! crates. The service makes one kind of call to each (`GetParameter` for
-//! the token signing key at cold start, `PutEvents` per ended job), and the
-//! two SDK crates cost about 170 CPU-seconds of every cold build.
+//! the token signing key at cold start, `PutEvents` per ended job), and two
+//! more SDK crates would be compiled in every cold build for them.
 //!
 //! Both services speak AWS's JSON 1.1 protocol: `POST /`, the operation in
 //! `X-Amz-Target`, JSON in and out, errors as `{"__type", "message"}`.
@@ -14,9 +14,10 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
+use bytes::Bytes;
 use serde_json::Value;
 
-use super::{refusal, SdkConfig};
+use super::{classified, refusal, unavailable, DisplayErrorContext, SdkConfig};
 use crate::domain::usage::record;
 use crate::ports::{PortError, PortResult};
 
@@ -85,7 +86,7 @@ impl JsonClient {
     /// classified as the SDK adapters classify theirs. Throttling, server
     /// errors and lost connections are retried, with backoff.
     pub async fn call(&self, operation: &str, input: &Value) -> PortResult<Value> {
-        let body = serde_json::to_vec(input).expect("JSON values serialize");
+        let body = Bytes::from(serde_json::to_vec(input).expect("JSON values serialize"));
         let target = format!("{}.{operation}", self.service.target);
         let mut attempt = 0;
         loop {
@@ -100,7 +101,7 @@ impl JsonClient {
         }
     }
 
-    async fn attempt(&self, target: &str, body: &[u8]) -> PortResult<Value> {
+    async fn attempt(&self, target: &str, body: &Bytes) -> PortResult<Value> {
         let credentials = self.credentials().await?;
         let headers = signed_headers(
             &SignedCall {
@@ -118,32 +119,26 @@ impl JsonClient {
             .post(&self.url)
             .header("content-type", CONTENT_TYPE)
             .header("x-amz-target", target)
-            .body(body.to_vec());
+            .body(body.clone());
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let unavailable = |e: reqwest::Error| {
-            PortError::transient(
-                "the service's storage is unavailable or busy",
-                format!("{target}: {e}"),
-            )
-        };
-        let response = request.send().await.map_err(unavailable)?;
+        let lost = |e: reqwest::Error| unavailable(format!("{target}: {e}"));
+        let response = request.send().await.map_err(lost)?;
         let status = response.status().as_u16();
         let header_code = response
             .headers()
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = response.bytes().await.map_err(unavailable)?;
+        let bytes = response.bytes().await.map_err(lost)?;
         let output: Value = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).map_err(|e| {
-                PortError::transient(
-                    "the service's storage is unavailable or busy",
-                    format!("{target}: an answer that is not JSON ({status}): {e}"),
-                )
+                unavailable(format!(
+                    "{target}: an answer that is not JSON ({status}): {e}"
+                ))
             })?
         };
         if (200..300).contains(&status) {
@@ -155,10 +150,7 @@ impl JsonClient {
             .find_map(|k| output.get(k).and_then(Value::as_str))
             .unwrap_or_default();
         let cause = format!("{target}: {status} {code}: {message}");
-        Err(match refusal(status, code) {
-            Some(what) => PortError::permanent(what, cause),
-            None => PortError::transient("the service's storage is unavailable or busy", cause),
-        })
+        Err(classified(refusal(status, code), cause))
     }
 
     async fn credentials(&self) -> PortResult<Credentials> {
@@ -169,13 +161,10 @@ impl JsonClient {
             )
         })?;
         provider.provide_credentials().await.map_err(|e| {
-            PortError::transient(
-                "the service's storage is unavailable or busy",
-                format!(
-                    "loading AWS credentials: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                ),
-            )
+            unavailable(format!(
+                "loading AWS credentials: {}",
+                DisplayErrorContext(e)
+            ))
         })
     }
 }

@@ -323,9 +323,18 @@ impl Classify for aws_sdk_s3::presigning::PresigningConfigError {
 /// A backend failure, classified, with the SDK's whole error chain as its
 /// cause (the SDK's own `Display` says only "service error").
 fn backend<E: Classify>(e: E) -> PortError {
-    let cause = DisplayErrorContext(&e).to_string();
-    match e.permanent() {
+    classified(e.permanent(), DisplayErrorContext(&e).to_string())
+}
+
+/// A failure that is permanent if `permanent` gives words for a client,
+/// else one retrying may get past.
+fn classified(permanent: Option<&'static str>, cause: String) -> PortError {
+    match permanent {
         Some(what) => PortError::permanent(what, cause),
-        None => PortError::transient("the service's storage is unavailable or busy", cause),
+        None => unavailable(cause),
     }
+}
+
+fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PortError {
+    PortError::transient("the service's storage is unavailable or busy", cause)
 }

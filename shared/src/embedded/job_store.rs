@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
-use super::sqlite::{backend, Db, ExecuteCached};
+use super::sqlite::{backend, CachedStatements, Db};
 use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part, WorkMessage};
 use crate::domain::usage::Usage;

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::sqlite::{backend, Db};
+use super::sqlite::{backend, CachedStatements, Db};
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, stamp_meta};
 use crate::ports::{
@@ -157,10 +157,10 @@ impl ResourceStore for SqliteResourceStore {
                     last_ts = ts;
                     let version = current.map(|c| c.1).unwrap_or(0) + 1;
                     if let Some((previous, ..)) = current {
-                        tx.prepare_cached(
+                        tx.execute_cached(
                             "UPDATE versions SET superseded_at = ?1 WHERE type = ?2 AND last_updated = ?3",
+                            params![ts, resource_type, previous],
                         )
-                        .and_then(|mut s| s.execute(params![ts, resource_type, previous]))
                         .map_err(backend)?;
                     }
                     let (deleted, body) = match op {
@@ -168,32 +168,32 @@ impl ResourceStore for SqliteResourceStore {
                         WriteOp::Upsert { mut resource, .. } => {
                             stamp_meta(&mut resource, &id, version, &format_instant(from_micros(ts)));
                             for patient in compartment_patients(&resource_type, &resource) {
-                                tx.prepare_cached("INSERT OR IGNORE INTO compartment VALUES (?1, ?2, ?3)")
-                                    .and_then(|mut s| s.execute(params![patient, resource_type, id]))
-                                    .map_err(backend)?;
+                                tx.execute_cached(
+                                    "INSERT OR IGNORE INTO compartment VALUES (?1, ?2, ?3)",
+                                    params![patient, resource_type, id],
+                                )
+                                .map_err(backend)?;
                             }
                             (false, Some(serde_json::to_string(&resource).map_err(backend)?))
                         }
                     };
-                    tx.prepare_cached(
+                    tx.execute_cached(
                         "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body, author)
                          VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
+                        params![resource_type, ts, id, version as i64, deleted as i64, body, author],
                     )
-                    .and_then(|mut s| {
-                        s.execute(params![resource_type, ts, id, version as i64, deleted as i64, body, author])
-                    })
                     .map_err(backend)?;
                     let versions: i64 = tx
-                        .prepare_cached(
+                        .query_row_cached(
                             "INSERT INTO resource_types (type, versions) VALUES (?1, 1)
                              ON CONFLICT (type) DO UPDATE SET versions = versions + 1
                              RETURNING versions",
+                            params![resource_type],
+                            |r| r.get(0),
                         )
-                        .and_then(|mut s| s.query_row(params![resource_type], |r| r.get(0)))
                         .map_err(backend)?;
                     if (versions as u64).is_multiple_of(MARK_EVERY) {
-                        tx.prepare_cached("INSERT INTO type_marks VALUES (?1, ?2)")
-                            .and_then(|mut s| s.execute(params![resource_type, ts]))
+                        tx.execute_cached("INSERT INTO type_marks VALUES (?1, ?2)", params![resource_type, ts])
                             .map_err(backend)?;
                     }
                     results.push(WriteResult {
@@ -208,7 +208,7 @@ impl ResourceStore for SqliteResourceStore {
                         created: !live_before,
                     });
                 }
-                tx.execute("UPDATE store_meta SET value = ?1 WHERE key = 'last_ts'", params![last_ts])
+                tx.execute_cached("UPDATE store_meta SET value = ?1 WHERE key = 'last_ts'", params![last_ts])
                     .map_err(backend)?;
                 tx.commit().map_err(backend)?;
                 Ok(results)
@@ -220,11 +220,11 @@ impl ResourceStore for SqliteResourceStore {
         let (t, i) = (resource_type.to_string(), id.to_string());
         self.db
             .call(move |c| {
-                c.prepare_cached(&format!(
+                c.query_row_cached(&format!(
                     "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id WHERE type = ?1 AND id = ?2
                      ORDER BY version DESC LIMIT 1"
-                ))
-                .and_then(|mut s| s.query_row(params![t, i], row_to_version).optional())
+                ), params![t, i], row_to_version)
+                .optional()
                 .map_err(backend)
             })
             .await
@@ -239,12 +239,16 @@ impl ResourceStore for SqliteResourceStore {
         let (t, i) = (resource_type.to_string(), id.to_string());
         self.db
             .call(move |c| {
-                c.prepare_cached(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id
-                     WHERE type = ?1 AND id = ?2 AND last_updated <= ?3
-                     ORDER BY version DESC LIMIT 1"
-                ))
-                .and_then(|mut s| s.query_row(params![t, i, as_of], row_to_version).optional())
+                c.query_row_cached(
+                    &format!(
+                        "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id
+                         WHERE type = ?1 AND id = ?2 AND last_updated <= ?3
+                         ORDER BY version DESC LIMIT 1"
+                    ),
+                    params![t, i, as_of],
+                    row_to_version,
+                )
+                .optional()
                 .map_err(backend)
             })
             .await
@@ -353,15 +357,16 @@ impl ResourceStore for SqliteResourceStore {
         let (t, i) = (resource_type.to_string(), id.to_string());
         self.db
             .call(move |c| {
-                c.prepare_cached(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id
-                     WHERE type = ?1 AND id = ?2 AND version < ?3 AND deleted = 0
-                     ORDER BY version DESC LIMIT 1"
-                ))
-                .and_then(|mut s| {
-                    s.query_row(params![t, i, version as i64], row_to_version)
-                        .optional()
-                })
+                c.query_row_cached(
+                    &format!(
+                        "SELECT {VERSION_COLUMNS} FROM versions INDEXED BY versions_by_id
+                         WHERE type = ?1 AND id = ?2 AND version < ?3 AND deleted = 0
+                         ORDER BY version DESC LIMIT 1"
+                    ),
+                    params![t, i, version as i64],
+                    row_to_version,
+                )
+                .optional()
                 .map_err(backend)
             })
             .await
@@ -377,14 +382,14 @@ impl ResourceStore for SqliteResourceStore {
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
                 let last: i64 = tx
-                    .query_row(
+                    .query_row_cached(
                         "SELECT value FROM store_meta WHERE key='last_ts'",
                         [],
                         |r| r.get(0),
                     )
                     .map_err(backend)?;
                 let t = now.max(last);
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE store_meta SET value = ?1 WHERE key = 'last_ts'",
                     params![t],
                 )

@@ -72,10 +72,10 @@ impl Db {
     }
 }
 
-/// `execute` through the connection's statement cache: the job store and
-/// the queue run the same few statements many times per export, and
-/// parsing and planning one again costs more than running it.
-pub trait ExecuteCached {
+/// `execute` and `query_row` through the connection's statement cache: the
+/// stores run the same few statements many times per export or write
+/// batch, and parsing and planning one again costs more than running it.
+pub trait CachedStatements {
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
 
     fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
@@ -84,7 +84,7 @@ pub trait ExecuteCached {
         F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
 }
 
-impl ExecuteCached for Connection {
+impl CachedStatements for Connection {
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
         self.prepare_cached(sql)?.execute(params)
     }
