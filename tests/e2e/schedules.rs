@@ -703,7 +703,11 @@ async fn a_watcher_never_sees_a_delivered_run_without_its_manifest() {
         std::thread::spawn(move || {
             let mut looks = 0u64;
             let mut complete_runs = std::collections::BTreeSet::new();
-            while !stop.load(Ordering::SeqCst) {
+            // One last look after the stop: everything delivered before it
+            // is seen, however late a busy machine schedules this thread.
+            let mut stopping = false;
+            while !stopping {
+                stopping = stop.load(Ordering::SeqCst);
                 looks += 1;
                 for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let name = entry.file_name().to_string_lossy().to_string();
