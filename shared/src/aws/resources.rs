@@ -3,16 +3,19 @@
 //!
 //! | item | pk | sk | what |
 //! |---|---|---|---|
-//! | version | `V#<type>#<shard>` | `lastUpdated` (µs, 17 digits) | `id`, `ver`, `lu`, `del`, `body`, `sup` (superseded at, µs), `rid` = `<type>#<id>` |
+//! | version | `V#<shard>` | `<type>#<lastUpdated>` (µs, 17 digits) | `id`, `ver`, `lu`, `del`, `body`, `sup` (superseded at, µs), `rid` = `<type>#<id>` |
 //! | head | `H#<type>#<id>` | `#` | the newest version: `v`, `lu`, `del` |
 //! | compartment link | `C#<patient>` | `<type>#<id>` | the resource ever referenced the patient |
 //! | type statistics | `STATS#<type>` | `#` | `s<shard>`: versions per shard |
 //! | store clock | `META` | `#` | `last` (µs, the newest `lastUpdated`), `types`; while a bulk load writes: `fence`, `fence_end`, `fence_until`, `fence_types` |
 //!
-//! A type's versions are spread over `shards` partitions by a hash of the id,
-//! and within a partition they are ordered by `lastUpdated`: an export reads
-//! each shard as a strongly consistent key range (`_since` is its lower
-//! bound, the snapshot its upper bound), and parts read shards in parallel.
+//! Versions are spread over `shards` partitions by a hash of the id, and
+//! within a partition they are ordered by type and then `lastUpdated`: an
+//! export reads each shard of a type as a strongly consistent key range
+//! (`_since` is its lower bound, the snapshot its upper bound), and parts
+//! read shards in parallel. Types share the partitions so that a full
+//! export reads small types together, a key range of adjacent types per
+//! shard ([`ResourceStore::scan_types`]), not one Query per type and shard.
 //! "Current at T" is `lu <= T` and no `sup <= T`, filtered in the query.
 //! The `by_id` index (`rid`, `ver`) serves history reads.
 //!
@@ -44,8 +47,8 @@ use super::dynamo::{
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, shard_of, stamp_meta};
 use crate::ports::{
-    Clock, PortError, PortResult, ResourceStore, Revision, RevisionScan, ScanPage, Segment,
-    ShardScan, Version, WriteOp, WriteResult,
+    group_shards, Clock, PortError, PortResult, ResourceStore, Revision, RevisionScan, ScanPage,
+    Segment, ShardScan, TypesPage, TypesScan, Version, WriteOp, WriteResult,
 };
 
 pub const BY_ID_INDEX: &str = "by_id";
@@ -69,12 +72,19 @@ fn head_pk(resource_type: &str, id: &str) -> String {
     format!("H#{resource_type}#{id}")
 }
 
-fn version_pk(resource_type: &str, shard: u16) -> String {
-    format!("V#{resource_type}#{shard:03}")
+/// Every type's versions in a shard share its partition, ordered by type
+/// and then `lastUpdated`: a Query reads one type's time range, or several
+/// adjacent types at once (see `scan_types`).
+fn version_pk(shard: u16) -> String {
+    format!("V#{shard:03}")
 }
 
-fn lu_sk(last_updated: i64) -> String {
-    format!("{last_updated:017}")
+fn version_sk(resource_type: &str, last_updated: i64) -> String {
+    format!("{resource_type}#{last_updated:017}")
+}
+
+fn version_key(resource_type: &str, shard: u16, last_updated: i64) -> Item {
+    key(version_pk(shard), version_sk(resource_type, last_updated))
 }
 
 fn stats_pk(resource_type: &str) -> String {
@@ -165,7 +175,7 @@ impl DynamoResources {
     /// The item of one version (in its type's shard, keyed by lastUpdated).
     fn version_item(&self, v: &Version, author: &str, previous_at: Option<i64>) -> Item {
         let shard = shard_of(&v.id, self.shards);
-        let mut item = key(version_pk(&v.resource_type, shard), lu_sk(v.last_updated));
+        let mut item = version_key(&v.resource_type, shard, v.last_updated);
         item.insert("rid".into(), s(format!("{}#{}", v.resource_type, v.id)));
         item.insert("id".into(), s(v.id.clone()));
         item.insert("ver".into(), n(v.version));
@@ -258,9 +268,9 @@ impl DynamoResources {
         id: &str,
         last_updated: i64,
     ) -> PortResult<Version> {
-        let pk = version_pk(resource_type, shard_of(id, self.shards));
+        let shard = shard_of(id, self.shards);
         let item = self
-            .get_item(key(pk, lu_sk(last_updated)))
+            .get_item(version_key(resource_type, shard, last_updated))
             .await?
             .ok_or_else(|| {
                 PortError::corrupt(
@@ -429,10 +439,7 @@ impl DynamoResources {
                         .update(
                             Update::builder()
                                 .table_name(&self.table)
-                                .set_key(Some(key(
-                                    version_pk(resource_type, shard),
-                                    lu_sk(h.last_updated),
-                                )))
+                                .set_key(Some(version_key(resource_type, shard, h.last_updated)))
                                 .update_expression("SET sup = :t")
                                 .condition_expression("attribute_exists(pk)")
                                 .expression_attribute_values(":t", n(last_updated))
@@ -592,9 +599,12 @@ impl ResourceStore for DynamoResources {
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
-                .expression_attribute_values(":pk", s(version_pk(scan.resource_type, scan.shard)))
-                .expression_attribute_values(":low", s(lu_sk(scan.from)))
-                .expression_attribute_values(":high", s(lu_sk(scan.before - 1)))
+                .expression_attribute_values(":pk", s(version_pk(scan.shard)))
+                .expression_attribute_values(":low", s(version_sk(scan.resource_type, scan.from)))
+                .expression_attribute_values(
+                    ":high",
+                    s(version_sk(scan.resource_type, scan.before - 1)),
+                )
                 .projection_expression(projection)
                 .expression_attribute_names("#by", "by")
                 .scan_index_forward(false)
@@ -632,7 +642,7 @@ impl ResourceStore for DynamoResources {
             .filter_map(|r| {
                 let at = r.previous_at?;
                 let shard = shard_of(&r.version.id, self.shards);
-                Some(key(version_pk(resource_type, shard), lu_sk(at)))
+                Some(version_key(resource_type, shard, at))
             })
             .collect();
         let mut found: HashMap<(String, u64), Version> = HashMap::new();
@@ -712,10 +722,8 @@ impl ResourceStore for DynamoResources {
         for id in ids {
             if let Some(h) = heads.get(&head_pk(resource_type, id)) {
                 if h.last_updated <= as_of {
-                    current_keys.push(key(
-                        version_pk(resource_type, shard_of(id, self.shards)),
-                        lu_sk(h.last_updated),
-                    ));
+                    let shard = shard_of(id, self.shards);
+                    current_keys.push(version_key(resource_type, shard, h.last_updated));
                 }
             }
         }
@@ -818,32 +826,10 @@ impl ResourceStore for DynamoResources {
         // so they overestimate). An empty shard inside a group is marked,
         // so the part does not query it (a small type's few resources sit
         // in a few of the shards).
-        let Some(stats) = self.get_item(key(stats_pk(resource_type), SK)).await? else {
-            return Ok(Vec::new());
-        };
-        let mut segments: Vec<Segment> = Vec::new();
-        for shard in 0..self.shards {
-            let count: u64 = opt_n(&stats, &format!("s{shard}")).unwrap_or(0);
-            if count == 0 {
-                continue;
-            }
-            match segments.last_mut() {
-                Some(seg) if seg.count + count <= target.max(1) => {
-                    for skipped in seg.last_shard + 1..shard.min(64) {
-                        seg.empty_shards |= 1u64 << skipped;
-                    }
-                    seg.last_shard = shard;
-                    seg.count += count;
-                }
-                _ => segments.push(Segment {
-                    first_shard: shard,
-                    last_shard: shard,
-                    after,
-                    until: None,
-                    count,
-                    empty_shards: 0,
-                }),
-            }
+        let counts = self.shard_counts(resource_type).await?.unwrap_or_default();
+        let mut segments = group_shards(&counts, target);
+        for seg in &mut segments {
+            seg.after = after;
         }
         Ok(segments)
     }
@@ -867,9 +853,9 @@ impl ResourceStore for DynamoResources {
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
                 .filter_expression(&filter)
-                .expression_attribute_values(":pk", s(version_pk(scan.resource_type, scan.shard)))
-                .expression_attribute_values(":low", s(lu_sk(low)))
-                .expression_attribute_values(":high", s(lu_sk(high)))
+                .expression_attribute_values(":pk", s(version_pk(scan.shard)))
+                .expression_attribute_values(":low", s(version_sk(scan.resource_type, low)))
+                .expression_attribute_values(":high", s(version_sk(scan.resource_type, high)))
                 .expression_attribute_values(":as_of", n(scan.as_of))
                 .consistent_read(true)
                 // The limit counts items read before the filter: at most
@@ -891,6 +877,82 @@ impl ResourceStore for DynamoResources {
             }
             match out.last_evaluated_key {
                 Some(k) if page.len() < scan.limit => start = Some(k),
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    async fn shard_counts(&self, resource_type: &str) -> PortResult<Option<Vec<u64>>> {
+        let stats = self.get_item(key(stats_pk(resource_type), SK)).await?;
+        Ok(Some(
+            (0..self.shards)
+                .map(|shard| {
+                    stats
+                        .as_ref()
+                        .and_then(|s| opt_n(s, &format!("s{shard}")))
+                        .unwrap_or(0)
+                })
+                .collect(),
+        ))
+    }
+
+    async fn scan_types(&self, scan: TypesScan<'_>) -> PortResult<TypesPage> {
+        let (Some(first), Some(last)) = (scan.types.first(), scan.types.last()) else {
+            return Ok(TypesPage::default());
+        };
+        let low = match scan.after {
+            Some((t, at)) => {
+                let t = scan.types.get(t as usize).ok_or_else(|| {
+                    PortError::permanent("a scan cursor is out of range", format!("type {t}"))
+                })?;
+                version_sk(t, at + 1)
+            }
+            None => version_sk(first, 0),
+        };
+        // The key range holds exactly these types (they are adjacent); a
+        // version written after the snapshot is left out by the filter.
+        let high = version_sk(last, scan.as_of);
+        let mut page = TypesPage::default();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
+                .filter_expression(
+                    "lu <= :as_of AND (attribute_not_exists(sup) OR sup > :as_of) AND del = :false",
+                )
+                .expression_attribute_values(":pk", s(version_pk(scan.shard)))
+                .expression_attribute_values(":low", s(&low))
+                .expression_attribute_values(":high", s(&high))
+                .expression_attribute_values(":as_of", n(scan.as_of))
+                .expression_attribute_values(":false", b(false))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in out.items() {
+                let sk = get_s(item, "sk")?;
+                let t = sk.rsplit_once('#').map_or(sk, |(t, _)| t);
+                // Ascending: the type's index in the scan.
+                let Ok(index) = scan.types.binary_search_by(|x| x.as_str().cmp(t)) else {
+                    continue;
+                };
+                page.page.push_typed(
+                    index as u16,
+                    get_s(item, "id")?.to_string(),
+                    get_n(item, "ver")?,
+                    get_n(item, "lu")?,
+                    false,
+                    opt_s(item, "body"),
+                );
+            }
+            page.more = out.last_evaluated_key.is_some();
+            // A page the filter emptied says nothing: read on.
+            match out.last_evaluated_key {
+                Some(k) if page.page.is_empty() => start = Some(k),
                 _ => return Ok(page),
             }
         }

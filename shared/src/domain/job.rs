@@ -369,6 +369,17 @@ pub enum PartSpec {
         #[serde(default, skip_serializing_if = "is_zero")]
         empty_shards: u64,
     },
+    /// Several types of a full export at once (a store that keeps types in
+    /// shared partitions, see `ResourceStore::scan_types`): in each of shards
+    /// `first_shard..=last_shard`, one key range of these adjacent types.
+    /// The part is read whole, then written type by type, a file each.
+    Mixed {
+        types: Vec<String>,
+        first_shard: u16,
+        last_shard: u16,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        empty_shards: u64,
+    },
     /// A chunk of the export's patients, every requested type.
     Patients {
         types: Vec<String>,

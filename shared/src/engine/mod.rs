@@ -73,6 +73,12 @@ pub struct EngineConfig {
     pub carry_limit_bytes: usize,
     /// A resource type is split into parts of about this many resources.
     pub part_target_resources: u64,
+    /// A full system export of at most this many versions reads its types
+    /// together, on a store that keeps them in shared partitions (DynamoDB):
+    /// one Query stream per shard instead of one per type and shard, which
+    /// for a small export is most of its requests. Past it, pages of data
+    /// outnumber the streams, and per-type parts give fewer, larger files.
+    pub mixed_export_max_resources: u64,
     /// Patient and Group exports are split into parts of this many patients.
     pub patients_per_part: usize,
     /// Lifetime of the presigned links the file endpoint hands out.
@@ -142,6 +148,7 @@ impl EngineConfig {
             min_chunk_bytes: 4 << 20,
             carry_limit_bytes: 96 << 10,
             part_target_resources: 20_000,
+            mixed_export_max_resources: 250_000,
             patients_per_part: 500,
             presign_ttl: Duration::from_secs(300),
             requires_access_token: false,

@@ -13,7 +13,7 @@ use crate::domain::instant::to_micros;
 use crate::domain::job::{Job, JobState, Part, PartSpec, PlanInputs, WorkMessage};
 use crate::domain::request::{in_patient_compartment, AssociatedProvenance, ExportLevel};
 use crate::domain::resource::group_member_ids;
-use crate::ports::{PortError, PortResult, ShardScan};
+use crate::ports::{group_shards, PortError, PortResult, ShardScan};
 
 impl Engine {
     pub(crate) async fn plan(&self, job_id: &str) -> PortResult<()> {
@@ -126,7 +126,13 @@ impl Engine {
         let mut fixed_parts: Vec<(PartSpec, u64)> = Vec::new();
         if job.request.level == ExportLevel::System {
             let target = self.config.part_target_resources;
-            for t in &types {
+            let mut per_type = types.clone();
+            if since.is_none() {
+                let (mixed, alone) = self.mixed_parts(&types, target).await?;
+                fixed_parts.extend(mixed);
+                per_type = alone;
+            }
+            for t in &per_type {
                 let segments = self
                     .ports
                     .resources
@@ -149,6 +155,74 @@ impl Engine {
             fixed_parts.push(spec);
         }
         Ok(PlanInputs { types, fixed_parts })
+    }
+
+    /// A small full export on a store whose types share partitions: each
+    /// run of adjacent types (no other stored type between them) is read
+    /// together, a key range per shard, in parts of about `target` versions
+    /// cut between shards. Returns those parts and the types left to
+    /// per-type parts (all of them when mixing does not apply).
+    async fn mixed_parts(
+        &self,
+        types: &[String],
+        target: u64,
+    ) -> PortResult<(Vec<(PartSpec, u64)>, Vec<String>)> {
+        let store = &self.ports.resources;
+        let mut counts = Vec::with_capacity(types.len());
+        for t in types {
+            let Some(shards) = store.shard_counts(t).await? else {
+                return Ok((Vec::new(), types.to_vec()));
+            };
+            counts.push((t.clone(), shards));
+        }
+        let total: u64 = counts.iter().flat_map(|(_, c)| c).sum();
+        if total > self.config.mixed_export_max_resources {
+            return Ok((Vec::new(), types.to_vec()));
+        }
+        counts.sort_by(|a, b| a.0.cmp(&b.0));
+        counts.dedup_by(|a, b| a.0 == b.0);
+        let mut stored = store.resource_types().await?;
+        stored.sort();
+        // Runs of requested types adjacent among the stored ones.
+        let mut runs: Vec<Vec<(String, Vec<u64>)>> = Vec::new();
+        let mut previous: Option<usize> = None;
+        for (t, c) in counts {
+            let Ok(at) = stored.binary_search(&t) else {
+                continue; // never stored: nothing to read
+            };
+            match runs.last_mut() {
+                Some(run) if previous.is_some_and(|p| p + 1 == at) => run.push((t, c)),
+                _ => runs.push(vec![(t, c)]),
+            }
+            previous = Some(at);
+        }
+        let mut parts = Vec::new();
+        let mut alone = Vec::new();
+        for run in runs {
+            if run.len() == 1 {
+                alone.extend(run.into_iter().map(|(t, _)| t));
+                continue;
+            }
+            let shards = run.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+            let per_shard: Vec<u64> = (0..shards)
+                .map(|s| {
+                    run.iter()
+                        .map(|(_, c)| c.get(s).copied().unwrap_or(0))
+                        .sum()
+                })
+                .collect();
+            let types: Vec<String> = run.into_iter().map(|(t, _)| t).collect();
+            for seg in group_shards(&per_shard, target) {
+                let spec = PartSpec::Mixed {
+                    types: types.clone(),
+                    first_shard: seg.first_shard,
+                    last_shard: seg.last_shard,
+                    empty_shards: seg.empty_shards,
+                };
+                parts.push((spec, seg.count));
+            }
+        }
+        Ok((parts, alone))
     }
 
     /// The parts, from the job's fixed plan inputs and as-of reads: the

@@ -26,7 +26,7 @@ use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
 use crate::domain::usage;
 use crate::domain::view_export::TableFormat;
-use crate::ports::{PortError, PortResult, ShardScan, Version};
+use crate::ports::{PortError, PortResult, ShardScan, TypesPage, TypesScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
 use crate::view::output::{write_row, Line};
 
@@ -584,6 +584,15 @@ impl<'a> PartReader<'a> {
                 self.shard_page(resource_type, shards, range, cp, sink)
                     .await
             }
+            PartSpec::Mixed {
+                types,
+                first_shard,
+                last_shard,
+                empty_shards,
+            } => {
+                let shards = (*first_shard, *last_shard, *empty_shards);
+                self.mixed_part(types, shards, cp, sink).await
+            }
             PartSpec::Patients { types, patients } => {
                 self.patient_page(types, patients, cp, sink).await
             }
@@ -639,6 +648,52 @@ impl<'a> PartReader<'a> {
                 self.emit(sink, resource_type, &item.id, body).await?;
             }
         }
+        Ok(())
+    }
+
+    /// A mixed part in one step: every shard's key range of its types is
+    /// read into memory (the planner keeps such parts small), then written
+    /// type by type, so each type gets one file however the shards
+    /// interleave them. A resumed handling starts it over: nothing it wrote
+    /// counts until the checkpoint that ends the part.
+    async fn mixed_part(
+        &mut self,
+        types: &[String],
+        (first, last, empty): (u16, u16, u64),
+        cp: &mut crate::domain::job::Checkpoint,
+        sink: &mut Sink<'_>,
+    ) -> PortResult<()> {
+        let store = &self.engine.ports.resources;
+        let mut pages = Vec::new();
+        for shard in (first..=last).filter(|&s| crate::ports::reads_shard(s, first, last, empty)) {
+            let mut after = None;
+            loop {
+                let scan = TypesScan {
+                    types,
+                    shard,
+                    after,
+                    as_of: self.as_of,
+                };
+                let TypesPage { page, more } = store.scan_types(scan).await?;
+                after = page.items.last().map(|v| (v.type_index, v.last_updated));
+                pages.push(page);
+                if !more || after.is_none() {
+                    break;
+                }
+            }
+        }
+        for (index, resource_type) in types.iter().enumerate() {
+            for page in &pages {
+                for item in page.items.iter().filter(|v| v.type_index as usize == index) {
+                    let body = page.body(item);
+                    if self.passes_type_filters(resource_type, body)? {
+                        self.emit(sink, resource_type, &item.id, body).await?;
+                    }
+                }
+            }
+        }
+        cp.progress_done += pages.iter().map(|p| p.len() as u64).sum::<u64>();
+        cp.position = Position::Finished;
         Ok(())
     }
 

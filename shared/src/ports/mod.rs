@@ -191,6 +191,8 @@ pub struct ScanItem {
     pub version: u64,
     pub last_updated: i64,
     pub deleted: bool,
+    /// Its type, as an index into [`TypesScan::types`] (0 in a one-type scan).
+    pub type_index: u16,
     body: Option<(usize, usize)>,
 }
 
@@ -210,6 +212,19 @@ impl ScanPage {
         deleted: bool,
         body: Option<&str>,
     ) {
+        self.push_typed(0, id, version, last_updated, deleted, body)
+    }
+
+    /// [`ScanPage::push`] for a scan of several types.
+    pub fn push_typed(
+        &mut self,
+        type_index: u16,
+        id: String,
+        version: u64,
+        last_updated: i64,
+        deleted: bool,
+        body: Option<&str>,
+    ) {
         let body = body.map(|b| {
             let start = self.bodies.len();
             self.bodies.push_str(b);
@@ -220,6 +235,7 @@ impl ScanPage {
             version,
             last_updated,
             deleted,
+            type_index,
             body,
         });
     }
@@ -254,6 +270,30 @@ pub struct ShardScan<'a> {
     pub limit: usize,
 }
 
+/// A page request over several types' versions in one shard: those current
+/// at `as_of`, without tombstones, ordered by type and then
+/// `last_updated`. A full export reads a store's small types this way when
+/// they share partitions ([`ResourceStore::shard_counts`]): one stream per
+/// shard instead of one per type and shard.
+#[derive(Debug, Clone)]
+pub struct TypesScan<'a> {
+    /// Ascending, and adjacent in the store's order of types (no other type
+    /// between two of them), so one key range holds exactly these.
+    pub types: &'a [String],
+    pub shard: u16,
+    /// Exclusive: the page starts after this version (type index, µs).
+    pub after: Option<(u16, i64)>,
+    pub as_of: i64,
+}
+
+/// A page of a [`TypesScan`]: as large as the store serves at once.
+#[derive(Debug, Clone, Default)]
+pub struct TypesPage {
+    pub page: ScanPage,
+    /// The shard holds more after the page's last version.
+    pub more: bool,
+}
+
 /// A slice of one type's versions: shards `first_shard..=last_shard`, and in
 /// them the versions with `after < last_updated <= until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +315,37 @@ impl Segment {
     pub fn reads(&self, shard: u16) -> bool {
         reads_shard(shard, self.first_shard, self.last_shard, self.empty_shards)
     }
+}
+
+/// Consecutive shards grouped into segments of up to about `target`
+/// versions (a shard is never split), from each shard's count; shards that
+/// hold nothing are marked empty inside a segment and start none.
+pub fn group_shards(per_shard: &[u64], target: u64) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = Vec::new();
+    for (shard, &count) in per_shard.iter().enumerate() {
+        let shard = shard as u16;
+        if count == 0 {
+            continue;
+        }
+        match segments.last_mut() {
+            Some(seg) if seg.count + count <= target.max(1) => {
+                for skipped in seg.last_shard + 1..shard.min(64) {
+                    seg.empty_shards |= 1u64 << skipped;
+                }
+                seg.last_shard = shard;
+                seg.count += count;
+            }
+            _ => segments.push(Segment {
+                first_shard: shard,
+                last_shard: shard,
+                after: None,
+                until: None,
+                count,
+                empty_shards: 0,
+            }),
+        }
+    }
+    segments
 }
 
 /// Whether a reader of shards `first..=last` without `empty` reads `shard`.
@@ -375,6 +446,23 @@ pub trait ResourceStore: Send + Sync {
 
     /// One page of versions current at `as_of`, ordered by `last_updated`.
     async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<ScanPage>;
+
+    /// Versions per shard of `resource_type` (history included), when the
+    /// store keeps its types in shared partitions and serves
+    /// [`ResourceStore::scan_types`]; `None` (the default) when each type
+    /// is read on its own.
+    async fn shard_counts(&self, _resource_type: &str) -> PortResult<Option<Vec<u64>>> {
+        Ok(None)
+    }
+
+    /// One page of a [`TypesScan`]: only for a store whose `shard_counts`
+    /// are `Some`.
+    async fn scan_types(&self, _scan: TypesScan<'_>) -> PortResult<TypesPage> {
+        Err(PortError::permanent(
+            "this store reads each type on its own",
+            "scan_types is not supported",
+        ))
+    }
 
     /// Ids of resources of `resource_type` that ever referenced the patient
     /// through a compartment element, ordered by id, after `after_id`. A

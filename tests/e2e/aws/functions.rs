@@ -13,10 +13,10 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use bulk_export::aws::emf::EmfLog;
 use bulk_export::aws::{AwsAdapters, SharedInterceptor, SqsQueue};
 use bulk_export::clock::OffsetClock;
-use bulk_export::domain::job::{job_prefix, Position};
+use bulk_export::domain::job::{job_prefix, PartSpec, Position};
 use bulk_export::domain::usage;
 use bulk_export::engine::Engine;
-use bulk_export::ports::{ArtifactStore, Clock, JobEvent, JobStore, WorkQueue};
+use bulk_export::ports::{ArtifactStore, Clock, JobEvent, JobStore, ResourceStore, WorkQueue};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export::service::ServiceSettings;
 use bulk_export_functions::settings::{AuthMode, Settings};
@@ -85,6 +85,9 @@ async fn stack_observed(
     service.engine.status_wait = Duration::ZERO;
     // Identical kick-offs in one stack mean separate exports.
     service.engine.reuse_window = Duration::ZERO;
+    // Per-type parts, whose checkpoints these tests put through their
+    // paces; the tests of mixed parts turn mixing back on.
+    service.engine.mixed_export_max_resources = 0;
     tune(&mut service);
     let settings = Settings {
         names: names.clone(),
@@ -418,6 +421,121 @@ async fn two_workers_racing_on_every_part_export_each_resource_once() {
     let (objects, uploads) = s.leftovers(&job_id(&status)).await;
     assert!(uploads.is_empty(), "the losers' uploads are aborted");
     // Each output file and its gzip twin, and the error file.
+    let listed = 2 * manifest["output"].as_array().unwrap().len()
+        + manifest["error"].as_array().unwrap().len();
+    assert_eq!(objects.len(), listed, "no stray objects: {objects:?}");
+}
+
+/// Counts the Query calls on the resource table (its name starts with
+/// `resources-`, see `fresh_stack`).
+#[derive(Clone, Debug, Default)]
+struct CountResourceQueries(Arc<AtomicUsize>);
+
+impl aws_sdk_dynamodb::config::Intercept for CountResourceQueries {
+    fn name(&self) -> &'static str {
+        "CountResourceQueries"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<
+            '_,
+        >,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let query = context
+            .input()
+            .downcast_ref::<aws_sdk_dynamodb::operation::query::QueryInput>();
+        if query.is_some_and(|q| q.table_name().is_some_and(|t| t.starts_with("resources-"))) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// A small full export reads its types together: one Query per shard
+/// (4 here, each a single page), where per-type parts make one per type and
+/// shard. Every resource is exported once, in files of its own type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_full_export_reads_its_types_together() {
+    let queries = CountResourceQueries::default();
+    let s = stack_observed(
+        6,
+        None,
+        |service| service.engine.mixed_export_max_resources = 250_000,
+        Some(SharedInterceptor::new(queries.clone())),
+    )
+    .await;
+    let mut streams = 0;
+    for t in s.loaded.keys() {
+        let counts = s.adapters.resources.shard_counts(t).await.unwrap().unwrap();
+        streams += counts.iter().filter(|&&c| c > 0).count();
+    }
+    assert!(
+        streams > 4 * 4,
+        "per-type parts would make {streams} Queries"
+    );
+
+    let before = queries.0.load(Ordering::SeqCst);
+    let status = s.kickoff("/fhir/$export").await;
+    let manifest = s.drive_to_manifest(&status, false).await;
+    assert_eq!(
+        queries.0.load(Ordering::SeqCst) - before,
+        4,
+        "one Query per shard"
+    );
+    assert_eq!(s.exported(&manifest).await, s.expected());
+    let parts = s.adapters.jobs.list_parts(&job_id(&status)).await.unwrap();
+    assert_eq!(parts.len(), 1, "one mixed part: {parts:?}");
+    // Files of each type follow each other, one type per file.
+    let types: Vec<&str> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["type"].as_str().unwrap())
+        .collect();
+    let mut runs = types.clone();
+    runs.dedup();
+    assert_eq!(runs.len(), s.loaded.len(), "{types:?}");
+}
+
+/// Mixed parts under duplicate delivery, for requested types with a stored
+/// type between them: the run after the gap is read together, the type
+/// before it on its own, and each resource is exported once with nothing
+/// left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_racing_on_mixed_parts_export_each_resource_once() {
+    let s = stack_tuned(4, None, |service| {
+        service.engine.mixed_export_max_resources = 250_000;
+        // Parts of a shard or two: several mixed parts.
+        service.engine.part_target_resources = 40;
+    })
+    .await;
+    let wanted = ["Condition", "Observation", "Organization", "Patient"];
+    let status = s
+        .kickoff(&format!("/fhir/$export?_type={}", wanted.join(",")))
+        .await;
+    let manifest = s.drive_to_manifest(&status, true).await;
+    let mut expected = s.expected();
+    expected.retain(|t, _| wanted.contains(&t.as_str()));
+    assert_eq!(s.exported(&manifest).await, expected);
+    let parts = s.adapters.jobs.list_parts(&job_id(&status)).await.unwrap();
+    let mixed: Vec<_> = parts
+        .iter()
+        .filter_map(|p| match &p.spec {
+            PartSpec::Mixed { types, .. } => Some(types.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(mixed.len() > 1, "{parts:?}");
+    assert!(
+        mixed
+            .iter()
+            .all(|t| t == &["Observation", "Organization", "Patient"]),
+        "Condition is read alone, Encounter lies between: {mixed:?}"
+    );
+    let (objects, uploads) = s.leftovers(&job_id(&status)).await;
+    assert!(uploads.is_empty(), "the losers' uploads are aborted");
     let listed = 2 * manifest["output"].as_array().unwrap().len()
         + manifest["error"].as_array().unwrap().len();
     assert_eq!(objects.len(), listed, "no stray objects: {objects:?}");

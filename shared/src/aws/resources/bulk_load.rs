@@ -35,7 +35,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::{
-    head_pk, key, lu_sk, max_atomic_ops, stamped_body, stats_add, stats_pk, target, version_pk,
+    head_pk, key, max_atomic_ops, stamped_body, stats_add, stats_pk, target, version_key,
     DynamoResources, META, SK,
 };
 use crate::aws::backend;
@@ -291,10 +291,7 @@ impl DynamoResources {
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(key(
-                version_pk(&v.resource_type, shard),
-                lu_sk(v.last_updated),
-            )))
+            .set_key(Some(version_key(&v.resource_type, shard, v.last_updated)))
             .condition_expression("attribute_not_exists(sup)")
             .send()
             .await;
