@@ -57,8 +57,8 @@ def main():
     p.add_argument("--s3-puts-per-s-per-prefix", type=float, default=3500)
     p.add_argument("--part-mib", type=float, default=8, help="PartSizeMiB")
     p.add_argument("--resources-per-file", type=int, default=100_000, help="MaxResourcesPerFile")
-    p.add_argument("--shards", type=int, default=16)
-    p.add_argument("--types", type=int, default=20, help="resource types exported")
+    p.add_argument("--shards", type=int, default=16,
+                   help="partitions of the version items; every type shares them")
     p.add_argument("--gzip-ratio", type=float, default=0.111,
                    help="gzip twin bytes / NDJSON bytes (README: Compressing export files)")
     p.add_argument("--bytes-per-resource", type=float, default=None,
@@ -113,9 +113,8 @@ def main():
         f"S3 PUTs: {a.s3_puts_per_s_per_prefix:,.0f}/s per job prefix":
             a.s3_puts_per_s_per_prefix * a.part_mib * 1024 * 1024 / body,
     }
-    types = a.types
-    limits[f"partition reads: {types} types x {a.shards} shards x {a.partition_read_units_per_s:,.0f} RRU/s"] = \
-        types * a.shards * a.partition_read_units_per_s * 4096 / item
+    limits[f"partition reads: {a.shards} shards x {a.partition_read_units_per_s:,.0f} RRU/s"] = \
+        a.shards * a.partition_read_units_per_s * 4096 / item
     bottleneck, rate = min(limits.items(), key=lambda kv: kv[1])
 
     print(f"Inputs: `{a.job_cost}` ({n:,} resources; {body:,.0f} NDJSON bytes per resource, "
