@@ -692,3 +692,29 @@ impl EventPublisher for AllPublishers {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_grouped_up_to_the_target_with_empty_ones_marked() {
+        let seg = |first, last, empty, count| Segment {
+            first_shard: first,
+            last_shard: last,
+            after: None,
+            until: None,
+            count,
+            empty_shards: empty,
+        };
+        // Shard 1 is empty inside the first group; shard 4 alone exceeds
+        // the target and is never split; trailing empty shards start none.
+        let groups = group_shards(&[3, 0, 2, 4, 12, 1, 0, 0], 10);
+        assert_eq!(
+            groups,
+            vec![seg(0, 3, 0b10, 9), seg(4, 4, 0, 12), seg(5, 5, 0, 1)]
+        );
+        assert!(!groups[0].reads(1) && groups[0].reads(2));
+        assert_eq!(group_shards(&[0, 0], 10), vec![]);
+    }
+}
