@@ -48,7 +48,7 @@ use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, shard_of, stamp_meta};
 use crate::ports::{
     group_shards, Clock, PortError, PortResult, ResourceStore, Revision, RevisionScan, ScanPage,
-    Segment, ShardScan, TypesPage, TypesScan, Version, WriteOp, WriteResult,
+    Segment, ShardScan, TypesScan, Version, WriteOp, WriteResult,
 };
 
 pub const BY_ID_INDEX: &str = "by_id";
@@ -858,9 +858,9 @@ impl ResourceStore for DynamoResources {
                 .expression_attribute_values(":high", s(version_sk(scan.resource_type, high)))
                 .expression_attribute_values(":as_of", n(scan.as_of))
                 .consistent_read(true)
-                // The limit counts items read before the filter: at most
-                // what is still wanted, so a page never overshoots.
-                .limit((scan.limit - page.len()) as i32)
+                // The limit counts items read before the filter; DynamoDB
+                // also stops at 1 MB, and the page ends there.
+                .limit(scan.limit.min(i32::MAX as usize) as i32)
                 .set_exclusive_start_key(start);
             if !scan.include_deleted {
                 query = query.expression_attribute_values(":false", b(false));
@@ -875,8 +875,10 @@ impl ResourceStore for DynamoResources {
                     opt_s(item, "body"),
                 );
             }
+            page.more = out.last_evaluated_key.is_some();
+            // A page the filter emptied says nothing: read on.
             match out.last_evaluated_key {
-                Some(k) if page.len() < scan.limit => start = Some(k),
+                Some(k) if page.is_empty() => start = Some(k),
                 _ => return Ok(page),
             }
         }
@@ -896,9 +898,9 @@ impl ResourceStore for DynamoResources {
         ))
     }
 
-    async fn scan_types(&self, scan: TypesScan<'_>) -> PortResult<TypesPage> {
+    async fn scan_types(&self, scan: TypesScan<'_>) -> PortResult<ScanPage> {
         let (Some(first), Some(last)) = (scan.types.first(), scan.types.last()) else {
-            return Ok(TypesPage::default());
+            return Ok(ScanPage::default());
         };
         let low = match scan.after {
             Some((t, at)) => {
@@ -912,7 +914,7 @@ impl ResourceStore for DynamoResources {
         // The key range holds exactly these types (they are adjacent); a
         // version written after the snapshot is left out by the filter.
         let high = version_sk(last, scan.as_of);
-        let mut page = TypesPage::default();
+        let mut page = ScanPage::default();
         let mut start = None;
         loop {
             let out = self
@@ -940,7 +942,7 @@ impl ResourceStore for DynamoResources {
                 let Ok(index) = scan.types.binary_search_by(|x| x.as_str().cmp(t)) else {
                     continue;
                 };
-                page.page.push_typed(
+                page.push_typed(
                     index as u16,
                     get_s(item, "id")?.to_string(),
                     get_n(item, "ver")?,
@@ -952,7 +954,7 @@ impl ResourceStore for DynamoResources {
             page.more = out.last_evaluated_key.is_some();
             // A page the filter emptied says nothing: read on.
             match out.last_evaluated_key {
-                Some(k) if page.page.is_empty() => start = Some(k),
+                Some(k) if page.is_empty() => start = Some(k),
                 _ => return Ok(page),
             }
         }

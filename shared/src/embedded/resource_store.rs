@@ -527,6 +527,8 @@ impl ResourceStore for SqliteResourceStore {
                         body,
                     );
                 }
+                // A full page may have been the last; one more read says so.
+                page.more = page.len() == limit;
                 Ok(page)
             })
             .await

@@ -360,9 +360,9 @@ impl Engine {
                     })
                     .await?;
                 after = page.items.last().map(|v| v.last_updated);
-                let full = page.len() == self.config.page_size;
+                let more = page.more;
                 ids.extend(page.items.into_iter().map(|v| v.id));
-                if !full {
+                if !more {
                     break;
                 }
             }

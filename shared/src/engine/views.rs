@@ -87,7 +87,7 @@ impl Engine {
                         found = Some((item.last_updated, view));
                     }
                 }
-                if page.len() < self.config.page_size {
+                if !page.more {
                     break;
                 }
                 after = page.items.last().map(|i| i.last_updated);
@@ -190,9 +190,7 @@ impl Engine {
                                 add(&value, &mut rows)?;
                             }
                             match page.items.last() {
-                                Some(last) if page.len() == page_size => {
-                                    after = Some(last.last_updated)
-                                }
+                                Some(last) if page.more => after = Some(last.last_updated),
                                 _ => break,
                             }
                         }

@@ -26,7 +26,7 @@ use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
 use crate::domain::usage;
 use crate::domain::view_export::TableFormat;
-use crate::ports::{PortError, PortResult, ShardScan, TypesPage, TypesScan, Version};
+use crate::ports::{PortError, PortResult, ShardScan, TypesScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
 use crate::view::output::{write_row, Line};
 
@@ -478,10 +478,9 @@ fn advance_shard_cursor(
     cp: &mut crate::domain::job::Checkpoint,
     shard: u16,
     page: &crate::ports::ScanPage,
-    limit: usize,
 ) {
     cp.position = match page.items.last() {
-        Some(v) if page.len() == limit => Position::Shard {
+        Some(v) if page.more => Position::Shard {
             shard,
             after: Some(v.last_updated),
         },
@@ -641,7 +640,7 @@ impl<'a> PartReader<'a> {
                 limit,
             })
             .await?;
-        advance_shard_cursor(cp, shard, &page, limit);
+        advance_shard_cursor(cp, shard, &page);
         for item in &page.items {
             let body = page.body(item);
             if self.passes_type_filters(resource_type, body)? {
@@ -674,8 +673,9 @@ impl<'a> PartReader<'a> {
                     after,
                     as_of: self.as_of,
                 };
-                let TypesPage { page, more } = store.scan_types(scan).await?;
+                let page = store.scan_types(scan).await?;
                 after = page.items.last().map(|v| (v.type_index, v.last_updated));
+                let more = page.more;
                 pages.push(page);
                 if !more || after.is_none() {
                     break;

@@ -183,6 +183,9 @@ pub struct WriteResult {
 pub struct ScanPage {
     pub items: Vec<ScanItem>,
     bodies: String,
+    /// The scan goes on after this page. A store may serve fewer items
+    /// than asked (DynamoDB stops at 1 MB), so a short page is not the end.
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +204,7 @@ impl ScanPage {
         ScanPage {
             items: Vec::with_capacity(items),
             bodies: String::with_capacity(body_bytes),
+            more: false,
         }
     }
 
@@ -284,14 +288,6 @@ pub struct TypesScan<'a> {
     /// Exclusive: the page starts after this version (type index, µs).
     pub after: Option<(u16, i64)>,
     pub as_of: i64,
-}
-
-/// A page of a [`TypesScan`]: as large as the store serves at once.
-#[derive(Debug, Clone, Default)]
-pub struct TypesPage {
-    pub page: ScanPage,
-    /// The shard holds more after the page's last version.
-    pub more: bool,
 }
 
 /// A slice of one type's versions: shards `first_shard..=last_shard`, and in
@@ -457,7 +453,7 @@ pub trait ResourceStore: Send + Sync {
 
     /// One page of a [`TypesScan`]: only for a store whose `shard_counts`
     /// are `Some`.
-    async fn scan_types(&self, _scan: TypesScan<'_>) -> PortResult<TypesPage> {
+    async fn scan_types(&self, _scan: TypesScan<'_>) -> PortResult<ScanPage> {
         Err(PortError::permanent(
             "this store reads each type on its own",
             "scan_types is not supported",

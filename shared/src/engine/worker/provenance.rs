@@ -34,7 +34,7 @@ impl PartReader<'_> {
         }
         let limit = self.engine.config.page_size;
         let page = self.provenance_scan(shard, after, limit).await?;
-        super::advance_shard_cursor(cp, shard, &page, limit);
+        super::advance_shard_cursor(cp, shard, &page);
         for item in &page.items {
             let Some(body) = page.body(item) else {
                 continue;
@@ -209,7 +209,7 @@ impl PartReader<'_> {
                             }
                         }
                     }
-                    if page.len() < limit {
+                    if !page.more {
                         break;
                     }
                 }
