@@ -3,7 +3,9 @@
 //! `benches/moto-export.sh 100000` starts moto and runs
 //! `cargo bench -p bulk-export-functions --bench moto_export -- --resources 100000`
 //! (with `BULK_EXPORT_MOTO_URL` set to a running moto). `--workers N`
-//! (default 4), `--shards N` (default 16, the functions' setting).
+//! (default 4), `--shards N` (default 16, the functions' setting),
+//! `--mixed-max N` (the engine's `mixed_export_max_resources`; 0 makes
+//! per-type parts).
 //!
 //! 1. Loads N synthetic resources into fresh DynamoDB tables (timed; the
 //!    bulk load path: batched puts behind a fence).
@@ -128,8 +130,13 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
         Some(SharedInterceptor::new(counter)),
     );
     let mut config = EngineConfig::new("https://bench.example/fhir");
-    config.min_chunk_bytes = 8 << 20; // the functions' default part size
-                                      // Retries come back no later than a lost delivery would.
+    // The functions' default part size.
+    config.min_chunk_bytes = 8 << 20;
+    // `--mixed-max 0` reads every type on its own (per-type parts), as
+    // exports past `mixed_export_max_resources` are.
+    config.mixed_export_max_resources =
+        arg("--mixed-max", config.mixed_export_max_resources as usize) as u64;
+    // Retries come back no later than a lost delivery would.
     config.retry_base = config.retry_base.min(timing.visibility);
     let engine = Engine::new(adapters.ports(), config);
 
