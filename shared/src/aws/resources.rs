@@ -914,7 +914,9 @@ impl ResourceStore for DynamoResources {
         // The key range holds exactly these types (they are adjacent); a
         // version written after the snapshot is left out by the filter.
         let high = version_sk(last, scan.as_of);
-        let mut page = ScanPage::default();
+        // A page is at most 1 MB: room for it at once, no doubling slack
+        // (a mixed part holds all of its pages).
+        let mut page = ScanPage::with_capacity(0, 1 << 20);
         let mut start = None;
         loop {
             let out = self

@@ -79,6 +79,10 @@ pub struct EngineConfig {
     /// for a small export is most of its requests. Past it, pages of data
     /// outnumber the streams, and per-type parts give fewer, larger files.
     pub mixed_export_max_resources: u64,
+    /// A mixed part holds its versions in memory until it writes them, so
+    /// it reads at most about this many (a worker handles several parts at
+    /// once). Its size does not change the number of Queries.
+    pub mixed_part_max_resources: u64,
     /// Patient and Group exports are split into parts of this many patients.
     pub patients_per_part: usize,
     /// Lifetime of the presigned links the file endpoint hands out.
@@ -149,6 +153,7 @@ impl EngineConfig {
             carry_limit_bytes: 96 << 10,
             part_target_resources: 20_000,
             mixed_export_max_resources: 250_000,
+            mixed_part_max_resources: 10_000,
             patients_per_part: 500,
             presign_ttl: Duration::from_secs(300),
             requires_access_token: false,

@@ -128,7 +128,8 @@ impl Engine {
             let target = self.config.part_target_resources;
             let mut per_type = types.clone();
             if since.is_none() {
-                let (mixed, alone) = self.mixed_parts(&types, target).await?;
+                let part_max = target.min(self.config.mixed_part_max_resources);
+                let (mixed, alone) = self.mixed_parts(&types, part_max).await?;
                 fixed_parts.extend(mixed);
                 per_type = alone;
             }
@@ -159,8 +160,8 @@ impl Engine {
 
     /// A small full export on a store whose types share partitions: each
     /// run of adjacent types (no other stored type between them) is read
-    /// together, a key range per shard, in parts of about `target` versions
-    /// cut between shards. Returns those parts and the types left to
+    /// together, a key range per shard, in parts of at most about `target`
+    /// versions cut between shards. Returns those parts and the types left to
     /// per-type parts (all of them when mixing does not apply).
     async fn mixed_parts(
         &self,

@@ -472,6 +472,28 @@ fn excluded_patient_message(patient: &str, level: &ExportLevel) -> String {
     )
 }
 
+/// Attempts at one page of a mixed part before the part fails: a failed
+/// mixed part starts over, so a transient error is worth retrying here
+/// rather than losing every page read so far.
+const MIXED_READ_ATTEMPTS: u32 = 3;
+
+async fn read_mixed_page(
+    store: &dyn crate::ports::ResourceStore,
+    scan: TypesScan<'_>,
+) -> PortResult<crate::ports::ScanPage> {
+    let mut attempt = 1;
+    loop {
+        match store.scan_types(scan.clone()).await {
+            Err(e) if e.is_retryable() && attempt < MIXED_READ_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "a mixed part's read failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2u64 << attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// After a page of a shard scan: the next page of the same shard if this
 /// one was full, else the next shard; and the progress it made.
 fn advance_shard_cursor(
@@ -673,7 +695,7 @@ impl<'a> PartReader<'a> {
                     after,
                     as_of: self.as_of,
                 };
-                let page = store.scan_types(scan).await?;
+                let page = read_mixed_page(store.as_ref(), scan).await?;
                 after = page.items.last().map(|v| (v.type_index, v.last_updated));
                 let more = page.more;
                 pages.push(page);
