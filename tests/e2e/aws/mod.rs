@@ -3,6 +3,7 @@
 mod bulk_load;
 mod contract;
 mod functions;
+mod mixed_scan;
 pub mod moto;
 mod revisions;
 mod schedules;
