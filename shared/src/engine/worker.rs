@@ -494,8 +494,8 @@ async fn read_mixed_page(
     }
 }
 
-/// After a page of a shard scan: the next page of the same shard if this
-/// one was full, else the next shard; and the progress it made.
+/// After a page of a shard scan: the next page of the same shard if the
+/// scan goes on, else the next shard; and the progress it made.
 fn advance_shard_cursor(
     cp: &mut crate::domain::job::Checkpoint,
     shard: u16,
