@@ -440,7 +440,8 @@ pub trait ResourceStore: Send + Sync {
         target: u64,
     ) -> PortResult<Vec<Segment>>;
 
-    /// One page of versions current at `as_of`, ordered by `last_updated`.
+    /// One page of versions current at `as_of`, ordered by `last_updated`:
+    /// at most `limit`, maybe fewer before the end (`ScanPage::more`).
     async fn scan_shard(&self, scan: ShardScan<'_>) -> PortResult<ScanPage>;
 
     /// Versions per shard of `resource_type` (history included), when the
