@@ -95,7 +95,21 @@ struct Timing {
 }
 
 async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timing) {
-    let sdk = emulator_config(endpoint).await;
+    // moto answers a Query in time proportional to the table, and under
+    // several parts at once a call on 100,000 resources can pass the
+    // service's 60 s attempt timeout; the abandoned call runs on in moto
+    // while its retry queues behind it, until every call times out. The
+    // bench waits for moto instead.
+    let sdk = emulator_config(endpoint)
+        .await
+        .into_builder()
+        .timeout_config(
+            aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(900))
+                .build(),
+        )
+        .build();
     let id = format!("bench-{}", std::process::id());
     let names = provision(
         &sdk,
