@@ -344,7 +344,7 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
                     "each body belongs to its item"
                 );
             }
-            let full = page.len() == 4;
+            let full = page.more;
             seen.extend(page.items.into_iter().map(|v| (v.id, v.version)));
             if !full {
                 break;
@@ -462,7 +462,7 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
                     .await
                     .unwrap();
                 cursor = page.items.last().map(|v| v.last_updated);
-                let full = page.len() == 500;
+                let full = page.more;
                 assert!(seg.reads(shard) || page.is_empty(), "{seg:?}");
                 ids.extend(page.items.into_iter().map(|v| v.id));
                 if !full {

@@ -123,7 +123,7 @@ async fn count(store: &dyn ResourceStore) -> Result<BTreeMap<String, u64>, Strin
                     .map_err(|e| e.to_string())?;
                 total += page.len() as u64;
                 match page.items.last() {
-                    Some(last) if page.len() == 1000 => after = Some(last.last_updated),
+                    Some(last) if page.more => after = Some(last.last_updated),
                     _ => break,
                 }
             }

@@ -72,19 +72,27 @@ async fn unsuperseded_versions(store: &dyn ResourceStore) -> Vec<String> {
     let far_future = chrono::Utc::now().timestamp_micros() + 10 * 365 * 86_400_000_000;
     let mut ids = Vec::new();
     for shard in 0..SHARDS {
-        let page = store
-            .scan_shard(ShardScan {
-                resource_type: "Patient",
-                shard,
-                after: None,
-                until: None,
-                as_of: far_future,
-                include_deleted: true,
-                limit: 1000,
-            })
-            .await
-            .unwrap();
-        ids.extend(page.items.into_iter().map(|v| v.id));
+        let mut after = None;
+        loop {
+            let page = store
+                .scan_shard(ShardScan {
+                    resource_type: "Patient",
+                    shard,
+                    after,
+                    until: None,
+                    as_of: far_future,
+                    include_deleted: true,
+                    limit: 1000,
+                })
+                .await
+                .unwrap();
+            after = page.items.last().map(|v| v.last_updated);
+            let more = page.more;
+            ids.extend(page.items.into_iter().map(|v| v.id));
+            if !more {
+                break;
+            }
+        }
     }
     ids.sort();
     ids

@@ -346,7 +346,7 @@ impl DynamoResources {
                 })
                 .await?;
             after = page.items.last().map(|v| v.last_updated);
-            let full = page.len() == PAGE;
+            let more = page.more;
             versions.extend(page.items.into_iter().map(|v| Version {
                 resource_type: resource_type.to_string(),
                 id: v.id,
@@ -355,7 +355,7 @@ impl DynamoResources {
                 deleted: v.deleted,
                 body: None,
             }));
-            if !full {
+            if !more {
                 return Ok(versions);
             }
         }
