@@ -3,7 +3,7 @@
 //!
 //! | item | pk | sk | what |
 //! |---|---|---|---|
-//! | version | `V#<shard>` | `<type>#<lastUpdated>` (µs, 17 digits) | `id`, `ver`, `lu`, `del`, `body`, `sup` (superseded at, µs), `rid` = `<type>#<id>` |
+//! | version | `V#<shard>` | `<type>#<lastUpdated>` (µs, 17 digits) | `rid` = `<type>#<id>`, `ver`, `body`, `by` (author), `plu` (previous version's `lastUpdated`), `sup` (superseded at, µs); `del` on tombstones only |
 //! | head | `H#<type>#<id>` | `#` | the newest version: `v`, `lu`, `del` |
 //! | compartment link | `C#<patient>` | `<type>#<id>` | the resource ever referenced the patient |
 //! | type statistics | `STATS#<type>` | `#` | `s<shard>`: versions per shard |
@@ -16,7 +16,8 @@
 //! read shards in parallel. Types share the partitions so that a full
 //! export reads small types together, a key range of adjacent types per
 //! shard ([`ResourceStore::scan_types`]), not one Query per type and shard.
-//! "Current at T" is `lu <= T` and no `sup <= T`, filtered in the query.
+//! "Current at T" is `lastUpdated <= T` (the key range) and no `sup <= T`
+//! (the query's filter).
 //! The `by_id` index (`rid`, `ver`) serves history reads.
 //!
 //! Every write is one transaction that also advances the clock item
@@ -139,13 +140,46 @@ fn stamped_body(
     Ok(body)
 }
 
+/// The fields of a version item that are not its body. A version item is
+/// kept lean, because DynamoDB's 1 MB page counts every attribute: the id
+/// and `lastUpdated` are read from the keys (`rid`, `sk`) rather than
+/// stored twice, and `del` is stored on tombstones only.
+struct VersionFields<'a> {
+    id: &'a str,
+    version: u64,
+    last_updated: i64,
+    deleted: bool,
+}
+
+impl<'a> VersionFields<'a> {
+    fn of(item: &'a Item) -> PortResult<Self> {
+        let key_part = |name: &str, split: Option<(&'a str, &'a str)>| {
+            split.map(|(_, v)| v).ok_or_else(|| {
+                PortError::corrupt("a stored record is corrupt", format!("malformed {name}"))
+            })
+        };
+        // Types never contain '#'; ids never do either (FHIR's id syntax).
+        let id = key_part("rid", get_s(item, "rid")?.split_once('#'))?;
+        let last_updated = key_part("sk", get_s(item, "sk")?.rsplit_once('#'))?
+            .parse()
+            .map_err(|e| PortError::corrupt("a stored record is corrupt", e))?;
+        Ok(VersionFields {
+            id,
+            version: get_n(item, "ver")?,
+            last_updated,
+            deleted: matches!(item.get("del"), Some(AttributeValue::Bool(true))),
+        })
+    }
+}
+
 fn version_from_item(resource_type: &str, item: &Item) -> PortResult<Version> {
+    let f = VersionFields::of(item)?;
     Ok(Version {
         resource_type: resource_type.to_string(),
-        id: get_s(item, "id")?.to_string(),
-        version: get_n(item, "ver")?,
-        last_updated: get_n(item, "lu")?,
-        deleted: get_b(item, "del")?,
+        id: f.id.to_string(),
+        version: f.version,
+        last_updated: f.last_updated,
+        deleted: f.deleted,
         body: opt_s(item, "body").map(str::to_string),
     })
 }
@@ -177,10 +211,11 @@ impl DynamoResources {
         let shard = shard_of(&v.id, self.shards);
         let mut item = version_key(&v.resource_type, shard, v.last_updated);
         item.insert("rid".into(), s(format!("{}#{}", v.resource_type, v.id)));
-        item.insert("id".into(), s(v.id.clone()));
         item.insert("ver".into(), n(v.version));
-        item.insert("lu".into(), n(v.last_updated));
-        item.insert("del".into(), b(v.deleted));
+        // See `VersionFields`: no `id` or `lastUpdated` beside the keys.
+        if v.deleted {
+            item.insert("del".into(), b(true));
+        }
         if let Some(body) = &v.body {
             item.insert("body".into(), s(body.clone()));
         }
@@ -588,9 +623,9 @@ impl ResourceStore for DynamoResources {
             return Ok(out);
         }
         let projection = if scan.with_bodies {
-            "id, ver, lu, del, body, #by, plu"
+            "rid, sk, ver, del, body, #by, plu"
         } else {
-            "id, ver, lu, del, #by, plu"
+            "rid, sk, ver, del, #by, plu"
         };
         let mut start = None;
         loop {
@@ -843,11 +878,11 @@ impl ResourceStore for DynamoResources {
         }
         let mut filter = "(attribute_not_exists(sup) OR sup > :as_of)".to_string();
         if !scan.include_deleted {
-            filter.push_str(" AND del = :false");
+            filter.push_str(" AND attribute_not_exists(del)");
         }
         let mut start = None;
         loop {
-            let mut query = self
+            let query = self
                 .client
                 .query()
                 .table_name(&self.table)
@@ -862,16 +897,14 @@ impl ResourceStore for DynamoResources {
                 // also stops at 1 MB, and the page ends there.
                 .limit(scan.limit.min(i32::MAX as usize) as i32)
                 .set_exclusive_start_key(start);
-            if !scan.include_deleted {
-                query = query.expression_attribute_values(":false", b(false));
-            }
             let out = query.send().await.map_err(backend)?;
             for item in out.items() {
+                let f = VersionFields::of(item)?;
                 page.push(
-                    get_s(item, "id")?.to_string(),
-                    get_n(item, "ver")?,
-                    get_n(item, "lu")?,
-                    get_b(item, "del")?,
+                    f.id.to_string(),
+                    f.version,
+                    f.last_updated,
+                    f.deleted,
                     opt_s(item, "body"),
                 );
             }
@@ -911,8 +944,9 @@ impl ResourceStore for DynamoResources {
             }
             None => version_sk(first, 0),
         };
-        // The key range holds exactly these types (they are adjacent); a
-        // version written after the snapshot is left out by the filter.
+        // The key range holds exactly these types (they are adjacent). A
+        // version of an earlier type written after the snapshot is inside
+        // it: it is skipped here, as a filter cannot read the sort key.
         let high = version_sk(last, scan.as_of);
         // A page is at most 1 MB: room for it at once, no doubling slack
         // (a mixed part holds all of its pages).
@@ -925,13 +959,12 @@ impl ResourceStore for DynamoResources {
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
                 .filter_expression(
-                    "lu <= :as_of AND (attribute_not_exists(sup) OR sup > :as_of) AND del = :false",
+                    "(attribute_not_exists(sup) OR sup > :as_of) AND attribute_not_exists(del)",
                 )
                 .expression_attribute_values(":pk", s(version_pk(scan.shard)))
                 .expression_attribute_values(":low", s(&low))
                 .expression_attribute_values(":high", s(&high))
                 .expression_attribute_values(":as_of", n(scan.as_of))
-                .expression_attribute_values(":false", b(false))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
@@ -944,11 +977,15 @@ impl ResourceStore for DynamoResources {
                 let Ok(index) = scan.types.binary_search_by(|x| x.as_str().cmp(t)) else {
                     continue;
                 };
+                let f = VersionFields::of(item)?;
+                if f.last_updated > scan.as_of {
+                    continue;
+                }
                 page.push_typed(
                     index as u16,
-                    get_s(item, "id")?.to_string(),
-                    get_n(item, "ver")?,
-                    get_n(item, "lu")?,
+                    f.id.to_string(),
+                    f.version,
+                    f.last_updated,
                     false,
                     opt_s(item, "body"),
                 );

@@ -3,9 +3,10 @@
 //! stopped, in type order, with only the versions current at the snapshot.
 //! One-type scans page the same way.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use bulk_export::aws::AwsAdapters;
 use bulk_export::clock::SystemClock;
 use bulk_export::ports::{ResourceStore, ShardScan, TypesScan, WriteOp};
@@ -148,4 +149,87 @@ async fn a_mixed_scan_pages_through_a_shard_as_of_its_snapshot() {
         .unwrap();
     assert_eq!(page.items[0].type_index, 0);
     assert!(page.items[0].id.starts_with("Encounter-"));
+}
+
+/// DynamoDB's 1 MB page counts every attribute of an item, so a version
+/// item stores nothing its keys already say: the id is in `rid`, the
+/// `lastUpdated` in `sk`, and only a tombstone says it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_item_stores_nothing_its_keys_already_say() {
+    let (sdk, names) = fresh_stack().await;
+    let store = AwsAdapters::new(&sdk, &names, 1, Arc::new(SystemClock)).resources;
+    store
+        .load(vec![upsert("Patient", "p1", "first")])
+        .await
+        .unwrap();
+    store
+        .write(vec![WriteOp::Delete {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+        }])
+        .await
+        .unwrap();
+    let as_of = store.snapshot().await.unwrap().timestamp_micros();
+
+    let items = aws_sdk_dynamodb::Client::new(&sdk)
+        .query()
+        .table_name(&names.resources_table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S("V#000".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    fn attributes(item: &HashMap<String, AttributeValue>) -> BTreeSet<&str> {
+        item.keys().map(String::as_str).collect()
+    }
+    assert_eq!(items.len(), 2, "{items:?}");
+    let (live, tombstone) = (&items[0], &items[1]);
+    assert_eq!(
+        attributes(live),
+        BTreeSet::from(["pk", "sk", "rid", "ver", "body", "by", "sup"])
+    );
+    assert_eq!(
+        attributes(tombstone),
+        BTreeSet::from(["pk", "sk", "rid", "ver", "del", "by", "plu"])
+    );
+
+    // Read back, the fields come from the keys.
+    let page = store
+        .scan_shard(ShardScan {
+            resource_type: "Patient",
+            shard: 0,
+            after: None,
+            until: None,
+            as_of,
+            include_deleted: true,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let read: Vec<_> = page
+        .items
+        .iter()
+        .map(|v| (v.id.as_str(), v.version, v.deleted))
+        .collect();
+    assert_eq!(read, [("p1", 2, true)]);
+    let sk = |item: &HashMap<String, AttributeValue>| match &item["sk"] {
+        AttributeValue::S(sk) => sk.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        sk(tombstone),
+        format!("Patient#{:017}", page.items[0].last_updated)
+    );
+    // The live version, from the history index, as of before the deletion.
+    let first_at: i64 = sk(live)["Patient#".len()..].parse().unwrap();
+    let first = store.read_as_of("Patient", "p1", first_at).await.unwrap();
+    let first = first.expect("the first version");
+    assert_eq!(
+        (first.id.as_str(), first.version, first.deleted),
+        ("p1", 1, false)
+    );
+    assert_eq!(first.last_updated, first_at);
 }
