@@ -33,6 +33,14 @@ pub fn status_kb(field: &str) -> u64 {
 /// export's floor).
 #[allow(dead_code)]
 pub fn cpu_secs() -> f64 {
+    let (user, sys) = cpu_user_sys();
+    user + sys
+}
+
+/// The process's user and system CPU seconds so far: the kernel's share
+/// (mostly copying into the page cache) is what varies most between runs.
+#[allow(dead_code)]
+pub fn cpu_user_sys() -> (f64, f64) {
     // SAFETY: getrusage only writes the struct it is given.
     let usage = unsafe {
         let mut usage = std::mem::zeroed::<libc::rusage>();
@@ -40,7 +48,20 @@ pub fn cpu_secs() -> f64 {
         usage
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    (secs(usage.ru_utime), secs(usage.ru_stime))
+}
+
+/// The process's minor page faults so far: memory the allocator gave back
+/// to the kernel and took again costs one each (and the kernel zeroes it).
+#[allow(dead_code)]
+pub fn minor_faults() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_minflt as u64
 }
 
 /// Resets the peak RSS (VmHWM) to the current RSS.
