@@ -663,10 +663,18 @@ impl<'a> PartReader<'a> {
             })
             .await?;
         advance_shard_cursor(cp, shard, &page);
+        let as_stored = self.writes_bodies_as_stored(resource_type);
         for item in &page.items {
             let body = page.body(item);
-            if self.passes_type_filters(resource_type, body)? {
-                self.emit(sink, resource_type, &item.id, body).await?;
+            match body {
+                Some(body) if as_stored => {
+                    sink.push(FileKind::Output, resource_type, body.as_bytes())
+                        .await?
+                }
+                _ if self.passes_type_filters(resource_type, body)? => {
+                    self.emit(sink, resource_type, &item.id, body).await?
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -705,11 +713,19 @@ impl<'a> PartReader<'a> {
             }
         }
         for (index, resource_type) in types.iter().enumerate() {
+            let as_stored = self.writes_bodies_as_stored(resource_type);
             for page in &pages {
                 for item in page.items.iter().filter(|v| v.type_index as usize == index) {
                     let body = page.body(item);
-                    if self.passes_type_filters(resource_type, body)? {
-                        self.emit(sink, resource_type, &item.id, body).await?;
+                    match body {
+                        Some(body) if as_stored => {
+                            sink.push(FileKind::Output, resource_type, body.as_bytes())
+                                .await?
+                        }
+                        _ if self.passes_type_filters(resource_type, body)? => {
+                            self.emit(sink, resource_type, &item.id, body).await?
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -896,6 +912,17 @@ impl<'a> PartReader<'a> {
         );
         self.patient_exists.insert(patient.to_string(), exists);
         Ok(exists)
+    }
+
+    /// Whether a type's stored bodies are its lines as they are: no view,
+    /// `_typeFilter`, `_elements` or blocks by patient. Decided once per
+    /// page, not per resource, as [`PartReader::emit`] would.
+    fn writes_bodies_as_stored(&self, resource_type: &str) -> bool {
+        self.views.is_empty()
+            && self.job.request.views.is_none()
+            && !self.job.request.organize_by_patient
+            && !self.type_filters.contains_key(resource_type)
+            && self.job.request.elements.for_type(resource_type).is_none()
     }
 
     /// Whether a version passes its type's `_typeFilter`s (deletions, and
