@@ -4,7 +4,8 @@
 //! (`--dir PATH` keeps the loaded store there and reuses it on the next run;
 //! `--workers N` sets the worker count, default 4 like the local server:
 //! parts wait on reads and writes, so more workers than cores keep both busy;
-//! `--chunk-kib N` sets the chunk size, 4096 by default as in the service.)
+//! `--chunk-kib N` sets the chunk size, 4096 by default as in the service;
+//! `--page-size N` the resources read per page, 1000 by default.)
 //!
 //! 1. Loads N synthetic resources into a fresh store (timed, for reference).
 //! 2. Runs a system-level export through the real engine and worker loop:
@@ -99,6 +100,9 @@ async fn run(n: usize, workers: usize) {
     let mut config = EngineConfig::new("http://127.0.0.1:1/fhir");
     if let Some(gzip) = arg_text("--gzip-files") {
         config.gzip_files = gzip.parse().expect("--gzip-files true|false");
+    }
+    if let Some(rows) = arg_text("--page-size") {
+        config.page_size = rows.parse().expect("--page-size N");
     }
     if let Some(kib) = arg_text("--chunk-kib") {
         config.min_chunk_bytes = kib.parse::<usize>().expect("--chunk-kib N") << 10;

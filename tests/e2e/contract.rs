@@ -338,14 +338,14 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
             for item in &page.items {
                 let body: serde_json::Value =
                     serde_json::from_str(page.body(item).unwrap()).unwrap();
-                assert_eq!(
-                    body["id"],
-                    item.id.as_str(),
-                    "each body belongs to its item"
-                );
+                assert_eq!(body["id"], page.id(item), "each body belongs to its item");
             }
             let full = page.more;
-            seen.extend(page.items.into_iter().map(|v| (v.id, v.version)));
+            seen.extend(
+                page.items
+                    .iter()
+                    .map(|v| (page.id(v).to_string(), v.version)),
+            );
             if !full {
                 break;
             }
@@ -464,7 +464,7 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
                 cursor = page.items.last().map(|v| v.last_updated);
                 let full = page.more;
                 assert!(seg.reads(shard) || page.is_empty(), "{seg:?}");
-                ids.extend(page.items.into_iter().map(|v| v.id));
+                ids.extend(page.ids().map(str::to_string));
                 if !full {
                     break;
                 }
@@ -648,7 +648,11 @@ pub async fn cover(
             if !seg.reads(shard) {
                 assert!(page.is_empty(), "shard {shard} marked empty: {seg:?}");
             }
-            seen.extend(page.items.into_iter().map(|v| (v.id, v.version)));
+            seen.extend(
+                page.items
+                    .iter()
+                    .map(|v| (page.id(v).to_string(), v.version)),
+            );
         }
     }
     seen.sort();

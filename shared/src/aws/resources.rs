@@ -901,7 +901,7 @@ impl ResourceStore for DynamoResources {
             for item in out.items() {
                 let f = VersionFields::of(item)?;
                 page.push(
-                    f.id.to_string(),
+                    f.id,
                     f.version,
                     f.last_updated,
                     f.deleted,
@@ -983,7 +983,7 @@ impl ResourceStore for DynamoResources {
                 }
                 page.push_typed(
                     index as u16,
-                    f.id.to_string(),
+                    f.id,
                     f.version,
                     f.last_updated,
                     false,

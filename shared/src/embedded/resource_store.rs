@@ -519,7 +519,9 @@ impl ResourceStore for SqliteResourceStore {
                         _ => None,
                     };
                     page.push(
-                        r.get(0).map_err(backend)?,
+                        r.get_ref(0)
+                            .and_then(|v| Ok(v.as_str()?))
+                            .map_err(backend)?,
                         r.get::<_, i64>(1).map_err(backend)? as u64,
                         r.get(2).map_err(backend)?,
                         r.get::<_, i64>(3).map_err(backend)? != 0,

@@ -362,7 +362,7 @@ impl Engine {
                     .await?;
                 after = page.items.last().map(|v| v.last_updated);
                 let more = page.more;
-                ids.extend(page.items.into_iter().map(|v| v.id));
+                ids.extend(page.ids().map(str::to_string));
                 if !more {
                     break;
                 }

@@ -177,7 +177,7 @@ impl Engine {
                                 })?;
                                 if let Some(set) = &patients {
                                     let inside = if t == "Patient" {
-                                        set.contains(&item.id)
+                                        set.contains(page.id(item))
                                     } else {
                                         compartment_patients(t, &value)
                                             .iter()

@@ -672,7 +672,7 @@ impl<'a> PartReader<'a> {
                         .await?
                 }
                 _ if self.passes_type_filters(resource_type, body)? => {
-                    self.emit(sink, resource_type, &item.id, body).await?
+                    self.emit(sink, resource_type, page.id(item), body).await?
                 }
                 _ => {}
             }
@@ -723,7 +723,7 @@ impl<'a> PartReader<'a> {
                                 .await?
                         }
                         _ if self.passes_type_filters(resource_type, body)? => {
-                            self.emit(sink, resource_type, &item.id, body).await?
+                            self.emit(sink, resource_type, page.id(item), body).await?
                         }
                         _ => {}
                     }

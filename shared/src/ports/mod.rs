@@ -177,12 +177,13 @@ pub struct WriteResult {
     pub created: bool,
 }
 
-/// A page of a scan. Bodies share one buffer: an export copies each body
-/// once, from the store's row into this page, and from here to its file.
+/// A page of a scan. Ids and bodies share one buffer: an export copies
+/// each body once, from the store's row into this page, and from here to
+/// its file, and allocates nothing per resource.
 #[derive(Debug, Clone, Default)]
 pub struct ScanPage {
     pub items: Vec<ScanItem>,
-    bodies: String,
+    text: String,
     /// The scan goes on after this page. A store may serve fewer items
     /// than asked (DynamoDB stops at 1 MB), so a short page is not the end.
     pub more: bool,
@@ -190,7 +191,8 @@ pub struct ScanPage {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanItem {
-    pub id: String,
+    /// Its id's place in the page ([`ScanPage::id`]).
+    id: (usize, usize),
     pub version: u64,
     pub last_updated: i64,
     pub deleted: bool,
@@ -203,14 +205,14 @@ impl ScanPage {
     pub fn with_capacity(items: usize, body_bytes: usize) -> Self {
         ScanPage {
             items: Vec::with_capacity(items),
-            bodies: String::with_capacity(body_bytes),
+            text: String::with_capacity(body_bytes),
             more: false,
         }
     }
 
     pub fn push(
         &mut self,
-        id: String,
+        id: &str,
         version: u64,
         last_updated: i64,
         deleted: bool,
@@ -223,17 +225,19 @@ impl ScanPage {
     pub fn push_typed(
         &mut self,
         type_index: u16,
-        id: String,
+        id: &str,
         version: u64,
         last_updated: i64,
         deleted: bool,
         body: Option<&str>,
     ) {
-        let body = body.map(|b| {
-            let start = self.bodies.len();
-            self.bodies.push_str(b);
-            (start, self.bodies.len())
-        });
+        let mut append = |s: &str| {
+            let start = self.text.len();
+            self.text.push_str(s);
+            (start, self.text.len())
+        };
+        let id = append(id);
+        let body = body.map(append);
         self.items.push(ScanItem {
             id,
             version,
@@ -244,8 +248,17 @@ impl ScanPage {
         });
     }
 
+    pub fn id(&self, item: &ScanItem) -> &str {
+        &self.text[item.id.0..item.id.1]
+    }
+
     pub fn body(&self, item: &ScanItem) -> Option<&str> {
-        item.body.map(|(a, b)| &self.bodies[a..b])
+        item.body.map(|(a, b)| &self.text[a..b])
+    }
+
+    /// The page's ids, in order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(|item| self.id(item))
     }
 
     pub fn len(&self) -> usize {

@@ -88,7 +88,7 @@ async fn unsuperseded_versions(store: &dyn ResourceStore) -> Vec<String> {
                 .unwrap();
             after = page.items.last().map(|v| v.last_updated);
             let more = page.more;
-            ids.extend(page.items.into_iter().map(|v| v.id));
+            ids.extend(page.ids().map(str::to_string));
             if !more {
                 break;
             }

@@ -347,9 +347,9 @@ impl DynamoResources {
                 .await?;
             after = page.items.last().map(|v| v.last_updated);
             let more = page.more;
-            versions.extend(page.items.into_iter().map(|v| Version {
+            versions.extend(page.items.iter().map(|v| Version {
                 resource_type: resource_type.to_string(),
-                id: v.id,
+                id: page.id(v).to_string(),
                 version: v.version,
                 last_updated: v.last_updated,
                 deleted: v.deleted,

@@ -42,10 +42,11 @@ impl PartReader<'_> {
             let value: Value = serde_json::from_str(body)
                 .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
             if self
-                .provenance_belongs(&item.id, item.last_updated, &value, latest_only)
+                .provenance_belongs(page.id(item), item.last_updated, &value, latest_only)
                 .await?
             {
-                self.emit(sink, "Provenance", &item.id, Some(body)).await?;
+                self.emit(sink, "Provenance", page.id(item), Some(body))
+                    .await?;
             }
         }
         Ok(())
@@ -201,7 +202,7 @@ impl PartReader<'_> {
                             .and_then(|r| crate::domain::instant::parse_instant(r).ok())
                             .map(|r| r.to_rfc3339())
                             .unwrap_or_default();
-                        let key = (recorded, item.last_updated, item.id.clone());
+                        let key = (recorded, item.last_updated, page.id(item).to_string());
                         for target in provenance_targets(&value) {
                             let entry = best.entry(target).or_insert_with(|| key.clone());
                             if key > *entry {
