@@ -4,7 +4,7 @@
 //! (`--dir PATH` keeps the loaded store there and reuses it on the next run;
 //! `--workers N` sets the worker count, default 4 like the local server:
 //! parts wait on reads and writes, so more workers than cores keep both busy;
-//! `--chunk-kib N` sets the chunk size, 4096 by default as in the service;
+//! `--chunk-kib N` sets the chunk size, 1024 by default as in the service;
 //! `--page-size N` the resources read per page, 1000 by default.)
 //!
 //! 1. Loads N synthetic resources into a fresh store (timed, for reference).

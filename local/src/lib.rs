@@ -381,7 +381,7 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
 /// arenas at the same speed (`cargo bench -p bulk-export-local --bench
 /// view_export`).
 ///
-/// It also keeps buffers of up to 16 MiB (an export's 4 MiB chunks, a
+/// It also keeps buffers of up to 16 MiB (an export's 1 MiB chunks, a
 /// page of bodies) in the arenas, and 32 MiB of free memory at an arena's
 /// top before handing it back: by default glibc maps such buffers afresh
 /// or trims them away when freed, and each reuse then faults its pages in

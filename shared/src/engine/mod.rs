@@ -66,7 +66,12 @@ pub struct EngineConfig {
     /// Resources read per store page.
     pub page_size: usize,
     /// Upload chunk size: buffered output is uploaded once it reaches this
-    /// (S3 needs >= 5 MiB for all but a file's last chunk).
+    /// (S3 needs >= 5 MiB for all but a file's last chunk: the functions
+    /// set their part size, 8 MiB by default). The default, 1 MiB, suits
+    /// local files: the kernel copies a chunk into the page cache while it
+    /// is still in the CPU's cache, and a 1M export took about 8% less CPU
+    /// and 20 MB less RSS than with 4 MiB chunks (`cargo bench -p
+    /// bulk-export-local --bench export -- --chunk-kib N`).
     pub min_chunk_bytes: usize,
     /// Buffered lines up to this size ride along in the checkpoint instead
     /// of forcing a short file.
@@ -149,7 +154,7 @@ impl EngineConfig {
             retention: chrono::Duration::days(7),
             max_resources_per_file: 100_000,
             page_size: 1000,
-            min_chunk_bytes: 4 << 20,
+            min_chunk_bytes: 1 << 20,
             carry_limit_bytes: 96 << 10,
             part_target_resources: 20_000,
             mixed_export_max_resources: 250_000,
