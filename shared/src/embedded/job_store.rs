@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
-use super::sqlite::{backend, CachedStatements, Db};
+use super::sqlite::{backend, CachedStatements, Db, Pages};
 use crate::auth::ClientRegistration;
 use crate::domain::job::{Job, Part, WorkMessage};
 use crate::domain::usage::Usage;
@@ -91,7 +91,7 @@ const MIGRATIONS: &[&str] = &[
 impl SqliteJobs {
     pub fn open(path: &Path) -> PortResult<Self> {
         Ok(SqliteJobs {
-            db: Db::open_migrated(path, SCHEMA, MIGRATIONS)?,
+            db: Db::open_migrated(path, Pages::Small, SCHEMA, MIGRATIONS)?,
         })
     }
 

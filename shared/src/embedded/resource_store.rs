@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::sqlite::{backend, CachedStatements, Db};
+use super::sqlite::{backend, CachedStatements, Db, Pages};
 use crate::domain::instant::{format_instant, from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, stamp_meta};
 use crate::ports::{
@@ -67,7 +67,7 @@ pub struct SqliteResourceStore {
 impl SqliteResourceStore {
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> PortResult<Self> {
         Ok(SqliteResourceStore {
-            db: Db::open_migrated(path, SCHEMA, MIGRATIONS)?,
+            db: Db::open_migrated(path, Pages::Large, SCHEMA, MIGRATIONS)?,
             clock,
         })
     }

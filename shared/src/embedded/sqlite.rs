@@ -19,19 +19,32 @@ pub struct Db {
 
 struct DbInner {
     path: PathBuf,
+    page_size: u32,
     idle: Mutex<Vec<Connection>>,
 }
 
-impl Db {
-    /// Opens (creating if needed) the database and applies `schema`.
-    pub fn open(path: &Path, schema: &str) -> PortResult<Db> {
-        Self::open_migrated(path, schema, &[])
-    }
+/// Page sizes: large rows (resource bodies) read in few pages, against
+/// small rows updated often (jobs, parts, the queue), where every commit
+/// writes each page it changed to the WAL whole.
+#[derive(Debug, Clone, Copy)]
+pub enum Pages {
+    Large = 16384,
+    Small = 4096,
+}
 
-    /// Like `open`, then applies `migrations` (statements that may already
-    /// have been applied to an older database: "duplicate column" is fine).
-    pub fn open_migrated(path: &Path, schema: &str, migrations: &[&str]) -> PortResult<Db> {
-        let conn = open_connection(path)?;
+impl Db {
+    /// Opens (creating if needed) the database with pages of `pages` (a
+    /// new database only), applies `schema`, then `migrations`
+    /// (statements that may already have been applied to an older
+    /// database: "duplicate column" is fine).
+    pub fn open_migrated(
+        path: &Path,
+        pages: Pages,
+        schema: &str,
+        migrations: &[&str],
+    ) -> PortResult<Db> {
+        let page_size = pages as u32;
+        let conn = open_connection(path, page_size)?;
         conn.execute_batch(schema).map_err(backend)?;
         for m in migrations {
             match conn.execute(m, []) {
@@ -43,6 +56,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(DbInner {
                 path: path.to_path_buf(),
+                page_size,
                 idle: Mutex::new(vec![conn]),
             }),
         })
@@ -58,7 +72,7 @@ impl Db {
         tokio::task::spawn_blocking(move || {
             let mut conn = match inner.idle.lock().expect("pool lock").pop() {
                 Some(c) => c,
-                None => open_connection(&inner.path)?,
+                None => open_connection(&inner.path, inner.page_size)?,
             };
             let result = f(&mut conn);
             let mut idle = inner.idle.lock().expect("pool lock");
@@ -98,7 +112,7 @@ impl CachedStatements for Connection {
     }
 }
 
-fn open_connection(path: &Path) -> PortResult<Connection> {
+fn open_connection(path: &Path, page_size: u32) -> PortResult<Connection> {
     let conn = Connection::open(path).map_err(backend)?;
     // Room for every statement a store runs (the default keeps 16).
     conn.set_prepared_statement_cache_capacity(64);
@@ -112,14 +126,14 @@ fn open_connection(path: &Path) -> PortResult<Connection> {
         true,
     )
     .map_err(backend)?;
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         // page_size only takes effect on a new database (before WAL is on).
-        "PRAGMA page_size = 16384;
+        "PRAGMA page_size = {page_size};
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 30000;
          PRAGMA cache_size = -2048;",
-    )
+    ))
     .map_err(backend)?;
     Ok(conn)
 }
@@ -158,7 +172,7 @@ mod tests {
     #[test]
     fn a_cached_statement_is_not_prepared_again_for_new_parameters() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_connection(&dir.path().join("t.db")).unwrap();
+        let conn = open_connection(&dir.path().join("t.db"), Pages::Small as u32).unwrap();
         // Skewed values and STAT4 statistics: without a stable plan, every
         // new value bound to `a` would make SQLite plan the query again.
         conn.execute_batch(
