@@ -632,27 +632,35 @@ pub async fn cover(
     let mut seen = Vec::new();
     for seg in segments {
         for shard in seg.first_shard..=seg.last_shard {
-            let page = store
-                .scan_shard(ShardScan {
-                    resource_type: t,
-                    shard,
-                    after: seg.after,
-                    until: seg.until,
-                    as_of,
-                    include_deleted,
-                    limit: 1000,
-                })
-                .await
-                .unwrap();
-            // A shard the segment marks empty (readers skip it) must be.
-            if !seg.reads(shard) {
-                assert!(page.is_empty(), "shard {shard} marked empty: {seg:?}");
+            // Every page: one cut short at DynamoDB's 1 MB is not the end.
+            let mut after = seg.after;
+            loop {
+                let page = store
+                    .scan_shard(ShardScan {
+                        resource_type: t,
+                        shard,
+                        after,
+                        until: seg.until,
+                        as_of,
+                        include_deleted,
+                        limit: 1000,
+                    })
+                    .await
+                    .unwrap();
+                // A shard the segment marks empty (readers skip it) must be.
+                if !seg.reads(shard) {
+                    assert!(page.is_empty(), "shard {shard} marked empty: {seg:?}");
+                }
+                seen.extend(
+                    page.items
+                        .iter()
+                        .map(|v| (page.id(v).to_string(), v.version)),
+                );
+                after = page.items.last().map(|v| v.last_updated).or(after);
+                if !page.more {
+                    break;
+                }
             }
-            seen.extend(
-                page.items
-                    .iter()
-                    .map(|v| (page.id(v).to_string(), v.version)),
-            );
         }
     }
     seen.sort();

@@ -12,6 +12,7 @@ use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::operation::put_item::PutItemInput;
 use bulk_export::aws::{AwsAdapters, DynamoResources, SdkConfig, FENCE_LEASE};
 use bulk_export::clock::{OffsetClock, SystemClock};
+use bulk_export::domain::resource::shard_of;
 use bulk_export::ports::{ResourceStore, ShardScan, WriteOp};
 use serde_json::json;
 
@@ -361,4 +362,42 @@ async fn a_loader_near_the_end_of_its_lease_stops_and_cleans_up() {
         "not a fenced snapshot"
     );
     assert_eq!(exported_at(&healthy, t).await, headed);
+}
+
+/// The repair reads the dead loader's block page by page: a shard holding
+/// more than DynamoDB's 1 MB page of its debris is cleaned whole, so the
+/// retried load writes every resource once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_loaders_block_larger_than_a_page_is_repaired_whole() {
+    let tables = Tables::fresh().await;
+    let (clock, healthy) = (tables.clock.clone(), tables.healthy());
+    // Eight resources of 300 KB in one shard: 2.4 MB, three pages at least.
+    let in_shard_0: Vec<usize> = (0..)
+        .filter(|i| shard_of(&format!("p{i:04}"), SHARDS) == 0)
+        .take(8)
+        .collect();
+    let padding = "x".repeat(300_000);
+    let ops = || -> Vec<WriteOp> { in_shard_0.iter().map(|&i| patient(i, &padding)).collect() };
+    let all: Vec<String> = in_shard_0.iter().map(|i| format!("p{i:04}")).collect();
+
+    let heads_left = AtomicIsize::new(2);
+    let dying = tables.store(loader_client(&tables.sdk, move || {
+        heads_left.fetch_sub(1, Ordering::SeqCst) > 0
+    }));
+    assert!(dying.load(ops()).await.is_err());
+    assert_eq!(
+        unsuperseded_versions(&healthy).await,
+        all,
+        "every version written"
+    );
+
+    clock.advance(chrono::Duration::from_std(FENCE_LEASE).unwrap() + chrono::Duration::seconds(1));
+    healthy.load(ops()).await.unwrap();
+    // Debris past the first page would be here twice: once left over, once
+    // written again by the retried load.
+    assert_eq!(unsuperseded_versions(&healthy).await, all);
+    let t = healthy.snapshot().await.unwrap().timestamp_micros();
+    let mut exported = exported_at(&healthy, t).await;
+    exported.sort();
+    assert_eq!(exported, all);
 }
