@@ -26,7 +26,7 @@ use crate::domain::request::ExportLevel;
 use crate::domain::resource::compartment_patients;
 use crate::domain::usage;
 use crate::domain::view_export::TableFormat;
-use crate::ports::{PortError, PortResult, ShardScan, TypesScan, Version};
+use crate::ports::{PortError, PortResult, ScanItem, ScanPage, ShardScan, TypesScan, Version};
 use crate::search::{matches_any, parse_type_filters, TypeFilter};
 use crate::view::output::{write_row, Line};
 
@@ -480,7 +480,7 @@ const MIXED_READ_ATTEMPTS: u32 = 3;
 async fn read_mixed_page(
     store: &dyn crate::ports::ResourceStore,
     scan: TypesScan<'_>,
-) -> PortResult<crate::ports::ScanPage> {
+) -> PortResult<ScanPage> {
     let mut attempt = 1;
     loop {
         match store.scan_types(scan.clone()).await {
@@ -496,11 +496,7 @@ async fn read_mixed_page(
 
 /// After a page of a shard scan: the next page of the same shard if the
 /// scan goes on, else the next shard; and the progress it made.
-fn advance_shard_cursor(
-    cp: &mut crate::domain::job::Checkpoint,
-    shard: u16,
-    page: &crate::ports::ScanPage,
-) {
+fn advance_shard_cursor(cp: &mut crate::domain::job::Checkpoint, shard: u16, page: &ScanPage) {
     cp.position = match page.items.last() {
         Some(v) if page.more => Position::Shard {
             shard,
@@ -665,17 +661,8 @@ impl<'a> PartReader<'a> {
         advance_shard_cursor(cp, shard, &page);
         let as_stored = self.writes_bodies_as_stored(resource_type);
         for item in &page.items {
-            let body = page.body(item);
-            match body {
-                Some(body) if as_stored => {
-                    sink.push(FileKind::Output, resource_type, body.as_bytes())
-                        .await?
-                }
-                _ if self.passes_type_filters(resource_type, body)? => {
-                    self.emit(sink, resource_type, page.id(item), body).await?
-                }
-                _ => {}
-            }
+            self.write_scanned(sink, resource_type, as_stored, &page, item)
+                .await?;
         }
         Ok(())
     }
@@ -716,17 +703,8 @@ impl<'a> PartReader<'a> {
             let as_stored = self.writes_bodies_as_stored(resource_type);
             for page in &pages {
                 for item in page.items.iter().filter(|v| v.type_index as usize == index) {
-                    let body = page.body(item);
-                    match body {
-                        Some(body) if as_stored => {
-                            sink.push(FileKind::Output, resource_type, body.as_bytes())
-                                .await?
-                        }
-                        _ if self.passes_type_filters(resource_type, body)? => {
-                            self.emit(sink, resource_type, page.id(item), body).await?
-                        }
-                        _ => {}
-                    }
+                    self.write_scanned(sink, resource_type, as_stored, page, item)
+                        .await?;
                 }
             }
         }
@@ -912,6 +890,30 @@ impl<'a> PartReader<'a> {
         );
         self.patient_exists.insert(patient.to_string(), exists);
         Ok(exists)
+    }
+
+    /// Writes one scanned version: its stored body as it is when
+    /// `as_stored` (see [`PartReader::writes_bodies_as_stored`]), otherwise
+    /// through its type's filters and [`PartReader::emit`].
+    async fn write_scanned(
+        &self,
+        sink: &mut Sink<'_>,
+        resource_type: &str,
+        as_stored: bool,
+        page: &ScanPage,
+        item: &ScanItem,
+    ) -> PortResult<()> {
+        let body = page.body(item);
+        match body {
+            Some(body) if as_stored => {
+                sink.push(FileKind::Output, resource_type, body.as_bytes())
+                    .await
+            }
+            _ if self.passes_type_filters(resource_type, body)? => {
+                self.emit(sink, resource_type, page.id(item), body).await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether a type's stored bodies are its lines as they are: no view,
