@@ -386,8 +386,9 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
 /// top before handing it back: by default glibc maps such buffers afresh
 /// or trims them away when freed, and each reuse then faults its pages in
 /// again, zeroed by the kernel. A 100k export took 4,000-7,000 page faults
-/// after the first run, and under 3,000 with these settings, at the same
-/// peak RSS (`cargo bench -p bulk-export-local --bench export`).
+/// after the first run, and a median of about 330 with these settings, at
+/// about the same peak RSS (`cargo bench -p bulk-export-local --bench
+/// export`).
 /// Call it before any thread starts.
 pub fn bound_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
