@@ -130,7 +130,7 @@ async fn run(n: usize, workers: usize) {
         batch.push(WriteOp::Upsert {
             resource_type,
             id,
-            resource: v,
+            resource: v.into(),
         });
         if batch.len() == 5000 {
             loaded += batch.len();

@@ -71,7 +71,7 @@ async fn run(n: usize) {
             batch.push(WriteOp::Upsert {
                 resource_type: t,
                 id,
-                resource: v,
+                resource: v.into(),
             });
             if batch.len() == 5000 {
                 store.load(std::mem::take(&mut batch)).await.unwrap();
@@ -87,7 +87,7 @@ async fn run(n: usize) {
                     WriteOp::Upsert {
                         resource_type: t.clone(),
                         id: id.clone(),
-                        resource: v,
+                        resource: v.into(),
                     }
                 })
                 .collect();

@@ -72,7 +72,7 @@ async fn run(n: usize, workers: usize) {
             batch.push(WriteOp::Upsert {
                 resource_type: t,
                 id,
-                resource: v,
+                resource: v.into(),
             });
             if batch.len() == 5000 {
                 store.load(std::mem::take(&mut batch)).await.unwrap();

@@ -3,6 +3,7 @@
 use std::io::BufRead;
 
 use crate::domain::resource::{check_resource_value, is_valid_id};
+use crate::domain::resource_text::ResourceText;
 use crate::domain::ApiError;
 use crate::engine::Engine;
 use crate::ports::WriteOp;
@@ -35,10 +36,18 @@ pub async fn load_values(
     engine: &Engine,
     values: impl Iterator<Item = Value>,
 ) -> Result<usize, ApiError> {
+    load_texts(engine, values.map(ResourceText::from)).await
+}
+
+/// The same, for resources as their JSON text (kept as written).
+async fn load_texts(
+    engine: &Engine,
+    resources: impl Iterator<Item = ResourceText>,
+) -> Result<usize, ApiError> {
     let mut batch = Vec::with_capacity(BATCH);
     let mut total = 0;
-    for v in values {
-        batch.push(to_op(v)?);
+    for r in resources {
+        batch.push(to_op(r)?);
         if batch.len() == BATCH {
             total += batch.len();
             engine.load(std::mem::take(&mut batch)).await?;
@@ -51,22 +60,24 @@ pub async fn load_values(
     Ok(total)
 }
 
-/// Loads NDJSON (one resource per line) from a reader.
+/// Loads NDJSON (one resource per line) from a reader. Each resource is
+/// stored as its line holds it.
 pub async fn load_ndjson(engine: &Engine, reader: impl BufRead) -> Result<usize, ApiError> {
-    let mut values = Vec::new();
+    let mut resources = Vec::new();
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| ApiError::invalid(format!("line {}: {e}", n + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line)
+        let r = ResourceText::parse(line.as_bytes())
             .map_err(|e| ApiError::invalid(format!("line {}: {e}", n + 1)))?;
-        values.push(v);
+        resources.push(r);
     }
-    load_values(engine, values.into_iter()).await
+    load_texts(engine, resources.into_iter()).await
 }
 
-fn to_op(v: Value) -> Result<WriteOp, ApiError> {
+fn to_op(r: ResourceText) -> Result<WriteOp, ApiError> {
+    let v = r.value();
     let resource_type = v
         .get("resourceType")
         .and_then(Value::as_str)
@@ -82,10 +93,10 @@ fn to_op(v: Value) -> Result<WriteOp, ApiError> {
             "{resource_type} without a valid id"
         )));
     }
-    check_resource_value(&v, &resource_type, Some(&id))?;
+    check_resource_value(v, &resource_type, Some(&id))?;
     Ok(WriteOp::Upsert {
         resource_type,
         id,
-        resource: v,
+        resource: r,
     })
 }

@@ -239,10 +239,12 @@ pub async fn job_store_contract(store: Arc<dyn JobStore>) {
 
 pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
     let t = "Observation";
-    let put = |id: &str, v: i64| WriteOp::Upsert {
+    let put = |id: &str, v: i64| {
+        WriteOp::Upsert {
         resource_type: t.into(),
         id: id.into(),
-        resource: json!({"resourceType": t, "id": id, "valueInteger": v, "subject": {"reference": "Patient/p1"}}),
+        resource: json!({"resourceType": t, "id": id, "valueInteger": v, "subject": {"reference": "Patient/p1"}}).into(),
+    }
     };
     let before = store.snapshot().await.unwrap();
     let w = store
@@ -408,7 +410,7 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
         .map(|id| WriteOp::Upsert {
             resource_type: sparse.into(),
             id: id.clone(),
-            resource: json!({"resourceType": sparse, "id": id}),
+            resource: json!({"resourceType": sparse, "id": id}).into(),
         })
         .collect();
     store.write(ops).await.unwrap();
@@ -436,7 +438,7 @@ pub async fn resource_store_contract(store: Arc<dyn ResourceStore>) {
         .map(|i| WriteOp::Upsert {
             resource_type: many.into(),
             id: format!("c{i:05}"),
-            resource: json!({"resourceType": many, "id": format!("c{i:05}")}),
+            resource: json!({"resourceType": many, "id": format!("c{i:05}")}).into(),
         })
         .collect();
     // More than one atomic write may hold on some stores: `load`.
@@ -498,7 +500,7 @@ async fn revisions_contract(store: &dyn ResourceStore, t: &str) {
     let put = |id: &str, v: i64| WriteOp::Upsert {
         resource_type: t.into(),
         id: id.into(),
-        resource: json!({"resourceType": t, "id": id, "valueInteger": v}),
+        resource: json!({"resourceType": t, "id": id, "valueInteger": v}).into(),
     };
     let mine = store
         .write_as("alice", vec![put("o00", 300)])

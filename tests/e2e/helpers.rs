@@ -2,7 +2,6 @@
 //! and speak the Bulk Data protocol to it over HTTP.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -344,24 +343,35 @@ pub fn ids(resources: &[Value]) -> Vec<String> {
     ids
 }
 
-/// Reads the Synthea sample (gzipped NDJSON per type).
-pub fn synthea() -> Vec<Value> {
-    let mut out = Vec::new();
+/// The Synthea sample's files (gzipped NDJSON, one per type), in order.
+pub fn synthea_files() -> Vec<std::path::PathBuf> {
     let mut paths: Vec<_> = std::fs::read_dir(Path::new(SYNTHEA_DIR))
         .expect("the Synthea sample beside the repo")
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".ndjson.gz"))
         .collect();
     paths.sort();
-    for p in paths {
-        let f = std::fs::File::open(&p).unwrap();
-        let r = std::io::BufReader::new(flate2::read::GzDecoder::new(f));
-        for line in r.lines() {
-            let line = line.unwrap();
-            if !line.trim().is_empty() {
-                out.push(serde_json::from_str(&line).unwrap());
-            }
-        }
-    }
-    out
+    paths
+}
+
+/// A gzipped file's text.
+pub fn gunzip(path: &Path) -> String {
+    let mut text = String::new();
+    let f = std::fs::File::open(path).unwrap();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text).unwrap();
+    text
+}
+
+/// Reads the Synthea sample (gzipped NDJSON per type).
+pub fn synthea() -> Vec<Value> {
+    synthea_files()
+        .iter()
+        .flat_map(|p| {
+            gunzip(p)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
 }

@@ -4,6 +4,7 @@ mod access;
 mod auth;
 mod aws;
 mod contract;
+mod exact_numbers;
 mod export;
 mod faults;
 mod helpers;

@@ -280,7 +280,7 @@ async fn mutate(ports: &Ports, history: &mut History, rng: &mut StdRng, n: usize
             WriteOp::Upsert {
                 resource_type: t,
                 id,
-                resource,
+                resource: resource.into(),
             }
         }
         _ => {
@@ -292,7 +292,7 @@ async fn mutate(ports: &Ports, history: &mut History, rng: &mut StdRng, n: usize
             WriteOp::Upsert {
                 resource_type: "Patient".into(),
                 id,
-                resource,
+                resource: resource.into(),
             }
         }
     };
@@ -345,7 +345,7 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
             WriteOp::Upsert {
                 resource_type: t.into(),
                 id: id.into(),
-                resource: v.clone(),
+                resource: v.clone().into(),
             }
         })
         .collect();

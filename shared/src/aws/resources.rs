@@ -46,7 +46,8 @@ use super::dynamo::{
     s, tx_failure, BatchOp, Item,
 };
 use crate::domain::instant::{format_instant, from_micros, to_micros};
-use crate::domain::resource::{compartment_patients, shard_of, stamp_meta};
+use crate::domain::resource::{compartment_patients, shard_of};
+use crate::domain::resource_text::ResourceText;
 use crate::ports::{
     group_shards, Clock, PortError, PortResult, ResourceStore, Revision, RevisionScan, ScanPage,
     Segment, ShardScan, TypesScan, Version, WriteOp, WriteResult,
@@ -121,16 +122,13 @@ fn target(op: &WriteOp) -> (String, String) {
 
 /// The stored JSON of an upsert: `meta` stamped, size checked.
 fn stamped_body(
-    resource: &serde_json::Value,
+    resource: &ResourceText,
     resource_type: &str,
     id: &str,
     version: u64,
     last_updated: i64,
 ) -> PortResult<String> {
-    let mut resource = resource.clone();
-    let instant = format_instant(from_micros(last_updated));
-    stamp_meta(&mut resource, id, version, &instant);
-    let body = serde_json::to_string(&resource).map_err(|e| PortError::corrupt("a resource", e))?;
+    let body = resource.stamped(id, version, &format_instant(from_micros(last_updated)));
     if body.len() > MAX_BODY_BYTES {
         return Err(PortError::Unsupported(format!(
             "{resource_type}/{id} is {} bytes; this store keeps resources up to {MAX_BODY_BYTES} bytes",
@@ -374,7 +372,7 @@ impl DynamoResources {
                 resource,
             } = op
             {
-                for patient in compartment_patients(resource_type, resource) {
+                for patient in compartment_patients(resource_type, resource.value()) {
                     links.insert((format!("C#{patient}"), format!("{resource_type}#{id}")));
                 }
             }

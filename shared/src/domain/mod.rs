@@ -10,6 +10,7 @@ pub mod job;
 pub mod outcome;
 pub mod request;
 pub mod resource;
+pub mod resource_text;
 pub mod revisions;
 pub mod schedule;
 pub mod usage;

@@ -19,7 +19,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::sqlite::{backend, CachedStatements, Db, Pages};
 use crate::domain::instant::{format_instant, from_micros, to_micros};
-use crate::domain::resource::{compartment_patients, stamp_meta};
+use crate::domain::resource::compartment_patients;
 use crate::ports::{
     Clock, PortResult, ResourceStore, Revision, RevisionScan, ScanPage, Segment, ShardScan,
     Version, WriteOp, WriteResult,
@@ -165,16 +165,15 @@ impl ResourceStore for SqliteResourceStore {
                     }
                     let (deleted, body) = match op {
                         WriteOp::Delete { .. } => (true, None),
-                        WriteOp::Upsert { mut resource, .. } => {
-                            stamp_meta(&mut resource, &id, version, &format_instant(from_micros(ts)));
-                            for patient in compartment_patients(&resource_type, &resource) {
+                        WriteOp::Upsert { resource, .. } => {
+                            for patient in compartment_patients(&resource_type, resource.value()) {
                                 tx.execute_cached(
                                     "INSERT OR IGNORE INTO compartment VALUES (?1, ?2, ?3)",
                                     params![patient, resource_type, id],
                                 )
                                 .map_err(backend)?;
                             }
-                            (false, Some(serde_json::to_string(&resource).map_err(backend)?))
+                            (false, Some(resource.stamped(&id, version, &format_instant(from_micros(ts)))))
                         }
                     };
                     tx.execute_cached(

@@ -1,12 +1,15 @@
 //! The small FHIR REST write API that fills the resource store: read,
 //! create, update, delete, and batch/transaction Bundles.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{Caller, Engine};
 use crate::domain::access::WriteKind;
 use crate::domain::instant::{format_instant, from_micros};
 use crate::domain::resource::{check_id, check_resource_value, check_type, is_valid_id};
+use crate::domain::resource_text::ResourceText;
 use crate::domain::ApiError;
 use crate::ports::{Version, WriteOp, WriteResult};
 
@@ -55,12 +58,12 @@ impl Engine {
         caller: &Caller,
         resource_type: &str,
         id: &str,
-        resource: Value,
+        resource: ResourceText,
     ) -> Result<Written, ApiError> {
         check_type(resource_type)?;
         require_write(caller, WriteKind::Update, resource_type)?;
         check_id(id)?;
-        check_resource_value(&resource, resource_type, Some(id))?;
+        check_resource_value(resource.value(), resource_type, Some(id))?;
         let op = WriteOp::Upsert {
             resource_type: resource_type.into(),
             id: id.into(),
@@ -77,11 +80,11 @@ impl Engine {
         &self,
         caller: &Caller,
         resource_type: &str,
-        resource: Value,
+        resource: ResourceText,
     ) -> Result<Written, ApiError> {
         check_type(resource_type)?;
         require_write(caller, WriteKind::Create, resource_type)?;
-        check_resource_value(&resource, resource_type, None)?;
+        check_resource_value(resource.value(), resource_type, None)?;
         // FHIR create: the server assigns the id, whatever the body says.
         let id = uuid::Uuid::new_v4().to_string();
         let op = WriteOp::Upsert {
@@ -132,10 +135,13 @@ impl Engine {
             .ok_or_else(|| ApiError::internal("the store returned no result"))
     }
 
-    /// `POST [base]` with a batch or transaction Bundle. A transaction is
+    /// `POST [base]` with a batch or transaction Bundle (its JSON text: each
+    /// entry's resource is stored as written). A transaction is
     /// all-or-nothing: one bad entry refuses the whole Bundle. A batch
     /// reports each entry's outcome and writes the good ones.
-    pub async fn process_bundle(&self, caller: &Caller, bundle: Value) -> Result<Value, ApiError> {
+    pub async fn process_bundle(&self, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
+        let bundle: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("The body is not valid JSON: {e}")))?;
         if !caller.access.can_write_any() {
             return Err(ApiError::forbidden(
                 "This client may not write resources (it has no write scope)",
@@ -154,9 +160,18 @@ impl Engine {
                 )))
             }
         };
-        let entries = match bundle.get("entry") {
+        let entries: Vec<&RawValue> = match bundle.get("entry") {
             None => Vec::new(),
-            Some(Value::Array(a)) => a.clone(),
+            Some(Value::Array(_)) => {
+                #[derive(Deserialize)]
+                struct Entries<'a> {
+                    #[serde(borrow)]
+                    entry: Vec<&'a RawValue>,
+                }
+                serde_json::from_slice::<Entries>(body)
+                    .map_err(|e| ApiError::invalid(format!("Bundle.entry: {e}")))?
+                    .entry
+            }
             Some(_) => return Err(ApiError::invalid("Bundle.entry must be an array")),
         };
         if entries.len() > MAX_BUNDLE_ENTRIES {
@@ -252,10 +267,21 @@ fn permitted(caller: &Caller, i: usize, kind: WriteKind, op: WriteOp) -> Result<
     Ok(op)
 }
 
-fn entry_op(i: usize, entry: Value) -> Result<(WriteKind, WriteOp), ApiError> {
+/// An entry's parts: its request, and its resource as written.
+#[derive(Deserialize)]
+struct Entry<'a> {
+    request: Option<Value>,
+    #[serde(borrow)]
+    resource: Option<&'a RawValue>,
+}
+
+fn entry_op(i: usize, entry: &RawValue) -> Result<(WriteKind, WriteOp), ApiError> {
     let at = |msg: String| ApiError::invalid(format!("Bundle.entry[{i}]: {msg}"));
+    let entry: Entry = serde_json::from_str(entry.get())
+        .map_err(|e| at(format!("is not an entry object: {e}")))?;
     let request = entry
-        .get("request")
+        .request
+        .as_ref()
         .ok_or_else(|| at("has no request".into()))?;
     let method = request.get("method").and_then(Value::as_str).unwrap_or("");
     let url = request
@@ -274,15 +300,13 @@ fn entry_op(i: usize, entry: Value) -> Result<(WriteKind, WriteOp), ApiError> {
         }
     }
     let resource = || {
-        entry
-            .get("resource")
-            .cloned()
-            .ok_or_else(|| at("has no resource".into()))
+        let raw = entry.resource.ok_or_else(|| at("has no resource".into()))?;
+        ResourceText::parse(raw.get().as_bytes()).map_err(|e| at(format!("its resource is {e}")))
     };
     match (method, id) {
         ("PUT", Some(id)) => {
             let r = resource()?;
-            check_resource_value(&r, resource_type, Some(id)).map_err(|e| at(e.message))?;
+            check_resource_value(r.value(), resource_type, Some(id)).map_err(|e| at(e.message))?;
             let op = WriteOp::Upsert {
                 resource_type: resource_type.into(),
                 id: id.into(),
@@ -292,7 +316,7 @@ fn entry_op(i: usize, entry: Value) -> Result<(WriteKind, WriteOp), ApiError> {
         }
         ("POST", None) => {
             let r = resource()?;
-            check_resource_value(&r, resource_type, None).map_err(|e| at(e.message))?;
+            check_resource_value(r.value(), resource_type, None).map_err(|e| at(e.message))?;
             let op = WriteOp::Upsert {
                 resource_type: resource_type.into(),
                 id: uuid::Uuid::new_v4().to_string(),

@@ -975,10 +975,9 @@ impl<'a> PartReader<'a> {
                     .await
             }
             Some(keep) => {
-                let mut value: Value = serde_json::from_str(body)
+                let subset = subset(body, resource_type, &keep)
                     .map_err(|e| PortError::corrupt("a stored resource is not JSON", e))?;
-                subset(&mut value, resource_type, &keep);
-                sink.push(FileKind::Output, file_type, value.to_string().as_bytes())
+                sink.push(FileKind::Output, file_type, subset.as_bytes())
                     .await
             }
         }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::decimal;
 use super::parse::{BinOp, Expr, TypeOp};
 
 /// One element of a collection.
@@ -87,7 +88,7 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
         Expr::Empty => Vec::new(),
         Expr::Str(s) => vec![Item::owned(Value::String(s.clone()), "String")],
         Expr::Int(i) => vec![Item::owned(Value::from(*i), "Integer")],
-        Expr::Dec(d) => vec![Item::owned(Value::from(*d), "Decimal")],
+        Expr::Dec(d) => vec![Item::owned(Value::Number(d.clone()), "Decimal")],
         Expr::Bool(b) => vec![Item::owned(Value::Bool(*b), "Boolean")],
         Expr::DateTime(d) => vec![Item::owned(Value::String(d.clone()), "DateTime")],
         Expr::This => focus.to_vec(),
@@ -130,7 +131,7 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
                     "Integer",
                 )),
                 Value::Number(n) => Ok(Item::owned(
-                    Value::from(-n.as_f64().unwrap_or(0.0)),
+                    decimal::negate(n).map_or(Value::Null, Value::Number),
                     "Decimal",
                 )),
                 _ => Err(EvalError("'-' applies to numbers".into())),
@@ -418,24 +419,28 @@ fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
             return Ok(Vec::new());
         }
     }
-    let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
-    let v = match op {
-        BinOp::Add => x + y,
-        BinOp::Sub => x - y,
-        BinOp::Mul => x * y,
-        BinOp::Div if y != 0.0 => x / y,
-        BinOp::IntDiv if y != 0.0 => (x / y).trunc(),
-        BinOp::Mod if y != 0.0 => x % y,
-        _ => return Ok(Vec::new()),
+    let (Some(x), Some(y)) = (decimal::decimal(x), decimal::decimal(y)) else {
+        return Ok(Vec::new());
     };
-    Ok(vec![Item::owned(Value::from(v), "Decimal")])
+    let v = match op {
+        BinOp::Add => Some(x + y),
+        BinOp::Sub => Some(x - y),
+        BinOp::Mul => Some(x * y),
+        BinOp::Div => decimal::divide(&x, &y),
+        BinOp::IntDiv => decimal::int_div(&x, &y),
+        BinOp::Mod => decimal::modulo(&x, &y),
+        _ => None,
+    };
+    Ok(v.map(|v| Item::owned(decimal::number(&v), "Decimal"))
+        .into_iter()
+        .collect())
 }
 
 /// `=` on two items: `None` when it cannot be decided (dates of different
 /// precision).
 pub fn equal(a: &Item, b: &Item) -> Option<bool> {
     match (a.value.as_ref(), b.value.as_ref()) {
-        (Value::Number(x), Value::Number(y)) => Some(x.as_f64() == y.as_f64()),
+        (Value::Number(x), Value::Number(y)) => Some(x == y || compare_numbers(x, y)?.is_eq()),
         (Value::String(x), Value::String(y)) if is_temporal(a) || is_temporal(b) => {
             let (x, y) = (x.trim_start_matches('@'), y.trim_start_matches('@'));
             if x.len() == y.len() || !looks_temporal(x) || !looks_temporal(y) {
@@ -476,10 +481,18 @@ fn looks_temporal(s: &str) -> bool {
     s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit)
 }
 
+/// Two numbers' order, exactly (`1.50` equals `1.5`).
+fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Option<std::cmp::Ordering> {
+    if let (Some(a), Some(b)) = (x.as_i64(), y.as_i64()) {
+        return Some(a.cmp(&b));
+    }
+    Some(decimal::decimal(x)?.cmp(&decimal::decimal(y)?))
+}
+
 /// Order of two single items (numbers, or strings and dates as text).
 pub fn compare(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
     match (a.value.as_ref(), b.value.as_ref()) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => {
             let (x, y) = (x.trim_start_matches('@'), y.trim_start_matches('@'));
             if (is_temporal(a) || is_temporal(b)) && looks_temporal(x) && looks_temporal(y) {

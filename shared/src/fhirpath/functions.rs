@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::decimal;
 use super::eval::{as_bool, bool_item, equal, evaluate, field, is_type, Env, EvalError, Item};
 use super::parse::Expr;
 
@@ -403,12 +404,10 @@ pub fn reference_parts(reference: &Value) -> Option<(String, String)> {
 fn boundary(item: &Item<'_>, high: bool) -> Option<(Value, &'static str)> {
     match item.value.as_ref() {
         Value::Number(n) => {
-            let text = n.to_string();
-            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
-            let half = 0.5 * 10f64.powi(-decimals);
-            let v = n.as_f64()? + if high { half } else { -half };
-            let scale = 10f64.powi(decimals + 1);
-            Some((Value::from((v * scale).round() / scale), "Decimal"))
+            let d = decimal::decimal(n)?;
+            let half = decimal::half_ulp(&d);
+            let v = if high { d + half } else { d - half };
+            Some((decimal::number(&v), "Decimal"))
         }
         Value::String(s) => {
             let kind = item.type_of().map(str::to_ascii_lowercase);

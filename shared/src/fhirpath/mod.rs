@@ -7,6 +7,7 @@
 //! evaluator has the functions in `functions.rs`, and fails clearly on
 //! others.
 
+pub mod decimal;
 mod eval;
 mod functions;
 mod parse;

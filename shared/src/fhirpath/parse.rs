@@ -11,7 +11,8 @@ pub enum Expr {
     Empty,
     Str(String),
     Int(i64),
-    Dec(f64),
+    /// A decimal literal, its text kept (`1.50` is not `1.5`).
+    Dec(serde_json::Number),
     Bool(bool),
     /// `@2015-02-04T14:34:28Z` and the like, without the `@`.
     DateTime(String),
@@ -478,7 +479,9 @@ impl Parser {
             Tok::Str(s) => Expr::Str(s),
             Tok::Num(n) => match n.parse::<i64>() {
                 Ok(i) if !n.contains('.') => Expr::Int(i),
-                _ => Expr::Dec(n.parse().map_err(|_| self.error("bad number"))?),
+                _ => {
+                    Expr::Dec(super::decimal::literal(&n).ok_or_else(|| self.error("bad number"))?)
+                }
             },
             Tok::DateTime(d) => Expr::DateTime(d),
             Tok::Special(s) if s == "$this" => Expr::This,

@@ -3,8 +3,9 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 
-use super::{empty_response, parse_json, require_json_body, Api, FHIR_JSON, MAX_BODY_BYTES};
+use super::{empty_response, require_json_body, Api, FHIR_JSON, MAX_BODY_BYTES};
 use crate::domain::instant::{from_micros, http_date};
+use crate::domain::resource_text::ResourceText;
 use crate::domain::ApiError;
 use crate::ports::Version;
 
@@ -29,6 +30,11 @@ fn resource_response(status: StatusCode, v: &Version, base_url: &str) -> Respons
         }
     }
     resp
+}
+
+/// A resource body as its client wrote it.
+fn parse_resource(body: &[u8]) -> Result<ResourceText, ApiError> {
+    ResourceText::parse(body).map_err(|e| ApiError::invalid(format!("The body is {e}")))
 }
 
 fn check_size(body: &Bytes) -> Result<(), ApiError> {
@@ -62,8 +68,8 @@ impl Api {
         let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
-        let value = parse_json(req.body())?;
-        let w = self.engine.create_resource(&caller, t, value).await?;
+        let resource = parse_resource(req.body())?;
+        let w = self.engine.create_resource(&caller, t, resource).await?;
         Ok(resource_response(
             StatusCode::CREATED,
             &w.version,
@@ -80,8 +86,11 @@ impl Api {
         let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
-        let value = parse_json(req.body())?;
-        let w = self.engine.update_resource(&caller, t, id, value).await?;
+        let resource = parse_resource(req.body())?;
+        let w = self
+            .engine
+            .update_resource(&caller, t, id, resource)
+            .await?;
         let status = StatusCode::from_u16(w.status).unwrap_or(StatusCode::OK);
         Ok(resource_response(
             status,
@@ -105,8 +114,7 @@ impl Api {
         let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
-        let value = parse_json(req.body())?;
-        let out = self.engine.process_bundle(&caller, value).await?;
+        let out = self.engine.process_bundle(&caller, req.body()).await?;
         Ok(super::json_response(StatusCode::OK, FHIR_JSON, &out))
     }
 }

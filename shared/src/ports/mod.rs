@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::domain::job::{Job, Part, UploadedChunk, WorkMessage};
+use crate::domain::resource_text::ResourceText;
 use crate::domain::schedule::{Release, Schedule};
 use crate::domain::usage::Usage;
 
@@ -158,11 +159,12 @@ pub struct RevisionScan<'a> {
 
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    /// Create or update `resource_type/id` with `resource` (validated).
+    /// Create or update `resource_type/id` with `resource` (validated),
+    /// stored as its client wrote it but for `id` and `meta`.
     Upsert {
         resource_type: String,
         id: String,
-        resource: Value,
+        resource: ResourceText,
     },
     Delete {
         resource_type: String,

@@ -1,11 +1,15 @@
 //! Search values by parameter type, and whether an element matches one
 //! (FHIR R4 search, §3.1.1.4).
 
+use std::str::FromStr;
+
+use bigdecimal::BigDecimal;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 
 use super::definitions::ParamType;
 use super::query::Modifier;
+use crate::fhirpath::decimal::{decimal, half_ulp};
 use crate::fhirpath::{reference_parts, Item};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +25,17 @@ pub enum Prefix {
     Ap,
 }
 
-/// A half-open interval `[low, high)`: of time in µs, or of a number.
+/// A half-open interval `[low, high)` of time in µs.
 type Range = (f64, f64);
+
+/// A search number with the interval its precision stands for: `5.4` is
+/// `[5.35, 5.45)`. Exact: compared as decimals, never as doubles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approx {
+    value: BigDecimal,
+    low: BigDecimal,
+    high: BigDecimal,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SearchValue {
@@ -33,10 +46,10 @@ pub enum SearchValue {
     },
     Text(String),
     Date(Prefix, Range),
-    Number(Prefix, Range),
+    Number(Prefix, Approx),
     Quantity {
         prefix: Prefix,
-        range: Range,
+        range: Approx,
         system: Option<String>,
         code: Option<String>,
     },
@@ -67,14 +80,14 @@ fn split_prefix(v: &str) -> (Prefix, &str) {
 }
 
 /// A number with its implicit precision: `5.4` is `[5.35, 5.45)`.
-fn number_range(text: &str) -> Result<Range, String> {
-    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
-    let v: f64 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number"))?;
-    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
-    let half = 0.5 * 10f64.powi(-decimals);
-    Ok((v - half, v + half))
+fn number_range(text: &str) -> Result<Approx, String> {
+    let value = BigDecimal::from_str(text).map_err(|_| format!("'{text}' is not a number"))?;
+    let half = half_ulp(&value);
+    Ok(Approx {
+        low: &value - &half,
+        high: &value + &half,
+        value,
+    })
 }
 
 impl SearchValue {
@@ -226,16 +239,24 @@ fn compare_ranges(prefix: Prefix, t: Range, v: Range) -> bool {
 
 /// A number against a search value: equality within the value's
 /// precision, order against the value itself, `ap` within 10%.
-fn number_matches(prefix: Prefix, n: f64, v: Range) -> bool {
-    let value = (v.0 + v.1) / 2.0;
+fn number_matches(prefix: Prefix, n: &BigDecimal, v: &Approx) -> bool {
+    let within = &v.low <= n && n < &v.high;
     match prefix {
-        Prefix::Eq => v.0 <= n && n < v.1,
-        Prefix::Ne => !(v.0 <= n && n < v.1),
-        Prefix::Gt | Prefix::Sa => n > value,
-        Prefix::Lt | Prefix::Eb => n < value,
-        Prefix::Ge => n >= value,
-        Prefix::Le => n <= value,
-        Prefix::Ap => (n - value).abs() <= value.abs() * 0.1,
+        Prefix::Eq => within,
+        Prefix::Ne => !within,
+        Prefix::Gt | Prefix::Sa => n > &v.value,
+        Prefix::Lt | Prefix::Eb => n < &v.value,
+        Prefix::Ge => n >= &v.value,
+        Prefix::Le => n <= &v.value,
+        Prefix::Ap => (n - &v.value).abs() * BigDecimal::from(10) <= v.value.abs(),
+    }
+}
+
+/// An element's number, exactly.
+fn number_of(v: &Value) -> Option<BigDecimal> {
+    match v {
+        Value::Number(n) => decimal(n),
+        _ => None,
     }
 }
 
@@ -358,16 +379,16 @@ pub fn item_matches(item: &Item, value: &SearchValue, modifier: Modifier) -> boo
         SearchValue::Date(prefix, range) => {
             element_range(v).is_some_and(|t| compare_ranges(*prefix, t, *range))
         }
-        SearchValue::Number(prefix, range) => v
-            .as_f64()
-            .is_some_and(|n| number_matches(*prefix, n, *range)),
+        SearchValue::Number(prefix, range) => {
+            number_of(v).is_some_and(|n| number_matches(*prefix, &n, range))
+        }
         SearchValue::Quantity {
             prefix,
             range,
             system,
             code,
         } => {
-            let Some(n) = v.get("value").and_then(Value::as_f64) else {
+            let Some(n) = v.get("value").and_then(number_of) else {
                 return false;
             };
             let system_ok = system
@@ -377,7 +398,7 @@ pub fn item_matches(item: &Item, value: &SearchValue, modifier: Modifier) -> boo
                 v.get("code").and_then(Value::as_str) == Some(c)
                     || v.get("unit").and_then(Value::as_str) == Some(c)
             });
-            system_ok && code_ok && number_matches(*prefix, n, *range)
+            system_ok && code_ok && number_matches(*prefix, &n, range)
         }
         SearchValue::Reference(want) => {
             let Some(reference) = v.get("reference").and_then(Value::as_str) else {
@@ -421,10 +442,50 @@ mod tests {
 
     #[test]
     fn numbers_have_implicit_precision() {
+        let d = |s: &str| BigDecimal::from_str(s).unwrap();
         let r = number_range("5.4").unwrap();
-        assert!(number_matches(Prefix::Eq, 5.44, r) && !number_matches(Prefix::Eq, 5.46, r));
-        assert!(number_matches(Prefix::Gt, 6.0, number_range("5").unwrap()));
+        assert!(number_matches(Prefix::Eq, &d("5.44"), &r));
+        assert!(!number_matches(Prefix::Eq, &d("5.46"), &r));
+        assert!(
+            number_matches(Prefix::Eq, &d("5.35"), &r),
+            "the low end is in"
+        );
+        assert!(
+            !number_matches(Prefix::Eq, &d("5.45"), &r),
+            "the high end is out"
+        );
+        assert!(number_matches(
+            Prefix::Gt,
+            &d("6.0"),
+            &number_range("5").unwrap()
+        ));
         assert!(number_range("x").is_err());
+        // Exact beyond a double's 17 digits.
+        let r = number_range("0.012151678567590593").unwrap();
+        assert!(number_matches(Prefix::Eq, &d("0.012151678567590593"), &r));
+        assert!(!number_matches(Prefix::Eq, &d("0.012151678567590592"), &r));
+        assert!(number_matches(Prefix::Gt, &d("0.012151678567590594"), &r));
+        let big = number_range("123456789012345678901234567890.12").unwrap();
+        assert!(number_matches(
+            Prefix::Lt,
+            &d("123456789012345678901234567890.11"),
+            &big
+        ));
+        assert!(number_matches(
+            Prefix::Ap,
+            &d("105"),
+            &number_range("100").unwrap()
+        ));
+        assert!(!number_matches(
+            Prefix::Ap,
+            &d("111"),
+            &number_range("100").unwrap()
+        ));
+        assert!(number_matches(
+            Prefix::Eq,
+            &d("100"),
+            &number_range("1e2").unwrap()
+        ));
     }
 
     #[test]

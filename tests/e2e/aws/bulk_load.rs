@@ -30,7 +30,8 @@ fn patient(i: usize, padding: &str) -> WriteOp {
             "resourceType": "Patient",
             "id": id,
             "text": {"status": "generated", "div": padding},
-        }),
+        })
+        .into(),
     }
 }
 
@@ -138,7 +139,7 @@ async fn a_snapshot_never_sees_part_of_a_bulk_load() {
         .load(vec![WriteOp::Upsert {
             resource_type: "Patient".into(),
             id: "p0000".into(),
-            resource: json!({"resourceType": "Patient", "id": "p0000", "active": true}),
+            resource: json!({"resourceType": "Patient", "id": "p0000", "active": true}).into(),
         }])
         .await
         .unwrap();
@@ -284,7 +285,7 @@ async fn a_loader_that_dies_mid_block_leaves_nothing_an_export_reads() {
         .write(vec![WriteOp::Upsert {
             resource_type: "Patient".into(),
             id: updated.clone(),
-            resource: json!({"resourceType": "Patient", "id": updated, "active": true}),
+            resource: json!({"resourceType": "Patient", "id": updated, "active": true}).into(),
         }])
         .await
         .unwrap();

@@ -22,7 +22,8 @@ fn upsert(resource_type: &str, id: &str, div: &str) -> WriteOp {
             "resourceType": resource_type,
             "id": id,
             "text": {"status": "generated", "div": div},
-        }),
+        })
+        .into(),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bulk_load;
 mod contract;
+mod exact_numbers;
 mod functions;
 mod mixed_scan;
 pub mod moto;

@@ -27,7 +27,7 @@ use crate::schedules::{
     cadence_scenario, links_scenario, release_rebuild_scenario, subscriber_scenario, Stack,
 };
 
-struct OnMoto {
+pub(super) struct OnMoto {
     container: Container,
     engine: Engine,
     queue: Arc<SqsQueue>,
@@ -116,7 +116,7 @@ impl Stack for OnMoto {
     }
 }
 
-async fn on_moto() -> OnMoto {
+pub(super) async fn on_moto() -> OnMoto {
     let (sdk, names) = fresh_stack().await;
     OnMoto::new(&sdk, &names, None).await
 }

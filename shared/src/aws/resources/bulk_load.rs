@@ -526,7 +526,7 @@ mod tests {
         WriteOp::Upsert {
             resource_type: "Patient".into(),
             id: id.into(),
-            resource: json!({"resourceType": "Patient", "id": id}),
+            resource: json!({"resourceType": "Patient", "id": id}).into(),
         }
     }
 
