@@ -721,6 +721,96 @@ async fn tokens_of_a_trusted_external_issuer_are_verified_by_its_jwks() {
     );
 }
 
+/// A key publisher that fails: each path one way.
+async fn failing_jwks_server() -> String {
+    let router = axum::Router::new()
+        .route(
+            "/down.json",
+            axum::routing::get(|| async { (axum::http::StatusCode::BAD_GATEWAY, "upstream gone") }),
+        )
+        .route(
+            "/garbled.json",
+            axum::routing::get(|| async {
+                ([("content-type", "application/json")], "{\"keys\": [tru")
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+/// A loopback URL where nothing listens.
+async fn closed_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+/// An issuer whose keys cannot be fetched (unreachable, a 5xx, a body that
+/// is not a key set) is an outage: 503 with Retry-After, in our words, not
+/// 401 `invalid_token`, which would tell the client its token is bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_publisher_outage_is_503_not_an_invalid_token() {
+    let failing = failing_jwks_server().await;
+    let idp = rs384("idp-1");
+    for jwks_url in [
+        closed_url().await,
+        format!("{failing}/down.json"),
+        format!("{failing}/garbled.json"),
+    ] {
+        let iss = "https://idp.example".to_string();
+        let cfg = (iss.clone(), jwks_url.clone());
+        let app = spawn_app(Options {
+            auth: true,
+            tune: Box::new(move |c| c.external_issuer = Some(cfg)),
+            ..Default::default()
+        })
+        .await;
+        let mut h = Header::new(idp.alg);
+        h.kid = Some(idp.kid.clone());
+        let claims = json!({"iss": iss, "sub": "c", "aud": app.base(), "exp": now() + 120, "scope": "system/*.read"});
+        let token = jsonwebtoken::encode(&h, &claims, &idp.encoding).unwrap();
+        let resp = app
+            .kickoff_get("$export")
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["retry-after"], "10", "{jwks_url}");
+        let oo = expect_outcome(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+        let said = oo["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(said.contains("retry later"), "{said}");
+        assert!(!said.contains("127.0.0.1"), "no backend detail: {said}");
+    }
+
+    // A client registered by a JWKS URL that is down: the token endpoint
+    // answers 503 temporarily_unavailable, not invalid_client.
+    let a = auth_app().await;
+    let key = es384("by-url");
+    let reg = ClientRegistration {
+        client_id: "down-client".into(),
+        jwks: None,
+        jwks_url: Some(format!("{failing}/down.json")),
+        scope: "system/*.read".into(),
+        groups: None,
+        ..Default::default()
+    };
+    a.app.running.clients.put_client(&reg).await.unwrap();
+    let assertion = assertion(&key, "down-client", &a.token_url, |_, _| {});
+    let (status, body) = a.exchange(&assertion, "system/*.read").await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str().unwrap()),
+        (503, "temporarily_unavailable"),
+        "{body}"
+    );
+    assert!(!body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("127.0.0.1"));
+}
+
 /// Authorized twins of the open-mode export tests: Group and Patient
 /// exports and a cancel, each with a real token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

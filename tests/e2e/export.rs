@@ -282,10 +282,13 @@ async fn post_parameters_and_lenient_handling() {
         .await
         .unwrap();
     let oo = expect_outcome(resp, StatusCode::BAD_REQUEST).await;
-    assert!(oo["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap()
-        .contains("_typeFilter"));
+    let refusal = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        refusal.contains("_typeFilter") && refusal.contains("'foo'"),
+        "{refusal}"
+    );
+    // A refusal does not claim the filter was applied.
+    assert!(!refusal.contains("applied"), "{refusal}");
     // ...with it, the export runs without that clause (so unfiltered here)
     // and the manifest's error file says why.
     let req = app
@@ -295,10 +298,11 @@ async fn post_parameters_and_lenient_handling() {
     assert_eq!(app.outputs(&manifest, "output").await["Patient"].len(), 5);
     let errors = app.outputs(&manifest, "error").await;
     let oo = &errors["OperationOutcome"][0];
-    assert!(oo["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap()
-        .contains("_typeFilter"));
+    let note = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        note.contains("_typeFilter") && note.contains("applied without it"),
+        "{note}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,19 @@ const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Never longer than this, whatever the publisher says: keys get rotated.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Why no key came from a JWKS URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    /// The set could not be had: the publisher is unreachable, answered an
+    /// error, or sent something that is not a key set. An outage, not the
+    /// token's fault: the caller should retry.
+    #[error("the key set at {url} cannot be fetched: {detail}")]
+    Unavailable { url: String, detail: String },
+    /// The set holds no key for the token: the token's fault.
+    #[error("no key in {url} matches the token's kid")]
+    NoMatch { url: String },
+}
+
 pub struct JwksCache {
     http: reqwest::Client,
     entries: Mutex<HashMap<String, (JwkSet, Instant)>>,
@@ -34,7 +47,7 @@ impl Default for JwksCache {
 impl JwksCache {
     /// The key with `kid` (or the only key when `kid` is absent) from the set
     /// at `url`. A miss refetches once: the publisher may have rotated keys.
-    pub async fn key(&self, url: &str, kid: Option<&str>) -> Result<Jwk, String> {
+    pub async fn key(&self, url: &str, kid: Option<&str>) -> Result<Jwk, JwksError> {
         let pick = |set: &JwkSet| match kid {
             Some(kid) => set.find(kid).cloned(),
             None if set.keys.len() == 1 => set.keys.first().cloned(),
@@ -46,7 +59,7 @@ impl JwksCache {
             }
         }
         let set = self.fetch(url).await?;
-        pick(&set).ok_or_else(|| format!("no key in {url} matches the token's kid"))
+        pick(&set).ok_or_else(|| JwksError::NoMatch { url: url.into() })
     }
 
     fn cached(&self, url: &str) -> Option<JwkSet> {
@@ -57,15 +70,19 @@ impl JwksCache {
             .map(|(set, _)| set.clone())
     }
 
-    async fn fetch(&self, url: &str) -> Result<JwkSet, String> {
+    async fn fetch(&self, url: &str) -> Result<JwkSet, JwksError> {
+        let unavailable = |detail: String| JwksError::Unavailable {
+            url: url.into(),
+            detail,
+        };
         let resp = self
             .http
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("fetching {url}: {e}"))?;
+            .map_err(|e| unavailable(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(format!("fetching {url}: HTTP {}", resp.status()));
+            return Err(unavailable(format!("HTTP {}", resp.status())));
         }
         let ttl = cache_ttl(
             resp.headers()
@@ -75,7 +92,7 @@ impl JwksCache {
         let set: JwkSet = resp
             .json()
             .await
-            .map_err(|e| format!("{url} is not a JWKS: {e}"))?;
+            .map_err(|e| unavailable(format!("not a JWKS: {e}")))?;
         if let Some(ttl) = ttl {
             let mut entries = self.entries.lock().expect("jwks cache lock");
             entries.insert(url.to_string(), (set.clone(), Instant::now() + ttl));

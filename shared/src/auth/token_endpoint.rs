@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::issuer::{TokenIssuer, ACCESS_TOKEN_SECONDS};
+use super::jwks::JwksError;
 use crate::domain::access::{Access, Perms, TypeAccess};
 use crate::domain::fhir_types::is_resource_type;
 use crate::ports::{ClientStore, Clock};
@@ -95,6 +96,16 @@ impl OAuthError {
 
 fn invalid_client(why: impl Into<String>) -> OAuthError {
     OAuthError::new("invalid_client", why)
+}
+
+/// A 503 `temporarily_unavailable`: an outage of ours or of a key
+/// publisher, which a retry may get past.
+fn unavailable(what: &str) -> OAuthError {
+    OAuthError {
+        status: 503,
+        error: "temporarily_unavailable",
+        description: format!("{what}; retry later"),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,11 +216,11 @@ impl AuthServer {
             Ok(Some(c)) => c,
             Ok(None) => return Err(invalid_client("unknown client")),
             Err(e) => {
-                return Err(OAuthError {
-                    status: 503,
-                    error: "temporarily_unavailable",
-                    description: e.to_string(),
-                })
+                // The cause goes to the log; the client gets our words only.
+                tracing::error!(error = %e, "token endpoint: the client store failed");
+                return Err(unavailable(
+                    "the authorization server cannot read its clients",
+                ));
             }
         };
         if let Some(jku) = &header.jku {
@@ -230,11 +241,18 @@ impl AuthServer {
                 }
                 .ok_or_else(|| invalid_client("no registered key matches the assertion's kid"))?
             }
-            (None, Some(url)) => self
-                .jwks
-                .key(url, header.kid.as_deref())
-                .await
-                .map_err(|e| invalid_client(format!("the client's keys: {e}")))?,
+            (None, Some(url)) => match self.jwks.key(url, header.kid.as_deref()).await {
+                Ok(key) => key,
+                Err(e @ JwksError::NoMatch { .. }) => {
+                    return Err(invalid_client(format!("the client's keys: {e}")))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, client = %client_id, "token endpoint: the client's JWKS is out of reach");
+                    return Err(unavailable(
+                        "the client's registered key set cannot be fetched",
+                    ));
+                }
+            },
             (None, None) => return Err(invalid_client("the client has no registered keys")),
         };
         let jwk = &jwk;
@@ -283,12 +301,9 @@ impl AuthServer {
             Err(e) => {
                 // The cause goes to the log; the client gets our words only.
                 tracing::error!(error = %e, "token endpoint: the replay guard failed");
-                Err(OAuthError {
-                    status: 503,
-                    error: "temporarily_unavailable",
-                    description:
-                        "the authorization server cannot record the assertion; retry later".into(),
-                })
+                Err(unavailable(
+                    "the authorization server cannot record the assertion",
+                ))
             }
         }
     }
@@ -463,5 +478,67 @@ mod tests {
             assert_eq!(e.error, "invalid_scope", "{bad}");
         }
         assert!(grant_scopes("system/Observation.read", "system/Patient.read").is_err());
+    }
+}
+
+#[cfg(test)]
+mod store_errors {
+    use async_trait::async_trait;
+    use base64::Engine as _;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::ports::{PortError, PortResult};
+
+    /// A client store whose backend is down, with words a client must not see.
+    struct Down;
+
+    #[async_trait]
+    impl ClientStore for Down {
+        async fn put_client(&self, _: &ClientRegistration) -> PortResult<()> {
+            unreachable!()
+        }
+        async fn get_client(&self, _: &str) -> PortResult<Option<ClientRegistration>> {
+            Err(PortError::transient(
+                "table bulk-export-jobs-prod",
+                "connection refused by 10.0.3.7",
+            ))
+        }
+        async fn remember_jti(
+            &self,
+            _: &str,
+            _: &str,
+            _: chrono::DateTime<chrono::Utc>,
+        ) -> PortResult<bool> {
+            unreachable!()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_is_503_in_our_words() {
+        let issuer = TokenIssuer::from_pem(&TokenIssuer::generate_pem(), "iss", "aud").unwrap();
+        let server = AuthServer {
+            issuer: Arc::new(issuer),
+            clients: Arc::new(Down),
+            clock: Arc::new(SystemClock),
+            token_url: "http://127.0.0.1/auth/token".into(),
+            jwks: Arc::default(),
+        };
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        // Well-formed enough to reach the client lookup (the signature is
+        // checked after it).
+        let assertion = format!(
+            "{}.{}.c2ln",
+            b64(json!({"alg": "ES384", "typ": "JWT"})),
+            b64(json!({"iss": "c1", "sub": "c1", "exp": 1, "jti": "j"}))
+        );
+        let form = format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={assertion}&scope=system/*.read",
+            form_urlencoded::byte_serialize(ASSERTION_TYPE.as_bytes()).collect::<String>()
+        );
+        let e = server.token(form.as_bytes()).await.unwrap_err();
+        assert_eq!((e.status, e.error), (503, "temporarily_unavailable"));
+        assert!(!e.description.contains("10.0.3.7") && !e.description.contains("prod"));
+        assert!(e.description.contains("retry later"), "{}", e.description);
     }
 }

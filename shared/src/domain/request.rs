@@ -434,8 +434,15 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                 let (filters, issues) = parse_type_filters(text).map_err(|issue| match issue {
                     FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) => ApiError::invalid(m),
                 })?;
-                // Unsupported clauses are left out: the filter lets more through.
+                // Under lenient handling unsupported clauses are left out:
+                // the filter lets more through, and the manifest says so.
+                // Strict handling refuses the request instead.
                 for FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) in issues {
+                    let m = if lenient {
+                        format!("{m}; the filter was applied without it")
+                    } else {
+                        m
+                    };
                     unsupported(&mut req, m)?;
                 }
                 req.type_filters.extend(filters.into_iter().map(|f| f.text));

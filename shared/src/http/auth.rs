@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use http::HeaderMap;
 
+use crate::auth::jwks::JwksError;
 use crate::domain::access::Access;
 use crate::domain::ApiError;
 use crate::engine::Caller;
@@ -41,6 +42,25 @@ pub struct ExternalIssuer {
     pub jwks: std::sync::Arc<crate::auth::JwksCache>,
 }
 
+/// Why an external token names no caller.
+#[derive(Debug)]
+enum ExternalTokenError {
+    /// The token is not good: 401 `invalid_token`.
+    Invalid(String),
+    /// The issuer's keys cannot be fetched: an outage, not the token's
+    /// fault, answered 503 so the client retries.
+    IssuerUnavailable(JwksError),
+}
+
+impl From<String> for ExternalTokenError {
+    fn from(why: String) -> Self {
+        ExternalTokenError::Invalid(why)
+    }
+}
+
+/// Seconds a client is told to wait when the issuer's keys are out of reach.
+const ISSUER_RETRY_SECS: u64 = 10;
+
 #[derive(serde::Deserialize)]
 struct ExternalClaims {
     sub: String,
@@ -50,16 +70,25 @@ struct ExternalClaims {
 }
 
 impl ExternalIssuer {
-    async fn verify(&self, token: &str, audience: &str, now: i64) -> Result<Caller, String> {
+    async fn verify(
+        &self,
+        token: &str,
+        audience: &str,
+        now: i64,
+    ) -> Result<Caller, ExternalTokenError> {
         use jsonwebtoken::Algorithm;
         let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         if !matches!(
             header.alg,
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::ES256 | Algorithm::ES384
         ) {
-            return Err(format!("alg {:?} is not accepted", header.alg));
+            return Err(format!("alg {:?} is not accepted", header.alg).into());
         }
-        let jwk = self.jwks.key(&self.jwks_url, header.kid.as_deref()).await?;
+        let jwk = match self.jwks.key(&self.jwks_url, header.kid.as_deref()).await {
+            Ok(jwk) => jwk,
+            Err(e @ JwksError::NoMatch { .. }) => return Err(e.to_string().into()),
+            Err(e) => return Err(ExternalTokenError::IssuerUnavailable(e)),
+        };
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
         let mut v = jsonwebtoken::Validation::new(header.alg);
         v.set_issuer(&[&self.issuer]);
@@ -73,7 +102,7 @@ impl ExternalIssuer {
             .map_err(|e| e.to_string())?
             .claims;
         if claims.exp <= now {
-            return Err("the token has expired".into());
+            return Err(String::from("the token has expired").into());
         }
         Ok(Caller {
             subject: claims.sub,
@@ -129,10 +158,20 @@ impl Authenticator for TokenAuthenticator {
                 .ok()
                 .and_then(|c| c.get("iss").and_then(|i| i.as_str()).map(str::to_string));
             if iss.as_deref() == Some(external.issuer.as_str()) {
-                return external
-                    .verify(token, &self.issuer.audience, self.clock.now().timestamp())
-                    .await
-                    .map_err(invalid);
+                let now = self.clock.now().timestamp();
+                return match external.verify(token, &self.issuer.audience, now).await {
+                    Ok(caller) => Ok(caller),
+                    Err(ExternalTokenError::Invalid(why)) => Err(invalid(why)),
+                    Err(ExternalTokenError::IssuerUnavailable(e)) => {
+                        // The cause goes to the log; the client gets our words.
+                        tracing::error!(error = %e, "the external issuer's keys are out of reach");
+                        Err(ApiError::unavailable(
+                            "The access token's issuer cannot be reached to check its \
+                             signature; retry later",
+                            ISSUER_RETRY_SECS,
+                        ))
+                    }
+                };
             }
         }
         let claims = self

@@ -177,6 +177,10 @@ async fn token_response(server: &crate::auth::AuthServer, req: &Request<Bytes>) 
     let mut resp = json_response(status, "application/json", &body);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    }
     resp
 }
 

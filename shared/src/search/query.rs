@@ -157,11 +157,8 @@ fn parse_query(text: &str) -> Result<(TypeFilter, Vec<FilterIssue>), FilterIssue
                 "{code} shapes a search result and has no place in a filter"
             )));
         }
-        let unsupported = |m: String| {
-            FilterIssue::Unsupported(format!(
-                "_typeFilter '{text}': {m}; the filter was applied without it"
-            ))
-        };
+        let unsupported =
+            |m: String| FilterIssue::Unsupported(format!("_typeFilter '{text}': {m}"));
         let Some(param) = lookup(resource_type, code) else {
             issues.push(unsupported(format!(
                 "the search parameter '{code}' of {resource_type} is not supported"
