@@ -8,7 +8,14 @@ use std::time::Duration;
 
 /// The running binary. Dropping it kills the process if it still runs, so
 /// a test that fails before it stops its server leaves none behind.
-struct Server(Child);
+struct Server(Child, std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Server {
+    /// What the server logged since it was ready.
+    fn logged(&self) -> String {
+        self.1.lock().unwrap().clone()
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -51,7 +58,7 @@ fn start_logged(
         .spawn()
         .expect("the binary starts");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let child = Server(child);
+    let child = Server(child, Default::default());
     let mut before = String::new();
     let base = loop {
         let mut line = String::new();
@@ -63,11 +70,14 @@ fn start_logged(
         }
         before.push_str(&line);
     };
-    // Keep draining stdout so the server never blocks on a full pipe.
+    // Keep draining stdout so the server never blocks on a full pipe; what
+    // it logs from here on is kept.
+    let after = child.1.clone();
     std::thread::spawn(move || {
-        let mut sink = String::new();
-        while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
+        let mut line = String::new();
+        while out.read_line(&mut line).is_ok_and(|n| n > 0) {
+            after.lock().unwrap().push_str(&line);
+            line.clear();
         }
     });
     (child, base, before)
@@ -333,4 +343,58 @@ fn killed_mid_export_a_restart_resumes_at_once_and_exactly() {
     assert_eq!(seen, expected, "every resource once");
     eprintln!("resumed and finished {resumed_in:?} after the restart");
     terminate(child);
+}
+
+/// Exports cancelled at once or mid-way (as a conformance suite does) end
+/// quietly: no warning in the log, no retried work, and no file left once
+/// the sweeper has run.
+#[test]
+fn a_cancel_race_leaves_no_warning_and_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, _) = start_logged(
+        dir.path(),
+        &["--sample-patients", "40", "--sweep-seconds", "1"],
+        "warn",
+    );
+    let http = reqwest::blocking::Client::new();
+    for round in 0..24u64 {
+        let resp = http
+            .get(format!("{base}/$export"))
+            .header("accept", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .header("cache-control", "no-cache")
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let status = resp.headers()["content-location"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        // At once, or after the export has started writing.
+        std::thread::sleep(Duration::from_millis((round % 6) * 15));
+        let resp = http.delete(&status).send().unwrap();
+        assert_eq!(resp.status(), 202);
+        assert_eq!(http.get(&status).send().unwrap().status(), 404);
+    }
+    // The sweeper runs every second: every job's files are gone within a
+    // few of its runs.
+    let jobs = dir.path().join("files").join("jobs");
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        left = std::fs::read_dir(&jobs)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+    }
+    let logged = server.logged();
+    terminate(server);
+    assert!(left.is_empty(), "files left: {left:?}");
+    let warnings: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(warnings.is_empty(), "{}", warnings.join("\n"));
 }

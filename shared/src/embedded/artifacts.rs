@@ -243,10 +243,20 @@ impl ArtifactStore for FsArtifacts {
     async fn delete_prefix(&self, prefix: &str) -> PortResult<()> {
         let prefix = safe_key(prefix.trim_end_matches('/'))?;
         for area in ["objects", "uploads"] {
-            match tokio::fs::remove_dir_all(self.root.join(area).join(&prefix)).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(backend(e)),
+            let dir = self.root.join(area).join(&prefix);
+            // A writer may add a file while the tree is removed (a cancel
+            // racing a worker): the removal then finds a directory not
+            // empty, and goes again.
+            let mut attempts = 0;
+            loop {
+                match tokio::fs::remove_dir_all(&dir).await {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempts < 5 => {
+                        attempts += 1;
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
             }
         }
         Ok(())

@@ -438,15 +438,16 @@ impl Engine {
         self.announce(&job).await;
         // The job is cancelled from here on, whatever follows. Deleting its
         // files may race a worker still writing them (a directory refilled
-        // as it is removed); what is left, the delayed collection and the
-        // sweeper (the job expires now) remove.
+        // as it is removed); what is left, that worker (at its next page),
+        // the delayed collection and the sweeper (the job expires now)
+        // remove. An expected race, so not a warning.
         if let Err(e) = self
             .ports
             .artifacts
             .delete_prefix(&job_prefix(job_id))
             .await
         {
-            tracing::warn!(job = %job_id, error = %e, "cancel: files left for the sweeper");
+            tracing::debug!(job = %job_id, error = %e, "cancel: files left for the sweeper");
         }
         // Handlings still running may write a little more.
         if let Err(e) = self.collect_later(job_id).await {

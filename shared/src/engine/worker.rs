@@ -98,6 +98,16 @@ impl Engine {
             Ok(_) => return Disposition::Done,
             Err(e) => e,
         };
+        if self.job_has_ended(message.job_id()).await {
+            // Cancelled (or failed, or swept) under the work, which may have
+            // lost its files or records to that: nothing of it is wanted.
+            // Not a failure, and not retried; what it wrote is removed now.
+            tracing::debug!(?message, %error, "work for an ended job stopped");
+            if let Err(e) = self.collect(message.job_id()).await {
+                tracing::debug!(?message, error = %e, "left for the sweeper");
+            }
+            return Disposition::Done;
+        }
         let permanent = matches!(
             error,
             PortError::Permanent { .. } | PortError::Unsupported(_)
@@ -118,6 +128,16 @@ impl Engine {
         match self.fail_job(message.job_id(), &reason).await {
             Ok(()) => Disposition::Done,
             Err(_) => Disposition::RetryAfter(self.retry_delay(receive_count)),
+        }
+    }
+
+    /// Whether the job is known to want no more work: cancelled, failed or
+    /// gone. A store that cannot say is taken to mean it may still.
+    async fn job_has_ended(&self, job_id: &str) -> bool {
+        match self.ports.jobs.get_job(job_id).await {
+            Ok(None) => true,
+            Ok(Some(job)) => matches!(job.state, JobState::Cancelled | JobState::Failed),
+            Err(_) => false,
         }
     }
 
