@@ -290,6 +290,13 @@ fn unquote(text: &str, i: usize) -> Option<(String, usize)> {
     None
 }
 
+/// How deep an expression may nest: its tree's height, and the parser's
+/// own recursion (parentheses, signs). Evaluating, walking and dropping a
+/// tree recurse once per level, and a client's expression must not be
+/// able to overflow a thread's stack (found by fuzzing: 20,000 nested
+/// parentheses, or `a.a.a...` 30,000 times, crashed the process).
+pub const MAX_DEPTH: u32 = 128;
+
 /// Parses a FHIRPath expression.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     let toks = lex(text)?;
@@ -297,8 +304,9 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
         toks,
         pos: 0,
         len: text.len(),
+        nesting: 0,
     };
-    let e = p.expr(0)?;
+    let (e, _) = p.expr(0)?;
     if p.pos < p.toks.len() {
         return Err(p.error("unexpected text after the expression"));
     }
@@ -309,7 +317,12 @@ struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,
     len: usize,
+    /// Recursive calls under way.
+    nesting: u32,
 }
+
+/// A parsed expression and its tree's height.
+type Parsed = (Expr, u32);
 
 /// Binding power of infix operators, loosest first (FHIRPath §6 order).
 fn infix(tok: &Tok) -> Option<(u8, BinOrType)> {
@@ -384,23 +397,56 @@ impl Parser {
         }
     }
 
+    /// A tree of `height`, if that is allowed.
+    fn within(&self, height: u32) -> Result<u32, ParseError> {
+        if height > MAX_DEPTH {
+            return Err(self.error(&format!(
+                "the expression nests more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        Ok(height)
+    }
+
+    /// Runs a recursive step, within the nesting allowed.
+    fn nested<T>(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<T, ParseError>,
+    ) -> Result<T, ParseError> {
+        self.within(self.nesting + 1)?;
+        self.nesting += 1;
+        let out = step(self);
+        self.nesting -= 1;
+        out
+    }
+
     /// Operators binding at least as tightly as `min`.
-    fn expr(&mut self, min: u8) -> Result<Expr, ParseError> {
-        let mut left = self.unary()?;
+    fn expr(&mut self, min: u8) -> Result<Parsed, ParseError> {
+        self.nested(|p| p.infix_chain(min))
+    }
+
+    fn infix_chain(&mut self, min: u8) -> Result<Parsed, ParseError> {
+        let (mut left, mut height) = self.unary()?;
         while let Some((power, op)) = self.peek().and_then(infix) {
             if power < min {
                 break;
             }
             self.pos += 1;
-            left = match op {
+            (left, height) = match op {
                 BinOrType::Bin(op) => {
-                    let right = self.expr(power + 1)?;
-                    Expr::Binary(Box::new(left), op, Box::new(right))
+                    let (right, h) = self.expr(power + 1)?;
+                    (
+                        Expr::Binary(Box::new(left), op, Box::new(right)),
+                        height.max(h) + 1,
+                    )
                 }
-                BinOrType::Type(op) => Expr::TypeOp(Box::new(left), op, self.type_name()?),
+                BinOrType::Type(op) => (
+                    Expr::TypeOp(Box::new(left), op, self.type_name()?),
+                    height + 1,
+                ),
             };
+            self.within(height)?;
         }
-        Ok(left)
+        Ok((left, height))
     }
 
     fn type_name(&mut self) -> Result<String, ParseError> {
@@ -421,56 +467,63 @@ impl Parser {
         }
     }
 
-    fn unary(&mut self) -> Result<Expr, ParseError> {
+    fn unary(&mut self) -> Result<Parsed, ParseError> {
         if self.eat("-") {
-            return Ok(Expr::Negate(Box::new(self.unary()?)));
+            let (e, h) = self.nested(Self::unary)?;
+            return Ok((Expr::Negate(Box::new(e)), self.within(h + 1)?));
         }
         if self.eat("+") {
-            return self.unary();
+            return self.nested(Self::unary);
         }
-        let mut e = self.term()?;
+        let (mut e, mut height) = self.term()?;
         loop {
-            if self.eat(".") {
+            (e, height) = if self.eat(".") {
                 let name = self.identifier()?;
-                e = if self.eat("(") {
-                    Expr::Call(Some(Box::new(e)), name, self.args()?)
+                if self.eat("(") {
+                    let (args, h) = self.args()?;
+                    (Expr::Call(Some(Box::new(e)), name, args), height.max(h) + 1)
                 } else {
-                    Expr::Member(Box::new(e), name)
-                };
+                    (Expr::Member(Box::new(e), name), height + 1)
+                }
             } else if self.eat("[") {
-                let index = self.expr(0)?;
+                let (index, h) = self.expr(0)?;
                 self.expect("]")?;
-                e = Expr::Index(Box::new(e), Box::new(index));
+                (Expr::Index(Box::new(e), Box::new(index)), height.max(h) + 1)
             } else {
-                return Ok(e);
-            }
+                return Ok((e, height));
+            };
+            self.within(height)?;
         }
     }
 
-    fn args(&mut self) -> Result<Vec<Expr>, ParseError> {
+    /// A call's arguments, and the height of the tallest.
+    fn args(&mut self) -> Result<(Vec<Expr>, u32), ParseError> {
         let mut args = Vec::new();
+        let mut height = 0;
         if self.eat(")") {
-            return Ok(args);
+            return Ok((args, height));
         }
         loop {
-            args.push(self.expr(0)?);
+            let (arg, h) = self.expr(0)?;
+            args.push(arg);
+            height = height.max(h);
             if self.eat(")") {
-                return Ok(args);
+                return Ok((args, height));
             }
             self.expect(",")?;
         }
     }
 
-    fn term(&mut self) -> Result<Expr, ParseError> {
+    fn term(&mut self) -> Result<Parsed, ParseError> {
         let Some(tok) = self.peek().cloned() else {
             return Err(self.error("the expression ends too soon"));
         };
         self.pos += 1;
-        Ok(match tok {
+        let leaf = match tok {
             Tok::Sym("(") => {
                 let e = self.expr(0)?;
                 self.expect(")")?;
-                e
+                return Ok(e);
             }
             Tok::Sym("{") => {
                 self.expect("}")?;
@@ -491,16 +544,17 @@ impl Parser {
             Tok::Ident(s) if s == "false" => Expr::Bool(false),
             Tok::Ident(s) | Tok::Quoted(s) => {
                 if self.eat("(") {
-                    Expr::Call(None, s, self.args()?)
-                } else {
-                    Expr::Name(s)
+                    let (args, h) = self.args()?;
+                    return Ok((Expr::Call(None, s, args), self.within(h + 1)?));
                 }
+                Expr::Name(s)
             }
             Tok::Sym(_) => {
                 self.pos -= 1;
                 return Err(self.error("unexpected symbol"));
             }
-        })
+        };
+        Ok((leaf, 1))
     }
 }
 
@@ -526,6 +580,23 @@ mod tests {
             Expr::DateTime("2020-01-01T10:00:00Z".into())
         );
         assert_eq!(parse("'it\\'s'").unwrap(), Expr::Str("it's".into()));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let parens = format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000));
+        let members = format!("a{}", ".a".repeat(30_000));
+        let sums = format!("1{}", "+1".repeat(30_000));
+        let signs = format!("{}1", "-".repeat(50_000));
+        let calls = format!("a{}", ".where(b".repeat(5_000) + &")".repeat(5_000));
+        for deep in [parens, members, sums, signs, calls] {
+            let e = parse(&deep).unwrap_err();
+            assert!(e.message.contains("levels deep"), "{e}");
+        }
+        // Within the bound, and as deep as real expressions go.
+        let ok = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+        assert_eq!(parse(&ok).unwrap(), Expr::Int(1));
+        assert!(parse(&format!("a{}", ".a".repeat(100))).is_ok());
     }
 
     #[test]
