@@ -4,6 +4,13 @@
 //! connection. WAL mode lets readers run while one writer commits; every
 //! write transaction is `BEGIN IMMEDIATE` so two writers queue on the lock
 //! instead of failing to upgrade a read lock.
+//!
+//! The pool is a fixed set of connections, opened with the database: a
+//! caller beyond them waits for one. Opening a connection per burst of
+//! callers cost its set-up (pragmas, an empty statement cache) each time,
+//! and closing one kept its descriptor open anyway (SQLite defers the
+//! close while another connection holds a lock on the file): a soak of
+//! the local service found the descriptors growing with the load.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,7 +28,13 @@ struct DbInner {
     path: PathBuf,
     page_size: u32,
     idle: Mutex<Vec<Connection>>,
+    /// One per connection: a caller holds one while it uses a connection.
+    free: Arc<tokio::sync::Semaphore>,
 }
+
+/// Connections per database: more callers than cores wait on SQLite's one
+/// writer or on the CPU anyway.
+pub const CONNECTIONS: usize = 8;
 
 /// Page sizes: large rows (resource bodies) read in few pages, against
 /// small rows updated often (jobs, parts, the queue), where every commit
@@ -53,11 +66,16 @@ impl Db {
                 Err(e) => return Err(backend(e)),
             }
         }
+        let mut idle = vec![conn];
+        while idle.len() < CONNECTIONS {
+            idle.push(open_connection(path, page_size)?);
+        }
         Ok(Db {
             inner: Arc::new(DbInner {
                 path: path.to_path_buf(),
                 page_size,
-                idle: Mutex::new(vec![conn]),
+                idle: Mutex::new(idle),
+                free: Arc::new(tokio::sync::Semaphore::new(CONNECTIONS)),
             }),
         })
     }
@@ -69,16 +87,25 @@ impl Db {
         F: FnOnce(&mut Connection) -> PortResult<R> + Send + 'static,
     {
         let inner = self.inner.clone();
+        // The permit goes with the blocking call, which may outlive this
+        // future if its caller gives up on it.
+        let permit = inner
+            .free
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| backend(format!("the connection pool is closed: {e}")))?;
         tokio::task::spawn_blocking(move || {
-            let mut conn = match inner.idle.lock().expect("pool lock").pop() {
+            // A free permit means an idle connection, unless a call panicked
+            // with one: then a new one replaces it.
+            let idle = inner.idle.lock().expect("pool lock").pop();
+            let mut conn = match idle {
                 Some(c) => c,
                 None => open_connection(&inner.path, inner.page_size)?,
             };
             let result = f(&mut conn);
-            let mut idle = inner.idle.lock().expect("pool lock");
-            if idle.len() < 8 {
-                idle.push(conn);
-            }
+            inner.idle.lock().expect("pool lock").push(conn);
+            drop(permit);
             result
         })
         .await
