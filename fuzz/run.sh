@@ -4,6 +4,7 @@
 # ordinary rustc flags, so no nightly is needed.
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60 s, every target)
+#   FUZZ_BUILD_ONLY=1 fuzz/run.sh                       (build, then stop)
 #
 # Prints executions, corpus size and peak RSS per target. Fails if a target
 # crashed, hung (10 s per input) or ran out of memory (2 GB); the input is
@@ -21,12 +22,6 @@ HOST=$(rustc -vV | sed -n 's/^host: //p')
 OUT=target/fuzz
 mkdir -p "$OUT/artifacts"
 
-# Seeds from the test suites, written by the plain (uninstrumented) build.
-cargo build --locked -q -p bulk-export-fuzz --bin fuzz-seeds
-for t in "${TARGETS[@]}"; do
-  target/debug/fuzz-seeds "$t" "$OUT/corpus/$t" >/dev/null
-done
-
 # The instrumented build: flags for the target only (--target keeps them
 # off build scripts), in a target folder of its own.
 bins=()
@@ -35,14 +30,24 @@ env -u RUSTC_WORKSPACE_WRAPPER \
   RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
-  cargo build --locked --release -p bulk-export-fuzz --features libfuzzer \
+  cargo build --locked --profile fuzz -p bulk-export-fuzz --features libfuzzer \
     --target "$HOST" --target-dir "$OUT/build" "${bins[@]}"
+
+if [ -n "${FUZZ_BUILD_ONLY:-}" ]; then
+  exit 0
+fi
+
+# Seeds from the test suites, written by the plain (uninstrumented) build.
+cargo build --locked -q -p bulk-export-fuzz --bin fuzz-seeds
+for t in "${TARGETS[@]}"; do
+  target/debug/fuzz-seeds "$t" "$OUT/corpus/$t" >/dev/null
+done
 
 failed=0
 printf '%-16s %12s %10s %8s %s\n' target executions corpus rss_mb result
 for t in "${TARGETS[@]}"; do
   log="$OUT/$t.log"
-  if "$OUT/build/$HOST/release/$t" "$OUT/corpus/$t" \
+  if "$OUT/build/$HOST/fuzz/$t" "$OUT/corpus/$t" \
       -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
       -max_len=16384 -print_final_stats=1 -artifact_prefix="$OUT/artifacts/$t-" \
       >"$log" 2>&1; then

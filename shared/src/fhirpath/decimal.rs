@@ -13,9 +13,27 @@ use serde_json::{Number, Value};
 /// decimal has at least 28).
 const DIVISION_DIGITS: u64 = 28;
 
-/// A JSON number's exact value.
+/// The largest power of ten a compared number may carry, either way: an
+/// exponent is a few characters of text, but comparing or adding numbers
+/// of very different powers makes integers of that many digits (found by
+/// fuzzing: `ap2e73967968` in a `_typeFilter` hung the process).
+/// `1e4096` is far past any measurement, and past a double's `1e308`.
+pub const MAX_SCALE: i64 = 4096;
+
+/// A JSON number's exact value; `None` past [`MAX_SCALE`].
 pub fn decimal(n: &Number) -> Option<BigDecimal> {
-    BigDecimal::from_str(&n.to_string()).ok()
+    parse(&n.to_string())
+}
+
+/// A decimal's text as its exact value; `None` if it is not a number or
+/// is past [`MAX_SCALE`].
+pub fn parse(text: &str) -> Option<BigDecimal> {
+    within(BigDecimal::from_str(text).ok()?)
+}
+
+/// `d`, if its power of ten is within [`MAX_SCALE`].
+pub fn within(d: BigDecimal) -> Option<BigDecimal> {
+    (scale(&d).abs() <= MAX_SCALE).then_some(d)
 }
 
 /// A decimal as a JSON number, in plain notation (`0.0000001`, not `1E-7`).
@@ -134,5 +152,16 @@ mod tests {
             negate(&literal("-2.50").unwrap()).unwrap().to_string(),
             "2.50"
         );
+    }
+
+    #[test]
+    fn huge_powers_of_ten_are_not_compared() {
+        assert!(decimal(&literal("2e73967968").unwrap()).is_none());
+        assert!(decimal(&literal("1e-5000").unwrap()).is_none());
+        assert!(decimal(&literal("1e4096").unwrap()).is_some());
+        // And a FHIRPath comparison with one is empty, at once.
+        let path = crate::fhirpath::Path::parse("value > 1").unwrap();
+        let resource: Value = serde_json::from_str(r#"{"value": 2e73967968}"#).unwrap();
+        assert!(path.evaluate(&resource).unwrap().is_empty());
     }
 }

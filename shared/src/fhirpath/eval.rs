@@ -430,7 +430,8 @@ fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
         BinOp::IntDiv => decimal::int_div(&x, &y),
         BinOp::Mod => decimal::modulo(&x, &y),
         _ => None,
-    };
+    }
+    .and_then(decimal::within);
     Ok(v.map(|v| Item::owned(decimal::number(&v), "Decimal"))
         .into_iter()
         .collect())

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::definitions::ParamType;
 use super::query::Modifier;
-use crate::fhirpath::decimal::{decimal, half_ulp};
+use crate::fhirpath::decimal::{self, decimal, half_ulp};
 use crate::fhirpath::{reference_parts, Item};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,15 @@ fn split_prefix(v: &str) -> (Prefix, &str) {
 
 /// A number with its implicit precision: `5.4` is `[5.35, 5.45)`.
 fn number_range(text: &str) -> Result<Approx, String> {
-    let value = BigDecimal::from_str(text).map_err(|_| format!("'{text}' is not a number"))?;
+    let value = match BigDecimal::from_str(text) {
+        Ok(v) => decimal::within(v).ok_or_else(|| {
+            format!(
+                "'{text}' is out of range (at most 10^±{})",
+                decimal::MAX_SCALE
+            )
+        })?,
+        Err(_) => return Err(format!("'{text}' is not a number")),
+    };
     let half = half_ulp(&value);
     Ok(Approx {
         low: &value - &half,
@@ -460,6 +468,9 @@ mod tests {
             &number_range("5").unwrap()
         ));
         assert!(number_range("x").is_err());
+        // A huge exponent is refused, not turned into a huge integer.
+        let e = number_range("2.0e73967968").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
         // Exact beyond a double's 17 digits.
         let r = number_range("0.012151678567590593").unwrap();
         assert!(number_matches(Prefix::Eq, &d("0.012151678567590593"), &r));
