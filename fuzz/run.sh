@@ -25,7 +25,7 @@ mkdir -p "$OUT/artifacts"
 # The instrumented build: flags for the target only (--target keeps them
 # off build scripts), in a target folder of its own.
 bins=()
-for t in "${TARGETS[@]}"; do bins+=(--bin "$t"); done
+for t in "${TARGETS[@]}"; do bins+=(--bin "fuzz-$t"); done
 env -u RUSTC_WORKSPACE_WRAPPER \
   RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
@@ -47,7 +47,7 @@ failed=0
 printf '%-16s %12s %10s %8s %s\n' target executions corpus rss_mb result
 for t in "${TARGETS[@]}"; do
   log="$OUT/$t.log"
-  if "$OUT/build/$HOST/fuzz/$t" "$OUT/corpus/$t" \
+  if "$OUT/build/$HOST/fuzz/fuzz-$t" "$OUT/corpus/$t" \
       -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
       -max_len=16384 -print_final_stats=1 -artifact_prefix="$OUT/artifacts/$t-" \
       >"$log" 2>&1; then

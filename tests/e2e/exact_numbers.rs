@@ -435,12 +435,20 @@ fn number_tokens_skip_strings_and_keep_text() {
 /// The vendored Synthea sample, loaded as its NDJSON lines hold it,
 /// exported whole, and compared with its source line by line: every
 /// number token the same text, and nothing but `meta` added.
-pub(crate) async fn synthea_round_trip_scenario(st: &dyn Stack) {
+/// Loads the Synthea sample (at most `per_type` resources of each type),
+/// exports it and compares every resource with its source line, number by
+/// number.
+pub(crate) async fn synthea_round_trip_scenario(st: &dyn Stack, per_type: usize) {
     let engine = st.engine();
     let mut source: BTreeMap<(String, String), String> = BTreeMap::new();
     for path in crate::helpers::synthea_files() {
         let text = crate::helpers::gunzip(&path);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(per_type)
+            .collect();
+        for line in &lines {
             let v: Value = serde_json::from_str(line).unwrap();
             let key = (
                 v["resourceType"].as_str().unwrap().to_string(),
@@ -448,11 +456,13 @@ pub(crate) async fn synthea_round_trip_scenario(st: &dyn Stack) {
             );
             source.insert(key, line.to_string());
         }
-        bulk_export::loader::load_ndjson(&engine, text.as_bytes())
+        bulk_export::loader::load_ndjson(&engine, lines.join("\n").as_bytes())
             .await
             .unwrap();
     }
-    assert_eq!(source.len(), 38_473);
+    if per_type == usize::MAX {
+        assert_eq!(source.len(), 38_473);
+    }
     let manifest = export(st, "$export").await;
     let mut seen = 0;
     let mut numbers = 0;
@@ -476,11 +486,13 @@ pub(crate) async fn synthea_round_trip_scenario(st: &dyn Stack) {
         }
     }
     assert_eq!(seen, source.len(), "every resource exported once");
-    // The sample's numbers (2.6% of them changed before the store kept text).
-    assert_eq!(numbers, 95_895);
+    if per_type == usize::MAX {
+        // The sample's numbers (2.6% of them changed before the store kept text).
+        assert_eq!(numbers, 95_895);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_synthea_sample_exports_number_for_number() {
-    synthea_round_trip_scenario(&Embedded(spawn_app(Options::default()).await)).await;
+    synthea_round_trip_scenario(&Embedded(spawn_app(Options::default()).await), usize::MAX).await;
 }
