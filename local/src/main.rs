@@ -208,8 +208,11 @@ async fn run() {
             std::process::exit(1);
         }
     };
+    // The handlers are in place before "ready": a supervisor (or a test)
+    // that sends SIGTERM as soon as it reads that line gets a clean stop.
+    let signal = shutdown_signal();
     println!("bulk-export is ready: FHIR base {}", running.base_url);
-    wait_for_signal().await;
+    signal.await;
     println!("bulk-export: shutting down");
     running.shutdown().await;
 }
@@ -240,17 +243,24 @@ async fn run_command(command: Command, data_dir: &std::path::Path) -> Result<(),
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+/// Waits for SIGINT (Ctrl-C) or SIGTERM. Both handlers are installed when
+/// this is called, not when the future is first polled.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    async move {
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
