@@ -51,7 +51,7 @@ if [ -z "${BULK_EXPORT_MOTO_URL:-}" ]; then
   wait_for "$BULK_EXPORT_MOTO_URL/moto-api/" 60
 fi
 export AWS_ENDPOINT_URL=$BULK_EXPORT_MOTO_URL
-export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
 export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 
 echo "== building the functions"

@@ -677,8 +677,11 @@ pub async fn artifact_store_contract(store: Arc<dyn ArtifactStore>) {
         store.list_uploads(&prefix).await.unwrap(),
         std::slice::from_ref(&key)
     );
+    // Every chunk but the last is at least S3's 5 MiB minimum (an emulator
+    // such as LocalStack enforces it, as S3 does).
+    let first = "a\n".repeat(5 << 19);
     let e1 = store
-        .upload_chunk(&key, &up, 1, "a\n".into())
+        .upload_chunk(&key, &up, 1, first.clone().into())
         .await
         .unwrap();
     store
@@ -701,7 +704,11 @@ pub async fn artifact_store_contract(store: Arc<dyn ArtifactStore>) {
         },
     ];
     store.complete_upload(&key, &up, &chunks).await.unwrap();
-    assert_eq!(store.get(&key).await.unwrap(), "a\nb\n");
+    let whole = store.get(&key).await.unwrap();
+    assert!(
+        whole == format!("{first}b\n").as_bytes(),
+        "the chunks in order"
+    );
     assert_eq!(
         store.list(&prefix).await.unwrap(),
         std::slice::from_ref(&key)
@@ -755,10 +762,11 @@ pub async fn artifact_store_contract(store: Arc<dyn ArtifactStore>) {
 async fn multipart_semantics_of_racing_handlings(store: &dyn ArtifactStore, prefix: &str) {
     let key = format!("{prefix}Encounter-0001-000.ndjson");
     let up = store.start_upload(&key).await.unwrap();
-    let put = |n: u32, text: &'static str| store.upload_chunk(&key, &up, n, text.into());
+    let put = |n: u32, text: &str| store.upload_chunk(&key, &up, n, text.to_string().into());
     // The winner uses 1 and 5; a stale rival writes 2 and 3 in between and
-    // after, which nobody lists.
-    let e1 = put(1, "w1\n").await.unwrap();
+    // after, which nobody lists. (Chunk 1 is not the last: S3's 5 MiB.)
+    let w1 = "w1\n".repeat((5 << 20) / 3 + 1);
+    let e1 = put(1, &w1).await.unwrap();
     let _ = put(3, "loser3\n").await.unwrap();
     let e5 = put(5, "w5\n").await.unwrap();
     let _ = put(2, "loser2\n").await.unwrap();
@@ -777,13 +785,14 @@ async fn multipart_semantics_of_racing_handlings(store: &dyn ArtifactStore, pref
         .complete_upload(&key, &up, &[chunk(1, &e1), chunk(5, &e5_again)])
         .await
         .unwrap();
-    assert_eq!(store.get(&key).await.unwrap(), "w1\nother\n");
+    let expected = format!("{w1}other\n");
+    assert!(store.get(&key).await.unwrap() == expected.as_bytes());
     // Completing again (a resumed handling) succeeds and changes nothing.
     store
         .complete_upload(&key, &up, &[chunk(1, &e1), chunk(5, &e5_again)])
         .await
         .unwrap();
-    assert_eq!(store.get(&key).await.unwrap(), "w1\nother\n");
+    assert!(store.get(&key).await.unwrap() == expected.as_bytes());
     assert!(store
         .list_uploads(prefix)
         .await
@@ -848,8 +857,18 @@ pub async fn work_queue_contract(queue: Arc<dyn WorkQueue>) {
         .is_empty());
     queue.delete(&got[0].receipt).await.unwrap();
     // Not deleted: it comes back after the visibility timeout.
+    // (A short poll may come back empty while a message is there, on SQS
+    // as on LocalStack, which makes a message visible again on its own
+    // timer: the check polls for a while.)
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let again = queue.receive(10, Duration::from_secs(30)).await.unwrap();
+    let mut again = Vec::new();
+    for _ in 0..100 {
+        again = queue.receive(10, Duration::from_secs(30)).await.unwrap();
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message, m2);
     assert_eq!(again[0].receive_count, 2);

@@ -215,6 +215,8 @@ fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
 
 /// The SDK configuration for an emulator at `endpoint` (moto, LocalStack):
 /// fixed test credentials and region, nothing read from the environment.
+/// `test`/`test` are the keys LocalStack checks presigned URLs against
+/// (moto takes any).
 pub async fn emulator_config(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client())
@@ -222,7 +224,7 @@ pub async fn emulator_config(endpoint: &str) -> SdkConfig {
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "emulator",
+            "test", "test", None, None, "emulator",
         ))
         .load()
         .await

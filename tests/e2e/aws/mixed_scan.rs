@@ -85,8 +85,9 @@ async fn a_mixed_scan_pages_through_a_shard_as_of_its_snapshot() {
         }
         assert!(pages < 100, "the scan does not end");
     }
-    // 36 bodies of 150 KB: at least 6 pages of at most 1 MB.
-    assert!(pages >= 6, "{pages} pages");
+    // 36 bodies of 150 KB: 5.4 MB, in pages of at most 1 MB. (How an item's
+    // size counts differs: DynamoDB Local makes 5 pages, moto at least 6.)
+    assert!(pages >= 5, "{pages} pages");
     let in_type_order = seen.windows(2).all(|w| w[0].0 <= w[1].0);
     assert!(in_type_order, "{seen:?}");
     let ids: Vec<(String, String)> = seen

@@ -1,11 +1,24 @@
-//! The AWS emulator for the AWS adapter tests: moto's server.
+//! The AWS emulator for the AWS adapter tests: moto's server, or
+//! LocalStack.
 //!
-//! `BULK_EXPORT_MOTO_URL` points the tests at a running server (`.ci/run`
-//! starts one). Otherwise the first test that needs it installs moto into
-//! `<repo>/.venv` if it is not there (`python3 -m venv`, `pip install
-//! 'moto[server]'`), and starts it once for this test binary on a free
-//! 127.0.0.1 port, under a shell that stops it when this process exits
-//! (the shell waits on its stdin, which closes with us).
+//! `BULK_EXPORT_AWS_EMULATOR` chooses which: `moto` (the default) or
+//! `localstack`. `BULK_EXPORT_MOTO_URL` points the tests at a running
+//! server of that kind instead (`.ci/run` starts them).
+//!
+//! moto: the first test that needs it installs moto into `<repo>/.venv` if
+//! it is not there (`python3 -m venv`, `pip install 'moto[server]'`), and
+//! starts it once for this test binary on a free 127.0.0.1 port, under a
+//! shell that stops it when this process exits (the shell waits on its
+//! stdin, which closes with us).
+//!
+//! LocalStack: `scripts/emulators/localstack.sh start` installs it once
+//! (into a cache outside the clone) and starts it, or finds the one it
+//! started before; the same shell stops it when this process exits if this
+//! process started it.
+//!
+//! Both run with S3's multipart minimum lowered (`S3_UPLOAD_PART_MIN_SIZE`),
+//! so that tests can cut small files into many chunks; the service itself
+//! never writes a part under 5 MiB but the last on AWS.
 //!
 //! Every test provisions its own tables, bucket and queue under fresh names,
 //! so tests sharing the server never see each other's state.
@@ -58,6 +71,49 @@ fn start() -> Result<String, String> {
     if let Ok(url) = std::env::var("BULK_EXPORT_MOTO_URL") {
         return Ok(url.trim_end_matches('/').to_string());
     }
+    match std::env::var("BULK_EXPORT_AWS_EMULATOR").as_deref() {
+        Err(_) | Ok("moto") => start_moto(),
+        Ok("localstack") => start_localstack(),
+        Ok(other) => Err(format!(
+            "BULK_EXPORT_AWS_EMULATOR={other}: expected moto or localstack"
+        )),
+    }
+}
+
+/// LocalStack through its script, which prints its URL once it is up.
+fn start_localstack() -> Result<String, String> {
+    let script = repo_root().join("scripts/emulators/localstack.sh");
+    let already = Command::new(&script)
+        .arg("url")
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    // Started here: stopped when our stdin closes. Found running: left so.
+    let stop = if already { "" } else { "; '{s}' stop" };
+    let shell = format!("'{{s}}' start && {{ cat >/dev/null{stop}; }}")
+        .replace("{s}", &script.display().to_string());
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(shell)
+        .env("S3_UPLOAD_PART_MIN_SIZE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting LocalStack: {e}"))?;
+    let mut url = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut url)
+        .map_err(|e| format!("reading LocalStack's URL: {e}"))?;
+    *CHILD.lock().unwrap() = Some(child);
+    let url = url.trim().to_string();
+    if url.starts_with("http://") {
+        Ok(url)
+    } else {
+        Err("LocalStack did not start (scripts/emulators/localstack.sh start says why)".into())
+    }
+}
+
+fn start_moto() -> Result<String, String> {
     let server = ensure_installed()?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -164,7 +164,19 @@ async fn completion_events_reach_eventbridge_and_a_named_invocation_runs_once() 
         .queue_url()
         .unwrap()
         .to_string();
-    let queue_arn = format!("arn:aws:sqs:us-east-1:123456789012:events-{id}");
+    // (The account differs between emulators: moto's 123456789012,
+    // LocalStack's 000000000000.)
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap();
     let rule = json!({
         "Name": "finished",
         "EventBusName": bus,
