@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Lambda functions end to end: the real function binaries under
-# `cargo lambda watch`, against moto or LocalStack, one whole export (kick-off, worker
+# `cargo lambda watch`, against moto, one whole export (kick-off, worker
 # driven from the SQS queue, status, 303 to a presigned URL, download), with
 # the downloaded line counts checked against the store.
 #
@@ -58,7 +58,7 @@ echo "== building the functions"
 cargo build --locked -p bulk-export-functions --bins
 ADMIN=target/debug/bulk-export-aws
 
-echo "== provisioning tables, bucket and queue on the emulator ($AWS_ENDPOINT_URL)"
+echo "== provisioning tables, bucket and queue on moto ($AWS_ENDPOINT_URL)"
 eval "$("$ADMIN" provision --prefix "e2e-$(date +%s)-$$")"
 echo "== loading $PATIENTS sample patients"
 "$ADMIN" load-sample --patients "$PATIENTS"
