@@ -89,12 +89,11 @@ fn start_localstack() -> Result<String, String> {
         .output()
         .is_ok_and(|o| o.status.success());
     // Started here: stopped when our stdin closes. Found running: left so.
-    let stop = if already { "" } else { "; '{s}' stop" };
-    let shell = format!("'{{s}}' start && {{ cat >/dev/null{stop}; }}")
-        .replace("{s}", &script.display().to_string());
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(shell)
+        .arg(r#""$0" start && { cat >/dev/null; [ -n "$1" ] || "$0" stop; }"#)
+        .arg(&script)
+        .arg(if already { "already" } else { "" })
         .env("S3_UPLOAD_PART_MIN_SIZE", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
