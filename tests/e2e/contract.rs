@@ -54,7 +54,7 @@ pub fn job(id: &str) -> Job {
     }
 }
 
-fn part(job_id: &str, index: u32) -> Part {
+pub fn part(job_id: &str, index: u32) -> Part {
     Part {
         job_id: job_id.into(),
         index,

@@ -9,6 +9,7 @@ mod export;
 mod faults;
 mod helpers;
 mod malformed;
+mod races;
 mod resources;
 mod revisions;
 mod schedules;

@@ -108,13 +108,9 @@ async fn create_table(
     Ok(())
 }
 
-/// Creates whatever of `names` does not exist yet. The queue URL in `names`
-/// is ignored; the created queue's URL is returned in the result.
-pub async fn provision(
-    sdk: &SdkConfig,
-    names: &AwsNames,
-    queue_name: &str,
-) -> PortResult<AwsNames> {
+/// Creates the two tables of `names` (with their indexes) if they do not
+/// exist yet: all a DynamoDB-only endpoint (DynamoDB Local) can hold.
+pub async fn provision_tables(sdk: &SdkConfig, names: &AwsNames) -> PortResult<()> {
     let dynamo = aws_sdk_dynamodb::Client::new(sdk);
     create_table(
         &dynamo,
@@ -165,7 +161,17 @@ pub async fn provision(
         }],
         false,
     )
-    .await?;
+    .await
+}
+
+/// Creates whatever of `names` does not exist yet. The queue URL in `names`
+/// is ignored; the created queue's URL is returned in the result.
+pub async fn provision(
+    sdk: &SdkConfig,
+    names: &AwsNames,
+    queue_name: &str,
+) -> PortResult<AwsNames> {
+    provision_tables(sdk, names).await?;
 
     let s3 = s3_client(sdk);
     if let Err(e) = s3.create_bucket().bucket(&names.bucket).send().await {

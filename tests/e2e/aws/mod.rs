@@ -2,10 +2,12 @@
 
 mod bulk_load;
 mod contract;
+mod dynamodb_local;
 mod exact_numbers;
 mod functions;
 mod mixed_scan;
 pub mod moto;
+mod races;
 mod revisions;
 mod schedules;
 mod signed_requests;

@@ -82,13 +82,22 @@ fn start() -> Result<String, String> {
 
 /// LocalStack through its script, which prints its URL once it is up.
 fn start_localstack() -> Result<String, String> {
-    let script = repo_root().join("scripts/emulators/localstack.sh");
+    let (url, child) = start_by_script("scripts/emulators/localstack.sh", "LocalStack")?;
+    *CHILD.lock().unwrap() = Some(child);
+    Ok(url)
+}
+
+/// Starts an emulator through its script under `scripts/emulators/`
+/// (`start` prints its URL once it is up), under a shell that stops it
+/// when our stdin closes, that is when this process exits; one found
+/// running already is left running. Keep the returned child alive.
+pub(super) fn start_by_script(script: &str, what: &str) -> Result<(String, Child), String> {
+    let script = repo_root().join(script);
     let already = Command::new(&script)
         .arg("url")
         .stderr(Stdio::null())
         .output()
         .is_ok_and(|o| o.status.success());
-    // Started here: stopped when our stdin closes. Found running: left so.
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(r#""$0" start && { cat >/dev/null; [ -n "$1" ] || "$0" stop; }"#)
@@ -98,17 +107,19 @@ fn start_localstack() -> Result<String, String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting LocalStack: {e}"))?;
+        .map_err(|e| format!("starting {what}: {e}"))?;
     let mut url = String::new();
     let stdout = child.stdout.take().expect("piped");
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut url)
-        .map_err(|e| format!("reading LocalStack's URL: {e}"))?;
-    *CHILD.lock().unwrap() = Some(child);
+        .map_err(|e| format!("reading {what}'s URL: {e}"))?;
     let url = url.trim().to_string();
     if url.starts_with("http://") {
-        Ok(url)
+        Ok((url, child))
     } else {
-        Err("LocalStack did not start (scripts/emulators/localstack.sh start says why)".into())
+        Err(format!(
+            "{what} did not start ({} start says why)",
+            script.display()
+        ))
     }
 }
 
