@@ -12,6 +12,7 @@ mod malformed;
 mod races;
 mod resources;
 mod revisions;
+mod routes;
 mod schedules;
 mod view_export;
 mod views;

@@ -5,6 +5,7 @@ mod auth;
 mod export_routes;
 mod resource_routes;
 mod revision_routes;
+pub mod routes;
 mod schedule_routes;
 mod view_routes;
 
@@ -19,6 +20,7 @@ pub use auth::{Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator};
 
 use crate::domain::ApiError;
 use crate::engine::Engine;
+use routes::Endpoint;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 pub const FHIR_NDJSON: &str = "application/fhir+ndjson";
@@ -81,68 +83,90 @@ impl Api {
                 self.base_path
             )));
         };
+        // At a base of `/`, the path `/` is the base itself.
+        let rest = if rest == "/" && self.base_path.is_empty() {
+            ""
+        } else {
+            rest
+        };
         let segments: Vec<String> = rest
             .split('/')
-            .filter(|s| !s.is_empty())
+            .skip(1)
             .map(|s| percent_decode_str(s).decode_utf8().map(|c| c.into_owned()))
             .collect::<Result<_, _>>()
             .map_err(|_| ApiError::invalid("The path is not valid UTF-8"))?;
+        if segments.iter().any(|s| s == "." || s == "..") {
+            return Err(ApiError::not_found(format!(
+                "Nothing at {path}: a path with '.' or '..' segments addresses nothing here"
+            )));
+        }
+        if segments.iter().any(String::is_empty) {
+            // `/fhir/` or `/fhir//Patient`: one address per thing, so the
+            // same answer comes from every route (API Gateway routes only
+            // the canonical path). 308 keeps the method and body.
+            return Ok(canonical_redirect(&req, &self.base_path, rest));
+        }
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = req.method().clone();
-        match (segs.as_slice(), &method) {
-            (["metadata"], &Method::GET) => Ok(json_response(
+        let endpoint = routes::resolve(&segs, &method).map_err(|e| {
+            if e.status == 404 {
+                ApiError::not_found(format!("Nothing at {path}"))
+            } else {
+                e
+            }
+        })?;
+        match endpoint {
+            Endpoint::Metadata => Ok(json_response(
                 StatusCode::OK,
                 FHIR_JSON,
                 &self.engine.capability_statement(),
             )),
-            (["metadata"], _) => Err(method_not_allowed("GET")),
-            (["$export"], m) | (["Patient", "$export"], m) | (["Group", _, "$export"], m)
-                if m == Method::GET || m == Method::POST =>
-            {
-                self.kickoff(req, &segs).await
-            }
-            (["$export"] | ["Patient", "$export"] | ["Group", _, "$export"], _) => {
-                Err(method_not_allowed("GET, POST"))
-            }
-            (["$export-revisions"], &Method::POST) => self.export_revisions(req).await,
-            (["$export-revisions"], _) => Err(method_not_allowed("POST")),
-            (["$export-revisions", "file"], &Method::GET) => self.revisions_file(&req).await,
-            (["$export-revisions", "file"], _) => Err(method_not_allowed("GET")),
-            (["$export-schedules", rest @ ..], _) => self.schedules(req, rest).await,
-            (["$export-releases", rest @ ..], _) => self.releases(req, rest).await,
-            (["$export-jobs", id], &Method::GET) => self.status(&req, id).await,
-            (["$export-jobs", id], &Method::DELETE) => self.cancel(&req, id).await,
-            (["$export-jobs", _], _) => Err(method_not_allowed("GET, DELETE")),
-            (["$export-jobs", id, "files", name], &Method::GET) => self.file(&req, id, name).await,
-            (["$export-jobs", _, "files", _], _) => Err(method_not_allowed("GET")),
-            (["ViewDefinition", "$viewdefinition-run"], &Method::POST) => {
-                self.view_run(req, None).await
-            }
-            (["ViewDefinition", "$viewdefinition-run"], _) => Err(method_not_allowed("POST")),
-            (["ViewDefinition", "$viewdefinition-export"], &Method::POST) => {
-                self.view_export(req).await
-            }
-            (["ViewDefinition", "$viewdefinition-export"], _) => Err(method_not_allowed("POST")),
-            (["ViewDefinition", id, "$viewdefinition-run"], m)
-                if m == Method::GET || m == Method::POST =>
-            {
-                let id = id.to_string();
+            Endpoint::Kickoff => self.kickoff(req, &segs).await,
+            Endpoint::ExportRevisions => self.export_revisions(req).await,
+            Endpoint::RevisionsFile => self.revisions_file(&req).await,
+            Endpoint::Schedules => self.schedules(req, &segs[1..]).await,
+            Endpoint::Releases => self.releases(req, &segs[1..]).await,
+            Endpoint::JobStatus => self.status(&req, segs[1]).await,
+            Endpoint::JobCancel => self.cancel(&req, segs[1]).await,
+            Endpoint::JobFile => self.file(&req, segs[1], segs[3]).await,
+            Endpoint::ViewRun => self.view_run(req, None).await,
+            Endpoint::ViewExport => self.view_export(req).await,
+            Endpoint::StoredViewRun => {
+                let id = segs[1].to_string();
                 self.view_run(req, Some(&id)).await
             }
-            (["ViewDefinition", _, "$viewdefinition-run"], _) => {
-                Err(method_not_allowed("GET, POST"))
+            Endpoint::Bundle => self.bundle(req).await,
+            Endpoint::Create => self.create(req, segs[0]).await,
+            Endpoint::Read => self.read(&req, segs[0], segs[1]).await,
+            Endpoint::Update => self.update(req, segs[0], segs[1]).await,
+            Endpoint::Delete => self.delete(&req, segs[0], segs[1]).await,
+            // Outside the base: answered above, when authorization is on.
+            Endpoint::Token | Endpoint::SmartConfiguration => {
+                Err(ApiError::not_found(format!("Nothing at {path}")))
             }
-            ([], &Method::POST) => self.bundle(req).await,
-            ([], _) => Err(method_not_allowed("POST")),
-            ([t], &Method::POST) => self.create(req, t).await,
-            ([_], _) => Err(method_not_allowed("POST")),
-            ([t, id], &Method::GET) => self.read(&req, t, id).await,
-            ([t, id], &Method::PUT) => self.update(req, t, id).await,
-            ([t, id], &Method::DELETE) => self.delete(&req, t, id).await,
-            ([_, _], _) => Err(method_not_allowed("GET, PUT, DELETE")),
-            _ => Err(ApiError::not_found(format!("Nothing at {path}"))),
         }
     }
+}
+
+/// 308 to the same path without empty segments, query kept.
+fn canonical_redirect(req: &Request<Bytes>, base_path: &str, rest: &str) -> Response<Bytes> {
+    let mut location = base_path.to_string();
+    for segment in rest.split('/').filter(|s| !s.is_empty()) {
+        location.push('/');
+        location.push_str(segment);
+    }
+    if location.is_empty() {
+        location.push('/');
+    }
+    if let Some(query) = req.uri().query() {
+        location.push('?');
+        location.push_str(query);
+    }
+    let mut resp = empty_response(StatusCode::PERMANENT_REDIRECT);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// RFC 6749 token responses: JSON, never cached, errors per §5.2.
@@ -182,10 +206,6 @@ async fn token_response(server: &crate::auth::AuthServer, req: &Request<Bytes>) 
             .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     }
     resp
-}
-
-fn method_not_allowed(allow: &'static str) -> ApiError {
-    ApiError::method_not_allowed(allow)
 }
 
 pub fn error_response(e: &ApiError) -> Response<Bytes> {
