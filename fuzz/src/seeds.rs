@@ -208,7 +208,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 paths_in(&f["tests"], &mut paths);
             }
             let params: Value = serde_json::from_slice(
-                &std::fs::read(repo().join("shared/src/search/r4-search-parameters.json"))
+                &std::fs::read(repo().join("fhir-query/src/search/r4-search-parameters.json"))
                     .expect("the search parameters"),
             )
             .expect("JSON");

@@ -17,12 +17,12 @@ use axum::Router;
 use bulk_export::auth::TokenIssuer;
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::content_type_of;
-use bulk_export::domain::ApiError;
 use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
 use bulk_export::embedded::{
     FolderDelivery, FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore,
 };
 use bulk_export::engine::{Engine, EngineConfig, Ports};
+use bulk_export::http::ApiError;
 use bulk_export::http::{error_response, Api, Authenticator, MAX_BODY_BYTES};
 use bulk_export::ports::{
     AllPublishers, ArtifactStore, ClientStore, Clock, EventPublisher, WorkQueue,
@@ -346,7 +346,7 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
     let query = req.uri().query().unwrap_or("").to_string();
     let path = match state.blobs.open_signed(&key, &query) {
         Ok(p) => p,
-        Err(e) => return error_response(&e).map(Body::from),
+        Err(e) => return error_response(&ApiError::from(e)).map(Body::from),
     };
     match tokio::fs::File::open(&path).await {
         Ok(file) => {

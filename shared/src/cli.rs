@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::auth::ClientRegistration;
+use crate::domain::client::ClientRegistration;
 use crate::ports::ClientStore;
 
 /// Registers (or replaces) a SMART Backend Services client.
@@ -61,14 +61,14 @@ impl RegisterClient {
             email: self.email.clone(),
             audit: self.audit,
             webhook: match (&self.webhook_url, &self.webhook_secret) {
-                (Some(url), Some(secret)) => Some(crate::engine::notify::Webhook {
+                (Some(url), Some(secret)) => Some(crate::domain::schedule::Webhook {
                     url: url.clone(),
                     secret: secret.clone(),
                 }),
                 _ => None,
             },
         };
-        client.check()?;
+        client.check().map_err(|e| e.to_string())?;
         Ok(client)
     }
 

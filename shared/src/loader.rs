@@ -4,7 +4,7 @@ use std::io::BufRead;
 
 use crate::domain::resource::{check_resource_value, is_valid_id};
 use crate::domain::resource_text::ResourceText;
-use crate::domain::ApiError;
+use crate::domain::Error;
 use crate::engine::Engine;
 use crate::ports::WriteOp;
 use crate::sample::{generate, SampleConfig};
@@ -17,7 +17,7 @@ const BATCH: usize = 1000;
 /// The seed of the sample `--sample-patients` loads (tests regenerate it).
 pub const SAMPLE_SEED: u64 = 42;
 
-pub async fn load_sample_if_empty(engine: &Engine, patients: usize) -> Result<usize, ApiError> {
+pub async fn load_sample_if_empty(engine: &Engine, patients: usize) -> Result<usize, Error> {
     if !engine.ports.resources.resource_types().await?.is_empty() {
         return Ok(0);
     }
@@ -35,7 +35,7 @@ pub async fn load_sample_if_empty(engine: &Engine, patients: usize) -> Result<us
 pub async fn load_values(
     engine: &Engine,
     values: impl Iterator<Item = Value>,
-) -> Result<usize, ApiError> {
+) -> Result<usize, Error> {
     load_texts(engine, values.map(ResourceText::from)).await
 }
 
@@ -43,7 +43,7 @@ pub async fn load_values(
 async fn load_texts(
     engine: &Engine,
     resources: impl Iterator<Item = ResourceText>,
-) -> Result<usize, ApiError> {
+) -> Result<usize, Error> {
     let mut batch = Vec::with_capacity(BATCH);
     let mut total = 0;
     for r in resources {
@@ -62,21 +62,21 @@ async fn load_texts(
 
 /// Loads NDJSON (one resource per line) from a reader. Each resource is
 /// stored as its line holds it.
-pub async fn load_ndjson(engine: &Engine, reader: impl BufRead) -> Result<usize, ApiError> {
+pub async fn load_ndjson(engine: &Engine, reader: impl BufRead) -> Result<usize, Error> {
     let mut resources = Vec::new();
     for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| ApiError::invalid(format!("line {}: {e}", n + 1)))?;
+        let line = line.map_err(|e| Error::invalid(format!("line {}: {e}", n + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
         let r = ResourceText::parse(line.as_bytes())
-            .map_err(|e| ApiError::invalid(format!("line {}: {e}", n + 1)))?;
+            .map_err(|e| Error::invalid(format!("line {}: {e}", n + 1)))?;
         resources.push(r);
     }
     load_texts(engine, resources.into_iter()).await
 }
 
-fn to_op(r: ResourceText) -> Result<WriteOp, ApiError> {
+fn to_op(r: ResourceText) -> Result<WriteOp, Error> {
     let v = r.value();
     let resource_type = v
         .get("resourceType")
@@ -89,7 +89,7 @@ fn to_op(r: ResourceText) -> Result<WriteOp, ApiError> {
         .unwrap_or("")
         .to_string();
     if !is_valid_id(&id) {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "{resource_type} without a valid id"
         )));
     }

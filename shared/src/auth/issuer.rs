@@ -1,6 +1,7 @@
 //! The built-in issuer's access tokens: ES256 JWTs, at most 300 s long,
 //! verified by the same service (and by anyone through its JWKS).
 
+use super::TokenError;
 use crate::private_file::write_private;
 use std::path::Path;
 
@@ -155,7 +156,7 @@ impl TokenIssuer {
 
     /// Checks signature, `alg`, `iss`, `aud` and `exp` (against `now`, so
     /// the service's clock decides). The error says why, for the 401.
-    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, String> {
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, TokenError> {
         let mut v = Validation::new(Algorithm::ES256);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
@@ -164,10 +165,9 @@ impl TokenIssuer {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v)
-            .map_err(|e| e.to_string())?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v)?;
         if data.claims.exp <= now.timestamp() {
-            return Err("the token has expired".into());
+            return Err(TokenError::Expired);
         }
         Ok(data.claims)
     }

@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::issuer::{TokenIssuer, ACCESS_TOKEN_SECONDS};
 use super::jwks::JwksError;
 use crate::domain::access::{Access, Perms, TypeAccess};
+pub use crate::domain::client::ClientRegistration;
 use crate::domain::fhir_types::is_resource_type;
 use crate::ports::{ClientStore, Clock};
 
@@ -25,52 +26,6 @@ pub const SIGNING_ALGS: &[&str] = &["RS384", "ES384", "RS256", "ES256"];
 const MAX_ASSERTION_SECONDS: i64 = 300;
 /// Tolerated clock difference with clients.
 const LEEWAY_SECONDS: i64 = 30;
-
-/// A registered client: its keys, what it may ask for, and its Groups.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ClientRegistration {
-    pub client_id: String,
-    /// The client's public keys (a JWKS document).
-    #[serde(default)]
-    pub jwks: Option<Value>,
-    /// Where the client publishes its keys; an assertion's `jku` header
-    /// must equal it.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    /// Scopes the client may be granted (space-separated system scopes).
-    pub scope: String,
-    /// Groups the client is limited to; `None` means no limit.
-    #[serde(default)]
-    pub groups: Option<Vec<String>>,
-    /// Who the client is, for people: the audit export's "User" and
-    /// "User Email ID" columns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    /// May export the audit trail (`$export-revisions`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub audit: bool,
-    /// Where the client's finished exports are announced (see
-    /// `engine::notify`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<crate::engine::notify::Webhook>,
-}
-
-impl ClientRegistration {
-    /// Checks a registration before it is stored: it names its keys, and a
-    /// JWKS given inline is a valid key set.
-    pub fn check(&self) -> Result<(), String> {
-        if self.jwks.is_none() && self.jwks_url.is_none() {
-            return Err("give the client's keys: --jwks-file (or --jwks-url)".into());
-        }
-        if let Some(jwks) = &self.jwks {
-            serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(jwks.clone())
-                .map_err(|e| format!("the JWKS is not a valid key set: {e}"))?;
-        }
-        Ok(())
-    }
-}
 
 /// An RFC 6749 §5.2 error.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Completion events on EventBridge: one `PutEvents` entry per ended job,
 //! `source` [`SOURCE`], `detail-type` [`DETAIL_TYPE`], `detail` the event
-//! body documented in `engine::notify` (the README lists its fields).
+//! body documented in `engine::notify` (docs/src/user/completion-events.md lists its fields).
 
 use async_trait::async_trait;
 use serde_json::{json, Value};

@@ -30,7 +30,7 @@ use super::dynamo::{
     self, backoff, batch_write, get_n, get_s, is_condition_failure, key, n, s, tx_failure, BatchOp,
     Item, TxFailure,
 };
-use crate::auth::ClientRegistration;
+use crate::domain::client::ClientRegistration;
 use crate::domain::job::{Job, Part};
 use crate::domain::usage::Usage;
 use crate::ports::{ClientStore, JobStore, PortError, PortResult};

@@ -32,7 +32,7 @@ pub use jobs::DynamoJobs;
 pub use queue::{parse_work_message, SqsQueue};
 pub use resources::{DynamoResources, FENCE_LEASE};
 
-use crate::engine::Ports;
+use crate::ports::Ports;
 use crate::ports::{AllPublishers, Clock, EventPublisher, NoEvents, PortError, PortResult};
 
 /// Where the service's state lives.

@@ -273,6 +273,24 @@ pub fn is_v2_permission(p: &str) -> bool {
     }
 }
 
+/// Who is calling: the verified subject that owns the jobs it starts, and
+/// what it may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    pub access: Access,
+}
+
+impl Caller {
+    /// The single owner of every job in open mode (no tokens).
+    pub fn anonymous() -> Self {
+        Caller {
+            subject: "anonymous".into(),
+            access: Access::unrestricted(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

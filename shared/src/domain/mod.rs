@@ -1,9 +1,10 @@
 //! Pure domain types and rules: no I/O, no AWS, no HTTP framework.
 
 pub mod access;
+pub mod client;
 pub mod cost;
-pub mod csv;
 pub mod elements;
+pub mod error;
 pub mod fhir_types;
 pub mod instant;
 pub mod job;
@@ -16,4 +17,6 @@ pub mod schedule;
 pub mod usage;
 pub mod view_export;
 
-pub use outcome::ApiError;
+pub use error::Error;
+/// CSV records: the writer is shared with view exports.
+pub use fhir_query::csv;

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::fhir_types::{is_resource_type, patient_compartment_paths};
 use super::instant::parse_instant;
-use super::ApiError;
-use crate::search::{parse_type_filters, FilterIssue};
+use super::Error;
+use fhir_query::search::{parse_type_filters, FilterIssue};
 
 /// Output formats accepted for `_outputFormat` (all mean NDJSON).
 pub const NDJSON_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
@@ -140,7 +140,7 @@ pub struct ExportRequest {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub organize_by_patient: bool,
     /// `_typeFilter` queries (`Observation?code=...`), each as given; the
-    /// worker evaluates them (see `crate::search`).
+    /// worker evaluates them (see `fhir_query::search`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub type_filters: Vec<String>,
     /// Problems ignored under `Prefer: handling=lenient`; reported in the
@@ -190,7 +190,7 @@ pub struct KickoffInput {
 }
 
 /// A kick-off's query string as raw parameters.
-pub fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
+pub fn query_params(query: &str) -> Result<Vec<RawParam>, Error> {
     let mut out = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -198,11 +198,11 @@ pub fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8()
                 .map(|c| c.into_owned())
-                .map_err(|_| ApiError::invalid("The query string is not valid UTF-8"))
+                .map_err(|_| Error::invalid("The query string is not valid UTF-8"))
         };
         let (k, v) = (decode(k)?, decode(v)?);
         if k.is_empty() {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "The query string has a parameter without a name",
             ));
         }
@@ -212,11 +212,11 @@ pub fn query_params(query: &str) -> Result<Vec<RawParam>, ApiError> {
 }
 
 /// Reads a POST body's `Parameters` resource into raw parameters.
-pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, ApiError> {
+pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, Error> {
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("The request body is not valid JSON: {e}")))?;
+        .map_err(|e| Error::invalid(format!("The request body is not valid JSON: {e}")))?;
     if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "The POST kick-off body must be a FHIR Parameters resource",
         ));
     }
@@ -225,23 +225,23 @@ pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, Api
     };
     let entries = entries
         .as_array()
-        .ok_or_else(|| ApiError::invalid("Parameters.parameter must be an array"))?;
+        .ok_or_else(|| Error::invalid("Parameters.parameter must be an array"))?;
     let mut out = Vec::with_capacity(entries.len());
     for (i, p) in entries.iter().enumerate() {
         let name = p
             .get("name")
             .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::invalid(format!("Parameters.parameter[{i}] has no name")))?;
+            .ok_or_else(|| Error::invalid(format!("Parameters.parameter[{i}] has no name")))?;
         let value = p
             .as_object()
             .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
-            .ok_or_else(|| ApiError::invalid(format!("Parameter '{name}' has no value[x]")))?;
+            .ok_or_else(|| Error::invalid(format!("Parameter '{name}' has no value[x]")))?;
         let value = match (value.0.as_str(), value.1) {
             ("valueReference", v) => ParamValue::Reference(
                 v.get("reference")
                     .and_then(Value::as_str)
                     .ok_or_else(|| {
-                        ApiError::invalid(format!(
+                        Error::invalid(format!(
                             "Parameter '{name}' valueReference has no reference"
                         ))
                     })?
@@ -250,7 +250,7 @@ pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, Api
             (_, Value::String(s)) => ParamValue::Text(s.clone()),
             (_, Value::Bool(b)) => ParamValue::Text(b.to_string()),
             (kind, _) => {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "Parameter '{name}' has an unsupported {kind}"
                 )))
             }
@@ -265,16 +265,16 @@ pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, Api
 
 /// Applies the Bulk Data parameter rules. Checks that need the data (does the
 /// Group exist, is a patient a member) are the engine's.
-pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiError> {
+pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, Error> {
     let mut req = ExportRequest::new(input.level.clone(), input.request_url);
     let lenient = input.lenient;
     // Under lenient handling an unsupported parameter is recorded, not fatal.
-    let mut unsupported = |req: &mut ExportRequest, msg: String| -> Result<(), ApiError> {
+    let mut unsupported = |req: &mut ExportRequest, msg: String| -> Result<(), Error> {
         if lenient {
             req.lenient_issues.push(msg);
             Ok(())
         } else {
-            Err(ApiError::not_supported(msg))
+            Err(Error::not_supported(msg))
         }
     };
     let mut seen_single: Vec<&str> = Vec::new();
@@ -286,7 +286,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
             "_outputFormat" | "_since" | "_until" | "allowPartialManifests" | "organizeOutputBy"
         ) {
             if seen_single.contains(&name) {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "Parameter '{name}' may be given only once"
                 )));
             }
@@ -296,7 +296,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
             (ParamValue::Text(t), _) => t.as_str(),
             (ParamValue::Reference(_), "patient") => "",
             (ParamValue::Reference(_), _) => {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "Parameter '{name}' takes a string, not a reference"
                 )))
             }
@@ -304,31 +304,29 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
         match name {
             "_outputFormat" => {
                 if !NDJSON_FORMATS.contains(&text.to_ascii_lowercase().as_str()) {
-                    return Err(ApiError::not_supported(format!(
+                    return Err(Error::not_supported(format!(
                         "_outputFormat '{text}' is not supported; use application/fhir+ndjson"
                     )));
                 }
             }
             "_since" => {
-                let t =
-                    parse_instant(text).map_err(|e| ApiError::invalid(format!("_since: {e}")))?;
+                let t = parse_instant(text).map_err(|e| Error::invalid(format!("_since: {e}")))?;
                 if t > input.now {
-                    return Err(ApiError::invalid(format!("_since {text} is in the future")));
+                    return Err(Error::invalid(format!("_since {text} is in the future")));
                 }
                 req.since = Some(t);
             }
             "_until" => {
-                let t =
-                    parse_instant(text).map_err(|e| ApiError::invalid(format!("_until: {e}")))?;
+                let t = parse_instant(text).map_err(|e| Error::invalid(format!("_until: {e}")))?;
                 req.until = Some(t.min(input.now));
             }
             "_type" => {
                 for t in text.split(',').map(str::trim) {
                     if t.is_empty() {
-                        return Err(ApiError::invalid("_type has an empty entry"));
+                        return Err(Error::invalid("_type has an empty entry"));
                     }
                     if !is_resource_type(t) {
-                        return Err(ApiError::invalid(format!(
+                        return Err(Error::invalid(format!(
                             "_type: '{t}' is not a FHIR R4 resource type"
                         )));
                     }
@@ -352,17 +350,17 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
             }
             "patient" => {
                 if !input.via_post {
-                    return Err(ApiError::invalid(
+                    return Err(Error::invalid(
                         "The 'patient' parameter is accepted only in a POST kick-off (Parameters body)",
                     ));
                 }
                 if !req.level.is_patient_based() {
-                    return Err(ApiError::invalid(
+                    return Err(Error::invalid(
                         "The 'patient' parameter applies to Patient and Group exports, not to a system export",
                     ));
                 }
                 let ParamValue::Reference(r) = &p.value else {
-                    return Err(ApiError::invalid(
+                    return Err(Error::invalid(
                         "The 'patient' parameter must be a valueReference to Patient/{id}",
                     ));
                 };
@@ -370,7 +368,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                     .strip_prefix("Patient/")
                     .filter(|id| super::resource::is_valid_id(id))
                     .ok_or_else(|| {
-                        ApiError::invalid(format!(
+                        Error::invalid(format!(
                             "patient: '{r}' is not a reference of the form Patient/{{id}}"
                         ))
                     })?;
@@ -391,7 +389,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                             continue;
                         }
                         other => {
-                            return Err(ApiError::invalid(format!(
+                            return Err(Error::invalid(format!(
                             "includeAssociatedData: '{other}' is not LatestProvenanceResources, \
                                  RelevantProvenanceResources or a custom value starting with '_'"
                         )))
@@ -406,7 +404,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                     "true" => true,
                     "false" => false,
                     _ => {
-                        return Err(ApiError::invalid(format!(
+                        return Err(Error::invalid(format!(
                             "allowPartialManifests: '{text}' is not true or false"
                         )))
                     }
@@ -425,14 +423,14 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
                     format!("organizeOutputBy: output can be organized by Patient only, not {t}"),
                 )?,
                 other => {
-                    return Err(ApiError::invalid(format!(
+                    return Err(Error::invalid(format!(
                         "organizeOutputBy: '{other}' is not a FHIR R4 resource type"
                     )))
                 }
             },
             "_typeFilter" => {
                 let (filters, issues) = parse_type_filters(text).map_err(|issue| match issue {
-                    FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) => ApiError::invalid(m),
+                    FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) => Error::invalid(m),
                 })?;
                 // Under lenient handling unsupported clauses are left out:
                 // the filter lets more through, and the manifest says so.
@@ -468,7 +466,7 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
     }
     if let (Some(s), Some(u)) = (req.since, req.until) {
         if u < s {
-            return Err(ApiError::invalid("_until is earlier than _since"));
+            return Err(Error::invalid("_until is earlier than _since"));
         }
     }
     Ok(req)
@@ -477,15 +475,15 @@ pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, ApiErr
 fn parse_element(
     req: &mut ExportRequest,
     spec: &str,
-    unsupported: &mut impl FnMut(&mut ExportRequest, String) -> Result<(), ApiError>,
-) -> Result<(), ApiError> {
+    unsupported: &mut impl FnMut(&mut ExportRequest, String) -> Result<(), Error>,
+) -> Result<(), Error> {
     let (ty, name) = match spec.split_once('.') {
         Some((t, n)) if t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) => (Some(t), n),
         _ => (None, spec),
     };
     if let Some(t) = ty {
         if !is_resource_type(t) {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "_elements: '{t}' in '{spec}' is not a FHIR R4 resource type"
             )));
         }
@@ -602,7 +600,10 @@ mod tests {
         ];
         for params in cases {
             let err = parse_export_request(input(ExportLevel::System, params)).unwrap_err();
-            assert!(err.status == 400, "{params:?} -> {err}");
+            assert!(
+                matches!(err, Error::Invalid { .. } | Error::NotSupported(_)),
+                "{params:?} -> {err:?}"
+            );
         }
     }
 
@@ -657,7 +658,10 @@ mod tests {
             &[("_typeFilter", "Observation?_sort=date")],
         );
         i.lenient = true;
-        assert_eq!(parse_export_request(i).unwrap_err().status, 400);
+        assert!(matches!(
+            parse_export_request(i).unwrap_err(),
+            Error::Invalid { .. } | Error::NotSupported(_)
+        ));
     }
 
     #[test]
@@ -687,7 +691,7 @@ mod tests {
     fn patient_level_refuses_types_outside_the_compartment() {
         let err = parse_export_request(input(ExportLevel::Patient, &[("_type", "Organization")]))
             .unwrap_err();
-        assert!(err.message.contains("Patient compartment"), "{err}");
+        assert!(err.message().contains("Patient compartment"), "{err}");
     }
 
     #[test]

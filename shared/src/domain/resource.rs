@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::fhir_types::{is_resource_type, patient_compartment_paths};
-use super::ApiError;
+use super::Error;
 
 /// FHIR `id`: 1–64 characters of `[A-Za-z0-9\-\.]`.
 pub fn is_valid_id(id: &str) -> bool {
@@ -28,21 +28,21 @@ pub fn shard_of(id: &str, shards: u16) -> u16 {
 
 /// The types the store takes: R4's, and SQL on FHIR's ViewDefinition
 /// (which `$viewdefinition-run` can reference).
-pub fn check_type(resource_type: &str) -> Result<(), ApiError> {
+pub fn check_type(resource_type: &str) -> Result<(), Error> {
     if is_resource_type(resource_type) || resource_type == "ViewDefinition" {
         Ok(())
     } else {
-        Err(ApiError::not_found(format!(
+        Err(Error::not_found(format!(
             "'{resource_type}' is not a FHIR R4 resource type"
         )))
     }
 }
 
-pub fn check_id(id: &str) -> Result<(), ApiError> {
+pub fn check_id(id: &str) -> Result<(), Error> {
     if is_valid_id(id) {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!(
+        Err(Error::invalid(format!(
             "'{id}' is not a valid FHIR id (1-64 characters of A-Z a-z 0-9 - .)"
         )))
     }
@@ -52,32 +52,28 @@ pub fn check_resource_value(
     value: &Value,
     expected_type: &str,
     url_id: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let obj = value
         .as_object()
-        .ok_or_else(|| ApiError::invalid("A resource must be a JSON object"))?;
+        .ok_or_else(|| Error::invalid("A resource must be a JSON object"))?;
     match obj.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == expected_type => {}
         Some(t) => {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "resourceType '{t}' does not match the URL's type '{expected_type}'"
             )))
         }
-        None => return Err(ApiError::invalid("The resource has no resourceType")),
+        None => return Err(Error::invalid("The resource has no resourceType")),
     }
     match (obj.get("id"), url_id) {
-        (Some(Value::String(body_id)), Some(url_id)) if body_id != url_id => {
-            Err(ApiError::invalid(format!(
-                "The body's id '{body_id}' does not match the URL's id '{url_id}'"
-            )))
-        }
-        (Some(Value::String(body_id)), _) if !is_valid_id(body_id) => Err(ApiError::invalid(
-            format!("'{body_id}' is not a valid FHIR id"),
+        (Some(Value::String(body_id)), Some(url_id)) if body_id != url_id => Err(Error::invalid(
+            format!("The body's id '{body_id}' does not match the URL's id '{url_id}'"),
         )),
-        (Some(v), _) if !v.is_string() => {
-            Err(ApiError::invalid("The resource's id must be a string"))
-        }
-        (None, Some(_)) => Err(ApiError::invalid(
+        (Some(Value::String(body_id)), _) if !is_valid_id(body_id) => Err(Error::invalid(format!(
+            "'{body_id}' is not a valid FHIR id"
+        ))),
+        (Some(v), _) if !v.is_string() => Err(Error::invalid("The resource's id must be a string")),
+        (None, Some(_)) => Err(Error::invalid(
             "An update must carry the resource's id in the body",
         )),
         _ => Ok(()),
@@ -213,9 +209,9 @@ mod tests {
     }
 
     /// Parses and checks a body as the write API does.
-    fn parse_resource_body(body: &[u8], t: &str, url_id: Option<&str>) -> Result<(), ApiError> {
+    fn parse_resource_body(body: &[u8], t: &str, url_id: Option<&str>) -> Result<(), Error> {
         let r = crate::domain::resource_text::ResourceText::parse(body)
-            .map_err(|e| ApiError::invalid(e.0))?;
+            .map_err(|e| Error::invalid(e.0))?;
         check_resource_value(r.value(), t, url_id)
     }
 

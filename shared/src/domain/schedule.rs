@@ -18,8 +18,7 @@ use serde_json::{json, Value};
 use super::instant::format_instant;
 use super::request::{query_params, ExportLevel, ExportRequest, KickoffInput, RawParam};
 use super::resource::is_valid_id;
-use super::ApiError;
-use crate::engine::notify::Webhook;
+use super::Error;
 
 /// When a schedule runs: EventBridge's `rate(N unit)` or
 /// `cron(min hour day-of-month month day-of-week year)`, in UTC.
@@ -33,8 +32,8 @@ enum CadenceRule {
 }
 
 impl TryFrom<String> for Cadence {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
+    type Error = Error;
+    fn try_from(text: String) -> Result<Self, Error> {
         rule_of(&text)?;
         Ok(Cadence(text.trim().to_string()))
     }
@@ -47,7 +46,7 @@ impl From<Cadence> for String {
 }
 
 impl Cadence {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Error> {
         Self::try_from(text.to_string())
     }
 
@@ -73,7 +72,8 @@ impl Cadence {
     }
 }
 
-fn rule_of(text: &str) -> Result<CadenceRule, String> {
+fn rule_of(text: &str) -> Result<CadenceRule, Error> {
+    let invalid = |why: String| Error::invalid_param("cadence", why);
     let text = text.trim();
     let inner = |prefix: &str| {
         text.strip_prefix(prefix)
@@ -83,21 +83,25 @@ fn rule_of(text: &str) -> Result<CadenceRule, String> {
     if let Some(rate) = inner("rate(") {
         let (value, unit) = rate
             .split_once(' ')
-            .ok_or_else(|| format!("'{text}': a rate is rate(<value> <unit>)"))?;
+            .ok_or_else(|| invalid(format!("'{text}': a rate is rate(<value> <unit>)")))?;
         let value: i64 = value
             .trim()
             .parse()
             .ok()
             .filter(|v| *v > 0 && *v <= 1_000_000)
-            .ok_or_else(|| format!("'{text}': the rate's value must be a positive integer"))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "'{text}': the rate's value must be a positive integer"
+                ))
+            })?;
         let unit = match unit.trim() {
             "minute" | "minutes" => Duration::minutes(1),
             "hour" | "hours" => Duration::hours(1),
             "day" | "days" => Duration::days(1),
             other => {
-                return Err(format!(
+                return Err(invalid(format!(
                     "'{text}': unknown unit '{other}' (minute(s), hour(s) or day(s))"
-                ))
+                )))
             }
         };
         return Ok(CadenceRule::Every(unit * value as i32));
@@ -105,25 +109,25 @@ fn rule_of(text: &str) -> Result<CadenceRule, String> {
     if let Some(cron) = inner("cron(") {
         let fields: Vec<&str> = cron.split_whitespace().collect();
         if fields.len() != 6 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "'{text}': a cron expression has six fields (minutes hours day-of-month \
                  month day-of-week year)"
-            ));
+            )));
         }
         if fields[2] != "?" && fields[4] != "?" {
-            return Err(format!(
+            return Err(invalid(format!(
                 "'{text}': as in EventBridge, day-of-month or day-of-week must be '?'"
-            ));
+            )));
         }
         // EventBridge's fields are Quartz's without the seconds.
         let quartz = format!("0 {cron}");
         let schedule = cron::Schedule::from_str(&quartz)
-            .map_err(|e| format!("'{text}' is not a valid cron expression: {e}"))?;
+            .map_err(|e| invalid(format!("'{text}' is not a valid cron expression: {e}")))?;
         return Ok(CadenceRule::Cron(Box::new(schedule)));
     }
-    Err(format!(
+    Err(invalid(format!(
         "'{text}' is not a schedule expression: use rate(<value> <unit>) or cron(<six fields>)"
-    ))
+    )))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -197,6 +201,14 @@ pub struct RunOf {
     pub due_at: Option<DateTime<Utc>>,
 }
 
+/// Where completion events go and the secret they are signed with (see
+/// `engine::notify` for the signature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: String,
+}
+
 /// One attempt to deliver a job's completion event to a webhook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryAttempt {
@@ -240,14 +252,37 @@ pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// Why a client-given webhook URL is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookRefused {
+    #[error("'{url}' is not a URL: {reason}")]
+    NotAUrl {
+        url: String,
+        reason: url::ParseError,
+    },
+    #[error("'{0}' is not an http(s) URL")]
+    NotHttp(String),
+    #[error("'{0}' points into the service's own network; use a public address")]
+    PrivateHost(String),
+    /// At delivery: the host's name did not resolve.
+    #[error("the webhook's host did not resolve: {0}")]
+    Unresolved(#[source] std::io::Error),
+    /// At delivery: the host's name resolves to a private address.
+    #[error("refused: the webhook's host resolves to {0}, inside the service's network")]
+    ResolvesPrivate(std::net::IpAddr),
+}
+
 /// Checks a client-given webhook URL: `https` (or `http`), and, unless
 /// private targets are allowed, no private or loopback host by name or
 /// address. The addresses a name resolves to are checked again at each
 /// delivery.
-pub fn check_webhook_url(text: &str, allow_private: bool) -> Result<url::Url, String> {
-    let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+pub fn check_webhook_url(text: &str, allow_private: bool) -> Result<url::Url, WebhookRefused> {
+    let url = url::Url::parse(text).map_err(|reason| WebhookRefused::NotAUrl {
+        url: text.into(),
+        reason,
+    })?;
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(format!("'{text}' is not an http(s) URL"));
+        return Err(WebhookRefused::NotHttp(text.into()));
     }
     if allow_private {
         return Ok(url);
@@ -262,9 +297,7 @@ pub fn check_webhook_url(text: &str, allow_private: bool) -> Result<url::Url, St
         }
     };
     if private {
-        return Err(format!(
-            "'{text}' points into the service's own network; use a public address"
-        ));
+        return Err(WebhookRefused::PrivateHost(text.into()));
     }
     Ok(url)
 }
@@ -291,7 +324,7 @@ pub struct ScheduleInput {
 
 /// A name for people and folders: 1-64 of `A-Z a-z 0-9 - . _`, not
 /// starting with a dot.
-pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
@@ -301,7 +334,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!(
+        Err(Error::invalid(format!(
             "The {what} name '{name}' must be 1-64 characters of A-Z a-z 0-9 - . _, \
              not starting with '.'"
         )))
@@ -309,20 +342,20 @@ pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
 }
 
 impl ScheduleInput {
-    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    pub fn parse(body: &[u8]) -> Result<Self, Error> {
         serde_json::from_slice(body).map_err(|e| {
-            ApiError::invalid(format!(
+            Error::invalid(format!(
                 "The schedule is not valid: {e} (fields: name, cadence, mode, export or \
                  viewExport, startAt, startFromRelease, webhook)"
             ))
         })
     }
 
-    pub fn mode(&self) -> Result<ScheduleMode, ApiError> {
+    pub fn mode(&self) -> Result<ScheduleMode, Error> {
         match self.mode.as_deref() {
             None | Some("full") => Ok(ScheduleMode::Full),
             Some("incremental") => Ok(ScheduleMode::Incremental),
-            Some(other) => Err(ApiError::invalid(format!(
+            Some(other) => Err(Error::invalid(format!(
                 "mode '{other}' is not known: use full or incremental"
             ))),
         }
@@ -336,7 +369,7 @@ pub fn kickoff_of(
     base_url: &str,
     since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-) -> Result<KickoffInput, ApiError> {
+) -> Result<KickoffInput, Error> {
     let export = export.trim_start_matches('/');
     let (path, query) = export.split_once('?').unwrap_or((export, ""));
     let segs: Vec<&str> = path.split('/').collect();
@@ -347,7 +380,7 @@ pub fn kickoff_of(
             group_id: id.to_string(),
         },
         _ => {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "export '{export}' is not a kick-off: use $export, Patient/$export or \
                  Group/<id>/$export, with its query string"
             )))
@@ -355,7 +388,7 @@ pub fn kickoff_of(
     };
     let mut params = query_params(query)?;
     if params.iter().any(|p| p.name == "_since") && since.is_some() {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "An incremental schedule sets _since itself; leave it out of the export",
         ));
     }
@@ -525,7 +558,7 @@ mod tests {
             ("cron(0 12 * * MON *)", "must be '?'"),
             ("cron(0 25 * * ? *)", "not a valid cron expression"),
         ] {
-            let e = Cadence::parse(text).unwrap_err();
+            let e = Cadence::parse(text).unwrap_err().to_string();
             assert!(e.contains(words), "{text}: {e}");
         }
     }

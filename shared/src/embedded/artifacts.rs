@@ -28,7 +28,7 @@ use sha2::Sha256;
 
 use super::sqlite::backend;
 use crate::domain::job::UploadedChunk;
-use crate::domain::ApiError;
+use crate::domain::Error;
 use crate::ports::{ArtifactStore, Clock, PortError, PortResult};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -93,7 +93,7 @@ impl FsArtifacts {
 
     /// Checks a presigned request and returns the file to serve.
     /// Refusals say why, as S3 does, but never reveal anything else.
-    pub fn open_signed(&self, key: &str, query: &str) -> Result<PathBuf, ApiError> {
+    pub fn open_signed(&self, key: &str, query: &str) -> Result<PathBuf, Error> {
         let mut expires = None;
         let mut signature = None;
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -104,22 +104,22 @@ impl FsArtifacts {
             }
         }
         let (Some(expires), Some(signature)) = (expires, signature) else {
-            return Err(ApiError::forbidden("This link is not signed"));
+            return Err(Error::forbidden("This link is not signed"));
         };
         let expected = self.signature(key, expires);
         if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
-            return Err(ApiError::forbidden("This link's signature is not valid"));
+            return Err(Error::forbidden("This link's signature is not valid"));
         }
         if self.clock.now().timestamp() >= expires {
-            return Err(ApiError::forbidden(
+            return Err(Error::forbidden(
                 "This link has expired; ask the file endpoint for a new one",
             ));
         }
         let path = self
             .object_path(key)
-            .map_err(|_| ApiError::not_found("No such file"))?;
+            .map_err(|_| Error::not_found("No such file"))?;
         if !path.is_file() {
-            return Err(ApiError::not_found("No such file"));
+            return Err(Error::not_found("No such file"));
         }
         Ok(path)
     }

@@ -14,7 +14,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
 use super::sqlite::{backend, CachedStatements, Db, Pages};
-use crate::auth::ClientRegistration;
+use crate::domain::client::ClientRegistration;
 use crate::domain::job::{Job, Part, WorkMessage};
 use crate::domain::usage::Usage;
 use crate::ports::{ClientStore, Delivery, JobStore, PortError, PortResult, WorkQueue};

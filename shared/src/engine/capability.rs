@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::Engine;
 
 /// The kick-off parameters the server supports, as the operations'
-/// documentation states them (the README's table has the details).
+/// documentation states them (docs/src/user/protocol.md has the details).
 pub const KICKOFF_PARAMETERS: &str = "Supported kick-off parameters: _outputFormat \
 (application/fhir+ndjson), _since, _until, _type, _elements (top-level), patient (POST, \
 Patient and Group level), includeAssociatedData (LatestProvenanceResources, \

@@ -19,7 +19,7 @@ use crate::domain::request::{
 use crate::domain::resource::group_member_ids;
 use crate::domain::schedule::RELEASE_OWNER_PREFIX;
 use crate::domain::usage;
-use crate::domain::ApiError;
+use crate::domain::Error;
 use crate::ports::PortError;
 
 /// What a status poll answers.
@@ -45,8 +45,8 @@ pub enum StatusReply {
 /// How long a client over its limit of exports in progress is told to wait.
 const ACTIVE_LIMIT_RETRY_AFTER_SECS: u64 = 30;
 
-fn job_not_found(id: &str) -> ApiError {
-    ApiError::not_found(format!(
+fn job_not_found(id: &str) -> Error {
+    Error::not_found(format!(
         "No export job '{id}' (unknown, expired or cancelled)"
     ))
 }
@@ -54,7 +54,7 @@ fn job_not_found(id: &str) -> ApiError {
 impl Engine {
     /// Validates the request, records the job and queues its planning.
     /// Returns the new job's id.
-    pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, ApiError> {
+    pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, Error> {
         self.kickoff_or_reuse(caller, input, false).await
     }
 
@@ -66,7 +66,7 @@ impl Engine {
         caller: &Caller,
         input: KickoffInput,
         reuse: bool,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let mut request = parse_export_request(input)?;
         authorize_export(&caller.access, &mut request)?;
         self.check_patients(&mut request).await?;
@@ -85,7 +85,7 @@ impl Engine {
         &self,
         caller: &Caller,
         request: ExportRequest,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let id = uuid::Uuid::new_v4().to_string();
         self.charged(&id, async {
             let transaction_time = self.transaction_time_for(&request).await?;
@@ -93,7 +93,7 @@ impl Engine {
             self.ports.jobs.create_job(&job).await?;
             self.queue_planning(&job).await?;
             tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
-            Ok::<_, ApiError>(())
+            Ok::<_, Error>(())
         })
         .await?;
         Ok(id)
@@ -173,7 +173,7 @@ impl Engine {
         &self,
         caller: &Caller,
         request: &ExportRequest,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, Error> {
         let key = reuse_key(&caller.subject, request);
         let now = self.ports.clock.now();
         let window =
@@ -194,14 +194,14 @@ impl Engine {
     }
 
     /// 429 when the caller already has its limit of exports in progress.
-    pub(crate) async fn check_active_limit(&self, caller: &Caller) -> Result<(), ApiError> {
+    pub(crate) async fn check_active_limit(&self, caller: &Caller) -> Result<(), Error> {
         let limit = self.config.max_active_exports_per_client;
         if limit == 0 {
             return Ok(());
         }
         let active = self.ports.jobs.count_active_jobs(&caller.subject).await?;
         if active >= limit {
-            return Err(ApiError::too_many_requests(
+            return Err(Error::throttled(
                 format!(
                     "This client already has {active} exports in progress (the limit is \
                      {limit}); wait for one to finish, or cancel one"
@@ -216,7 +216,7 @@ impl Engine {
     /// level) or are not members (Group level) are moved to
     /// `excluded_patients`: the export goes on without them, and its
     /// manifest says so, in the same words for both cases.
-    pub(crate) async fn check_patients(&self, request: &mut ExportRequest) -> Result<(), ApiError> {
+    pub(crate) async fn check_patients(&self, request: &mut ExportRequest) -> Result<(), Error> {
         let resources = &self.ports.resources;
         let named = std::mem::take(&mut request.patients);
         let members = match &request.level {
@@ -243,22 +243,18 @@ impl Engine {
 
     /// The member patients of the current Group `group_id`; 404 if there is
     /// none.
-    pub(crate) async fn group_members(&self, group_id: &str) -> Result<Vec<String>, ApiError> {
+    pub(crate) async fn group_members(&self, group_id: &str) -> Result<Vec<String>, Error> {
         let group = match self.ports.resources.read_current("Group", group_id).await? {
             Some(v) if !v.deleted => v,
-            _ => {
-                return Err(ApiError::not_found(format!(
-                    "Group/{group_id} does not exist"
-                )))
-            }
+            _ => return Err(Error::not_found(format!("Group/{group_id} does not exist"))),
         };
         let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
-            .map_err(|_| ApiError::internal("stored Group is not JSON"))?;
+            .map_err(|_| Error::internal("stored Group is not JSON"))?;
         Ok(group_member_ids(&body))
     }
 
     /// Loads a job the caller may see; anything else is the same 404.
-    pub(crate) async fn visible_job(&self, caller: &Caller, job_id: &str) -> Result<Job, ApiError> {
+    pub(crate) async fn visible_job(&self, caller: &Caller, job_id: &str) -> Result<Job, Error> {
         let job = self.ports.jobs.get_job(job_id).await?;
         match job {
             Some(job) if job.owner == caller.subject && job.is_visible(self.ports.clock.now()) => {
@@ -271,11 +267,7 @@ impl Engine {
     /// A job the caller may read: its own, or a release's (a release is a
     /// system-wide export: any client not limited to Groups may fetch it,
     /// and each file is checked against its scopes).
-    pub(crate) async fn readable_job(
-        &self,
-        caller: &Caller,
-        job_id: &str,
-    ) -> Result<Job, ApiError> {
+    pub(crate) async fn readable_job(&self, caller: &Caller, job_id: &str) -> Result<Job, Error> {
         let job = self.ports.jobs.get_job(job_id).await?;
         match job {
             Some(job)
@@ -299,18 +291,18 @@ impl Engine {
         caller: &Caller,
         job_id: &str,
         page: Option<&str>,
-    ) -> Result<StatusReply, ApiError> {
+    ) -> Result<StatusReply, Error> {
         let mut job = self.readable_job(caller, job_id).await?;
         let cursor = match page {
             None => ManifestCursor::default(),
             Some(_) if !job.request.allow_partial_manifests => {
-                return Err(ApiError::invalid(
+                return Err(Error::invalid(
                     "page: this export's manifest is not paged (it was not started with \
                      allowPartialManifests=true)",
                 ))
             }
             Some(text) => ManifestCursor::parse(text).ok_or_else(|| {
-                ApiError::invalid(format!(
+                Error::invalid(format!(
                     "page: '{text}' is not a page of this manifest; follow the manifest's next link"
                 ))
             })?,
@@ -326,7 +318,7 @@ impl Engine {
         self.status_of(job, &cursor).await
     }
 
-    async fn status_of(&self, job: Job, cursor: &ManifestCursor) -> Result<StatusReply, ApiError> {
+    async fn status_of(&self, job: Job, cursor: &ManifestCursor) -> Result<StatusReply, Error> {
         let job_id = job.id.clone();
         let job_id = job_id.as_str();
         match job.state {
@@ -419,7 +411,7 @@ impl Engine {
 
     /// Cancels a job: it disappears for its owner at once, workers stop at
     /// their next page, and its files are deleted.
-    pub async fn cancel(&self, caller: &Caller, job_id: &str) -> Result<(), ApiError> {
+    pub async fn cancel(&self, caller: &Caller, job_id: &str) -> Result<(), Error> {
         let mut job = self.visible_job(caller, job_id).await?;
         loop {
             job.state = JobState::Cancelled;
@@ -466,7 +458,7 @@ impl Engine {
         job_id: &str,
         name: &str,
         accepts_gzip: bool,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         self.charged(job_id, async {
             let link = self
                 .link_to_file(caller, job_id, name, accepts_gzip)
@@ -483,7 +475,7 @@ impl Engine {
         job_id: &str,
         name: &str,
         accepts_gzip: bool,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let job = self.readable_job(caller, job_id).await?;
         let file = match job.state {
             JobState::Completed => job.files.iter().find(|f| f.name == name).cloned(),
@@ -499,7 +491,7 @@ impl Engine {
             _ => None,
         };
         let Some(file) = file else {
-            return Err(ApiError::not_found(format!(
+            return Err(Error::not_found(format!(
                 "Export job '{job_id}' has no file '{name}'"
             )));
         };
@@ -525,7 +517,7 @@ impl Engine {
         caller: &Caller,
         job: &Job,
         file: &OutputFile,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         if file.resource_type == REVISIONS && !caller.access.can_audit() {
             return Err(super::revisions::audit_refused());
         }
@@ -539,7 +531,7 @@ impl Engine {
             _ => vec![file.source_type.as_deref().unwrap_or(&file.resource_type)],
         };
         if let Some(t) = data_types.iter().find(|t| !caller.access.can_read(t)) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "The access token's scopes do not permit reading {t}"
             )));
         }
@@ -547,7 +539,7 @@ impl Engine {
     }
 
     /// Marks a job failed (a message that kept failing); its files go at expiry.
-    pub async fn fail_job(&self, job_id: &str, reason: &str) -> Result<(), ApiError> {
+    pub async fn fail_job(&self, job_id: &str, reason: &str) -> Result<(), Error> {
         loop {
             let Some(mut job) = self.ports.jobs.get_job(job_id).await? else {
                 return Ok(());
@@ -582,25 +574,22 @@ impl Engine {
 /// Applies the caller's access to a parsed request: requested types must be
 /// readable, no `_type` means exactly the readable types, and a client
 /// limited to Groups may export only those Groups.
-pub(crate) fn authorize_export(
-    access: &Access,
-    request: &mut ExportRequest,
-) -> Result<(), ApiError> {
+pub(crate) fn authorize_export(access: &Access, request: &mut ExportRequest) -> Result<(), Error> {
     match &request.level {
         ExportLevel::Group { group_id } if !access.can_use_group(group_id) => {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "This client may not export Group/{group_id}"
             )));
         }
         ExportLevel::System | ExportLevel::Patient if access.groups.is_some() => {
-            return Err(ApiError::forbidden(
+            return Err(Error::forbidden(
                 "This client is limited to its Groups: use [base]/Group/{id}/$export",
             ));
         }
         _ => {}
     }
     if let Some(t) = request.types.iter().find(|t| !access.can_read(t)) {
-        return Err(ApiError::forbidden(format!(
+        return Err(Error::forbidden(format!(
             "_type: the access token's scopes do not permit reading {t}"
         )));
     }
@@ -612,7 +601,7 @@ pub(crate) fn authorize_export(
             .cloned()
             .collect();
         if request.types.is_empty() {
-            return Err(ApiError::forbidden(
+            return Err(Error::forbidden(
                 "The access token's scopes permit reading no resource type this export can contain",
             ));
         }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::{Caller, Engine};
 use crate::domain::instant::format_instant;
 use crate::domain::job::{artifact_key, manifest_with_urls, JobState};
-use crate::domain::ApiError;
+use crate::domain::Error;
 
 /// Where a job's link manifests are kept (the sweeper removes them with
 /// the job).
@@ -34,11 +34,11 @@ impl Engine {
         caller: &Caller,
         job_id: &str,
         ttl: Option<Duration>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Error> {
         let asked = ttl.unwrap_or(self.config.presign_ttl);
         let max = self.config.max_link_ttl;
         if asked.is_zero() || asked > max {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "expiresIn: links live from 1 to {} seconds here",
                 max.as_secs()
             )));
@@ -52,7 +52,7 @@ impl Engine {
                     .to_std()
                     .unwrap_or(Duration::ZERO);
                 if left < Duration::from_secs(60) {
-                    return Err(ApiError::unavailable(
+                    return Err(Error::unavailable(
                         "The service's signing credentials are about to be renewed; retry in a minute",
                         60,
                     ));
@@ -63,7 +63,7 @@ impl Engine {
         };
         let job = self.readable_job(caller, job_id).await?;
         if job.state != JobState::Completed {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "Export job '{job_id}' has not completed; links are for completed exports"
             )));
         }
@@ -81,7 +81,7 @@ impl Engine {
         }
         let m = manifest_with_urls(&job, false, &|f| links[&f.name].clone());
         let key = format!("{}{}.json", links_prefix(&job.id), uuid::Uuid::new_v4());
-        let body = serde_json::to_vec(&m).map_err(|e| ApiError::internal(e.to_string()))?;
+        let body = serde_json::to_vec(&m).map_err(|e| Error::internal(e.to_string()))?;
         self.ports.artifacts.put(&key, body.into()).await?;
         let url = self.ports.artifacts.presign_get(&key, ttl).await?;
         let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());

@@ -28,32 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use export::StatusReply;
+pub use resources::{BundleReply, EntryWritten, Written};
 pub use views::ViewSource;
 pub use worker::{Disposition, WorkOutcome};
 
-use crate::domain::access::Access;
-use crate::domain::ApiError;
-use crate::ports::{
-    ArtifactStore, ClientStore, Clock, EventPublisher, JobStore, PortError, ResourceStore,
-    ScheduleStore, WorkQueue,
-};
-
-/// The adapters the engine runs on.
-#[derive(Clone)]
-pub struct Ports {
-    pub resources: Arc<dyn ResourceStore>,
-    pub jobs: Arc<dyn JobStore>,
-    pub artifacts: Arc<dyn ArtifactStore>,
-    pub queue: Arc<dyn WorkQueue>,
-    pub clock: Arc<dyn Clock>,
-    /// Client registrations: who authors are (the audit export) and where
-    /// a client's exports are announced.
-    pub clients: Arc<dyn ClientStore>,
-    /// Export schedules and releases.
-    pub schedules: Arc<dyn ScheduleStore>,
-    /// Where ended exports are announced (EventBridge, folder delivery).
-    pub events: Arc<dyn EventPublisher>,
-}
+pub use crate::ports::Ports;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -182,23 +161,7 @@ impl EngineConfig {
     }
 }
 
-/// Who is calling: the verified subject that owns the jobs it starts, and
-/// what it may read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub subject: String,
-    pub access: Access,
-}
-
-impl Caller {
-    /// The single owner of every job in open mode (no tokens).
-    pub fn anonymous() -> Self {
-        Caller {
-            subject: "anonymous".into(),
-            access: Access::unrestricted(),
-        }
-    }
-}
+pub use crate::domain::access::Caller;
 
 #[derive(Clone)]
 pub struct Engine {
@@ -211,25 +174,6 @@ impl Engine {
         Engine {
             ports,
             config: Arc::new(config),
-        }
-    }
-}
-
-impl From<PortError> for ApiError {
-    fn from(e: PortError) -> Self {
-        match &e {
-            PortError::Conflict => ApiError::conflict("The resource changed concurrently; retry"),
-            PortError::NotFound => ApiError::not_found("Not found"),
-            PortError::Unsupported(m) => ApiError::unprocessable(m.clone()),
-            PortError::AlreadyExists => ApiError::conflict("Already exists"),
-            PortError::Transient { .. } => {
-                tracing::error!(error = %e, "storage failure");
-                ApiError::unavailable("Storage is unavailable; retry later", 5)
-            }
-            PortError::Permanent { what, .. } => {
-                tracing::error!(error = %e, "storage failure");
-                ApiError::internal(format!("The server failed: {what}"))
-            }
         }
     }
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -24,7 +23,7 @@ use super::Engine;
 use crate::domain::instant::format_instant;
 use crate::domain::job::{manifest, status_url, FileKind, Job, JobState, WorkMessage};
 use crate::domain::schedule::{
-    check_webhook_url, is_public_ip, DeliveryAttempt, RELEASE_OWNER_PREFIX,
+    check_webhook_url, is_public_ip, DeliveryAttempt, WebhookRefused, RELEASE_OWNER_PREFIX,
 };
 use crate::domain::usage::Usage;
 use crate::ports::{JobEvent, PortError};
@@ -36,12 +35,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Four attempts at most take under a minute: well inside a worker's budget.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where events go and the secret they are signed with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Webhook {
-    pub url: String,
-    pub secret: String,
-}
+pub use crate::domain::schedule::Webhook;
 
 /// The event's JSON body (EventBridge's `detail`, the webhook's body).
 pub fn event_body(job: &Job, base_url: &str) -> Value {
@@ -91,19 +85,16 @@ pub fn event_body(job: &Job, base_url: &str) -> Value {
 /// Refuses a client-given webhook whose host resolves to a private,
 /// loopback or link-local address (a name checked when the schedule was
 /// made may point elsewhere since).
-async fn public_target(url: &str) -> Result<(), String> {
+async fn public_target(url: &str) -> Result<(), WebhookRefused> {
     let url = check_webhook_url(url, false)?;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
     let port = url.port_or_known_default().unwrap_or(443);
     let addrs = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("the webhook's host did not resolve: {e}"))?;
+        .map_err(WebhookRefused::Unresolved)?;
     for a in addrs {
         if !is_public_ip(a.ip()) {
-            return Err(format!(
-                "refused: the webhook's host resolves to {}, inside the service's network",
-                a.ip()
-            ));
+            return Err(WebhookRefused::ResolvesPrivate(a.ip()));
         }
     }
     Ok(())
@@ -179,12 +170,12 @@ impl Engine {
         };
         if client_given && !self.config.allow_private_webhooks {
             if let Err(why) = public_target(&hook.url).await {
-                tracing::warn!(job = %job.id, why, "webhook refused");
+                tracing::warn!(job = %job.id, %why, "webhook refused");
                 let attempt = DeliveryAttempt {
                     at: self.ports.clock.now(),
                     attempt: 1,
                     status: None,
-                    error: Some(why),
+                    error: Some(why.to_string()),
                     delivered: false,
                 };
                 self.record_delivery(&job.id, attempt).await;

@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::gzip_twin::upload;
 use crate::domain::job::UploadedChunk;
 use crate::ports::{ArtifactStore, PortError, PortResult};
-use crate::view::parquet::{ParquetTable, StagedRowError};
-use crate::view::ColumnDef;
+use fhir_query::view::parquet::{ParquetTable, StagedRowError};
+use fhir_query::view::ColumnDef;
 
 /// How much of the NDJSON is read at a time.
 const READ_BYTES: usize = 8 << 20;
@@ -140,8 +140,8 @@ mod tests {
 
     use super::push_line;
     use crate::ports::PortResult;
-    use crate::view::parquet::ParquetTable;
-    use crate::view::ColumnDef;
+    use fhir_query::view::parquet::ParquetTable;
+    use fhir_query::view::ColumnDef;
 
     fn columns() -> Vec<ColumnDef> {
         ["id", "n"]

@@ -10,7 +10,7 @@ use super::{Caller, Engine, StatusReply};
 use crate::domain::job::JobState;
 use crate::domain::request::parse_export_request;
 use crate::domain::schedule::{check_name, kickoff_of, Release, LATEST, RELEASE_OWNER_PREFIX};
-use crate::domain::ApiError;
+use crate::domain::Error;
 use crate::ports::PortError;
 
 #[derive(Deserialize)]
@@ -20,27 +20,27 @@ struct ReleaseInput {
     export: String,
 }
 
-fn release_not_found(name: &str) -> ApiError {
-    ApiError::not_found(format!("No release '{name}'"))
+fn release_not_found(name: &str) -> Error {
+    Error::not_found(format!("No release '{name}'"))
 }
 
 impl Engine {
     /// Freezes a release as of now and starts building its files.
     /// Publishing needs read access to every type and no Group limit.
-    pub async fn create_release(&self, caller: &Caller, body: &[u8]) -> Result<Release, ApiError> {
+    pub async fn create_release(&self, caller: &Caller, body: &[u8]) -> Result<Release, Error> {
         let input: ReleaseInput = serde_json::from_slice(body).map_err(|e| {
-            ApiError::invalid(format!(
+            Error::invalid(format!(
                 "The release is not valid: {e} (fields: name, export)"
             ))
         })?;
         check_name("release", &input.name)?;
         if input.name == LATEST {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "'latest' is the alias of the newest release; choose another name",
             ));
         }
         if !caller.access.perms_on("*").read || caller.access.groups.is_some() {
-            return Err(ApiError::forbidden(
+            return Err(Error::forbidden(
                 "Publishing a release needs read access to every type (system/*.read)",
             ));
         }
@@ -63,7 +63,7 @@ impl Engine {
         match self.ports.schedules.create_release(&release).await {
             Ok(()) => {}
             Err(PortError::AlreadyExists) => {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "A release named '{}' exists; releases are immutable",
                     release.name
                 )))
@@ -75,13 +75,13 @@ impl Engine {
         Ok(release)
     }
 
-    pub async fn releases(&self) -> Result<Vec<Release>, ApiError> {
+    pub async fn releases(&self) -> Result<Vec<Release>, Error> {
         Ok(self.ports.schedules.releases().await?)
     }
 
     /// A release by name; `latest` is the one with the newest
     /// `transactionTime`.
-    pub async fn release_record(&self, name: &str) -> Result<Release, ApiError> {
+    pub async fn release_record(&self, name: &str) -> Result<Release, Error> {
         let found = if name == LATEST {
             self.ports.schedules.releases().await?.pop()
         } else {
@@ -94,11 +94,7 @@ impl Engine {
     /// The release's manifest: its files as built, or, once they have
     /// expired (or a build failed), a rebuild as of the same instant, in
     /// progress (202) until it is done.
-    pub async fn release_status(
-        &self,
-        caller: &Caller,
-        name: &str,
-    ) -> Result<StatusReply, ApiError> {
+    pub async fn release_status(&self, caller: &Caller, name: &str) -> Result<StatusReply, Error> {
         let mut release = self.release_record(name).await?;
         loop {
             let job = self.ports.jobs.get_job(&release.job_id()).await?;

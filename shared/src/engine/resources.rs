@@ -3,24 +3,39 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{Caller, Engine};
 use crate::domain::access::WriteKind;
-use crate::domain::instant::{format_instant, from_micros};
 use crate::domain::resource::{check_id, check_resource_value, check_type, is_valid_id};
 use crate::domain::resource_text::ResourceText;
-use crate::domain::ApiError;
+use crate::domain::Error;
 use crate::ports::{Version, WriteOp, WriteResult};
 
 /// Bundles larger than this are refused (keeps one transaction bounded).
 pub const MAX_BUNDLE_ENTRIES: usize = 10_000;
 
-/// The outcome of a write, for the HTTP layer.
+/// The outcome of a write.
 #[derive(Debug, Clone)]
 pub struct Written {
-    pub status: u16,
+    /// No live version was there before.
+    pub created: bool,
     pub version: Version,
+}
+
+/// What a batch or transaction Bundle did, entry by entry, in order.
+#[derive(Debug)]
+pub struct BundleReply {
+    pub transaction: bool,
+    pub entries: Vec<Result<EntryWritten, Error>>,
+}
+
+/// One entry's write.
+#[derive(Debug)]
+pub struct EntryWritten {
+    /// The entry was a DELETE.
+    pub delete: bool,
+    pub result: WriteResult,
 }
 
 impl Engine {
@@ -29,25 +44,23 @@ impl Engine {
         caller: &Caller,
         resource_type: &str,
         id: &str,
-    ) -> Result<Version, ApiError> {
+    ) -> Result<Version, Error> {
         check_type(resource_type)?;
         if !caller.access.can_read(resource_type) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "The access token's scopes do not permit reading {resource_type}"
             )));
         }
         if resource_type == "Group" && !caller.access.can_use_group(id) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "This client may not read Group/{id}"
             )));
         }
         check_id(id)?;
         match self.ports.resources.read_current(resource_type, id).await? {
-            Some(v) if v.deleted => {
-                Err(ApiError::gone(format!("{resource_type}/{id} was deleted")))
-            }
+            Some(v) if v.deleted => Err(Error::gone(format!("{resource_type}/{id} was deleted"))),
             Some(v) => Ok(v),
-            None => Err(ApiError::not_found(format!(
+            None => Err(Error::not_found(format!(
                 "{resource_type}/{id} does not exist"
             ))),
         }
@@ -59,7 +72,7 @@ impl Engine {
         resource_type: &str,
         id: &str,
         resource: ResourceText,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Written, Error> {
         check_type(resource_type)?;
         require_write(caller, WriteKind::Update, resource_type)?;
         check_id(id)?;
@@ -71,7 +84,7 @@ impl Engine {
         };
         let r = self.write_one(caller, op).await?;
         Ok(Written {
-            status: if r.created { 201 } else { 200 },
+            created: r.created,
             version: r.version,
         })
     }
@@ -81,7 +94,7 @@ impl Engine {
         caller: &Caller,
         resource_type: &str,
         resource: ResourceText,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Written, Error> {
         check_type(resource_type)?;
         require_write(caller, WriteKind::Create, resource_type)?;
         check_resource_value(resource.value(), resource_type, None)?;
@@ -94,7 +107,7 @@ impl Engine {
         };
         let r = self.write_one(caller, op).await?;
         Ok(Written {
-            status: 201,
+            created: true,
             version: r.version,
         })
     }
@@ -104,7 +117,7 @@ impl Engine {
         caller: &Caller,
         resource_type: &str,
         id: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         check_type(resource_type)?;
         require_write(caller, WriteKind::Delete, resource_type)?;
         check_id(id)?;
@@ -120,11 +133,11 @@ impl Engine {
     }
 
     /// Writes many resources at once (loaders, tests, benchmarks).
-    pub async fn load(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, ApiError> {
+    pub async fn load(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, Error> {
         Ok(self.ports.resources.load(ops).await?)
     }
 
-    async fn write_one(&self, caller: &Caller, op: WriteOp) -> Result<WriteResult, ApiError> {
+    async fn write_one(&self, caller: &Caller, op: WriteOp) -> Result<WriteResult, Error> {
         let mut results = self
             .ports
             .resources
@@ -132,30 +145,30 @@ impl Engine {
             .await?;
         results
             .pop()
-            .ok_or_else(|| ApiError::internal("the store returned no result"))
+            .ok_or_else(|| Error::internal("the store returned no result"))
     }
 
     /// `POST [base]` with a batch or transaction Bundle (its JSON text: each
     /// entry's resource is stored as written). A transaction is
     /// all-or-nothing: one bad entry refuses the whole Bundle. A batch
     /// reports each entry's outcome and writes the good ones.
-    pub async fn process_bundle(&self, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn process_bundle(&self, caller: &Caller, body: &[u8]) -> Result<BundleReply, Error> {
         let bundle: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid(format!("The body is not valid JSON: {e}")))?;
+            .map_err(|e| Error::invalid(format!("The body is not valid JSON: {e}")))?;
         if !caller.access.can_write_any() {
-            return Err(ApiError::forbidden(
+            return Err(Error::forbidden(
                 "This client may not write resources (it has no write scope)",
             ));
         }
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-            return Err(ApiError::invalid("POST to the base takes a Bundle"));
+            return Err(Error::invalid("POST to the base takes a Bundle"));
         }
         let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
         let transaction = match kind {
             "transaction" => true,
             "batch" => false,
             other => {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "Bundle.type must be 'batch' or 'transaction', not '{other}'"
                 )))
             }
@@ -169,17 +182,17 @@ impl Engine {
                     entry: Vec<&'a RawValue>,
                 }
                 serde_json::from_slice::<Entries>(body)
-                    .map_err(|e| ApiError::invalid(format!("Bundle.entry: {e}")))?
+                    .map_err(|e| Error::invalid(format!("Bundle.entry: {e}")))?
                     .entry
             }
-            Some(_) => return Err(ApiError::invalid("Bundle.entry must be an array")),
+            Some(_) => return Err(Error::invalid("Bundle.entry must be an array")),
         };
         if entries.len() > MAX_BUNDLE_ENTRIES {
-            return Err(ApiError::too_large(format!(
+            return Err(Error::too_large(format!(
                 "A Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries"
             )));
         }
-        let mut planned: Vec<Result<WriteOp, ApiError>> = entries
+        let planned: Vec<Result<WriteOp, Error>> = entries
             .into_iter()
             .enumerate()
             .map(|(i, e)| entry_op(i, e).and_then(|(kind, op)| permitted(caller, i, kind, op)))
@@ -199,50 +212,25 @@ impl Engine {
             .write_as(&caller.subject, ops)
             .await?
             .into_iter();
-        let response_entries: Vec<Value> = planned
-            .iter_mut()
-            .map(|p| match p {
-                Ok(op) => {
-                    let r = results.next().expect("one result per op");
-                    let status = match op {
-                        WriteOp::Delete { .. } => "204 No Content",
-                        _ if r.created => "201 Created",
-                        _ => "200 OK",
-                    };
-                    let mut response = json!({ "status": status });
-                    if !r.version.deleted {
-                        response["location"] = json!(format!(
-                            "{}/{}/_history/{}",
-                            r.version.resource_type, r.version.id, r.version.version
-                        ));
-                        response["etag"] = json!(format!("W/\"{}\"", r.version.version));
-                        response["lastModified"] =
-                            json!(format_instant(from_micros(r.version.last_updated)));
-                    } else if r.version.last_updated > 0 {
-                        // When the deletion was recorded (an audit trail's
-                        // revision time).
-                        response["lastModified"] =
-                            json!(format_instant(from_micros(r.version.last_updated)));
-                    }
-                    json!({ "response": response })
-                }
-                Err(e) => json!({ "response": {
-                    "status": format!("{} {}", e.status, e.code),
-                    "outcome": e.to_outcome()
-                }}),
+        let entries = planned
+            .into_iter()
+            .map(|p| {
+                p.map(|op| EntryWritten {
+                    delete: matches!(op, WriteOp::Delete { .. }),
+                    result: results.next().expect("one result per op"),
+                })
             })
             .collect();
-        Ok(json!({
-            "resourceType": "Bundle",
-            "type": if transaction { "transaction-response" } else { "batch-response" },
-            "entry": response_entries
-        }))
+        Ok(BundleReply {
+            transaction,
+            entries,
+        })
     }
 }
 
 /// Writing needs a write scope on the type (SMART v1 `system/T.write`, or
 /// v2 `c`, `u`, `d` for create, update, delete); open mode writes freely.
-fn require_write(caller: &Caller, kind: WriteKind, resource_type: &str) -> Result<(), ApiError> {
+fn require_write(caller: &Caller, kind: WriteKind, resource_type: &str) -> Result<(), Error> {
     if caller.access.can_write(kind, resource_type) {
         return Ok(());
     }
@@ -251,19 +239,17 @@ fn require_write(caller: &Caller, kind: WriteKind, resource_type: &str) -> Resul
         WriteKind::Update => ("update", 'u'),
         WriteKind::Delete => ("delete", 'd'),
     };
-    Err(ApiError::forbidden(format!(
+    Err(Error::forbidden(format!(
         "This client may not {verb} {resource_type}: that needs a write scope \
          (system/{resource_type}.write, or system/{resource_type}.{letter} in SMART v2)"
     )))
 }
 
 /// A Bundle entry's write, if the caller's scopes permit it.
-fn permitted(caller: &Caller, i: usize, kind: WriteKind, op: WriteOp) -> Result<WriteOp, ApiError> {
+fn permitted(caller: &Caller, i: usize, kind: WriteKind, op: WriteOp) -> Result<WriteOp, Error> {
     let (WriteOp::Delete { resource_type, .. } | WriteOp::Upsert { resource_type, .. }) = &op;
-    require_write(caller, kind, resource_type).map_err(|mut e| {
-        e.message = format!("Bundle.entry[{i}]: {}", e.message);
-        e
-    })?;
+    require_write(caller, kind, resource_type)
+        .map_err(|e| e.within(&format!("Bundle.entry[{i}]")))?;
     Ok(op)
 }
 
@@ -275,8 +261,8 @@ struct Entry<'a> {
     resource: Option<&'a RawValue>,
 }
 
-fn entry_op(i: usize, entry: &RawValue) -> Result<(WriteKind, WriteOp), ApiError> {
-    let at = |msg: String| ApiError::invalid(format!("Bundle.entry[{i}]: {msg}"));
+fn entry_op(i: usize, entry: &RawValue) -> Result<(WriteKind, WriteOp), Error> {
+    let at = |msg: String| Error::invalid(format!("Bundle.entry[{i}]: {msg}"));
     let entry: Entry = serde_json::from_str(entry.get())
         .map_err(|e| at(format!("is not an entry object: {e}")))?;
     let request = entry
@@ -293,7 +279,7 @@ fn entry_op(i: usize, entry: &RawValue) -> Result<(WriteKind, WriteOp), ApiError
         Some((t, id)) => (t, Some(id)),
         None => (url, None),
     };
-    check_type(resource_type).map_err(|e| at(e.message))?;
+    check_type(resource_type).map_err(|e| at(e.message()))?;
     if let Some(id) = id {
         if !is_valid_id(id) {
             return Err(at(format!("'{id}' is not a valid id")));
@@ -306,7 +292,8 @@ fn entry_op(i: usize, entry: &RawValue) -> Result<(WriteKind, WriteOp), ApiError
     match (method, id) {
         ("PUT", Some(id)) => {
             let r = resource()?;
-            check_resource_value(r.value(), resource_type, Some(id)).map_err(|e| at(e.message))?;
+            check_resource_value(r.value(), resource_type, Some(id))
+                .map_err(|e| at(e.message()))?;
             let op = WriteOp::Upsert {
                 resource_type: resource_type.into(),
                 id: id.into(),
@@ -316,7 +303,7 @@ fn entry_op(i: usize, entry: &RawValue) -> Result<(WriteKind, WriteOp), ApiError
         }
         ("POST", None) => {
             let r = resource()?;
-            check_resource_value(r.value(), resource_type, None).map_err(|e| at(e.message))?;
+            check_resource_value(r.value(), resource_type, None).map_err(|e| at(e.message()))?;
             let op = WriteOp::Upsert {
                 resource_type: resource_type.into(),
                 id: uuid::Uuid::new_v4().to_string(),

@@ -10,7 +10,7 @@ use crate::domain::access::TypeAccess;
 use crate::domain::job::{JobState, REVISIONS_FILE};
 use crate::domain::request::{ExportLevel, ExportRequest};
 use crate::domain::revisions::parse_revisions_request;
-use crate::domain::ApiError;
+use crate::domain::Error;
 
 /// What the wait for a revisions file came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +25,8 @@ pub enum RevisionsOutcome {
 }
 
 /// The answer to a client without the audit permission.
-pub(crate) fn audit_refused() -> ApiError {
-    ApiError::forbidden(
+pub(crate) fn audit_refused() -> Error {
+    Error::forbidden(
         "This client may not read the audit trail: that needs the audit permission on \
          its registration (and no Group limit)",
     )
@@ -39,7 +39,7 @@ impl Engine {
         caller: &Caller,
         body: &[u8],
         request_url: String,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         if !caller.access.can_audit() {
             return Err(audit_refused());
         }
@@ -47,14 +47,14 @@ impl Engine {
         // Revisions name records and, with includeModifiedProps, show their
         // content: only types the caller may read.
         if let Some(t) = query.entities.iter().find(|t| !caller.access.can_read(t)) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "entities: the access token's scopes do not permit reading {t}"
             )));
         }
         let types = match (&query.entities, &caller.access.types) {
             (named, _) if !named.is_empty() => named.clone(),
             (_, TypeAccess::Only(readable)) if readable.is_empty() => {
-                return Err(ApiError::forbidden(
+                return Err(Error::forbidden(
                     "The access token's scopes permit reading no resource type",
                 ))
             }
@@ -78,7 +78,7 @@ impl Engine {
         caller: &Caller,
         job_id: &str,
         budget: Duration,
-    ) -> Result<RevisionsOutcome, ApiError> {
+    ) -> Result<RevisionsOutcome, Error> {
         let poll = Duration::from_millis(50);
         let deadline = tokio::time::Instant::now() + budget;
         loop {
@@ -112,22 +112,22 @@ impl Engine {
         caller: &Caller,
         file_id: &str,
         accepts_gzip: bool,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         if !caller.access.can_audit() {
             return Err(audit_refused());
         }
         let job = self.visible_job(caller, file_id).await.map_err(|_| {
-            ApiError::not_found(format!(
+            Error::not_found(format!(
                 "No revisions file '{file_id}' (unknown, expired or not yours)"
             ))
         })?;
         if job.request.revisions.is_none() {
-            return Err(ApiError::not_found(format!(
+            return Err(Error::not_found(format!(
                 "No revisions file '{file_id}' (that job is a resource export)"
             )));
         }
         if job.state != JobState::Completed {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "The revisions file '{file_id}' is not ready yet; its status is at \
                  $export-jobs/{file_id}"
             )));

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::export::authorize_export;
 use super::{Caller, Engine, ViewExportInput};
 use crate::domain::access::Access;
+use crate::domain::error::STORE_RETRY_SECS;
 use crate::domain::instant::parse_instant;
 use crate::domain::job::{manifest, Job, JobState};
 use crate::domain::request::{parse_export_request, ExportRequest};
@@ -22,7 +23,7 @@ use crate::domain::schedule::{
     ScheduleMode,
 };
 use crate::domain::view_export::view_export_url;
-use crate::domain::ApiError;
+use crate::domain::Error;
 use crate::ports::{PortError, PortResult};
 
 /// Which run of a schedule.
@@ -33,7 +34,7 @@ pub enum RunSelector {
 }
 
 impl RunSelector {
-    pub fn parse(text: &str) -> Result<Self, ApiError> {
+    pub fn parse(text: &str) -> Result<Self, Error> {
         match text {
             "latest" => Ok(RunSelector::Latest),
             n => n
@@ -42,7 +43,7 @@ impl RunSelector {
                 .filter(|n| *n > 0)
                 .map(RunSelector::Number)
                 .ok_or_else(|| {
-                    ApiError::invalid(format!("'{n}' is not a run: use a run number or latest"))
+                    Error::invalid(format!("'{n}' is not a run: use a run number or latest"))
                 }),
         }
     }
@@ -69,30 +70,26 @@ const DUE_PAGE: usize = 100;
 /// A run list shows at most this many runs, newest first.
 const RUNS_LISTED: u64 = 50;
 
-fn schedule_not_found(id: &str) -> ApiError {
-    ApiError::not_found(format!("No export schedule '{id}'"))
+fn schedule_not_found(id: &str) -> Error {
+    Error::not_found(format!("No export schedule '{id}'"))
 }
 
 impl Engine {
     /// Validates and stores a new schedule of the caller's.
-    pub async fn create_schedule(
-        &self,
-        caller: &Caller,
-        body: &[u8],
-    ) -> Result<Schedule, ApiError> {
+    pub async fn create_schedule(&self, caller: &Caller, body: &[u8]) -> Result<Schedule, Error> {
         let input = ScheduleInput::parse(body)?;
         check_name("schedule", &input.name)?;
-        let cadence = Cadence::parse(&input.cadence).map_err(ApiError::invalid)?;
+        let cadence = Cadence::parse(&input.cadence)?;
         let mode = input.mode()?;
         let now = self.ports.clock.now();
         let start_at = match &input.start_at {
-            Some(t) => parse_instant(t).map_err(|e| ApiError::invalid(format!("startAt: {e}")))?,
+            Some(t) => parse_instant(t).map_err(|e| Error::invalid(format!("startAt: {e}")))?,
             None => now,
         };
         let release = match (&input.start_from_release, mode) {
             (None, _) => None,
             (Some(_), ScheduleMode::Full) => {
-                return Err(ApiError::invalid(
+                return Err(Error::invalid(
                     "startFromRelease is for incremental schedules (mode: incremental)",
                 ))
             }
@@ -101,12 +98,12 @@ impl Engine {
         let cursor = release.as_ref().map(|r| r.transaction_time);
         if let Some(hook) = &input.webhook {
             if hook.secret.len() < 16 {
-                return Err(ApiError::invalid(
+                return Err(Error::invalid(
                     "webhook: give a secret of at least 16 characters",
                 ));
             }
             check_webhook_url(&hook.url, self.config.allow_private_webhooks)
-                .map_err(|why| ApiError::invalid(format!("webhook: {why}")))?;
+                .map_err(|why| Error::invalid_param("webhook", format!("webhook: {why}")))?;
         }
         // The request must be one the caller may make now; at each run it
         // is checked again against the owner's access as it stands then.
@@ -118,7 +115,7 @@ impl Engine {
                 .await?
                 .is_none()
         {
-            return Err(ApiError::forbidden(
+            return Err(Error::forbidden(
                 "Schedules run without a token, on the owner's registration: only \
                  registered clients may create them",
             ));
@@ -130,7 +127,7 @@ impl Engine {
             match (&input.export, &input.view_export) {
                 (Some(e), None) => e.trim_start_matches('/').to_string(),
                 (None, Some(_)) => String::new(),
-                _ => return Err(ApiError::invalid(
+                _ => return Err(Error::invalid(
                     "Give the schedule either export (a kick-off such as $export?_type=Patient) \
                      or viewExport (a $viewdefinition-export Parameters body)",
                 )),
@@ -142,7 +139,7 @@ impl Engine {
             // Changes since the release complete it only if the release
             // holds what the schedule exports.
             if !same_scope(&release.request, &request) {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "startFromRelease: release '{}' exports {}; an incremental schedule from \
                      it must export the same (level, _type, _elements, _typeFilter)",
                     release.name, release.export
@@ -151,7 +148,7 @@ impl Engine {
         }
         let first = cadence
             .next_after(start_at, start_at - chrono::Duration::microseconds(1))
-            .ok_or_else(|| ApiError::invalid("cadence: the expression never fires again"))?;
+            .ok_or_else(|| Error::invalid("cadence: the expression never fires again"))?;
         let schedule = Schedule {
             id: uuid::Uuid::new_v4().to_string(),
             owner: caller.subject.clone(),
@@ -176,12 +173,12 @@ impl Engine {
         self.owned_schedule(caller, &schedule.id).await
     }
 
-    pub async fn schedules_of(&self, caller: &Caller) -> Result<Vec<Schedule>, ApiError> {
+    pub async fn schedules_of(&self, caller: &Caller) -> Result<Vec<Schedule>, Error> {
         Ok(self.ports.schedules.schedules_of(&caller.subject).await?)
     }
 
     /// The caller's schedule; anyone else's is the same 404 as none.
-    pub async fn owned_schedule(&self, caller: &Caller, id: &str) -> Result<Schedule, ApiError> {
+    pub async fn owned_schedule(&self, caller: &Caller, id: &str) -> Result<Schedule, Error> {
         match self.ports.schedules.get_schedule(id).await? {
             Some(s) if s.owner == caller.subject => Ok(s),
             _ => Err(schedule_not_found(id)),
@@ -194,7 +191,7 @@ impl Engine {
         caller: &Caller,
         id: &str,
         paused: bool,
-    ) -> Result<Schedule, ApiError> {
+    ) -> Result<Schedule, Error> {
         loop {
             let mut s = self.owned_schedule(caller, id).await?;
             if s.paused == paused {
@@ -217,7 +214,7 @@ impl Engine {
 
     /// Deletes the schedule: no further runs, and a run in progress is
     /// cancelled (its events go nowhere: the schedule's webhook is gone).
-    pub async fn delete_schedule(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_schedule(&self, caller: &Caller, id: &str) -> Result<(), Error> {
         let s = self.owned_schedule(caller, id).await?;
         self.ports.schedules.delete_schedule(id).await?;
         if s.runs > 0 {
@@ -233,7 +230,7 @@ impl Engine {
     }
 
     /// Starts a run now, outside the cadence; returns its job id.
-    pub async fn run_schedule_now(&self, caller: &Caller, id: &str) -> Result<String, ApiError> {
+    pub async fn run_schedule_now(&self, caller: &Caller, id: &str) -> Result<String, Error> {
         loop {
             let s = self.owned_schedule(caller, id).await?;
             match self.claim_run(s, None).await {
@@ -247,7 +244,7 @@ impl Engine {
 
     /// The schedule's recent runs, newest first (runs whose files have
     /// expired are gone).
-    pub async fn schedule_runs(&self, caller: &Caller, id: &str) -> Result<Vec<Job>, ApiError> {
+    pub async fn schedule_runs(&self, caller: &Caller, id: &str) -> Result<Vec<Job>, Error> {
         let s = self.owned_schedule(caller, id).await?;
         let mut runs = Vec::new();
         let now = self.ports.clock.now();
@@ -268,11 +265,11 @@ impl Engine {
         caller: &Caller,
         id: &str,
         run: RunSelector,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let s = self.owned_schedule(caller, id).await?;
         let n = match run {
             RunSelector::Latest if s.runs == 0 => {
-                return Err(ApiError::not_found(format!(
+                return Err(Error::not_found(format!(
                     "Schedule '{id}' has not run yet; its first run is due at {}",
                     s.next_due
                         .map(crate::domain::instant::format_instant)
@@ -281,7 +278,7 @@ impl Engine {
             }
             RunSelector::Latest => s.runs,
             RunSelector::Number(n) if n > s.runs => {
-                return Err(ApiError::not_found(format!(
+                return Err(Error::not_found(format!(
                     "Schedule '{id}' has made {} runs",
                     s.runs
                 )))
@@ -382,8 +379,8 @@ impl Engine {
         };
         match self.cancel(&owner, job_id).await {
             Ok(()) => tracing::info!(job = %job_id, "unclaimed run cancelled"),
-            Err(e) if e.status == 404 => {}
-            Err(e) => tracing::warn!(job = %job_id, error = %e.message, "unclaimed run left"),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!(job = %job_id, error = %e, "unclaimed run left"),
         }
     }
 
@@ -469,7 +466,7 @@ impl Engine {
                     self.queued_job(job_id.into(), &s.owner, ExportRequest::new(level, url), now);
                 job.run_of = Some(run_of);
                 job.state = JobState::Failed;
-                job.error = Some(why);
+                job.error = Some(why.to_string());
                 job.completed_at = Some(now);
                 job.expires_at = Some(now + self.config.retention);
                 match self.ports.jobs.create_job(&job).await {
@@ -489,14 +486,14 @@ impl Engine {
         s: &Schedule,
         since: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Result<ExportRequest, String> {
+    ) -> Result<ExportRequest, Error> {
         let owner = Caller {
             subject: s.owner.clone(),
             access: self.owner_access(&s.owner).await?,
         };
         self.saved_request(&owner, &s.export, s.view_export.as_ref(), since, now)
             .await
-            .map_err(|e| format!("The scheduled export was refused: {}", e.message))
+            .map_err(|e| e.within("The scheduled export was refused"))
     }
 
     /// The export request a schedule saved (a kick-off, or a view export's
@@ -509,14 +506,14 @@ impl Engine {
         view_export: Option<&Value>,
         since: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Result<ExportRequest, ApiError> {
+    ) -> Result<ExportRequest, Error> {
         if let Some(parameters) = view_export {
             let url = view_export_url(&self.config.base_url);
             let mut input = ViewExportInput::from_parameters(parameters, url)
-                .map_err(|e| ApiError::invalid(format!("viewExport: {}", e.message)))?;
+                .map_err(|e| Error::invalid(format!("viewExport: {e}")))?;
             if let Some(since) = since {
                 if input.since.is_some() {
-                    return Err(ApiError::invalid(
+                    return Err(Error::invalid(
                         "An incremental schedule sets _since itself; leave it out of viewExport",
                     ));
                 }
@@ -532,18 +529,21 @@ impl Engine {
     }
 
     /// The owner's access as its registration stands now (open mode: all).
-    async fn owner_access(&self, owner: &str) -> Result<Access, String> {
+    async fn owner_access(&self, owner: &str) -> Result<Access, Error> {
         match self.ports.clients.get_client(owner).await {
             Ok(Some(reg)) => Ok(Access::from_scopes(&reg.scope)
                 .with_groups(reg.groups.map(|g| g.into_iter().collect()))
                 .with_audit(reg.audit)),
             Ok(None) if !self.config.requires_access_token => Ok(Access::unrestricted()),
-            Ok(None) => Err(format!(
+            Ok(None) => Err(Error::forbidden(format!(
                 "The schedule's owner '{owner}' is no longer registered: its access was revoked"
-            )),
-            Err(e) => Err(format!(
-                "The owner's registration could not be read: {}",
-                e.public_message()
+            ))),
+            Err(e) => Err(Error::unavailable(
+                format!(
+                    "The owner's registration could not be read: {}",
+                    e.public_message()
+                ),
+                STORE_RETRY_SECS,
             )),
         }
     }

@@ -41,8 +41,8 @@ use crate::domain::job::{
 use crate::domain::revisions::{csv_line, HEADER};
 use crate::domain::view_export::{TableFormat, ViewExport};
 use crate::ports::{PortError, PortResult};
-use crate::view::output::header_line;
-use crate::view::{ColumnDef, View};
+use fhir_query::view::output::header_line;
+use fhir_query::view::{ColumnDef, View};
 
 /// Chunk numbers reserved per open upload by each checkpoint. Between two
 /// checkpoints a handling uploads at most two chunks to one file (a full

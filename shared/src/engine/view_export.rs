@@ -9,8 +9,8 @@ use crate::domain::instant::parse_instant;
 use crate::domain::request::{in_patient_compartment, ExportLevel, ExportRequest};
 use crate::domain::resource::is_valid_id;
 use crate::domain::view_export::{is_valid_view_name, NamedView, TableFormat, ViewExport};
-use crate::domain::ApiError;
-use crate::view::View;
+use crate::domain::Error;
+use fhir_query::view::View;
 
 /// At most this many views in one export.
 pub const MAX_VIEWS: usize = 20;
@@ -39,20 +39,18 @@ pub struct ViewExportInput {
 }
 
 /// `Type/id` or `id`, for a reference parameter to `resource_type`.
-fn reference_id(param: &str, resource_type: &str, text: &str) -> Result<String, ApiError> {
+fn reference_id(param: &str, resource_type: &str, text: &str) -> Result<String, Error> {
     let id = match text.split_once('/') {
         Some((t, id)) if t == resource_type => id,
         Some(_) => {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "{param}: '{text}' is not a reference to a {resource_type}"
             )))
         }
         None => text,
     };
     if !is_valid_id(id) {
-        return Err(ApiError::invalid(format!(
-            "{param}: '{id}' is not a valid id"
-        )));
+        return Err(Error::invalid(format!("{param}: '{id}' is not a valid id")));
     }
     Ok(id.to_string())
 }
@@ -60,16 +58,16 @@ fn reference_id(param: &str, resource_type: &str, text: &str) -> Result<String, 
 impl ViewExportInput {
     /// Reads a `$viewdefinition-export` Parameters body (the HTTP request's,
     /// or the one a schedule saved).
-    pub fn from_parameters(body: &Value, request_url: String) -> Result<Self, ApiError> {
+    pub fn from_parameters(body: &Value, request_url: String) -> Result<Self, Error> {
         if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "The body must be a FHIR Parameters resource",
             ));
         }
         let params = match body.get("parameter") {
             None => &Vec::new(),
             Some(Value::Array(p)) => p,
-            Some(_) => return Err(ApiError::invalid("Parameters.parameter must be a list")),
+            Some(_) => return Err(Error::invalid("Parameters.parameter must be a list")),
         };
         let mut input = ViewExportInput {
             request_url,
@@ -77,7 +75,7 @@ impl ViewExportInput {
         };
         let once = |slot: &mut Option<String>, name: &str, value: String| {
             if slot.replace(value).is_some() {
-                return Err(ApiError::invalid(format!("{name} may be given only once")));
+                return Err(Error::invalid(format!("{name} may be given only once")));
             }
             Ok(())
         };
@@ -85,7 +83,7 @@ impl ViewExportInput {
             let name = p
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid("A parameter has no name"))?;
+                .ok_or_else(|| Error::invalid("A parameter has no name"))?;
             match name {
                 "view" => input.views.push(view_param(input.views.len(), p)?),
                 "_format" => once(&mut input.format, name, value_text(p, name)?)?,
@@ -94,7 +92,7 @@ impl ViewExportInput {
                 "clientTrackingId" => {
                     let id = value_text(p, name)?;
                     if id.is_empty() || id.len() > 256 {
-                        return Err(ApiError::invalid("clientTrackingId: 1 to 256 characters"));
+                        return Err(Error::invalid("clientTrackingId: 1 to 256 characters"));
                     }
                     once(&mut input.client_tracking_id, name, id)?
                 }
@@ -103,18 +101,18 @@ impl ViewExportInput {
                     let value = p
                         .get("valueBoolean")
                         .and_then(Value::as_bool)
-                        .ok_or_else(|| ApiError::invalid("header takes a valueBoolean"))?;
+                        .ok_or_else(|| Error::invalid("header takes a valueBoolean"))?;
                     if input.header.replace(value).is_some() {
-                        return Err(ApiError::invalid("header may be given only once"));
+                        return Err(Error::invalid("header may be given only once"));
                     }
                 }
                 "source" => {
-                    return Err(ApiError::not_supported(
+                    return Err(Error::not_supported(
                         "source: this server exports its own store only",
                     ))
                 }
                 other => {
-                    return Err(ApiError::invalid(format!(
+                    return Err(Error::invalid(format!(
                         "Parameter '{other}' is not one $viewdefinition-export takes"
                     )))
                 }
@@ -125,12 +123,12 @@ impl ViewExportInput {
 }
 
 /// The text of a parameter's `value[x]` (or `valueReference.reference`).
-pub(crate) fn value_text(p: &Value, name: &str) -> Result<String, ApiError> {
+pub(crate) fn value_text(p: &Value, name: &str) -> Result<String, Error> {
     if let Some(r) = p.get("valueReference").and_then(|r| r.get("reference")) {
         return r
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| ApiError::invalid(format!("{name}: the reference is not text")));
+            .ok_or_else(|| Error::invalid(format!("{name}: the reference is not text")));
     }
     p.as_object()
         .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
@@ -138,14 +136,14 @@ pub(crate) fn value_text(p: &Value, name: &str) -> Result<String, ApiError> {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         })
-        .ok_or_else(|| ApiError::invalid(format!("{name}: the parameter has no value")))
+        .ok_or_else(|| Error::invalid(format!("{name}: the parameter has no value")))
 }
 
 /// One `view` parameter: its `name` and its `viewResource` or
 /// `viewReference` parts.
-fn view_param(i: usize, p: &Value) -> Result<(Option<String>, ViewRef), ApiError> {
+fn view_param(i: usize, p: &Value) -> Result<(Option<String>, ViewRef), Error> {
     let parts = p.get("part").and_then(Value::as_array).ok_or_else(|| {
-        ApiError::invalid(format!(
+        Error::invalid(format!(
             "view[{i}]: give its parts (name, viewResource or viewReference)"
         ))
     })?;
@@ -162,24 +160,24 @@ fn view_param(i: usize, p: &Value) -> Result<(Option<String>, ViewRef), ApiError
                     .filter(|r| r.is_object())
                     .cloned()
                     .ok_or_else(|| {
-                        ApiError::invalid(format!("view[{i}].viewResource takes a resource"))
+                        Error::invalid(format!("view[{i}].viewResource takes a resource"))
                     })?,
             ),
             "viewReference" => ViewRef::Reference(value_text(part, "view.viewReference")?),
             other => {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                 "view[{i}]: '{other}' is not a part of a view (name, viewResource, viewReference)"
             )))
             }
         };
         if view.replace(found).is_some() {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "view[{i}]: give one viewResource or viewReference"
             )));
         }
     }
-    let view = view
-        .ok_or_else(|| ApiError::invalid(format!("view[{i}]: no viewResource or viewReference")))?;
+    let view =
+        view.ok_or_else(|| Error::invalid(format!("view[{i}]: no viewResource or viewReference")))?;
     Ok((name, view))
 }
 
@@ -189,7 +187,7 @@ impl Engine {
         &self,
         caller: &Caller,
         input: ViewExportInput,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let request = self.view_export_request(caller, input).await?;
         self.check_active_limit(caller).await?;
         let id = self.record_job(caller, request).await?;
@@ -203,25 +201,25 @@ impl Engine {
         &self,
         caller: &Caller,
         input: ViewExportInput,
-    ) -> Result<ExportRequest, ApiError> {
+    ) -> Result<ExportRequest, Error> {
         if input.views.is_empty() {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "view: give at least one view (viewResource or viewReference)",
             ));
         }
         if input.views.len() > MAX_VIEWS {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "view: at most {MAX_VIEWS} views in one export"
             )));
         }
         let format_text = input.format.as_deref().unwrap_or("csv");
         let format = TableFormat::parse(format_text).ok_or_else(|| {
-            ApiError::invalid(format!(
+            Error::invalid(format!(
                 "_format: '{format_text}' is not csv, ndjson or parquet"
             ))
         })?;
         if input.header.is_some() && format != TableFormat::Csv {
-            return Err(ApiError::invalid("header: only a CSV export has a header"));
+            return Err(Error::invalid("header: only a CSV export has a header"));
         }
         let mut views: Vec<NamedView> = Vec::new();
         for (i, (name, source)) in input.views.into_iter().enumerate() {
@@ -230,20 +228,20 @@ impl Engine {
                 ViewRef::Reference(r) => self.stored_view(caller, &r).await?,
             };
             let view = View::parse(&definition).map_err(|e| {
-                ApiError::invalid(format!("view[{i}]: not a valid ViewDefinition: {e}"))
+                Error::invalid(format!("view[{i}]: not a valid ViewDefinition: {e}"))
             })?;
             let name = name.or(view.name.clone()).ok_or_else(|| {
-                ApiError::invalid(format!(
+                Error::invalid(format!(
                     "view[{i}]: the view has no name; give the view's name part"
                 ))
             })?;
             if !is_valid_view_name(&name) {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "view[{i}]: '{name}' cannot name files: use 1 to 64 letters, digits, '_' or '-'"
                 )));
             }
             if views.iter().any(|v| v.name == name) {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "view[{i}]: two views are named '{name}'"
                 )));
             }
@@ -258,7 +256,7 @@ impl Engine {
             .as_deref()
             .map(parse_instant)
             .transpose()
-            .map_err(|e| ApiError::invalid(format!("_since: {e}")))?;
+            .map_err(|e| Error::invalid(format!("_since: {e}")))?;
         let patients = input
             .patients
             .iter()
@@ -276,7 +274,7 @@ impl Engine {
         types.dedup();
         if level.is_patient_based() {
             if let Some(t) = types.iter().find(|t| !in_patient_compartment(t)) {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "view: {t} is not in the Patient compartment, so a patient or group export cannot hold its rows"
                 )));
             }

@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use super::{Caller, Engine};
 use crate::domain::resource::compartment_patients;
-use crate::domain::ApiError;
+use crate::domain::Error;
 use crate::ports::ShardScan;
-use crate::view::{Row, View, ViewError};
+use fhir_query::view::{Row, View, ViewError};
 
 /// Where a run's resources come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,15 +24,15 @@ pub enum ViewSource {
     },
 }
 
-fn view_error(e: ViewError) -> ApiError {
-    ApiError::invalid(format!("The view cannot be run: {e}"))
+fn view_error(e: ViewError) -> Error {
+    Error::invalid(format!("The view cannot be run: {e}"))
 }
 
 impl Engine {
     /// The stored ViewDefinition `reference` names (`ViewDefinition/{id}`,
     /// the id alone, or its canonical `url`, optionally `|version`), if the
     /// caller may read it.
-    pub async fn stored_view(&self, caller: &Caller, reference: &str) -> Result<Value, ApiError> {
+    pub async fn stored_view(&self, caller: &Caller, reference: &str) -> Result<Value, Error> {
         if reference.contains("://") || reference.starts_with("urn:") {
             return self.view_by_canonical(caller, reference).await;
         }
@@ -41,14 +41,14 @@ impl Engine {
             .unwrap_or(reference);
         let v = self.read_resource(caller, "ViewDefinition", id).await?;
         serde_json::from_str(v.body.as_deref().unwrap_or("{}"))
-            .map_err(|_| ApiError::internal("a stored ViewDefinition is not JSON"))
+            .map_err(|_| Error::internal("a stored ViewDefinition is not JSON"))
     }
 
     /// The newest stored ViewDefinition whose `url` (and `version`, after a
     /// `|`) is `canonical`. Views are few: this reads them all.
-    async fn view_by_canonical(&self, caller: &Caller, canonical: &str) -> Result<Value, ApiError> {
+    async fn view_by_canonical(&self, caller: &Caller, canonical: &str) -> Result<Value, Error> {
         if !caller.access.can_read("ViewDefinition") {
-            return Err(ApiError::forbidden(
+            return Err(Error::forbidden(
                 "The access token's scopes do not permit reading ViewDefinition",
             ));
         }
@@ -94,7 +94,7 @@ impl Engine {
             }
         }
         found.map(|(_, v)| v).ok_or_else(|| {
-            ApiError::not_found(format!(
+            Error::not_found(format!(
                 "No stored ViewDefinition has the url '{canonical}'"
             ))
         })
@@ -108,20 +108,20 @@ impl Engine {
         view: &View,
         source: ViewSource,
         limit: Option<usize>,
-    ) -> Result<Vec<Row>, ApiError> {
+    ) -> Result<Vec<Row>, Error> {
         let t = &view.resource_type;
         if !caller.access.can_read(t) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Error::forbidden(format!(
                 "The access token's scopes do not permit reading {t}"
             )));
         }
         let max = self.config.view_run_row_limit;
         let limit = limit.map_or(max, |l| l.min(max));
         let mut rows = Vec::new();
-        let add = |resource: &Value, rows: &mut Vec<Row>| -> Result<(), ApiError> {
+        let add = |resource: &Value, rows: &mut Vec<Row>| -> Result<(), Error> {
             rows.extend(view.rows(resource).map_err(view_error)?);
             if rows.len() > limit {
-                return Err(ApiError::too_costly(format!(
+                return Err(Error::too_costly(format!(
                     "The view gives more than {limit} rows, more than $viewdefinition-run returns; \
                      use $viewdefinition-export, which writes them to files"
                 )));
@@ -137,7 +137,7 @@ impl Engine {
             ViewSource::Store { patient, group } => {
                 if let Some(groups) = &caller.access.groups {
                     if !group.as_ref().is_some_and(|g| groups.contains(g)) {
-                        return Err(ApiError::forbidden(
+                        return Err(Error::forbidden(
                             "This client is limited to its Groups: name one with the group parameter",
                         ));
                     }
@@ -173,7 +173,7 @@ impl Engine {
                                     continue;
                                 };
                                 let value: Value = serde_json::from_str(body).map_err(|_| {
-                                    ApiError::internal("a stored resource is not JSON")
+                                    Error::internal("a stored resource is not JSON")
                                 })?;
                                 if let Some(set) = &patients {
                                     let inside = if t == "Patient" {
@@ -206,7 +206,7 @@ impl Engine {
         &self,
         patient: Option<String>,
         group: Option<String>,
-    ) -> Result<Option<BTreeSet<String>>, ApiError> {
+    ) -> Result<Option<BTreeSet<String>>, Error> {
         let mut set: Option<BTreeSet<String>> = None;
         if let Some(p) = patient {
             set = Some([p.strip_prefix("Patient/").unwrap_or(&p).to_string()].into());

@@ -27,8 +27,8 @@ use crate::domain::resource::compartment_patients;
 use crate::domain::usage;
 use crate::domain::view_export::TableFormat;
 use crate::ports::{PortError, PortResult, ScanItem, ScanPage, ShardScan, TypesScan, Version};
-use crate::search::{matches_any, parse_type_filters, TypeFilter};
-use crate::view::output::{write_row, Line};
+use fhir_query::search::{matches_any, parse_type_filters, TypeFilter};
+use fhir_query::view::output::{write_row, Line};
 
 mod provenance;
 mod revisions;
@@ -561,7 +561,7 @@ struct PartReader<'a> {
     revisions: Option<revisions::RevisionMerge>,
     people: HashMap<String, std::sync::Arc<revisions::Person>>,
     /// `$viewdefinition-export`: the views, by name, parsed once.
-    views: Vec<(String, crate::view::View)>,
+    views: Vec<(String, fhir_query::view::View)>,
     row_lines: Line,
 }
 
@@ -588,7 +588,7 @@ impl<'a> PartReader<'a> {
                 .filter_map(|v| {
                     Some((
                         v.name.clone(),
-                        crate::view::View::parse(&v.definition).ok()?,
+                        fhir_query::view::View::parse(&v.definition).ok()?,
                     ))
                 })
                 .collect(),

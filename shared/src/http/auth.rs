@@ -5,9 +5,10 @@ use async_trait::async_trait;
 use http::HeaderMap;
 
 use crate::auth::jwks::JwksError;
+use crate::auth::TokenError;
 use crate::domain::access::Access;
-use crate::domain::ApiError;
 use crate::engine::Caller;
+use crate::http::ApiError;
 
 #[async_trait]
 pub trait Authenticator: Send + Sync {
@@ -42,22 +43,6 @@ pub struct ExternalIssuer {
     pub jwks: std::sync::Arc<crate::auth::JwksCache>,
 }
 
-/// Why an external token names no caller.
-#[derive(Debug)]
-enum ExternalTokenError {
-    /// The token is not good: 401 `invalid_token`.
-    Invalid(String),
-    /// The issuer's keys cannot be fetched: an outage, not the token's
-    /// fault, answered 503 so the client retries.
-    IssuerUnavailable(JwksError),
-}
-
-impl From<String> for ExternalTokenError {
-    fn from(why: String) -> Self {
-        ExternalTokenError::Invalid(why)
-    }
-}
-
 /// Seconds a client is told to wait when the issuer's keys are out of reach.
 const ISSUER_RETRY_SECS: u64 = 10;
 
@@ -70,26 +55,21 @@ struct ExternalClaims {
 }
 
 impl ExternalIssuer {
-    async fn verify(
-        &self,
-        token: &str,
-        audience: &str,
-        now: i64,
-    ) -> Result<Caller, ExternalTokenError> {
+    async fn verify(&self, token: &str, audience: &str, now: i64) -> Result<Caller, TokenError> {
         use jsonwebtoken::Algorithm;
-        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+        let header = jsonwebtoken::decode_header(token)?;
         if !matches!(
             header.alg,
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::ES256 | Algorithm::ES384
         ) {
-            return Err(format!("alg {:?} is not accepted", header.alg).into());
+            return Err(TokenError::Algorithm(header.alg));
         }
         let jwk = match self.jwks.key(&self.jwks_url, header.kid.as_deref()).await {
             Ok(jwk) => jwk,
-            Err(e @ JwksError::NoMatch { .. }) => return Err(e.to_string().into()),
-            Err(e) => return Err(ExternalTokenError::IssuerUnavailable(e)),
+            Err(e @ JwksError::NoMatch { .. }) => return Err(TokenError::UnknownKey(e)),
+            Err(e) => return Err(TokenError::IssuerUnavailable(e)),
         };
-        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)?;
         let mut v = jsonwebtoken::Validation::new(header.alg);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[audience]);
@@ -98,11 +78,9 @@ impl ExternalIssuer {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let claims = jsonwebtoken::decode::<ExternalClaims>(token, &key, &v)
-            .map_err(|e| e.to_string())?
-            .claims;
+        let claims = jsonwebtoken::decode::<ExternalClaims>(token, &key, &v)?.claims;
         if claims.exp <= now {
-            return Err(String::from("the token has expired").into());
+            return Err(TokenError::Expired);
         }
         Ok(Caller {
             subject: claims.sub,
@@ -146,7 +124,7 @@ impl Authenticator for TokenAuthenticator {
                     "The Authorization header must be 'Bearer <token>'",
                 )
             })?;
-        let invalid = |why: String| {
+        let invalid = |why: TokenError| {
             unauthorized(
                 Some("invalid_token"),
                 &format!("The access token is not valid: {why}"),
@@ -161,8 +139,8 @@ impl Authenticator for TokenAuthenticator {
                 let now = self.clock.now().timestamp();
                 return match external.verify(token, &self.issuer.audience, now).await {
                     Ok(caller) => Ok(caller),
-                    Err(ExternalTokenError::Invalid(why)) => Err(invalid(why)),
-                    Err(ExternalTokenError::IssuerUnavailable(e)) => {
+                    Err(why) if why.is_the_tokens_fault() => Err(invalid(why)),
+                    Err(e) => {
                         // The cause goes to the log; the client gets our words.
                         tracing::error!(error = %e, "the external issuer's keys are out of reach");
                         Err(ApiError::unavailable(

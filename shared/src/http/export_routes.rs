@@ -11,8 +11,8 @@ use crate::domain::request::{
     params_from_parameters_resource, query_params, ExportLevel, KickoffInput,
 };
 use crate::domain::resource::check_id;
-use crate::domain::ApiError;
 use crate::engine::StatusReply;
+use crate::http::ApiError;
 
 /// What the `Prefer` header asks for.
 pub(super) struct Prefer {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod export_routes;
+pub mod outcome;
 mod resource_routes;
 mod revision_routes;
 pub mod routes;
@@ -17,8 +18,8 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 pub use auth::{Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator};
+pub use outcome::ApiError;
 
-use crate::domain::ApiError;
 use crate::engine::Engine;
 use routes::Endpoint;
 

@@ -4,10 +4,12 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 
 use super::{empty_response, require_json_body, Api, FHIR_JSON, MAX_BODY_BYTES};
-use crate::domain::instant::{from_micros, http_date};
+use crate::domain::instant::{format_instant, from_micros, http_date};
 use crate::domain::resource_text::ResourceText;
-use crate::domain::ApiError;
+use crate::engine::{BundleReply, EntryWritten};
+use crate::http::ApiError;
 use crate::ports::Version;
+use serde_json::{json, Value};
 
 fn resource_response(status: StatusCode, v: &Version, base_url: &str) -> Response<Bytes> {
     let mut resp = Response::new(Bytes::from(v.body.clone().unwrap_or_default()));
@@ -91,7 +93,11 @@ impl Api {
             .engine
             .update_resource(&caller, t, id, resource)
             .await?;
-        let status = StatusCode::from_u16(w.status).unwrap_or(StatusCode::OK);
+        let status = if w.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
         Ok(resource_response(
             status,
             &w.version,
@@ -114,7 +120,57 @@ impl Api {
         let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
-        let out = self.engine.process_bundle(&caller, req.body()).await?;
-        Ok(super::json_response(StatusCode::OK, FHIR_JSON, &out))
+        let reply = self.engine.process_bundle(&caller, req.body()).await?;
+        Ok(super::json_response(
+            StatusCode::OK,
+            FHIR_JSON,
+            &bundle_response(reply),
+        ))
     }
+}
+
+/// The batch-response or transaction-response Bundle: each entry's status
+/// line, and where its version is (or when its deletion was recorded).
+fn bundle_response(reply: BundleReply) -> Value {
+    let entries: Vec<Value> = reply
+        .entries
+        .into_iter()
+        .map(|entry| match entry {
+            Ok(EntryWritten { delete, result: r }) => {
+                let status = match () {
+                    _ if delete => "204 No Content",
+                    _ if r.created => "201 Created",
+                    _ => "200 OK",
+                };
+                let mut response = json!({ "status": status });
+                if !r.version.deleted {
+                    response["location"] = json!(format!(
+                        "{}/{}/_history/{}",
+                        r.version.resource_type, r.version.id, r.version.version
+                    ));
+                    response["etag"] = json!(format!("W/\"{}\"", r.version.version));
+                    response["lastModified"] =
+                        json!(format_instant(from_micros(r.version.last_updated)));
+                } else if r.version.last_updated > 0 {
+                    // When the deletion was recorded (an audit trail's
+                    // revision time).
+                    response["lastModified"] =
+                        json!(format_instant(from_micros(r.version.last_updated)));
+                }
+                json!({ "response": response })
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                json!({ "response": {
+                    "status": format!("{} {}", e.status, e.code),
+                    "outcome": e.to_outcome()
+                }})
+            }
+        })
+        .collect();
+    json!({
+        "resourceType": "Bundle",
+        "type": if reply.transaction { "transaction-response" } else { "batch-response" },
+        "entry": entries
+    })
 }

@@ -10,8 +10,8 @@ use super::export_routes::{accepts_gzip, parse_prefer, query_param};
 use super::{empty_response, json_response, require_json_body, Api};
 use crate::domain::job::status_url;
 use crate::domain::resource::is_valid_id;
-use crate::domain::ApiError;
 use crate::engine::RevisionsOutcome;
+use crate::http::ApiError;
 
 impl Api {
     pub(super) async fn export_revisions(

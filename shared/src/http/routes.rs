@@ -5,7 +5,7 @@
 
 use http::Method;
 
-use crate::domain::ApiError;
+use crate::http::ApiError;
 
 /// What a request addresses, once its method and path are parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

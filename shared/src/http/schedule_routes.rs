@@ -22,8 +22,8 @@ use super::{empty_response, json_response, require_json_body, Api};
 use crate::domain::instant::format_instant;
 use crate::domain::job::status_url;
 use crate::domain::schedule::{release_url, schedule_url};
-use crate::domain::ApiError;
 use crate::engine::RunSelector;
+use crate::http::ApiError;
 
 fn header_value(v: &str) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_str(v).map_err(|_| ApiError::internal("a link is not a valid header"))

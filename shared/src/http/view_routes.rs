@@ -9,10 +9,10 @@ use serde_json::Value;
 use super::{empty_response, parse_json, require_json_body, Api, MAX_BODY_BYTES};
 use crate::domain::job::status_url;
 use crate::domain::view_export::view_export_url;
-use crate::domain::ApiError;
 use crate::engine::{ViewExportInput, ViewSource};
-use crate::view::output::{render, Format};
-use crate::view::View;
+use crate::http::ApiError;
+use fhir_query::view::output::{render, Format};
+use fhir_query::view::View;
 
 /// What a run request asks for.
 #[derive(Default)]

@@ -16,98 +16,7 @@ use crate::domain::resource_text::ResourceText;
 use crate::domain::schedule::{Release, Schedule};
 use crate::domain::usage::Usage;
 
-/// The cause behind a backend error, kept for logs (never shown to clients).
-pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
-
-/// What went wrong at a port, classified by what the caller can do about it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PortError {
-    /// A conditional write lost: someone else changed the item first.
-    #[error("conditional write failed: the item changed concurrently")]
-    Conflict,
-    #[error("already exists")]
-    AlreadyExists,
-    #[error("not found")]
-    NotFound,
-    /// The store cannot do this (e.g. a transaction larger than the store's
-    /// atomic write limit); retrying will not help.
-    #[error("{0}")]
-    Unsupported(String),
-    /// Retrying later may help: throttling, timeouts, 5xx answers, lost
-    /// connections. `what` says it in words a client may read.
-    #[error("{what}: {cause}")]
-    Transient {
-        what: String,
-        #[source]
-        cause: Cause,
-    },
-    /// Retrying will not help: validation, access denied, a missing table
-    /// or bucket, a corrupt record. `what` says it in words a client may
-    /// read; `cause` is for the logs.
-    #[error("{what}: {cause}")]
-    Permanent {
-        what: String,
-        #[source]
-        cause: Cause,
-    },
-}
-
-impl PortError {
-    pub fn transient(
-        what: impl Into<String>,
-        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        PortError::Transient {
-            what: what.into(),
-            cause: Arc::from(cause.into()),
-        }
-    }
-
-    pub fn permanent(
-        what: impl Into<String>,
-        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        PortError::Permanent {
-            what: what.into(),
-            cause: Arc::from(cause.into()),
-        }
-    }
-
-    /// A stored record that cannot be read: retrying reads it again.
-    pub fn corrupt(what: impl Into<String>, cause: impl std::fmt::Display) -> Self {
-        PortError::permanent(what, cause.to_string())
-    }
-
-    /// Whether handling the work again later may succeed. A lost race is
-    /// retryable too: the next attempt reads the winner's state.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, PortError::Transient { .. } | PortError::Conflict)
-    }
-
-    /// What a client may be told: our own words, never the backend's text.
-    pub fn public_message(&self) -> String {
-        match self {
-            PortError::Transient { what, .. } | PortError::Permanent { what, .. } => what.clone(),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// Errors compare by kind and public words (causes are for logs).
-impl PartialEq for PortError {
-    fn eq(&self, other: &Self) -> bool {
-        use PortError::*;
-        match (self, other) {
-            (Conflict, Conflict) | (AlreadyExists, AlreadyExists) | (NotFound, NotFound) => true,
-            (Unsupported(a), Unsupported(b)) => a == b,
-            (Transient { what: a, .. }, Transient { what: b, .. })
-            | (Permanent { what: a, .. }, Permanent { what: b, .. }) => a == b,
-            _ => false,
-        }
-    }
-}
-
-pub type PortResult<T> = Result<T, PortError>;
+pub use crate::domain::error::{Cause, PortError, PortResult};
 
 /// Current time, injectable so tests can move it.
 pub trait Clock: Send + Sync {
@@ -615,11 +524,14 @@ pub trait WorkQueue: Send + Sync {
 #[async_trait]
 pub trait ClientStore: Send + Sync {
     /// Creates or replaces a registration.
-    async fn put_client(&self, client: &crate::auth::ClientRegistration) -> PortResult<()>;
+    async fn put_client(
+        &self,
+        client: &crate::domain::client::ClientRegistration,
+    ) -> PortResult<()>;
     async fn get_client(
         &self,
         client_id: &str,
-    ) -> PortResult<Option<crate::auth::ClientRegistration>>;
+    ) -> PortResult<Option<crate::domain::client::ClientRegistration>>;
     /// Records `jti` until `expires`; `false` if it was already recorded
     /// (a replayed assertion). Expired entries may be forgotten.
     async fn remember_jti(
@@ -703,6 +615,23 @@ impl EventPublisher for AllPublishers {
         }
         result
     }
+}
+
+/// The adapters the engine runs on.
+#[derive(Clone)]
+pub struct Ports {
+    pub resources: Arc<dyn ResourceStore>,
+    pub jobs: Arc<dyn JobStore>,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub clock: Arc<dyn Clock>,
+    /// Client registrations: who authors are (the audit export) and where
+    /// a client's exports are announced.
+    pub clients: Arc<dyn ClientStore>,
+    /// Export schedules and releases.
+    pub schedules: Arc<dyn ScheduleStore>,
+    /// Where ended exports are announced (EventBridge, folder delivery).
+    pub events: Arc<dyn EventPublisher>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::io::Write;
 use serde::ser::{Serialize, SerializeMap};
 use serde_json::Value;
 
-use crate::domain::csv::write_field;
+use crate::csv::write_field;
 
 use super::{ColumnDef, Row};
 
@@ -101,7 +101,7 @@ impl Serialize for RowObject<'_> {
 /// The CSV header record of a view's columns.
 pub fn header_line(columns: &[ColumnDef]) -> Vec<u8> {
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    crate::domain::csv::csv_line(&names)
+    crate::csv::csv_line(&names)
 }
 
 pub fn render(columns: &[ColumnDef], rows: &[Row], format: Format) -> Vec<u8> {

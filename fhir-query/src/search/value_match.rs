@@ -79,16 +79,24 @@ fn split_prefix(v: &str) -> (Prefix, &str) {
     (Prefix::Eq, v)
 }
 
+/// Why a search value cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error(":missing takes true or false, not '{0}'")]
+    Missing(String),
+    #[error("'{0}' is not a FHIR date, dateTime or instant")]
+    Date(String),
+    #[error("'{0}' is not a number")]
+    Number(String),
+    #[error("'{0}' is out of range (at most 10^±{max})", max = decimal::MAX_SCALE)]
+    OutOfRange(String),
+}
+
 /// A number with its implicit precision: `5.4` is `[5.35, 5.45)`.
-fn number_range(text: &str) -> Result<Approx, String> {
+fn number_range(text: &str) -> Result<Approx, ValueError> {
     let value = match BigDecimal::from_str(text) {
-        Ok(v) => decimal::within(v).ok_or_else(|| {
-            format!(
-                "'{text}' is out of range (at most 10^±{})",
-                decimal::MAX_SCALE
-            )
-        })?,
-        Err(_) => return Err(format!("'{text}' is not a number")),
+        Ok(v) => decimal::within(v).ok_or_else(|| ValueError::OutOfRange(text.into()))?,
+        Err(_) => return Err(ValueError::Number(text.into())),
     };
     let half = half_ulp(&value);
     Ok(Approx {
@@ -99,12 +107,12 @@ fn number_range(text: &str) -> Result<Approx, String> {
 }
 
 impl SearchValue {
-    pub fn parse(kind: ParamType, modifier: Modifier, v: &str) -> Result<Self, String> {
+    pub fn parse(kind: ParamType, modifier: Modifier, v: &str) -> Result<Self, ValueError> {
         if modifier == Modifier::Missing {
             return match v {
                 "true" => Ok(SearchValue::Missing(true)),
                 "false" => Ok(SearchValue::Missing(false)),
-                _ => Err(format!(":missing takes true or false, not '{v}'")),
+                _ => Err(ValueError::Missing(v.into())),
             };
         }
         if modifier == Modifier::Text {
@@ -121,8 +129,7 @@ impl SearchValue {
             ParamType::String => SearchValue::Text(v.to_string()),
             ParamType::Date => {
                 let (prefix, d) = split_prefix(v);
-                let range = date_range(d)
-                    .ok_or_else(|| format!("'{d}' is not a FHIR date, dateTime or instant"))?;
+                let range = date_range(d).ok_or_else(|| ValueError::Date(d.into()))?;
                 SearchValue::Date(prefix, range)
             }
             ParamType::Number => {
@@ -469,7 +476,7 @@ mod tests {
         ));
         assert!(number_range("x").is_err());
         // A huge exponent is refused, not turned into a huge integer.
-        let e = number_range("2.0e73967968").unwrap_err();
+        let e = number_range("2.0e73967968").unwrap_err().to_string();
         assert!(e.contains("out of range"), "{e}");
         // Exact beyond a double's 17 digits.
         let r = number_range("0.012151678567590593").unwrap();

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::View;
-use crate::domain::fhir_types::is_resource_type;
 use crate::fhirpath::{Item, Path};
+use crate::resource_types::is_resource_type;
 
 /// Why a view is refused or a resource cannot be turned into rows.
 #[derive(Debug, Clone, PartialEq, Eq)]

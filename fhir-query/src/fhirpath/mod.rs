@@ -1,7 +1,7 @@
 //! FHIRPath, the subset the service evaluates, over `serde_json` values.
 //!
-//! Chosen over the FHIRPath crates after measuring them (see the README's
-//! "FHIRPath" section): they take minutes to build on a 2-core machine, and
+//! Chosen over the FHIRPath crates after measuring them (see the developer
+//! guide, docs/src/developer/architecture.md, "Why our own FHIRPath"): they take minutes to build on a 2-core machine, and
 //! most need their own typed FHIR model; this one reads the resources'
 //! JSON as stored. The parser takes all of FHIRPath's grammar; the
 //! evaluator has the functions in `functions.rs`, and fails clearly on

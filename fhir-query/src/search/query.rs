@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::definitions::{lookup, ParamType, SearchParam};
 use super::value_match::{item_matches, SearchValue};
-use crate::domain::fhir_types::is_resource_type;
+use crate::resource_types::is_resource_type;
 
 /// One search query on one resource type; its clauses all must hold.
 #[derive(Debug, Clone)]
@@ -182,7 +182,7 @@ fn parse_query(text: &str) -> Result<(TypeFilter, Vec<FilterIssue>), FilterIssue
         let values = split_values(&raw)
             .into_iter()
             .map(|v| SearchValue::parse(param.kind, modifier, &v))
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|m| invalid(format!("{code}: {m}")))?;
         if values.is_empty() {
             return Err(invalid(format!("{code} has no value")));

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use bulk_export::view::View;
+use fhir_query::view::View;
 use serde_json::{Map, Value};
 
 /// (file, case title, why it fails).
