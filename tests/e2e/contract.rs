@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulk_export::clock::SystemClock;
+use bulk_export::domain::client::ClientRegistration;
 use bulk_export::domain::job::{Job, JobState, Part, PartSpec, UploadedChunk, WorkMessage};
 use bulk_export::domain::request::{ElementSelection, ExportLevel, ExportRequest};
+use bulk_export::domain::schedule::{Cadence, Release, Schedule, ScheduleMode, Webhook};
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteResourceStore};
 use bulk_export::ports::{
-    ArtifactStore, JobStore, PortError, ResourceStore, RevisionScan, ShardScan, WorkQueue, WriteOp,
-    SYSTEM_AUTHOR,
+    ArtifactStore, ClientStore, JobStore, PortError, ResourceStore, RevisionScan, ScheduleStore,
+    ShardScan, WorkQueue, WriteOp, SYSTEM_AUTHOR,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 pub fn job(id: &str) -> Job {
@@ -883,6 +885,268 @@ pub async fn work_queue_contract(queue: Arc<dyn WorkQueue>) {
         .is_empty());
 }
 
+/// A registration with every field set, so a store that drops one fails.
+fn registration(client_id: &str) -> ClientRegistration {
+    ClientRegistration {
+        client_id: client_id.into(),
+        jwks: Some(
+            json!({ "keys": [{ "kty": "EC", "crv": "P-384", "x": "a", "y": "b", "kid": "k1" }] }),
+        ),
+        jwks_url: Some("https://keys.example.org/jwks.json".into()),
+        scope: "system/*.read system/Observation.write".into(),
+        groups: Some(vec!["cohort-1".into(), "cohort-2".into()]),
+        name: Some("Lab A".into()),
+        email: Some("lab-a@example.org".into()),
+        audit: true,
+        webhook: Some(Webhook {
+            url: "https://hooks.example.org/bulk".into(),
+            secret: "0123456789abcdef-secret".into(),
+        }),
+    }
+}
+
+pub async fn client_store_contract(store: Arc<dyn ClientStore>) {
+    let id = format!("client-{}", uuid_like());
+    assert_eq!(store.get_client(&id).await.unwrap(), None);
+
+    // Stored whole, and replaced whole: fields cleared stay cleared.
+    let full = registration(&id);
+    store.put_client(&full).await.unwrap();
+    assert_eq!(store.get_client(&id).await.unwrap(), Some(full.clone()));
+    let narrowed = ClientRegistration {
+        client_id: id.clone(),
+        jwks: full.jwks.clone(),
+        scope: "system/Patient.read".into(),
+        ..Default::default()
+    };
+    store.put_client(&narrowed).await.unwrap();
+    assert_eq!(store.get_client(&id).await.unwrap(), Some(narrowed));
+    let other = format!("{id}-other");
+    store.put_client(&registration(&other)).await.unwrap();
+    assert_eq!(
+        store.get_client(&id).await.unwrap().unwrap().scope,
+        "system/Patient.read",
+        "another client's registration leaves this one alone"
+    );
+
+    // An assertion id is taken once per client: the replay is refused,
+    // another client may use the same id.
+    let expires = Utc::now() + chrono::Duration::minutes(5);
+    assert!(store.remember_jti(&id, "jti-1", expires).await.unwrap());
+    assert!(
+        !store.remember_jti(&id, "jti-1", expires).await.unwrap(),
+        "a replay"
+    );
+    assert!(store.remember_jti(&id, "jti-2", expires).await.unwrap());
+    assert!(store.remember_jti(&other, "jti-1", expires).await.unwrap());
+
+    // Eight callers present one assertion at once: exactly one is let in.
+    let tries = (0..8).map(|_| {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move { store.remember_jti(&id, "jti-raced", expires).await.unwrap() })
+    });
+    let mut admitted = 0;
+    for t in tries {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(
+        admitted, 1,
+        "one of eight concurrent uses of a jti is admitted"
+    );
+}
+
+fn schedule(
+    id: &str,
+    owner: &str,
+    created_at: DateTime<Utc>,
+    next_due: Option<DateTime<Utc>>,
+) -> Schedule {
+    Schedule {
+        id: id.into(),
+        owner: owner.into(),
+        name: format!("nightly-{id}"),
+        cadence: Cadence::parse("rate(1 day)").unwrap(),
+        mode: ScheduleMode::Incremental,
+        export: "$export?_type=Patient,Observation".into(),
+        view_export: None,
+        created_at,
+        start_at: created_at,
+        paused: next_due.is_none(),
+        next_due,
+        runs: 3,
+        cursor: Some(created_at),
+        from_release: Some("r1".into()),
+        webhook: Some(Webhook {
+            url: "https://hooks.example.org/bulk".into(),
+            secret: "0123456789abcdef-secret".into(),
+        }),
+        last_event_at: None,
+        version: 0,
+    }
+}
+
+pub async fn schedule_store_contract(store: Arc<dyn ScheduleStore>) {
+    let tag = uuid_like();
+    let owner = format!("owner-{tag}");
+    // Due times long past, so that they are the earliest due of any store.
+    let t0 = DateTime::parse_from_rfc3339("1971-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let hour = chrono::Duration::hours(1);
+
+    // Created once; the stored version starts at 1.
+    let a = schedule(&format!("a-{tag}"), &owner, t0, Some(t0 + hour * 2));
+    store.create_schedule(&a).await.unwrap();
+    assert_eq!(
+        store.create_schedule(&a).await,
+        Err(PortError::AlreadyExists)
+    );
+    let stored = store.get_schedule(&a.id).await.unwrap().expect("stored");
+    assert_eq!(stored.version, 1);
+    assert_eq!(
+        Schedule {
+            version: 0,
+            ..stored.clone()
+        },
+        a,
+        "stored whole"
+    );
+    assert_eq!(
+        store.get_schedule(&format!("none-{tag}")).await.unwrap(),
+        None
+    );
+
+    // Updates are conditional on the version read.
+    let mut next = stored.clone();
+    next.runs += 1;
+    next.next_due = Some(t0 + hour * 3);
+    let updated = store.update_schedule(&next).await.unwrap();
+    assert_eq!(updated.version, 2);
+    assert_eq!(
+        store.get_schedule(&a.id).await.unwrap(),
+        Some(updated.clone())
+    );
+    assert_eq!(
+        store.update_schedule(&next).await,
+        Err(PortError::Conflict),
+        "a write from a stale read loses"
+    );
+
+    // The owner's schedules, oldest first; another owner's are not among them.
+    let b = schedule(&format!("b-{tag}"), &owner, t0 + hour, Some(t0 + hour));
+    let paused = schedule(&format!("c-{tag}"), &owner, t0 + hour * 2, None);
+    let foreign = schedule(&format!("d-{tag}"), &format!("{owner}-2"), t0, Some(t0));
+    for s in [&paused, &b, &foreign] {
+        store.create_schedule(s).await.unwrap();
+    }
+    let ids = |v: Vec<Schedule>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.schedules_of(&owner).await.unwrap()),
+        [a.id.clone(), b.id.clone(), paused.id.clone()]
+    );
+
+    // Due: earliest first, up to the limit, none due later or paused.
+    let due = ids(store.due_schedules(t0 + hour * 2, 10).await.unwrap());
+    let mine: Vec<&String> = due.iter().filter(|id| id.ends_with(&tag)).collect();
+    assert_eq!(
+        mine,
+        [&foreign.id, &b.id],
+        "due at t0+2h: d (t0), b (t0+1h); a is due at t0+3h"
+    );
+    let first = ids(store.due_schedules(t0 + hour * 10, 1).await.unwrap());
+    assert_eq!(
+        first,
+        std::slice::from_ref(&foreign.id),
+        "the limit keeps the earliest"
+    );
+    let all_due = ids(store.due_schedules(t0 + hour * 10, 10).await.unwrap());
+    assert!(all_due.contains(&a.id) && !all_due.contains(&paused.id));
+
+    // Pausing takes a schedule out of the due index.
+    let mut stop = store.get_schedule(&b.id).await.unwrap().unwrap();
+    stop.next_due = None;
+    stop.paused = true;
+    store.update_schedule(&stop).await.unwrap();
+    assert!(!ids(store.due_schedules(t0 + hour * 10, 10).await.unwrap()).contains(&b.id));
+
+    // Deleted: gone from reads and the index; deleting again is fine; an
+    // update of a deleted schedule is NotFound.
+    store.delete_schedule(&a.id).await.unwrap();
+    store.delete_schedule(&a.id).await.unwrap();
+    assert_eq!(store.get_schedule(&a.id).await.unwrap(), None);
+    assert!(!ids(store.due_schedules(t0 + hour * 10, 10).await.unwrap()).contains(&a.id));
+    assert_eq!(
+        store.update_schedule(&updated).await,
+        Err(PortError::NotFound)
+    );
+    assert_eq!(
+        ids(store.schedules_of(&owner).await.unwrap()),
+        [b.id.clone(), paused.id.clone()]
+    );
+
+    // Releases: created once, conditional updates, listed oldest first.
+    let release = |name: &str, at: DateTime<Utc>| Release {
+        name: name.into(),
+        export: "$export?_type=CodeSystem,ValueSet".into(),
+        request: job("unused").request,
+        transaction_time: at,
+        created_at: at,
+        created_by: owner.clone(),
+        generation: 0,
+        version: 0,
+    };
+    let (r1, r2) = (format!("r1-{tag}"), format!("r2-{tag}"));
+    store
+        .create_release(&release(&r2, t0 + hour))
+        .await
+        .unwrap();
+    store.create_release(&release(&r1, t0)).await.unwrap();
+    assert_eq!(
+        store.create_release(&release(&r1, t0)).await,
+        Err(PortError::AlreadyExists)
+    );
+    let got = store.get_release(&r1).await.unwrap().expect("stored");
+    assert_eq!(got.version, 1);
+    assert_eq!(
+        Release {
+            version: 0,
+            ..got.clone()
+        },
+        release(&r1, t0)
+    );
+    assert_eq!(
+        store.get_release(&format!("none-{tag}")).await.unwrap(),
+        None
+    );
+    let rebuilt = store
+        .update_release(&Release {
+            generation: 1,
+            ..got.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((rebuilt.generation, rebuilt.version), (1, 2));
+    assert_eq!(store.get_release(&r1).await.unwrap(), Some(rebuilt));
+    assert_eq!(
+        store
+            .update_release(&Release {
+                generation: 2,
+                ..got
+            })
+            .await,
+        Err(PortError::Conflict)
+    );
+    let names: Vec<String> = store
+        .releases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .filter(|n| n.ends_with(&tag))
+        .collect();
+    assert_eq!(names, [r1, r2], "oldest transactionTime first");
+}
+
 fn uuid_like() -> String {
     format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or(0))
 }
@@ -920,5 +1184,19 @@ mod embedded {
         let dir = tempfile::tempdir().unwrap();
         let jobs = SqliteJobs::open(&dir.path().join("jobs.db")).unwrap();
         work_queue_contract(Arc::new(jobs.queue())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = SqliteJobs::open(&dir.path().join("jobs.db")).unwrap();
+        client_store_contract(Arc::new(jobs)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn schedule_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = SqliteJobs::open(&dir.path().join("jobs.db")).unwrap();
+        schedule_store_contract(Arc::new(jobs)).await;
     }
 }

@@ -10,7 +10,8 @@ use bulk_export::ports::ArtifactStore;
 
 use super::moto::fresh_stack;
 use crate::contract::{
-    artifact_store_contract, job_store_contract, resource_store_contract, work_queue_contract,
+    artifact_store_contract, client_store_contract, job_store_contract, resource_store_contract,
+    schedule_store_contract, work_queue_contract,
 };
 
 async fn adapters() -> AwsAdapters {
@@ -68,4 +69,14 @@ async fn presigned_links_expire_after_their_ttl() {
     // The link works (moto does not check signatures, but serves the object).
     let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert_eq!(body, "{}\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_store() {
+    client_store_contract(adapters().await.jobs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_store() {
+    schedule_store_contract(adapters().await.jobs).await;
 }
