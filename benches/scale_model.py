@@ -3,7 +3,7 @@
 AWS, computed from what one measured export consumed (its `job-cost` report:
 requests per resource, bytes per resource) and the engine's CPU per resource
 (the local benchmark), under the stated AWS limits. Prints Markdown (the
-README's "Scale model" section is this output).
+operator guide's scale model, docs/src/operator/scale-model.md, is this output).
 
     benches/scale_model.py --job-cost REPORT.json --cpu-us-per-resource 8.1 \
         --bytes-per-resource 965
@@ -60,7 +60,7 @@ def main():
     p.add_argument("--shards", type=int, default=16,
                    help="partitions of the version items; every type shares them")
     p.add_argument("--gzip-ratio", type=float, default=0.111,
-                   help="gzip twin bytes / NDJSON bytes (README: Compressing export files)")
+                   help="gzip twin bytes / NDJSON bytes (benches/README.md: Compressing export files)")
     p.add_argument("--bytes-per-resource", type=float, default=None,
                    help="NDJSON bytes per resource (the bench's export line: MB / resources); "
                         "default: bytes stored / (1 + gzip ratio), which counts spills too")

@@ -1,6 +1,6 @@
 //! The real `bulk-export-local` binary: it prints its base URL when ready,
 //! shuts down cleanly on SIGTERM, a committed write survives a restart, and
-//! the README's authorization walk-through works with its helpers.
+//! the authorization walk-through (docs/src/user/authorization.md) works with its helpers.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -142,7 +142,7 @@ fn run(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The README's authorization walk-through, with the shipped helpers:
+/// The authorization walk-through (docs/src/user/authorization.md), with the shipped helpers:
 /// make a key, register the client, get a token, export with it.
 #[test]
 fn authorized_export_with_the_shipped_client_helpers() {
