@@ -30,31 +30,28 @@ impl ApiError {
             headers: Vec::new(),
         }
     }
+    // The kinds the domain has too take their status from its table.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(400, "invalid", message)
-    }
-    pub fn not_supported(message: impl Into<String>) -> Self {
-        Self::new(400, "not-supported", message)
+        Error::invalid(message).into()
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(404, "not-found", message)
-    }
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(403, "forbidden", message)
-    }
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(409, "conflict", message)
+        Error::not_found(message).into()
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "exception", message)
+        Error::internal(message).into()
     }
+    /// A body or request larger than the service takes.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Error::too_large(message).into()
+    }
+    /// The service cannot answer now; retrying may help.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Error::unavailable(message, retry_after_secs).into()
+    }
+    // HTTP's own.
     /// No valid credentials: 401 with the challenge to answer.
     pub fn unauthorized(message: impl Into<String>, challenge: impl Into<String>) -> Self {
         Self::new(401, "login", message).with_header("WWW-Authenticate", challenge)
-    }
-    /// The resource existed and was deleted.
-    pub fn gone(message: impl Into<String>) -> Self {
-        Self::new(410, "deleted", message)
     }
     pub fn method_not_allowed(allow: &'static str) -> Self {
         Self::new(
@@ -64,32 +61,8 @@ impl ApiError {
         )
         .with_header("Allow", allow)
     }
-    /// A body or request larger than the service takes.
-    pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(413, "too-costly", message)
-    }
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "not-supported", message)
-    }
-    /// Well-formed, but beyond what the store can do (e.g. a transaction
-    /// larger than its atomic write limit).
-    pub fn unprocessable(message: impl Into<String>) -> Self {
-        Self::new(422, "not-supported", message)
-    }
-    /// A request the service could answer but will not synchronously: too
-    /// much to compute or send (the message says what to use instead).
-    pub fn too_costly(message: impl Into<String>) -> Self {
-        Self::new(422, "too-costly", message)
-    }
-    /// Too many requests of this client at once: try again after `retry_after_secs`.
-    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::new(429, "throttled", message)
-            .with_header("Retry-After", retry_after_secs.to_string())
-    }
-    /// The service cannot answer now; retrying may help.
-    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::new(503, "transient", message)
-            .with_header("Retry-After", retry_after_secs.to_string())
     }
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
