@@ -33,7 +33,7 @@ use bulk_export::aws::{
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::{Job, JobState};
 use bulk_export::domain::request::{ExportLevel, KickoffInput};
-use bulk_export::engine::{Caller, Disposition, Engine, EngineConfig};
+use bulk_export::engine::{Caller, Disposition, EngineConfig, Services};
 use bulk_export::ports::WorkQueue;
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export_functions::worker::SAFETY_MARGIN;
@@ -152,7 +152,7 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
         arg("--mixed-max", config.mixed_export_max_resources as usize) as u64;
     // Retries come back no later than a lost delivery would.
     config.retry_base = config.retry_base.min(timing.visibility);
-    let engine = Engine::new(adapters.ports(), config);
+    let engine = Services::new(adapters.ports(), config);
 
     let values: Vec<Value> = generate(SampleConfig::for_resources(n, 7))
         .take(n)
@@ -246,7 +246,7 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
 /// from SQS and handle them concurrently, as the worker function does.
 /// Returns (resources, bytes) from the manifest and S3.
 async fn export_once(
-    engine: &Engine,
+    engine: &Services,
     adapters: &AwsAdapters,
     workers: usize,
     timing: Timing,
@@ -261,7 +261,11 @@ async fn export_once(
         via_post: false,
         now: chrono::Utc::now(),
     };
-    let job_id = engine.kickoff(&Caller::anonymous(), input).await.unwrap();
+    let job_id = engine
+        .exports
+        .kickoff(&Caller::anonymous(), input)
+        .await
+        .unwrap();
     // Generous (100k took 22 min), and a stall fails the run instead of
     // hanging it.
     let limit = Duration::from_secs(600).max(Duration::from_millis(30 * n as u64));
@@ -308,7 +312,7 @@ async fn export_once(
         job_id: job_id.clone(),
     };
     let now = tokio::time::Instant::now();
-    engine.handle(&collect, now).await.unwrap();
+    engine.worker.handle(&collect, now).await.unwrap();
     let prefix = bulk_export::domain::job::job_prefix(&job_id);
     let uploads = engine.ports.artifacts.list_uploads(&prefix).await.unwrap();
     assert!(uploads.is_empty(), "open uploads left: {uploads:?}");
@@ -340,7 +344,7 @@ async fn export_once(
 /// `limit` (a stall fails the run instead of hanging it). A failed read is
 /// retried: moto's calls can outlast the SDK's attempt timeout.
 async fn wait_until_completed(
-    engine: &Engine,
+    engine: &Services,
     job_id: &str,
     limit: Option<Duration>,
     every: Duration,
@@ -370,7 +374,7 @@ async fn wait_until_completed(
 /// Worker tasks that take up to 10 messages at a time from SQS and handle
 /// them concurrently, as the worker function does, until told to stop.
 fn spawn_workers(
-    engine: &Engine,
+    engine: &Services,
     adapters: &AwsAdapters,
     workers: usize,
     timing: Timing,
@@ -408,14 +412,17 @@ fn spawn_workers(
                         // As the worker function settles a record: done is
                         // deleted; a failure or a lost race comes back
                         // after the delay the engine asks for.
-                        let settled =
-                            match engine.process(&d.message, d.receive_count, deadline).await {
-                                Disposition::Done => queue.delete(&d.receipt).await,
-                                Disposition::RetryAfter(delay) => {
-                                    RETRIES.fetch_add(1, Ordering::Relaxed);
-                                    queue.retry_later(&d.receipt, delay).await
-                                }
-                            };
+                        let settled = match engine
+                            .worker
+                            .process(&d.message, d.receive_count, deadline)
+                            .await
+                        {
+                            Disposition::Done => queue.delete(&d.receipt).await,
+                            Disposition::RetryAfter(delay) => {
+                                RETRIES.fetch_add(1, Ordering::Relaxed);
+                                queue.retry_later(&d.receipt, delay).await
+                            }
+                        };
                         if let Err(e) = settled {
                             eprintln!("worker: settling a message failed (it comes back): {e}");
                         }
@@ -431,7 +438,7 @@ fn spawn_workers(
 /// `$export-revisions` of the whole store (no change log); returns the rows
 /// and the seconds it took.
 async fn revisions_once(
-    engine: &Engine,
+    engine: &Services,
     adapters: &AwsAdapters,
     workers: usize,
     timing: Timing,
@@ -440,6 +447,7 @@ async fn revisions_once(
     let t = Instant::now();
     let body = br#"{"startDate": 0, "endDate": 253402300799999}"#;
     let job_id = engine
+        .revisions
         .start_revisions(&Caller::anonymous(), body, "bench".into())
         .await
         .unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bulk_export::aws::{read_secure_parameter, sdk_config, AwsAdapters};
 use bulk_export::clock::SystemClock;
-use bulk_export::engine::{Engine, Ports};
+use bulk_export::engine::{Ports, Services};
 use bulk_export::http::Api;
 use bulk_export::ports::{ClientStore, Clock};
 use bulk_export::service::Service;
@@ -70,14 +70,14 @@ impl Container {
     }
 
     /// The engine, with absolute URLs under `origin`.
-    pub fn engine(&self, origin: &str) -> Engine {
-        self.service.engine(origin)
+    pub fn services(&self, origin: &str) -> Services {
+        self.service.services(origin)
     }
 
     /// The engine of the functions that serve no HTTP requests (worker,
     /// sweeper).
-    pub fn background_engine(&self) -> Engine {
-        self.service.background_engine()
+    pub fn background_services(&self) -> Services {
+        self.service.background_services()
     }
 
     /// The routing table for requests that arrived at `origin`.

@@ -21,7 +21,7 @@ fn named_schedule(event: &Value) -> Option<&str> {
 }
 
 pub async fn handle(container: &Container, event: Value) -> Result<Value, String> {
-    let engine = container.background_engine();
+    let engine = container.background_services();
     match named_schedule(&event) {
         Some(id) => {
             let at = match event.get("time").and_then(Value::as_str) {
@@ -29,6 +29,7 @@ pub async fn handle(container: &Container, event: Value) -> Result<Value, String
                 None => engine.ports.clock.now(),
             };
             let fired = engine
+                .schedules
                 .fire_named_schedule(id, at)
                 .await
                 .map_err(|e| format!("schedule {id}: {e}"))?;
@@ -37,6 +38,7 @@ pub async fn handle(container: &Container, event: Value) -> Result<Value, String
         }
         None => {
             let fired = engine
+                .schedules
                 .fire_due_schedules()
                 .await
                 .map_err(|e| e.to_string())?;

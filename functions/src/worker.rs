@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use bulk_export::aws::parse_work_message;
-use bulk_export::engine::{Disposition, Engine};
+use bulk_export::engine::{Disposition, Services};
 use tokio::time::Instant;
 
 /// Time kept back from the invocation's deadline: enough to save the
@@ -36,7 +36,11 @@ fn work_time(lambda_deadline_ms: u64, now: SystemTime) -> Duration {
 
 /// Handles every record; the ones that failed (and may succeed on
 /// redelivery) are reported so that SQS redelivers only those.
-pub async fn handle_batch(engine: &Engine, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+pub async fn handle_batch(
+    engine: &Services,
+    event: SqsEvent,
+    deadline: Instant,
+) -> SqsBatchResponse {
     // Records are few (the batch size) and mostly wait on I/O: run them
     // together.
     let handled = futures::future::join_all(event.records.into_iter().map(|record| async move {
@@ -57,7 +61,7 @@ pub async fn handle_batch(engine: &Engine, event: SqsEvent, deadline: Instant) -
 
 /// `true` if the message is done with (handled, or hopeless and its job
 /// failed); otherwise its visibility is set to the retry delay.
-async fn handle_record(engine: &Engine, record: &SqsMessage, deadline: Instant) -> bool {
+async fn handle_record(engine: &Services, record: &SqsMessage, deadline: Instant) -> bool {
     let Some(message) = record.body.as_deref().and_then(parse_work_message) else {
         tracing::error!(body = ?record.body, "dropping a message that is not a work message");
         return true;
@@ -67,7 +71,11 @@ async fn handle_record(engine: &Engine, record: &SqsMessage, deadline: Instant) 
         .get("ApproximateReceiveCount")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    match engine.process(&message, receive_count, deadline).await {
+    match engine
+        .worker
+        .process(&message, receive_count, deadline)
+        .await
+    {
         Disposition::Done => true,
         Disposition::RetryAfter(delay) => {
             if let Some(receipt) = &record.receipt_handle {

@@ -69,7 +69,7 @@ fn build() -> Embedded {
         signing_key_pem: bulk_export::auth::TokenIssuer::generate_pem(),
         external_issuer: None,
     });
-    let engine = open.engine(ORIGIN);
+    let engine = open.services(ORIGIN);
     runtime
         .block_on(bulk_export::loader::load_ndjson(
             &engine,

@@ -81,7 +81,7 @@ async fn measure(resources: usize, runs: usize, wait: Duration) {
             .sum::<u64>();
         let id = status_url.rsplit('/').next().unwrap();
         let job = running
-            .engine
+            .services
             .ports
             .jobs
             .get_job(id)

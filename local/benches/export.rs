@@ -28,7 +28,7 @@ use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::JobState;
 use bulk_export::domain::request::{ExportLevel, KickoffInput};
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
-use bulk_export::engine::{Caller, Engine, EngineConfig, Ports};
+use bulk_export::engine::{Caller, EngineConfig, Ports, Services};
 use bulk_export::ports::{Clock, EventPublisher, JobEvent, PortResult, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export_local::workers::work_loop;
@@ -107,7 +107,7 @@ async fn run(n: usize, workers: usize) {
     if let Some(kib) = arg_text("--chunk-kib") {
         config.min_chunk_bytes = kib.parse::<usize>().expect("--chunk-kib N") << 10;
     }
-    let engine = Engine::new(ports, config);
+    let engine = Services::new(ports, config);
 
     // 1. Load (unless a kept directory already holds the data).
     let t = Instant::now();
@@ -134,12 +134,16 @@ async fn run(n: usize, workers: usize) {
         });
         if batch.len() == 5000 {
             loaded += batch.len();
-            engine.load(std::mem::take(&mut batch)).await.unwrap();
+            engine
+                .resources
+                .load(std::mem::take(&mut batch))
+                .await
+                .unwrap();
         }
     }
     loaded += batch.len();
     if !batch.is_empty() {
-        engine.load(batch).await.unwrap();
+        engine.resources.load(batch).await.unwrap();
     }
     if existing > 0 {
         loaded = existing;
@@ -268,7 +272,7 @@ struct ExportRun {
 
 /// One system-level export through the engine and the worker loop.
 async fn export_once(
-    engine: &Engine,
+    engine: &Services,
     queue: &SqliteQueue,
     ended: &JobEnded,
     workers: usize,
@@ -297,7 +301,11 @@ async fn export_once(
         via_post: false,
         now: chrono::Utc::now(),
     };
-    let job_id = engine.kickoff(&Caller::anonymous(), input).await.unwrap();
+    let job_id = engine
+        .exports
+        .kickoff(&Caller::anonymous(), input)
+        .await
+        .unwrap();
     // The completion event says when it ended: polling the job store
     // meanwhile would add the bench's own reads to the export's CPU.
     let job = loop {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bulk_export::domain::instant::{format_instant, from_micros};
 use bulk_export::domain::revisions::{csv_line, Operation, HEADER};
 use bulk_export::embedded::SqliteQueue;
-use bulk_export::engine::{Caller, Engine};
+use bulk_export::engine::{Caller, Services};
 use bulk_export::ports::{ResourceStore, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export_local::workers::work_loop;
@@ -159,7 +159,7 @@ async fn run(n: usize) {
 
 /// One `$export-revisions` of everything through the engine and a worker.
 async fn export_once(
-    engine: &Engine,
+    engine: &Services,
     queue: &SqliteQueue,
     files: &std::path::Path,
     with_log: bool,
@@ -179,6 +179,7 @@ async fn export_once(
         r#"{{"startDate": 0, "endDate": 253402300799999, "includeModifiedProps": {with_log}}}"#
     );
     let job_id = engine
+        .revisions
         .start_revisions(&Caller::anonymous(), body.as_bytes(), "bench".into())
         .await
         .unwrap();

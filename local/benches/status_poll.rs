@@ -63,7 +63,7 @@ async fn run(pollers: usize, polls: usize, interval: Duration) {
     }
     // A running twin: the same job and parts, not finished, with no work
     // queued, so it answers 202 for as long as the bench polls.
-    let jobs = &running.engine.ports.jobs;
+    let jobs = &running.services.ports.jobs;
     let done_id = done_url.rsplit('/').next().unwrap();
     let mut job = jobs.get_job(done_id).await.unwrap().unwrap();
     let mut parts = jobs.list_parts(done_id).await.unwrap();

@@ -22,7 +22,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bulk_export::embedded::SqliteQueue;
-use bulk_export::engine::{Caller, Engine, ViewExportInput, ViewRef};
+use bulk_export::engine::{Caller, Services, ViewExportInput, ViewRef};
 use bulk_export::ports::{ResourceStore, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export::view::output::{header_line, write_row, Line};
@@ -156,7 +156,7 @@ async fn run(n: usize, workers: usize) {
 
 /// One three-view export through the engine and `workers` worker loops.
 async fn export_once(
-    engine: &Engine,
+    engine: &Services,
     queue: &SqliteQueue,
     workers: usize,
     files: &std::path::Path,
@@ -188,6 +188,7 @@ async fn export_once(
         ..Default::default()
     };
     let job_id = engine
+        .views
         .kickoff_view_export(&Caller::anonymous(), input)
         .await
         .unwrap();

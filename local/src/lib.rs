@@ -21,7 +21,7 @@ use bulk_export::embedded::artifacts::BLOB_PATH_PREFIX;
 use bulk_export::embedded::{
     FolderDelivery, FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore,
 };
-use bulk_export::engine::{Engine, EngineConfig, Ports};
+use bulk_export::engine::{EngineConfig, Ports, Services};
 use bulk_export::http::ApiError;
 use bulk_export::http::{error_response, Api, Authenticator, MAX_BODY_BYTES};
 use bulk_export::ports::{
@@ -118,7 +118,7 @@ pub struct Running {
     pub addr: SocketAddr,
     /// e.g. `http://127.0.0.1:8080/fhir`
     pub base_url: String,
-    pub engine: Engine,
+    pub services: Services,
     pub queue: SqliteQueue,
     /// Client registrations (for tests and the admin CLI).
     pub clients: Arc<dyn ClientStore>,
@@ -244,7 +244,7 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     if let Some(auth) = overrides.auth {
         service = service.with_authenticator(auth);
     }
-    let engine = service.engine(&origin);
+    let engine = service.services(&origin);
     let issuer = service.issuer(&origin);
     let base_url = service.base_url(&origin);
 
@@ -309,7 +309,7 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
     Ok(Running {
         addr,
         base_url,
-        engine,
+        services: engine,
         queue,
         clients,
         issuer,

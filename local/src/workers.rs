@@ -3,17 +3,17 @@
 use std::time::Duration;
 
 use bulk_export::embedded::SqliteQueue;
-use bulk_export::engine::{Disposition, Engine};
+use bulk_export::engine::{Disposition, Services};
 use bulk_export::ports::WorkQueue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Receives one message at a time and handles it within the invocation
-/// budget; `Engine::process` decides whether a failed one comes back
+/// budget; `Services::process` decides whether a failed one comes back
 /// (after a growing delay) or fails its job.
 pub async fn work_loop(
     n: usize,
-    engine: Engine,
+    engine: Services,
     queue: SqliteQueue,
     budget: Duration,
     visibility: Duration,
@@ -39,6 +39,7 @@ pub async fn work_loop(
         }
         for d in deliveries {
             let result = match engine
+                .worker
                 .process(&d.message, d.receive_count, Instant::now() + budget)
                 .await
             {
@@ -52,13 +53,13 @@ pub async fn work_loop(
     }
 }
 
-pub async fn sweep_loop(engine: Engine, every: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn sweep_loop(engine: Services, every: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = engine.sweep().await {
+        if let Err(e) = engine.sweeper.sweep().await {
             tracing::warn!(error = %e, "sweep failed");
         }
     }
@@ -66,9 +67,9 @@ pub async fn sweep_loop(engine: Engine, every: Duration, mut stop: watch::Receiv
 
 /// The in-process scheduler: every `every`, fires the schedules that are
 /// due (the same engine call the scheduler Lambda makes each minute).
-pub async fn schedule_loop(engine: Engine, every: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn schedule_loop(engine: Services, every: Duration, mut stop: watch::Receiver<bool>) {
     loop {
-        match engine.fire_due_schedules().await {
+        match engine.schedules.fire_due_schedules().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "scheduled runs started"),
             Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),

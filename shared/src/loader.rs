@@ -5,7 +5,7 @@ use std::io::BufRead;
 use crate::domain::resource::{check_resource_value, is_valid_id};
 use crate::domain::resource_text::ResourceText;
 use crate::domain::Error;
-use crate::engine::Engine;
+use crate::engine::Services;
 use crate::ports::WriteOp;
 use crate::sample::{generate, SampleConfig};
 use serde_json::Value;
@@ -17,7 +17,7 @@ const BATCH: usize = 1000;
 /// The seed of the sample `--sample-patients` loads (tests regenerate it).
 pub const SAMPLE_SEED: u64 = 42;
 
-pub async fn load_sample_if_empty(engine: &Engine, patients: usize) -> Result<usize, Error> {
+pub async fn load_sample_if_empty(engine: &Services, patients: usize) -> Result<usize, Error> {
     if !engine.ports.resources.resource_types().await?.is_empty() {
         return Ok(0);
     }
@@ -33,7 +33,7 @@ pub async fn load_sample_if_empty(engine: &Engine, patients: usize) -> Result<us
 
 /// Writes resources (each must have `resourceType` and `id`) in batches.
 pub async fn load_values(
-    engine: &Engine,
+    engine: &Services,
     values: impl Iterator<Item = Value>,
 ) -> Result<usize, Error> {
     load_texts(engine, values.map(ResourceText::from)).await
@@ -41,7 +41,7 @@ pub async fn load_values(
 
 /// The same, for resources as their JSON text (kept as written).
 async fn load_texts(
-    engine: &Engine,
+    engine: &Services,
     resources: impl Iterator<Item = ResourceText>,
 ) -> Result<usize, Error> {
     let mut batch = Vec::with_capacity(BATCH);
@@ -50,19 +50,19 @@ async fn load_texts(
         batch.push(to_op(r)?);
         if batch.len() == BATCH {
             total += batch.len();
-            engine.load(std::mem::take(&mut batch)).await?;
+            engine.resources.load(std::mem::take(&mut batch)).await?;
         }
     }
     total += batch.len();
     if !batch.is_empty() {
-        engine.load(batch).await?;
+        engine.resources.load(batch).await?;
     }
     Ok(total)
 }
 
 /// Loads NDJSON (one resource per line) from a reader. Each resource is
 /// stored as its line holds it.
-pub async fn load_ndjson(engine: &Engine, reader: impl BufRead) -> Result<usize, Error> {
+pub async fn load_ndjson(engine: &Services, reader: impl BufRead) -> Result<usize, Error> {
     let mut resources = Vec::new();
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| Error::invalid(format!("line {}: {e}", n + 1)))?;

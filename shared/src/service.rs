@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::auth::{AuthServer, JwksCache, TokenIssuer};
-use crate::engine::{Engine, EngineConfig, Ports};
+use crate::engine::{EngineConfig, Ports, Services};
 use crate::http::{Api, Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator, TOKEN_PATH};
 use crate::ports::ClientStore;
 
@@ -116,21 +116,21 @@ impl Service {
     }
 
     /// The engine, with absolute URLs under `origin`.
-    pub fn engine(&self, origin: &str) -> Engine {
+    pub fn services(&self, origin: &str) -> Services {
         let mut config = self.settings.engine.clone();
         config.base_url = self.base_url(origin);
         if self.signer.is_some() {
             config.requires_access_token = true;
             config.token_url = Some(Self::token_url(origin));
         }
-        Engine::new(self.ports.clone(), config)
+        Services::new(self.ports.clone(), config)
     }
 
     /// The engine of work that answers no request (workers, sweeper): the
     /// public origin if there is one, else a placeholder.
-    pub fn background_engine(&self) -> Engine {
+    pub fn background_services(&self) -> Services {
         let origin = self.settings.public_origin.as_deref();
-        self.engine(origin.unwrap_or("https://localhost"))
+        self.services(origin.unwrap_or("https://localhost"))
     }
 
     /// The token issuer for requests that arrived at `origin`.
@@ -146,7 +146,7 @@ impl Service {
         if let Some(api) = apis.get(origin) {
             return api.clone();
         }
-        let engine = self.engine(origin);
+        let engine = self.services(origin);
         let issuer = self.issuer(origin);
         let external = match &self.settings.auth {
             AuthSettings::Smart {

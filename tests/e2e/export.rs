@@ -63,7 +63,7 @@ fn assert_same_content(
 async fn synthea_app() -> (TestApp, Vec<Value>) {
     let app = spawn_app(Options::default()).await;
     let data = synthea();
-    load_values(&app.running.engine, data.clone().into_iter())
+    load_values(&app.running.services, data.clone().into_iter())
         .await
         .unwrap();
     (app, data)
@@ -453,11 +453,11 @@ async fn exports_expire_when_the_clock_passes_retention() {
         !app.leftovers(&job).await.is_empty(),
         "files wait for the sweeper"
     );
-    assert_eq!(app.running.engine.sweep().await.unwrap(), 1);
+    assert_eq!(app.running.services.sweeper.sweep().await.unwrap(), 1);
     assert_eq!(app.leftovers(&job).await, Vec::<String>::new());
     assert!(app
         .running
-        .engine
+        .services
         .ports
         .jobs
         .get_job(&job)
@@ -714,7 +714,7 @@ async fn a_job_that_keeps_failing_answers_500_with_an_outcome() {
     assert!(!says.contains("chunk call"), "no backend text: {says}");
     // A failed job keeps nothing half-written around once it is swept.
     app.clock.advance(chrono::Duration::days(8));
-    app.running.engine.sweep().await.unwrap();
+    app.running.services.sweeper.sweep().await.unwrap();
     assert_eq!(app.leftovers(&job).await, Vec::<String>::new());
 }
 

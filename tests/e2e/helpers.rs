@@ -309,7 +309,7 @@ impl TestApp {
     /// Files (and open uploads) left on disk for a job.
     pub async fn leftovers(&self, job_id: &str) -> Vec<String> {
         let prefix = format!("jobs/{job_id}/");
-        let a = &self.running.engine.ports.artifacts;
+        let a = &self.running.services.ports.artifacts;
         let mut all = a.list(&prefix).await.unwrap();
         all.extend(a.list_uploads(&prefix).await.unwrap());
         all

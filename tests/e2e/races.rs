@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bulk_export::clock::OffsetClock;
 use bulk_export::domain::schedule::{release_job_id, run_job_id};
 use bulk_export::domain::usage::Usage;
-use bulk_export::engine::{Caller, Engine};
+use bulk_export::engine::{Caller, Services};
 use bulk_export::ports::{JobStore, PortError, ResourceStore, WriteOp};
 use futures::future::join_all;
 use serde_json::json;
@@ -264,19 +264,20 @@ pub async fn resource_write_race(store: Arc<dyn ResourceStore>) {
 
 /// Schedulers firing at once (as overlapping ticks of the scheduler
 /// function do): each due run is started exactly once, whoever wins.
-pub async fn schedule_claim_race(engines: &[Engine], clock: &OffsetClock) {
+pub async fn schedule_claim_race(engines: &[Services], clock: &OffsetClock) {
     const TICKS: u64 = 3;
     let first = &engines[0];
     let caller = Caller::anonymous();
     let name = fresh_id("race");
     let body = json!({"name": name, "cadence": "rate(1 hour)", "export": "$export?_type=Patient"});
     let s = first
+        .schedules
         .create_schedule(&caller, body.to_string().as_bytes())
         .await
         .unwrap();
     for tick in 1..=TICKS {
         clock.advance(chrono::Duration::minutes(61));
-        let fired: u32 = join_all(engines.iter().map(|e| e.fire_due_schedules()))
+        let fired: u32 = join_all(engines.iter().map(|e| e.schedules.fire_due_schedules()))
             .await
             .into_iter()
             .map(|r| r.unwrap())
@@ -300,12 +301,13 @@ pub async fn schedule_claim_race(engines: &[Engine], clock: &OffsetClock) {
 /// exactly one of them starts the next generation, and every one of them
 /// is answered with it; beside it, racing conditional updates of the
 /// release record have exactly one winner.
-pub async fn release_build_race(engines: &[Engine]) {
+pub async fn release_build_race(engines: &[Services]) {
     let first = &engines[0];
     let caller = Caller::anonymous();
     let name = fresh_id("rel");
     let body = json!({"name": name, "export": "$export?_type=Patient"});
     let release = first
+        .releases
         .create_release(&caller, body.to_string().as_bytes())
         .await
         .unwrap();
@@ -314,7 +316,12 @@ pub async fn release_build_race(engines: &[Engine]) {
     failed.state = bulk_export::domain::job::JobState::Failed;
     jobs.update_job(&failed).await.unwrap();
 
-    let replies = join_all(engines.iter().map(|e| e.release_status(&caller, &name))).await;
+    let replies = join_all(
+        engines
+            .iter()
+            .map(|e| e.releases.release_status(&caller, &name)),
+    )
+    .await;
     for r in replies {
         assert!(r.is_ok(), "every caller is answered: {:?}", r.err());
     }
@@ -361,13 +368,13 @@ mod embedded {
 
     use bulk_export::clock::{OffsetClock, SystemClock};
     use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteResourceStore};
-    use bulk_export::engine::{Engine, EngineConfig, Ports};
+    use bulk_export::engine::{EngineConfig, Ports, Services};
     use bulk_export::ports::{Clock, NoEvents};
 
     use super::*;
 
     /// Engines as separate processes would be: one store, many callers.
-    fn engines(dir: &std::path::Path, clock: Arc<OffsetClock>) -> Vec<Engine> {
+    fn engines(dir: &std::path::Path, clock: Arc<OffsetClock>) -> Vec<Services> {
         let clock: Arc<dyn Clock> = clock;
         let jobs = Arc::new(SqliteJobs::open(&dir.join("jobs.db")).unwrap());
         let ports = Ports {
@@ -384,7 +391,7 @@ mod embedded {
             events: Arc::new(NoEvents),
             jobs,
         };
-        let engine = Engine::new(ports, EngineConfig::new("http://127.0.0.1:9/fhir"));
+        let engine = Services::new(ports, EngineConfig::new("http://127.0.0.1:9/fhir"));
         (0..super::WRITERS).map(|_| engine.clone()).collect()
     }
 

@@ -55,7 +55,7 @@ async fn create_update_read_delete_keep_versions() {
     // The history is kept: the tombstone is version 3.
     let v = app
         .running
-        .engine
+        .services
         .ports
         .resources
         .read_current("Patient", "p1")

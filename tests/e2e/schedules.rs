@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bulk_export::clock::OffsetClock;
 use bulk_export::domain::schedule::{Release, Schedule};
-use bulk_export::engine::Engine;
+use bulk_export::engine::Services;
 use bulk_export::ports::{EventPublisher, JobEvent, PortResult, ScheduleStore};
 use serde_json::{json, Value};
 
@@ -24,7 +24,7 @@ use crate::revisions::{verify_signature, webhook_receiver, Backend, Embedded, Re
 pub(crate) trait Stack: Backend {
     fn clock(&self) -> Arc<OffsetClock>;
     /// The engine the scheduler runs (a second one for racing ticks).
-    fn engine(&self) -> Engine;
+    fn engine(&self) -> Services;
     /// Lets queued work run: moto pumps the worker function; the embedded
     /// service's workers run by themselves.
     async fn settle(&self);
@@ -36,8 +36,8 @@ impl Stack for Embedded {
         self.0.clock.clone()
     }
 
-    fn engine(&self) -> Engine {
-        self.0.running.engine.clone()
+    fn engine(&self) -> Services {
+        self.0.running.services.clone()
     }
 
     async fn settle(&self) {}
@@ -55,7 +55,7 @@ fn advance(st: &dyn Stack, by: chrono::Duration) {
 }
 
 async fn tick(st: &dyn Stack) -> u32 {
-    st.engine().fire_due_schedules().await.unwrap()
+    st.engine().schedules.fire_due_schedules().await.unwrap()
 }
 
 /// Polls `path` (a status-like URL) until it stops answering 202.
@@ -224,7 +224,10 @@ pub(crate) async fn cadence_scenario(st: &dyn Stack) {
     // Two schedulers on the same tick: one run.
     advance(st, chrono::Duration::days(1));
     let (a, b) = (st.engine(), st.engine());
-    let (x, y) = tokio::join!(a.fire_due_schedules(), b.fire_due_schedules());
+    let (x, y) = tokio::join!(
+        a.schedules.fire_due_schedules(),
+        b.schedules.fire_due_schedules()
+    );
     assert_eq!(x.unwrap() + y.unwrap(), 1, "racing schedulers make one run");
     run_manifest(st, &id, "3").await;
     assert_eq!(schedule(st, &id).await["runs"], 3);
@@ -490,7 +493,7 @@ pub(crate) async fn release_rebuild_scenario(st: &dyn Stack) {
     put(st, patient("r0", "Moved")).await;
     delete(st, "Observation/ro1").await;
     advance(st, chrono::Duration::days(8));
-    st.engine().sweep().await.unwrap();
+    st.engine().sweeper.sweep().await.unwrap();
     let url = first["output"][0]["url"].as_str().unwrap();
     let path = url.strip_prefix(&format!("{}/", st.base())).unwrap();
     assert_eq!(
@@ -1255,8 +1258,8 @@ async fn a_run_whose_claim_loses_to_a_pause_is_cancelled() {
         }),
         ..base.ports.clone()
     };
-    let racing = Engine::new(ports, (*base.config).clone());
-    assert_eq!(racing.fire_due_schedules().await.unwrap(), 0);
+    let racing = Services::new(ports, (*base.config).clone());
+    assert_eq!(racing.schedules.fire_due_schedules().await.unwrap(), 0);
     let s = schedule(&st, &id).await;
     assert_eq!(
         (s["status"].as_str(), s["runs"].as_u64()),

@@ -39,7 +39,7 @@ use bulk_export::domain::instant::{format_instant, to_micros};
 use bulk_export::domain::job::{artifact_key, job_prefix, JobState};
 use bulk_export::domain::request::{ExportLevel, KickoffInput, RawParam};
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
-use bulk_export::engine::{Caller, Disposition, Engine, EngineConfig, Ports, StatusReply};
+use bulk_export::engine::{Caller, Disposition, EngineConfig, Ports, Services, StatusReply};
 use bulk_export::ports::{Clock, Delivery, Version, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
 use faulty::{Faults, Rates, Tally, SERVICES};
@@ -321,7 +321,7 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
         Backend::Embedded => Duration::ZERO,
         Backend::Aws => Duration::from_secs(1),
     };
-    let base = Engine::new(stack.ports.clone(), config.clone());
+    let base = Services::new(stack.ports.clone(), config.clone());
     let rates = Rates {
         kill_before: rng.random_range(0.0..0.02),
         kill_after: rng.random_range(0.0..0.02),
@@ -392,6 +392,7 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
     }
     let caller = Caller::anonymous();
     let job_id = base
+        .exports
         .kickoff(
             &caller,
             KickoffInput {
@@ -436,7 +437,7 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
         if rng.random_bool(0.1) {
             mutate(&stack.ports, &mut history, &mut rng, 100 + step).await;
         }
-        if cancel_at == Some(step) && base.cancel(&caller, &job_id).await.is_ok() {
+        if cancel_at == Some(step) && base.exports.cancel(&caller, &job_id).await.is_ok() {
             Tally::add(&tally.cancel);
             cancelled = true;
         }
@@ -517,12 +518,12 @@ async fn handle(
 ) {
     let runs = seeds.into_iter().map(|seed| {
         let faults = Faults::new(seed, rates, tally.clone());
-        let engine = Engine::new(faults.wrap(&stack.ports), config.clone());
+        let engine = Services::new(faults.wrap(&stack.ports), config.clone());
         let message = d.message.clone();
         async move {
             let deadline = tokio::time::Instant::now() + budget;
             tokio::select! {
-                disposition = engine.process(&message, d.receive_count, deadline) => Some(disposition),
+                disposition = engine.worker.process(&message, d.receive_count, deadline) => Some(disposition),
                 _ = faults.killed() => None,
             }
         }
@@ -545,7 +546,7 @@ async fn handle(
 
 async fn verify(
     stack: &Stack,
-    base: &Engine,
+    base: &Services,
     caller: &Caller,
     job_id: &str,
     cancelled: bool,
@@ -559,7 +560,7 @@ async fn verify(
         return Err(format!("open uploads left: {uploads:?}"));
     }
     if cancelled {
-        if base.status(caller, job_id, None).await.is_ok() {
+        if base.exports.status(caller, job_id, None).await.is_ok() {
             return Err("a cancelled job still answers".into());
         }
         if !objects.is_empty() {
@@ -567,7 +568,7 @@ async fn verify(
         }
         return Ok(());
     }
-    let manifest = match base.status(caller, job_id, None).await {
+    let manifest = match base.exports.status(caller, job_id, None).await {
         Ok(StatusReply::Complete { manifest, .. }) => manifest,
         other => return Err(format!("not complete: {other:?}")),
     };

@@ -11,7 +11,7 @@ use bulk_export::cli::RegisterClient;
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::cost;
 use bulk_export::domain::job::FileKind;
-use bulk_export::engine::{Engine, EngineConfig};
+use bulk_export::engine::{EngineConfig, Services};
 use bulk_export::loader;
 use bulk_export::ports::{JobStore, ResourceStore, ShardScan};
 use bulk_export::sample::{generate, SampleConfig};
@@ -88,9 +88,9 @@ async fn adapters() -> Result<AwsAdapters, String> {
     ))
 }
 
-async fn engine() -> Result<Engine, String> {
+async fn engine() -> Result<Services, String> {
     let adapters = adapters().await?;
-    Ok(Engine::new(
+    Ok(Services::new(
         adapters.ports(),
         EngineConfig::new("https://localhost/fhir".to_string()),
     ))

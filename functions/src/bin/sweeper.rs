@@ -10,7 +10,7 @@ use serde_json::Value;
 async fn main() -> Result<(), lambda_runtime::Error> {
     bulk_export_functions::init_tracing();
     let container = Container::from_env().await?;
-    let engine = Arc::new(container.background_engine());
+    let engine = Arc::new(container.background_services());
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| {
         let engine = engine.clone();
         async move {

@@ -80,7 +80,7 @@ pub struct Stack {
     pub store: std::sync::Arc<bulk_export::embedded::SqliteResourceStore>,
     pub queue: bulk_export::embedded::SqliteQueue,
     pub files: std::path::PathBuf,
-    pub engine: bulk_export::engine::Engine,
+    pub engine: bulk_export::engine::Services,
     _temp: tempfile::TempDir,
 }
 
@@ -89,7 +89,7 @@ pub fn open_stack() -> Stack {
     use std::sync::Arc;
 
     use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteResourceStore};
-    use bulk_export::engine::{Engine, EngineConfig, Ports};
+    use bulk_export::engine::{EngineConfig, Ports, Services};
     use bulk_export::ports::Clock;
 
     let temp = tempfile::tempdir().unwrap();
@@ -124,7 +124,7 @@ pub fn open_stack() -> Stack {
         config.gzip_files = gzip.parse().expect("--gzip-files true|false");
     }
     Stack {
-        engine: Engine::new(ports, config),
+        engine: Services::new(ports, config),
         dir,
         store,
         queue,
@@ -136,7 +136,7 @@ pub fn open_stack() -> Stack {
 /// Polls the job until it completes (a failed job fails the bench).
 #[allow(dead_code)]
 pub async fn wait_completed(
-    engine: &bulk_export::engine::Engine,
+    engine: &bulk_export::engine::Services,
     job_id: &str,
 ) -> bulk_export::domain::job::Job {
     use bulk_export::domain::job::JobState;

@@ -510,7 +510,7 @@ pub enum WorkMessage {
     },
     /// Sent, delayed past the longest a handling can live, when a job ends:
     /// removes what handlings still running at that moment left behind
-    /// (see `Engine::collect_garbage`).
+    /// (see `Collector::collect_garbage`).
     Collect {
         job_id: String,
     },

@@ -177,7 +177,7 @@ pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
     /// The `time` of the newest direct invocation that ran it (see
-    /// `Engine::fire_named_schedule`).
+    /// `Schedules::fire_named_schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event_at: Option<DateTime<Utc>>,
     #[serde(default)]

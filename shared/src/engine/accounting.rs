@@ -8,44 +8,42 @@
 
 use std::future::Future;
 
-use super::Engine;
 use crate::domain::usage::{self, Usage};
+use crate::ports::JobStore;
 
-impl Engine {
-    /// Runs `work` metered and, if it succeeded, adds what it consumed to
-    /// the counters of `job_id` (a failed kick-off has no job to charge).
-    pub(crate) async fn charged<T, E>(
-        &self,
-        job_id: &str,
-        work: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
-        let (out, used) = usage::metered(work).await;
-        if out.is_ok() {
-            self.save_usage(job_id, used).await;
-        }
-        out
+/// Runs `work` metered and, if it succeeded, adds what it consumed to
+/// the counters of `job_id` (a failed kick-off has no job to charge).
+pub(crate) async fn charged<T, E>(
+    jobs: &dyn JobStore,
+    job_id: &str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let (out, used) = usage::metered(work).await;
+    if out.is_ok() {
+        save_usage(jobs, job_id, used).await;
     }
+    out
+}
 
-    pub(crate) async fn save_usage(&self, job_id: &str, mut used: Usage) {
-        used.add(usage::ACCOUNTING_WRITES, 1.0);
-        if let Err(e) = self.ports.jobs.add_usage(job_id, &used).await {
-            tracing::warn!(job = %job_id, error = %e, "the job's consumption was not recorded");
-        }
+pub(crate) async fn save_usage(jobs: &dyn JobStore, job_id: &str, mut used: Usage) {
+    used.add(usage::ACCOUNTING_WRITES, 1.0);
+    if let Err(e) = jobs.add_usage(job_id, &used).await {
+        tracing::warn!(job = %job_id, error = %e, "the job's consumption was not recorded");
     }
+}
 
-    /// The job's stored counters plus what the current handling has
-    /// counted and not yet stored.
-    pub(crate) async fn usage_so_far(&self, job_id: &str) -> Usage {
-        let mut total = match self.ports.jobs.usage(job_id).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(job = %job_id, error = %e, "the job's consumption could not be read");
-                Usage::default()
-            }
-        };
-        if let Some(current) = usage::so_far() {
-            total.merge(&current);
+/// The job's stored counters plus what the current handling has
+/// counted and not yet stored.
+pub(crate) async fn usage_so_far(jobs: &dyn JobStore, job_id: &str) -> Usage {
+    let mut total = match jobs.usage(job_id).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(job = %job_id, error = %e, "the job's consumption could not be read");
+            Usage::default()
         }
-        total
+    };
+    if let Some(current) = usage::so_far() {
+        total.merge(&current);
     }
+    total
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::Engine;
+use super::Resources;
 
 /// The kick-off parameters the server supports, as the operations'
 /// documentation states them (docs/src/user/protocol.md has the details).
@@ -54,7 +54,7 @@ GET or HEAD $export-releases/{name or latest} gives name, transactionTime, reque
 manifest link; GET $export-releases/{name}/manifest answers as a status request, rebuilding \
 expired files as of the same transactionTime (202 until done).";
 
-impl Engine {
+impl Resources {
     pub fn capability_statement(&self) -> Value {
         let op = |name: &str, def: &str| json!({ "name": name, "definition": def, "documentation": KICKOFF_PARAMETERS });
         let mut cs = json!({

@@ -1,23 +1,26 @@
 //! Kick-off, status, cancel and file links: the client-facing use cases.
 
+use super::accounting::charged;
+use super::job_desk::job_not_found;
+use super::{Announcer, Collector, EngineConfig, JobDesk};
+use crate::ports::{ArtifactStore, Clock, JobStore};
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::gzip_twin::twin_key;
-use super::{Caller, Engine};
+use super::Caller;
 use crate::domain::access::{Access, TypeAccess};
-use crate::domain::instant::to_micros;
 use crate::domain::job::{
     artifact_key, job_prefix, manifest, manifest_page, paged_manifest, reuse_key, FileKind, Job,
-    JobState, ManifestCursor, OutputFile, Part, WorkMessage, PATIENT_BLOCKS, REVISIONS,
+    JobState, ManifestCursor, OutputFile, Part, PATIENT_BLOCKS, REVISIONS,
 };
 use crate::domain::request::{
     in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
 };
-use crate::domain::resource::group_member_ids;
-use crate::domain::schedule::RELEASE_OWNER_PREFIX;
 use crate::domain::usage;
 use crate::domain::Error;
 use crate::ports::PortError;
@@ -42,16 +45,19 @@ pub enum StatusReply {
     },
 }
 
-/// How long a client over its limit of exports in progress is told to wait.
-const ACTIVE_LIMIT_RETRY_AFTER_SECS: u64 = 30;
-
-fn job_not_found(id: &str) -> Error {
-    Error::not_found(format!(
-        "No export job '{id}' (unknown, expired or cancelled)"
-    ))
+/// Kick-off, status, cancel and file links: what an export's client asks.
+#[derive(Clone)]
+pub struct Exports {
+    pub(crate) desk: JobDesk,
+    pub(crate) announcer: Announcer,
+    pub(crate) collector: Collector,
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) artifacts: Arc<dyn ArtifactStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Arc<EngineConfig>,
 }
 
-impl Engine {
+impl Exports {
     /// Validates the request, records the job and queues its planning.
     /// Returns the new job's id.
     pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, Error> {
@@ -69,101 +75,15 @@ impl Engine {
     ) -> Result<String, Error> {
         let mut request = parse_export_request(input)?;
         authorize_export(&caller.access, &mut request)?;
-        self.check_patients(&mut request).await?;
+        self.desk.check_patients(&mut request).await?;
         if reuse && !self.config.reuse_window.is_zero() {
             if let Some(id) = self.reusable_job(caller, &request).await? {
                 tracing::info!(job = %id, owner = %caller.subject, "identical export reused");
                 return Ok(id);
             }
         }
-        self.check_active_limit(caller).await?;
-        self.record_job(caller, request).await
-    }
-
-    /// Records a new job for an authorized request and queues its planning.
-    pub(crate) async fn record_job(
-        &self,
-        caller: &Caller,
-        request: ExportRequest,
-    ) -> Result<String, Error> {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.charged(&id, async {
-            let transaction_time = self.transaction_time_for(&request).await?;
-            let job = self.queued_job(id.clone(), &caller.subject, request, transaction_time);
-            self.ports.jobs.create_job(&job).await?;
-            self.queue_planning(&job).await?;
-            tracing::info!(job = %job.id, owner = %job.owner, level = ?job.request.level, "export accepted");
-            Ok::<_, Error>(())
-        })
-        .await?;
-        Ok(id)
-    }
-
-    /// The instant a new export of `request` is consistent as of: now, or
-    /// its `_until` if that is earlier.
-    pub(crate) async fn transaction_time_for(
-        &self,
-        request: &ExportRequest,
-    ) -> Result<DateTime<Utc>, PortError> {
-        let snapshot = self.ports.resources.snapshot().await?;
-        Ok(request.until.map_or(snapshot, |u| u.min(snapshot)))
-    }
-
-    /// A new, queued job.
-    pub(crate) fn queued_job(
-        &self,
-        id: String,
-        owner: &str,
-        request: ExportRequest,
-        transaction_time: DateTime<Utc>,
-    ) -> Job {
-        Job {
-            id,
-            owner: owner.to_string(),
-            request,
-            state: JobState::Queued,
-            transaction_time,
-            created_at: self.ports.clock.now(),
-            started_at: None,
-            completed_at: None,
-            expires_at: None,
-            parts_total: 0,
-            parts_remaining: 0,
-            files: Vec::new(),
-            error: None,
-            plan_inputs: None,
-            run_of: None,
-            deliveries: Vec::new(),
-            version: 0,
-        }
-    }
-
-    pub(crate) async fn queue_planning(&self, job: &Job) -> Result<(), PortError> {
-        self.ports
-            .queue
-            .send(&[WorkMessage::Plan {
-                job_id: job.id.clone(),
-            }])
-            .await
-    }
-
-    /// Stores a job whose id is fixed by what it is (a schedule's run, a
-    /// release's build) and queues its planning. If another caller stored
-    /// it first, that job stands; its planning is queued again while it is
-    /// still queued, in case that caller died before queuing it (planning
-    /// a job twice makes the same parts).
-    pub(crate) async fn start_job_once(&self, job: &Job) -> Result<(), PortError> {
-        self.charged(&job.id, async {
-            match self.ports.jobs.create_job(job).await {
-                Ok(()) => self.queue_planning(job).await,
-                Err(PortError::AlreadyExists) => match self.ports.jobs.get_job(&job.id).await? {
-                    Some(j) if j.state == JobState::Queued => self.queue_planning(&j).await,
-                    _ => Ok(()),
-                },
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        self.desk.check_active_limit(caller).await?;
+        self.desk.record_job(caller, request).await
     }
 
     /// The newest of the caller's jobs for an identical request that is
@@ -175,10 +95,10 @@ impl Engine {
         request: &ExportRequest,
     ) -> Result<Option<String>, Error> {
         let key = reuse_key(&caller.subject, request);
-        let now = self.ports.clock.now();
+        let now = self.clock.now();
         let window =
             chrono::Duration::from_std(self.config.reuse_window).unwrap_or(chrono::Duration::MAX);
-        let candidates = self.ports.jobs.jobs_with_reuse_key(&key).await?;
+        let candidates = self.jobs.jobs_with_reuse_key(&key).await?;
         Ok(candidates
             .into_iter()
             // The index may lag behind: the job as read now must still carry the key.
@@ -193,95 +113,6 @@ impl Engine {
             .map(|j| j.id))
     }
 
-    /// 429 when the caller already has its limit of exports in progress.
-    pub(crate) async fn check_active_limit(&self, caller: &Caller) -> Result<(), Error> {
-        let limit = self.config.max_active_exports_per_client;
-        if limit == 0 {
-            return Ok(());
-        }
-        let active = self.ports.jobs.count_active_jobs(&caller.subject).await?;
-        if active >= limit {
-            return Err(Error::throttled(
-                format!(
-                    "This client already has {active} exports in progress (the limit is \
-                     {limit}); wait for one to finish, or cancel one"
-                ),
-                ACTIVE_LIMIT_RETRY_AFTER_SECS,
-            ));
-        }
-        Ok(())
-    }
-
-    /// The Group must exist. Named patients that do not exist (Patient
-    /// level) or are not members (Group level) are moved to
-    /// `excluded_patients`: the export goes on without them, and its
-    /// manifest says so, in the same words for both cases.
-    pub(crate) async fn check_patients(&self, request: &mut ExportRequest) -> Result<(), Error> {
-        let resources = &self.ports.resources;
-        let named = std::mem::take(&mut request.patients);
-        let members = match &request.level {
-            ExportLevel::System => return Ok(()),
-            ExportLevel::Patient => None,
-            ExportLevel::Group { group_id } => Some(self.group_members(group_id).await?),
-        };
-        for p in named {
-            let included = match &members {
-                Some(members) => members.contains(&p),
-                None => matches!(
-                    resources.read_current("Patient", &p).await?,
-                    Some(v) if !v.deleted
-                ),
-            };
-            if included {
-                request.patients.push(p);
-            } else {
-                request.excluded_patients.push(p);
-            }
-        }
-        Ok(())
-    }
-
-    /// The member patients of the current Group `group_id`; 404 if there is
-    /// none.
-    pub(crate) async fn group_members(&self, group_id: &str) -> Result<Vec<String>, Error> {
-        let group = match self.ports.resources.read_current("Group", group_id).await? {
-            Some(v) if !v.deleted => v,
-            _ => return Err(Error::not_found(format!("Group/{group_id} does not exist"))),
-        };
-        let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
-            .map_err(|_| Error::internal("stored Group is not JSON"))?;
-        Ok(group_member_ids(&body))
-    }
-
-    /// Loads a job the caller may see; anything else is the same 404.
-    pub(crate) async fn visible_job(&self, caller: &Caller, job_id: &str) -> Result<Job, Error> {
-        let job = self.ports.jobs.get_job(job_id).await?;
-        match job {
-            Some(job) if job.owner == caller.subject && job.is_visible(self.ports.clock.now()) => {
-                Ok(job)
-            }
-            _ => Err(job_not_found(job_id)),
-        }
-    }
-
-    /// A job the caller may read: its own, or a release's (a release is a
-    /// system-wide export: any client not limited to Groups may fetch it,
-    /// and each file is checked against its scopes).
-    pub(crate) async fn readable_job(&self, caller: &Caller, job_id: &str) -> Result<Job, Error> {
-        let job = self.ports.jobs.get_job(job_id).await?;
-        match job {
-            Some(job)
-                if (job.owner == caller.subject
-                    || (job.owner.starts_with(RELEASE_OWNER_PREFIX)
-                        && caller.access.groups.is_none()))
-                    && job.is_visible(self.ports.clock.now()) =>
-            {
-                Ok(job)
-            }
-            _ => Err(job_not_found(job_id)),
-        }
-    }
-
     /// The job's status. While it is in progress the answer is held up to
     /// `status_wait`, looking at the job every `status_wait_poll`, and given
     /// as soon as it completes. `page` is a paged manifest's cursor (the
@@ -292,7 +123,7 @@ impl Engine {
         job_id: &str,
         page: Option<&str>,
     ) -> Result<StatusReply, Error> {
-        let mut job = self.readable_job(caller, job_id).await?;
+        let mut job = self.desk.readable_job(caller, job_id).await?;
         let cursor = match page {
             None => ManifestCursor::default(),
             Some(_) if !job.request.allow_partial_manifests => {
@@ -313,7 +144,7 @@ impl Engine {
             && tokio::time::Instant::now() + poll <= deadline
         {
             tokio::time::sleep(poll).await;
-            job = self.readable_job(caller, job_id).await?;
+            job = self.desk.readable_job(caller, job_id).await?;
         }
         self.status_of(job, &cursor).await
     }
@@ -329,7 +160,7 @@ impl Engine {
                 manifest: None,
             }),
             JobState::Running => {
-                let parts = self.ports.jobs.list_parts(job_id).await?;
+                let parts = self.jobs.list_parts(job_id).await?;
                 let total: u64 = parts.iter().map(|p| p.progress_total).sum();
                 let done: u64 = parts
                     .iter()
@@ -348,7 +179,7 @@ impl Engine {
                 };
                 let elapsed = job
                     .started_at
-                    .map(|s| (self.ports.clock.now() - s).num_milliseconds().max(1) as f64 / 1000.0)
+                    .map(|s| (self.clock.now() - s).num_milliseconds().max(1) as f64 / 1000.0)
                     .unwrap_or(0.0);
                 Ok(StatusReply::InProgress {
                     progress: "started",
@@ -359,7 +190,7 @@ impl Engine {
             }
             JobState::Completed => {
                 let manifest = if job.request.allow_partial_manifests {
-                    let parts = self.ports.jobs.list_parts(job_id).await?;
+                    let parts = self.jobs.list_parts(job_id).await?;
                     let page =
                         manifest_page(&job, &parts, cursor, self.config.manifest_page_files, true);
                     paged_manifest(
@@ -412,37 +243,32 @@ impl Engine {
     /// Cancels a job: it disappears for its owner at once, workers stop at
     /// their next page, and its files are deleted.
     pub async fn cancel(&self, caller: &Caller, job_id: &str) -> Result<(), Error> {
-        let mut job = self.visible_job(caller, job_id).await?;
+        let mut job = self.desk.visible_job(caller, job_id).await?;
         loop {
             job.state = JobState::Cancelled;
             // The sweeper removes the record (and anything a worker wrote
             // after this point) at its next run.
-            job.expires_at = Some(self.ports.clock.now());
-            match self.ports.jobs.update_job(&job).await {
+            job.expires_at = Some(self.clock.now());
+            match self.jobs.update_job(&job).await {
                 Ok(saved) => {
                     job = saved;
                     break;
                 }
-                Err(PortError::Conflict) => job = self.visible_job(caller, job_id).await?,
+                Err(PortError::Conflict) => job = self.desk.visible_job(caller, job_id).await?,
                 Err(e) => return Err(e.into()),
             }
         }
-        self.announce(&job).await;
+        self.announcer.announce(&job).await;
         // The job is cancelled from here on, whatever follows. Deleting its
         // files may race a worker still writing them (a directory refilled
         // as it is removed); what is left, that worker (at its next page),
         // the delayed collection and the sweeper (the job expires now)
         // remove. An expected race, so not a warning.
-        if let Err(e) = self
-            .ports
-            .artifacts
-            .delete_prefix(&job_prefix(job_id))
-            .await
-        {
+        if let Err(e) = self.artifacts.delete_prefix(&job_prefix(job_id)).await {
             tracing::debug!(job = %job_id, error = %e, "cancel: files left for the sweeper");
         }
         // Handlings still running may write a little more.
-        if let Err(e) = self.collect_later(job_id).await {
+        if let Err(e) = self.collector.collect_later(job_id).await {
             tracing::warn!(job = %job_id, error = %e, "cancel: no delayed collection queued");
         }
         tracing::info!(job = %job_id, "export cancelled");
@@ -459,7 +285,7 @@ impl Engine {
         name: &str,
         accepts_gzip: bool,
     ) -> Result<String, Error> {
-        self.charged(job_id, async {
+        charged(&*self.jobs, job_id, async {
             let link = self
                 .link_to_file(caller, job_id, name, accepts_gzip)
                 .await?;
@@ -476,12 +302,11 @@ impl Engine {
         name: &str,
         accepts_gzip: bool,
     ) -> Result<String, Error> {
-        let job = self.readable_job(caller, job_id).await?;
+        let job = self.desk.readable_job(caller, job_id).await?;
         let file = match job.state {
             JobState::Completed => job.files.iter().find(|f| f.name == name).cloned(),
             // A partial manifest lists the files of parts still running.
             JobState::Running if job.request.allow_partial_manifests => self
-                .ports
                 .jobs
                 .list_parts(job_id)
                 .await?
@@ -503,7 +328,6 @@ impl Engine {
             key
         };
         Ok(self
-            .ports
             .artifacts
             .presign_get(&key, self.config.presign_ttl)
             .await?)
@@ -536,38 +360,6 @@ impl Engine {
             )));
         }
         Ok(())
-    }
-
-    /// Marks a job failed (a message that kept failing); its files go at expiry.
-    pub async fn fail_job(&self, job_id: &str, reason: &str) -> Result<(), Error> {
-        loop {
-            let Some(mut job) = self.ports.jobs.get_job(job_id).await? else {
-                return Ok(());
-            };
-            if matches!(
-                job.state,
-                JobState::Completed | JobState::Failed | JobState::Cancelled
-            ) {
-                return Ok(());
-            }
-            job.state = JobState::Failed;
-            job.error = Some(reason.to_string());
-            job.expires_at = Some(self.ports.clock.now() + self.config.retention);
-            match self.ports.jobs.update_job(&job).await {
-                Ok(_) => {
-                    tracing::error!(job = %job_id, reason, "export failed");
-                    self.announce(&job).await;
-                    self.collect_later(job_id).await?;
-                    return Ok(());
-                }
-                Err(PortError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    pub(crate) fn as_of_micros(job: &Job) -> i64 {
-        to_micros(job.transaction_time)
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{Caller, Engine};
+use super::{Caller, Exports};
 use crate::domain::instant::format_instant;
 use crate::domain::job::{artifact_key, manifest_with_urls, JobState};
 use crate::domain::Error;
@@ -26,7 +26,7 @@ pub fn links_prefix(job_id: &str) -> String {
     format!("links/{job_id}/")
 }
 
-impl Engine {
+impl Exports {
     /// Presigned links to a completed job's manifest and files, valid for
     /// `ttl` (the file endpoint's lifetime if not given).
     pub async fn presigned_manifest(
@@ -45,8 +45,8 @@ impl Engine {
         }
         // Links die with the credentials that sign them: promise no more
         // than those have left (a minute's margin).
-        let now = self.ports.clock.now();
-        let ttl = match self.ports.artifacts.signing_credentials_expiry().await? {
+        let now = self.clock.now();
+        let ttl = match self.artifacts.signing_credentials_expiry().await? {
             Some(until) => {
                 let left = (until - now - chrono::Duration::minutes(1))
                     .to_std()
@@ -61,7 +61,7 @@ impl Engine {
             }
             None => asked,
         };
-        let job = self.readable_job(caller, job_id).await?;
+        let job = self.desk.readable_job(caller, job_id).await?;
         if job.state != JobState::Completed {
             return Err(Error::conflict(format!(
                 "Export job '{job_id}' has not completed; links are for completed exports"
@@ -74,16 +74,13 @@ impl Engine {
         let mut links = HashMap::new();
         for f in &job.files {
             let key = artifact_key(&job.id, &f.name);
-            links.insert(
-                f.name.clone(),
-                self.ports.artifacts.presign_get(&key, ttl).await?,
-            );
+            links.insert(f.name.clone(), self.artifacts.presign_get(&key, ttl).await?);
         }
         let m = manifest_with_urls(&job, false, &|f| links[&f.name].clone());
         let key = format!("{}{}.json", links_prefix(&job.id), uuid::Uuid::new_v4());
         let body = serde_json::to_vec(&m).map_err(|e| Error::internal(e.to_string()))?;
-        self.ports.artifacts.put(&key, body.into()).await?;
-        let url = self.ports.artifacts.presign_get(&key, ttl).await?;
+        self.artifacts.put(&key, body.into()).await?;
+        let url = self.artifacts.presign_get(&key, ttl).await?;
         let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());
         Ok(json!({
             "manifest": url,

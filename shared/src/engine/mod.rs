@@ -1,12 +1,29 @@
-//! The export engine: every use case, written against the ports.
+//! The export engine: one service per use case, each written against only
+//! the ports it uses.
 //!
-//! `Engine` is cheap to clone and shared by the HTTP routes, the worker loop
-//! (local task pool or SQS-driven Lambda) and the sweeper.
+//! | service      | file(s)                                   | serves                      |
+//! |--------------|-------------------------------------------|-----------------------------|
+//! | [`Exports`]  | `export.rs`, `links.rs`                   | kick-off, status, cancel, files, links |
+//! | [`Worker`]   | `worker.rs`, `plan.rs`, `sink.rs`, `worker/` | queued work: plan, parts, finalize |
+//! | [`Sweeper`]  | `sweep.rs`                                | expired jobs                |
+//! | [`Schedules`]| `schedules.rs`                            | recurring exports           |
+//! | [`Releases`] | `releases.rs`                             | named, shared exports       |
+//! | [`Resources`]| `resources.rs`                            | the write and read API      |
+//! | [`Views`]    | `views.rs`, `view_export.rs`              | ViewDefinition run and export |
+//! | [`Revisions`]| `revisions.rs`                            | the audit export            |
+//!
+//! They share three collaborators: [`JobDesk`] (`job_desk.rs`: starting
+//! and finding a caller's jobs), [`Announcer`] (`notify.rs`: events and
+//! webhooks when a job ends) and [`Collector`] (`collect.rs`: an ended
+//! job's garbage). [`Services`] wires them from the ports; every service
+//! is cheap to clone.
 
 mod accounting;
 mod capability;
+mod collect;
 mod export;
 pub mod gzip_twin;
+mod job_desk;
 mod links;
 pub mod notify;
 mod parquet_files;
@@ -33,6 +50,18 @@ pub use views::ViewSource;
 pub use worker::{Disposition, WorkOutcome};
 
 pub use crate::ports::Ports;
+
+pub use collect::Collector;
+pub use export::Exports;
+pub use job_desk::JobDesk;
+pub use notify::Announcer;
+pub use releases::Releases;
+pub use resources::Resources;
+pub use revisions::Revisions;
+pub use schedules::Schedules;
+pub use sweep::Sweeper;
+pub use views::Views;
+pub use worker::Worker;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -163,17 +192,122 @@ impl EngineConfig {
 
 pub use crate::domain::access::Caller;
 
+/// Every use case, wired from the ports: the router calls the service a
+/// route needs, each function binary the one it serves.
 #[derive(Clone)]
-pub struct Engine {
-    pub ports: Ports,
+pub struct Services {
+    pub exports: Exports,
+    pub worker: Worker,
+    pub sweeper: Sweeper,
+    pub schedules: Schedules,
+    pub releases: Releases,
+    pub resources: Resources,
+    pub views: Views,
+    pub revisions: Revisions,
     pub config: Arc<EngineConfig>,
+    /// The ports the services were built on (loaders and tests reach the
+    /// stores through them; no service does).
+    pub ports: Ports,
 }
 
-impl Engine {
+impl Services {
     pub fn new(ports: Ports, config: EngineConfig) -> Self {
-        Engine {
+        let config = Arc::new(config);
+        let p = &ports;
+        let desk = JobDesk {
+            resources: p.resources.clone(),
+            jobs: p.jobs.clone(),
+            queue: p.queue.clone(),
+            clock: p.clock.clone(),
+            config: config.clone(),
+        };
+        let announcer = Announcer {
+            jobs: p.jobs.clone(),
+            clients: p.clients.clone(),
+            schedules: p.schedules.clone(),
+            events: p.events.clone(),
+            queue: p.queue.clone(),
+            clock: p.clock.clone(),
+            config: config.clone(),
+        };
+        let collector = Collector {
+            jobs: p.jobs.clone(),
+            artifacts: p.artifacts.clone(),
+            queue: p.queue.clone(),
+            config: config.clone(),
+        };
+        let exports = Exports {
+            desk: desk.clone(),
+            announcer: announcer.clone(),
+            collector: collector.clone(),
+            jobs: p.jobs.clone(),
+            artifacts: p.artifacts.clone(),
+            clock: p.clock.clone(),
+            config: config.clone(),
+        };
+        let resources = Resources {
+            resources: p.resources.clone(),
+            config: config.clone(),
+        };
+        let views = Views {
+            desk: desk.clone(),
+            reader: resources.clone(),
+            resources: p.resources.clone(),
+            config: config.clone(),
+        };
+        let releases = Releases {
+            desk: desk.clone(),
+            exports: exports.clone(),
+            schedules: p.schedules.clone(),
+            jobs: p.jobs.clone(),
+            clock: p.clock.clone(),
+            config: config.clone(),
+        };
+        Services {
+            worker: Worker {
+                announcer: announcer.clone(),
+                collector: collector.clone(),
+                resources: p.resources.clone(),
+                jobs: p.jobs.clone(),
+                artifacts: p.artifacts.clone(),
+                clients: p.clients.clone(),
+                queue: p.queue.clone(),
+                clock: p.clock.clone(),
+                config: config.clone(),
+            },
+            sweeper: Sweeper {
+                jobs: p.jobs.clone(),
+                artifacts: p.artifacts.clone(),
+                clock: p.clock.clone(),
+            },
+            schedules: Schedules {
+                desk: desk.clone(),
+                exports: exports.clone(),
+                announcer,
+                views: views.clone(),
+                releases: releases.clone(),
+                schedules: p.schedules.clone(),
+                jobs: p.jobs.clone(),
+                clients: p.clients.clone(),
+                clock: p.clock.clone(),
+                config: config.clone(),
+            },
+            revisions: Revisions {
+                desk,
+                exports: exports.clone(),
+                clock: p.clock.clone(),
+            },
+            exports,
+            releases,
+            resources,
+            views,
+            config,
             ports,
-            config: Arc::new(config),
         }
     }
+}
+
+/// A job's transaction time in the stores' microseconds.
+pub(crate) fn as_of_micros(job: &crate::domain::job::Job) -> i64 {
+    crate::domain::instant::to_micros(job.transaction_time)
 }

@@ -12,6 +12,11 @@
 //! (the scheme Stripe and GitHub receivers know), so a receiver checks the
 //! sender and rejects replays by the age of `t`.
 
+use super::accounting::usage_so_far;
+use super::EngineConfig;
+use crate::ports::{ClientStore, Clock, EventPublisher, JobStore, ScheduleStore, WorkQueue};
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,7 +24,6 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::Engine;
 use crate::domain::instant::format_instant;
 use crate::domain::job::{manifest, status_url, FileKind, Job, JobState, WorkMessage};
 use crate::domain::schedule::{
@@ -110,7 +114,20 @@ pub fn sign(secret: &str, at: DateTime<Utc>, body: &str) -> String {
     format!("t={t},v1={hex}")
 }
 
-impl Engine {
+/// Tells the world a job has ended: the event, the webhook (queued, then
+/// posted by a worker) and the schedule's cursor.
+#[derive(Clone)]
+pub struct Announcer {
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) clients: Arc<dyn ClientStore>,
+    pub(crate) schedules: Arc<dyn ScheduleStore>,
+    pub(crate) events: Arc<dyn EventPublisher>,
+    pub(crate) queue: Arc<dyn WorkQueue>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Arc<EngineConfig>,
+}
+
+impl Announcer {
     /// Announces an ended job: moves its schedule's cursor, publishes the
     /// event, and queues the webhook's POST (a receiver that is slow or
     /// down must not hold the request or handling that ended the job).
@@ -130,14 +147,14 @@ impl Engine {
             }),
             detail,
         };
-        if let Err(e) = self.ports.events.publish(&event).await {
+        if let Err(e) = self.events.publish(&event).await {
             tracing::warn!(job = %job.id, error = %e, "the completion event was not published");
         }
         if self.webhook_of(job).await.is_some() {
             let message = WorkMessage::Announce {
                 job_id: job.id.clone(),
             };
-            if let Err(e) = self.ports.queue.send(&[message]).await {
+            if let Err(e) = self.queue.send(&[message]).await {
                 tracing::warn!(job = %job.id, error = %e, "the webhook's POST was not queued");
             }
         }
@@ -146,7 +163,7 @@ impl Engine {
     /// The event's body, with what the job has consumed so far.
     async fn event_detail(&self, job: &Job) -> (Value, Usage) {
         let mut detail = event_body(job, &self.config.base_url);
-        let usage = self.usage_so_far(&job.id).await;
+        let usage = usage_so_far(&*self.jobs, &job.id).await;
         detail["usage"] = json!(usage);
         (detail, usage)
     }
@@ -154,7 +171,7 @@ impl Engine {
     /// The worker's part of `announce`: posts the event to the job's
     /// webhook, unless a delivery already succeeded (a repeated message).
     pub(crate) async fn post_webhook(&self, job_id: &str) {
-        let job = match self.ports.jobs.get_job(job_id).await {
+        let job = match self.jobs.get_job(job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => return,
             Err(e) => {
@@ -172,7 +189,7 @@ impl Engine {
             if let Err(why) = public_target(&hook.url).await {
                 tracing::warn!(job = %job.id, %why, "webhook refused");
                 let attempt = DeliveryAttempt {
-                    at: self.ports.clock.now(),
+                    at: self.clock.now(),
                     attempt: 1,
                     status: None,
                     error: Some(why.to_string()),
@@ -193,7 +210,7 @@ impl Engine {
     /// administrator's.
     async fn webhook_of(&self, job: &Job) -> Option<(Webhook, bool)> {
         if let Some(run) = &job.run_of {
-            match self.ports.schedules.get_schedule(&run.schedule_id).await {
+            match self.schedules.get_schedule(&run.schedule_id).await {
                 Ok(Some(s)) if s.webhook.is_some() => return s.webhook.map(|w| (w, true)),
                 Ok(Some(_)) => {}
                 Ok(None) => return None,
@@ -203,7 +220,7 @@ impl Engine {
                 }
             }
         }
-        let registered = match self.ports.clients.get_client(&job.owner).await {
+        let registered = match self.clients.get_client(&job.owner).await {
             Ok(Some(c)) => c.webhook,
             Ok(None) => None,
             Err(e) => {
@@ -226,7 +243,7 @@ impl Engine {
         };
         let mut pause = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            let at = self.ports.clock.now();
+            let at = self.clock.now();
             let sent = client
                 .post(&hook.url)
                 .header("Content-Type", "application/json")
@@ -270,16 +287,47 @@ impl Engine {
     /// Adds a delivery attempt to the job's record (best effort).
     async fn record_delivery(&self, job_id: &str, attempt: DeliveryAttempt) {
         for _ in 0..10 {
-            let mut job = match self.ports.jobs.get_job(job_id).await {
+            let mut job = match self.jobs.get_job(job_id).await {
                 Ok(Some(j)) => j,
                 _ => return,
             };
             job.deliveries.push(attempt.clone());
-            match self.ports.jobs.update_job(&job).await {
+            match self.jobs.update_job(&job).await {
                 Ok(_) => return,
                 Err(PortError::Conflict) => continue,
                 Err(e) => {
                     tracing::warn!(job = %job_id, error = %e, "delivery attempt not recorded");
+                    return;
+                }
+            }
+        }
+    }
+    /// Moves an incremental schedule's cursor to a completed run's
+    /// `transactionTime` (never backwards: runs may finish out of order).
+    /// If this is lost, the next run repeats some changes; none are missed.
+    pub(crate) async fn chain_cursor(&self, job: &Job) {
+        let Some(run) = &job.run_of else { return };
+        if job.state != JobState::Completed {
+            return;
+        }
+        loop {
+            let mut s = match self.schedules.get_schedule(&run.schedule_id).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
+                    return;
+                }
+            };
+            if s.cursor.is_some_and(|c| c >= job.transaction_time) {
+                return;
+            }
+            s.cursor = Some(job.transaction_time);
+            match self.schedules.update_schedule(&s).await {
+                Ok(_) => return,
+                Err(PortError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
                     return;
                 }
             }

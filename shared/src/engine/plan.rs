@@ -8,16 +8,16 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::Engine;
+use super::Worker;
 use crate::domain::instant::to_micros;
 use crate::domain::job::{Job, JobState, Part, PartSpec, PlanInputs, WorkMessage};
 use crate::domain::request::{in_patient_compartment, AssociatedProvenance, ExportLevel};
 use crate::domain::resource::group_member_ids;
 use crate::ports::{group_shards, PortError, PortResult, ShardScan};
 
-impl Engine {
+impl Worker {
     pub(crate) async fn plan(&self, job_id: &str) -> PortResult<()> {
-        let Some(job) = self.ports.jobs.get_job(job_id).await? else {
+        let Some(job) = self.jobs.get_job(job_id).await? else {
             return Ok(());
         };
         match job.state {
@@ -34,19 +34,19 @@ impl Engine {
             },
         };
         let parts = self.make_parts(&job).await?;
-        self.ports.jobs.put_parts(&parts).await?;
+        self.jobs.put_parts(&parts).await?;
         let mut job = job;
         loop {
             job.state = JobState::Running;
-            job.started_at = Some(self.ports.clock.now());
+            job.started_at = Some(self.clock.now());
             job.parts_total = parts.len() as u32;
             job.parts_remaining = parts.len() as u32;
-            match self.ports.jobs.update_job(&job).await {
+            match self.jobs.update_job(&job).await {
                 Ok(updated) => {
                     job = updated;
                     break;
                 }
-                Err(PortError::Conflict) => match self.ports.jobs.get_job(job_id).await? {
+                Err(PortError::Conflict) => match self.jobs.get_job(job_id).await? {
                     Some(j) if j.state == JobState::Queued => job = j,
                     // Planned by a twin, which may die before it sends the
                     // parts' messages: send them too (duplicates are harmless).
@@ -66,7 +66,7 @@ impl Engine {
     }
 
     async fn send_unfinished_parts(&self, job: &Job) -> PortResult<()> {
-        let parts = self.ports.jobs.list_parts(&job.id).await?;
+        let parts = self.jobs.list_parts(&job.id).await?;
         let messages: Vec<WorkMessage> = parts
             .iter()
             .filter(|p| !p.done)
@@ -76,7 +76,7 @@ impl Engine {
             })
             .collect();
         for batch in messages.chunks(10) {
-            self.ports.queue.send(batch).await?;
+            self.queue.send(batch).await?;
         }
         if parts.iter().all(|p| p.done) {
             self.finalize(&job.id).await?;
@@ -91,9 +91,9 @@ impl Engine {
     async fn fix_plan_inputs(&self, mut job: Job) -> PortResult<Option<Job>> {
         loop {
             job.plan_inputs = Some(self.plan_inputs(&job).await?);
-            match self.ports.jobs.update_job(&job).await {
+            match self.jobs.update_job(&job).await {
                 Ok(updated) => return Ok(Some(updated)),
-                Err(PortError::Conflict) => match self.ports.jobs.get_job(&job.id).await? {
+                Err(PortError::Conflict) => match self.jobs.get_job(&job.id).await? {
                     Some(j) if j.state == JobState::Queued && j.plan_inputs.is_some() => {
                         return Ok(Some(j))
                     }
@@ -121,7 +121,7 @@ impl Engine {
                 fixed_parts: vec![(spec, 0)],
             });
         }
-        let as_of = Self::as_of_micros(job);
+        let as_of = super::as_of_micros(job);
         let since = job.request.since.map(to_micros);
         let mut fixed_parts: Vec<(PartSpec, u64)> = Vec::new();
         if job.request.level == ExportLevel::System {
@@ -135,7 +135,6 @@ impl Engine {
             }
             for t in &per_type {
                 let segments = self
-                    .ports
                     .resources
                     .segments(t, since, as_of, since.is_some(), target)
                     .await?;
@@ -168,7 +167,7 @@ impl Engine {
         types: &[String],
         target: u64,
     ) -> PortResult<(Vec<(PartSpec, u64)>, Vec<String>)> {
-        let store = &self.ports.resources;
+        let store = &self.resources;
         let mut counts = Vec::with_capacity(types.len());
         for t in types {
             let Some(shards) = store.shard_counts(t).await? else {
@@ -283,7 +282,6 @@ impl Engine {
             return Ok(None);
         }
         let total: u64 = self
-            .ports
             .resources
             .segments("Provenance", None, as_of, false, u64::MAX)
             .await?
@@ -301,7 +299,7 @@ impl Engine {
         if !job.request.types.is_empty() {
             return Ok(job.request.types.clone());
         }
-        let stored = self.ports.resources.resource_types().await?;
+        let stored = self.resources.resource_types().await?;
         Ok(match job.request.level {
             ExportLevel::System => stored,
             _ => stored
@@ -321,14 +319,10 @@ impl Engine {
             let set: BTreeSet<String> = named.iter().cloned().collect();
             return Ok(set.into_iter().collect());
         }
-        let as_of = Self::as_of_micros(job);
+        let as_of = super::as_of_micros(job);
         let set: BTreeSet<String> = match level {
             ExportLevel::Group { group_id } => {
-                let group = self
-                    .ports
-                    .resources
-                    .read_as_of("Group", group_id, as_of)
-                    .await?;
+                let group = self.resources.read_as_of("Group", group_id, as_of).await?;
                 match group.and_then(|g| g.body) {
                     Some(body) => group_member_ids(
                         &serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
@@ -345,7 +339,7 @@ impl Engine {
 
     async fn all_patient_ids(&self, as_of: i64) -> PortResult<BTreeSet<String>> {
         let mut ids = BTreeSet::new();
-        let store = &self.ports.resources;
+        let store = &self.resources;
         for shard in 0..store.shard_count() {
             let mut after = None;
             loop {

@@ -3,10 +3,14 @@
 //! rebuilt on demand exactly as of the same instant (the store keeps
 //! every version), under the next generation's job.
 
+use super::{EngineConfig, Exports, JobDesk};
+use crate::ports::{Clock, JobStore, ScheduleStore};
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::export::authorize_export;
-use super::{Caller, Engine, StatusReply};
+use super::{Caller, StatusReply};
 use crate::domain::job::JobState;
 use crate::domain::request::parse_export_request;
 use crate::domain::schedule::{check_name, kickoff_of, Release, LATEST, RELEASE_OWNER_PREFIX};
@@ -24,7 +28,18 @@ fn release_not_found(name: &str) -> Error {
     Error::not_found(format!("No release '{name}'"))
 }
 
-impl Engine {
+/// Named system exports every reader shares, built once.
+#[derive(Clone)]
+pub struct Releases {
+    pub(crate) desk: JobDesk,
+    pub(crate) exports: Exports,
+    pub(crate) schedules: Arc<dyn ScheduleStore>,
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Arc<EngineConfig>,
+}
+
+impl Releases {
     /// Freezes a release as of now and starts building its files.
     /// Publishing needs read access to every type and no Group limit.
     pub async fn create_release(&self, caller: &Caller, body: &[u8]) -> Result<Release, Error> {
@@ -44,12 +59,12 @@ impl Engine {
                 "Publishing a release needs read access to every type (system/*.read)",
             ));
         }
-        let now = self.ports.clock.now();
+        let now = self.clock.now();
         let input_kickoff = kickoff_of(&input.export, &self.config.base_url, None, now)?;
         let mut request = parse_export_request(input_kickoff)?;
         authorize_export(&caller.access, &mut request)?;
-        self.check_patients(&mut request).await?;
-        let transaction_time = self.transaction_time_for(&request).await?;
+        self.desk.check_patients(&mut request).await?;
+        let transaction_time = self.desk.transaction_time_for(&request).await?;
         let release = Release {
             name: input.name,
             export: input.export.trim_start_matches('/').to_string(),
@@ -60,7 +75,7 @@ impl Engine {
             generation: 0,
             version: 0,
         };
-        match self.ports.schedules.create_release(&release).await {
+        match self.schedules.create_release(&release).await {
             Ok(()) => {}
             Err(PortError::AlreadyExists) => {
                 return Err(Error::conflict(format!(
@@ -76,17 +91,17 @@ impl Engine {
     }
 
     pub async fn releases(&self) -> Result<Vec<Release>, Error> {
-        Ok(self.ports.schedules.releases().await?)
+        Ok(self.schedules.releases().await?)
     }
 
     /// A release by name; `latest` is the one with the newest
     /// `transactionTime`.
     pub async fn release_record(&self, name: &str) -> Result<Release, Error> {
         let found = if name == LATEST {
-            self.ports.schedules.releases().await?.pop()
+            self.schedules.releases().await?.pop()
         } else {
             check_name("release", name)?;
-            self.ports.schedules.get_release(name).await?
+            self.schedules.get_release(name).await?
         };
         found.ok_or_else(|| release_not_found(name))
     }
@@ -97,8 +112,8 @@ impl Engine {
     pub async fn release_status(&self, caller: &Caller, name: &str) -> Result<StatusReply, Error> {
         let mut release = self.release_record(name).await?;
         loop {
-            let job = self.ports.jobs.get_job(&release.job_id()).await?;
-            let now = self.ports.clock.now();
+            let job = self.jobs.get_job(&release.job_id()).await?;
+            let now = self.clock.now();
             let usable = job.as_ref().is_some_and(|j| {
                 j.is_visible(now) && !matches!(j.state, JobState::Failed | JobState::Cancelled)
             });
@@ -114,7 +129,7 @@ impl Engine {
             }
             // Expired but not swept yet, or failed: the next generation.
             release.generation += 1;
-            match self.ports.schedules.update_release(&release).await {
+            match self.schedules.update_release(&release).await {
                 Ok(saved) => {
                     release = saved;
                     self.build_release(&release).await?;
@@ -130,18 +145,18 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.status(caller, &release.job_id(), None).await
+        self.exports.status(caller, &release.job_id(), None).await
     }
 
     /// Stores (once) and queues the build of the release's generation.
     async fn build_release(&self, release: &Release) -> Result<(), PortError> {
         let owner = format!("{RELEASE_OWNER_PREFIX}{}", release.name);
-        let job = self.queued_job(
+        let job = self.desk.queued_job(
             release.job_id(),
             &owner,
             release.request.clone(),
             release.transaction_time,
         );
-        self.start_job_once(&job).await
+        self.desk.start_job_once(&job).await
     }
 }

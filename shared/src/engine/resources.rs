@@ -1,11 +1,15 @@
 //! The small FHIR REST write API that fills the resource store: read,
 //! create, update, delete, and batch/transaction Bundles.
 
+use super::EngineConfig;
+use crate::ports::ResourceStore;
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{Caller, Engine};
+use super::Caller;
 use crate::domain::access::WriteKind;
 use crate::domain::resource::{check_id, check_resource_value, check_type, is_valid_id};
 use crate::domain::resource_text::ResourceText;
@@ -38,7 +42,14 @@ pub struct EntryWritten {
     pub result: WriteResult,
 }
 
-impl Engine {
+/// The FHIR read and write API on the resource store.
+#[derive(Clone)]
+pub struct Resources {
+    pub(crate) resources: Arc<dyn ResourceStore>,
+    pub(crate) config: Arc<EngineConfig>,
+}
+
+impl Resources {
     pub async fn read_resource(
         &self,
         caller: &Caller,
@@ -57,7 +68,7 @@ impl Engine {
             )));
         }
         check_id(id)?;
-        match self.ports.resources.read_current(resource_type, id).await? {
+        match self.resources.read_current(resource_type, id).await? {
             Some(v) if v.deleted => Err(Error::gone(format!("{resource_type}/{id} was deleted"))),
             Some(v) => Ok(v),
             None => Err(Error::not_found(format!(
@@ -134,15 +145,11 @@ impl Engine {
 
     /// Writes many resources at once (loaders, tests, benchmarks).
     pub async fn load(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, Error> {
-        Ok(self.ports.resources.load(ops).await?)
+        Ok(self.resources.load(ops).await?)
     }
 
     async fn write_one(&self, caller: &Caller, op: WriteOp) -> Result<WriteResult, Error> {
-        let mut results = self
-            .ports
-            .resources
-            .write_as(&caller.subject, vec![op])
-            .await?;
+        let mut results = self.resources.write_as(&caller.subject, vec![op]).await?;
         results
             .pop()
             .ok_or_else(|| Error::internal("the store returned no result"))
@@ -207,7 +214,6 @@ impl Engine {
             .filter_map(|p| p.as_ref().ok().cloned())
             .collect();
         let mut results = self
-            .ports
             .resources
             .write_as(&caller.subject, ops)
             .await?

@@ -3,9 +3,13 @@
 //! wait budget, else `fileId: null` and a status link (the completion
 //! webhook announces the file; see `notify`).
 
+use super::{Exports, JobDesk};
+use crate::ports::Clock;
+use std::sync::Arc;
+
 use std::time::Duration;
 
-use super::{Caller, Engine};
+use super::Caller;
 use crate::domain::access::TypeAccess;
 use crate::domain::job::{JobState, REVISIONS_FILE};
 use crate::domain::request::{ExportLevel, ExportRequest};
@@ -32,7 +36,15 @@ pub(crate) fn audit_refused() -> Error {
     )
 }
 
-impl Engine {
+/// The audit export (`$export-revisions`).
+#[derive(Clone)]
+pub struct Revisions {
+    pub(crate) desk: JobDesk,
+    pub(crate) exports: Exports,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Revisions {
     /// Validates a `$export-revisions` body and starts the job; returns its id.
     pub async fn start_revisions(
         &self,
@@ -43,7 +55,7 @@ impl Engine {
         if !caller.access.can_audit() {
             return Err(audit_refused());
         }
-        let query = parse_revisions_request(body, self.ports.clock.now())?;
+        let query = parse_revisions_request(body, self.clock.now())?;
         // Revisions name records and, with includeModifiedProps, show their
         // content: only types the caller may read.
         if let Some(t) = query.entities.iter().find(|t| !caller.access.can_read(t)) {
@@ -61,13 +73,13 @@ impl Engine {
             (_, TypeAccess::Only(readable)) => readable.iter().cloned().collect(),
             (_, TypeAccess::All) => Vec::new(),
         };
-        self.check_active_limit(caller).await?;
+        self.desk.check_active_limit(caller).await?;
         let request = ExportRequest {
             types,
             revisions: Some(query),
             ..ExportRequest::new(ExportLevel::System, request_url)
         };
-        let id = self.record_job(caller, request).await?;
+        let id = self.desk.record_job(caller, request).await?;
         tracing::info!(job = %id, owner = %caller.subject, "revisions export accepted");
         Ok(id)
     }
@@ -82,7 +94,7 @@ impl Engine {
         let poll = Duration::from_millis(50);
         let deadline = tokio::time::Instant::now() + budget;
         loop {
-            let job = self.visible_job(caller, job_id).await?;
+            let job = self.desk.visible_job(caller, job_id).await?;
             match job.state {
                 JobState::Completed => {
                     return Ok(RevisionsOutcome::Ready {
@@ -116,7 +128,7 @@ impl Engine {
         if !caller.access.can_audit() {
             return Err(audit_refused());
         }
-        let job = self.visible_job(caller, file_id).await.map_err(|_| {
+        let job = self.desk.visible_job(caller, file_id).await.map_err(|_| {
             Error::not_found(format!(
                 "No revisions file '{file_id}' (unknown, expired or not yours)"
             ))
@@ -132,7 +144,8 @@ impl Engine {
                  $export-jobs/{file_id}"
             )));
         }
-        self.file_link(caller, file_id, REVISIONS_FILE, accepts_gzip)
+        self.exports
+            .file_link(caller, file_id, REVISIONS_FILE, accepts_gzip)
             .await
     }
 }

@@ -1,18 +1,22 @@
 //! Export schedules: the owner's API, and firing due runs.
 //!
 //! The scheduler Lambda (every minute) and the local ticker both call
-//! [`Engine::fire_due_schedules`]; the clock decides what is due. A run is
+//! [`Schedules::fire_due_schedules`]; the clock decides what is due. A run is
 //! claimed by the schedule's conditional update, and its job has an id
 //! fixed by (schedule, run number), so schedulers racing on a tick make one
 //! run. A schedule that was not looked at for a while (downtime) fires once
 //! and then moves to its next due time after now: missed ticks are caught
 //! up once, not once each.
 
+use super::{Announcer, EngineConfig, Exports, JobDesk, Releases, Views};
+use crate::ports::{ClientStore, Clock, JobStore, ScheduleStore};
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::export::authorize_export;
-use super::{Caller, Engine, ViewExportInput};
+use super::{Caller, ViewExportInput};
 use crate::domain::access::Access;
 use crate::domain::error::STORE_RETRY_SECS;
 use crate::domain::instant::parse_instant;
@@ -74,14 +78,29 @@ fn schedule_not_found(id: &str) -> Error {
     Error::not_found(format!("No export schedule '{id}'"))
 }
 
-impl Engine {
+/// Recurring exports: created, listed, paused, run now, fired when due.
+#[derive(Clone)]
+pub struct Schedules {
+    pub(crate) desk: JobDesk,
+    pub(crate) exports: Exports,
+    pub(crate) announcer: Announcer,
+    pub(crate) views: Views,
+    pub(crate) releases: Releases,
+    pub(crate) schedules: Arc<dyn ScheduleStore>,
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) clients: Arc<dyn ClientStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Arc<EngineConfig>,
+}
+
+impl Schedules {
     /// Validates and stores a new schedule of the caller's.
     pub async fn create_schedule(&self, caller: &Caller, body: &[u8]) -> Result<Schedule, Error> {
         let input = ScheduleInput::parse(body)?;
         check_name("schedule", &input.name)?;
         let cadence = Cadence::parse(&input.cadence)?;
         let mode = input.mode()?;
-        let now = self.ports.clock.now();
+        let now = self.clock.now();
         let start_at = match &input.start_at {
             Some(t) => parse_instant(t).map_err(|e| Error::invalid(format!("startAt: {e}")))?,
             None => now,
@@ -93,7 +112,9 @@ impl Engine {
                     "startFromRelease is for incremental schedules (mode: incremental)",
                 ))
             }
-            (Some(name), ScheduleMode::Incremental) => Some(self.release_record(name).await?),
+            (Some(name), ScheduleMode::Incremental) => {
+                Some(self.releases.release_record(name).await?)
+            }
         };
         let cursor = release.as_ref().map(|r| r.transaction_time);
         if let Some(hook) = &input.webhook {
@@ -108,12 +129,7 @@ impl Engine {
         // The request must be one the caller may make now; at each run it
         // is checked again against the owner's access as it stands then.
         if self.config.requires_access_token
-            && self
-                .ports
-                .clients
-                .get_client(&caller.subject)
-                .await?
-                .is_none()
+            && self.clients.get_client(&caller.subject).await?.is_none()
         {
             return Err(Error::forbidden(
                 "Schedules run without a token, on the owner's registration: only \
@@ -168,18 +184,18 @@ impl Engine {
             last_event_at: None,
             version: 0,
         };
-        self.ports.schedules.create_schedule(&schedule).await?;
+        self.schedules.create_schedule(&schedule).await?;
         tracing::info!(schedule = %schedule.id, owner = %schedule.owner, cadence = schedule.cadence.as_str(), "schedule created");
         self.owned_schedule(caller, &schedule.id).await
     }
 
     pub async fn schedules_of(&self, caller: &Caller) -> Result<Vec<Schedule>, Error> {
-        Ok(self.ports.schedules.schedules_of(&caller.subject).await?)
+        Ok(self.schedules.schedules_of(&caller.subject).await?)
     }
 
     /// The caller's schedule; anyone else's is the same 404 as none.
     pub async fn owned_schedule(&self, caller: &Caller, id: &str) -> Result<Schedule, Error> {
-        match self.ports.schedules.get_schedule(id).await? {
+        match self.schedules.get_schedule(id).await? {
             Some(s) if s.owner == caller.subject => Ok(s),
             _ => Err(schedule_not_found(id)),
         }
@@ -201,9 +217,9 @@ impl Engine {
             s.next_due = if paused {
                 None
             } else {
-                s.cadence.next_after(s.start_at, self.ports.clock.now())
+                s.cadence.next_after(s.start_at, self.clock.now())
             };
-            match self.ports.schedules.update_schedule(&s).await {
+            match self.schedules.update_schedule(&s).await {
                 Ok(s) => return Ok(s),
                 Err(PortError::Conflict) => continue,
                 Err(PortError::NotFound) => return Err(schedule_not_found(id)),
@@ -216,12 +232,12 @@ impl Engine {
     /// cancelled (its events go nowhere: the schedule's webhook is gone).
     pub async fn delete_schedule(&self, caller: &Caller, id: &str) -> Result<(), Error> {
         let s = self.owned_schedule(caller, id).await?;
-        self.ports.schedules.delete_schedule(id).await?;
+        self.schedules.delete_schedule(id).await?;
         if s.runs > 0 {
             let job_id = run_job_id(id, s.runs);
-            if let Some(job) = self.ports.jobs.get_job(&job_id).await? {
+            if let Some(job) = self.jobs.get_job(&job_id).await? {
                 if job.is_active() {
-                    let _ = self.cancel(caller, &job_id).await;
+                    let _ = self.exports.cancel(caller, &job_id).await;
                 }
             }
         }
@@ -247,10 +263,10 @@ impl Engine {
     pub async fn schedule_runs(&self, caller: &Caller, id: &str) -> Result<Vec<Job>, Error> {
         let s = self.owned_schedule(caller, id).await?;
         let mut runs = Vec::new();
-        let now = self.ports.clock.now();
+        let now = self.clock.now();
         let oldest = s.runs.saturating_sub(RUNS_LISTED) + 1;
         for n in (oldest..=s.runs).rev() {
-            if let Some(job) = self.ports.jobs.get_job(&run_job_id(id, n)).await? {
+            if let Some(job) = self.jobs.get_job(&run_job_id(id, n)).await? {
                 if job.is_visible(now) {
                     runs.push(job);
                 }
@@ -292,11 +308,11 @@ impl Engine {
     /// Returns how many runs this call started (a racing scheduler may
     /// start the others).
     pub async fn fire_due_schedules(&self) -> PortResult<u32> {
-        let now = self.ports.clock.now();
+        let now = self.clock.now();
         let mut fired = 0;
         loop {
             // A fired schedule leaves the due index, so each page is new work.
-            let due = self.ports.schedules.due_schedules(now, DUE_PAGE).await?;
+            let due = self.schedules.due_schedules(now, DUE_PAGE).await?;
             let full_page = due.len() == DUE_PAGE;
             let mut moved = 0;
             for s in due {
@@ -323,7 +339,7 @@ impl Engine {
     /// a redelivered event does not run it twice.
     pub async fn fire_named_schedule(&self, id: &str, at: DateTime<Utc>) -> PortResult<bool> {
         loop {
-            let Some(mut s) = self.ports.schedules.get_schedule(id).await? else {
+            let Some(mut s) = self.schedules.get_schedule(id).await? else {
                 return Err(PortError::NotFound);
             };
             // The claim records the event's time: an event at or before the
@@ -351,7 +367,7 @@ impl Engine {
             match self.claim_run(s.clone(), Some(due)).await {
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) | Err(PortError::Conflict) | Err(PortError::NotFound) => {
-                    let fresh = self.ports.schedules.get_schedule(&s.id).await?;
+                    let fresh = self.schedules.get_schedule(&s.id).await?;
                     let still_due = fresh.as_ref().is_some_and(|f| {
                         !f.paused && f.runs < run && f.next_due.is_some_and(|d| d <= now)
                     });
@@ -377,7 +393,7 @@ impl Engine {
             subject: owner.to_string(),
             access: Access::unrestricted(),
         };
-        match self.cancel(&owner, job_id).await {
+        match self.exports.cancel(&owner, job_id).await {
             Ok(()) => tracing::info!(job = %job_id, "unclaimed run cancelled"),
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::warn!(job = %job_id, error = %e, "unclaimed run left"),
@@ -403,20 +419,20 @@ impl Engine {
             due_at: due,
         };
         self.start_run(&s, &job_id, run_of).await?;
-        let now = self.ports.clock.now();
+        let now = self.clock.now();
         s.runs = run;
         if due.is_some() && due == s.next_due {
             // The next tick after now: missed ticks are not run one by one.
             s.next_due = s.cadence.next_after(s.start_at, now);
         }
-        match self.ports.schedules.update_schedule(&s).await {
+        match self.schedules.update_schedule(&s).await {
             Ok(_) => {
                 tracing::info!(schedule = %s.id, run, job = %job_id, "scheduled run started");
                 // A run refused at start is announced by the claim's winner,
                 // whichever scheduler stored it.
-                if let Some(job) = self.ports.jobs.get_job(&job_id).await? {
+                if let Some(job) = self.jobs.get_job(&job_id).await? {
                     if job.state == JobState::Failed {
-                        self.announce(&job).await;
+                        self.announcer.announce(&job).await;
                     }
                 }
                 Ok(Some(job_id))
@@ -430,46 +446,50 @@ impl Engine {
     /// owner may no longer make the request (the claim's winner announces
     /// a failed one).
     async fn start_run(&self, s: &Schedule, job_id: &str, run_of: RunOf) -> PortResult<()> {
-        match self.ports.jobs.get_job(job_id).await? {
+        match self.jobs.get_job(job_id).await? {
             // An unclaimed run cancelled after a lost claim: this run is
             // new, so its job is made afresh (parts and all).
             Some(existing) if existing.state == JobState::Cancelled => {
-                self.ports.jobs.delete_job(job_id).await?;
+                self.jobs.delete_job(job_id).await?;
             }
             // Stored by a racing or an earlier scheduler that may have died
             // before queuing its planning (planning twice is harmless).
             Some(existing) => {
                 if existing.state == JobState::Queued {
-                    self.queue_planning(&existing).await?;
+                    self.desk.queue_planning(&existing).await?;
                 }
                 return Ok(());
             }
             None => {}
         }
-        let now = self.ports.clock.now();
+        let now = self.clock.now();
         let since = match s.mode {
             ScheduleMode::Incremental => s.cursor,
             ScheduleMode::Full => None,
         };
         match self.run_request(s, since, now).await {
             Ok(request) => {
-                let tt = self.transaction_time_for(&request).await?;
-                let mut job = self.queued_job(job_id.into(), &s.owner, request, tt);
+                let tt = self.desk.transaction_time_for(&request).await?;
+                let mut job = self.desk.queued_job(job_id.into(), &s.owner, request, tt);
                 job.run_of = Some(run_of);
-                self.start_job_once(&job).await?;
+                self.desk.start_job_once(&job).await?;
                 Ok(())
             }
             Err(why) => {
                 let url = s.request_url(&self.config.base_url);
                 let level = crate::domain::request::ExportLevel::System;
-                let mut job =
-                    self.queued_job(job_id.into(), &s.owner, ExportRequest::new(level, url), now);
+                let mut job = self.desk.queued_job(
+                    job_id.into(),
+                    &s.owner,
+                    ExportRequest::new(level, url),
+                    now,
+                );
                 job.run_of = Some(run_of);
                 job.state = JobState::Failed;
                 job.error = Some(why.to_string());
                 job.completed_at = Some(now);
                 job.expires_at = Some(now + self.config.retention);
-                match self.ports.jobs.create_job(&job).await {
+                match self.jobs.create_job(&job).await {
                     Ok(()) | Err(PortError::AlreadyExists) => {}
                     Err(e) => return Err(e),
                 }
@@ -519,18 +539,18 @@ impl Engine {
                 }
                 input.since = Some(crate::domain::instant::format_instant(since));
             }
-            return self.view_export_request(caller, input).await;
+            return self.views.view_export_request(caller, input).await;
         }
         let mut request =
             parse_export_request(kickoff_of(export, &self.config.base_url, since, now)?)?;
         authorize_export(&caller.access, &mut request)?;
-        self.check_patients(&mut request).await?;
+        self.desk.check_patients(&mut request).await?;
         Ok(request)
     }
 
     /// The owner's access as its registration stands now (open mode: all).
     async fn owner_access(&self, owner: &str) -> Result<Access, Error> {
-        match self.ports.clients.get_client(owner).await {
+        match self.clients.get_client(owner).await {
             Ok(Some(reg)) => Ok(Access::from_scopes(&reg.scope)
                 .with_groups(reg.groups.map(|g| g.into_iter().collect()))
                 .with_audit(reg.audit)),
@@ -545,38 +565,6 @@ impl Engine {
                 ),
                 STORE_RETRY_SECS,
             )),
-        }
-    }
-
-    /// Moves an incremental schedule's cursor to a completed run's
-    /// `transactionTime` (never backwards: runs may finish out of order).
-    /// If this is lost, the next run repeats some changes; none are missed.
-    pub(crate) async fn chain_cursor(&self, job: &Job) {
-        let Some(run) = &job.run_of else { return };
-        if job.state != JobState::Completed {
-            return;
-        }
-        loop {
-            let mut s = match self.ports.schedules.get_schedule(&run.schedule_id).await {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
-                    return;
-                }
-            };
-            if s.cursor.is_some_and(|c| c >= job.transaction_time) {
-                return;
-            }
-            s.cursor = Some(job.transaction_time);
-            match self.ports.schedules.update_schedule(&s).await {
-                Ok(_) => return,
-                Err(PortError::Conflict) => continue,
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
-                    return;
-                }
-            }
         }
     }
 

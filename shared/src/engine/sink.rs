@@ -27,13 +27,13 @@
 //!
 //! What losers and crashed handlings leave behind (uploads nobody recorded,
 //! chunks under unlisted numbers, spills) is removed when the job completes:
-//! see `Engine::collect_garbage`.
+//! see `Worker::collect_garbage`.
 
 use bytes::Bytes;
 
 use super::gzip_twin::write_gzip_twin;
 use super::parquet_files::{parquet_name, write_parquet};
-use super::Engine;
+use super::Worker;
 use crate::domain::job::{
     artifact_key, job_prefix, FileKind, OpenFile, OutputFile, Part, UploadedChunk, PATIENT_BLOCKS,
     REVISIONS, REVISIONS_FILE,
@@ -71,7 +71,7 @@ struct Writer {
 }
 
 pub(crate) struct Sink<'a> {
-    engine: &'a Engine,
+    engine: &'a Worker,
     job_id: String,
     part_index: u32,
     /// Tells this handling's spill objects from every other's.
@@ -103,7 +103,7 @@ pub(crate) struct Sink<'a> {
 impl<'a> Sink<'a> {
     /// The sink as the part's checkpoint left it. Spilled buffers are read
     /// back by [`Sink::load_spills`].
-    pub fn resume(engine: &'a Engine, part: &Part) -> Self {
+    pub fn resume(engine: &'a Worker, part: &Part) -> Self {
         let writer = |f: &Option<OpenFile>| {
             f.clone().map(|mut file| {
                 let buf = std::mem::take(&mut file.carry).into_bytes();
@@ -174,7 +174,7 @@ impl<'a> Sink<'a> {
     /// Reads spilled buffers back. `false` if a spill is gone: a rival won
     /// a later checkpoint and removed it, so this handling has lost.
     pub async fn load_spills(&mut self) -> PortResult<bool> {
-        let artifacts = self.engine.ports.artifacts.clone();
+        let artifacts = self.engine.artifacts.clone();
         for kind in [FileKind::Output, FileKind::Deleted] {
             let Some(w) = self.slot(kind).as_mut() else {
                 continue;
@@ -311,7 +311,7 @@ impl<'a> Sink<'a> {
         self.spilled_here.clear();
         self.dirty = false;
         for key in std::mem::take(&mut self.stale_spills) {
-            if let Err(e) = self.engine.ports.artifacts.delete(&key).await {
+            if let Err(e) = self.engine.artifacts.delete(&key).await {
                 tracing::warn!(%key, error = %e, "could not delete a spill");
             }
         }
@@ -322,11 +322,10 @@ impl<'a> Sink<'a> {
         for file in std::mem::take(&mut self.sealed) {
             let key = artifact_key(&self.job_id, &file.name);
             self.engine
-                .ports
                 .artifacts
                 .complete_upload(&key, &file.upload_id, &file.chunks)
                 .await?;
-            let artifacts = self.engine.ports.artifacts.as_ref();
+            let artifacts = self.engine.artifacts.as_ref();
             let min_chunk = self.engine.config.min_chunk_bytes;
             let parquet = self
                 .view_files
@@ -376,7 +375,7 @@ impl<'a> Sink<'a> {
     /// Best effort, once this handling knows it lost: removes the uploads
     /// and spills it made that no checkpoint names.
     pub async fn discard_unrecorded(&mut self) {
-        let artifacts = &self.engine.ports.artifacts;
+        let artifacts = &self.engine.artifacts;
         for (key, upload_id) in self.started_here.drain(..) {
             if let Err(e) = artifacts.abort_upload(&key, &upload_id).await {
                 tracing::warn!(%key, error = %e, "could not abort an upload");
@@ -418,7 +417,7 @@ impl<'a> Sink<'a> {
             _ => format!("{resource_type}-{:04}-{seq:03}.ndjson", self.part_index),
         };
         let key = artifact_key(&self.job_id, &name);
-        let upload_id = self.engine.ports.artifacts.start_upload(&key).await?;
+        let upload_id = self.engine.artifacts.start_upload(&key).await?;
         self.started_here.push((key, upload_id.clone()));
         // `resource_type` is the source type (the manifest calls deleted files
         // "Bundle"), so Patient parts switch files when the type changes.
@@ -456,7 +455,7 @@ impl<'a> Sink<'a> {
     }
 
     async fn upload_chunk(&mut self, kind: FileKind) -> PortResult<()> {
-        let artifacts = self.engine.ports.artifacts.clone();
+        let artifacts = self.engine.artifacts.clone();
         let job_id = self.job_id.clone();
         let Some(w) = self.slot(kind).as_mut() else {
             return Ok(());
@@ -500,7 +499,7 @@ impl<'a> Sink<'a> {
             self.spill_seq
         );
         self.spill_seq += 1;
-        let artifacts = self.engine.ports.artifacts.clone();
+        let artifacts = self.engine.artifacts.clone();
         let Some(w) = self.slot(kind).as_mut() else {
             return Ok(());
         };
@@ -523,7 +522,7 @@ impl<'a> Sink<'a> {
         if file.count == 0 && file.resource_type != REVISIONS {
             // Opened for a line that never came: no checkpoint names it.
             let key = artifact_key(&self.job_id, &file.name);
-            let artifacts = &self.engine.ports.artifacts;
+            let artifacts = &self.engine.artifacts;
             artifacts.abort_upload(&key, &file.upload_id).await?;
             return Ok(());
         }

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Caller, Engine};
+use super::{Caller, Views};
 use crate::domain::instant::parse_instant;
 use crate::domain::request::{in_patient_compartment, ExportLevel, ExportRequest};
 use crate::domain::resource::is_valid_id;
@@ -181,7 +181,7 @@ fn view_param(i: usize, p: &Value) -> Result<(Option<String>, ViewRef), Error> {
     Ok((name, view))
 }
 
-impl Engine {
+impl Views {
     /// Validates the request and starts the export; returns the job's id.
     pub async fn kickoff_view_export(
         &self,
@@ -189,8 +189,8 @@ impl Engine {
         input: ViewExportInput,
     ) -> Result<String, Error> {
         let request = self.view_export_request(caller, input).await?;
-        self.check_active_limit(caller).await?;
-        let id = self.record_job(caller, request).await?;
+        self.desk.check_active_limit(caller).await?;
+        let id = self.desk.record_job(caller, request).await?;
         tracing::info!(job = %id, owner = %caller.subject, "view export accepted");
         Ok(id)
     }
@@ -292,10 +292,10 @@ impl Engine {
             ..ExportRequest::new(level, input.request_url)
         };
         super::export::authorize_export(&caller.access, &mut request)?;
-        self.check_patients(&mut request).await?;
+        self.desk.check_patients(&mut request).await?;
         if let ExportLevel::Group { group_id } = &request.level {
             // 404 now rather than an empty export later.
-            self.group_members(group_id).await?;
+            self.desk.group_members(group_id).await?;
         }
         Ok(request)
     }

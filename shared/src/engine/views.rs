@@ -1,11 +1,15 @@
 //! `$viewdefinition-run`: a ViewDefinition run synchronously, over inline
 //! resources or the store as it is now, for small results.
 
+use super::{EngineConfig, JobDesk, Resources};
+use crate::ports::ResourceStore;
+use std::sync::Arc;
+
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{Caller, Engine};
+use super::Caller;
 use crate::domain::resource::compartment_patients;
 use crate::domain::Error;
 use crate::ports::ShardScan;
@@ -28,7 +32,17 @@ fn view_error(e: ViewError) -> Error {
     Error::invalid(format!("The view cannot be run: {e}"))
 }
 
-impl Engine {
+/// ViewDefinitions: run at once, or exported like a bulk export.
+#[derive(Clone)]
+pub struct Views {
+    pub(crate) desk: JobDesk,
+    /// Reads a stored ViewDefinition as the caller may.
+    pub(crate) reader: Resources,
+    pub(crate) resources: Arc<dyn ResourceStore>,
+    pub(crate) config: Arc<EngineConfig>,
+}
+
+impl Views {
     /// The stored ViewDefinition `reference` names (`ViewDefinition/{id}`,
     /// the id alone, or its canonical `url`, optionally `|version`), if the
     /// caller may read it.
@@ -39,7 +53,10 @@ impl Engine {
         let id = reference
             .strip_prefix("ViewDefinition/")
             .unwrap_or(reference);
-        let v = self.read_resource(caller, "ViewDefinition", id).await?;
+        let v = self
+            .reader
+            .read_resource(caller, "ViewDefinition", id)
+            .await?;
         serde_json::from_str(v.body.as_deref().unwrap_or("{}"))
             .map_err(|_| Error::internal("a stored ViewDefinition is not JSON"))
     }
@@ -56,7 +73,7 @@ impl Engine {
             Some((u, v)) => (u, Some(v)),
             None => (canonical, None),
         };
-        let store = &self.ports.resources;
+        let store = &self.resources;
         let as_of = crate::domain::instant::to_micros(store.snapshot().await?);
         let mut found: Option<(i64, Value)> = None;
         for shard in 0..store.shard_count() {
@@ -143,10 +160,8 @@ impl Engine {
                     }
                 }
                 let patients = self.view_patients(patient, group).await?;
-                let as_of =
-                    crate::domain::instant::to_micros(self.ports.resources.snapshot().await?);
+                let as_of = crate::domain::instant::to_micros(self.resources.snapshot().await?);
                 let segments = self
-                    .ports
                     .resources
                     .segments(t, None, as_of, false, u64::MAX)
                     .await?;
@@ -156,7 +171,6 @@ impl Engine {
                         loop {
                             let page_size = self.config.page_size;
                             let page = self
-                                .ports
                                 .resources
                                 .scan_shard(ShardScan {
                                     resource_type: t,
@@ -213,6 +227,7 @@ impl Engine {
         }
         if let Some(g) = group {
             let members: BTreeSet<String> = self
+                .desk
                 .group_members(g.strip_prefix("Group/").unwrap_or(&g))
                 .await?
                 .into_iter()

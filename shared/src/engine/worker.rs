@@ -6,6 +6,12 @@
 //! part exactly one wins each checkpoint; the loser stops. Out of time, a
 //! part checkpoints and queues its own continuation.
 
+use super::accounting::save_usage;
+use super::{Announcer, Collector, EngineConfig};
+use crate::domain::Error;
+use crate::ports::{ArtifactStore, ClientStore, Clock, JobStore, ResourceStore, WorkQueue};
+use std::sync::Arc;
+
 use std::collections::{BTreeSet, HashMap};
 
 use std::time::Duration;
@@ -14,7 +20,6 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::sink::Sink;
-use super::Engine;
 use crate::domain::elements::subset;
 use crate::domain::instant::to_micros;
 use crate::domain::job::{
@@ -55,7 +60,23 @@ pub enum Disposition {
     RetryAfter(Duration),
 }
 
-impl Engine {
+/// Handles queued work: plans jobs, runs their parts, finalizes them,
+/// posts webhooks and collects garbage.
+#[derive(Clone)]
+pub struct Worker {
+    pub(crate) announcer: Announcer,
+    pub(crate) collector: Collector,
+    pub(crate) resources: Arc<dyn ResourceStore>,
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) artifacts: Arc<dyn ArtifactStore>,
+    /// Who authors are, for the audit export's user columns.
+    pub(crate) clients: Arc<dyn ClientStore>,
+    pub(crate) queue: Arc<dyn WorkQueue>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Arc<EngineConfig>,
+}
+
+impl Worker {
     /// Handles one delivery and decides its fate, the same way for the
     /// local workers and the worker Lambda. A failure that retrying can
     /// fix comes back with a growing delay; a permanent one, or the last
@@ -80,7 +101,7 @@ impl Engine {
                 usage::WORKER_MS,
                 started.elapsed().as_micros().div_ceil(1000) as f64,
             );
-            self.save_usage(message.job_id(), used).await;
+            save_usage(&*self.jobs, message.job_id(), used).await;
         }
         disposition
     }
@@ -103,7 +124,7 @@ impl Engine {
             // lost its files or records to that: nothing of it is wanted.
             // Not a failure, and not retried; what it wrote is removed now.
             tracing::debug!(?message, %error, "work for an ended job stopped");
-            if let Err(e) = self.collect(message.job_id()).await {
+            if let Err(e) = self.collector.collect(message.job_id()).await {
                 tracing::debug!(?message, error = %e, "left for the sweeper");
             }
             return Disposition::Done;
@@ -134,7 +155,7 @@ impl Engine {
     /// Whether the job is known to want no more work: cancelled, failed or
     /// gone. A store that cannot say is taken to mean it may still.
     async fn job_has_ended(&self, job_id: &str) -> bool {
-        match self.ports.jobs.get_job(job_id).await {
+        match self.jobs.get_job(job_id).await {
             Ok(None) => true,
             Ok(Some(job)) => matches!(job.state, JobState::Cancelled | JobState::Failed),
             Err(_) => false,
@@ -157,11 +178,13 @@ impl Engine {
         match message {
             WorkMessage::Plan { job_id } => self.plan(job_id).await.map(|_| WorkOutcome::Done),
             WorkMessage::Part { job_id, index } => self.run_part(job_id, *index, deadline).await,
-            WorkMessage::Collect { job_id } => {
-                self.collect(job_id).await.map(|_| WorkOutcome::Done)
-            }
+            WorkMessage::Collect { job_id } => self
+                .collector
+                .collect(job_id)
+                .await
+                .map(|_| WorkOutcome::Done),
             WorkMessage::Announce { job_id } => {
-                self.post_webhook(job_id).await;
+                self.announcer.post_webhook(job_id).await;
                 Ok(WorkOutcome::Done)
             }
         }
@@ -173,16 +196,22 @@ impl Engine {
         index: u32,
         deadline: Instant,
     ) -> PortResult<WorkOutcome> {
-        let Some(job) = self.ports.jobs.get_job(job_id).await? else {
+        let Some(job) = self.jobs.get_job(job_id).await? else {
             return Ok(WorkOutcome::Done);
         };
         match job.state {
             JobState::Running => {}
             JobState::Queued => return Ok(WorkOutcome::Done),
             // A late duplicate: sweep up what a straggler may have left.
-            _ => return self.collect(job_id).await.map(|_| WorkOutcome::Done),
+            _ => {
+                return self
+                    .collector
+                    .collect(job_id)
+                    .await
+                    .map(|_| WorkOutcome::Done)
+            }
         }
-        let Some(mut part) = self.ports.jobs.get_part(job_id, index).await? else {
+        let Some(mut part) = self.jobs.get_part(job_id, index).await? else {
             return Ok(WorkOutcome::Done);
         };
         if part.done {
@@ -235,8 +264,7 @@ impl Engine {
                     return Ok(Driven::LostRace);
                 }
                 sink.complete_sealed().await?;
-                self.ports
-                    .queue
+                self.queue
                     .send(&[WorkMessage::Part {
                         job_id: job.id.clone(),
                         index: part.index,
@@ -255,10 +283,7 @@ impl Engine {
                 sink.complete_sealed().await?;
                 if !self.still_running(&job.id).await? {
                     // Cancelled (or failed): nothing of it is wanted any more.
-                    self.ports
-                        .artifacts
-                        .delete_prefix(&job_prefix(&job.id))
-                        .await?;
+                    self.artifacts.delete_prefix(&job_prefix(&job.id)).await?;
                     return Ok(Driven::Stopped);
                 }
             }
@@ -277,7 +302,7 @@ impl Engine {
         part.checkpoint.output = None;
         part.checkpoint.deleted = None;
         part.checkpoint.sealed = Vec::new();
-        let remaining = match self.ports.jobs.complete_part(&part).await {
+        let remaining = match self.jobs.complete_part(&part).await {
             Ok(n) => n,
             Err(PortError::Conflict) => return Ok(Driven::LostRace),
             Err(e) => return Err(e),
@@ -288,10 +313,7 @@ impl Engine {
         }
         if !self.still_running_or_done(&job.id).await? {
             // Cancelled while this part was finishing: leave nothing behind.
-            self.ports
-                .artifacts
-                .delete_prefix(&job_prefix(&job.id))
-                .await?;
+            self.artifacts.delete_prefix(&job_prefix(&job.id)).await?;
         }
         Ok(Driven::Finished)
     }
@@ -306,7 +328,7 @@ impl Engine {
         part.checkpoint.sealed = sealed;
         part.checkpoint.files = sink.files.clone();
         part.checkpoint.next_file_seq = sink.next_file_seq;
-        match self.ports.jobs.save_part(part).await {
+        match self.jobs.save_part(part).await {
             Ok(saved) => {
                 *part = saved;
                 sink.checkpoint_saved().await;
@@ -318,31 +340,57 @@ impl Engine {
     }
 
     async fn still_running(&self, job_id: &str) -> PortResult<bool> {
-        Ok(
-            matches!(self.ports.jobs.get_job(job_id).await?, Some(j) if j.state == JobState::Running),
-        )
+        Ok(matches!(self.jobs.get_job(job_id).await?, Some(j) if j.state == JobState::Running))
     }
 
     async fn still_running_or_done(&self, job_id: &str) -> PortResult<bool> {
         Ok(matches!(
-            self.ports.jobs.get_job(job_id).await?,
+            self.jobs.get_job(job_id).await?,
             Some(j) if matches!(j.state, JobState::Running | JobState::Completed)
         ))
+    }
+
+    /// Marks a job failed (a message that kept failing); its files go at expiry.
+    pub async fn fail_job(&self, job_id: &str, reason: &str) -> Result<(), Error> {
+        loop {
+            let Some(mut job) = self.jobs.get_job(job_id).await? else {
+                return Ok(());
+            };
+            if matches!(
+                job.state,
+                JobState::Completed | JobState::Failed | JobState::Cancelled
+            ) {
+                return Ok(());
+            }
+            job.state = JobState::Failed;
+            job.error = Some(reason.to_string());
+            job.expires_at = Some(self.clock.now() + self.config.retention);
+            match self.jobs.update_job(&job).await {
+                Ok(_) => {
+                    tracing::error!(job = %job_id, reason, "export failed");
+                    self.announcer.announce(&job).await;
+                    self.collector.collect_later(job_id).await?;
+                    return Ok(());
+                }
+                Err(PortError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Writes the manifest once every part is done (idempotent).
     pub(crate) async fn finalize(&self, job_id: &str) -> PortResult<()> {
         loop {
-            let Some(mut job) = self.ports.jobs.get_job(job_id).await? else {
+            let Some(mut job) = self.jobs.get_job(job_id).await? else {
                 return Ok(());
             };
             if job.state == JobState::Completed {
-                return self.collect_garbage(&job).await;
+                return self.collector.collect_garbage(&job).await;
             }
             if job.state != JobState::Running || job.parts_remaining > 0 {
                 return Ok(());
             }
-            let parts = self.ports.jobs.list_parts(job_id).await?;
+            let parts = self.jobs.list_parts(job_id).await?;
             if parts.iter().any(|p| !p.done) {
                 return Ok(());
             }
@@ -358,72 +406,22 @@ impl Engine {
                     &b.name,
                 ))
             });
-            let now = self.ports.clock.now();
+            let now = self.clock.now();
             job.files = files;
             job.state = JobState::Completed;
             job.completed_at = Some(now);
             job.expires_at = Some(now + self.config.retention);
-            match self.ports.jobs.update_job(&job).await {
+            match self.jobs.update_job(&job).await {
                 Ok(_) => {
                     tracing::info!(job = %job_id, files = job.files.len(), "export completed");
-                    self.announce(&job).await;
-                    self.collect_garbage(&job).await?;
-                    return self.collect_later(job_id).await;
+                    self.announcer.announce(&job).await;
+                    self.collector.collect_garbage(&job).await?;
+                    return self.collector.collect_later(job_id).await;
                 }
                 Err(PortError::Conflict) => continue,
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Garbage collection of an ended job: a completed job keeps its
-    /// manifest's files, a cancelled or failed one (or one already swept)
-    /// keeps nothing. A running job is left alone.
-    pub(crate) async fn collect(&self, job_id: &str) -> PortResult<()> {
-        match self.ports.jobs.get_job(job_id).await? {
-            Some(job) if job.state == JobState::Completed => self.collect_garbage(&job).await,
-            Some(job) if matches!(job.state, JobState::Running | JobState::Queued) => Ok(()),
-            _ => {
-                self.ports
-                    .artifacts
-                    .delete_prefix(&job_prefix(job_id))
-                    .await
-            }
-        }
-    }
-
-    /// Queues one more collection, after any handling still running now
-    /// has ended.
-    pub(crate) async fn collect_later(&self, job_id: &str) -> PortResult<()> {
-        self.ports
-            .queue
-            .send_delayed(
-                &[WorkMessage::Collect {
-                    job_id: job_id.to_string(),
-                }],
-                self.config.collect_delay,
-            )
-            .await
-    }
-
-    /// Removes everything under the job's prefix that its manifest does
-    /// not list: uploads and chunks of handlings that lost a race or
-    /// crashed, and spills. Idempotent; run whenever a completed job's
-    /// message comes by.
-    async fn collect_garbage(&self, job: &Job) -> PortResult<()> {
-        let keep: Vec<String> = job
-            .files
-            .iter()
-            .flat_map(|f| {
-                let key = crate::domain::job::artifact_key(&job.id, &f.name);
-                let twin = f.gzip.then(|| super::gzip_twin::twin_key(&key));
-                std::iter::once(key).chain(twin)
-            })
-            .collect();
-        self.ports
-            .artifacts
-            .retain_only(&job_prefix(&job.id), &keep)
-            .await
     }
 
     /// The manifest's `error` file: one OperationOutcome per problem the
@@ -448,8 +446,7 @@ impl Engine {
             text.push('\n');
         }
         let name = "OperationOutcome-errors.ndjson".to_string();
-        self.ports
-            .artifacts
+        self.artifacts
             .put(
                 &crate::domain::job::artifact_key(&job.id, &name),
                 text.into(),
@@ -539,7 +536,7 @@ enum Driven {
 
 /// Reads a part's pages as of the job's transaction time.
 struct PartReader<'a> {
-    engine: &'a Engine,
+    engine: &'a Worker,
     job: &'a Job,
     as_of: i64,
     since: Option<i64>,
@@ -566,11 +563,11 @@ struct PartReader<'a> {
 }
 
 impl<'a> PartReader<'a> {
-    fn new(engine: &'a Engine, job: &'a Job) -> Self {
+    fn new(engine: &'a Worker, job: &'a Job) -> Self {
         PartReader {
             engine,
             job,
-            as_of: Engine::as_of_micros(job),
+            as_of: super::as_of_micros(job),
             since: job.request.since.map(to_micros),
             patient_set: None,
             patient_exists: HashMap::new(),
@@ -665,7 +662,6 @@ impl<'a> PartReader<'a> {
         let limit = self.engine.config.page_size;
         let page = self
             .engine
-            .ports
             .resources
             .scan_shard(ShardScan {
                 resource_type,
@@ -699,7 +695,7 @@ impl<'a> PartReader<'a> {
         cp: &mut crate::domain::job::Checkpoint,
         sink: &mut Sink<'_>,
     ) -> PortResult<()> {
-        let store = &self.engine.ports.resources;
+        let store = &self.engine.resources;
         let mut pages = Vec::new();
         for shard in (first..=last).filter(|&s| crate::ports::reads_shard(s, first, last, empty)) {
             let mut after = None;
@@ -761,7 +757,7 @@ impl<'a> PartReader<'a> {
             return Ok(());
         }
         let (resource_type, patient) = (&types[ti], &patients[pi]);
-        let store = &self.engine.ports.resources;
+        let store = &self.engine.resources;
         let limit = self.engine.config.page_size;
         let (versions, page_full, last_id) = if resource_type == "Patient" {
             let v = store.read_as_of("Patient", patient, self.as_of).await?;
@@ -862,7 +858,7 @@ impl<'a> PartReader<'a> {
         v: &Version,
     ) -> PortResult<bool> {
         let body = if v.deleted {
-            let store = &self.engine.ports.resources;
+            let store = &self.engine.resources;
             store
                 .read_live_before(resource_type, &v.id, v.version)
                 .await?
@@ -905,7 +901,7 @@ impl<'a> PartReader<'a> {
             return Ok(known);
         }
         let exists = matches!(
-            self.engine.ports.resources.read_as_of("Patient", patient, self.as_of).await?,
+            self.engine.resources.read_as_of("Patient", patient, self.as_of).await?,
             Some(v) if !v.deleted
         );
         self.patient_exists.insert(patient.to_string(), exists);

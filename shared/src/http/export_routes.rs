@@ -150,8 +150,8 @@ impl Api {
         };
         let rel = req.uri().path().strip_prefix(&self.base_path).unwrap_or("");
         let request_url = match query {
-            "" => format!("{}{rel}", self.engine.config.base_url),
-            q => format!("{}{rel}?{q}", self.engine.config.base_url),
+            "" => format!("{}{rel}", self.services.config.base_url),
+            q => format!("{}{rel}?{q}", self.services.config.base_url),
         };
         let input = KickoffInput {
             level,
@@ -159,7 +159,7 @@ impl Api {
             params,
             lenient: prefer.lenient,
             via_post,
-            now: self.engine.ports.clock.now(),
+            now: self.services.ports.clock.now(),
         };
         // `Cache-Control: no-cache` asks for a new export, not a reused one.
         let no_cache = headers
@@ -169,11 +169,12 @@ impl Api {
             .flat_map(|v| v.split(','))
             .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
         let job_id = self
-            .engine
+            .services
+            .exports
             .kickoff_or_reuse(&caller, input, !no_cache)
             .await?;
         let mut resp = empty_response(StatusCode::ACCEPTED);
-        let location = status_url(&self.engine.config.base_url, &job_id);
+        let location = status_url(&self.services.config.base_url, &job_id);
         resp.headers_mut().insert(
             header::CONTENT_LOCATION,
             HeaderValue::from_str(&location).map_err(|_| ApiError::internal("bad status URL"))?,
@@ -188,7 +189,12 @@ impl Api {
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
         let page = query_param(req, "page")?;
-        status_response(self.engine.status(&caller, job_id, page.as_deref()).await?)
+        status_response(
+            self.services
+                .exports
+                .status(&caller, job_id, page.as_deref())
+                .await?,
+        )
     }
 
     pub(super) async fn cancel(
@@ -197,7 +203,7 @@ impl Api {
         job_id: &str,
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        self.engine.cancel(&caller, job_id).await?;
+        self.services.exports.cancel(&caller, job_id).await?;
         Ok(json_response(
             StatusCode::ACCEPTED,
             FHIR_JSON,
@@ -217,7 +223,11 @@ impl Api {
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
         let gzip = accepts_gzip(req.headers());
-        let url = self.engine.file_link(&caller, job_id, name, gzip).await?;
+        let url = self
+            .services
+            .exports
+            .file_link(&caller, job_id, name, gzip)
+            .await?;
         let mut resp = empty_response(StatusCode::SEE_OTHER);
         let h = resp.headers_mut();
         h.insert(

@@ -20,7 +20,7 @@ use serde_json::Value;
 pub use auth::{Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator};
 pub use outcome::ApiError;
 
-use crate::engine::Engine;
+use crate::engine::Services;
 use routes::Endpoint;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -31,7 +31,7 @@ pub const MAX_BODY_BYTES: usize = 32 << 20;
 
 #[derive(Clone)]
 pub struct Api {
-    pub engine: Engine,
+    pub services: Services,
     pub auth: Arc<dyn Authenticator>,
     /// Path prefix of the FHIR base, e.g. `/fhir`.
     pub base_path: String,
@@ -43,9 +43,9 @@ pub struct Api {
 pub const TOKEN_PATH: &str = "/auth/token";
 
 impl Api {
-    pub fn new(engine: Engine, auth: Arc<dyn Authenticator>, base_path: &str) -> Self {
+    pub fn new(services: Services, auth: Arc<dyn Authenticator>, base_path: &str) -> Self {
         Api {
-            engine,
+            services,
             auth,
             base_path: base_path.trim_end_matches('/').to_string(),
             auth_server: None,
@@ -120,7 +120,7 @@ impl Api {
             Endpoint::Metadata => Ok(json_response(
                 StatusCode::OK,
                 FHIR_JSON,
-                &self.engine.capability_statement(),
+                &self.services.resources.capability_statement(),
             )),
             Endpoint::Kickoff => self.kickoff(req, &segs).await,
             Endpoint::ExportRevisions => self.export_revisions(req).await,

@@ -56,8 +56,12 @@ impl Api {
         id: &str,
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        let v = self.engine.read_resource(&caller, t, id).await?;
-        let mut resp = resource_response(StatusCode::OK, &v, &self.engine.config.base_url);
+        let v = self
+            .services
+            .resources
+            .read_resource(&caller, t, id)
+            .await?;
+        let mut resp = resource_response(StatusCode::OK, &v, &self.services.config.base_url);
         resp.headers_mut().remove(header::LOCATION);
         Ok(resp)
     }
@@ -71,11 +75,15 @@ impl Api {
         check_size(req.body())?;
         require_json_body(req.headers())?;
         let resource = parse_resource(req.body())?;
-        let w = self.engine.create_resource(&caller, t, resource).await?;
+        let w = self
+            .services
+            .resources
+            .create_resource(&caller, t, resource)
+            .await?;
         Ok(resource_response(
             StatusCode::CREATED,
             &w.version,
-            &self.engine.config.base_url,
+            &self.services.config.base_url,
         ))
     }
 
@@ -90,7 +98,8 @@ impl Api {
         require_json_body(req.headers())?;
         let resource = parse_resource(req.body())?;
         let w = self
-            .engine
+            .services
+            .resources
             .update_resource(&caller, t, id, resource)
             .await?;
         let status = if w.created {
@@ -101,7 +110,7 @@ impl Api {
         Ok(resource_response(
             status,
             &w.version,
-            &self.engine.config.base_url,
+            &self.services.config.base_url,
         ))
     }
 
@@ -112,7 +121,10 @@ impl Api {
         id: &str,
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        self.engine.delete_resource(&caller, t, id).await?;
+        self.services
+            .resources
+            .delete_resource(&caller, t, id)
+            .await?;
         Ok(empty_response(StatusCode::NO_CONTENT))
     }
 
@@ -120,7 +132,11 @@ impl Api {
         let caller = self.auth.authenticate(req.headers()).await?;
         check_size(req.body())?;
         require_json_body(req.headers())?;
-        let reply = self.engine.process_bundle(&caller, req.body()).await?;
+        let reply = self
+            .services
+            .resources
+            .process_bundle(&caller, req.body())
+            .await?;
         Ok(super::json_response(
             StatusCode::OK,
             FHIR_JSON,

@@ -29,10 +29,11 @@ impl Api {
             ));
         }
         let prefer = parse_prefer(headers)?;
-        let base = &self.engine.config.base_url;
+        let base = &self.services.config.base_url;
         let request_url = format!("{base}/$export-revisions");
         let job_id = self
-            .engine
+            .services
+            .revisions
             .start_revisions(&caller, req.body(), request_url)
             .await?;
         let status = status_url(base, &job_id);
@@ -45,8 +46,9 @@ impl Api {
             return Ok(resp);
         }
         let outcome = self
-            .engine
-            .wait_for_revisions(&caller, &job_id, self.engine.config.revisions_wait)
+            .services
+            .revisions
+            .wait_for_revisions(&caller, &job_id, self.services.config.revisions_wait)
             .await?;
         let body = match outcome {
             RevisionsOutcome::Ready { file_id } => json!({
@@ -81,7 +83,8 @@ impl Api {
             )));
         }
         let url = self
-            .engine
+            .services
+            .revisions
             .revisions_file_link(&caller, &file_id, accepts_gzip(req.headers()))
             .await?;
         let mut resp = empty_response(StatusCode::SEE_OTHER);

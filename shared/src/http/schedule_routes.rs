@@ -51,17 +51,21 @@ impl Api {
         rest: &[&str],
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        let engine = &self.engine;
-        let base = &engine.config.base_url;
+        let services = &self.services;
+        let base = &services.config.base_url;
         let method = req.method().clone();
         match (rest, &method) {
             ([], &Method::POST) => {
                 require_json_body(req.headers())?;
-                let s = engine.create_schedule(&caller, req.body()).await?;
+                let s = services
+                    .schedules
+                    .create_schedule(&caller, req.body())
+                    .await?;
                 created(&schedule_url(base, &s.id), &s.view(base))
             }
             ([], &Method::GET) => {
-                let list: Vec<Value> = engine
+                let list: Vec<Value> = services
+                    .schedules
                     .schedules_of(&caller)
                     .await?
                     .iter()
@@ -71,21 +75,26 @@ impl Api {
             }
             ([], _) => Err(ApiError::method_not_allowed("GET, POST")),
             ([id], &Method::GET) => Ok(ok_json(
-                &engine.owned_schedule(&caller, id).await?.view(base),
+                &services
+                    .schedules
+                    .owned_schedule(&caller, id)
+                    .await?
+                    .view(base),
             )),
             ([id], &Method::DELETE) => {
-                engine.delete_schedule(&caller, id).await?;
+                services.schedules.delete_schedule(&caller, id).await?;
                 Ok(empty_response(StatusCode::NO_CONTENT))
             }
             ([_], _) => Err(ApiError::method_not_allowed("GET, DELETE")),
             ([id, action @ ("pause" | "resume")], &Method::POST) => {
-                let s = engine
+                let s = services
+                    .schedules
                     .set_schedule_paused(&caller, id, *action == "pause")
                     .await?;
                 Ok(ok_json(&s.view(base)))
             }
             ([id, "run"], &Method::POST) => {
-                let job_id = engine.run_schedule_now(&caller, id).await?;
+                let job_id = services.schedules.run_schedule_now(&caller, id).await?;
                 let mut resp = empty_response(StatusCode::ACCEPTED);
                 resp.headers_mut().insert(
                     header::CONTENT_LOCATION,
@@ -95,20 +104,23 @@ impl Api {
             }
             ([_, "pause" | "resume" | "run"], _) => Err(ApiError::method_not_allowed("POST")),
             ([id, "runs"], &Method::GET) => {
-                let runs: Vec<Value> = engine
+                let runs: Vec<Value> = services
+                    .schedules
                     .schedule_runs(&caller, id)
                     .await?
                     .iter()
-                    .map(|j| engine.scheduled_run_view(j))
+                    .map(|j| services.schedules.scheduled_run_view(j))
                     .collect();
                 Ok(ok_json(&json!({ "runs": runs })))
             }
             ([_, "runs"], _) => Err(ApiError::method_not_allowed("GET")),
             ([id, "runs", run], &Method::GET) => {
-                let job_id = engine
+                let job_id = services
+                    .schedules
                     .run_job(&caller, id, RunSelector::parse(run)?)
                     .await?;
-                let mut resp = status_response(engine.status(&caller, &job_id, None).await?)?;
+                let mut resp =
+                    status_response(services.exports.status(&caller, &job_id, None).await?)?;
                 resp.headers_mut().insert(
                     header::CONTENT_LOCATION,
                     header_value(&status_url(base, &job_id))?,
@@ -117,7 +129,8 @@ impl Api {
             }
             ([_, "runs", _], _) => Err(ApiError::method_not_allowed("GET")),
             ([id, "runs", run, "links"], &Method::POST) => {
-                let job_id = engine
+                let job_id = services
+                    .schedules
                     .run_job(&caller, id, RunSelector::parse(run)?)
                     .await?;
                 let ttl = match query_param(&req, "expiresIn")? {
@@ -127,7 +140,10 @@ impl Api {
                     })?)),
                 };
                 Ok(ok_json(
-                    &engine.presigned_manifest(&caller, &job_id, ttl).await?,
+                    &services
+                        .exports
+                        .presigned_manifest(&caller, &job_id, ttl)
+                        .await?,
                 ))
             }
             ([_, "runs", _, "links"], _) => Err(ApiError::method_not_allowed("POST")),
@@ -142,17 +158,21 @@ impl Api {
         rest: &[&str],
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        let engine = &self.engine;
-        let base = &engine.config.base_url;
+        let services = &self.services;
+        let base = &services.config.base_url;
         let method = req.method().clone();
         match (rest, &method) {
             ([], &Method::POST) => {
                 require_json_body(req.headers())?;
-                let r = engine.create_release(&caller, req.body()).await?;
+                let r = services
+                    .releases
+                    .create_release(&caller, req.body())
+                    .await?;
                 created(&release_url(base, &r.name), &r.view(base))
             }
             ([], &Method::GET) => {
-                let list: Vec<Value> = engine
+                let list: Vec<Value> = services
+                    .releases
                     .releases()
                     .await?
                     .iter()
@@ -162,7 +182,7 @@ impl Api {
             }
             ([], _) => Err(ApiError::method_not_allowed("GET, POST")),
             ([name], m) if m == Method::GET || m == Method::HEAD => {
-                let r = engine.release_record(name).await?;
+                let r = services.releases.release_record(name).await?;
                 let view = r.view(base);
                 let mut resp = ok_json(&view);
                 let h = resp.headers_mut();
@@ -196,7 +216,7 @@ impl Api {
             }
             ([_], _) => Err(ApiError::method_not_allowed("GET, HEAD")),
             ([name, "manifest"], &Method::GET) => {
-                status_response(engine.release_status(&caller, name).await?)
+                status_response(services.releases.release_status(&caller, name).await?)
             }
             ([_, "manifest"], _) => Err(ApiError::method_not_allowed("GET")),
             _ => Err(ApiError::not_found("Nothing here under $export-releases")),

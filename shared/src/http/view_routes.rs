@@ -140,7 +140,7 @@ impl Api {
         }
         let definition = match (params.view.take(), params.view_reference.take()) {
             (Some(v), None) => v,
-            (None, Some(r)) => self.engine.stored_view(&caller, &r).await?,
+            (None, Some(r)) => self.services.views.stored_view(&caller, &r).await?,
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid("Give viewResource or viewReference, not both"))
             }
@@ -171,7 +171,8 @@ impl Api {
             ViewSource::Inline(params.resources)
         };
         let rows = self
-            .engine
+            .services
+            .views
             .run_view(&caller, &view, source, params.limit)
             .await?;
         let mut resp = Response::new(Bytes::from(render(view.columns(), &rows, format)));
@@ -209,11 +210,15 @@ impl Api {
                 "The body must be a FHIR Parameters resource",
             ));
         }
-        let request_url = view_export_url(&self.engine.config.base_url);
+        let request_url = view_export_url(&self.services.config.base_url);
         let input = ViewExportInput::from_parameters(&body, request_url)?;
-        let job_id = self.engine.kickoff_view_export(&caller, input).await?;
+        let job_id = self
+            .services
+            .views
+            .kickoff_view_export(&caller, input)
+            .await?;
         let mut resp = empty_response(StatusCode::ACCEPTED);
-        let location = status_url(&self.engine.config.base_url, &job_id);
+        let location = status_url(&self.services.config.base_url, &job_id);
         resp.headers_mut().insert(
             header::CONTENT_LOCATION,
             HeaderValue::from_str(&location).map_err(|_| ApiError::internal("bad status URL"))?,

@@ -15,7 +15,7 @@ use bulk_export::aws::{AwsAdapters, SharedInterceptor, SqsQueue};
 use bulk_export::clock::OffsetClock;
 use bulk_export::domain::job::{job_prefix, PartSpec, Position};
 use bulk_export::domain::usage;
-use bulk_export::engine::Engine;
+use bulk_export::engine::Services;
 use bulk_export::ports::{ArtifactStore, Clock, JobEvent, JobStore, ResourceStore, WorkQueue};
 use bulk_export::sample::{generate, SampleConfig};
 use bulk_export::service::ServiceSettings;
@@ -35,7 +35,7 @@ const VISIBILITY: Duration = Duration::from_secs(2);
 struct Stack {
     container: Container,
     /// The worker's engine (the worker function builds the same).
-    engine: Engine,
+    engine: Services,
     queue: Arc<SqsQueue>,
     adapters: AwsAdapters,
     clock: Arc<OffsetClock>,
@@ -102,7 +102,7 @@ async fn stack_observed(
         service,
     };
     let container = Container::from_parts(settings, ports, adapters.jobs.clone(), None).unwrap();
-    let engine = container.engine(ORIGIN);
+    let engine = container.services(ORIGIN);
     let values: Vec<Value> = generate(SampleConfig { patients, seed: 7 }).collect();
     let mut loaded: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for v in &values {
@@ -278,7 +278,7 @@ impl Stack {
 /// the worker function; what it does not report failed is deleted, as
 /// the SQS event source does. Returns how many messages it was given.
 pub(super) async fn invoke_worker(
-    engine: &Engine,
+    engine: &Services,
     queue: &SqsQueue,
     budget: Duration,
     twice: bool,
@@ -400,7 +400,7 @@ async fn a_part_out_of_time_checkpoints_and_queues_its_continuation() {
     let mut s = stack_tuned(4, None, per_type_parts).await;
     let mut config = (*s.engine.config).clone();
     config.page_size = 20;
-    s.engine = Engine::new(s.engine.ports.clone(), config);
+    s.engine = Services::new(s.engine.ports.clone(), config);
     let status = s.kickoff("/fhir/$export?_type=Observation,Patient").await;
     let (manifest, handled) = s.drive_within(&status, false, Duration::ZERO).await;
     let exported = s.exported(&manifest).await;

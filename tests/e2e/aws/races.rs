@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bulk_export::aws::{AwsAdapters, AwsNames, SdkConfig};
 use bulk_export::clock::OffsetClock;
 use bulk_export::embedded::{FsArtifacts, SqliteJobs};
-use bulk_export::engine::{Engine, EngineConfig};
+use bulk_export::engine::{EngineConfig, Services};
 use bulk_export::ports::Clock;
 
 use super::dynamodb_local::fresh_tables;
@@ -27,7 +27,7 @@ fn engines(
     names: &AwsNames,
     clock: &Arc<OffsetClock>,
     local: Option<&std::path::Path>,
-) -> Vec<Engine> {
+) -> Vec<Services> {
     let queue = local.map(|dir| Arc::new(SqliteJobs::open(&dir.join("q.db")).unwrap().queue()));
     (0..WRITERS)
         .map(|_| {
@@ -38,7 +38,7 @@ fn engines(
                 ports.artifacts =
                     Arc::new(FsArtifacts::open(dir, "http://127.0.0.1:9", clock).unwrap());
             }
-            Engine::new(ports, EngineConfig::new("http://127.0.0.1:9/fhir"))
+            Services::new(ports, EngineConfig::new("http://127.0.0.1:9/fhir"))
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bulk_export::auth::TokenIssuer;
 use bulk_export::aws::{AwsAdapters, SqsQueue};
 use bulk_export::clock::OffsetClock;
-use bulk_export::engine::Engine;
+use bulk_export::engine::Services;
 use bulk_export::ports::{ClientStore, Clock};
 use bulk_export::service::ServiceSettings;
 use bulk_export_functions::settings::{AuthMode, Settings, SigningKey};
@@ -25,7 +25,7 @@ pub(super) const ORIGIN: &str = "https://api.example.test";
 
 struct OnMoto {
     container: Container,
-    engine: Engine,
+    engine: Services,
     queue: Arc<SqsQueue>,
     adapters: AwsAdapters,
 }
@@ -142,7 +142,7 @@ async fn the_audit_trail_of_three_clients_with_every_filter_on_moto() {
     let container =
         Container::from_parts(settings, adapters.ports(), adapters.jobs.clone(), Some(pem))
             .unwrap();
-    let engine = container.engine(ORIGIN);
+    let engine = container.services(ORIGIN);
     let queue = adapters.queue.clone();
     audit_trail_scenario(&OnMoto {
         container,

@@ -12,7 +12,7 @@ use bulk_export::auth::TokenIssuer;
 use bulk_export::aws::json_api::{JsonClient, EVENTBRIDGE};
 use bulk_export::aws::{AwsAdapters, SdkConfig, SqsQueue};
 use bulk_export::clock::OffsetClock;
-use bulk_export::engine::Engine;
+use bulk_export::engine::Services;
 use bulk_export::ports::{ClientStore, Clock};
 use bulk_export::service::ServiceSettings;
 use bulk_export_functions::settings::{AuthMode, Settings};
@@ -29,7 +29,7 @@ use crate::schedules::{
 
 pub(super) struct OnMoto {
     container: Container,
-    engine: Engine,
+    engine: Services,
     queue: Arc<SqsQueue>,
     adapters: AwsAdapters,
     clock: Arc<OffsetClock>,
@@ -61,7 +61,7 @@ impl OnMoto {
         };
         let container =
             Container::from_parts(settings, adapters.ports(), adapters.jobs.clone(), None).unwrap();
-        let engine = container.engine(ORIGIN);
+        let engine = container.services(ORIGIN);
         OnMoto {
             queue: adapters.queue.clone(),
             container,
@@ -107,8 +107,8 @@ impl Stack for OnMoto {
 
     /// The scheduler function's engine (each call a "container" of its own
     /// would build the same one).
-    fn engine(&self) -> Engine {
-        self.container.background_engine()
+    fn engine(&self) -> Services {
+        self.container.background_services()
     }
 
     async fn settle(&self) {

@@ -22,7 +22,7 @@ impl PartReader<'_> {
         cp: &mut Checkpoint,
         sink: &mut Sink<'_>,
     ) -> PortResult<()> {
-        let last = self.engine.ports.resources.shard_count().saturating_sub(1);
+        let last = self.engine.resources.shard_count().saturating_sub(1);
         let (shard, after) = match &cp.position {
             Position::Start => (0, None),
             Position::Shard { shard, after } => (*shard, *after),
@@ -59,7 +59,6 @@ impl PartReader<'_> {
         limit: usize,
     ) -> PortResult<ScanPage> {
         self.engine
-            .ports
             .resources
             .scan_shard(ShardScan {
                 resource_type: "Provenance",
@@ -145,7 +144,7 @@ impl PartReader<'_> {
         let (ty, id) = target;
         let mut exported = self.types().await?.iter().any(|t| t == ty);
         let version = if exported {
-            let store = &self.engine.ports.resources;
+            let store = &self.engine.resources;
             store.read_as_of(ty, id, self.as_of).await?
         } else {
             None
@@ -185,7 +184,7 @@ impl PartReader<'_> {
         if self.latest_provenance.is_none() {
             let mut best: HashMap<(String, String), (String, i64, String)> = HashMap::new();
             let limit = self.engine.config.page_size;
-            for shard in 0..self.engine.ports.resources.shard_count() {
+            for shard in 0..self.engine.resources.shard_count() {
                 let mut after = None;
                 loop {
                     let page = self.provenance_scan(shard, after, limit).await?;

@@ -162,7 +162,7 @@ impl PartReader<'_> {
             }
         };
         sink.ensure_open(FileKind::Output, REVISIONS).await?;
-        let store = self.engine.ports.resources.clone();
+        let store = self.engine.resources.clone();
         let reusable = self.revisions.as_ref().is_some_and(|m| m.before == before);
         if !reusable {
             self.revisions =
@@ -233,7 +233,6 @@ impl PartReader<'_> {
                 .collect();
             let found = self
                 .engine
-                .ports
                 .resources
                 .predecessors(resource_type, &of, query.include_modified_props)
                 .await?;
@@ -275,7 +274,7 @@ impl PartReader<'_> {
         if let Some(p) = self.people.get(author) {
             return Ok(p.clone());
         }
-        let registration = self.engine.ports.clients.get_client(author).await?;
+        let registration = self.engine.clients.get_client(author).await?;
         let person = std::sync::Arc::new(Person {
             user: registration
                 .as_ref()
