@@ -120,91 +120,144 @@ pub const SUPPORTED: &[&str] = &[
     "getReferenceKey",
 ];
 
+/// Evaluates the function `name` on `input`: each family of functions (the
+/// FHIRPath specification's sections) is its own helper.
 pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
-    Ok(match name {
+    match name {
+        "where" | "select" => filtering(name, input, args, env),
+        "exists" | "all" => with_criteria(name, input, args, env),
+        "allTrue" | "anyTrue" | "allFalse" | "anyFalse" => bool_aggregate(name, input, args),
+        "empty" | "not" | "hasValue" | "count" => existence(name, input, args),
+        "first" | "last" | "tail" | "single" | "skip" | "take" | "distinct" => {
+            subsetting(name, input, args, env)
+        }
+        "ofType" | "is" | "as" => types(name, input, args),
+        "iif" => iif(input, args, env),
+        "resolve" => Ok(resolve(&input)),
+        "extension" => extension(input, args, env),
+        "join" | "toString" => string_conversion(name, input, args, env),
+        "lower" | "upper" | "length" | "startsWith" | "endsWith" | "contains" | "matches" => {
+            strings(name, input, args, env)
+        }
+        "lowBoundary" | "highBoundary" => Ok(boundaries(name, &input)),
+        "getResourceKey" | "getReferenceKey" => keys(name, input, args),
+        other => Err(unsupported(other)),
+    }
+}
+
+fn unsupported(name: &str) -> EvalError {
+    EvalError(format!("the function {name}() is not supported"))
+}
+
+/// Whether `criteria` holds for `item` (taken as its focus and `$this`).
+fn holds<'a>(item: &Item<'a>, criteria: &Expr, env: &Env<'a>) -> Result<bool, EvalError> {
+    Ok(as_bool(&per_item(item, criteria, env)?)? == Some(true))
+}
+
+/// `where` and `select`.
+fn filtering<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    arity(name, args, &[1])?;
+    let mut out = Vec::new();
+    match name {
         "where" => {
-            arity(name, args, &[1])?;
-            let mut out = Vec::new();
             for item in input {
-                if as_bool(&per_item(&item, &args[0], env)?)? == Some(true) {
+                if holds(&item, &args[0], env)? {
                     out.push(item);
                 }
             }
-            out
         }
         "select" => {
-            arity(name, args, &[1])?;
-            let mut out = Vec::new();
             for item in &input {
                 out.extend(per_item(item, &args[0], env)?);
             }
-            out
         }
+        other => return Err(unsupported(other)),
+    }
+    Ok(out)
+}
+
+/// `exists` (with or without criteria) and `all`; both stop at the first
+/// item that decides the answer, so later items are not evaluated.
+fn with_criteria<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    let answer = match name {
         "exists" => {
             arity(name, args, &[0, 1])?;
-            let found = match args.first() {
+            match args.first() {
                 None => !input.is_empty(),
-                Some(c) => {
-                    let mut any = false;
-                    for item in &input {
-                        if as_bool(&per_item(item, c, env)?)? == Some(true) {
-                            any = true;
-                            break;
-                        }
-                    }
-                    any
-                }
-            };
-            vec![bool_item(found)]
+                Some(c) => any_holds(&input, c, env)?,
+            }
         }
         "all" => {
             arity(name, args, &[1])?;
-            let mut all = true;
-            for item in &input {
-                if as_bool(&per_item(item, &args[0], env)?)? != Some(true) {
-                    all = false;
-                    break;
-                }
-            }
-            vec![bool_item(all)]
+            all_hold(&input, &args[0], env)?
         }
-        "allTrue" | "anyTrue" | "allFalse" | "anyFalse" => {
-            arity(name, args, &[0])?;
-            let want = name.ends_with("True");
-            let hits = input
-                .iter()
-                .filter(|i| i.value.as_bool() == Some(want))
-                .count();
-            let r = if name.starts_with("all") {
-                hits == input.len()
-            } else {
-                hits > 0
-            };
-            vec![bool_item(r)]
+        other => return Err(unsupported(other)),
+    };
+    Ok(vec![bool_item(answer)])
+}
+
+fn any_holds<'a>(input: &[Item<'a>], criteria: &Expr, env: &Env<'a>) -> Result<bool, EvalError> {
+    for item in input {
+        if holds(item, criteria, env)? {
+            return Ok(true);
         }
-        "empty" => {
-            arity(name, args, &[0])?;
-            vec![bool_item(input.is_empty())]
+    }
+    Ok(false)
+}
+
+fn all_hold<'a>(input: &[Item<'a>], criteria: &Expr, env: &Env<'a>) -> Result<bool, EvalError> {
+    for item in input {
+        if !holds(item, criteria, env)? {
+            return Ok(false);
         }
-        "not" => {
-            arity(name, args, &[0])?;
-            as_bool(&input)?
-                .map(|b| bool_item(!b))
-                .into_iter()
-                .collect()
-        }
+    }
+    Ok(true)
+}
+
+/// `allTrue`, `anyTrue`, `allFalse` and `anyFalse`.
+fn bool_aggregate<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
+    arity(name, args, &[0])?;
+    let want = name.ends_with("True");
+    let hits = input
+        .iter()
+        .filter(|i| i.value.as_bool() == Some(want))
+        .count();
+    let r = if name.starts_with("all") {
+        hits == input.len()
+    } else {
+        hits > 0
+    };
+    Ok(vec![bool_item(r)])
+}
+
+/// `empty`, `not`, `hasValue` and `count`.
+fn existence<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
+    arity(name, args, &[0])?;
+    Ok(match name {
+        "empty" => vec![bool_item(input.is_empty())],
+        "not" => as_bool(&input)?
+            .map(|b| bool_item(!b))
+            .into_iter()
+            .collect(),
         "hasValue" => {
-            arity(name, args, &[0])?;
             let primitive = matches!(input.as_slice(), [one] if !one.value.is_object() && !one.value.is_array());
             vec![bool_item(primitive)]
         }
-        "count" => {
-            arity(name, args, &[0])?;
-            vec![Item {
-                value: Cow::Owned(Value::from(input.len())),
-                type_name: Some(Cow::Borrowed("Integer")),
-            }]
-        }
+        "count" => vec![integer_item(input.len())],
+        other => return Err(unsupported(other)),
+    })
+}
+
+fn integer_item<'a>(n: usize) -> Item<'a> {
+    Item {
+        value: Cow::Owned(Value::from(n)),
+        type_name: Some(Cow::Borrowed("Integer")),
+    }
+}
+
+/// `first`, `last`, `tail`, `single`, `skip`, `take` and `distinct`.
+fn subsetting<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    Ok(match name {
         "first" => input.into_iter().take(1).collect(),
         "last" => input.into_iter().last().into_iter().collect(),
         "tail" => input.into_iter().skip(1).collect(),
@@ -221,77 +274,97 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
                 input.into_iter().take(n).collect()
             }
         }
-        "distinct" => {
-            let mut out: Vec<Item> = Vec::new();
-            for i in input {
-                if !out.iter().any(|o| equal(o, &i) == Some(true)) {
-                    out.push(i);
-                }
-            }
-            out
+        "distinct" => distinct(input),
+        other => return Err(unsupported(other)),
+    })
+}
+
+/// The items without repeats (by FHIRPath equality), first occurrence kept.
+fn distinct(input: Vec<Item<'_>>) -> Vec<Item<'_>> {
+    let mut out: Vec<Item> = Vec::new();
+    for i in input {
+        if !out.iter().any(|o| equal(o, &i) == Some(true)) {
+            out.push(i);
         }
-        "ofType" => {
-            let t = type_arg(name, args)?;
-            input.into_iter().filter(|i| is_type(i, &t)).collect()
-        }
-        "is" => {
-            let t = type_arg(name, args)?;
-            match input.as_slice() {
-                [] => Vec::new(),
-                [one] => vec![bool_item(is_type(one, &t))],
-                _ => return Err(EvalError("is() on several items".into())),
-            }
-        }
-        "as" => {
-            let t = type_arg(name, args)?;
-            input.into_iter().filter(|i| is_type(i, &t)).collect()
-        }
-        "iif" => {
-            arity(name, args, &[2, 3])?;
-            if as_bool(&evaluate(&args[0], &input, env)?)? == Some(true) {
-                evaluate(&args[1], &input, env)?
-            } else if let Some(otherwise) = args.get(2) {
-                evaluate(otherwise, &input, env)?
-            } else {
-                Vec::new()
-            }
-        }
-        // A reference "resolves" to a stand-in typed by the reference's
-        // target type: enough for `resolve() is Patient`; the service does
-        // not read other resources while evaluating.
-        "resolve" => input
-            .iter()
-            .filter_map(|i| {
-                let (t, _) = reference_parts(&i.value)?;
-                Some(Item {
-                    value: Cow::Owned(Value::Object(Default::default())),
-                    type_name: Some(Cow::Owned(t)),
-                })
+    }
+    out
+}
+
+/// `ofType`, `is` and `as`.
+fn types<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
+    let t = type_arg(name, args)?;
+    Ok(match name {
+        "ofType" | "as" => input.into_iter().filter(|i| is_type(i, &t)).collect(),
+        "is" => match input.as_slice() {
+            [] => Vec::new(),
+            [one] => vec![bool_item(is_type(one, &t))],
+            _ => return Err(EvalError("is() on several items".into())),
+        },
+        other => return Err(unsupported(other)),
+    })
+}
+
+/// `iif(criterion, then[, otherwise])`: only the branch taken is evaluated.
+fn iif<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    arity("iif", args, &[2, 3])?;
+    if as_bool(&evaluate(&args[0], &input, env)?)? == Some(true) {
+        evaluate(&args[1], &input, env)
+    } else if let Some(otherwise) = args.get(2) {
+        evaluate(otherwise, &input, env)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// A reference "resolves" to a stand-in typed by the reference's target
+/// type: enough for `resolve() is Patient`; the service does not read other
+/// resources while evaluating.
+fn resolve<'a>(input: &[Item<'a>]) -> Vec<Item<'a>> {
+    input
+        .iter()
+        .filter_map(|i| {
+            let (t, _) = reference_parts(&i.value)?;
+            Some(Item {
+                value: Cow::Owned(Value::Object(Default::default())),
+                type_name: Some(Cow::Owned(t)),
             })
-            .collect(),
-        "extension" => {
-            arity(name, args, &[1])?;
-            let url = string_arg(name, args.first(), &input, env)?.unwrap_or_default();
-            let mut out = Vec::new();
-            for item in &input {
-                let Cow::Borrowed(v) = item.value else {
-                    continue;
-                };
-                if let Some(exts) = field(v, "extension").and_then(Value::as_array) {
-                    out.extend(
-                        exts.iter()
-                            .filter(|e| {
-                                field(e, "url").and_then(Value::as_str) == Some(url.as_str())
-                            })
-                            .map(|e| Item {
-                                value: Cow::Borrowed(e),
-                                type_name: Some(Cow::Borrowed("Extension")),
-                            }),
-                    );
-                }
-            }
-            out
+        })
+        .collect()
+}
+
+/// `extension(url)`: the extensions with that url, borrowed from the
+/// resource (computed values carry no extensions).
+fn extension<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    let name = "extension";
+    arity(name, args, &[1])?;
+    let url = string_arg(name, args.first(), &input, env)?.unwrap_or_default();
+    let mut out = Vec::new();
+    for item in &input {
+        let Cow::Borrowed(v) = item.value else {
+            continue;
+        };
+        if let Some(exts) = field(v, "extension").and_then(Value::as_array) {
+            out.extend(
+                exts.iter()
+                    .filter(|e| field(e, "url").and_then(Value::as_str) == Some(url.as_str()))
+                    .map(|e| Item {
+                        value: Cow::Borrowed(e),
+                        type_name: Some(Cow::Borrowed("Extension")),
+                    }),
+            );
         }
+    }
+    Ok(out)
+}
+
+/// `join([separator])` and `toString()`.
+fn string_conversion<'a>(
+    name: &str,
+    input: Vec<Item<'a>>,
+    args: &[Expr],
+    env: &Env<'a>,
+) -> Out<'a> {
+    Ok(match name {
         "join" => {
             arity(name, args, &[0, 1])?;
             let sep = string_arg(name, args.first(), &input, env)?.unwrap_or_default();
@@ -312,41 +385,49 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
             })
             .map(text_item)
             .collect(),
-        "lower" | "upper" | "length" | "startsWith" | "endsWith" | "contains" | "matches" => {
-            let Some(s) = input
-                .first()
-                .and_then(|i| i.value.as_str().map(str::to_string))
-            else {
-                return Ok(Vec::new());
-            };
-            let arg = string_arg(name, args.first(), &input, env)?;
-            match (name, arg) {
-                ("lower", _) => vec![text_item(s.to_lowercase())],
-                ("upper", _) => vec![text_item(s.to_uppercase())],
-                ("length", _) => vec![Item {
-                    value: Cow::Owned(Value::from(s.chars().count())),
-                    type_name: Some(Cow::Borrowed("Integer")),
-                }],
-                ("startsWith", Some(a)) => vec![bool_item(s.starts_with(&a))],
-                ("endsWith", Some(a)) => vec![bool_item(s.ends_with(&a))],
-                ("contains", Some(a)) => vec![bool_item(s.contains(&a))],
-                _ => Vec::new(),
-            }
-        }
-        "lowBoundary" | "highBoundary" => {
-            let high = name == "highBoundary";
-            input
-                .iter()
-                .take(1)
-                .filter_map(|i| boundary(i, high))
-                .map(|(v, t)| Item {
-                    value: Cow::Owned(v),
-                    type_name: Some(Cow::Borrowed(t)),
-                })
-                .collect()
-        }
-        // SQL on FHIR: a resource's key, and the key a reference points at
-        // (if it points at the given type).
+        other => return Err(unsupported(other)),
+    })
+}
+
+/// The string functions on the first item (empty when it is not a string).
+/// `matches` is accepted but yields nothing: no regular expressions here.
+fn strings<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    let Some(s) = input
+        .first()
+        .and_then(|i| i.value.as_str().map(str::to_string))
+    else {
+        return Ok(Vec::new());
+    };
+    let arg = string_arg(name, args.first(), &input, env)?;
+    Ok(match (name, arg) {
+        ("lower", _) => vec![text_item(s.to_lowercase())],
+        ("upper", _) => vec![text_item(s.to_uppercase())],
+        ("length", _) => vec![integer_item(s.chars().count())],
+        ("startsWith", Some(a)) => vec![bool_item(s.starts_with(&a))],
+        ("endsWith", Some(a)) => vec![bool_item(s.ends_with(&a))],
+        ("contains", Some(a)) => vec![bool_item(s.contains(&a))],
+        _ => Vec::new(),
+    })
+}
+
+/// `lowBoundary` and `highBoundary` of the first item.
+fn boundaries<'a>(name: &str, input: &[Item<'a>]) -> Vec<Item<'a>> {
+    let high = name == "highBoundary";
+    input
+        .iter()
+        .take(1)
+        .filter_map(|i| boundary(i, high))
+        .map(|(v, t)| Item {
+            value: Cow::Owned(v),
+            type_name: Some(Cow::Borrowed(t)),
+        })
+        .collect()
+}
+
+/// SQL on FHIR: a resource's key, and the key a reference points at (if it
+/// points at the given type).
+fn keys<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
+    Ok(match name {
         "getResourceKey" => input
             .iter()
             .filter_map(|i| field(&i.value, "id").cloned())
@@ -372,11 +453,7 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
                 })
                 .collect()
         }
-        other => {
-            return Err(EvalError(format!(
-                "the function {other}() is not supported"
-            )))
-        }
+        other => return Err(unsupported(other)),
     })
 }
 
