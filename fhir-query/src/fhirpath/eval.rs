@@ -275,117 +275,148 @@ fn binary<'a>(l: &Expr, op: BinOp, r: &Expr, focus: &[Item<'a>], env: &Env<'a>) 
     use BinOp::*;
     let left = evaluate(l, focus, env)?;
     if matches!(op, And | Or | Xor | Implies) {
-        let a = as_bool(&left)?;
-        // Short cuts that need no right side.
-        match (op, a) {
-            (And, Some(false)) => return Ok(vec![bool_item(false)]),
-            (Or, Some(true)) => return Ok(vec![bool_item(true)]),
-            (Implies, Some(false)) => return Ok(vec![bool_item(true)]),
-            _ => {}
-        }
-        let b = as_bool(&evaluate(r, focus, env)?)?;
-        let result = match op {
-            And => match (a, b) {
-                (Some(true), Some(true)) => Some(true),
-                (_, Some(false)) => Some(false),
-                _ => None,
-            },
-            Or => match (a, b) {
-                (_, Some(true)) => Some(true),
-                (Some(false), Some(false)) => Some(false),
-                _ => None,
-            },
-            Xor => a.zip(b).map(|(a, b)| a != b),
-            _ => match (a, b) {
-                (_, Some(true)) => Some(true),
-                (Some(true), Some(false)) => Some(false),
-                _ => None,
-            },
-        };
-        return Ok(result.map(bool_item).into_iter().collect());
+        // The right side may not be needed: it is evaluated there.
+        return logic(&left, op, r, focus, env);
     }
     let right = evaluate(r, focus, env)?;
-    Ok(match op {
-        Union => {
-            let mut out: Vec<Item> = Vec::new();
-            for i in left.into_iter().chain(right) {
-                if !out.iter().any(|o| o.value == i.value) {
-                    out.push(i);
-                }
-            }
-            out
-        }
-        In | Contains => {
-            let (needle, hay) = if op == In {
-                (left, right)
-            } else {
-                (right, left)
-            };
-            match needle.as_slice() {
-                [] => Vec::new(),
-                [one] => vec![bool_item(hay.iter().any(|h| equal(h, one) == Some(true)))],
-                _ => return Err(EvalError("'in' needs a single item on its left".into())),
-            }
-        }
-        Eq | Ne | Equiv | NotEquiv => {
-            let equivalent = matches!(op, Equiv | NotEquiv);
-            let same = if left.is_empty() || right.is_empty() {
-                if equivalent {
-                    Some(left.is_empty() && right.is_empty())
-                } else {
-                    None
-                }
-            } else if left.len() != right.len() {
-                Some(false)
-            } else {
-                let mut all = Some(true);
-                for (a, b) in left.iter().zip(&right) {
-                    let e = if equivalent {
-                        Some(equivalent_items(a, b))
-                    } else {
-                        equal(a, b)
-                    };
-                    all = match (all, e) {
-                        (Some(true), e) => e,
-                        (x, _) => x,
-                    };
-                }
-                all
-            };
-            let negate = matches!(op, Ne | NotEquiv);
-            same.map(|s| bool_item(s != negate)).into_iter().collect()
-        }
-        Lt | Le | Gt | Ge => {
-            let (a, b) = match (left.as_slice(), right.as_slice()) {
-                ([a], [b]) => (a, b),
-                ([], _) | (_, []) => return Ok(Vec::new()),
-                _ => return Err(EvalError("comparison needs single items".into())),
-            };
-            match compare(a, b) {
-                Some(o) => vec![bool_item(match op {
-                    Lt => o.is_lt(),
-                    Le => o.is_le(),
-                    Gt => o.is_gt(),
-                    _ => o.is_ge(),
-                })],
-                None => Vec::new(),
-            }
-        }
-        Concat => {
-            let text = |items: &[Item]| {
-                items
-                    .first()
-                    .and_then(|i| i.value.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            };
-            vec![Item::owned(
-                Value::String(text(&left) + &text(&right)),
-                "String",
-            )]
-        }
-        Add | Sub | Mul | Div | IntDiv | Mod => arithmetic(&left, op, &right)?,
+    match op {
+        Union => Ok(union(left, right)),
+        In => membership(&left, &right),
+        Contains => membership(&right, &left),
+        Eq | Ne | Equiv | NotEquiv => Ok(equality(&left, op, &right)),
+        Lt | Le | Gt | Ge => comparison(&left, op, &right),
+        Concat => Ok(vec![concat(&left, &right)]),
+        Add | Sub | Mul | Div | IntDiv | Mod => arithmetic(&left, op, &right),
         And | Or | Xor | Implies => unreachable!("handled above"),
+    }
+}
+
+/// `and`, `or`, `xor` and `implies` in three-valued logic (empty is
+/// unknown); the right side is evaluated only when the left does not
+/// decide the answer.
+fn logic<'a>(left: &[Item<'a>], op: BinOp, r: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
+    use BinOp::*;
+    let a = as_bool(left)?;
+    // Short cuts that need no right side.
+    match (op, a) {
+        (And, Some(false)) => return Ok(vec![bool_item(false)]),
+        (Or, Some(true)) => return Ok(vec![bool_item(true)]),
+        (Implies, Some(false)) => return Ok(vec![bool_item(true)]),
+        _ => {}
+    }
+    let b = as_bool(&evaluate(r, focus, env)?)?;
+    Ok(three_valued(op, a, b).map(bool_item).into_iter().collect())
+}
+
+fn three_valued(op: BinOp, a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    use BinOp::*;
+    match op {
+        And => match (a, b) {
+            (Some(true), Some(true)) => Some(true),
+            (_, Some(false)) => Some(false),
+            _ => None,
+        },
+        Or => match (a, b) {
+            (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        Xor => a.zip(b).map(|(a, b)| a != b),
+        _ => match (a, b) {
+            (_, Some(true)) => Some(true),
+            (Some(true), Some(false)) => Some(false),
+            _ => None,
+        },
+    }
+}
+
+/// `|`: both sides without repeated values, in order.
+fn union<'a>(left: Vec<Item<'a>>, right: Vec<Item<'a>>) -> Vec<Item<'a>> {
+    let mut out: Vec<Item> = Vec::new();
+    for i in left.into_iter().chain(right) {
+        if !out.iter().any(|o| o.value == i.value) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// `in` and `contains`: whether the single `needle` equals an item of `hay`.
+fn membership<'a>(needle: &[Item<'a>], hay: &[Item<'a>]) -> Out<'a> {
+    match needle {
+        [] => Ok(Vec::new()),
+        [one] => Ok(vec![bool_item(
+            hay.iter().any(|h| equal(h, one) == Some(true)),
+        )]),
+        _ => Err(EvalError("'in' needs a single item on its left".into())),
+    }
+}
+
+/// `=`, `!=`, `~` and `!~` on two collections.
+fn equality<'a>(left: &[Item<'a>], op: BinOp, right: &[Item<'a>]) -> Vec<Item<'a>> {
+    use BinOp::*;
+    let equivalent = matches!(op, Equiv | NotEquiv);
+    let same = if left.is_empty() || right.is_empty() {
+        // Equality with an empty side is unknown; equivalence is not.
+        if equivalent {
+            Some(left.is_empty() && right.is_empty())
+        } else {
+            None
+        }
+    } else if left.len() != right.len() {
+        Some(false)
+    } else {
+        pairwise_equal(left, right, equivalent)
+    };
+    let negate = matches!(op, Ne | NotEquiv);
+    same.map(|s| bool_item(s != negate)).into_iter().collect()
+}
+
+/// Item by item: the first pair not equal decides (`false`, or unknown).
+fn pairwise_equal(left: &[Item], right: &[Item], equivalent: bool) -> Option<bool> {
+    let mut all = Some(true);
+    for (a, b) in left.iter().zip(right) {
+        let e = if equivalent {
+            Some(equivalent_items(a, b))
+        } else {
+            equal(a, b)
+        };
+        all = match (all, e) {
+            (Some(true), e) => e,
+            (x, _) => x,
+        };
+    }
+    all
+}
+
+/// `<`, `<=`, `>` and `>=` on single items (empty when either side is empty
+/// or the two do not compare).
+fn comparison<'a>(left: &[Item<'a>], op: BinOp, right: &[Item<'a>]) -> Out<'a> {
+    let (a, b) = match (left, right) {
+        ([a], [b]) => (a, b),
+        ([], _) | (_, []) => return Ok(Vec::new()),
+        _ => return Err(EvalError("comparison needs single items".into())),
+    };
+    Ok(match compare(a, b) {
+        Some(o) => vec![bool_item(match op {
+            BinOp::Lt => o.is_lt(),
+            BinOp::Le => o.is_le(),
+            BinOp::Gt => o.is_gt(),
+            _ => o.is_ge(),
+        })],
+        None => Vec::new(),
     })
+}
+
+/// `&`: string concatenation, an empty side taken as "".
+fn concat<'a>(left: &[Item], right: &[Item]) -> Item<'a> {
+    let text = |items: &[Item]| {
+        items
+            .first()
+            .and_then(|i| i.value.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    Item::owned(Value::String(text(left) + &text(right)), "String")
 }
 
 fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
