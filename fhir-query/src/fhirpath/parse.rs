@@ -162,102 +162,129 @@ enum Tok {
 }
 
 fn lex(text: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
-    let b = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    let err = |at: usize, m: &str| ParseError {
-        at,
-        message: m.to_string(),
-    };
-    while i < b.len() {
-        let c = b[i];
-        let start = i;
-        if c.is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        if text[i..].starts_with("//") {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-            continue;
-        }
-        if text[i..].starts_with("/*") {
-            let end = text[i + 2..]
-                .find("*/")
-                .ok_or_else(|| err(i, "unterminated comment"))?;
-            i += end + 4;
-            continue;
-        }
-        let tok = if c.is_ascii_alphabetic() || c == b'_' {
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                i += 1;
-            }
-            Tok::Ident(text[start..i].to_string())
-        } else if c.is_ascii_digit() {
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
-                i += 1;
-                while i < b.len() && b[i].is_ascii_digit() {
-                    i += 1;
-                }
-            }
-            Tok::Num(text[start..i].to_string())
-        } else if c == b'\'' || c == b'`' {
-            let (s, next) = unquote(text, i).ok_or_else(|| err(i, "unterminated string"))?;
+    while i < text.len() {
+        if let Some(next) = skip_trivia(text, i)? {
             i = next;
-            if c == b'\'' {
+            continue;
+        }
+        let (tok, next) = token(text, i)?;
+        out.push((i, tok));
+        i = next;
+    }
+    Ok(out)
+}
+
+fn lex_error(at: usize, message: &str) -> ParseError {
+    ParseError {
+        at,
+        message: message.to_string(),
+    }
+}
+
+/// The offset after whitespace or a comment at `i`; `None` if a token
+/// starts there.
+fn skip_trivia(text: &str, i: usize) -> Result<Option<usize>, ParseError> {
+    let b = text.as_bytes();
+    if b[i].is_ascii_whitespace() {
+        return Ok(Some(i + 1));
+    }
+    if text[i..].starts_with("//") {
+        return Ok(Some(scan(b, i, |c| c != b'\n')));
+    }
+    if text[i..].starts_with("/*") {
+        let end = text[i + 2..]
+            .find("*/")
+            .ok_or_else(|| lex_error(i, "unterminated comment"))?;
+        return Ok(Some(i + end + 4));
+    }
+    Ok(None)
+}
+
+/// The offset of the first byte from `i` on that `keep` refuses (or the end).
+fn scan(b: &[u8], mut i: usize, keep: impl Fn(u8) -> bool) -> usize {
+    while i < b.len() && keep(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// The token starting at `i`, and the offset after it.
+fn token(text: &str, i: usize) -> Result<(Tok, usize), ParseError> {
+    let b = text.as_bytes();
+    let c = b[i];
+    Ok(match c {
+        _ if c.is_ascii_alphabetic() || c == b'_' => {
+            let end = scan(b, i, |c| c.is_ascii_alphanumeric() || c == b'_');
+            (Tok::Ident(text[i..end].to_string()), end)
+        }
+        _ if c.is_ascii_digit() => number(text, i),
+        b'\'' | b'`' => {
+            let (s, next) = unquote(text, i).ok_or_else(|| lex_error(i, "unterminated string"))?;
+            let tok = if c == b'\'' {
                 Tok::Str(s)
             } else {
                 Tok::Quoted(s)
-            }
-        } else if c == b'@' {
-            i += 1;
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'-' | b':' | b'.' | b'+'))
-            {
-                i += 1;
-            }
-            Tok::DateTime(text[start + 1..i].to_string())
-        } else if c == b'$' {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_alphanumeric() {
-                i += 1;
-            }
-            Tok::Special(text[start..i].to_string())
-        } else if c == b'%' {
-            i += 1;
-            if i < b.len() && (b[i] == b'\'' || b[i] == b'`') {
-                let (s, next) =
-                    unquote(text, i).ok_or_else(|| err(i, "unterminated variable name"))?;
-                i = next;
-                Tok::Var(s)
-            } else {
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'-')
-                {
-                    i += 1;
-                }
-                Tok::Var(text[start + 1..i].to_string())
-            }
-        } else {
-            const SYMS: [&str; 21] = [
-                "<=", ">=", "!=", "!~", "(", ")", "[", "]", "{", "}", ".", ",", "*", "/", "+", "-",
-                "&", "|", "<", ">", "=",
-            ];
-            let sym = SYMS
-                .iter()
-                .find(|s| text[i..].starts_with(**s))
-                .copied()
-                .or_else(|| (c == b'~').then_some("~"))
-                .ok_or_else(|| err(i, &format!("unexpected character '{}'", c as char)))?;
-            i += sym.len();
-            Tok::Sym(sym)
-        };
-        out.push((start, tok));
+            };
+            (tok, next)
+        }
+        b'@' => {
+            let end = scan(b, i + 1, |c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'-' | b':' | b'.' | b'+')
+            });
+            (Tok::DateTime(text[i + 1..end].to_string()), end)
+        }
+        b'$' => {
+            let end = scan(b, i + 1, |c| c.is_ascii_alphanumeric());
+            (Tok::Special(text[i..end].to_string()), end)
+        }
+        b'%' => variable(text, i)?,
+        _ => symbol(text, i)?,
+    })
+}
+
+/// An integer or decimal; a `.` not followed by a digit is not part of it
+/// (`1.toString()`).
+fn number(text: &str, start: usize) -> (Tok, usize) {
+    let b = text.as_bytes();
+    let mut i = scan(b, start, |c| c.is_ascii_digit());
+    if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
+        i = scan(b, i + 1, |c| c.is_ascii_digit());
     }
-    Ok(out)
+    (Tok::Num(text[start..i].to_string()), i)
+}
+
+/// `%name`, or `%'name'` / `` %`name` `` for names that are no identifiers.
+fn variable(text: &str, start: usize) -> Result<(Tok, usize), ParseError> {
+    let b = text.as_bytes();
+    let i = start + 1;
+    if i < b.len() && (b[i] == b'\'' || b[i] == b'`') {
+        let (s, next) =
+            unquote(text, i).ok_or_else(|| lex_error(i, "unterminated variable name"))?;
+        Ok((Tok::Var(s), next))
+    } else {
+        let end = scan(b, i, |c| {
+            c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
+        });
+        Ok((Tok::Var(text[i..end].to_string()), end))
+    }
+}
+
+/// An operator or punctuation; two-character ones are tried first.
+fn symbol(text: &str, i: usize) -> Result<(Tok, usize), ParseError> {
+    const SYMS: [&str; 21] = [
+        "<=", ">=", "!=", "!~", "(", ")", "[", "]", "{", "}", ".", ",", "*", "/", "+", "-", "&",
+        "|", "<", ">", "=",
+    ];
+    let c = text.as_bytes()[i];
+    let sym = SYMS
+        .iter()
+        .find(|s| text[i..].starts_with(**s))
+        .copied()
+        .or_else(|| (c == b'~').then_some("~"))
+        .ok_or_else(|| lex_error(i, &format!("unexpected character '{}'", c as char)))?;
+    Ok((Tok::Sym(sym), i + sym.len()))
 }
 
 /// The text of a quoted string or identifier starting at `i`, unescaped,
