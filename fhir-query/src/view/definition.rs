@@ -135,76 +135,97 @@ impl Reader {
         let o = v
             .as_object()
             .ok_or_else(|| err("a select must be an object"))?;
-        let focus = match (o.get("forEach"), o.get("forEachOrNull"), o.get("repeat")) {
-            (None, None, None) => Focus::Same,
-            (Some(p), None, None) => Focus::ForEach {
-                path: self.path("forEach", Some(p))?,
-                or_null: false,
-            },
-            (None, Some(p), None) => Focus::ForEach {
-                path: self.path("forEachOrNull", Some(p))?,
-                or_null: true,
-            },
-            (None, None, Some(Value::Array(paths))) if !paths.is_empty() => Focus::Repeat(
-                paths
-                    .iter()
-                    .map(|p| self.path("repeat", Some(p)))
-                    .collect::<Result<_, _>>()?,
-            ),
-            (None, None, Some(_)) => {
-                return Err(err("repeat must be a non-empty list of FHIRPath strings"))
-            }
-            _ => {
-                return Err(err(
-                    "a select has at most one of forEach, forEachOrNull and repeat",
-                ))
-            }
-        };
+        let focus = self.focus(o)?;
         let before = defs.len();
         let mut columns = Vec::new();
         for c in list(o, "column")? {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| err("a column needs a name"))?;
-            let valid = name.starts_with(|ch: char| ch.is_ascii_alphabetic())
-                && name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-            if !valid {
-                return Err(err(format!(
-                    "column name '{name}' is not a letter followed by letters, digits and _"
-                )));
-            }
-            let collection = match c.get("collection") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => {
-                    return Err(err(format!(
-                        "column '{name}': collection must be true or false"
-                    )))
-                }
-            };
-            let type_name = match c.get("type") {
-                None => None,
-                Some(Value::String(t)) => Some(t.clone()),
-                Some(_) => return Err(err(format!("column '{name}': type must be a string"))),
-            };
-            columns.push(Column {
-                name: name.to_string(),
-                path: self.path(&format!("column '{name}' path"), c.get("path"))?,
-                collection,
-            });
-            defs.push(ColumnDef {
-                name: name.to_string(),
-                type_name,
-                collection,
-            });
+            let (column, def) = self.column(c)?;
+            columns.push(column);
+            defs.push(def);
         }
         let mut selects = Vec::new();
         for s in list(o, "select")? {
             selects.push(self.select(s, defs)?);
         }
+        let union_all = self.union_all(o, defs)?;
+        Ok(Select {
+            focus,
+            columns,
+            selects,
+            union_all,
+            width: defs.len() - before,
+        })
+    }
+
+    /// What a select's rows iterate over: its `forEach`, `forEachOrNull` or
+    /// `repeat` (at most one of them), or the focus it is given.
+    fn focus(&self, o: &serde_json::Map<String, Value>) -> Result<Focus, ViewError> {
+        Ok(
+            match (o.get("forEach"), o.get("forEachOrNull"), o.get("repeat")) {
+                (None, None, None) => Focus::Same,
+                (Some(p), None, None) => Focus::ForEach {
+                    path: self.path("forEach", Some(p))?,
+                    or_null: false,
+                },
+                (None, Some(p), None) => Focus::ForEach {
+                    path: self.path("forEachOrNull", Some(p))?,
+                    or_null: true,
+                },
+                (None, None, Some(Value::Array(paths))) if !paths.is_empty() => Focus::Repeat(
+                    paths
+                        .iter()
+                        .map(|p| self.path("repeat", Some(p)))
+                        .collect::<Result<_, _>>()?,
+                ),
+                (None, None, Some(_)) => {
+                    return Err(err("repeat must be a non-empty list of FHIRPath strings"))
+                }
+                _ => {
+                    return Err(err(
+                        "a select has at most one of forEach, forEachOrNull and repeat",
+                    ))
+                }
+            },
+        )
+    }
+
+    /// A column: what evaluates it, and what the view's table says of it.
+    fn column(&self, c: &Value) -> Result<(Column, ColumnDef), ViewError> {
+        let name = column_name(c)?;
+        let collection = match c.get("collection") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(err(format!(
+                    "column '{name}': collection must be true or false"
+                )))
+            }
+        };
+        let type_name = match c.get("type") {
+            None => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(_) => return Err(err(format!("column '{name}': type must be a string"))),
+        };
+        let column = Column {
+            name: name.to_string(),
+            path: self.path(&format!("column '{name}' path"), c.get("path"))?,
+            collection,
+        };
+        let def = ColumnDef {
+            name: name.to_string(),
+            type_name,
+            collection,
+        };
+        Ok((column, def))
+    }
+
+    /// The branches of a select's `unionAll`; the first branch's columns
+    /// join `defs`, and every other branch must have the same ones.
+    fn union_all(
+        &self,
+        o: &serde_json::Map<String, Value>,
+        defs: &mut Vec<ColumnDef>,
+    ) -> Result<Vec<Select>, ViewError> {
         let mut union_all = Vec::new();
         let mut union_columns: Option<Vec<String>> = None;
         for branch in list(o, "unionAll")? {
@@ -224,14 +245,27 @@ impl Reader {
                 }
             }
         }
-        Ok(Select {
-            focus,
-            columns,
-            selects,
-            union_all,
-            width: defs.len() - before,
-        })
+        Ok(union_all)
     }
+}
+
+/// A column's name: a letter followed by letters, digits and `_` (SQL on
+/// FHIR asks for names a database can use as they are).
+fn column_name(c: &Value) -> Result<&str, ViewError> {
+    let name = c
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err("a column needs a name"))?;
+    let valid = name.starts_with(|ch: char| ch.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+    if !valid {
+        return Err(err(format!(
+            "column name '{name}' is not a letter followed by letters, digits and _"
+        )));
+    }
+    Ok(name)
 }
 
 fn array(v: &Value) -> Result<&Vec<Value>, ViewError> {
