@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,6 +74,33 @@ struct AssertionClaims {
 struct OneTimeProof {
     jti: String,
     expires: chrono::DateTime<chrono::Utc>,
+}
+
+/// The signing algorithm, if it is one of `SIGNING_ALGS`.
+fn accepted_alg(alg: Algorithm) -> Result<Algorithm, OAuthError> {
+    if matches!(
+        alg,
+        Algorithm::RS384 | Algorithm::ES384 | Algorithm::RS256 | Algorithm::ES256
+    ) {
+        Ok(alg)
+    } else {
+        Err(invalid_client(format!(
+            "alg {alg:?} is not accepted; use one of {SIGNING_ALGS:?}"
+        )))
+    }
+}
+
+/// The key `kid` names in a client's registered key set (without a `kid`,
+/// the set's only key).
+fn registered_key(jwks: &Value, kid: Option<&str>) -> Result<Jwk, OAuthError> {
+    let jwks: JwkSet = serde_json::from_value(jwks.clone())
+        .map_err(|_| invalid_client("the client's registered key set is not usable"))?;
+    match kid {
+        Some(kid) => jwks.find(kid).cloned(),
+        None if jwks.keys.len() == 1 => jwks.keys.first().cloned(),
+        None => None,
+    }
+    .ok_or_else(|| invalid_client("no registered key matches the assertion's kid"))
 }
 
 pub struct AuthServer {
@@ -146,15 +173,7 @@ impl AuthServer {
     ) -> Result<(ClientRegistration, OneTimeProof), OAuthError> {
         let header = jsonwebtoken::decode_header(assertion)
             .map_err(|e| invalid_client(format!("the client assertion is not a valid JWT: {e}")))?;
-        let alg = header.alg;
-        if !matches!(
-            alg,
-            Algorithm::RS384 | Algorithm::ES384 | Algorithm::RS256 | Algorithm::ES256
-        ) {
-            return Err(invalid_client(format!(
-                "alg {alg:?} is not accepted; use one of {SIGNING_ALGS:?}"
-            )));
-        }
+        let alg = accepted_alg(header.alg)?;
         // Who claims to be signing: read before the signature can be checked,
         // only to choose the keys to check it with.
         let unverified: AssertionClaims =
@@ -167,17 +186,7 @@ impl AuthServer {
             .iss
             .clone()
             .ok_or_else(|| invalid_client("the assertion has no iss"))?;
-        let client = match self.clients.get_client(&client_id).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(invalid_client("unknown client")),
-            Err(e) => {
-                // The cause goes to the log; the client gets our words only.
-                tracing::error!(error = %e, "token endpoint: the client store failed");
-                return Err(unavailable(
-                    "the authorization server cannot read its clients",
-                ));
-            }
-        };
+        let client = self.registered_client(&client_id).await?;
         if let Some(jku) = &header.jku {
             if client.jwks_url.as_deref() != Some(jku.as_str()) {
                 return Err(invalid_client(
@@ -185,47 +194,86 @@ impl AuthServer {
                 ));
             }
         }
-        let jwk = match (&client.jwks, &client.jwks_url) {
-            (Some(jwks), _) => {
-                let jwks: JwkSet = serde_json::from_value(jwks.clone())
-                    .map_err(|_| invalid_client("the client's registered key set is not usable"))?;
-                match &header.kid {
-                    Some(kid) => jwks.find(kid).cloned(),
-                    None if jwks.keys.len() == 1 => jwks.keys.first().cloned(),
-                    None => None,
-                }
-                .ok_or_else(|| invalid_client("no registered key matches the assertion's kid"))?
+        let jwk = self
+            .client_key(&client, &client_id, header.kid.as_deref())
+            .await?;
+        self.verify_signature(assertion, &jwk, alg, &client_id)?;
+        let proof = self.one_time_proof(unverified)?;
+        Ok((client, proof))
+    }
+
+    /// The registration of the client an assertion names.
+    async fn registered_client(&self, client_id: &str) -> Result<ClientRegistration, OAuthError> {
+        match self.clients.get_client(client_id).await {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(invalid_client("unknown client")),
+            Err(e) => {
+                // The cause goes to the log; the client gets our words only.
+                tracing::error!(error = %e, "token endpoint: the client store failed");
+                Err(unavailable(
+                    "the authorization server cannot read its clients",
+                ))
             }
-            (None, Some(url)) => match self.jwks.key(url, header.kid.as_deref()).await {
-                Ok(key) => key,
+        }
+    }
+
+    /// The client's key the assertion says it is signed with (`kid`; without
+    /// one, the client's only key): from its registered key set, or fetched
+    /// from its JWKS URL.
+    async fn client_key(
+        &self,
+        client: &ClientRegistration,
+        client_id: &str,
+        kid: Option<&str>,
+    ) -> Result<Jwk, OAuthError> {
+        match (&client.jwks, &client.jwks_url) {
+            (Some(jwks), _) => registered_key(jwks, kid),
+            (None, Some(url)) => match self.jwks.key(url, kid).await {
+                Ok(key) => Ok(key),
                 Err(e @ JwksError::NoMatch { .. }) => {
-                    return Err(invalid_client(format!("the client's keys: {e}")))
+                    Err(invalid_client(format!("the client's keys: {e}")))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, client = %client_id, "token endpoint: the client's JWKS is out of reach");
-                    return Err(unavailable(
+                    Err(unavailable(
                         "the client's registered key set cannot be fetched",
-                    ));
+                    ))
                 }
             },
-            (None, None) => return Err(invalid_client("the client has no registered keys")),
-        };
-        let jwk = &jwk;
+            (None, None) => Err(invalid_client("the client has no registered keys")),
+        }
+    }
+
+    /// Checks the assertion's signature with `jwk`, and its `aud`, `iss` and
+    /// `sub`; its `exp` is checked by `one_time_proof`.
+    fn verify_signature(
+        &self,
+        assertion: &str,
+        jwk: &Jwk,
+        alg: Algorithm,
+        client_id: &str,
+    ) -> Result<(), OAuthError> {
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|e| invalid_client(format!("the registered key is not usable: {e}")))?;
         let mut v = Validation::new(alg);
         v.set_audience(&[&self.token_url]);
-        v.set_issuer(&[&client_id]);
-        v.sub = Some(client_id.clone());
-        v.validate_exp = false; // against the service clock, below
+        v.set_issuer(&[client_id]);
+        v.sub = Some(client_id.to_string());
+        v.validate_exp = false; // against the service clock, in one_time_proof
         v.required_spec_claims = ["exp", "iss", "sub", "aud"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         jsonwebtoken::decode::<Value>(assertion, &key, &v)
             .map_err(|e| invalid_client(format!("the client assertion does not verify: {e}")))?;
+        Ok(())
+    }
+
+    /// The assertion's `jti` and when it may be forgotten, once its `exp`
+    /// is found neither past nor too far ahead on the service clock.
+    fn one_time_proof(&self, claims: AssertionClaims) -> Result<OneTimeProof, OAuthError> {
         let now = self.clock.now().timestamp();
-        let exp = unverified.exp.unwrap_or(0);
+        let exp = claims.exp.unwrap_or(0);
         if exp <= now - LEEWAY_SECONDS {
             return Err(invalid_client("the client assertion has expired"));
         }
@@ -235,12 +283,12 @@ impl AuthServer {
             ));
         }
         // (jsonwebtoken's required claims do not cover jti: checked here.)
-        let jti = unverified
+        let jti = claims
             .jti
             .filter(|j| !j.is_empty())
             .ok_or_else(|| invalid_client("the client assertion has no jti"))?;
         let expires = chrono::DateTime::from_timestamp(exp, 0).unwrap_or_else(chrono::Utc::now);
-        Ok((client, OneTimeProof { jti, expires }))
+        Ok(OneTimeProof { jti, expires })
     }
 
     /// Records the assertion's `jti`; an assertion already used for a
