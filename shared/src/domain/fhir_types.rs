@@ -12,6 +12,111 @@
 
 pub use fhir_query::resource_types::{is_resource_type, RESOURCE_TYPES};
 
+/// The types in the Patient compartment and their paths to the patient (see
+/// [`patient_compartment_paths`]), in the order of the definition.
+static PATIENT_COMPARTMENT: &[(&str, &[&str])] = &[
+    ("Account", &["subject"]),
+    ("AdverseEvent", &["subject"]),
+    ("AllergyIntolerance", &["patient", "recorder", "asserter"]),
+    // actor: Appointment.participant.actor
+    ("Appointment", &["participant.actor"]),
+    ("AppointmentResponse", &["actor"]),
+    // patient: AuditEvent.agent.who | AuditEvent.entity.what (Patient only)
+    ("AuditEvent", &["agent.who", "entity.what"]),
+    // patient: Basic.subject (Patient only); author
+    ("Basic", &["subject", "author"]),
+    ("BodyStructure", &["patient"]),
+    // patient: CarePlan.subject; performer: CarePlan.activity.detail.performer
+    ("CarePlan", &["subject", "activity.detail.performer"]),
+    // patient: CareTeam.subject; participant: CareTeam.participant.member
+    ("CareTeam", &["subject", "participant.member"]),
+    ("ChargeItem", &["subject"]),
+    // payee: Claim.payee.party
+    ("Claim", &["patient", "payee.party"]),
+    ("ClaimResponse", &["patient"]),
+    ("ClinicalImpression", &["subject"]),
+    ("Communication", &["subject", "sender", "recipient"]),
+    (
+        "CommunicationRequest",
+        &["subject", "sender", "recipient", "requester"],
+    ),
+    // attester: Composition.attester.party
+    ("Composition", &["subject", "author", "attester.party"]),
+    // patient: Condition.subject
+    ("Condition", &["subject", "asserter"]),
+    ("Consent", &["patient"]),
+    // policy-holder: Coverage.policyHolder
+    (
+        "Coverage",
+        &["policyHolder", "subscriber", "beneficiary", "payor"],
+    ),
+    ("CoverageEligibilityRequest", &["patient"]),
+    ("CoverageEligibilityResponse", &["patient"]),
+    ("DetectedIssue", &["patient"]),
+    ("DeviceRequest", &["subject", "performer"]),
+    ("DeviceUseStatement", &["subject"]),
+    ("DiagnosticReport", &["subject"]),
+    ("DocumentManifest", &["subject", "author", "recipient"]),
+    ("DocumentReference", &["subject", "author"]),
+    // patient: Encounter.subject
+    ("Encounter", &["subject"]),
+    // subject: EnrollmentRequest.candidate
+    ("EnrollmentRequest", &["candidate"]),
+    ("EpisodeOfCare", &["patient"]),
+    // payee: ExplanationOfBenefit.payee.party
+    ("ExplanationOfBenefit", &["patient", "payee.party"]),
+    ("FamilyMemberHistory", &["patient"]),
+    // patient: Flag.subject
+    ("Flag", &["subject"]),
+    // patient: Goal.subject
+    ("Goal", &["subject"]),
+    // member: Group.member.entity
+    ("Group", &["member.entity"]),
+    // patient: ImagingStudy.subject
+    ("ImagingStudy", &["subject"]),
+    ("Immunization", &["patient"]),
+    ("ImmunizationEvaluation", &["patient"]),
+    ("ImmunizationRecommendation", &["patient"]),
+    // subject, patient (Invoice.subject), recipient
+    ("Invoice", &["subject", "recipient"]),
+    // subject, source
+    ("List", &["subject", "source"]),
+    // patient: MeasureReport.subject
+    ("MeasureReport", &["subject"]),
+    ("Media", &["subject"]),
+    // patient and subject: MedicationAdministration.subject;
+    // performer: MedicationAdministration.performer.actor
+    ("MedicationAdministration", &["subject", "performer.actor"]),
+    // subject and patient: MedicationDispense.subject; receiver
+    ("MedicationDispense", &["subject", "receiver"]),
+    ("MedicationRequest", &["subject"]),
+    ("MedicationStatement", &["subject"]),
+    ("MolecularSequence", &["patient"]),
+    ("NutritionOrder", &["patient"]),
+    ("Observation", &["subject", "performer"]),
+    // link: Patient.link.other
+    ("Patient", &["link.other"]),
+    // patient: Person.link.target (Patient only)
+    ("Person", &["link.target"]),
+    // patient: Procedure.subject; performer: Procedure.performer.actor
+    ("Procedure", &["subject", "performer.actor"]),
+    // patient: Provenance.target (Patient only)
+    ("Provenance", &["target"]),
+    ("QuestionnaireResponse", &["subject", "author"]),
+    ("RelatedPerson", &["patient"]),
+    // participant: RequestGroup.action.participant
+    ("RequestGroup", &["subject", "action.participant"]),
+    ("ResearchSubject", &["individual"]),
+    ("RiskAssessment", &["subject"]),
+    ("Schedule", &["actor"]),
+    ("ServiceRequest", &["subject", "performer"]),
+    ("Specimen", &["subject"]),
+    ("SupplyDelivery", &["patient"]),
+    // subject: SupplyRequest.deliverTo
+    ("SupplyRequest", &["deliverTo"]),
+    ("VisionPrescription", &["patient"]),
+];
+
 /// Element paths through which a resource of `resource_type` belongs to a
 /// Patient's compartment, per the R4 CompartmentDefinition `patient`
 /// (<https://hl7.org/fhir/R4/compartmentdefinition-patient.html>).
@@ -28,104 +133,10 @@ pub use fhir_query::resource_types::{is_resource_type, RESOURCE_TYPES};
 /// Returns `None` for types that are not in the patient compartment (e.g.
 /// Organization, Practitioner, Medication, Device) and for unknown names.
 pub fn patient_compartment_paths(resource_type: &str) -> Option<&'static [&'static str]> {
-    let paths: &'static [&'static str] = match resource_type {
-        "Account" => &["subject"],
-        "AdverseEvent" => &["subject"],
-        "AllergyIntolerance" => &["patient", "recorder", "asserter"],
-        // actor: Appointment.participant.actor
-        "Appointment" => &["participant.actor"],
-        "AppointmentResponse" => &["actor"],
-        // patient: AuditEvent.agent.who | AuditEvent.entity.what (Patient only)
-        "AuditEvent" => &["agent.who", "entity.what"],
-        // patient: Basic.subject (Patient only); author
-        "Basic" => &["subject", "author"],
-        "BodyStructure" => &["patient"],
-        // patient: CarePlan.subject; performer: CarePlan.activity.detail.performer
-        "CarePlan" => &["subject", "activity.detail.performer"],
-        // patient: CareTeam.subject; participant: CareTeam.participant.member
-        "CareTeam" => &["subject", "participant.member"],
-        "ChargeItem" => &["subject"],
-        // payee: Claim.payee.party
-        "Claim" => &["patient", "payee.party"],
-        "ClaimResponse" => &["patient"],
-        "ClinicalImpression" => &["subject"],
-        "Communication" => &["subject", "sender", "recipient"],
-        "CommunicationRequest" => &["subject", "sender", "recipient", "requester"],
-        // attester: Composition.attester.party
-        "Composition" => &["subject", "author", "attester.party"],
-        // patient: Condition.subject
-        "Condition" => &["subject", "asserter"],
-        "Consent" => &["patient"],
-        // policy-holder: Coverage.policyHolder
-        "Coverage" => &["policyHolder", "subscriber", "beneficiary", "payor"],
-        "CoverageEligibilityRequest" => &["patient"],
-        "CoverageEligibilityResponse" => &["patient"],
-        "DetectedIssue" => &["patient"],
-        "DeviceRequest" => &["subject", "performer"],
-        "DeviceUseStatement" => &["subject"],
-        "DiagnosticReport" => &["subject"],
-        "DocumentManifest" => &["subject", "author", "recipient"],
-        "DocumentReference" => &["subject", "author"],
-        // patient: Encounter.subject
-        "Encounter" => &["subject"],
-        // subject: EnrollmentRequest.candidate
-        "EnrollmentRequest" => &["candidate"],
-        "EpisodeOfCare" => &["patient"],
-        // payee: ExplanationOfBenefit.payee.party
-        "ExplanationOfBenefit" => &["patient", "payee.party"],
-        "FamilyMemberHistory" => &["patient"],
-        // patient: Flag.subject
-        "Flag" => &["subject"],
-        // patient: Goal.subject
-        "Goal" => &["subject"],
-        // member: Group.member.entity
-        "Group" => &["member.entity"],
-        // patient: ImagingStudy.subject
-        "ImagingStudy" => &["subject"],
-        "Immunization" => &["patient"],
-        "ImmunizationEvaluation" => &["patient"],
-        "ImmunizationRecommendation" => &["patient"],
-        // subject, patient (Invoice.subject), recipient
-        "Invoice" => &["subject", "recipient"],
-        // subject, source
-        "List" => &["subject", "source"],
-        // patient: MeasureReport.subject
-        "MeasureReport" => &["subject"],
-        "Media" => &["subject"],
-        // patient and subject: MedicationAdministration.subject;
-        // performer: MedicationAdministration.performer.actor
-        "MedicationAdministration" => &["subject", "performer.actor"],
-        // subject and patient: MedicationDispense.subject; receiver
-        "MedicationDispense" => &["subject", "receiver"],
-        "MedicationRequest" => &["subject"],
-        "MedicationStatement" => &["subject"],
-        "MolecularSequence" => &["patient"],
-        "NutritionOrder" => &["patient"],
-        "Observation" => &["subject", "performer"],
-        // link: Patient.link.other
-        "Patient" => &["link.other"],
-        // patient: Person.link.target (Patient only)
-        "Person" => &["link.target"],
-        // patient: Procedure.subject; performer: Procedure.performer.actor
-        "Procedure" => &["subject", "performer.actor"],
-        // patient: Provenance.target (Patient only)
-        "Provenance" => &["target"],
-        "QuestionnaireResponse" => &["subject", "author"],
-        "RelatedPerson" => &["patient"],
-        // participant: RequestGroup.action.participant
-        "RequestGroup" => &["subject", "action.participant"],
-        "ResearchSubject" => &["individual"],
-        "RiskAssessment" => &["subject"],
-        "Schedule" => &["actor"],
-        "ServiceRequest" => &["subject", "performer"],
-        "Specimen" => &["subject"],
-        "SupplyDelivery" => &["patient"],
-        // subject: SupplyRequest.deliverTo
-        "SupplyRequest" => &["deliverTo"],
-        "VisionPrescription" => &["patient"],
-        _ => return None,
-    };
-    Some(paths)
+    PATIENT_COMPARTMENT
+        .iter()
+        .find(|(t, _)| *t == resource_type)
+        .map(|(_, paths)| *paths)
 }
 
 /// Top-level elements of `resource_type` whose minimum cardinality is >= 1 in
