@@ -1233,14 +1233,7 @@ impl PatientPlan {
         let e = rng.below(self.visits.len() as u64);
         let v = &self.visits[e as usize];
         let effective = v.start + rng.below(((v.end - v.start) / 60).max(1) as u64) as i64 * 60;
-        let roll = rng.below(100);
-        let def = if roll < 10 {
-            None // blood pressure panel
-        } else if roll < 60 {
-            Some(&VITAL_SIGNS[rng.index(VITAL_SIGNS.len())])
-        } else {
-            Some(&LABS[rng.index(LABS.len())])
-        };
+        let def = observation_kind(&mut rng);
         let lab = def.is_some_and(|d| d.normal.is_some());
         let (category, category_display) = if lab {
             ("laboratory", "Laboratory")
@@ -1253,7 +1246,7 @@ impl PatientPlan {
             effective
         };
         let (code, display) = def.map_or(BP_PANEL, |d| (d.code, d.display));
-        let mut obs = Obj::new(11)
+        let obs = Obj::new(11)
             .set("resourceType", "Observation")
             .set("id", ctx.id(K_OBSERVATION, self.index, j))
             .set("status", "final")
@@ -1271,46 +1264,10 @@ impl PatientPlan {
             .set("effectiveDateTime", fhir_datetime(effective))
             .set("issued", fhir_datetime(issued));
         match def {
-            None => {
-                let systolic = rng.range(95, 165);
-                let diastolic = rng.range(55, 100).min(systolic - 25);
-                let component = |code: &str, display: &str, value: u64| -> Value {
-                    Obj::new(2)
-                        .set("code", coded(LOINC, code, display))
-                        .set("valueQuantity", quantity(value, "mm[Hg]", "mm[Hg]"))
-                        .into()
-                };
-                obs = obs.set(
-                    "component",
-                    array([
-                        component("8480-6", "Systolic blood pressure", systolic),
-                        component("8462-4", "Diastolic blood pressure", diastolic),
-                    ]),
-                );
-            }
-            Some(d) => {
-                let (value, number) = rounded(d.low + rng.unit() * (d.high - d.low), d.decimals);
-                obs = obs.set("valueQuantity", quantity(number, d.unit, d.ucum));
-                if let Some((low, high)) = d.normal {
-                    let (flag, flag_display) = if value < low {
-                        ("L", "Low")
-                    } else if value > high {
-                        ("H", "High")
-                    } else {
-                        ("N", "Normal")
-                    };
-                    obs = obs.set(
-                        "interpretation",
-                        array([coded(
-                            "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                            flag,
-                            flag_display,
-                        )]),
-                    );
-                }
-            }
+            None => blood_pressure(obs, &mut rng),
+            Some(d) => measurement(obs, d, &mut rng),
         }
-        obs.into()
+        .into()
     }
 
     fn medication_request(&self, ctx: &Ctx, j: u64) -> Value {
@@ -1319,69 +1276,16 @@ impl PatientPlan {
         let v = &self.visits[e as usize];
         let reason = rng.below(self.conditions);
         let (code, display, inhaled) = rng.pick(&MEDICATIONS);
-        let (when, frequency, period, period_unit, as_needed) = rng.pick(&SCHEDULES);
+        let schedule = rng.pick(&SCHEDULES);
         let status = match rng.below(100) {
             0..=54 => "completed",
             55..=89 => "active",
             _ => "stopped",
         };
-        let (dose, unit, route, route_display) = if inhaled {
-            (
-                2,
-                "puff",
-                "447694001",
-                "Respiratory tract route (qualifier value)",
-            )
-        } else {
-            let unit = if display.ends_with("Capsule") {
-                "capsule"
-            } else {
-                "tablet"
-            };
-            (
-                rng.range(1, 2),
-                unit,
-                "26643006",
-                "Oral route (qualifier value)",
-            )
-        };
-        let text = if inhaled {
-            format!("Inhale {dose} puffs {when}")
-        } else {
-            let plural = if dose > 1 { "s" } else { "" };
-            format!("Take {dose} {unit}{plural} by mouth {when}")
-        };
+        let dose = Dose::draw(&mut rng, display, inhaled);
         let supply = rng.pick(&[30u64, 60, 90]);
-        // One inhaler lasts the supply period; tablets and capsules are counted.
-        let (dispensed, dispensed_unit) = if inhaled {
-            (1, "inhaler")
-        } else {
-            (supply * frequency * dose, unit)
-        };
-        let repeat = Obj::new(3)
-            .set("frequency", frequency)
-            .set("period", period)
-            .set("periodUnit", period_unit);
-        let dose_quantity = Obj::new(2).set("value", dose).set("unit", unit);
-        let dosage = Obj::new(6)
-            .set("sequence", 1)
-            .set("text", text)
-            .set("timing", Obj::new(1).set("repeat", repeat))
-            .set("asNeededBoolean", as_needed)
-            .set("route", coded(SNOMED, route, route_display))
-            .set(
-                "doseAndRate",
-                array([Obj::new(1).set("doseQuantity", dose_quantity).into()]),
-            );
-        let dispense = Obj::new(3)
-            .set("numberOfRepeatsAllowed", rng.below(6))
-            .set(
-                "quantity",
-                Obj::new(2)
-                    .set("value", dispensed)
-                    .set("unit", dispensed_unit),
-            )
-            .set("expectedSupplyDuration", quantity(supply, "days", "d"));
+        let dosage = dosage_instruction(&dose, schedule);
+        let dispense = dispense_request(&dose, schedule.1, supply, &mut rng);
         Obj::new(13)
             .set("resourceType", "MedicationRequest")
             .set("id", ctx.id(K_MEDREQ, self.index, j))
@@ -1396,10 +1300,164 @@ impl PatientPlan {
                 "reasonReference",
                 array([ctx.reference(K_CONDITION, self.index, reason)]),
             )
-            .set("dosageInstruction", array([dosage.into()]))
+            .set("dosageInstruction", array([dosage]))
             .set("dispenseRequest", dispense)
             .into()
     }
+}
+
+// The parts of sample Observations and MedicationRequests. Each draws from
+// the resource's `Rng` in the order the resource is built, so that a
+// resource stays the same for the same seed.
+
+/// What an observation measures: a blood pressure panel (10%), a vital sign
+/// (50%) or a laboratory result (40%).
+fn observation_kind(rng: &mut Rng) -> Option<&'static ObsDef> {
+    let roll = rng.below(100);
+    if roll < 10 {
+        None // blood pressure panel
+    } else if roll < 60 {
+        Some(&VITAL_SIGNS[rng.index(VITAL_SIGNS.len())])
+    } else {
+        Some(&LABS[rng.index(LABS.len())])
+    }
+}
+
+/// A blood pressure panel's values: systolic and diastolic components.
+fn blood_pressure(obs: Obj, rng: &mut Rng) -> Obj {
+    let systolic = rng.range(95, 165);
+    let diastolic = rng.range(55, 100).min(systolic - 25);
+    let component = |code: &str, display: &str, value: u64| -> Value {
+        Obj::new(2)
+            .set("code", coded(LOINC, code, display))
+            .set("valueQuantity", quantity(value, "mm[Hg]", "mm[Hg]"))
+            .into()
+    };
+    obs.set(
+        "component",
+        array([
+            component("8480-6", "Systolic blood pressure", systolic),
+            component("8462-4", "Diastolic blood pressure", diastolic),
+        ]),
+    )
+}
+
+/// A value in `d`'s plausible range; a laboratory result is also flagged
+/// against its reference range.
+fn measurement(obs: Obj, d: &ObsDef, rng: &mut Rng) -> Obj {
+    let (value, number) = rounded(d.low + rng.unit() * (d.high - d.low), d.decimals);
+    let obs = obs.set("valueQuantity", quantity(number, d.unit, d.ucum));
+    match d.normal {
+        Some((low, high)) => obs.set("interpretation", interpretation(value, low, high)),
+        None => obs,
+    }
+}
+
+/// Low, high or normal, against the reference range `low..=high`.
+fn interpretation(value: f64, low: f64, high: f64) -> Value {
+    let (flag, flag_display) = if value < low {
+        ("L", "Low")
+    } else if value > high {
+        ("H", "High")
+    } else {
+        ("N", "Normal")
+    };
+    array([coded(
+        "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+        flag,
+        flag_display,
+    )])
+}
+
+/// How much of a medication is taken at a time, and how.
+struct Dose {
+    amount: u64,
+    unit: &'static str,
+    inhaled: bool,
+    route: &'static str,
+    route_display: &'static str,
+}
+
+impl Dose {
+    /// Two puffs of an inhaler, or one or two tablets or capsules by mouth
+    /// (which, `display` says).
+    fn draw(rng: &mut Rng, display: &str, inhaled: bool) -> Dose {
+        if inhaled {
+            Dose {
+                amount: 2,
+                unit: "puff",
+                inhaled,
+                route: "447694001",
+                route_display: "Respiratory tract route (qualifier value)",
+            }
+        } else {
+            let unit = if display.ends_with("Capsule") {
+                "capsule"
+            } else {
+                "tablet"
+            };
+            Dose {
+                amount: rng.range(1, 2),
+                unit,
+                inhaled,
+                route: "26643006",
+                route_display: "Oral route (qualifier value)",
+            }
+        }
+    }
+
+    /// The instruction as a patient reads it.
+    fn text(&self, when: &str) -> String {
+        let (dose, unit) = (self.amount, self.unit);
+        if self.inhaled {
+            format!("Inhale {dose} puffs {when}")
+        } else {
+            let plural = if dose > 1 { "s" } else { "" };
+            format!("Take {dose} {unit}{plural} by mouth {when}")
+        }
+    }
+}
+
+/// A MedicationRequest's `dosageInstruction`: the dose taken on `schedule`
+/// (one of `SCHEDULES`).
+fn dosage_instruction(dose: &Dose, schedule: (&str, u64, u64, &str, bool)) -> Value {
+    let (when, frequency, period, period_unit, as_needed) = schedule;
+    let repeat = Obj::new(3)
+        .set("frequency", frequency)
+        .set("period", period)
+        .set("periodUnit", period_unit);
+    let dose_quantity = Obj::new(2).set("value", dose.amount).set("unit", dose.unit);
+    Obj::new(6)
+        .set("sequence", 1)
+        .set("text", dose.text(when))
+        .set("timing", Obj::new(1).set("repeat", repeat))
+        .set("asNeededBoolean", as_needed)
+        .set("route", coded(SNOMED, dose.route, dose.route_display))
+        .set(
+            "doseAndRate",
+            array([Obj::new(1).set("doseQuantity", dose_quantity).into()]),
+        )
+        .into()
+}
+
+/// A MedicationRequest's `dispenseRequest`: enough for `supply` days of
+/// `frequency` doses a day.
+fn dispense_request(dose: &Dose, frequency: u64, supply: u64, rng: &mut Rng) -> Obj {
+    // One inhaler lasts the supply period; tablets and capsules are counted.
+    let (dispensed, dispensed_unit) = if dose.inhaled {
+        (1, "inhaler")
+    } else {
+        (supply * frequency * dose.amount, dose.unit)
+    };
+    Obj::new(3)
+        .set("numberOfRepeatsAllowed", rng.below(6))
+        .set(
+            "quantity",
+            Obj::new(2)
+                .set("value", dispensed)
+                .set("unit", dispensed_unit),
+        )
+        .set("expectedSupplyDuration", quantity(supply, "days", "d"))
 }
 
 // ---------------------------------------------------------------------------------------------
