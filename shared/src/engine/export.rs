@@ -2,6 +2,7 @@
 
 use super::accounting::charged;
 use super::job_desk::job_not_found;
+use super::modify::{modify_job, Modified};
 use super::{Announcer, Collector, EngineConfig, JobDesk};
 use crate::ports::{ArtifactStore, Clock, JobStore};
 use std::sync::Arc;
@@ -23,7 +24,6 @@ use crate::domain::request::{
 };
 use crate::domain::usage;
 use crate::domain::Error;
-use crate::ports::PortError;
 
 /// What a status poll answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,21 +243,22 @@ impl Exports {
     /// Cancels a job: it disappears for its owner at once, workers stop at
     /// their next page, and its files are deleted.
     pub async fn cancel(&self, caller: &Caller, job_id: &str) -> Result<(), Error> {
-        let mut job = self.desk.visible_job(caller, job_id).await?;
-        loop {
+        self.desk.visible_job(caller, job_id).await?;
+        let now = self.clock.now();
+        let cancelled = modify_job(&*self.jobs, job_id, |job| {
+            if !job.is_visible(now) {
+                return Ok::<_, Error>(false); // cancelled or expired meanwhile
+            }
             job.state = JobState::Cancelled;
             // The sweeper removes the record (and anything a worker wrote
             // after this point) at its next run.
-            job.expires_at = Some(self.clock.now());
-            match self.jobs.update_job(&job).await {
-                Ok(saved) => {
-                    job = saved;
-                    break;
-                }
-                Err(PortError::Conflict) => job = self.desk.visible_job(caller, job_id).await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
+            job.expires_at = Some(now);
+            Ok(true)
+        })
+        .await?;
+        let Modified::Saved(job) = cancelled else {
+            return Err(job_not_found(job_id));
+        };
         self.announcer.announce(&job).await;
         // The job is cancelled from here on, whatever follows. Deleting its
         // files may race a worker still writing them (a directory refilled

@@ -25,6 +25,7 @@ mod export;
 pub mod gzip_twin;
 mod job_desk;
 mod links;
+mod modify;
 pub mod notify;
 mod parquet_files;
 mod plan;

@@ -13,6 +13,7 @@
 //! sender and rejects replays by the age of `t`.
 
 use super::accounting::usage_so_far;
+use super::modify::{modify_job, modify_schedule};
 use super::EngineConfig;
 use crate::ports::{ClientStore, Clock, EventPublisher, JobStore, ScheduleStore, WorkQueue};
 use std::sync::Arc;
@@ -286,22 +287,16 @@ impl Announcer {
 
     /// Adds a delivery attempt to the job's record (best effort).
     async fn record_delivery(&self, job_id: &str, attempt: DeliveryAttempt) {
-        for _ in 0..10 {
-            let mut job = match self.jobs.get_job(job_id).await {
-                Ok(Some(j)) => j,
-                _ => return,
-            };
+        let recorded = modify_job(&*self.jobs, job_id, |job| {
             job.deliveries.push(attempt.clone());
-            match self.jobs.update_job(&job).await {
-                Ok(_) => return,
-                Err(PortError::Conflict) => continue,
-                Err(e) => {
-                    tracing::warn!(job = %job_id, error = %e, "delivery attempt not recorded");
-                    return;
-                }
-            }
+            Ok::<_, PortError>(true)
+        })
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(job = %job_id, error = %e, "delivery attempt not recorded");
         }
     }
+
     /// Moves an incremental schedule's cursor to a completed run's
     /// `transactionTime` (never backwards: runs may finish out of order).
     /// If this is lost, the next run repeats some changes; none are missed.
@@ -310,27 +305,16 @@ impl Announcer {
         if job.state != JobState::Completed {
             return;
         }
-        loop {
-            let mut s = match self.schedules.get_schedule(&run.schedule_id).await {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
-                    return;
-                }
-            };
+        let moved = modify_schedule(&*self.schedules, &run.schedule_id, |s| {
             if s.cursor.is_some_and(|c| c >= job.transaction_time) {
-                return;
+                return Ok::<_, PortError>(false);
             }
             s.cursor = Some(job.transaction_time);
-            match self.schedules.update_schedule(&s).await {
-                Ok(_) => return,
-                Err(PortError::Conflict) => continue,
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
-                    return;
-                }
-            }
+            Ok(true)
+        })
+        .await;
+        if let Err(e) = moved {
+            tracing::warn!(job = %job.id, error = %e, "schedule cursor not moved");
         }
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::modify::{modify_job, Modified};
 use super::Worker;
 use crate::domain::instant::to_micros;
 use crate::domain::job::{Job, JobState, Part, PartSpec, PlanInputs, WorkMessage};
@@ -35,29 +36,28 @@ impl Worker {
         };
         let parts = self.make_parts(&job).await?;
         self.jobs.put_parts(&parts).await?;
-        let mut job = job;
-        loop {
-            job.state = JobState::Running;
-            job.started_at = Some(self.clock.now());
-            job.parts_total = parts.len() as u32;
-            job.parts_remaining = parts.len() as u32;
-            match self.jobs.update_job(&job).await {
-                Ok(updated) => {
-                    job = updated;
-                    break;
-                }
-                Err(PortError::Conflict) => match self.jobs.get_job(job_id).await? {
-                    Some(j) if j.state == JobState::Queued => job = j,
-                    // Planned by a twin, which may die before it sends the
-                    // parts' messages: send them too (duplicates are harmless).
-                    Some(j) if j.state == JobState::Running => {
-                        return self.send_unfinished_parts(&j).await
-                    }
-                    _ => return Ok(()), // cancelled meanwhile
-                },
-                Err(e) => return Err(e),
+        let now = self.clock.now();
+        let count = parts.len() as u32;
+        let planned = modify_job(&*self.jobs, job_id, |job| {
+            if job.state != JobState::Queued {
+                return Ok::<_, PortError>(false);
             }
-        }
+            job.state = JobState::Running;
+            job.started_at = Some(now);
+            job.parts_total = count;
+            job.parts_remaining = count;
+            Ok(true)
+        })
+        .await?;
+        let job = match planned {
+            Modified::Saved(job) => job,
+            // Planned by a twin, which may die before it sends the parts'
+            // messages: send them too (duplicates are harmless).
+            Modified::Unchanged(twins) if twins.state == JobState::Running => {
+                return self.send_unfinished_parts(&twins).await
+            }
+            _ => return Ok(()), // cancelled meanwhile
+        };
         tracing::info!(job = %job_id, parts = parts.len(), "export planned");
         if parts.is_empty() {
             return self.finalize(job_id).await;
@@ -88,24 +88,25 @@ impl Worker {
     /// that fixed them first wins, and its inputs are used. `None`: the job
     /// is no longer queued (planned by a twin, whose parts' messages are
     /// sent again, or cancelled).
-    async fn fix_plan_inputs(&self, mut job: Job) -> PortResult<Option<Job>> {
-        loop {
-            job.plan_inputs = Some(self.plan_inputs(&job).await?);
-            match self.jobs.update_job(&job).await {
-                Ok(updated) => return Ok(Some(updated)),
-                Err(PortError::Conflict) => match self.jobs.get_job(&job.id).await? {
-                    Some(j) if j.state == JobState::Queued && j.plan_inputs.is_some() => {
-                        return Ok(Some(j))
-                    }
-                    Some(j) if j.state == JobState::Queued => job = j,
-                    Some(j) if j.state == JobState::Running => {
-                        self.send_unfinished_parts(&j).await?;
-                        return Ok(None);
-                    }
-                    _ => return Ok(None),
-                },
-                Err(e) => return Err(e),
+    async fn fix_plan_inputs(&self, job: Job) -> PortResult<Option<Job>> {
+        let inputs = self.plan_inputs(&job).await?;
+        let fixed = modify_job(&*self.jobs, &job.id, |job| {
+            if job.state != JobState::Queued || job.plan_inputs.is_some() {
+                return Ok::<_, PortError>(false);
             }
+            job.plan_inputs = Some(inputs.clone());
+            Ok(true)
+        })
+        .await?;
+        match fixed {
+            Modified::Saved(job) => Ok(Some(job)),
+            // Still queued, so a twin fixed the inputs first: use its.
+            Modified::Unchanged(job) if job.state == JobState::Queued => Ok(Some(job)),
+            Modified::Unchanged(job) if job.state == JobState::Running => {
+                self.send_unfinished_parts(&job).await?;
+                Ok(None)
+            }
+            _ => Ok(None),
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::export::authorize_export;
+use super::modify::{modify_release, Modified};
 use super::{Caller, StatusReply};
 use crate::domain::job::JobState;
 use crate::domain::request::parse_export_request;
@@ -127,22 +128,29 @@ impl Releases {
                 tracing::info!(release = %release.name, "release files rebuilt");
                 break;
             }
-            // Expired but not swept yet, or failed: the next generation.
-            release.generation += 1;
-            match self.schedules.update_release(&release).await {
-                Ok(saved) => {
+            // Expired but not swept yet, or failed: the next generation,
+            // unless someone else started it (then use theirs).
+            let seen = release.generation;
+            let next = modify_release(&*self.schedules, &release.name, |r| {
+                if r.generation != seen {
+                    return Ok::<_, Error>(false);
+                }
+                r.generation += 1;
+                Ok(true)
+            })
+            .await?;
+            match next {
+                Modified::Saved(saved) => {
                     release = saved;
                     self.build_release(&release).await?;
                     tracing::info!(release = %release.name, generation = release.generation, "release files rebuilt");
                     break;
                 }
-                Err(PortError::Conflict) => {
-                    // Someone else started the rebuild: use theirs.
-                    release = self.release_record(&release.name).await?;
+                Modified::Unchanged(theirs) => {
+                    release = theirs;
                     self.build_release(&release).await?;
-                    continue;
                 }
-                Err(e) => return Err(e.into()),
+                Modified::Missing => return Err(release_not_found(&release.name)),
             }
         }
         self.exports.status(caller, &release.job_id(), None).await

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::export::authorize_export;
+use super::modify::{modify_schedule, Modified, MAX_TRIES};
 use super::{Caller, ViewExportInput};
 use crate::domain::access::Access;
 use crate::domain::error::STORE_RETRY_SECS;
@@ -208,23 +209,24 @@ impl Schedules {
         id: &str,
         paused: bool,
     ) -> Result<Schedule, Error> {
-        loop {
-            let mut s = self.owned_schedule(caller, id).await?;
-            if s.paused == paused {
-                return Ok(s);
+        let now = self.clock.now();
+        let set = modify_schedule(&*self.schedules, id, |s| {
+            if s.owner != caller.subject || s.paused == paused {
+                return Ok::<_, Error>(false);
             }
             s.paused = paused;
             s.next_due = if paused {
                 None
             } else {
-                s.cadence.next_after(s.start_at, self.clock.now())
+                s.cadence.next_after(s.start_at, now)
             };
-            match self.schedules.update_schedule(&s).await {
-                Ok(s) => return Ok(s),
-                Err(PortError::Conflict) => continue,
-                Err(PortError::NotFound) => return Err(schedule_not_found(id)),
-                Err(e) => return Err(e.into()),
-            }
+            Ok(true)
+        })
+        .await?;
+        match set {
+            Modified::Saved(s) => Ok(s),
+            Modified::Unchanged(s) if s.owner == caller.subject => Ok(s),
+            _ => Err(schedule_not_found(id)),
         }
     }
 
@@ -247,7 +249,7 @@ impl Schedules {
 
     /// Starts a run now, outside the cadence; returns its job id.
     pub async fn run_schedule_now(&self, caller: &Caller, id: &str) -> Result<String, Error> {
-        loop {
+        for _ in 0..MAX_TRIES {
             let s = self.owned_schedule(caller, id).await?;
             match self.claim_run(s, None).await {
                 Ok(Some(job_id)) => return Ok(job_id),
@@ -256,6 +258,7 @@ impl Schedules {
                 Err(e) => return Err(e.into()),
             }
         }
+        Err(PortError::Conflict.into())
     }
 
     /// The schedule's recent runs, newest first (runs whose files have
@@ -338,7 +341,7 @@ impl Schedules {
     /// naming a schedule: one run per distinct `at` (the event's time), so
     /// a redelivered event does not run it twice.
     pub async fn fire_named_schedule(&self, id: &str, at: DateTime<Utc>) -> PortResult<bool> {
-        loop {
+        for _ in 0..MAX_TRIES {
             let Some(mut s) = self.schedules.get_schedule(id).await? else {
                 return Err(PortError::NotFound);
             };
@@ -354,12 +357,13 @@ impl Schedules {
                 Err(e) => return Err(e),
             }
         }
+        Err(PortError::Conflict)
     }
 
     /// Fires `s` if it is still due at `now`; false if another scheduler
     /// fired it first.
     async fn fire_if_due(&self, mut s: Schedule, now: DateTime<Utc>) -> PortResult<bool> {
-        loop {
+        for _ in 0..MAX_TRIES {
             let Some(due) = s.next_due.filter(|d| *d <= now && !s.paused) else {
                 return Ok(false);
             };
@@ -386,6 +390,7 @@ impl Schedules {
                 Err(e) => return Err(e),
             }
         }
+        Err(PortError::Conflict)
     }
 
     async fn cancel_unclaimed_run(&self, owner: &str, job_id: &str) {

@@ -7,6 +7,7 @@
 //! part checkpoints and queues its own continuation.
 
 use super::accounting::save_usage;
+use super::modify::{modify_job, Modified};
 use super::{Announcer, Collector, EngineConfig};
 use crate::domain::Error;
 use crate::ports::{ArtifactStore, ClientStore, Clock, JobStore, ResourceStore, WorkQueue};
@@ -352,76 +353,86 @@ impl Worker {
 
     /// Marks a job failed (a message that kept failing); its files go at expiry.
     pub async fn fail_job(&self, job_id: &str, reason: &str) -> Result<(), Error> {
-        loop {
-            let Some(mut job) = self.jobs.get_job(job_id).await? else {
-                return Ok(());
-            };
-            if matches!(
-                job.state,
-                JobState::Completed | JobState::Failed | JobState::Cancelled
-            ) {
-                return Ok(());
+        let expires_at = self.clock.now() + self.config.retention;
+        let failed = modify_job(&*self.jobs, job_id, |job| {
+            if !job.is_active() {
+                return Ok::<_, PortError>(false);
             }
             job.state = JobState::Failed;
             job.error = Some(reason.to_string());
-            job.expires_at = Some(self.clock.now() + self.config.retention);
-            match self.jobs.update_job(&job).await {
-                Ok(_) => {
-                    tracing::error!(job = %job_id, reason, "export failed");
-                    self.announcer.announce(&job).await;
-                    self.collector.collect_later(job_id).await?;
-                    return Ok(());
-                }
-                Err(PortError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            job.expires_at = Some(expires_at);
+            Ok(true)
+        })
+        .await?;
+        if let Modified::Saved(job) = failed {
+            tracing::error!(job = %job_id, reason, "export failed");
+            self.announcer.announce(&job).await;
+            self.collector.collect_later(job_id).await?;
         }
+        Ok(())
     }
 
     /// Writes the manifest once every part is done (idempotent).
     pub(crate) async fn finalize(&self, job_id: &str) -> PortResult<()> {
-        loop {
-            let Some(mut job) = self.jobs.get_job(job_id).await? else {
-                return Ok(());
-            };
-            if job.state == JobState::Completed {
-                return self.collector.collect_garbage(&job).await;
-            }
+        let Some(job) = self.jobs.get_job(job_id).await? else {
+            return Ok(());
+        };
+        if job.state == JobState::Completed {
+            return self.collector.collect_garbage(&job).await;
+        }
+        if job.state != JobState::Running || job.parts_remaining > 0 {
+            return Ok(());
+        }
+        let Some(files) = self.manifest_files(&job).await? else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let completed = modify_job(&*self.jobs, job_id, |job| {
             if job.state != JobState::Running || job.parts_remaining > 0 {
-                return Ok(());
+                return Ok::<_, PortError>(false);
             }
-            let parts = self.jobs.list_parts(job_id).await?;
-            if parts.iter().any(|p| !p.done) {
-                return Ok(());
-            }
-            let mut files: Vec<OutputFile> =
-                parts.into_iter().flat_map(|p| p.checkpoint.files).collect();
-            if !job.request.lenient_issues.is_empty() || !job.request.excluded_patients.is_empty() {
-                files.push(self.write_error_file(&job).await?);
-            }
-            files.sort_by(|a, b| {
-                (a.kind as u8, &a.resource_type, &a.name).cmp(&(
-                    b.kind as u8,
-                    &b.resource_type,
-                    &b.name,
-                ))
-            });
-            let now = self.clock.now();
-            job.files = files;
+            job.files = files.clone();
             job.state = JobState::Completed;
             job.completed_at = Some(now);
             job.expires_at = Some(now + self.config.retention);
-            match self.jobs.update_job(&job).await {
-                Ok(_) => {
-                    tracing::info!(job = %job_id, files = job.files.len(), "export completed");
-                    self.announcer.announce(&job).await;
-                    self.collector.collect_garbage(&job).await?;
-                    return self.collector.collect_later(job_id).await;
-                }
-                Err(PortError::Conflict) => continue,
-                Err(e) => return Err(e),
+            Ok(true)
+        })
+        .await?;
+        match completed {
+            Modified::Saved(job) => {
+                tracing::info!(job = %job_id, files = job.files.len(), "export completed");
+                self.announcer.announce(&job).await;
+                self.collector.collect_garbage(&job).await?;
+                self.collector.collect_later(job_id).await
             }
+            // Completed by a twin meanwhile.
+            Modified::Unchanged(job) if job.state == JobState::Completed => {
+                self.collector.collect_garbage(&job).await
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// The manifest's files, in manifest order, once every part is done
+    /// (`None`: one is not).
+    async fn manifest_files(&self, job: &Job) -> PortResult<Option<Vec<OutputFile>>> {
+        let parts = self.jobs.list_parts(&job.id).await?;
+        if parts.iter().any(|p| !p.done) {
+            return Ok(None);
+        }
+        let mut files: Vec<OutputFile> =
+            parts.into_iter().flat_map(|p| p.checkpoint.files).collect();
+        if !job.request.lenient_issues.is_empty() || !job.request.excluded_patients.is_empty() {
+            files.push(self.write_error_file(job).await?);
+        }
+        files.sort_by(|a, b| {
+            (a.kind as u8, &a.resource_type, &a.name).cmp(&(
+                b.kind as u8,
+                &b.resource_type,
+                &b.name,
+            ))
+        });
+        Ok(Some(files))
     }
 
     /// The manifest's `error` file: one OperationOutcome per problem the
