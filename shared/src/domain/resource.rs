@@ -1,11 +1,61 @@
-//! Rules for stored FHIR resources: id syntax, body validation for the write
-//! API, and the references that place a resource in a
-//! patient's compartment or a patient in a Group.
+//! Stored FHIR resources: their versions and the writes that add them, id
+//! syntax, body validation for the write API, and the references that place
+//! a resource in a patient's compartment or a patient in a Group.
 
 use serde_json::Value;
 
 use super::fhir_types::{is_resource_type, patient_compartment_paths};
+use super::resource_text::ResourceText;
 use super::Error;
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub resource_type: String,
+    pub id: String,
+    pub version: u64,
+    /// `meta.lastUpdated` in µs since the epoch; unique and increasing per store.
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// The stored JSON (compact, `meta` stamped); `None` for a tombstone.
+    pub body: Option<String>,
+}
+
+/// One change an atomic write makes.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create or update `resource_type/id` with `resource` (validated),
+    /// stored as its client wrote it but for `id` and `meta`.
+    Upsert {
+        resource_type: String,
+        id: String,
+        resource: ResourceText,
+    },
+    Delete {
+        resource_type: String,
+        id: String,
+    },
+}
+
+impl WriteOp {
+    /// The resource it changes: `(type, id)`.
+    pub fn target(&self) -> (&str, &str) {
+        match self {
+            WriteOp::Upsert {
+                resource_type, id, ..
+            }
+            | WriteOp::Delete { resource_type, id } => (resource_type, id),
+        }
+    }
+}
+
+/// What one [`WriteOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    pub version: Version,
+    /// True when the write created the resource (no live version before).
+    pub created: bool,
+}
 
 /// FHIR `id`: 1–64 characters of `[A-Za-z0-9\-\.]`.
 pub fn is_valid_id(id: &str) -> bool {

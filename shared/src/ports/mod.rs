@@ -12,28 +12,16 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::domain::job::{Job, Part, UploadedChunk, WorkMessage};
-use crate::domain::resource_text::ResourceText;
 use crate::domain::schedule::{Release, Schedule};
 use crate::domain::usage::Usage;
 
 pub use crate::domain::error::{Cause, PortError, PortResult};
+/// What a write is and answers is the domain's (its write plan decides it).
+pub use crate::domain::resource::{Version, WriteOp, WriteResult};
 
 /// Current time, injectable so tests can move it.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
-}
-
-/// One stored version of a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version {
-    pub resource_type: String,
-    pub id: String,
-    pub version: u64,
-    /// `meta.lastUpdated` in µs since the epoch; unique and increasing per store.
-    pub last_updated: i64,
-    pub deleted: bool,
-    /// The stored JSON (compact, `meta` stamped); `None` for a tombstone.
-    pub body: Option<String>,
 }
 
 /// Who wrote what the store loads by itself (the sample loader, bulk loads).
@@ -64,28 +52,6 @@ pub struct RevisionScan<'a> {
     pub before: i64,
     pub with_bodies: bool,
     pub limit: usize,
-}
-
-#[derive(Debug, Clone)]
-pub enum WriteOp {
-    /// Create or update `resource_type/id` with `resource` (validated),
-    /// stored as its client wrote it but for `id` and `meta`.
-    Upsert {
-        resource_type: String,
-        id: String,
-        resource: ResourceText,
-    },
-    Delete {
-        resource_type: String,
-        id: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteResult {
-    pub version: Version,
-    /// True when the write created the resource (no live version before).
-    pub created: bool,
 }
 
 /// A page of a scan. Ids and bodies share one buffer: an export copies
