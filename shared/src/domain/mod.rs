@@ -16,6 +16,7 @@ pub mod revisions;
 pub mod schedule;
 pub mod usage;
 pub mod view_export;
+pub mod write_plan;
 
 pub use error::Error;
 /// CSV records: the writer is shared with view exports.
