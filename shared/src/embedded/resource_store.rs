@@ -15,11 +15,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::sqlite::{backend, CachedStatements, Db, Pages};
-use crate::domain::instant::{format_instant, from_micros, to_micros};
+use crate::domain::instant::{from_micros, to_micros};
 use crate::domain::resource::compartment_patients;
+use crate::domain::write_plan::{self, Head, Heads, Repeats, Rules};
 use crate::ports::{
     Clock, PortResult, ResourceStore, Revision, RevisionScan, ScanPage, Segment, ShardScan,
     Version, WriteOp, WriteResult,
@@ -100,6 +101,104 @@ fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<Version> {
     })
 }
 
+/// What sets this store's writes apart (see `write_plan::Rules`): it writes
+/// row by row, so a write may change one resource twice, each op on top of
+/// the one before; and a row holds a body of any size.
+const WRITE_RULES: Rules = Rules {
+    repeats: Repeats::InOrder,
+    max_body_bytes: None,
+};
+
+/// The newest version of each resource the ops name, read inside the
+/// write's transaction (which holds the write lock, so none moves on).
+fn read_heads(c: &Connection, ops: &[WriteOp]) -> PortResult<Heads> {
+    let mut heads = Heads::new();
+    for op in ops {
+        let (resource_type, id) = op.target();
+        let target = (resource_type.to_string(), id.to_string());
+        if heads.contains_key(&target) {
+            continue;
+        }
+        if let Some(head) = read_head(c, resource_type, id)? {
+            heads.insert(target, head);
+        }
+    }
+    Ok(heads)
+}
+
+fn read_head(c: &Connection, resource_type: &str, id: &str) -> PortResult<Option<Head>> {
+    c.query_row_cached(
+        "SELECT last_updated, version, deleted FROM versions INDEXED BY versions_by_id
+         WHERE type = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
+        params![resource_type, id],
+        |r| {
+            Ok(Head {
+                last_updated: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u64,
+                deleted: r.get::<_, i64>(2)? != 0,
+            })
+        },
+    )
+    .optional()
+    .map_err(backend)
+}
+
+/// Adds one planned version: stamps the one before it superseded, links the
+/// patients an upsert references, and counts it in its type.
+fn store_version(
+    c: &Connection,
+    op: &WriteOp,
+    previous: Option<Head>,
+    v: &Version,
+    author: &str,
+) -> PortResult<()> {
+    if let Some(previous) = previous {
+        c.execute_cached(
+            "UPDATE versions SET superseded_at = ?1 WHERE type = ?2 AND last_updated = ?3",
+            params![v.last_updated, v.resource_type, previous.last_updated],
+        )
+        .map_err(backend)?;
+    }
+    if let WriteOp::Upsert { resource, .. } = op {
+        for patient in compartment_patients(&v.resource_type, resource.value()) {
+            c.execute_cached(
+                "INSERT OR IGNORE INTO compartment VALUES (?1, ?2, ?3)",
+                params![patient, v.resource_type, v.id],
+            )
+            .map_err(backend)?;
+        }
+    }
+    c.execute_cached(
+        "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body, author)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
+        params![v.resource_type, v.last_updated, v.id, v.version as i64, v.deleted as i64, v.body, author],
+    )
+    .map_err(backend)?;
+    count_version(c, v)
+}
+
+/// Counts a new version in its type, and notes every `MARK_EVERY`-th one's
+/// instant (the count that decides it is the database's, so one at a time).
+fn count_version(c: &Connection, v: &Version) -> PortResult<()> {
+    let versions: i64 = c
+        .query_row_cached(
+            "INSERT INTO resource_types (type, versions) VALUES (?1, 1)
+             ON CONFLICT (type) DO UPDATE SET versions = versions + 1
+             RETURNING versions",
+            params![v.resource_type],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if (versions as u64).is_multiple_of(MARK_EVERY) {
+        c.execute_cached(
+            "INSERT INTO type_marks VALUES (?1, ?2)",
+            params![v.resource_type, v.last_updated],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ResourceStore for SqliteResourceStore {
     fn shard_count(&self) -> u16 {
@@ -114,103 +213,27 @@ impl ResourceStore for SqliteResourceStore {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                let mut last_ts: i64 = tx
-                    .query_row("SELECT value FROM store_meta WHERE key='last_ts'", [], |r| r.get(0))
-                    .map_err(backend)?;
-                let mut results = Vec::with_capacity(ops.len());
-                for op in ops {
-                    let (resource_type, id) = match &op {
-                        WriteOp::Upsert { resource_type, id, .. } | WriteOp::Delete { resource_type, id } => {
-                            (resource_type.clone(), id.clone())
-                        }
-                    };
-                    // (last_updated, version, deleted) of the newest version.
-                    let current: Option<(i64, u64, bool)> = tx
-                        .prepare_cached(
-                            "SELECT last_updated, version, deleted FROM versions INDEXED BY versions_by_id
-                             WHERE type = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
-                        )
-                        .and_then(|mut s| {
-                            s.query_row(params![resource_type, id], |r| {
-                                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? != 0))
-                            })
-                            .optional()
-                        })
-                        .map_err(backend)?;
-                    let live_before = matches!(current, Some((_, _, false)));
-                    if let (WriteOp::Delete { .. }, false) = (&op, live_before) {
-                        // Deleting what is not there changes nothing (FHIR: idempotent).
-                        results.push(WriteResult {
-                            version: Version {
-                                resource_type,
-                                id,
-                                version: current.map(|c| c.1).unwrap_or(0),
-                                last_updated: current.map(|c| c.0).unwrap_or(0),
-                                deleted: true,
-                                body: None,
-                            },
-                            created: false,
-                        });
-                        continue;
-                    }
-                    let ts = now.max(last_ts + 1);
-                    last_ts = ts;
-                    let version = current.map(|c| c.1).unwrap_or(0) + 1;
-                    if let Some((previous, ..)) = current {
-                        tx.execute_cached(
-                            "UPDATE versions SET superseded_at = ?1 WHERE type = ?2 AND last_updated = ?3",
-                            params![ts, resource_type, previous],
-                        )
-                        .map_err(backend)?;
-                    }
-                    let (deleted, body) = match op {
-                        WriteOp::Delete { .. } => (true, None),
-                        WriteOp::Upsert { resource, .. } => {
-                            for patient in compartment_patients(&resource_type, resource.value()) {
-                                tx.execute_cached(
-                                    "INSERT OR IGNORE INTO compartment VALUES (?1, ?2, ?3)",
-                                    params![patient, resource_type, id],
-                                )
-                                .map_err(backend)?;
-                            }
-                            (false, Some(resource.stamped(&id, version, &format_instant(from_micros(ts)))))
-                        }
-                    };
-                    tx.execute_cached(
-                        "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body, author)
-                         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
-                        params![resource_type, ts, id, version as i64, deleted as i64, body, author],
+                let clock: i64 = tx
+                    .query_row(
+                        "SELECT value FROM store_meta WHERE key='last_ts'",
+                        [],
+                        |r| r.get(0),
                     )
                     .map_err(backend)?;
-                    let versions: i64 = tx
-                        .query_row_cached(
-                            "INSERT INTO resource_types (type, versions) VALUES (?1, 1)
-                             ON CONFLICT (type) DO UPDATE SET versions = versions + 1
-                             RETURNING versions",
-                            params![resource_type],
-                            |r| r.get(0),
-                        )
-                        .map_err(backend)?;
-                    if (versions as u64).is_multiple_of(MARK_EVERY) {
-                        tx.execute_cached("INSERT INTO type_marks VALUES (?1, ?2)", params![resource_type, ts])
-                            .map_err(backend)?;
+                let heads = read_heads(&tx, &ops)?;
+                let plan = write_plan::plan(&heads, clock, now, &ops, WRITE_RULES)?;
+                for (op, step) in ops.iter().zip(&plan.steps) {
+                    if let Some(version) = step.written() {
+                        store_version(&tx, op, step.previous, version, &author)?;
                     }
-                    results.push(WriteResult {
-                        version: Version {
-                            resource_type,
-                            id,
-                            version,
-                            last_updated: ts,
-                            deleted,
-                            body,
-                        },
-                        created: !live_before,
-                    });
                 }
-                tx.execute_cached("UPDATE store_meta SET value = ?1 WHERE key = 'last_ts'", params![last_ts])
-                    .map_err(backend)?;
+                tx.execute_cached(
+                    "UPDATE store_meta SET value = ?1 WHERE key = 'last_ts'",
+                    params![plan.clock_after],
+                )
+                .map_err(backend)?;
                 tx.commit().map_err(backend)?;
-                Ok(results)
+                Ok(plan.into_results())
             })
             .await
     }
