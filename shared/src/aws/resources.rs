@@ -45,9 +45,10 @@ use super::dynamo::{
     self, b, backoff, batch_write, get_b, get_n, get_s, is_condition_failure, key, n, opt_n, opt_s,
     s, tx_failure, BatchOp, Item,
 };
-use crate::domain::instant::{format_instant, from_micros, to_micros};
+use crate::domain::instant::{from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, shard_of};
 use crate::domain::resource_text::ResourceText;
+use crate::domain::write_plan::{self, Head, Heads, Repeats, Rules, Step};
 use crate::ports::{
     group_shards, Clock, PortError, PortResult, ResourceStore, Revision, RevisionScan, ScanPage,
     Segment, ShardScan, TypesScan, Version, WriteOp, WriteResult,
@@ -103,14 +104,6 @@ fn stats_add(counts: &BTreeMap<u16, u64>) -> (String, HashMap<String, AttributeV
     (format!("ADD {}", adds.join(", ")), values)
 }
 
-/// The newest version of a resource, as its head item records it.
-#[derive(Debug, Clone, Copy)]
-struct Head {
-    version: u64,
-    last_updated: i64,
-    deleted: bool,
-}
-
 fn target(op: &WriteOp) -> (String, String) {
     match op {
         WriteOp::Upsert {
@@ -120,6 +113,14 @@ fn target(op: &WriteOp) -> (String, String) {
     }
 }
 
+/// What sets this store's writes apart (see `write_plan::Rules`): a
+/// transaction touches each item once, so a write changes each resource
+/// once; an item holds 400 KB.
+const WRITE_RULES: Rules = Rules {
+    repeats: Repeats::Refused,
+    max_body_bytes: Some(MAX_BODY_BYTES),
+};
+
 /// The stored JSON of an upsert: `meta` stamped, size checked.
 fn stamped_body(
     resource: &ResourceText,
@@ -128,14 +129,8 @@ fn stamped_body(
     version: u64,
     last_updated: i64,
 ) -> PortResult<String> {
-    let body = resource.stamped(id, version, &format_instant(from_micros(last_updated)));
-    if body.len() > MAX_BODY_BYTES {
-        return Err(PortError::Unsupported(format!(
-            "{resource_type}/{id} is {} bytes; this store keeps resources up to {MAX_BODY_BYTES} bytes",
-            body.len()
-        )));
-    }
-    Ok(body)
+    let limit = WRITE_RULES.max_body_bytes;
+    write_plan::stamped_body(resource, resource_type, id, version, last_updated, limit)
 }
 
 /// The fields of a version item that are not its body. A version item is
@@ -383,185 +378,37 @@ impl DynamoResources {
 
     /// One attempt at an atomic write: `Ok(None)` when it lost a race and
     /// should be retried from fresh reads.
+    /// One attempt at an atomic write: read the heads and the clock, plan,
+    /// and commit the plan as one transaction conditional on what was read.
+    /// `None`: a concurrent write moved a head or the clock; try again.
     async fn try_write(
         &self,
         author: &str,
         ops: &[WriteOp],
         targets: &[(String, String)],
     ) -> PortResult<Option<Vec<WriteResult>>> {
-        let heads = self.heads(targets).await?;
+        let by_pk = self.heads(targets).await?;
+        let heads: Heads = targets
+            .iter()
+            .filter_map(|(t, id)| Some(((t.clone(), id.clone()), *by_pk.get(&head_pk(t, id))?)))
+            .collect();
         let clock = self.clock_value().await?;
-        let mut last_updated = to_micros(self.clock.now()).max(clock.unwrap_or(0) + 1) - 1;
+        let now = to_micros(self.clock.now());
+        let plan = write_plan::plan(&heads, clock.unwrap_or(0), now, ops, WRITE_RULES)?;
+        if !plan.writes_anything() {
+            // Only deletes of nothing: the consistent reads above are the answer.
+            return Ok(Some(plan.into_results()));
+        }
         let mut items = Vec::new();
-        let mut results = Vec::with_capacity(ops.len());
-        let mut shard_counts: BTreeMap<&str, BTreeMap<u16, u64>> = BTreeMap::new();
-        for (op, (resource_type, id)) in ops.iter().zip(targets) {
-            let head_key = key(head_pk(resource_type, id), SK);
-            let head = heads.get(&head_pk(resource_type, id)).copied();
-            let (unchanged_condition, values) = match head {
-                Some(h) => ("v = :prev", HashMap::from([(":prev".into(), n(h.version))])),
-                None => ("attribute_not_exists(pk)", HashMap::new()),
-            };
-            let values = (!values.is_empty()).then_some(values);
-            let live_before = head.is_some_and(|h| !h.deleted);
-            if matches!(op, WriteOp::Delete { .. }) && !live_before {
-                // Deleting what is not there changes nothing (FHIR:
-                // idempotent), as long as that still holds at commit.
-                items.push(
-                    TransactWriteItem::builder()
-                        .condition_check(
-                            ConditionCheck::builder()
-                                .table_name(&self.table)
-                                .set_key(Some(head_key))
-                                .condition_expression(unchanged_condition)
-                                .set_expression_attribute_values(values)
-                                .build()
-                                .map_err(backend)?,
-                        )
-                        .build(),
-                );
-                results.push(WriteResult {
-                    version: Version {
-                        resource_type: resource_type.clone(),
-                        id: id.clone(),
-                        version: head.map_or(0, |h| h.version),
-                        last_updated: head.map_or(0, |h| h.last_updated),
-                        deleted: true,
-                        body: None,
-                    },
-                    created: false,
-                });
-                continue;
-            }
-            last_updated += 1;
-            let version = head.map_or(0, |h| h.version) + 1;
-            let shard = shard_of(id, self.shards);
-            let (deleted, body) = match op {
-                WriteOp::Delete { .. } => (true, None),
-                WriteOp::Upsert { resource, .. } => (
-                    false,
-                    Some(stamped_body(
-                        resource,
-                        resource_type,
-                        id,
-                        version,
-                        last_updated,
-                    )?),
-                ),
-            };
-            let mut head_item = head_key;
-            head_item.insert("v".into(), n(version));
-            head_item.insert("lu".into(), n(last_updated));
-            head_item.insert("del".into(), b(deleted));
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(head_item))
-                            .condition_expression(unchanged_condition)
-                            .set_expression_attribute_values(values)
-                            .build()
-                            .map_err(backend)?,
-                    )
-                    .build(),
-            );
-            if let Some(h) = head {
-                items.push(
-                    TransactWriteItem::builder()
-                        .update(
-                            Update::builder()
-                                .table_name(&self.table)
-                                .set_key(Some(version_key(resource_type, shard, h.last_updated)))
-                                .update_expression("SET sup = :t")
-                                .condition_expression("attribute_exists(pk)")
-                                .expression_attribute_values(":t", n(last_updated))
-                                .build()
-                                .map_err(backend)?,
-                        )
-                        .build(),
-                );
-            }
-            let item = self.version_item(
-                &Version {
-                    resource_type: resource_type.clone(),
-                    id: id.clone(),
-                    version,
-                    last_updated,
-                    deleted,
-                    body: body.clone(),
-                },
-                author,
-                head.map(|h| h.last_updated),
-            );
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .build()
-                            .map_err(backend)?,
-                    )
-                    .build(),
-            );
-            *shard_counts
-                .entry(resource_type.as_str())
-                .or_default()
-                .entry(shard)
-                .or_default() += 1;
-            results.push(WriteResult {
-                version: Version {
-                    resource_type: resource_type.clone(),
-                    id: id.clone(),
-                    version,
-                    last_updated,
-                    deleted,
-                    body,
-                },
-                created: !live_before,
-            });
+        for (op, step) in ops.iter().zip(&plan.steps) {
+            self.step_items(op, step, author, &mut items)?;
         }
-        if shard_counts.is_empty() {
-            // Only no-op deletes: the consistent reads above are the answer.
-            return Ok(Some(results));
+        let per_shard = plan.versions_per_shard(self.shards);
+        for (resource_type, counts) in &per_shard {
+            items.push(self.stats_item(resource_type, counts)?);
         }
-        for (resource_type, counts) in &shard_counts {
-            let (expression, values) = stats_add(counts);
-            items.push(
-                TransactWriteItem::builder()
-                    .update(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .set_key(Some(key(stats_pk(resource_type), SK)))
-                            .update_expression(expression)
-                            .set_expression_attribute_values(Some(values))
-                            .build()
-                            .map_err(backend)?,
-                    )
-                    .build(),
-            );
-        }
-        let types: Vec<String> = shard_counts.keys().map(|t| t.to_string()).collect();
-        let mut clock_update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(META, SK)))
-            .update_expression("SET #last = :lu ADD #types :types")
-            .expression_attribute_names("#last", "last")
-            .expression_attribute_names("#types", "types")
-            .expression_attribute_values(":lu", n(last_updated))
-            .expression_attribute_values(":types", AttributeValue::Ss(types));
-        clock_update = match clock {
-            Some(c) => clock_update
-                .condition_expression("#last = :seen")
-                .expression_attribute_values(":seen", n(c)),
-            None => clock_update.condition_expression("attribute_not_exists(#last)"),
-        };
-        items.push(
-            TransactWriteItem::builder()
-                .update(clock_update.build().map_err(backend)?)
-                .build(),
-        );
+        let types = per_shard.keys().map(|t| t.to_string()).collect();
+        items.push(self.clock_item(clock, plan.clock_after, types)?);
         match self
             .client
             .transact_write_items()
@@ -569,10 +416,123 @@ impl DynamoResources {
             .send()
             .await
         {
-            Ok(_) => Ok(Some(results)),
+            Ok(_) => Ok(Some(plan.into_results())),
             Err(e) if tx_failure(&e).is_some() => Ok(None),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    /// The transaction items of one planned op, each conditional on the
+    /// head it was planned on: a delete of nothing checks that nothing is
+    /// still there; a write moves the head, stamps the version it
+    /// supersedes, and adds its own.
+    fn step_items(
+        &self,
+        op: &WriteOp,
+        step: &Step,
+        author: &str,
+        items: &mut Vec<TransactWriteItem>,
+    ) -> PortResult<()> {
+        let (resource_type, id) = op.target();
+        let head_key = key(head_pk(resource_type, id), SK);
+        let (unchanged, values) = match step.previous {
+            Some(h) => (
+                "v = :prev",
+                Some(HashMap::from([(":prev".into(), n(h.version))])),
+            ),
+            None => ("attribute_not_exists(pk)", None),
+        };
+        let Some(v) = step.written() else {
+            let check = ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(head_key))
+                .condition_expression(unchanged)
+                .set_expression_attribute_values(values)
+                .build()
+                .map_err(backend)?;
+            items.push(TransactWriteItem::builder().condition_check(check).build());
+            return Ok(());
+        };
+        let mut head_item = head_key;
+        head_item.insert("v".into(), n(v.version));
+        head_item.insert("lu".into(), n(v.last_updated));
+        head_item.insert("del".into(), b(v.deleted));
+        let head = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(head_item))
+            .condition_expression(unchanged)
+            .set_expression_attribute_values(values)
+            .build()
+            .map_err(backend)?;
+        items.push(TransactWriteItem::builder().put(head).build());
+        if let Some(previous) = step.previous {
+            let shard = shard_of(id, self.shards);
+            let supersede = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(version_key(
+                    resource_type,
+                    shard,
+                    previous.last_updated,
+                )))
+                .update_expression("SET sup = :t")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":t", n(v.last_updated))
+                .build()
+                .map_err(backend)?;
+            items.push(TransactWriteItem::builder().update(supersede).build());
+        }
+        let item = self.version_item(v, author, step.previous.map(|h| h.last_updated));
+        let version = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(backend)?;
+        items.push(TransactWriteItem::builder().put(version).build());
+        Ok(())
+    }
+
+    /// Adds a write's new versions to its type's per-shard counts.
+    fn stats_item(
+        &self,
+        resource_type: &str,
+        counts: &BTreeMap<u16, u64>,
+    ) -> PortResult<TransactWriteItem> {
+        let (expression, values) = stats_add(counts);
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(stats_pk(resource_type), SK)))
+            .update_expression(expression)
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(backend)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// Moves the store clock to `after`, on condition that it still reads
+    /// `seen`: two writes never commit on the same clock reading.
+    fn clock_item(
+        &self,
+        seen: Option<i64>,
+        after: i64,
+        types: Vec<String>,
+    ) -> PortResult<TransactWriteItem> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(META, SK)))
+            .update_expression("SET #last = :lu ADD #types :types")
+            .expression_attribute_names("#last", "last")
+            .expression_attribute_names("#types", "types")
+            .expression_attribute_values(":lu", n(after))
+            .expression_attribute_values(":types", AttributeValue::Ss(types));
+        let update = match seen {
+            Some(c) => update
+                .condition_expression("#last = :seen")
+                .expression_attribute_values(":seen", n(c)),
+            None => update.condition_expression("attribute_not_exists(#last)"),
+        };
+        Ok(TransactWriteItem::builder()
+            .update(update.build().map_err(backend)?)
+            .build())
     }
 }
 
@@ -587,12 +547,7 @@ impl ResourceStore for DynamoResources {
             return Ok(Vec::new());
         }
         let targets: Vec<(String, String)> = ops.iter().map(target).collect();
-        let mut seen = HashSet::new();
-        if !targets.iter().all(|t| seen.insert(t)) {
-            return Err(PortError::Unsupported(
-                "An atomic write may change each resource only once on this store".into(),
-            ));
-        }
+        WRITE_RULES.repeats.check(&ops)?;
         let types: HashSet<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
         let max = max_atomic_ops(types.len());
         if ops.len() > max {
