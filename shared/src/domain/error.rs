@@ -135,6 +135,21 @@ impl Error {
         Error::Internal(message.into())
     }
 
+    /// The same error, naming `param` as the one to blame if it is an
+    /// `Invalid` that names none yet.
+    pub fn about(self, param: &'static str) -> Self {
+        match self {
+            Error::Invalid {
+                param: None,
+                message,
+            } => Error::Invalid {
+                param: Some(param),
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// Nothing is there: asked of the domain or told by a store.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound(_) | Error::Store(PortError::NotFound))

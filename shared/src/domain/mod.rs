@@ -9,6 +9,7 @@ pub mod fhir_types;
 pub mod instant;
 pub mod job;
 pub mod outcome;
+pub mod params;
 pub mod request;
 pub mod resource;
 pub mod resource_text;

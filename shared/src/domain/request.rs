@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::fhir_types::{is_resource_type, patient_compartment_paths};
 use super::instant::parse_instant;
+use super::params::{read_params, Param};
 use super::Error;
 use fhir_query::search::{parse_type_filters, FilterIssue};
 
@@ -156,27 +156,7 @@ pub struct ExportRequest {
     pub views: Option<super::view_export::ViewExport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParamValue {
-    Text(String),
-    /// A `valueReference.reference` from a POST Parameters body.
-    Reference(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawParam {
-    pub name: String,
-    pub value: ParamValue,
-}
-
-impl RawParam {
-    pub fn text(name: &str, value: &str) -> Self {
-        RawParam {
-            name: name.to_string(),
-            value: ParamValue::Text(value.to_string()),
-        }
-    }
-}
+pub use super::params::{params_from_parameters_resource, query_params, ParamValue, RawParam};
 
 /// Everything the edge knows about a kick-off request.
 #[derive(Debug, Clone)]
@@ -189,294 +169,145 @@ pub struct KickoffInput {
     pub now: DateTime<Utc>,
 }
 
-/// A kick-off's query string as raw parameters.
-pub fn query_params(query: &str) -> Result<Vec<RawParam>, Error> {
-    let mut out = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| Error::invalid("The query string is not valid UTF-8"))
-        };
-        let (k, v) = (decode(k)?, decode(v)?);
-        if k.is_empty() {
-            return Err(Error::invalid(
-                "The query string has a parameter without a name",
-            ));
-        }
-        out.push(RawParam::text(&k, &v));
-    }
-    Ok(out)
-}
-
-/// Reads a POST body's `Parameters` resource into raw parameters.
-pub fn params_from_parameters_resource(body: &[u8]) -> Result<Vec<RawParam>, Error> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid(format!("The request body is not valid JSON: {e}")))?;
-    if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(Error::invalid(
-            "The POST kick-off body must be a FHIR Parameters resource",
-        ));
-    }
-    let Some(entries) = value.get("parameter") else {
-        return Ok(Vec::new());
-    };
-    let entries = entries
-        .as_array()
-        .ok_or_else(|| Error::invalid("Parameters.parameter must be an array"))?;
-    let mut out = Vec::with_capacity(entries.len());
-    for (i, p) in entries.iter().enumerate() {
-        let name = p
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::invalid(format!("Parameters.parameter[{i}] has no name")))?;
-        let value = p
-            .as_object()
-            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
-            .ok_or_else(|| Error::invalid(format!("Parameter '{name}' has no value[x]")))?;
-        let value = match (value.0.as_str(), value.1) {
-            ("valueReference", v) => ParamValue::Reference(
-                v.get("reference")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "Parameter '{name}' valueReference has no reference"
-                        ))
-                    })?
-                    .to_string(),
-            ),
-            (_, Value::String(s)) => ParamValue::Text(s.clone()),
-            (_, Value::Bool(b)) => ParamValue::Text(b.to_string()),
-            (kind, _) => {
-                return Err(Error::invalid(format!(
-                    "Parameter '{name}' has an unsupported {kind}"
-                )))
-            }
-        };
-        out.push(RawParam {
-            name: name.to_string(),
-            value,
-        });
-    }
-    Ok(out)
-}
-
-/// Applies the Bulk Data parameter rules. Checks that need the data (does the
-/// Group exist, is a patient a member) are the engine's.
+/// Applies the Bulk Data parameter rules ([`EXPORT_PARAMS`]). Checks that
+/// need the data (does the Group exist, is a patient a member) are the
+/// engine's.
 pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, Error> {
-    let mut req = ExportRequest::new(input.level.clone(), input.request_url);
-    let lenient = input.lenient;
-    // Under lenient handling an unsupported parameter is recorded, not fatal.
-    let mut unsupported = |req: &mut ExportRequest, msg: String| -> Result<(), Error> {
-        if lenient {
-            req.lenient_issues.push(msg);
-            Ok(())
-        } else {
-            Err(Error::not_supported(msg))
-        }
+    let mut draft = Draft {
+        req: ExportRequest::new(input.level, input.request_url),
+        lenient: input.lenient,
+        via_post: input.via_post,
+        now: input.now,
     };
-    let mut seen_single: Vec<&str> = Vec::new();
-
-    for p in &input.params {
-        let name = p.name.as_str();
-        if matches!(
-            name,
-            "_outputFormat" | "_since" | "_until" | "allowPartialManifests" | "organizeOutputBy"
-        ) {
-            if seen_single.contains(&name) {
-                return Err(Error::invalid(format!(
-                    "Parameter '{name}' may be given only once"
-                )));
-            }
-            seen_single.push(name);
-        }
-        let text = match (&p.value, name) {
-            (ParamValue::Text(t), _) => t.as_str(),
-            (ParamValue::Reference(_), "patient") => "",
-            (ParamValue::Reference(_), _) => {
-                return Err(Error::invalid(format!(
-                    "Parameter '{name}' takes a string, not a reference"
-                )))
-            }
-        };
-        match name {
-            "_outputFormat" => {
-                if !NDJSON_FORMATS.contains(&text.to_ascii_lowercase().as_str()) {
-                    return Err(Error::not_supported(format!(
-                        "_outputFormat '{text}' is not supported; use application/fhir+ndjson"
-                    )));
-                }
-            }
-            "_since" => {
-                let t = parse_instant(text).map_err(|e| Error::invalid(format!("_since: {e}")))?;
-                if t > input.now {
-                    return Err(Error::invalid(format!("_since {text} is in the future")));
-                }
-                req.since = Some(t);
-            }
-            "_until" => {
-                let t = parse_instant(text).map_err(|e| Error::invalid(format!("_until: {e}")))?;
-                req.until = Some(t.min(input.now));
-            }
-            "_type" => {
-                for t in text.split(',').map(str::trim) {
-                    if t.is_empty() {
-                        return Err(Error::invalid("_type has an empty entry"));
-                    }
-                    if !is_resource_type(t) {
-                        return Err(Error::invalid(format!(
-                            "_type: '{t}' is not a FHIR R4 resource type"
-                        )));
-                    }
-                    if req.level.is_patient_based() && !in_patient_compartment(t) {
-                        let msg = format!(
-                            "_type: {t} is not in the Patient compartment, so a {} export cannot contain it",
-                            level_name(&req.level)
-                        );
-                        unsupported(&mut req, msg)?;
-                        continue;
-                    }
-                    if !req.types.iter().any(|x| x == t) {
-                        req.types.push(t.to_string());
-                    }
-                }
-            }
-            "_elements" => {
-                for e in text.split(',').map(str::trim) {
-                    parse_element(&mut req, e, &mut unsupported)?;
-                }
-            }
-            "patient" => {
-                if !input.via_post {
-                    return Err(Error::invalid(
-                        "The 'patient' parameter is accepted only in a POST kick-off (Parameters body)",
-                    ));
-                }
-                if !req.level.is_patient_based() {
-                    return Err(Error::invalid(
-                        "The 'patient' parameter applies to Patient and Group exports, not to a system export",
-                    ));
-                }
-                let ParamValue::Reference(r) = &p.value else {
-                    return Err(Error::invalid(
-                        "The 'patient' parameter must be a valueReference to Patient/{id}",
-                    ));
-                };
-                let id = r
-                    .strip_prefix("Patient/")
-                    .filter(|id| super::resource::is_valid_id(id))
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "patient: '{r}' is not a reference of the form Patient/{{id}}"
-                        ))
-                    })?;
-                if !req.patients.iter().any(|x| x == id) {
-                    req.patients.push(id.to_string());
-                }
-            }
-            "includeAssociatedData" => {
-                for value in text.split(',').map(str::trim) {
-                    let wanted = match value {
-                        "LatestProvenanceResources" => AssociatedProvenance::Latest,
-                        "RelevantProvenanceResources" => AssociatedProvenance::Relevant,
-                        custom if custom.starts_with('_') => {
-                            unsupported(
-                                &mut req,
-                                format!("includeAssociatedData: the custom value '{custom}' is not supported by this server"),
-                            )?;
-                            continue;
-                        }
-                        other => {
-                            return Err(Error::invalid(format!(
-                            "includeAssociatedData: '{other}' is not LatestProvenanceResources, \
-                                 RelevantProvenanceResources or a custom value starting with '_'"
-                        )))
-                        }
-                    };
-                    // Relevant includes Latest.
-                    req.associated_provenance = req.associated_provenance.max(Some(wanted));
-                }
-            }
-            "allowPartialManifests" => {
-                req.allow_partial_manifests = match text.to_ascii_lowercase().as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "allowPartialManifests: '{text}' is not true or false"
-                        )))
-                    }
-                };
-            }
-            "organizeOutputBy" => match text {
-                "Patient" if req.level.is_patient_based() => req.organize_by_patient = true,
-                "Patient" => unsupported(
-                    &mut req,
-                    "organizeOutputBy: a system export cannot be organized by patient; \
-                     use Patient/$export or Group/[id]/$export"
-                        .to_string(),
-                )?,
-                t if is_resource_type(t) => unsupported(
-                    &mut req,
-                    format!("organizeOutputBy: output can be organized by Patient only, not {t}"),
-                )?,
-                other => {
-                    return Err(Error::invalid(format!(
-                        "organizeOutputBy: '{other}' is not a FHIR R4 resource type"
-                    )))
-                }
-            },
-            "_typeFilter" => {
-                let (filters, issues) = parse_type_filters(text).map_err(|issue| match issue {
-                    FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) => Error::invalid(m),
-                })?;
-                // Under lenient handling unsupported clauses are left out:
-                // the filter lets more through, and the manifest says so.
-                // Strict handling refuses the request instead.
-                for FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) in issues {
-                    let m = if lenient {
-                        format!("{m}; the filter was applied without it")
-                    } else {
-                        m
-                    };
-                    unsupported(&mut req, m)?;
-                }
-                req.type_filters.extend(filters.into_iter().map(|f| f.text));
-            }
-            other => unsupported(&mut req, format!("Unknown parameter '{other}'"))?,
-        }
-    }
-    // A filter on a type the export cannot hold filters nothing.
-    let filtered_types: Vec<String> = req
-        .type_filters
-        .iter()
-        .filter_map(|f| f.split_once('?').map(|(t, _)| t.to_string()))
-        .collect();
-    for t in filtered_types {
-        let excluded = (!req.types.is_empty() && !req.types.contains(&t))
-            || (req.level.is_patient_based() && !in_patient_compartment(&t));
-        if excluded {
-            unsupported(
-                &mut req,
-                format!("_typeFilter: {t} is not among the types this export holds, so its filter is not used"),
-            )?;
-        }
-    }
+    read_params(EXPORT_PARAMS, &input.params, &mut draft, |d, p| {
+        d.unsupported(format!("Unknown parameter '{}'", p.name))
+    })?;
+    draft.drop_filters_of_absent_types()?;
+    let req = draft.req;
     if let (Some(s), Some(u)) = (req.since, req.until) {
         if u < s {
-            return Err(Error::invalid("_until is earlier than _since"));
+            return Err(Error::invalid_param(
+                "_until",
+                "_until is earlier than _since",
+            ));
         }
     }
     Ok(req)
 }
 
-fn parse_element(
-    req: &mut ExportRequest,
-    spec: &str,
-    unsupported: &mut impl FnMut(&mut ExportRequest, String) -> Result<(), Error>,
-) -> Result<(), Error> {
+/// The Bulk Data kick-off parameters this server takes.
+pub const EXPORT_PARAMS: &[Param<Draft>] = &[
+    Param::once("_outputFormat", output_format),
+    Param::once("_since", since),
+    Param::once("_until", until),
+    Param::many("_type", types),
+    Param::many("_elements", elements),
+    Param::many("patient", patient),
+    Param::many("includeAssociatedData", associated_data),
+    Param::once("allowPartialManifests", allow_partial_manifests),
+    Param::once("organizeOutputBy", organize_output_by),
+    Param::many("_typeFilter", type_filter),
+];
+
+/// An export request while its parameters are read.
+pub struct Draft {
+    req: ExportRequest,
+    lenient: bool,
+    via_post: bool,
+    now: DateTime<Utc>,
+}
+
+impl Draft {
+    /// Under lenient handling an unsupported parameter is recorded (the
+    /// manifest's `error` files report it), not fatal.
+    fn unsupported(&mut self, message: String) -> Result<(), Error> {
+        if self.lenient {
+            self.req.lenient_issues.push(message);
+            Ok(())
+        } else {
+            Err(Error::not_supported(message))
+        }
+    }
+
+    /// A filter on a type the export cannot hold filters nothing.
+    fn drop_filters_of_absent_types(&mut self) -> Result<(), Error> {
+        let filtered_types: Vec<String> = self
+            .req
+            .type_filters
+            .iter()
+            .filter_map(|f| f.split_once('?').map(|(t, _)| t.to_string()))
+            .collect();
+        for t in filtered_types {
+            let excluded = (!self.req.types.is_empty() && !self.req.types.contains(&t))
+                || (self.req.level.is_patient_based() && !in_patient_compartment(&t));
+            if excluded {
+                self.unsupported(format!(
+                    "_typeFilter: {t} is not among the types this export holds, so its filter is not used"
+                ))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn output_format(_: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    let text = p.as_text()?;
+    if !NDJSON_FORMATS.contains(&text.to_ascii_lowercase().as_str()) {
+        return Err(Error::not_supported(format!(
+            "_outputFormat '{text}' is not supported; use application/fhir+ndjson"
+        )));
+    }
+    Ok(())
+}
+
+fn since(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    let text = p.as_text()?;
+    let t = parse_instant(text).map_err(|e| Error::invalid(format!("_since: {e}")))?;
+    if t > d.now {
+        return Err(Error::invalid(format!("_since {text} is in the future")));
+    }
+    d.req.since = Some(t);
+    Ok(())
+}
+
+fn until(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    let t = parse_instant(p.as_text()?).map_err(|e| Error::invalid(format!("_until: {e}")))?;
+    d.req.until = Some(t.min(d.now));
+    Ok(())
+}
+
+fn types(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    for t in p.as_text()?.split(',').map(str::trim) {
+        if t.is_empty() {
+            return Err(Error::invalid("_type has an empty entry"));
+        }
+        if !is_resource_type(t) {
+            return Err(Error::invalid(format!(
+                "_type: '{t}' is not a FHIR R4 resource type"
+            )));
+        }
+        if d.req.level.is_patient_based() && !in_patient_compartment(t) {
+            let level = level_name(&d.req.level);
+            d.unsupported(format!(
+                "_type: {t} is not in the Patient compartment, so a {level} export cannot contain it"
+            ))?;
+            continue;
+        }
+        if !d.req.types.iter().any(|x| x == t) {
+            d.req.types.push(t.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn elements(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    for spec in p.as_text()?.split(',').map(str::trim) {
+        element(d, spec)?;
+    }
+    Ok(())
+}
+
+fn element(d: &mut Draft, spec: &str) -> Result<(), Error> {
     let (ty, name) = match spec.split_once('.') {
         Some((t, n)) if t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) => (Some(t), n),
         _ => (None, spec),
@@ -491,18 +322,126 @@ fn parse_element(
     let simple = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_alphanumeric());
     if !simple {
-        return unsupported(
-            req,
-            format!("_elements: '{spec}' is not supported; only top-level element names (optionally prefixed by a resource type) are"),
-        );
+        return d.unsupported(format!(
+            "_elements: '{spec}' is not supported; only top-level element names (optionally prefixed by a resource type) are"
+        ));
     }
     let list = match ty {
-        Some(t) => req.elements.by_type.entry(t.to_string()).or_default(),
-        None => &mut req.elements.all_types,
+        Some(t) => d.req.elements.by_type.entry(t.to_string()).or_default(),
+        None => &mut d.req.elements.all_types,
     };
     if !list.iter().any(|x| x == name) {
         list.push(name.to_string());
     }
+    Ok(())
+}
+
+fn patient(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    if !d.via_post {
+        return Err(Error::invalid(
+            "The 'patient' parameter is accepted only in a POST kick-off (Parameters body)",
+        ));
+    }
+    if !d.req.level.is_patient_based() {
+        return Err(Error::invalid(
+            "The 'patient' parameter applies to Patient and Group exports, not to a system export",
+        ));
+    }
+    let ParamValue::Reference(r) = &p.value else {
+        return Err(Error::invalid(
+            "The 'patient' parameter must be a valueReference to Patient/{id}",
+        ));
+    };
+    let id = r
+        .strip_prefix("Patient/")
+        .filter(|id| super::resource::is_valid_id(id))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "patient: '{r}' is not a reference of the form Patient/{{id}}"
+            ))
+        })?;
+    if !d.req.patients.iter().any(|x| x == id) {
+        d.req.patients.push(id.to_string());
+    }
+    Ok(())
+}
+
+fn associated_data(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    for value in p.as_text()?.split(',').map(str::trim) {
+        let wanted = match value {
+            "LatestProvenanceResources" => AssociatedProvenance::Latest,
+            "RelevantProvenanceResources" => AssociatedProvenance::Relevant,
+            custom if custom.starts_with('_') => {
+                d.unsupported(format!(
+                    "includeAssociatedData: the custom value '{custom}' is not supported by this server"
+                ))?;
+                continue;
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "includeAssociatedData: '{other}' is not LatestProvenanceResources, \
+                     RelevantProvenanceResources or a custom value starting with '_'"
+                )))
+            }
+        };
+        // Relevant includes Latest.
+        d.req.associated_provenance = d.req.associated_provenance.max(Some(wanted));
+    }
+    Ok(())
+}
+
+fn allow_partial_manifests(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    let text = p.as_text()?;
+    d.req.allow_partial_manifests = match text.to_ascii_lowercase().as_str() {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return Err(Error::invalid(format!(
+                "allowPartialManifests: '{text}' is not true or false"
+            )))
+        }
+    };
+    Ok(())
+}
+
+fn organize_output_by(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    match p.as_text()? {
+        "Patient" if d.req.level.is_patient_based() => {
+            d.req.organize_by_patient = true;
+            Ok(())
+        }
+        "Patient" => d.unsupported(
+            "organizeOutputBy: a system export cannot be organized by patient; \
+             use Patient/$export or Group/[id]/$export"
+                .to_string(),
+        ),
+        t if is_resource_type(t) => d.unsupported(format!(
+            "organizeOutputBy: output can be organized by Patient only, not {t}"
+        )),
+        other => Err(Error::invalid(format!(
+            "organizeOutputBy: '{other}' is not a FHIR R4 resource type"
+        ))),
+    }
+}
+
+fn type_filter(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
+    let (filters, issues) = parse_type_filters(p.as_text()?).map_err(|issue| match issue {
+        FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) => Error::invalid(m),
+    })?;
+    // Under lenient handling unsupported clauses are left out: the filter
+    // lets more through, and the manifest says so. Strict handling refuses
+    // the request instead.
+    for FilterIssue::Invalid(m) | FilterIssue::Unsupported(m) in issues {
+        let m = if d.lenient {
+            format!("{m}; the filter was applied without it")
+        } else {
+            m
+        };
+        d.unsupported(m)?;
+    }
+    d.req
+        .type_filters
+        .extend(filters.into_iter().map(|f| f.text));
     Ok(())
 }
 

@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 pub use super::csv::csv_line;
 use super::fhir_types::is_resource_type;
 use super::instant::{format_instant, from_micros, parse_instant, to_micros};
+use super::params::{json_fields, read_params, Param};
 use super::Error;
 
 /// The CSV's header, exactly.
@@ -64,7 +65,8 @@ fn field_error(field: &str, why: impl std::fmt::Display) -> Error {
     Error::invalid(format!("{field}: {why}"))
 }
 
-/// Parses and checks the JSON body; `now` fixes the defaults.
+/// Parses and checks the JSON body ([`REVISIONS_FIELDS`]); `now` fixes
+/// the defaults.
 pub fn parse_revisions_request(body: &[u8], now: DateTime<Utc>) -> Result<RevisionsQuery, Error> {
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
@@ -77,109 +79,145 @@ pub fn parse_revisions_request(body: &[u8], now: DateTime<Utc>) -> Result<Revisi
             "The body must be a JSON object, e.g. {\"startDate\": 1551398400000}",
         ));
     };
-    const KNOWN: [&str; 6] = [
-        "startDate",
-        "endDate",
-        "userId",
-        "userIds",
-        "entities",
-        "includeModifiedProps",
-    ];
-    if let Some(unknown) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(field_error(
-            unknown,
-            format!("unknown field; the fields are {}", KNOWN.join(", ")),
-        ));
-    }
-    let end = match fields.get("endDate") {
-        None | Some(Value::Null) => end_of_day(now),
-        Some(v) => date_field("endDate", v, true)?,
-    };
-    let start = match fields.get("startDate") {
-        None | Some(Value::Null) => end - (DEFAULT_DAYS as i64) * 86_400_000_000 + 1,
-        Some(v) => date_field("startDate", v, false)?,
-    };
-    if start > end {
-        return Err(field_error(
-            "startDate",
-            format!(
-                "{} is after endDate {}",
-                format_instant(from_micros(start)),
-                format_instant(from_micros(end))
-            ),
-        ));
-    }
-    let users = match (fields.get("userId"), fields.get("userIds")) {
-        (Some(_), Some(_)) => {
-            return Err(field_error("userIds", "give userId or userIds, not both"))
-        }
-        (Some(v), None) => vec![user_field("userId", v)?],
-        (None, Some(Value::Array(list))) => {
-            if list.is_empty() {
-                return Err(field_error("userIds", "must name at least one user"));
-            }
-            if list.len() > MAX_USERS {
-                return Err(field_error("userIds", format!("at most {MAX_USERS} users")));
-            }
-            let mut users = list
-                .iter()
-                .enumerate()
-                .map(|(i, v)| user_field(&format!("userIds[{i}]"), v))
-                .collect::<Result<Vec<_>, _>>()?;
-            users.sort();
-            users.dedup();
-            users
-        }
-        (None, Some(_)) => return Err(field_error("userIds", "must be an array of user ids")),
-        (None, None) => Vec::new(),
-    };
-    let entities = match fields.get("entities") {
-        None => Vec::new(),
-        Some(Value::Array(list)) => {
-            if list.is_empty() {
-                return Err(field_error(
-                    "entities",
-                    "must name at least one resource type",
-                ));
-            }
-            let mut types = list
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v.as_str() {
-                    Some(t) if is_resource_type(t) => Ok(t.to_string()),
-                    Some(t) => Err(field_error(
-                        &format!("entities[{i}]"),
-                        format!("'{t}' is not a FHIR R4 resource type"),
-                    )),
-                    None => Err(field_error(
-                        &format!("entities[{i}]"),
-                        "must be a resource type name (a string)",
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            types.sort();
-            types.dedup();
-            types
-        }
-        Some(_) => {
+    let mut f = Fields::default();
+    read_params(REVISIONS_FIELDS, &json_fields(fields), &mut f, |_, p| {
+        let names: Vec<&str> = REVISIONS_FIELDS.iter().map(|row| row.name).collect();
+        Err(field_error(
+            &p.name,
+            format!("unknown field; the fields are {}", names.join(", ")),
+        ))
+    })?;
+    f.finish(now)
+}
+
+/// The `$export-revisions` body's fields.
+pub const REVISIONS_FIELDS: &[Param<Fields>] = &[
+    Param::once("startDate", |f, p| {
+        f.start = date_field(&p.name, p.as_json(), false)?;
+        Ok(())
+    }),
+    Param::once("endDate", |f, p| {
+        f.end = date_field(&p.name, p.as_json(), true)?;
+        Ok(())
+    }),
+    Param::once("userId", |f, p| {
+        f.user_id = Some(user_field(&p.name, p.as_json())?);
+        Ok(())
+    }),
+    Param::once("userIds", |f, p| {
+        f.user_ids = Some(user_ids(p.as_json())?);
+        Ok(())
+    }),
+    Param::once("entities", |f, p| {
+        f.entities = entities(p.as_json())?;
+        Ok(())
+    }),
+    Param::once("includeModifiedProps", |f, p| {
+        f.include_modified_props = p
+            .as_json()
+            .as_bool()
+            .ok_or_else(|| field_error("includeModifiedProps", "must be true or false"))?;
+        Ok(())
+    }),
+];
+
+/// An `$export-revisions` request while its fields are read.
+#[derive(Debug, Default)]
+pub struct Fields {
+    start: Option<i64>,
+    end: Option<i64>,
+    user_id: Option<String>,
+    user_ids: Option<Vec<String>>,
+    entities: Vec<String>,
+    include_modified_props: bool,
+}
+
+impl Fields {
+    /// The defaults for what was not given, and the checks across fields.
+    fn finish(self, now: DateTime<Utc>) -> Result<RevisionsQuery, Error> {
+        let end = self.end.unwrap_or_else(|| end_of_day(now));
+        let start = self
+            .start
+            .unwrap_or(end - (DEFAULT_DAYS as i64) * 86_400_000_000 + 1);
+        if start > end {
             return Err(field_error(
-                "entities",
-                "must be an array of resource types, e.g. [\"Patient\"]",
-            ))
+                "startDate",
+                format!(
+                    "{} is after endDate {}",
+                    format_instant(from_micros(start)),
+                    format_instant(from_micros(end))
+                ),
+            ));
         }
+        let users = match (self.user_id, self.user_ids) {
+            (Some(_), Some(_)) => {
+                return Err(field_error("userIds", "give userId or userIds, not both"))
+            }
+            (Some(one), None) => vec![one],
+            (None, Some(list)) => list,
+            (None, None) => Vec::new(),
+        };
+        Ok(RevisionsQuery {
+            start,
+            end,
+            users,
+            entities: self.entities,
+            include_modified_props: self.include_modified_props,
+        })
+    }
+}
+
+fn user_ids(v: &Value) -> Result<Vec<String>, Error> {
+    let Value::Array(list) = v else {
+        return Err(field_error("userIds", "must be an array of user ids"));
     };
-    let include_modified_props = match fields.get("includeModifiedProps") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(field_error("includeModifiedProps", "must be true or false")),
+    if list.is_empty() {
+        return Err(field_error("userIds", "must name at least one user"));
+    }
+    if list.len() > MAX_USERS {
+        return Err(field_error("userIds", format!("at most {MAX_USERS} users")));
+    }
+    let mut users = list
+        .iter()
+        .enumerate()
+        .map(|(i, v)| user_field(&format!("userIds[{i}]"), v))
+        .collect::<Result<Vec<_>, _>>()?;
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
+fn entities(v: &Value) -> Result<Vec<String>, Error> {
+    let Value::Array(list) = v else {
+        return Err(field_error(
+            "entities",
+            "must be an array of resource types, e.g. [\"Patient\"]",
+        ));
     };
-    Ok(RevisionsQuery {
-        start,
-        end,
-        users,
-        entities,
-        include_modified_props,
-    })
+    if list.is_empty() {
+        return Err(field_error(
+            "entities",
+            "must name at least one resource type",
+        ));
+    }
+    let mut types = list
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_str() {
+            Some(t) if is_resource_type(t) => Ok(t.to_string()),
+            Some(t) => Err(field_error(
+                &format!("entities[{i}]"),
+                format!("'{t}' is not a FHIR R4 resource type"),
+            )),
+            None => Err(field_error(
+                &format!("entities[{i}]"),
+                "must be a resource type name (a string)",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    types.sort();
+    types.dedup();
+    Ok(types)
 }
 
 /// The last microsecond of `now`'s day (UTC): the seed's "end of today".
@@ -195,10 +233,12 @@ fn end_of_day(now: DateTime<Utc>) -> i64 {
 
 /// Epoch milliseconds (the seed's form) or an ISO 8601 instant. An end
 /// given in milliseconds covers its whole millisecond.
-fn date_field(field: &str, v: &Value, is_end: bool) -> Result<i64, Error> {
+fn date_field(field: &str, v: &Value, is_end: bool) -> Result<Option<i64>, Error> {
     // Years 1970 to 9999: what an audit can mean, and what µs can hold.
     const MAX_MS: i64 = 253_402_300_799_999;
     match v {
+        // `null` asks for the default, as leaving the field out does.
+        Value::Null => Ok(None),
         Value::Number(n) => {
             let ms = n
                 .as_i64()
@@ -209,14 +249,14 @@ fn date_field(field: &str, v: &Value, is_end: bool) -> Result<i64, Error> {
                         format!("{n} is not a time in epoch milliseconds (a whole number from 0)"),
                     )
                 })?;
-            Ok(ms * 1000 + if is_end { 999 } else { 0 })
+            Ok(Some(ms * 1000 + if is_end { 999 } else { 0 }))
         }
         Value::String(s) => {
             let t = parse_instant(s).map_err(|e| field_error(field, e))?;
             if t.timestamp_millis() < 0 || t.timestamp_millis() > MAX_MS {
                 return Err(field_error(field, format!("'{s}' is out of range")));
             }
-            Ok(to_micros(t))
+            Ok(Some(to_micros(t)))
         }
         _ => Err(field_error(
             field,

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::{Caller, Views};
 use crate::domain::instant::parse_instant;
+use crate::domain::params::{parameters_as_json, read_params, Param};
 use crate::domain::request::{in_patient_compartment, ExportLevel, ExportRequest};
 use crate::domain::resource::is_valid_id;
 use crate::domain::view_export::{is_valid_view_name, NamedView, TableFormat, ViewExport};
@@ -59,68 +60,63 @@ impl ViewExportInput {
     /// Reads a `$viewdefinition-export` Parameters body (the HTTP request's,
     /// or the one a schedule saved).
     pub fn from_parameters(body: &Value, request_url: String) -> Result<Self, Error> {
-        if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-            return Err(Error::invalid(
-                "The body must be a FHIR Parameters resource",
-            ));
-        }
-        let params = match body.get("parameter") {
-            None => &Vec::new(),
-            Some(Value::Array(p)) => p,
-            Some(_) => return Err(Error::invalid("Parameters.parameter must be a list")),
-        };
+        let params = parameters_as_json(body, "The body must be a FHIR Parameters resource")?;
         let mut input = ViewExportInput {
             request_url,
             ..Default::default()
         };
-        let once = |slot: &mut Option<String>, name: &str, value: String| {
-            if slot.replace(value).is_some() {
-                return Err(Error::invalid(format!("{name} may be given only once")));
-            }
-            Ok(())
-        };
-        for p in params {
-            let name = p
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::invalid("A parameter has no name"))?;
-            match name {
-                "view" => input.views.push(view_param(input.views.len(), p)?),
-                "_format" => once(&mut input.format, name, value_text(p, name)?)?,
-                "_since" => once(&mut input.since, name, value_text(p, name)?)?,
-                "group" => once(&mut input.group, name, value_text(p, name)?)?,
-                "clientTrackingId" => {
-                    let id = value_text(p, name)?;
-                    if id.is_empty() || id.len() > 256 {
-                        return Err(Error::invalid("clientTrackingId: 1 to 256 characters"));
-                    }
-                    once(&mut input.client_tracking_id, name, id)?
-                }
-                "patient" => input.patients.push(value_text(p, name)?),
-                "header" => {
-                    let value = p
-                        .get("valueBoolean")
-                        .and_then(Value::as_bool)
-                        .ok_or_else(|| Error::invalid("header takes a valueBoolean"))?;
-                    if input.header.replace(value).is_some() {
-                        return Err(Error::invalid("header may be given only once"));
-                    }
-                }
-                "source" => {
-                    return Err(Error::not_supported(
-                        "source: this server exports its own store only",
-                    ))
-                }
-                other => {
-                    return Err(Error::invalid(format!(
-                        "Parameter '{other}' is not one $viewdefinition-export takes"
-                    )))
-                }
-            }
-        }
+        read_params(VIEW_EXPORT_PARAMS, &params, &mut input, |_, p| {
+            Err(Error::invalid(format!(
+                "Parameter '{}' is not one $viewdefinition-export takes",
+                p.name
+            )))
+        })?;
         Ok(input)
     }
 }
+
+/// The `$viewdefinition-export` parameters this server takes.
+const VIEW_EXPORT_PARAMS: &[Param<ViewExportInput>] = &[
+    Param::many("view", |input, p| {
+        let view = view_param(input.views.len(), p.as_json())?;
+        input.views.push(view);
+        Ok(())
+    }),
+    Param::once("_format", |input, p| {
+        input.format = Some(value_text(p.as_json(), &p.name)?);
+        Ok(())
+    }),
+    Param::once("_since", |input, p| {
+        input.since = Some(value_text(p.as_json(), &p.name)?);
+        Ok(())
+    }),
+    Param::once("group", |input, p| {
+        input.group = Some(value_text(p.as_json(), &p.name)?);
+        Ok(())
+    }),
+    Param::once("clientTrackingId", |input, p| {
+        let id = value_text(p.as_json(), &p.name)?;
+        if id.is_empty() || id.len() > 256 {
+            return Err(Error::invalid("clientTrackingId: 1 to 256 characters"));
+        }
+        input.client_tracking_id = Some(id);
+        Ok(())
+    }),
+    Param::many("patient", |input, p| {
+        input.patients.push(value_text(p.as_json(), &p.name)?);
+        Ok(())
+    }),
+    Param::once("header", |input, p| {
+        let value = p.as_json().get("valueBoolean").and_then(Value::as_bool);
+        input.header = Some(value.ok_or_else(|| Error::invalid("header takes a valueBoolean"))?);
+        Ok(())
+    }),
+    Param::many("source", |_, _| {
+        Err(Error::not_supported(
+            "source: this server exports its own store only",
+        ))
+    }),
+];
 
 /// The text of a parameter's `value[x]` (or `valueReference.reference`).
 pub(crate) fn value_text(p: &Value, name: &str) -> Result<String, Error> {

@@ -7,10 +7,12 @@ use super::{empty_response, header_text, json_response, require_json_body, Api, 
 use crate::domain::instant::http_date;
 use crate::domain::job::status_url;
 use crate::domain::outcome::operation_outcome;
+use crate::domain::params::{read_params, Param, RawParam};
 use crate::domain::request::{
     params_from_parameters_resource, query_params, ExportLevel, KickoffInput,
 };
 use crate::domain::resource::check_id;
+use crate::domain::Error;
 use crate::engine::StatusReply;
 use crate::http::ApiError;
 
@@ -92,21 +94,22 @@ pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The one value of query parameter `name`, if given.
-pub(super) fn query_param(req: &Request<Bytes>, name: &str) -> Result<Option<String>, ApiError> {
-    let mut values = query_params(req.uri().query().unwrap_or(""))?
-        .into_iter()
-        .filter(|p| p.name == name);
-    let first = values.next().map(|p| match p.value {
-        crate::domain::request::ParamValue::Text(t)
-        | crate::domain::request::ParamValue::Reference(t) => t,
-    });
-    if values.next().is_some() {
-        return Err(ApiError::invalid(format!(
-            "Parameter '{name}' may be given only once"
-        )));
+/// The one value of query parameter `name`, if given (others are
+/// ignored: they belong to the route).
+pub(super) fn query_param(
+    req: &Request<Bytes>,
+    name: &'static str,
+) -> Result<Option<String>, ApiError> {
+    fn keep(value: &mut Option<String>, p: &RawParam) -> Result<(), Error> {
+        *value = Some(p.as_text()?.to_string());
+        Ok(())
     }
-    Ok(first)
+    let params = query_params(req.uri().query().unwrap_or(""))?;
+    let mut value = None;
+    read_params(&[Param::once(name, keep)], &params, &mut value, |_, _| {
+        Ok(())
+    })?;
+    Ok(value)
 }
 
 impl Api {
