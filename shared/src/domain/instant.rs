@@ -2,19 +2,29 @@
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 
+/// Why a text is not a FHIR instant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstantError {
+    #[error("'{0}' is not a FHIR instant (expected e.g. 2024-01-31T12:00:00Z, with a time and a time zone)")]
+    Shape(String),
+    #[error("'{text}' is not a valid FHIR instant: {why}")]
+    Invalid { text: String, why: String },
+}
+
 /// Parses a FHIR instant: `YYYY-MM-DDThh:mm:ss(.f+)?(Z|±hh:mm)`.
 /// Dates without a time or a zone are refused: an export boundary must be exact.
-pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, InstantError> {
     let b = s.as_bytes();
     let shape_ok = b.len() >= 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':';
     if !shape_ok {
-        return Err(format!(
-            "'{s}' is not a FHIR instant (expected e.g. 2024-01-31T12:00:00Z, with a time and a time zone)"
-        ));
+        return Err(InstantError::Shape(s.to_string()));
     }
     DateTime::parse_from_rfc3339(s)
         .map(|d| d.with_timezone(&Utc))
-        .map_err(|e| format!("'{s}' is not a valid FHIR instant: {e}"))
+        .map_err(|e| InstantError::Invalid {
+            text: s.to_string(),
+            why: e.to_string(),
+        })
 }
 
 /// Formats an instant the way the store writes `meta.lastUpdated`.
