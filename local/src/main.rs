@@ -9,7 +9,7 @@ use bulk_export_local::{admin, start, LocalConfig, Overrides};
 use clap::{Parser, Subcommand};
 
 /// FHIR Bulk Data export server on embedded storage (SQLite + files).
-/// Without a subcommand it serves.
+/// Without a subcommand it runs the server.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -152,6 +152,8 @@ async fn run() {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colours for a terminal only: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     if let Some(command) = args.command {
