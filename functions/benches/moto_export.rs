@@ -32,7 +32,8 @@ use bulk_export::aws::{
 };
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::{Job, JobState};
-use bulk_export::domain::request::{ExportLevel, KickoffInput};
+use bulk_export::domain::request::{parse_export_request, ExportLevel, KickoffInput};
+use bulk_export::domain::revisions::parse_revisions_request;
 use bulk_export::engine::{Caller, Disposition, EngineConfig, Services};
 use bulk_export::ports::WorkQueue;
 use bulk_export::sample::{generate, SampleConfig};
@@ -263,7 +264,7 @@ async fn export_once(
     };
     let job_id = engine
         .exports
-        .kickoff(&Caller::anonymous(), input)
+        .kickoff(&Caller::anonymous(), parse_export_request(input).unwrap())
         .await
         .unwrap();
     // Generous (100k took 22 min), and a stall fails the run instead of
@@ -448,7 +449,11 @@ async fn revisions_once(
     let body = br#"{"startDate": 0, "endDate": 253402300799999}"#;
     let job_id = engine
         .revisions
-        .start_revisions(&Caller::anonymous(), body, "bench".into())
+        .start_revisions(
+            &Caller::anonymous(),
+            parse_revisions_request(body, chrono::Utc::now()).unwrap(),
+            "bench".into(),
+        )
         .await
         .unwrap();
     let job = wait_until_completed(engine, &job_id, None, Duration::from_millis(100)).await;

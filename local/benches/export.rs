@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::job::JobState;
-use bulk_export::domain::request::{ExportLevel, KickoffInput};
+use bulk_export::domain::request::{parse_export_request, ExportLevel, KickoffInput};
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
 use bulk_export::engine::{Caller, EngineConfig, Ports, Services};
 use bulk_export::ports::{Clock, EventPublisher, JobEvent, PortResult, WriteOp};
@@ -303,7 +303,7 @@ async fn export_once(
     };
     let job_id = engine
         .exports
-        .kickoff(&Caller::anonymous(), input)
+        .kickoff(&Caller::anonymous(), parse_export_request(input).unwrap())
         .await
         .unwrap();
     // The completion event says when it ended: polling the job store

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bulk_export::domain::instant::{format_instant, from_micros};
-use bulk_export::domain::revisions::{csv_line, Operation, HEADER};
+use bulk_export::domain::revisions::{csv_line, parse_revisions_request, Operation, HEADER};
 use bulk_export::embedded::SqliteQueue;
 use bulk_export::engine::{Caller, Services};
 use bulk_export::ports::{ResourceStore, WriteOp};
@@ -180,7 +180,11 @@ async fn export_once(
     );
     let job_id = engine
         .revisions
-        .start_revisions(&Caller::anonymous(), body.as_bytes(), "bench".into())
+        .start_revisions(
+            &Caller::anonymous(),
+            parse_revisions_request(body.as_bytes(), chrono::Utc::now()).unwrap(),
+            "bench".into(),
+        )
         .await
         .unwrap();
     let job = wait_completed(engine, &job_id).await;

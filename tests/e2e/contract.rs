@@ -10,6 +10,7 @@ use bulk_export::domain::client::ClientRegistration;
 use bulk_export::domain::job::{Job, JobState, Part, PartSpec, UploadedChunk, WorkMessage};
 use bulk_export::domain::request::{ElementSelection, ExportLevel, ExportRequest};
 use bulk_export::domain::schedule::{Cadence, Release, Schedule, ScheduleMode, Webhook};
+use bulk_export::domain::schedule_input::SavedExport;
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteResourceStore};
 use bulk_export::ports::{
     ArtifactStore, ClientStore, JobStore, PortError, ResourceStore, RevisionScan, ScheduleStore,
@@ -969,6 +970,10 @@ fn schedule(
         mode: ScheduleMode::Incremental,
         export: "$export?_type=Patient,Observation".into(),
         view_export: None,
+        // The typed request round-trips whole (its types, its URL).
+        request: Some(
+            SavedExport::kickoff("$export?_type=Patient,Observation", "https://x/fhir").unwrap(),
+        ),
         created_at,
         start_at: created_at,
         paused: next_due.is_none(),

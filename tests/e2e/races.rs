@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bulk_export::clock::OffsetClock;
 use bulk_export::domain::schedule::{release_job_id, run_job_id};
+use bulk_export::domain::schedule_input::{NewRelease, NewSchedule};
 use bulk_export::domain::usage::Usage;
 use bulk_export::engine::{Caller, Services};
 use bulk_export::ports::{JobStore, PortError, ResourceStore, WriteOp};
@@ -272,7 +273,10 @@ pub async fn schedule_claim_race(engines: &[Services], clock: &OffsetClock) {
     let body = json!({"name": name, "cadence": "rate(1 hour)", "export": "$export?_type=Patient"});
     let s = first
         .schedules
-        .create_schedule(&caller, body.to_string().as_bytes())
+        .create_schedule(
+            &caller,
+            NewSchedule::parse(body.to_string().as_bytes(), &first.config.base_url).unwrap(),
+        )
         .await
         .unwrap();
     for tick in 1..=TICKS {
@@ -308,7 +312,15 @@ pub async fn release_build_race(engines: &[Services]) {
     let body = json!({"name": name, "export": "$export?_type=Patient"});
     let release = first
         .releases
-        .create_release(&caller, body.to_string().as_bytes())
+        .create_release(
+            &caller,
+            NewRelease::parse(
+                body.to_string().as_bytes(),
+                &first.config.base_url,
+                first.ports.clock.now(),
+            )
+            .unwrap(),
+        )
         .await
         .unwrap();
     let jobs = &first.ports.jobs;

@@ -37,7 +37,7 @@ use bulk_export::aws::{AwsAdapters, SqsQueue};
 use bulk_export::clock::SystemClock;
 use bulk_export::domain::instant::{format_instant, to_micros};
 use bulk_export::domain::job::{artifact_key, job_prefix, JobState};
-use bulk_export::domain::request::{ExportLevel, KickoffInput, RawParam};
+use bulk_export::domain::request::{parse_export_request, ExportLevel, KickoffInput, RawParam};
 use bulk_export::embedded::{FsArtifacts, SqliteJobs, SqliteQueue, SqliteResourceStore};
 use bulk_export::engine::{Caller, Disposition, EngineConfig, Ports, Services, StatusReply};
 use bulk_export::ports::{Clock, Delivery, Version, WriteOp};
@@ -395,14 +395,15 @@ async fn one_export(backend: Backend, seed: u64, tally: Arc<Tally>) -> Result<()
         .exports
         .kickoff(
             &caller,
-            KickoffInput {
+            parse_export_request(KickoffInput {
                 level: ExportLevel::System,
                 request_url: "http://harness.test/fhir/$export".into(),
                 params,
                 lenient: false,
                 via_post: false,
                 now: stack.ports.clock.now(),
-            },
+            })
+            .expect("the harness's request parses"),
         )
         .await
         .map_err(|e| format!("kick-off: {e:?}"))?;

@@ -15,6 +15,7 @@ pub mod resource;
 pub mod resource_text;
 pub mod revisions;
 pub mod schedule;
+pub mod schedule_input;
 pub mod usage;
 pub mod view_export;
 pub mod write_plan;

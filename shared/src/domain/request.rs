@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::fhir_types::{is_resource_type, patient_compartment_paths};
-use super::instant::parse_instant;
+use super::instant::{format_instant, parse_instant};
 use super::params::{read_params, Param};
 use super::Error;
 use fhir_query::search::{parse_type_filters, FilterIssue};
@@ -169,30 +169,51 @@ pub struct KickoffInput {
     pub now: DateTime<Utc>,
 }
 
-/// Applies the Bulk Data parameter rules ([`EXPORT_PARAMS`]). Checks that
-/// need the data (does the Group exist, is a patient a member) are the
-/// engine's.
+/// Applies the Bulk Data parameter rules ([`EXPORT_PARAMS`]) and checks
+/// the times against the kick-off's now. Checks that need the data (does
+/// the Group exist, is a patient a member) are the engine's.
 pub fn parse_export_request(input: KickoffInput) -> Result<ExportRequest, Error> {
+    let now = input.now;
+    parse_export_params(input)?.as_of(now)
+}
+
+/// The parameter rules alone: `_since` and `_until` as given, for a request
+/// made later (a schedule's runs), which [`ExportRequest::as_of`] checks
+/// then.
+pub fn parse_export_params(input: KickoffInput) -> Result<ExportRequest, Error> {
     let mut draft = Draft {
         req: ExportRequest::new(input.level, input.request_url),
         lenient: input.lenient,
         via_post: input.via_post,
-        now: input.now,
     };
     read_params(EXPORT_PARAMS, &input.params, &mut draft, |d, p| {
         d.unsupported(format!("Unknown parameter '{}'", p.name))
     })?;
     draft.drop_filters_of_absent_types()?;
-    let req = draft.req;
-    if let (Some(s), Some(u)) = (req.since, req.until) {
-        if u < s {
+    Ok(draft.req)
+}
+
+impl ExportRequest {
+    /// The request as made at `now`: `_since` may not be after it, and
+    /// `_until` stops at it.
+    pub fn as_of(mut self, now: DateTime<Utc>) -> Result<Self, Error> {
+        if let Some(since) = self.since.filter(|s| *s > now) {
             return Err(Error::invalid_param(
-                "_until",
-                "_until is earlier than _since",
+                "_since",
+                format!("_since {} is in the future", format_instant(since)),
             ));
         }
+        self.until = self.until.map(|u| u.min(now));
+        if let (Some(s), Some(u)) = (self.since, self.until) {
+            if u < s {
+                return Err(Error::invalid_param(
+                    "_until",
+                    "_until is earlier than _since",
+                ));
+            }
+        }
+        Ok(self)
     }
-    Ok(req)
 }
 
 /// The Bulk Data kick-off parameters this server takes.
@@ -214,7 +235,6 @@ pub struct Draft {
     req: ExportRequest,
     lenient: bool,
     via_post: bool,
-    now: DateTime<Utc>,
 }
 
 impl Draft {
@@ -261,18 +281,14 @@ fn output_format(_: &mut Draft, p: &RawParam) -> Result<(), Error> {
 }
 
 fn since(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
-    let text = p.as_text()?;
-    let t = parse_instant(text).map_err(|e| Error::invalid(format!("_since: {e}")))?;
-    if t > d.now {
-        return Err(Error::invalid(format!("_since {text} is in the future")));
-    }
+    let t = parse_instant(p.as_text()?).map_err(|e| Error::invalid(format!("_since: {e}")))?;
     d.req.since = Some(t);
     Ok(())
 }
 
 fn until(d: &mut Draft, p: &RawParam) -> Result<(), Error> {
     let t = parse_instant(p.as_text()?).map_err(|e| Error::invalid(format!("_until: {e}")))?;
-    d.req.until = Some(t.min(d.now));
+    d.req.until = Some(t);
     Ok(())
 }
 

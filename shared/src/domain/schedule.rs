@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use super::instant::format_instant;
 use super::request::{query_params, ExportLevel, ExportRequest, KickoffInput, RawParam};
 use super::resource::is_valid_id;
+use super::schedule_input::SavedExport;
 use super::Error;
 
 /// When a schedule runs: EventBridge's `rate(N unit)` or
@@ -157,6 +158,11 @@ pub struct Schedule {
     /// views' rows (CSV, NDJSON or Parquet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_export: Option<Value>,
+    /// What its runs export, parsed when it was created (`None` on
+    /// schedules stored before requests were kept typed: see
+    /// [`Schedule::saved_export`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<SavedExport>,
     pub created_at: DateTime<Utc>,
     /// Rates count from here.
     pub start_at: DateTime<Utc>,
@@ -302,26 +308,6 @@ pub fn check_webhook_url(text: &str, allow_private: bool) -> Result<url::Url, We
     Ok(url)
 }
 
-/// A schedule as a client asks for it (the body of a create).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScheduleInput {
-    pub name: String,
-    pub cadence: String,
-    #[serde(default)]
-    pub mode: Option<String>,
-    #[serde(default)]
-    pub export: Option<String>,
-    #[serde(default)]
-    pub view_export: Option<Value>,
-    #[serde(default)]
-    pub start_at: Option<String>,
-    #[serde(default)]
-    pub start_from_release: Option<String>,
-    #[serde(default)]
-    pub webhook: Option<Webhook>,
-}
-
 /// A name for people and folders: 1-64 of `A-Z a-z 0-9 - . _`, not
 /// starting with a dot.
 pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
@@ -338,27 +324,6 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
             "The {what} name '{name}' must be 1-64 characters of A-Z a-z 0-9 - . _, \
              not starting with '.'"
         )))
-    }
-}
-
-impl ScheduleInput {
-    pub fn parse(body: &[u8]) -> Result<Self, Error> {
-        serde_json::from_slice(body).map_err(|e| {
-            Error::invalid(format!(
-                "The schedule is not valid: {e} (fields: name, cadence, mode, export or \
-                 viewExport, startAt, startFromRelease, webhook)"
-            ))
-        })
-    }
-
-    pub fn mode(&self) -> Result<ScheduleMode, Error> {
-        match self.mode.as_deref() {
-            None | Some("full") => Ok(ScheduleMode::Full),
-            Some("incremental") => Ok(ScheduleMode::Incremental),
-            Some(other) => Err(Error::invalid(format!(
-                "mode '{other}' is not known: use full or incremental"
-            ))),
-        }
     }
 }
 
@@ -410,6 +375,16 @@ pub fn kickoff_of(
 }
 
 impl Schedule {
+    /// What its runs export: as parsed at its creation, or, for a schedule
+    /// stored before that was kept, parsed from what it shows.
+    pub fn saved_export(&self, base_url: &str) -> Result<SavedExport, Error> {
+        match (&self.request, &self.view_export) {
+            (Some(saved), _) => Ok(saved.clone()),
+            (None, Some(parameters)) => SavedExport::views(parameters, base_url),
+            (None, None) => SavedExport::kickoff(&self.export, base_url),
+        }
+    }
+
     /// The URL of the request it saved (a run's manifest `request`, before
     /// an incremental run's `_since`).
     pub fn request_url(&self, base_url: &str) -> String {

@@ -19,9 +19,7 @@ use crate::domain::job::{
     artifact_key, job_prefix, manifest, manifest_page, paged_manifest, reuse_key, FileKind, Job,
     JobState, ManifestCursor, OutputFile, Part, PATIENT_BLOCKS, REVISIONS,
 };
-use crate::domain::request::{
-    in_patient_compartment, parse_export_request, ExportLevel, ExportRequest, KickoffInput,
-};
+use crate::domain::request::{in_patient_compartment, ExportLevel, ExportRequest};
 use crate::domain::usage;
 use crate::domain::Error;
 
@@ -58,10 +56,10 @@ pub struct Exports {
 }
 
 impl Exports {
-    /// Validates the request, records the job and queues its planning.
+    /// Authorizes the request, records the job and queues its planning.
     /// Returns the new job's id.
-    pub async fn kickoff(&self, caller: &Caller, input: KickoffInput) -> Result<String, Error> {
-        self.kickoff_or_reuse(caller, input, false).await
+    pub async fn kickoff(&self, caller: &Caller, request: ExportRequest) -> Result<String, Error> {
+        self.kickoff_or_reuse(caller, request, false).await
     }
 
     /// The same, but with `reuse` an identical export of the caller that
@@ -70,10 +68,9 @@ impl Exports {
     pub async fn kickoff_or_reuse(
         &self,
         caller: &Caller,
-        input: KickoffInput,
+        mut request: ExportRequest,
         reuse: bool,
     ) -> Result<String, Error> {
-        let mut request = parse_export_request(input)?;
         authorize_export(&caller.access, &mut request)?;
         self.desk.check_patients(&mut request).await?;
         if reuse && !self.config.reuse_window.is_zero() {

@@ -39,7 +39,7 @@ mod sink;
 mod sweep;
 mod view_export;
 mod views;
-pub use view_export::{ViewExportInput, ViewRef};
+pub use crate::domain::view_export::{ViewExportInput, ViewRef};
 mod worker;
 
 use std::sync::Arc;
@@ -262,7 +262,6 @@ impl Services {
             schedules: p.schedules.clone(),
             jobs: p.jobs.clone(),
             clock: p.clock.clone(),
-            config: config.clone(),
         };
         Services {
             worker: Worker {
@@ -296,7 +295,6 @@ impl Services {
             revisions: Revisions {
                 desk,
                 exports: exports.clone(),
-                clock: p.clock.clone(),
             },
             exports,
             releases,

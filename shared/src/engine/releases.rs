@@ -3,27 +3,18 @@
 //! rebuilt on demand exactly as of the same instant (the store keeps
 //! every version), under the next generation's job.
 
-use super::{EngineConfig, Exports, JobDesk};
+use super::{Exports, JobDesk};
 use crate::ports::{Clock, JobStore, ScheduleStore};
 use std::sync::Arc;
-
-use serde::Deserialize;
 
 use super::export::authorize_export;
 use super::modify::{modify_release, Modified};
 use super::{Caller, StatusReply};
 use crate::domain::job::JobState;
-use crate::domain::request::parse_export_request;
-use crate::domain::schedule::{check_name, kickoff_of, Release, LATEST, RELEASE_OWNER_PREFIX};
+use crate::domain::schedule::{check_name, Release, LATEST, RELEASE_OWNER_PREFIX};
+use crate::domain::schedule_input::NewRelease;
 use crate::domain::Error;
 use crate::ports::PortError;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReleaseInput {
-    name: String,
-    export: String,
-}
 
 fn release_not_found(name: &str) -> Error {
     Error::not_found(format!("No release '{name}'"))
@@ -37,38 +28,25 @@ pub struct Releases {
     pub(crate) schedules: Arc<dyn ScheduleStore>,
     pub(crate) jobs: Arc<dyn JobStore>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) config: Arc<EngineConfig>,
 }
 
 impl Releases {
     /// Freezes a release as of now and starts building its files.
     /// Publishing needs read access to every type and no Group limit.
-    pub async fn create_release(&self, caller: &Caller, body: &[u8]) -> Result<Release, Error> {
-        let input: ReleaseInput = serde_json::from_slice(body).map_err(|e| {
-            Error::invalid(format!(
-                "The release is not valid: {e} (fields: name, export)"
-            ))
-        })?;
-        check_name("release", &input.name)?;
-        if input.name == LATEST {
-            return Err(Error::invalid(
-                "'latest' is the alias of the newest release; choose another name",
-            ));
-        }
+    pub async fn create_release(&self, caller: &Caller, new: NewRelease) -> Result<Release, Error> {
         if !caller.access.perms_on("*").read || caller.access.groups.is_some() {
             return Err(Error::forbidden(
                 "Publishing a release needs read access to every type (system/*.read)",
             ));
         }
         let now = self.clock.now();
-        let input_kickoff = kickoff_of(&input.export, &self.config.base_url, None, now)?;
-        let mut request = parse_export_request(input_kickoff)?;
+        let mut request = new.request;
         authorize_export(&caller.access, &mut request)?;
         self.desk.check_patients(&mut request).await?;
         let transaction_time = self.desk.transaction_time_for(&request).await?;
         let release = Release {
-            name: input.name,
-            export: input.export.trim_start_matches('/').to_string(),
+            name: new.name,
+            export: new.export,
             request,
             transaction_time,
             created_at: now,

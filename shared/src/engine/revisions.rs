@@ -4,8 +4,6 @@
 //! webhook announces the file; see `notify`).
 
 use super::{Exports, JobDesk};
-use crate::ports::Clock;
-use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use super::Caller;
 use crate::domain::access::TypeAccess;
 use crate::domain::job::{JobState, REVISIONS_FILE};
 use crate::domain::request::{ExportLevel, ExportRequest};
-use crate::domain::revisions::parse_revisions_request;
+use crate::domain::revisions::RevisionsQuery;
 use crate::domain::Error;
 
 /// What the wait for a revisions file came to.
@@ -41,21 +39,20 @@ pub(crate) fn audit_refused() -> Error {
 pub struct Revisions {
     pub(crate) desk: JobDesk,
     pub(crate) exports: Exports,
-    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Revisions {
-    /// Validates a `$export-revisions` body and starts the job; returns its id.
+    /// Authorizes an `$export-revisions` query and starts the job; returns
+    /// its id.
     pub async fn start_revisions(
         &self,
         caller: &Caller,
-        body: &[u8],
+        query: RevisionsQuery,
         request_url: String,
     ) -> Result<String, Error> {
         if !caller.access.can_audit() {
             return Err(audit_refused());
         }
-        let query = parse_revisions_request(body, self.clock.now())?;
         // Revisions name records and, with includeModifiedProps, show their
         // content: only types the caller may read.
         if let Some(t) = query.entities.iter().find(|t| !caller.access.can_read(t)) {

@@ -17,16 +17,13 @@ use serde_json::Value;
 
 use super::export::authorize_export;
 use super::modify::{modify_schedule, Modified, MAX_TRIES};
-use super::{Caller, ViewExportInput};
+use super::Caller;
 use crate::domain::access::Access;
 use crate::domain::error::STORE_RETRY_SECS;
-use crate::domain::instant::parse_instant;
 use crate::domain::job::{manifest, Job, JobState};
-use crate::domain::request::{parse_export_request, ExportRequest};
-use crate::domain::schedule::{
-    check_name, check_webhook_url, kickoff_of, run_job_id, Cadence, RunOf, Schedule, ScheduleInput,
-    ScheduleMode,
-};
+use crate::domain::request::ExportRequest;
+use crate::domain::schedule::{check_webhook_url, run_job_id, RunOf, Schedule, ScheduleMode};
+use crate::domain::schedule_input::{NewSchedule, SavedExport};
 use crate::domain::view_export::view_export_url;
 use crate::domain::Error;
 use crate::ports::{PortError, PortResult};
@@ -95,40 +92,84 @@ pub struct Schedules {
 }
 
 impl Schedules {
-    /// Validates and stores a new schedule of the caller's.
-    pub async fn create_schedule(&self, caller: &Caller, body: &[u8]) -> Result<Schedule, Error> {
-        let input = ScheduleInput::parse(body)?;
-        check_name("schedule", &input.name)?;
-        let cadence = Cadence::parse(&input.cadence)?;
-        let mode = input.mode()?;
+    /// Checks a new schedule of the caller's against the store and the
+    /// caller's access, and stores it.
+    pub async fn create_schedule(
+        &self,
+        caller: &Caller,
+        new: NewSchedule,
+    ) -> Result<Schedule, Error> {
         let now = self.clock.now();
-        let start_at = match &input.start_at {
-            Some(t) => parse_instant(t).map_err(|e| Error::invalid(format!("startAt: {e}")))?,
-            None => now,
-        };
-        let release = match (&input.start_from_release, mode) {
-            (None, _) => None,
-            (Some(_), ScheduleMode::Full) => {
-                return Err(Error::invalid(
-                    "startFromRelease is for incremental schedules (mode: incremental)",
-                ))
-            }
-            (Some(name), ScheduleMode::Incremental) => {
-                Some(self.releases.release_record(name).await?)
-            }
+        let start_at = new.start_at.unwrap_or(now);
+        let release = match &new.start_from_release {
+            Some(name) => Some(self.releases.release_record(name).await?),
+            None => None,
         };
         let cursor = release.as_ref().map(|r| r.transaction_time);
-        if let Some(hook) = &input.webhook {
-            if hook.secret.len() < 16 {
-                return Err(Error::invalid(
-                    "webhook: give a secret of at least 16 characters",
-                ));
-            }
+        if let Some(hook) = &new.webhook {
             check_webhook_url(&hook.url, self.config.allow_private_webhooks)
                 .map_err(|why| Error::invalid_param("webhook", format!("webhook: {why}")))?;
         }
+        self.check_may_own_schedules(caller).await?;
         // The request must be one the caller may make now; at each run it
         // is checked again against the owner's access as it stands then.
+        // An incremental run sets `_since`: the first one's is checked.
+        let since = (new.mode == ScheduleMode::Incremental).then(|| cursor.unwrap_or(now));
+        let url = match new.view_export {
+            Some(_) => view_export_url(&self.config.base_url),
+            None => format!("{}/{}", self.config.base_url, new.export),
+        };
+        let request = self
+            .authorized(caller, new.request.for_run(url, since), now)
+            .await?;
+        if let Some(release) = &release {
+            // Changes since the release complete it only if the release
+            // holds what the schedule exports.
+            if !same_scope(&release.request, &request) {
+                return Err(Error::invalid_param(
+                    "startFromRelease",
+                    format!(
+                        "startFromRelease: release '{}' exports {}; an incremental schedule from \
+                         it must export the same (level, _type, _elements, _typeFilter)",
+                        release.name, release.export
+                    ),
+                ));
+            }
+        }
+        let first = new
+            .cadence
+            .next_after(start_at, start_at - chrono::Duration::microseconds(1))
+            .ok_or_else(|| {
+                Error::invalid_param("cadence", "cadence: the expression never fires again")
+            })?;
+        let schedule = Schedule {
+            id: uuid::Uuid::new_v4().to_string(),
+            owner: caller.subject.clone(),
+            name: new.name,
+            cadence: new.cadence,
+            mode: new.mode,
+            export: new.export,
+            view_export: new.view_export,
+            request: Some(new.request),
+            created_at: now,
+            start_at,
+            paused: false,
+            next_due: Some(first),
+            runs: 0,
+            cursor,
+            from_release: new.start_from_release,
+            webhook: new.webhook,
+            last_event_at: None,
+            version: 0,
+        };
+        self.schedules.create_schedule(&schedule).await?;
+        tracing::info!(schedule = %schedule.id, owner = %schedule.owner, cadence = schedule.cadence.as_str(), "schedule created");
+        self.owned_schedule(caller, &schedule.id).await
+    }
+
+    /// Schedules run without a token, on their owner's registration: with
+    /// tokens required, only registered clients may own them.
+    async fn check_may_own_schedules(&self, caller: &Caller) -> Result<(), Error> {
         if self.config.requires_access_token
             && self.clients.get_client(&caller.subject).await?.is_none()
         {
@@ -137,57 +178,7 @@ impl Schedules {
                  registered clients may create them",
             ));
         }
-        // An incremental schedule sets `_since` at every run, so checking
-        // with one now refuses a saved `_since` whatever the cursor.
-        let since = (mode == ScheduleMode::Incremental).then(|| cursor.unwrap_or(now));
-        let export =
-            match (&input.export, &input.view_export) {
-                (Some(e), None) => e.trim_start_matches('/').to_string(),
-                (None, Some(_)) => String::new(),
-                _ => return Err(Error::invalid(
-                    "Give the schedule either export (a kick-off such as $export?_type=Patient) \
-                     or viewExport (a $viewdefinition-export Parameters body)",
-                )),
-            };
-        let request = self
-            .saved_request(caller, &export, input.view_export.as_ref(), since, now)
-            .await?;
-        if let Some(release) = &release {
-            // Changes since the release complete it only if the release
-            // holds what the schedule exports.
-            if !same_scope(&release.request, &request) {
-                return Err(Error::invalid(format!(
-                    "startFromRelease: release '{}' exports {}; an incremental schedule from \
-                     it must export the same (level, _type, _elements, _typeFilter)",
-                    release.name, release.export
-                )));
-            }
-        }
-        let first = cadence
-            .next_after(start_at, start_at - chrono::Duration::microseconds(1))
-            .ok_or_else(|| Error::invalid("cadence: the expression never fires again"))?;
-        let schedule = Schedule {
-            id: uuid::Uuid::new_v4().to_string(),
-            owner: caller.subject.clone(),
-            name: input.name,
-            cadence,
-            mode,
-            export,
-            view_export: input.view_export,
-            created_at: now,
-            start_at,
-            paused: false,
-            next_due: Some(first),
-            runs: 0,
-            cursor,
-            from_release: input.start_from_release,
-            webhook: input.webhook,
-            last_event_at: None,
-            version: 0,
-        };
-        self.schedules.create_schedule(&schedule).await?;
-        tracing::info!(schedule = %schedule.id, owner = %schedule.owner, cadence = schedule.cadence.as_str(), "schedule created");
-        self.owned_schedule(caller, &schedule.id).await
+        Ok(())
     }
 
     pub async fn schedules_of(&self, caller: &Caller) -> Result<Vec<Schedule>, Error> {
@@ -516,41 +507,32 @@ impl Schedules {
             subject: s.owner.clone(),
             access: self.owner_access(&s.owner).await?,
         };
-        self.saved_request(&owner, &s.export, s.view_export.as_ref(), since, now)
+        let base_url = &self.config.base_url;
+        let run = s
+            .saved_export(base_url)?
+            .for_run(s.request_url(base_url), since);
+        self.authorized(&owner, run, now)
             .await
             .map_err(|e| e.within("The scheduled export was refused"))
     }
 
-    /// The export request a schedule saved (a kick-off, or a view export's
-    /// Parameters), with `_since` for an incremental run, checked and
-    /// authorized for `caller`.
-    async fn saved_request(
+    /// A saved request as made at `now`, checked and authorized for
+    /// `caller`.
+    async fn authorized(
         &self,
         caller: &Caller,
-        export: &str,
-        view_export: Option<&Value>,
-        since: Option<DateTime<Utc>>,
+        saved: SavedExport,
         now: DateTime<Utc>,
     ) -> Result<ExportRequest, Error> {
-        if let Some(parameters) = view_export {
-            let url = view_export_url(&self.config.base_url);
-            let mut input = ViewExportInput::from_parameters(parameters, url)
-                .map_err(|e| Error::invalid(format!("viewExport: {e}")))?;
-            if let Some(since) = since {
-                if input.since.is_some() {
-                    return Err(Error::invalid(
-                        "An incremental schedule sets _since itself; leave it out of viewExport",
-                    ));
-                }
-                input.since = Some(crate::domain::instant::format_instant(since));
+        match saved {
+            SavedExport::Views(input) => self.views.view_export_request(caller, *input).await,
+            SavedExport::Kickoff(request) => {
+                let mut request = request.as_of(now)?;
+                authorize_export(&caller.access, &mut request)?;
+                self.desk.check_patients(&mut request).await?;
+                Ok(request)
             }
-            return self.views.view_export_request(caller, input).await;
         }
-        let mut request =
-            parse_export_request(kickoff_of(export, &self.config.base_url, since, now)?)?;
-        authorize_export(&caller.access, &mut request)?;
-        self.desk.check_patients(&mut request).await?;
-        Ok(request)
     }
 
     /// The owner's access as its registration stands now (open mode: all).

@@ -9,7 +9,7 @@ use crate::domain::job::status_url;
 use crate::domain::outcome::operation_outcome;
 use crate::domain::params::{read_params, Param, RawParam};
 use crate::domain::request::{
-    params_from_parameters_resource, query_params, ExportLevel, KickoffInput,
+    params_from_parameters_resource, parse_export_request, query_params, ExportLevel, KickoffInput,
 };
 use crate::domain::resource::check_id;
 use crate::domain::Error;
@@ -171,10 +171,11 @@ impl Api {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
+        let request = parse_export_request(input)?;
         let job_id = self
             .services
             .exports
-            .kickoff_or_reuse(&caller, input, !no_cache)
+            .kickoff_or_reuse(&caller, request, !no_cache)
             .await?;
         let mut resp = empty_response(StatusCode::ACCEPTED);
         let location = status_url(&self.services.config.base_url, &job_id);

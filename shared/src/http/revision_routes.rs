@@ -2,6 +2,7 @@
 //! `export-revisions`): `POST [base]/$export-revisions` with the seed's JSON
 //! body, and `GET [base]/$export-revisions/file?fileId=…`.
 
+use crate::domain::revisions::parse_revisions_request;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
@@ -31,10 +32,11 @@ impl Api {
         let prefer = parse_prefer(headers)?;
         let base = &self.services.config.base_url;
         let request_url = format!("{base}/$export-revisions");
+        let query = parse_revisions_request(req.body(), self.services.ports.clock.now())?;
         let job_id = self
             .services
             .revisions
-            .start_revisions(&caller, req.body(), request_url)
+            .start_revisions(&caller, query, request_url)
             .await?;
         let status = status_url(base, &job_id);
         let location =

@@ -11,6 +11,7 @@
 //! - `POST|GET [base]/$export-releases`, `GET|HEAD [base]/$export-releases/{name}`
 //!   (`latest`: the newest), `GET [base]/$export-releases/{name}/manifest`.
 
+use crate::domain::schedule_input::{NewRelease, NewSchedule};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,10 +58,8 @@ impl Api {
         match (rest, &method) {
             ([], &Method::POST) => {
                 require_json_body(req.headers())?;
-                let s = services
-                    .schedules
-                    .create_schedule(&caller, req.body())
-                    .await?;
+                let new = NewSchedule::parse(req.body(), base)?;
+                let s = services.schedules.create_schedule(&caller, new).await?;
                 created(&schedule_url(base, &s.id), &s.view(base))
             }
             ([], &Method::GET) => {
@@ -164,10 +163,8 @@ impl Api {
         match (rest, &method) {
             ([], &Method::POST) => {
                 require_json_body(req.headers())?;
-                let r = services
-                    .releases
-                    .create_release(&caller, req.body())
-                    .await?;
+                let new = NewRelease::parse(req.body(), base, services.ports.clock.now())?;
+                let r = services.releases.create_release(&caller, new).await?;
                 created(&release_url(base, &r.name), &r.view(base))
             }
             ([], &Method::GET) => {
