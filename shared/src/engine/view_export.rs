@@ -51,36 +51,7 @@ impl Views {
         if input.header.is_some() && format != TableFormat::Csv {
             return Err(Error::invalid("header: only a CSV export has a header"));
         }
-        let mut views: Vec<NamedView> = Vec::new();
-        for (i, (name, source)) in input.views.into_iter().enumerate() {
-            let definition = match source {
-                ViewRef::Inline(v) => v,
-                ViewRef::Reference(r) => self.stored_view(caller, &r).await?,
-            };
-            let view = View::parse(&definition).map_err(|e| {
-                Error::invalid(format!("view[{i}]: not a valid ViewDefinition: {e}"))
-            })?;
-            let name = name.or(view.name.clone()).ok_or_else(|| {
-                Error::invalid(format!(
-                    "view[{i}]: the view has no name; give the view's name part"
-                ))
-            })?;
-            if !is_valid_view_name(&name) {
-                return Err(Error::invalid(format!(
-                    "view[{i}]: '{name}' cannot name files: use 1 to 64 letters, digits, '_' or '-'"
-                )));
-            }
-            if views.iter().any(|v| v.name == name) {
-                return Err(Error::invalid(format!(
-                    "view[{i}]: two views are named '{name}'"
-                )));
-            }
-            views.push(NamedView {
-                name,
-                resource_type: view.resource_type.clone(),
-                definition,
-            });
-        }
+        let views = self.named_views(caller, input.views).await?;
         let since = input.since;
         let patients = input
             .patients
@@ -123,5 +94,45 @@ impl Views {
             self.desk.group_members(group_id).await?;
         }
         Ok(request)
+    }
+
+    /// Each `view` parameter's definition (a stored one read now), checked,
+    /// under a name that can name files and is given once.
+    async fn named_views(
+        &self,
+        caller: &Caller,
+        given: Vec<(Option<String>, ViewRef)>,
+    ) -> Result<Vec<NamedView>, Error> {
+        let mut views: Vec<NamedView> = Vec::new();
+        for (i, (name, source)) in given.into_iter().enumerate() {
+            let definition = match source {
+                ViewRef::Inline(v) => v,
+                ViewRef::Reference(r) => self.stored_view(caller, &r).await?,
+            };
+            let view = View::parse(&definition).map_err(|e| {
+                Error::invalid(format!("view[{i}]: not a valid ViewDefinition: {e}"))
+            })?;
+            let name = name.or(view.name.clone()).ok_or_else(|| {
+                Error::invalid(format!(
+                    "view[{i}]: the view has no name; give the view's name part"
+                ))
+            })?;
+            if !is_valid_view_name(&name) {
+                return Err(Error::invalid(format!(
+                    "view[{i}]: '{name}' cannot name files: use 1 to 64 letters, digits, '_' or '-'"
+                )));
+            }
+            if views.iter().any(|v| v.name == name) {
+                return Err(Error::invalid(format!(
+                    "view[{i}]: two views are named '{name}'"
+                )));
+            }
+            views.push(NamedView {
+                name,
+                resource_type: view.resource_type.clone(),
+                definition,
+            });
+        }
+        Ok(views)
     }
 }

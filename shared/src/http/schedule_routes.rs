@@ -23,7 +23,7 @@ use super::{empty_response, json_response, require_json_body, Api};
 use crate::domain::instant::format_instant;
 use crate::domain::job::status_url;
 use crate::domain::schedule::{release_url, schedule_url};
-use crate::engine::RunSelector;
+use crate::engine::{Caller, RunSelector};
 use crate::http::ApiError;
 
 fn header_value(v: &str) -> Result<HeaderValue, ApiError> {
@@ -102,37 +102,52 @@ impl Api {
                 Ok(resp)
             }
             ([_, "pause" | "resume" | "run"], _) => Err(ApiError::method_not_allowed("POST")),
-            ([id, "runs"], &Method::GET) => {
+            ([id, "runs", after @ ..], _) => self.schedule_runs(&req, &caller, id, after).await,
+            _ => Err(ApiError::not_found("Nothing here under $export-schedules")),
+        }
+    }
+
+    /// `$export-schedules/{id}/runs` and below: the recent runs, one run's
+    /// status, its presigned links.
+    async fn schedule_runs(
+        &self,
+        req: &Request<Bytes>,
+        caller: &Caller,
+        id: &str,
+        after: &[&str],
+    ) -> Result<Response<Bytes>, ApiError> {
+        let services = &self.services;
+        let base = &services.config.base_url;
+        match (after, req.method()) {
+            ([], &Method::GET) => {
                 let runs: Vec<Value> = services
                     .schedules
-                    .schedule_runs(&caller, id)
+                    .schedule_runs(caller, id)
                     .await?
                     .iter()
                     .map(|j| services.schedules.scheduled_run_view(j))
                     .collect();
                 Ok(ok_json(&json!({ "runs": runs })))
             }
-            ([_, "runs"], _) => Err(ApiError::method_not_allowed("GET")),
-            ([id, "runs", run], &Method::GET) => {
+            ([run], &Method::GET) => {
                 let job_id = services
                     .schedules
-                    .run_job(&caller, id, RunSelector::parse(run)?)
+                    .run_job(caller, id, RunSelector::parse(run)?)
                     .await?;
                 let mut resp =
-                    status_response(services.exports.status(&caller, &job_id, None).await?)?;
+                    status_response(services.exports.status(caller, &job_id, None).await?)?;
                 resp.headers_mut().insert(
                     header::CONTENT_LOCATION,
                     header_value(&status_url(base, &job_id))?,
                 );
                 Ok(resp)
             }
-            ([_, "runs", _], _) => Err(ApiError::method_not_allowed("GET")),
-            ([id, "runs", run, "links"], &Method::POST) => {
+            ([run, "links"], &Method::POST) => {
                 let job_id = services
                     .schedules
-                    .run_job(&caller, id, RunSelector::parse(run)?)
+                    .run_job(caller, id, RunSelector::parse(run)?)
                     .await?;
-                let ttl = match query_param(&req, "expiresIn")? {
+                let ttl = match query_param(req, "expiresIn")? {
                     None => None,
                     Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
                         ApiError::invalid(format!("expiresIn: '{t}' is not a number of seconds"))
@@ -141,11 +156,12 @@ impl Api {
                 Ok(ok_json(
                     &services
                         .exports
-                        .presigned_manifest(&caller, &job_id, ttl)
+                        .presigned_manifest(caller, &job_id, ttl)
                         .await?,
                 ))
             }
-            ([_, "runs", _, "links"], _) => Err(ApiError::method_not_allowed("POST")),
+            ([] | [_], _) => Err(ApiError::method_not_allowed("GET")),
+            ([_, "links"], _) => Err(ApiError::method_not_allowed("POST")),
             _ => Err(ApiError::not_found("Nothing here under $export-schedules")),
         }
     }
