@@ -8,14 +8,16 @@ use serde_json::Value;
 
 use super::{empty_response, parse_json, require_json_body, Api, MAX_BODY_BYTES};
 use crate::domain::job::status_url;
+use crate::domain::params::{parameters_as_json, read_params, Param, ParamValue, RawParam};
 use crate::domain::view_export::view_export_url;
+use crate::domain::Error;
 use crate::engine::{ViewExportInput, ViewSource};
 use crate::http::ApiError;
 use fhir_query::view::output::{render, Format};
 use fhir_query::view::View;
 
 /// What a run request asks for.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct RunParams {
     view: Option<Value>,
     view_reference: Option<String>,
@@ -27,91 +29,113 @@ struct RunParams {
     limit: Option<usize>,
 }
 
-fn reference_or_string(p: &Value, name: &str) -> Result<String, ApiError> {
-    p.get("valueReference")
-        .and_then(|r| r.get("reference"))
-        .or_else(|| p.get("valueString"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| ApiError::invalid(format!("Parameter '{name}' takes a valueReference")))
+/// The `$viewdefinition-run` parameters, from the query string or the
+/// `Parameters` body.
+const RUN_PARAMS: &[Param<RunParams>] = &[
+    Param::once("viewResource", |r, p| {
+        r.view = Some(resource_of(p)?);
+        Ok(())
+    }),
+    Param::many("resource", |r, p| {
+        r.resources.push(resource_of(p)?);
+        Ok(())
+    }),
+    Param::once("viewReference", |r, p| {
+        r.view_reference = Some(reference_text(p)?);
+        Ok(())
+    }),
+    Param::once("patient", |r, p| {
+        r.patient = Some(reference_text(p)?);
+        Ok(())
+    }),
+    Param::once("group", |r, p| {
+        r.group = Some(reference_text(p)?);
+        Ok(())
+    }),
+    Param::once("_format", |r, p| {
+        r.format = Some(value_of(p)?);
+        Ok(())
+    }),
+    Param::once("header", |r, p| {
+        let text = value_of(p)?;
+        let header = text
+            .parse()
+            .map_err(|_| Error::invalid(format!("header: '{text}' is not true or false")))?;
+        r.header = Some(header);
+        Ok(())
+    }),
+    Param::once("_limit", |r, p| {
+        let text = value_of(p)?;
+        let limit =
+            text.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::invalid(format!("_limit: '{text}' is not a positive integer"))
+            })?;
+        r.limit = Some(limit);
+        Ok(())
+    }),
+];
+
+/// A `resource` part: the resource it holds (a body parameter only).
+fn resource_of(p: &RawParam) -> Result<Value, Error> {
+    p.as_json()
+        .get("resource")
+        .filter(|r| r.is_object())
+        .cloned()
+        .ok_or_else(|| Error::invalid(format!("Parameter '{}' takes a resource", p.name)))
+}
+
+/// A reference as text: from the query string, a `valueReference` or a
+/// `valueString`.
+fn reference_text(p: &RawParam) -> Result<String, Error> {
+    match &p.value {
+        ParamValue::Json(entry) => entry
+            .get("valueReference")
+            .and_then(|r| r.get("reference"))
+            .or_else(|| entry.get("valueString"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::invalid(format!("Parameter '{}' takes a valueReference", p.name))
+            }),
+        _ => Ok(p.as_text()?.to_string()),
+    }
+}
+
+/// A value as text: from the query string or the entry's `value[x]`.
+fn value_of(p: &RawParam) -> Result<String, Error> {
+    match &p.value {
+        ParamValue::Json(entry) => entry
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
+            .map(|(_, v)| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .ok_or_else(|| Error::invalid(format!("Parameter '{}' has no value", p.name))),
+        _ => Ok(p.as_text()?.to_string()),
+    }
 }
 
 impl RunParams {
-    fn set(&mut self, name: &str, text: &str) -> Result<(), ApiError> {
-        match name {
-            "_format" => self.format = Some(text.to_string()),
-            "header" => {
-                self.header = Some(text.parse().map_err(|_| {
-                    ApiError::invalid(format!("header: '{text}' is not true or false"))
-                })?)
-            }
-            "patient" => self.patient = Some(text.to_string()),
-            "group" => self.group = Some(text.to_string()),
-            "viewReference" => self.view_reference = Some(text.to_string()),
-            "_limit" => {
-                self.limit = Some(text.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    ApiError::invalid(format!("_limit: '{text}' is not a positive integer"))
-                })?)
-            }
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "Parameter '{other}' is not one $viewdefinition-run takes"
-                )))
-            }
-        }
-        Ok(())
-    }
-
-    fn read_body(&mut self, body: &Value) -> Result<(), ApiError> {
-        if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-            return Err(ApiError::invalid(
+    /// Reads the query string's parameters, then the body's.
+    fn read(query: &str, body: Option<&Value>) -> Result<Self, Error> {
+        let mut params: Vec<RawParam> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| RawParam::text(&k, &v))
+            .collect();
+        if let Some(body) = body {
+            params.extend(parameters_as_json(
+                body,
                 "The body must be a FHIR Parameters resource",
-            ));
+            )?);
         }
-        let params = match body.get("parameter") {
-            None => return Ok(()),
-            Some(Value::Array(p)) => p,
-            Some(_) => return Err(ApiError::invalid("Parameters.parameter must be a list")),
-        };
-        for p in params {
-            let name = p
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::invalid("A parameter has no name"))?;
-            match name {
-                "viewResource" | "resource" => {
-                    let r = p
-                        .get("resource")
-                        .filter(|r| r.is_object())
-                        .cloned()
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!("Parameter '{name}' takes a resource"))
-                        })?;
-                    if name == "resource" {
-                        self.resources.push(r);
-                    } else if self.view.replace(r).is_some() {
-                        return Err(ApiError::invalid("Only one viewResource may be given"));
-                    }
-                }
-                "viewReference" | "patient" | "group" => {
-                    self.set(name, &reference_or_string(p, name)?)?
-                }
-                _ => {
-                    let text = p
-                        .as_object()
-                        .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
-                        .map(|(_, v)| match v {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        })
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!("Parameter '{name}' has no value"))
-                        })?;
-                    self.set(name, &text)?;
-                }
-            }
-        }
-        Ok(())
+        let mut run = RunParams::default();
+        read_params(RUN_PARAMS, &params, &mut run, |_, p| {
+            Err(Error::invalid(format!(
+                "Parameter '{}' is not one $viewdefinition-run takes",
+                p.name
+            )))
+        })?;
+        Ok(run)
     }
 }
 
@@ -122,21 +146,23 @@ impl Api {
         id: Option<&str>,
     ) -> Result<Response<Bytes>, ApiError> {
         let caller = self.auth.authenticate(req.headers()).await?;
-        let mut params = RunParams::default();
-        if let Some(id) = id {
-            params.view_reference = Some(format!("ViewDefinition/{id}"));
-        }
-        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-            params.set(&k, &v)?;
-        }
-        if req.method() == Method::POST && !req.body().is_empty() {
+        let body = if req.method() == Method::POST && !req.body().is_empty() {
             require_json_body(req.headers())?;
             if req.body().len() > MAX_BODY_BYTES {
                 return Err(ApiError::too_large(format!(
                     "The body is larger than {MAX_BODY_BYTES} bytes"
                 )));
             }
-            params.read_body(&parse_json(req.body())?)?;
+            Some(parse_json(req.body())?)
+        } else {
+            None
+        };
+        let mut params = RunParams::read(req.uri().query().unwrap_or(""), body.as_ref())?;
+        if let Some(id) = id {
+            // A stored view's own URL names it, unless a parameter does.
+            params
+                .view_reference
+                .get_or_insert(format!("ViewDefinition/{id}"));
         }
         let definition = match (params.view.take(), params.view_reference.take()) {
             (Some(v), None) => v,
@@ -224,5 +250,51 @@ impl Api {
             HeaderValue::from_str(&location).map_err(|_| ApiError::internal("bad status URL"))?,
         );
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn run_parameters_come_from_the_query_and_the_body_once_each() {
+        let body = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/v"}},
+            {"name": "resource", "resource": {"resourceType": "Patient", "id": "a"}},
+            {"name": "resource", "resource": {"resourceType": "Patient", "id": "b"}},
+            {"name": "header", "valueBoolean": false}]});
+        let run = RunParams::read("_format=csv&_limit=5", Some(&body)).unwrap();
+        assert_eq!(run.format.as_deref(), Some("csv"));
+        assert_eq!(run.limit, Some(5));
+        assert_eq!(run.header, Some(false));
+        assert_eq!(run.view_reference.as_deref(), Some("ViewDefinition/v"));
+        assert_eq!(run.resources.len(), 2);
+
+        // Given in the query and again in the body: refused, naming it.
+        let twice = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "_format", "valueCode": "json"}]});
+        let e = RunParams::read("_format=csv", Some(&twice)).unwrap_err();
+        assert_eq!(
+            e,
+            Error::invalid_param("_format", "Parameter '_format' may be given only once")
+        );
+        let e = RunParams::read("_limit=0", None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Invalid {
+                    param: Some("_limit"),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = RunParams::read("nope=1", None).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Parameter 'nope' is not one $viewdefinition-run takes"
+        );
     }
 }
