@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use bulk_export::ports::Clock;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Options};
+use crate::helpers::{sha256_hex, spawn_app, Options};
 use crate::revisions::Embedded;
 use crate::schedules::Stack;
 
@@ -378,6 +378,11 @@ pub(crate) async fn exact_numbers_scenario(st: &dyn Stack) {
             .text()
             .await
             .unwrap();
+        assert_eq!(
+            entry["extension"]["sha256"].as_str(),
+            Some(sha256_hex(text.as_bytes()).as_str()),
+            "the digest of {entry}"
+        );
         for line in text.lines() {
             let id = serde_json::from_str::<Value>(line).unwrap()["id"]
                 .as_str()

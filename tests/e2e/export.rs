@@ -1590,6 +1590,11 @@ async fn files_are_sent_gzipped_to_clients_that_accept_gzip() {
             .read_to_string(&mut inflated)
             .unwrap();
         assert_eq!(inflated, plain);
+        assert_eq!(
+            entry["extension"]["sha256"].as_str(),
+            Some(sha256_hex(inflated.as_bytes()).as_str()),
+            "the manifest's digest is of the NDJSON, however it is sent"
+        );
         for refused in ["gzip;q=0", "identity"] {
             let (gzipped, body) = fetch(url.clone(), refused).await;
             assert!(!gzipped, "{refused}");

@@ -260,14 +260,7 @@ impl TestApp {
 
     /// Follows a manifest URL (303 to a signed link) and returns the lines.
     pub async fn download(&self, url: &str) -> Vec<Value> {
-        let text = self.download_text(url).await;
-        assert!(
-            text.is_empty() || text.ends_with('\n'),
-            "every line ends in a newline"
-        );
-        text.lines()
-            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-            .collect()
+        ndjson_lines(&self.download_text(url).await)
     }
 
     pub async fn download_text(&self, url: &str) -> String {
@@ -290,10 +283,17 @@ impl TestApp {
     }
 
     /// Every output resource of a manifest, by type, checking `count`s.
+    /// and that each file's bytes have the SHA-256 its `extension` gives.
     pub async fn outputs(&self, manifest: &Value, key: &str) -> BTreeMap<String, Vec<Value>> {
         let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for entry in manifest[key].as_array().unwrap() {
-            let lines = self.download(entry["url"].as_str().unwrap()).await;
+            let text = self.download_text(entry["url"].as_str().unwrap()).await;
+            assert_eq!(
+                entry["extension"]["sha256"].as_str(),
+                Some(sha256_hex(text.as_bytes()).as_str()),
+                "manifest digest of {entry}"
+            );
+            let lines = ndjson_lines(&text);
             assert_eq!(
                 entry["count"].as_u64().unwrap(),
                 lines.len() as u64,
@@ -314,6 +314,26 @@ impl TestApp {
         all.extend(a.list_uploads(&prefix).await.unwrap());
         all
     }
+}
+
+/// The JSON lines of an NDJSON file, each ending in a newline.
+pub fn ndjson_lines(text: &str) -> Vec<Value> {
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "every line ends in a newline"
+    );
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+/// SHA-256 in lowercase hex, as manifests give it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn job_id_of(status_url: &str) -> String {

@@ -16,7 +16,7 @@ use bulk_export::engine::Services;
 use bulk_export::ports::{EventPublisher, JobEvent, PortResult, ScheduleStore};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Options};
+use crate::helpers::{sha256_hex, spawn_app, Options};
 use crate::revisions::{verify_signature, webhook_receiver, Backend, Embedded, Received, Reply};
 
 /// A service under test whose clock and scheduler the test drives.
@@ -569,6 +569,11 @@ pub(crate) async fn links_scenario(st: &dyn Stack) {
     assert_eq!(file.status(), 200);
     let text = file.text().await.unwrap();
     assert!(text.contains("\"id\":\"l1\""), "{text}");
+    // The presigned manifest carries each file's digest too.
+    assert_eq!(
+        manifest["output"][0]["extension"]["sha256"].as_str(),
+        Some(sha256_hex(text.as_bytes()).as_str())
+    );
     let too_long = format!("$export-schedules/{id}/runs/latest/links?expiresIn=99999999");
     assert_eq!(call(st, "POST", &too_long, None).await.status, 400);
 }
@@ -783,6 +788,16 @@ async fn a_watcher_never_sees_a_delivered_run_without_its_manifest() {
         "12 patients, 2 a file"
     );
     assert_eq!(m["requiresAccessToken"], false);
+    // Each delivered file has the digest its manifest gives.
+    for entry in m["output"].as_array().unwrap() {
+        let name = entry["url"].as_str().unwrap();
+        let bytes = std::fs::read(dir.join("warehouse/1").join(name)).unwrap();
+        assert_eq!(
+            entry["extension"]["sha256"].as_str(),
+            Some(sha256_hex(&bytes).as_str()),
+            "{name}"
+        );
+    }
 
     // Another schedule with the same name never writes into this folder.
     let twin = create_schedule(

@@ -49,6 +49,13 @@ pub struct OutputFile {
     /// A gzip twin of the file exists (`engine::gzip_twin`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gzip: bool,
+    /// The SHA-256 of the file's bytes, lowercase hex: the manifest's
+    /// `extension.sha256` (`None` for files written before digests were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The SHA-256 of the gzip twin's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +220,10 @@ fn manifest_of(
     })
 }
 
+/// The key of a manifest item's `extension` that holds the SHA-256 of the
+/// file's bytes (64 lowercase hex digits).
+pub const SHA256_EXTENSION: &str = "sha256";
+
 fn manifest_listing(
     job: &Job,
     files: &[OutputFile],
@@ -231,6 +242,10 @@ fn manifest_listing(
                 // Files organized by patient mix types: the IG omits `type`.
                 if !(job.request.organize_by_patient && kind == FileKind::Output) {
                     entry["type"] = json!(f.resource_type);
+                }
+                // The IG reserves `extension` (a JSON object) for servers.
+                if let Some(sha256) = &f.sha256 {
+                    entry["extension"] = json!({ SHA256_EXTENSION: sha256 });
                 }
                 entry
             })

@@ -13,7 +13,9 @@ RelevantProvenanceResources), allowPartialManifests (manifest pages, the first o
 202s of a running export), organizeOutputBy (Patient, at Patient and Group level), \
 _typeFilter (the R4 search parameters of type token, string, date, reference, quantity, \
 number and uri; modifiers missing, not, text, exact, contains). Unsupported values follow \
-Prefer: handling (400, or a note in the manifest's error file under handling=lenient).";
+Prefer: handling (400, or a note in the manifest's error file under handling=lenient). \
+Each manifest output, deleted and error item carries the SHA-256 of the file's bytes as \
+extension.sha256 (64 lowercase hex digits; of the NDJSON itself when it is sent gzipped).";
 
 /// What `$viewdefinition-run` takes.
 const VIEW_RUN: &str = "SQL on FHIR v2 ViewDefinitions, run synchronously: POST \

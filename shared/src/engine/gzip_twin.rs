@@ -13,6 +13,9 @@ use std::io::Write;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use sha2::{Digest, Sha256};
+
+use super::digest::hex;
 
 use crate::domain::job::UploadedChunk;
 use crate::ports::{ArtifactStore, PortError, PortResult};
@@ -25,17 +28,30 @@ pub fn twin_key(key: &str) -> String {
     format!("{key}.gz")
 }
 
+/// The SHA-256 digests (lowercase hex) of a file and of its gzip twin:
+/// both are read or written whole while the twin is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TwinDigests {
+    pub file: String,
+    pub twin: String,
+}
+
 /// Writes (or rewrites) the gzip twin of the finished object `key`.
 pub(crate) async fn write_gzip_twin(
     artifacts: &dyn ArtifactStore,
     key: &str,
     min_part_bytes: usize,
-) -> PortResult<()> {
+) -> PortResult<TwinDigests> {
     let twin = twin_key(key);
     let upload_id = artifacts.start_upload(&twin).await?;
     let written = compress_into(artifacts, key, &twin, &upload_id, min_part_bytes).await;
     match written {
-        Ok(chunks) => artifacts.complete_upload(&twin, &upload_id, &chunks).await,
+        Ok((chunks, digests)) => {
+            artifacts
+                .complete_upload(&twin, &upload_id, &chunks)
+                .await?;
+            Ok(digests)
+        }
         Err(e) => {
             if let Err(abort) = artifacts.abort_upload(&twin, &upload_id).await {
                 tracing::warn!(key = %twin, error = %abort, "could not abort a gzip twin upload");
@@ -51,38 +67,62 @@ async fn compress_into(
     twin: &str,
     upload_id: &str,
     min_part_bytes: usize,
-) -> PortResult<Vec<UploadedChunk>> {
+) -> PortResult<(Vec<UploadedChunk>, TwinDigests)> {
     // Level 1: a tenth of the size for a fifth of level 6's CPU
     // (`cargo bench -p bulk-export-local --bench compression`).
     let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
     let mut chunks = Vec::new();
+    let (mut file_hash, mut twin_hash) = (Sha256::new(), Sha256::new());
     let mut offset = 0u64;
     loop {
         let data = artifacts.get_range(key, offset, READ_BYTES).await?;
         offset += data.len() as u64;
+        file_hash.update(&data);
         encoder.write_all(&data).map_err(compression_failed)?;
         if encoder.get_ref().len() >= min_part_bytes.max(1) {
             let part = std::mem::take(encoder.get_mut());
-            upload(artifacts, twin, upload_id, &mut chunks, part).await?;
+            upload(
+                artifacts,
+                twin,
+                upload_id,
+                &mut chunks,
+                &mut twin_hash,
+                part,
+            )
+            .await?;
         }
         if data.len() < READ_BYTES {
             break;
         }
     }
     let last = encoder.finish().map_err(compression_failed)?;
-    upload(artifacts, twin, upload_id, &mut chunks, last).await?;
-    Ok(chunks)
+    upload(
+        artifacts,
+        twin,
+        upload_id,
+        &mut chunks,
+        &mut twin_hash,
+        last,
+    )
+    .await?;
+    let digests = TwinDigests {
+        file: hex(file_hash),
+        twin: hex(twin_hash),
+    };
+    Ok((chunks, digests))
 }
 
 /// Uploads the next chunk of a file derived from a finished one (a gzip
-/// twin, a Parquet file) and records it.
+/// twin, a Parquet file), records it and adds it to the file's hash.
 pub(crate) async fn upload(
     artifacts: &dyn ArtifactStore,
     twin: &str,
     upload_id: &str,
     chunks: &mut Vec<UploadedChunk>,
+    hash: &mut Sha256,
     data: Vec<u8>,
 ) -> PortResult<()> {
+    hash.update(&data);
     let number = chunks.len() as u32 + 1;
     let etag = artifacts
         .upload_chunk(twin, upload_id, number, Bytes::from(data))

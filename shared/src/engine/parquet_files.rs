@@ -8,7 +8,9 @@
 
 use bytes::Bytes;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
+use super::digest::hex;
 use super::gzip_twin::upload;
 use crate::domain::job::UploadedChunk;
 use crate::ports::{ArtifactStore, PortError, PortResult};
@@ -57,17 +59,22 @@ fn push_line(
 }
 
 /// Converts the finished NDJSON object `key` (one staged row per line) into
-/// the Parquet object `target`.
+/// the Parquet object `target`; returns the Parquet file's SHA-256 (hex).
 pub(crate) async fn write_parquet(
     artifacts: &dyn ArtifactStore,
     key: &str,
     target: &str,
     columns: &[ColumnDef],
     min_part_bytes: usize,
-) -> PortResult<()> {
+) -> PortResult<String> {
     let upload_id = artifacts.start_upload(target).await?;
     match convert(artifacts, key, target, &upload_id, columns, min_part_bytes).await {
-        Ok(chunks) => artifacts.complete_upload(target, &upload_id, &chunks).await,
+        Ok((chunks, digest)) => {
+            artifacts
+                .complete_upload(target, &upload_id, &chunks)
+                .await?;
+            Ok(digest)
+        }
         Err(e) => {
             if let Err(abort) = artifacts.abort_upload(target, &upload_id).await {
                 tracing::warn!(key = %target, error = %abort, "could not abort a Parquet upload");
@@ -88,9 +95,10 @@ async fn convert(
     upload_id: &str,
     columns: &[ColumnDef],
     min_part_bytes: usize,
-) -> PortResult<Vec<UploadedChunk>> {
+) -> PortResult<(Vec<UploadedChunk>, String)> {
     let mut table = ParquetTable::new(columns, ROWS_PER_GROUP).map_err(failed)?;
     let mut chunks = Vec::new();
+    let mut hash = Sha256::new();
     let mut pending: Vec<u8> = Vec::new();
     // The last read's unfinished line.
     let mut carry: Vec<u8> = Vec::new();
@@ -120,6 +128,7 @@ async fn convert(
                 target,
                 upload_id,
                 &mut chunks,
+                &mut hash,
                 std::mem::take(&mut pending),
             )
             .await?;
@@ -129,8 +138,16 @@ async fn convert(
         }
     }
     pending.extend(table.finish().map_err(failed)?);
-    upload(artifacts, target, upload_id, &mut chunks, pending).await?;
-    Ok(chunks)
+    upload(
+        artifacts,
+        target,
+        upload_id,
+        &mut chunks,
+        &mut hash,
+        pending,
+    )
+    .await?;
+    Ok((chunks, hex(hash)))
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@
 
 use bytes::Bytes;
 
+use super::digest::digest_of;
 use super::gzip_twin::write_gzip_twin;
 use super::parquet_files::{parquet_name, write_parquet};
 use super::Worker;
@@ -331,22 +332,22 @@ impl<'a> Sink<'a> {
                 .view_files
                 .get(&file.resource_type)
                 .and_then(|v| v.parquet.as_ref());
-            let (name, gzip) = match parquet {
+            let (name, digests) = match parquet {
                 Some(columns) => {
                     // The Parquet file is listed; its NDJSON source is not.
                     let target = parquet_name(&file.name);
                     let target_key = artifact_key(&self.job_id, &target);
-                    write_parquet(artifacts, &key, &target_key, columns, min_chunk).await?;
-                    (target, false)
+                    let sha256 =
+                        write_parquet(artifacts, &key, &target_key, columns, min_chunk).await?;
+                    (target, (sha256, None))
                 }
-                None => {
-                    let gzip = self.engine.config.gzip_files;
-                    if gzip {
-                        write_gzip_twin(artifacts, &key, min_chunk).await?;
-                    }
-                    (file.name.clone(), gzip)
+                None if self.engine.config.gzip_files => {
+                    let both = write_gzip_twin(artifacts, &key, min_chunk).await?;
+                    (file.name.clone(), (both.file, Some(both.twin)))
                 }
+                None => (file.name.clone(), (digest_of(artifacts, &key).await?, None)),
             };
+            let (sha256, gzip_sha256) = digests;
             let deleted = file.kind == FileKind::Deleted;
             let view_type = self
                 .view_files
@@ -366,7 +367,9 @@ impl<'a> Sink<'a> {
                 },
                 name,
                 count: file.count,
-                gzip,
+                gzip: gzip_sha256.is_some(),
+                sha256: Some(sha256),
+                gzip_sha256,
             });
         }
         Ok(())

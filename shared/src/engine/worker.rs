@@ -7,6 +7,7 @@
 //! part checkpoints and queues its own continuation.
 
 use super::accounting::save_usage;
+use super::digest::sha256_hex;
 use super::modify::{modify_job, Modified};
 use super::{Announcer, Collector, EngineConfig};
 use crate::domain::Error;
@@ -457,6 +458,7 @@ impl Worker {
             text.push('\n');
         }
         let name = "OperationOutcome-errors.ndjson".to_string();
+        let sha256 = sha256_hex(text.as_bytes());
         self.artifacts
             .put(
                 &crate::domain::job::artifact_key(&job.id, &name),
@@ -470,6 +472,8 @@ impl Worker {
             source_type: None,
             count: outcomes.len() as u64,
             gzip: false,
+            sha256: Some(sha256),
+            gzip_sha256: None,
         })
     }
 }
