@@ -164,20 +164,115 @@ fn start_err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> StartError + '_ {
 pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| start_err("creating the data directory")(&e))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let (listener, addr) = bind(config.listen).await?;
+    let origin = public_origin(&config, addr);
+
+    let clock: Arc<dyn Clock> = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
+    let stores = open_stores(&config, &origin, &clock).await?;
+    let clients: Arc<dyn ClientStore> = Arc::new(stores.jobs.clone());
+    let mut artifacts: Arc<dyn ArtifactStore> = stores.blobs.clone();
+    if let Some(wrap) = overrides.wrap_artifacts {
+        artifacts = wrap(artifacts);
+    }
+    let auth = auth_settings(&config)?;
+    let events = publishers(&config, &artifacts, overrides.events);
+    let queue = stores.queue.clone();
+    let blobs = stores.blobs.clone();
+    let ports = stores.into_ports(clients.clone(), events, artifacts, clock);
+    let service = assemble_service(
+        &config,
+        &origin,
+        auth,
+        ports,
+        clients.clone(),
+        overrides.auth,
+    )?;
+    let engine = service.services(&origin);
+    let issuer = service.issuer(&origin);
+    let base_url = service.base_url(&origin);
+
+    if config.sample_patients > 0 {
+        load_sample(&engine, config.sample_patients).await?;
+    }
+
+    let app = router(AppState {
+        api: service.api(&origin),
+        blobs,
+    });
+    let (stop, tasks) = spawn_tasks(&config, listener, app, &engine, &queue);
+    Ok(Running {
+        addr,
+        base_url,
+        services: engine,
+        queue,
+        clients,
+        issuer,
+        stop,
+        tasks,
+    })
+}
+
+/// Binds the listen address; port 0 picks a free port, hence the address
+/// read back.
+async fn bind(listen: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| start_err("binding the listen address")(&e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| start_err("reading the bound address")(&e))?;
-    let origin = config
+    Ok((listener, addr))
+}
+
+/// The origin links are built on: the configured one (behind a proxy) or
+/// the bound address, without a trailing slash.
+fn public_origin(config: &LocalConfig, addr: SocketAddr) -> String {
+    config
         .public_origin
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"))
         .trim_end_matches('/')
-        .to_string();
+        .to_string()
+}
 
-    let clock: Arc<dyn Clock> = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
+/// The embedded stores in the data directory.
+struct Stores {
+    resources: SqliteResourceStore,
+    jobs: SqliteJobs,
+    queue: SqliteQueue,
+    blobs: Arc<FsArtifacts>,
+}
+
+impl Stores {
+    /// The engine's ports over these stores; `artifacts` is the file store,
+    /// possibly wrapped by a test.
+    fn into_ports(
+        self,
+        clients: Arc<dyn ClientStore>,
+        events: AllPublishers,
+        artifacts: Arc<dyn ArtifactStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Ports {
+        Ports {
+            resources: Arc::new(self.resources),
+            clients,
+            schedules: Arc::new(self.jobs.clone()),
+            events: Arc::new(events),
+            jobs: Arc::new(self.jobs),
+            artifacts,
+            queue: Arc::new(self.queue) as Arc<dyn WorkQueue>,
+            clock,
+        }
+    }
+}
+
+/// Opens the stores and puts back on the queue the messages a previous run
+/// left in flight, so that its exports resume.
+async fn open_stores(
+    config: &LocalConfig,
+    origin: &str,
+    clock: &Arc<dyn Clock>,
+) -> Result<Stores, StartError> {
     let resources = SqliteResourceStore::open(&config.data_dir.join("resources.db"), clock.clone())
         .map_err(|e| start_err("opening the resource store")(&e))?;
     let jobs = SqliteJobs::open(&config.data_dir.join("jobs.db"))
@@ -193,94 +288,112 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
             "resuming work a previous run left in flight"
         );
     }
-    let clients: Arc<dyn ClientStore> = Arc::new(jobs.clone());
     let blobs = Arc::new(
-        FsArtifacts::open(&config.data_dir.join("files"), &origin, clock.clone())
+        FsArtifacts::open(&config.data_dir.join("files"), origin, clock.clone())
             .map_err(|e| start_err("opening the file store")(&e))?,
     );
-    let mut artifacts: Arc<dyn ArtifactStore> = blobs.clone();
-    if let Some(wrap) = overrides.wrap_artifacts {
-        artifacts = wrap(artifacts);
+    Ok(Stores {
+        resources,
+        jobs,
+        queue,
+        blobs,
+    })
+}
+
+/// SMART Backend Services with the configured signing key, or one kept in
+/// the data directory (created on first start); open mode without `auth`.
+fn auth_settings(config: &LocalConfig) -> Result<AuthSettings, StartError> {
+    if !config.auth {
+        return Ok(AuthSettings::Open);
     }
-    let auth = if config.auth {
-        let signing_key_pem = match &config.token_signing_key {
-            Some(pem) => pem.clone(),
-            None => TokenIssuer::load_or_create_pem(&config.data_dir.join("token-signing-key.pem"))
-                .map_err(|e| start_err("loading the token signing key")(&e))?,
-        };
-        AuthSettings::Smart {
-            signing_key_pem,
-            external_issuer: config.external_issuer.clone(),
-        }
-    } else {
-        AuthSettings::Open
+    let signing_key_pem = match &config.token_signing_key {
+        Some(pem) => pem.clone(),
+        None => TokenIssuer::load_or_create_pem(&config.data_dir.join("token-signing-key.pem"))
+            .map_err(|e| start_err("loading the token signing key")(&e))?,
     };
+    Ok(AuthSettings::Smart {
+        signing_key_pem,
+        external_issuer: config.external_issuer.clone(),
+    })
+}
+
+/// Completion events go to the delivery folder first, if any, then to the
+/// test's publisher.
+fn publishers(
+    config: &LocalConfig,
+    artifacts: &Arc<dyn ArtifactStore>,
+    extra: Option<Arc<dyn EventPublisher>>,
+) -> AllPublishers {
     let mut publishers: Vec<Arc<dyn EventPublisher>> = Vec::new();
     if let Some(dir) = &config.delivery_dir {
         publishers.push(Arc::new(FolderDelivery::new(dir, artifacts.clone())));
     }
-    publishers.extend(overrides.events);
-    let ports = Ports {
-        resources: Arc::new(resources),
-        clients: clients.clone(),
-        schedules: Arc::new(jobs.clone()),
-        events: Arc::new(AllPublishers(publishers)),
-        jobs: Arc::new(jobs),
-        artifacts,
-        queue: Arc::new(queue.clone()) as Arc<dyn WorkQueue>,
-        clock,
-    };
+    publishers.extend(extra);
+    AllPublishers(publishers)
+}
+
+/// The shared service over the local ports, with a test's authenticator if
+/// given.
+fn assemble_service(
+    config: &LocalConfig,
+    origin: &str,
+    auth: AuthSettings,
+    ports: Ports,
+    clients: Arc<dyn ClientStore>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+) -> Result<Service, StartError> {
     let mut engine_config = config.engine.clone();
     // No handling outlives the visibility timeout (its budget is half).
     engine_config.collect_delay = config.visibility_timeout;
     let settings = ServiceSettings {
         base_path: config.base_path.clone(),
-        public_origin: Some(origin.clone()),
+        public_origin: Some(origin.to_string()),
         engine: engine_config,
         auth,
     };
-    let mut service = Service::new(settings, ports, clients.clone())
+    let mut service = Service::new(settings, ports, clients)
         .map_err(|e| start_err("assembling the service")(&e))?;
-    if let Some(auth) = overrides.auth {
+    if let Some(auth) = authenticator {
         service = service.with_authenticator(auth);
     }
-    let engine = service.services(&origin);
-    let issuer = service.issuer(&origin);
-    let base_url = service.base_url(&origin);
+    Ok(service)
+}
 
-    if config.sample_patients > 0 {
-        let loaded = loader::load_sample_if_empty(&engine, config.sample_patients)
-            .await
-            .map_err(|e| start_err("loading sample data")(&e))?;
-        if loaded > 0 {
-            tracing::info!(resources = loaded, "loaded sample data");
-        }
+/// Loads synthetic patients into an empty store (a store with data is left
+/// alone).
+async fn load_sample(engine: &Services, patients: usize) -> Result<(), StartError> {
+    let loaded = loader::load_sample_if_empty(engine, patients)
+        .await
+        .map_err(|e| start_err("loading sample data")(&e))?;
+    if loaded > 0 {
+        tracing::info!(resources = loaded, "loaded sample data");
     }
+    Ok(())
+}
 
-    let api = service.api(&origin);
-    let state = AppState { api, blobs };
-    let app = Router::new()
+/// Presigned downloads under the blob prefix; everything else goes to the
+/// shared routing table.
+fn router(state: AppState) -> Router {
+    Router::new()
         .route(
             &format!("{BLOB_PATH_PREFIX}{{*key}}"),
             axum::routing::get(serve_blob),
         )
         .fallback(serve_api)
-        .with_state(state);
+        .with_state(state)
+}
 
+/// Starts the server, the workers, the scheduler (unless its tick is zero)
+/// and the sweeper; they all stop when the returned sender says `true`.
+fn spawn_tasks(
+    config: &LocalConfig,
+    listener: tokio::net::TcpListener,
+    app: Router,
+    engine: &Services,
+    queue: &SqliteQueue,
+) -> (watch::Sender<bool>, Vec<JoinHandle<()>>) {
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    let mut server_stop = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "server failed");
-        }
-    }));
+    let mut tasks = vec![tokio::spawn(serve(listener, app, stop_rx.clone()))];
     // As with SQS and Lambda, a message must not reappear while its handler
     // still runs: the budget stays well inside the visibility timeout.
     let budget = config.invocation_budget.min(config.visibility_timeout / 2);
@@ -306,16 +419,20 @@ pub async fn start(config: LocalConfig, overrides: Overrides) -> Result<Running,
         config.sweep_interval,
         stop_rx,
     )));
-    Ok(Running {
-        addr,
-        base_url,
-        services: engine,
-        queue,
-        clients,
-        issuer,
-        stop,
-        tasks,
-    })
+    (stop, tasks)
+}
+
+/// Serves until `stop` turns `true`, letting in-flight requests finish.
+async fn serve(listener: tokio::net::TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "server failed");
+    }
 }
 
 async fn serve_api(State(state): State<AppState>, req: Request) -> Response {
