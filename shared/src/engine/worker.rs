@@ -542,6 +542,89 @@ fn advance_shard_cursor(cp: &mut crate::domain::job::Checkpoint, shard: u16, pag
     cp.progress_done += page.len() as u64;
 }
 
+/// Where a patient part stands: type index, patient index, the last id read
+/// in that compartment, and whether the patient's block is open. Any other
+/// position is past the end.
+fn patient_cursor(
+    position: &Position,
+    types: usize,
+    patients: usize,
+) -> (usize, usize, Option<String>, bool) {
+    match position {
+        Position::Start => (0, 0, None, false),
+        Position::Patients {
+            type_index,
+            patient_index,
+            after_id,
+            block_started,
+        } => (
+            *type_index,
+            *patient_index,
+            after_id.clone(),
+            *block_started,
+        ),
+        _ => (types, patients, None, false),
+    }
+}
+
+/// Moves a patient part's cursor past a page. A full page goes on after its
+/// last id. Otherwise the compartment is done: organized by patient, the
+/// same patient's next type follows (its block stays open), then the next
+/// patient; if not, the same type's next patient, then the next type.
+fn advance_patient_cursor(
+    cp: &mut crate::domain::job::Checkpoint,
+    (ti, pi): (usize, usize),
+    (types, patients): (usize, usize),
+    (page_full, last_id): (bool, Option<String>),
+    organized: bool,
+    block_started: bool,
+) {
+    cp.position = match (page_full, organized) {
+        (true, _) => Position::Patients {
+            type_index: ti,
+            patient_index: pi,
+            after_id: last_id,
+            block_started,
+        },
+        (false, false) => {
+            cp.progress_done += 1;
+            if pi + 1 < patients {
+                Position::Patients {
+                    type_index: ti,
+                    patient_index: pi + 1,
+                    after_id: None,
+                    block_started: false,
+                }
+            } else {
+                Position::Patients {
+                    type_index: ti + 1,
+                    patient_index: 0,
+                    after_id: None,
+                    block_started: false,
+                }
+            }
+        }
+        (false, true) => {
+            cp.progress_done += 1;
+            if ti + 1 < types {
+                Position::Patients {
+                    type_index: ti + 1,
+                    patient_index: pi,
+                    after_id: None,
+                    block_started,
+                }
+            } else {
+                Position::Patients {
+                    type_index: 0,
+                    patient_index: pi + 1,
+                    after_id: None,
+                    block_started: false,
+                }
+            }
+        }
+    };
+}
+
 enum Driven {
     Finished,
     Paused,
@@ -744,6 +827,9 @@ impl<'a> PartReader<'a> {
         Ok(())
     }
 
+    /// Reads the next page of one type's resources in one patient's
+    /// compartment and writes the wanted ones, in a block of their own when
+    /// organized by patient.
     async fn patient_page(
         &mut self,
         types: &[String],
@@ -752,40 +838,78 @@ impl<'a> PartReader<'a> {
         sink: &mut Sink<'_>,
     ) -> PortResult<()> {
         let organized = self.job.request.organize_by_patient;
-        let (ti, pi, after_id, block_started) = match &cp.position {
-            Position::Start => (0, 0, None, false),
-            Position::Patients {
-                type_index,
-                patient_index,
-                after_id,
-                block_started,
-            } => (
-                *type_index,
-                *patient_index,
-                after_id.clone(),
-                *block_started,
-            ),
-            _ => (types.len(), patients.len(), None, false),
-        };
+        let (ti, pi, after_id, block_started) =
+            patient_cursor(&cp.position, types.len(), patients.len());
         if ti >= types.len() || pi >= patients.len() {
             cp.position = Position::Finished;
             return Ok(());
         }
         let (resource_type, patient) = (&types[ti], &patients[pi]);
+        let (versions, page_full, last_id) = self
+            .read_compartment_page(resource_type, patient, after_id.as_deref())
+            .await?;
+        let wanted = self
+            .wanted_versions(resource_type, patient, versions)
+            .await?;
+        // Organized by patient, a block opens (in a file that may roll over
+        // only between blocks) with its header, before its first line.
+        let opens_block = organized && !block_started && wanted.iter().any(|v| !v.deleted);
+        if opens_block {
+            sink.end_block().await?;
+            let header = patient_block_header(patient);
+            sink.push(FileKind::Output, PATIENT_BLOCKS, header.as_bytes())
+                .await?;
+        }
+        let block_started = block_started || opens_block;
+        advance_patient_cursor(
+            cp,
+            (ti, pi),
+            (types.len(), patients.len()),
+            (page_full, last_id),
+            organized,
+            block_started,
+        );
+        for v in wanted {
+            self.emit(sink, resource_type, &v.id, v.body.as_deref())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One page of `patient`'s versions of `resource_type` as of the
+    /// snapshot, whether the page is full (more may follow) and the last id
+    /// read. A Patient is its own compartment: one read, never full.
+    async fn read_compartment_page(
+        &self,
+        resource_type: &str,
+        patient: &str,
+        after_id: Option<&str>,
+    ) -> PortResult<(Vec<Version>, bool, Option<String>)> {
         let store = &self.engine.resources;
         let limit = self.engine.config.page_size;
-        let (versions, page_full, last_id) = if resource_type == "Patient" {
+        if resource_type == "Patient" {
             let v = store.read_as_of("Patient", patient, self.as_of).await?;
-            (v.into_iter().collect::<Vec<_>>(), false, None)
-        } else {
-            let ids = store
-                .compartment_ids(patient, resource_type, after_id.as_deref(), limit)
-                .await?;
-            let versions = store
-                .read_many_as_of(resource_type, &ids, self.as_of)
-                .await?;
-            (versions, ids.len() == limit, ids.last().cloned())
-        };
+            return Ok((v.into_iter().collect::<Vec<_>>(), false, None));
+        }
+        let ids = store
+            .compartment_ids(patient, resource_type, after_id, limit)
+            .await?;
+        let versions = store
+            .read_many_as_of(resource_type, &ids, self.as_of)
+            .await?;
+        Ok((versions, ids.len() == limit, ids.last().cloned()))
+    }
+
+    /// The versions of a page this part writes: changed since `_since`
+    /// (deletions only with `_since`), written under this patient rather
+    /// than another one of the export (see [`PartReader::belongs_here`]),
+    /// and through the type's `_typeFilter`s.
+    async fn wanted_versions(
+        &mut self,
+        resource_type: &str,
+        patient: &str,
+        versions: Vec<Version>,
+    ) -> PortResult<Vec<Version>> {
         let mut wanted = Vec::with_capacity(versions.len());
         for v in versions {
             if v.deleted && self.since.is_none() {
@@ -802,65 +926,7 @@ impl<'a> PartReader<'a> {
             }
             wanted.push(v);
         }
-        // Organized by patient, a block opens (in a file that may roll over
-        // only between blocks) with its header, before its first line.
-        let opens_block = organized && !block_started && wanted.iter().any(|v| !v.deleted);
-        if opens_block {
-            sink.end_block().await?;
-            let header = patient_block_header(patient);
-            sink.push(FileKind::Output, PATIENT_BLOCKS, header.as_bytes())
-                .await?;
-        }
-        let block_started = block_started || opens_block;
-        cp.position = match (page_full, organized) {
-            (true, _) => Position::Patients {
-                type_index: ti,
-                patient_index: pi,
-                after_id: last_id,
-                block_started,
-            },
-            (false, false) => {
-                cp.progress_done += 1;
-                if pi + 1 < patients.len() {
-                    Position::Patients {
-                        type_index: ti,
-                        patient_index: pi + 1,
-                        after_id: None,
-                        block_started: false,
-                    }
-                } else {
-                    Position::Patients {
-                        type_index: ti + 1,
-                        patient_index: 0,
-                        after_id: None,
-                        block_started: false,
-                    }
-                }
-            }
-            (false, true) => {
-                cp.progress_done += 1;
-                if ti + 1 < types.len() {
-                    Position::Patients {
-                        type_index: ti + 1,
-                        patient_index: pi,
-                        after_id: None,
-                        block_started,
-                    }
-                } else {
-                    Position::Patients {
-                        type_index: 0,
-                        patient_index: pi + 1,
-                        after_id: None,
-                        block_started: false,
-                    }
-                }
-            }
-        };
-        for v in wanted {
-            self.emit(sink, resource_type, &v.id, v.body.as_deref())
-                .await?;
-        }
-        Ok(())
+        Ok(wanted)
     }
 
     /// True when `v` is in `patient`'s compartment and `patient` is the
