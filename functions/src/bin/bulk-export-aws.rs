@@ -155,83 +155,103 @@ fn ndjson_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 async fn run(args: Args) -> Result<(), String> {
     match args.command {
-        Command::Provision { prefix } => {
-            let sdk = sdk_config().await;
-            let wanted = AwsNames {
-                jobs_table: format!("{prefix}-jobs"),
-                resources_table: format!("{prefix}-resources"),
-                bucket: format!("{prefix}-exports"),
-                queue_url: String::new(),
-            };
-            let names = provision(&sdk, &wanted, &format!("{prefix}-work"))
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("export BULK_EXPORT_JOBS_TABLE={}", names.jobs_table);
-            println!(
-                "export BULK_EXPORT_RESOURCES_TABLE={}",
-                names.resources_table
-            );
-            println!("export BULK_EXPORT_BUCKET={}", names.bucket);
-            println!("export BULK_EXPORT_QUEUE_URL={}", names.queue_url);
-        }
-        Command::LoadSample { patients, seed } => {
-            let engine = engine().await?;
-            let n = loader::load_values(&engine, generate(SampleConfig { patients, seed }))
-                .await
-                .map_err(|e| e.to_string())?;
-            eprintln!("loaded {n} resources");
-        }
-        Command::LoadNdjson { paths } => {
-            let engine = engine().await?;
-            let mut total = 0;
-            for file in ndjson_files(&paths)? {
-                let reader = std::fs::File::open(&file)
-                    .map(std::io::BufReader::new)
-                    .map_err(|e| format!("{}: {e}", file.display()))?;
-                total += loader::load_ndjson(&engine, reader)
-                    .await
-                    .map_err(|e| format!("{}: {e}", file.display()))?;
-            }
-            eprintln!("loaded {total} resources");
-        }
+        Command::Provision { prefix } => provision_stack(&prefix).await,
+        Command::LoadSample { patients, seed } => load_sample(patients, seed).await,
+        Command::LoadNdjson { paths } => load_ndjson_files(&paths).await,
         Command::RegisterClient(args) => {
             args.registration()?;
             args.run(&*adapters().await?.jobs).await?;
+            Ok(())
         }
         Command::JobCost {
             job_id,
             worker_memory_mb,
-        } => {
-            let jobs = adapters().await?.jobs;
-            let job = jobs
-                .get_job(&job_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no job {job_id}"))?;
-            let usage = jobs.usage(&job_id).await.map_err(|e| e.to_string())?;
-            let resources = job
-                .files
-                .iter()
-                .filter(|f| f.kind == FileKind::Output)
-                .map(|f| f.count)
-                .sum();
-            let mut report = cost::report(&usage, resources, worker_memory_mb);
-            report["jobId"] = job_id.into();
-            report["state"] = serde_json::to_value(job.state).map_err(|e| e.to_string())?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-            );
-        }
-        Command::Count => {
-            let engine = engine().await?;
-            let counts = count(&*engine.ports.resources).await?;
-            println!(
-                "{}",
-                serde_json::to_string(&counts).map_err(|e| e.to_string())?
-            );
-        }
+        } => job_cost(job_id, worker_memory_mb).await,
+        Command::Count => print_counts().await,
     }
+}
+
+/// Creates the stack's tables, bucket and queue named after `prefix` and
+/// prints the names they got as `export` lines.
+async fn provision_stack(prefix: &str) -> Result<(), String> {
+    let sdk = sdk_config().await;
+    let wanted = AwsNames {
+        jobs_table: format!("{prefix}-jobs"),
+        resources_table: format!("{prefix}-resources"),
+        bucket: format!("{prefix}-exports"),
+        queue_url: String::new(),
+    };
+    let names = provision(&sdk, &wanted, &format!("{prefix}-work"))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("export BULK_EXPORT_JOBS_TABLE={}", names.jobs_table);
+    println!(
+        "export BULK_EXPORT_RESOURCES_TABLE={}",
+        names.resources_table
+    );
+    println!("export BULK_EXPORT_BUCKET={}", names.bucket);
+    println!("export BULK_EXPORT_QUEUE_URL={}", names.queue_url);
+    Ok(())
+}
+
+async fn load_sample(patients: usize, seed: u64) -> Result<(), String> {
+    let engine = engine().await?;
+    let n = loader::load_values(&engine, generate(SampleConfig { patients, seed }))
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("loaded {n} resources");
+    Ok(())
+}
+
+/// Loads the files one after another; an error names its file.
+async fn load_ndjson_files(paths: &[PathBuf]) -> Result<(), String> {
+    let engine = engine().await?;
+    let mut total = 0;
+    for file in ndjson_files(paths)? {
+        let reader = std::fs::File::open(&file)
+            .map(std::io::BufReader::new)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        total += loader::load_ndjson(&engine, reader)
+            .await
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    eprintln!("loaded {total} resources");
+    Ok(())
+}
+
+/// Prints a job's usage and estimated cost, with its id and state; the
+/// resources it exported are the counts of its output files.
+async fn job_cost(job_id: String, worker_memory_mb: u32) -> Result<(), String> {
+    let jobs = adapters().await?.jobs;
+    let job = jobs
+        .get_job(&job_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no job {job_id}"))?;
+    let usage = jobs.usage(&job_id).await.map_err(|e| e.to_string())?;
+    let resources = job
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Output)
+        .map(|f| f.count)
+        .sum();
+    let mut report = cost::report(&usage, resources, worker_memory_mb);
+    report["jobId"] = job_id.into();
+    report["state"] = serde_json::to_value(job.state).map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+async fn print_counts() -> Result<(), String> {
+    let engine = engine().await?;
+    let counts = count(&*engine.ports.resources).await?;
+    println!(
+        "{}",
+        serde_json::to_string(&counts).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 
