@@ -213,31 +213,14 @@ pub struct Services {
 }
 
 impl Services {
+    /// Builds the shared collaborators once, then each service over the
+    /// ports and collaborators it uses.
     pub fn new(ports: Ports, config: EngineConfig) -> Self {
         let config = Arc::new(config);
         let p = &ports;
-        let desk = JobDesk {
-            resources: p.resources.clone(),
-            jobs: p.jobs.clone(),
-            queue: p.queue.clone(),
-            clock: p.clock.clone(),
-            config: config.clone(),
-        };
-        let announcer = Announcer {
-            jobs: p.jobs.clone(),
-            clients: p.clients.clone(),
-            schedules: p.schedules.clone(),
-            events: p.events.clone(),
-            queue: p.queue.clone(),
-            clock: p.clock.clone(),
-            config: config.clone(),
-        };
-        let collector = Collector {
-            jobs: p.jobs.clone(),
-            artifacts: p.artifacts.clone(),
-            queue: p.queue.clone(),
-            config: config.clone(),
-        };
+        let desk = Self::job_desk(p, &config);
+        let announcer = Self::announcer(p, &config);
+        let collector = Self::collector(p, &config);
         let exports = Exports {
             desk: desk.clone(),
             announcer: announcer.clone(),
@@ -265,17 +248,7 @@ impl Services {
             clock: p.clock.clone(),
         };
         Services {
-            worker: Worker {
-                announcer: announcer.clone(),
-                collector: collector.clone(),
-                resources: p.resources.clone(),
-                jobs: p.jobs.clone(),
-                artifacts: p.artifacts.clone(),
-                clients: p.clients.clone(),
-                queue: p.queue.clone(),
-                clock: p.clock.clone(),
-                config: config.clone(),
-            },
+            worker: Self::worker(p, &config, &announcer, &collector),
             sweeper: Sweeper {
                 jobs: p.jobs.clone(),
                 artifacts: p.artifacts.clone(),
@@ -303,6 +276,59 @@ impl Services {
             views,
             config,
             ports,
+        }
+    }
+
+    /// Starts and finds a caller's jobs, for every service that starts one.
+    fn job_desk(p: &Ports, config: &Arc<EngineConfig>) -> JobDesk {
+        JobDesk {
+            resources: p.resources.clone(),
+            jobs: p.jobs.clone(),
+            queue: p.queue.clone(),
+            clock: p.clock.clone(),
+            config: config.clone(),
+        }
+    }
+
+    /// Sends a job's events and webhooks when it ends, wherever it ends.
+    fn announcer(p: &Ports, config: &Arc<EngineConfig>) -> Announcer {
+        Announcer {
+            jobs: p.jobs.clone(),
+            clients: p.clients.clone(),
+            schedules: p.schedules.clone(),
+            events: p.events.clone(),
+            queue: p.queue.clone(),
+            clock: p.clock.clone(),
+            config: config.clone(),
+        }
+    }
+
+    /// Removes an ended job's garbage, for whoever ends it.
+    fn collector(p: &Ports, config: &Arc<EngineConfig>) -> Collector {
+        Collector {
+            jobs: p.jobs.clone(),
+            artifacts: p.artifacts.clone(),
+            queue: p.queue.clone(),
+            config: config.clone(),
+        }
+    }
+
+    fn worker(
+        p: &Ports,
+        config: &Arc<EngineConfig>,
+        announcer: &Announcer,
+        collector: &Collector,
+    ) -> Worker {
+        Worker {
+            announcer: announcer.clone(),
+            collector: collector.clone(),
+            resources: p.resources.clone(),
+            jobs: p.jobs.clone(),
+            artifacts: p.artifacts.clone(),
+            clients: p.clients.clone(),
+            queue: p.queue.clone(),
+            clock: p.clock.clone(),
+            config: config.clone(),
         }
     }
 }
