@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::Caller;
 use crate::domain::resource::compartment_patients;
 use crate::domain::Error;
-use crate::ports::ShardScan;
+use crate::ports::{ScanPage, ShardScan};
 use fhir_query::view::{Row, View, ViewError};
 
 /// Where a run's resources come from.
@@ -135,20 +135,10 @@ impl Views {
         let max = self.config.view_run_row_limit;
         let limit = limit.map_or(max, |l| l.min(max));
         let mut rows = Vec::new();
-        let add = |resource: &Value, rows: &mut Vec<Row>| -> Result<(), Error> {
-            rows.extend(view.rows(resource).map_err(view_error)?);
-            if rows.len() > limit {
-                return Err(Error::too_costly(format!(
-                    "The view gives more than {limit} rows, more than $viewdefinition-run returns; \
-                     use $viewdefinition-export, which writes them to files"
-                )));
-            }
-            Ok(())
-        };
         match source {
             ViewSource::Inline(resources) => {
                 for r in &resources {
-                    add(r, &mut rows)?;
+                    add_rows(view, limit, r, &mut rows)?;
                 }
             }
             ViewSource::Store { patient, group } => {
@@ -160,59 +150,55 @@ impl Views {
                     }
                 }
                 let patients = self.view_patients(patient, group).await?;
-                let as_of = crate::domain::instant::to_micros(self.resources.snapshot().await?);
-                let segments = self
-                    .resources
-                    .segments(t, None, as_of, false, u64::MAX)
+                self.stored_rows(view, patients.as_ref(), limit, &mut rows)
                     .await?;
-                for seg in segments {
-                    for shard in (seg.first_shard..=seg.last_shard).filter(|s| seg.reads(*s)) {
-                        let mut after = seg.after;
-                        loop {
-                            let page_size = self.config.page_size;
-                            let page = self
-                                .resources
-                                .scan_shard(ShardScan {
-                                    resource_type: t,
-                                    shard,
-                                    after,
-                                    until: seg.until,
-                                    as_of,
-                                    include_deleted: false,
-                                    limit: page_size,
-                                })
-                                .await?;
-                            for item in &page.items {
-                                let Some(body) = page.body(item) else {
-                                    continue;
-                                };
-                                let value: Value = serde_json::from_str(body).map_err(|_| {
-                                    Error::internal("a stored resource is not JSON")
-                                })?;
-                                if let Some(set) = &patients {
-                                    let inside = if t == "Patient" {
-                                        set.contains(page.id(item))
-                                    } else {
-                                        compartment_patients(t, &value)
-                                            .iter()
-                                            .any(|p| set.contains(p))
-                                    };
-                                    if !inside {
-                                        continue;
-                                    }
-                                }
-                                add(&value, &mut rows)?;
-                            }
-                            match page.items.last() {
-                                Some(last) if page.more => after = Some(last.last_updated),
-                                _ => break,
-                            }
-                        }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Adds to `rows` the view's rows of the store as of now: of every
+    /// current resource of its type, or of those in `patients`'
+    /// compartments.
+    async fn stored_rows(
+        &self,
+        view: &View,
+        patients: Option<&BTreeSet<String>>,
+        limit: usize,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), Error> {
+        let t = &view.resource_type;
+        let as_of = crate::domain::instant::to_micros(self.resources.snapshot().await?);
+        let segments = self
+            .resources
+            .segments(t, None, as_of, false, u64::MAX)
+            .await?;
+        for seg in segments {
+            for shard in (seg.first_shard..=seg.last_shard).filter(|s| seg.reads(*s)) {
+                let mut after = seg.after;
+                loop {
+                    let page_size = self.config.page_size;
+                    let page = self
+                        .resources
+                        .scan_shard(ShardScan {
+                            resource_type: t,
+                            shard,
+                            after,
+                            until: seg.until,
+                            as_of,
+                            include_deleted: false,
+                            limit: page_size,
+                        })
+                        .await?;
+                    add_page_rows(view, &page, patients, limit, rows)?;
+                    match page.items.last() {
+                        Some(last) if page.more => after = Some(last.last_updated),
+                        _ => break,
                     }
                 }
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// The patients whose compartments a run reads (`None`: everything).
@@ -239,4 +225,50 @@ impl Views {
         }
         Ok(set)
     }
+}
+
+/// Adds a resource's rows; more than `limit` ends the run with a 422 that
+/// points to `$viewdefinition-export`.
+fn add_rows(view: &View, limit: usize, resource: &Value, rows: &mut Vec<Row>) -> Result<(), Error> {
+    rows.extend(view.rows(resource).map_err(view_error)?);
+    if rows.len() > limit {
+        return Err(Error::too_costly(format!(
+            "The view gives more than {limit} rows, more than $viewdefinition-run returns; \
+             use $viewdefinition-export, which writes them to files"
+        )));
+    }
+    Ok(())
+}
+
+/// Adds the rows of a page's resources, only of those in `patients`'
+/// compartments when it is given (a Patient is in its own).
+fn add_page_rows(
+    view: &View,
+    page: &ScanPage,
+    patients: Option<&BTreeSet<String>>,
+    limit: usize,
+    rows: &mut Vec<Row>,
+) -> Result<(), Error> {
+    let t = &view.resource_type;
+    for item in &page.items {
+        let Some(body) = page.body(item) else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(body)
+            .map_err(|_| Error::internal("a stored resource is not JSON"))?;
+        if let Some(set) = patients {
+            let inside = if t == "Patient" {
+                set.contains(page.id(item))
+            } else {
+                compartment_patients(t, &value)
+                    .iter()
+                    .any(|p| set.contains(p))
+            };
+            if !inside {
+                continue;
+            }
+        }
+        add_rows(view, limit, &value, rows)?;
+    }
+    Ok(())
 }
