@@ -63,44 +63,11 @@ impl Api {
 
     async fn route(&self, req: Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
         let path = req.uri().path().to_string();
-        if let Some(server) = &self.auth_server {
-            if path == TOKEN_PATH {
-                return Ok(token_response(server, &req).await);
-            }
-            if path == format!("{}/.well-known/smart-configuration", self.base_path) {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    "application/json",
-                    &server.smart_configuration(),
-                ));
-            }
+        if let Some(resp) = self.auth_server_answer(&path, &req).await {
+            return Ok(resp);
         }
-        let Some(rest) = path
-            .strip_prefix(&self.base_path)
-            .filter(|r| r.is_empty() || r.starts_with('/'))
-        else {
-            return Err(ApiError::not_found(format!(
-                "Nothing at {path}; the FHIR base is {}",
-                self.base_path
-            )));
-        };
-        // At a base of `/`, the path `/` is the base itself.
-        let rest = if rest == "/" && self.base_path.is_empty() {
-            ""
-        } else {
-            rest
-        };
-        let segments: Vec<String> = rest
-            .split('/')
-            .skip(1)
-            .map(|s| percent_decode_str(s).decode_utf8().map(|c| c.into_owned()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| ApiError::invalid("The path is not valid UTF-8"))?;
-        if segments.iter().any(|s| s == "." || s == "..") {
-            return Err(ApiError::not_found(format!(
-                "Nothing at {path}: a path with '.' or '..' segments addresses nothing here"
-            )));
-        }
+        let rest = self.fhir_rest(&path)?;
+        let segments = path_segments(&path, rest)?;
         if segments.iter().any(String::is_empty) {
             // `/fhir/` or `/fhir//Patient`: one address per thing, so the
             // same answer comes from every route (API Gateway routes only
@@ -116,13 +83,66 @@ impl Api {
                 e
             }
         })?;
+        self.dispatch(endpoint, req, &segs, &path).await
+    }
+
+    /// The token endpoint and SMART discovery, when authorization is on:
+    /// they answer outside the FHIR base.
+    async fn auth_server_answer(
+        &self,
+        path: &str,
+        req: &Request<Bytes>,
+    ) -> Option<Response<Bytes>> {
+        let server = self.auth_server.as_ref()?;
+        if path == TOKEN_PATH {
+            return Some(token_response(server, req).await);
+        }
+        if path == format!("{}/.well-known/smart-configuration", self.base_path) {
+            return Some(json_response(
+                StatusCode::OK,
+                "application/json",
+                &server.smart_configuration(),
+            ));
+        }
+        None
+    }
+
+    /// The part of `path` after the FHIR base (empty for the base itself);
+    /// anything else is a 404 that names the base.
+    fn fhir_rest<'p>(&self, path: &'p str) -> Result<&'p str, ApiError> {
+        let Some(rest) = path
+            .strip_prefix(&self.base_path)
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+        else {
+            return Err(ApiError::not_found(format!(
+                "Nothing at {path}; the FHIR base is {}",
+                self.base_path
+            )));
+        };
+        // At a base of `/`, the path `/` is the base itself.
+        Ok(if rest == "/" && self.base_path.is_empty() {
+            ""
+        } else {
+            rest
+        })
+    }
+
+    /// Calls the engine for a resolved endpoint; `segs` are the path's
+    /// segments after the base.
+    async fn dispatch(
+        &self,
+        endpoint: Endpoint,
+        req: Request<Bytes>,
+        segs: &[&str],
+        path: &str,
+    ) -> Result<Response<Bytes>, ApiError> {
         match endpoint {
             Endpoint::Metadata => Ok(json_response(
                 StatusCode::OK,
                 FHIR_JSON,
                 &self.services.resources.capability_statement(),
             )),
-            Endpoint::Kickoff => self.kickoff(req, &segs).await,
+            Endpoint::Kickoff => self.kickoff(req, segs).await,
             Endpoint::ExportRevisions => self.export_revisions(req).await,
             Endpoint::RevisionsFile => self.revisions_file(&req).await,
             Endpoint::Schedules => self.schedules(req, &segs[1..]).await,
@@ -147,6 +167,23 @@ impl Api {
             }
         }
     }
+}
+
+/// The percent-decoded segments of the path after the base; a `.` or `..`
+/// segment addresses nothing here (404).
+fn path_segments(path: &str, rest: &str) -> Result<Vec<String>, ApiError> {
+    let segments: Vec<String> = rest
+        .split('/')
+        .skip(1)
+        .map(|s| percent_decode_str(s).decode_utf8().map(|c| c.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| ApiError::invalid("The path is not valid UTF-8"))?;
+    if segments.iter().any(|s| s == "." || s == "..") {
+        return Err(ApiError::not_found(format!(
+            "Nothing at {path}: a path with '.' or '..' segments addresses nothing here"
+        )));
+    }
+    Ok(segments)
 }
 
 /// 308 to the same path without empty segments, query kept.
