@@ -461,10 +461,17 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
         .unwrap_or("")
         .to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let path = match state.blobs.open_signed(&key, &query) {
-        Ok(p) => p,
+    let signed = match state.blobs.open_signed(&key, &query) {
+        Ok(f) => f,
         Err(e) => return error_response(&ApiError::from(e)).map(Body::from),
     };
+    if let Some(expected) = &signed.sha256 {
+        if let Err(e) = check_digest(&signed.path, expected).await {
+            tracing::error!(%key, error = %e.message, "a stored file is not served");
+            return error_response(&e).map(Body::from);
+        }
+    }
+    let path = signed.path;
     match tokio::fs::File::open(&path).await {
         Ok(file) => {
             let len = file.metadata().await.map(|m| m.len()).ok();
@@ -488,6 +495,34 @@ async fn serve_blob(State(state): State<AppState>, req: Request) -> Response {
             resp
         }
         Err(_) => error_response(&ApiError::not_found("No such file")).map(Body::from),
+    }
+}
+
+/// Refuses a file whose bytes no longer have the SHA-256 its manifest
+/// gives: it is never served silently. Read once before it is sent (the
+/// operating system's cache then serves the send).
+async fn check_digest(path: &std::path::Path, expected: &str) -> Result<(), ApiError> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let unreadable =
+        |e: std::io::Error| ApiError::internal(format!("The file cannot be read: {e}"));
+    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = file.read(&mut buf).await.map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let actual: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(ApiError::internal(
+            "The stored file no longer matches its SHA-256 in the manifest, so it is not served",
+        ))
     }
 }
 

@@ -1776,3 +1776,72 @@ async fn type_filters_select_resources_by_search_parameters() {
         .header("prefer", "respond-async, handling=lenient");
     expect_outcome(malformed.send().await.unwrap(), StatusCode::BAD_REQUEST).await;
 }
+
+/// A stored file whose bytes no longer have the SHA-256 its manifest gives
+/// is never served silently: its link answers 500 with an
+/// OperationOutcome, the gzip twin likewise, and the other files still
+/// download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_at_rest_is_refused_not_served() {
+    let app = spawn_app(Options {
+        sample_patients: 3,
+        ..Default::default()
+    })
+    .await;
+    let status = app
+        .start_export(app.kickoff_get("$export?_type=Patient,Observation"))
+        .await;
+    let manifest = app.wait_manifest(&status).await;
+    let job = job_id_of(&status);
+    let outputs = manifest["output"].as_array().unwrap();
+    let name_of = |entry: &Value| {
+        let url = entry["url"].as_str().unwrap();
+        url.rsplit('/').next().unwrap().to_string()
+    };
+    let (changed, kept) = (&outputs[0], &outputs[1]);
+    let key = format!("jobs/{job}/{}", name_of(changed));
+    let artifacts = &app.running.services.ports.artifacts;
+    let mut bytes = artifacts.get(&key).await.unwrap().to_vec();
+    bytes[10] ^= 1; // one bit, at rest
+    artifacts.put(&key, bytes.into()).await.unwrap();
+    let twin = format!("{key}.gz");
+    artifacts
+        .put(&twin, b"not the twin".to_vec().into())
+        .await
+        .unwrap();
+    for encoding in ["identity", "gzip"] {
+        let resp = app
+            .client
+            .get(changed["url"].as_str().unwrap())
+            .header("accept-encoding", encoding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        let link = resp.headers()["location"].to_str().unwrap().to_string();
+        assert!(link.contains("sha256="), "{link}");
+        let resp = app.client.get(&link).send().await.unwrap();
+        let oo = expect_outcome(resp, StatusCode::INTERNAL_SERVER_ERROR).await;
+        let why = oo["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(why.contains("SHA-256"), "{encoding}: {why}");
+    }
+    // A link whose digest is edited no longer carries a valid signature.
+    let resp = app
+        .client
+        .get(kept["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let link = resp.headers()["location"].to_str().unwrap().to_string();
+    let forged = link.replace("sha256=", "sha256=0");
+    assert_eq!(
+        app.client.get(&forged).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    // The untouched file downloads, and matches its digest.
+    let text = app.download_text(kept["url"].as_str().unwrap()).await;
+    assert_eq!(
+        kept["extension"]["sha256"].as_str(),
+        Some(sha256_hex(text.as_bytes()).as_str())
+    );
+}

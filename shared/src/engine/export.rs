@@ -320,14 +320,14 @@ impl Exports {
         };
         self.check_file_access(caller, &job, &file)?;
         let key = artifact_key(job_id, name);
-        let key = if accepts_gzip && file.gzip {
-            twin_key(&key)
+        let (key, sha256) = if accepts_gzip && file.gzip {
+            (twin_key(&key), file.gzip_sha256.as_deref())
         } else {
-            key
+            (key, file.sha256.as_deref())
         };
         Ok(self
             .artifacts
-            .presign_get(&key, self.config.presign_ttl)
+            .presign_checked_get(&key, self.config.presign_ttl, sha256)
             .await?)
     }
 

@@ -74,7 +74,11 @@ impl Exports {
         let mut links = HashMap::new();
         for f in &job.files {
             let key = artifact_key(&job.id, &f.name);
-            links.insert(f.name.clone(), self.artifacts.presign_get(&key, ttl).await?);
+            let link = self
+                .artifacts
+                .presign_checked_get(&key, ttl, f.sha256.as_deref())
+                .await?;
+            links.insert(f.name.clone(), link);
         }
         let m = manifest_with_urls(&job, false, &|f| links[&f.name].clone());
         let key = format!("{}{}.json", links_prefix(&job.id), uuid::Uuid::new_v4());

@@ -453,6 +453,19 @@ pub trait ArtifactStore: Send + Sync {
     async fn list_uploads(&self, prefix: &str) -> PortResult<Vec<String>>;
     /// A URL that lets anyone holding it GET the object until `ttl` passes.
     async fn presign_get(&self, key: &str, ttl: Duration) -> PortResult<String>;
+    /// The same for a file whose bytes have the SHA-256 `sha256` (hex). A
+    /// store that serves its links itself refuses bytes that no longer
+    /// match; S3 serves presigned links directly and cannot, so there the
+    /// manifest's digest is the client's check.
+    async fn presign_checked_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+        sha256: Option<&str>,
+    ) -> PortResult<String> {
+        let _ = sha256;
+        self.presign_get(key, ttl).await
+    }
     /// When links signed now stop working whatever their own expiry: the
     /// expiry of the temporary credentials that sign them (a Lambda role's).
     /// `None`: only their own expiry counts.
