@@ -15,7 +15,7 @@ import os
 import re
 import sys
 
-ROOTS = ["shared/src", "fhir-query/src", "local/src", "functions/src"]
+ROOTS = ["shared/src", "fhir-query/src", "local/src", "functions/src", "consumer/src"]
 FN = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(async\s+)?(const\s+)?(unsafe\s+)?fn\s+(\w+)")
 
 

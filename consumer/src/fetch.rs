@@ -1,0 +1,323 @@
+//! Downloads a manifest's files into a folder, each checked before it
+//! takes its final name.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::manifest::{Item, Manifest};
+
+/// How a fetch goes about it.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Files downloaded at once.
+    pub parallel: usize,
+    /// Tries per request (the manifest, each file) before giving up.
+    pub tries: u32,
+    /// The first pause between tries; it doubles, unless the server says
+    /// how long to wait (`Retry-After`).
+    pub pause: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            parallel: 4,
+            tries: 5,
+            pause: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Files downloaded and checked now.
+    pub downloaded: Vec<String>,
+    /// Files already there and checked (a fetch run again).
+    pub kept: Vec<String>,
+    /// Bytes downloaded.
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: the server answered {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+        /// `Retry-After` in seconds, if the server said.
+        retry_after: Option<u64>,
+    },
+    #[error("{url}: the export is not complete yet (202); fetch it once its status answers 200")]
+    NotComplete { url: String },
+    #[error("{url}: {cause}")]
+    Network { url: String, cause: String },
+    #[error("the manifest cannot be used: {0}")]
+    Manifest(String),
+    #[error("{file}: {what}")]
+    Mismatch { file: String, what: String },
+    #[error("{path}: {cause}")]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+impl FetchError {
+    /// Whether trying again may help: a server or network fault, a body cut
+    /// short, or bytes that do not check out (they may have been damaged
+    /// on the way).
+    fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Status { status, .. } => *status == 429 || *status >= 500,
+            FetchError::Network { .. } | FetchError::Mismatch { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |cause| FetchError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+/// Downloads the manifest at `manifest_url` and its files into `dir`, then
+/// writes `manifest.json` there with each `url` made the file's name.
+/// Files already in `dir` that check out are kept, not fetched again.
+pub async fn fetch(
+    http: &Client,
+    manifest_url: &str,
+    dir: &Path,
+    options: &FetchOptions,
+) -> Result<Fetched, FetchError> {
+    let json = with_tries(options, || get_manifest(http, manifest_url)).await?;
+    let manifest = Manifest::parse(json).map_err(FetchError::Manifest)?;
+    tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+    let mut fetched = Fetched::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(options.parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for item in manifest.items.iter().cloned() {
+        let (http, dir, options, gate) = (
+            http.clone(),
+            dir.to_path_buf(),
+            options.clone(),
+            gate.clone(),
+        );
+        tasks.spawn(async move {
+            let _turn = gate.acquire_owned().await.expect("the gate stays open");
+            let path = dir.join(&item.name);
+            if check_file(&path, &item).await.is_ok() {
+                return Ok((item.name, None));
+            }
+            let bytes = with_tries(&options, || download(&http, &item, &dir)).await?;
+            Ok::<_, FetchError>((item.name, Some(bytes)))
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done.expect("a download task does not panic") {
+            Ok((name, None)) => fetched.kept.push(name),
+            Ok((name, Some(bytes))) => {
+                fetched.bytes += bytes;
+                fetched.downloaded.push(name);
+            }
+            Err(e) => {
+                // The others stop where they are; what they wrote goes.
+                tasks.shutdown().await;
+                for item in &manifest.items {
+                    let _ = tokio::fs::remove_file(partial_path(dir, &item.name)).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    fetched.downloaded.sort();
+    fetched.kept.sort();
+    let copy = serde_json::to_vec_pretty(&manifest.local_copy()).expect("JSON serializes");
+    write_into_place(&dir.join("manifest.json"), &copy).await?;
+    Ok(fetched)
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or runs out of tries.
+async fn with_tries<T, F, Fut>(options: &FetchOptions, mut attempt: F) -> Result<T, FetchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, FetchError>>,
+{
+    let mut pause = options.pause;
+    for tried in 1.. {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_transient() && tried < options.tries => {
+                let asked = match &e {
+                    FetchError::Status {
+                        retry_after: Some(secs),
+                        ..
+                    } => Some(Duration::from_secs(*secs)),
+                    _ => None,
+                };
+                tokio::time::sleep(asked.unwrap_or(pause)).await;
+                pause *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// The manifest, once the status (or presigned manifest) URL answers 200.
+async fn get_manifest(http: &Client, url: &str) -> Result<Value, FetchError> {
+    let network = |e: reqwest::Error| FetchError::Network {
+        url: url.to_string(),
+        cause: e.to_string(),
+    };
+    let resp = http
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(network)?;
+    match resp.status() {
+        StatusCode::OK => resp.json().await.map_err(network),
+        StatusCode::ACCEPTED => Err(FetchError::NotComplete { url: url.into() }),
+        status => Err(status_error(url, status, resp).await),
+    }
+}
+
+async fn status_error(url: &str, status: StatusCode, resp: reqwest::Response) -> FetchError {
+    // Seconds; an HTTP date is left to the doubling pause.
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let mut body = resp.text().await.unwrap_or_default();
+    body.truncate(500);
+    FetchError::Status {
+        url: url.to_string(),
+        status: status.as_u16(),
+        body,
+        retry_after,
+    }
+}
+
+/// Downloads one file under a temporary name, checks it while it streams,
+/// and renames it into place; returns its size.
+async fn download(http: &Client, item: &Item, dir: &Path) -> Result<u64, FetchError> {
+    let network = |e: reqwest::Error| FetchError::Network {
+        url: item.url.clone(),
+        cause: e.to_string(),
+    };
+    let mut resp = http.get(&item.url).send().await.map_err(network)?;
+    if resp.status() != StatusCode::OK {
+        return Err(status_error(&item.url, resp.status(), resp).await);
+    }
+    let partial = partial_path(dir, &item.name);
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .map_err(io(&partial))?;
+    let mut check = Check::default();
+    let streamed = async {
+        while let Some(chunk) = resp.chunk().await.map_err(network)? {
+            check.add(&chunk);
+            file.write_all(&chunk).await.map_err(io(&partial))?;
+        }
+        file.flush().await.map_err(io(&partial))?;
+        file.sync_all().await.map_err(io(&partial))?;
+        check.against(item)
+    }
+    .await;
+    if let Err(e) = streamed {
+        // Never left under any name: the next try starts afresh.
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(e);
+    }
+    let path = dir.join(&item.name);
+    tokio::fs::rename(&partial, &path)
+        .await
+        .map_err(io(&path))?;
+    Ok(check.bytes)
+}
+
+/// Where a file is written until it checks out.
+fn partial_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.part"))
+}
+
+/// Whether the file at `path` is the one `item` names.
+async fn check_file(path: &Path, item: &Item) -> Result<(), FetchError> {
+    let mut file = tokio::fs::File::open(path).await.map_err(io(path))?;
+    let mut check = Check::default();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = file.read(&mut buf).await.map_err(io(path))?;
+        if n == 0 {
+            return check.against(item);
+        }
+        check.add(&buf[..n]);
+    }
+}
+
+/// A file's bytes as they pass: its lines and its SHA-256.
+#[derive(Default)]
+struct Check {
+    hash: Sha256,
+    lines: u64,
+    bytes: u64,
+}
+
+impl Check {
+    fn add(&mut self, data: &[u8]) {
+        self.hash.update(data);
+        self.lines += data.iter().filter(|b| **b == b'\n').count() as u64;
+        self.bytes += data.len() as u64;
+    }
+
+    fn against(&self, item: &Item) -> Result<(), FetchError> {
+        let mismatch = |what: String| FetchError::Mismatch {
+            file: item.name.clone(),
+            what,
+        };
+        if let Some(count) = item.count {
+            if count != self.lines {
+                return Err(mismatch(format!(
+                    "the manifest says {count} lines, the file has {}",
+                    self.lines
+                )));
+            }
+        }
+        if let Some(expected) = &item.sha256 {
+            let actual: String = self
+                .hash
+                .clone()
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if &actual != expected {
+                return Err(mismatch(format!(
+                    "its SHA-256 is {actual}, the manifest says {expected}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary name.
+async fn write_into_place(path: &Path, bytes: &[u8]) -> Result<(), FetchError> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let partial = path.with_file_name(format!(".{name}.part"));
+    tokio::fs::write(&partial, bytes)
+        .await
+        .map_err(io(&partial))?;
+    tokio::fs::rename(&partial, path).await.map_err(io(path))
+}
