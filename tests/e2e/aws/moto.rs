@@ -68,8 +68,11 @@ fn ensure_installed() -> Result<PathBuf, String> {
 }
 
 fn start() -> Result<String, String> {
-    if let Ok(url) = std::env::var("BULK_EXPORT_MOTO_URL") {
-        return Ok(url.trim_end_matches('/').to_string());
+    // Set but empty (`BULK_EXPORT_MOTO_URL= cargo test`) means unset.
+    if let Ok(url) = std::env::var("BULK_EXPORT_MOTO_URL").map(|u| u.trim().to_string()) {
+        if !url.is_empty() {
+            return Ok(url.trim_end_matches('/').to_string());
+        }
     }
     match std::env::var("BULK_EXPORT_AWS_EMULATOR").as_deref() {
         Err(_) | Ok("moto") => start_moto(),
