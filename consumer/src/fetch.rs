@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::manifest::{Item, Manifest};
+use crate::progress::Progress;
+use crate::session::Session;
 
 /// How a fetch goes about it.
 #[derive(Debug, Clone)]
@@ -63,6 +65,12 @@ pub enum FetchError {
     Manifest(String),
     #[error("{file}: {what}")]
     Mismatch { file: String, what: String },
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Folder(String),
+    #[error("{url}: still not complete after {} s", waited.as_secs())]
+    Timeout { url: String, waited: Duration },
     #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
@@ -83,7 +91,7 @@ impl FetchError {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |cause| FetchError::Io {
         path: path.to_path_buf(),
         cause,
@@ -94,60 +102,159 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 /// writes `manifest.json` there with each `url` made the file's name.
 /// Files already in `dir` that check out are kept, not fetched again.
 pub async fn fetch(
-    http: &Client,
+    session: &Session,
     manifest_url: &str,
     dir: &Path,
     options: &FetchOptions,
+    progress: Arc<dyn Progress>,
 ) -> Result<Fetched, FetchError> {
-    let json = with_tries(options, || get_manifest(http, manifest_url)).await?;
+    let json = with_tries(options, || get_manifest(session, manifest_url)).await?;
     let manifest = Manifest::parse(json).map_err(FetchError::Manifest)?;
-    tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
-    let mut fetched = Fetched::default();
-    let gate = Arc::new(tokio::sync::Semaphore::new(options.parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for item in manifest.items.iter().cloned() {
-        let (http, dir, options, gate) = (
-            http.clone(),
-            dir.to_path_buf(),
-            options.clone(),
-            gate.clone(),
-        );
-        tasks.spawn(async move {
-            let _turn = gate.acquire_owned().await.expect("the gate stays open");
-            let path = dir.join(&item.name);
-            if check_file(&path, &item).await.is_ok() {
-                return Ok((item.name, None));
-            }
-            let bytes = with_tries(&options, || download(&http, &item, &dir)).await?;
-            Ok::<_, FetchError>((item.name, Some(bytes)))
-        });
+    let mut downloads = Downloads::new(session, dir, options, progress).await?;
+    let authorized = manifest.requires_access_token();
+    for item in &manifest.items {
+        downloads.add(item.clone(), authorized)?;
     }
-    while let Some(done) = tasks.join_next().await {
-        match done.expect("a download task does not panic") {
-            Ok((name, None)) => fetched.kept.push(name),
-            Ok((name, Some(bytes))) => {
-                fetched.bytes += bytes;
-                fetched.downloaded.push(name);
-            }
-            Err(e) => {
-                // The others stop where they are; what they wrote goes.
-                tasks.shutdown().await;
-                for item in &manifest.items {
-                    let _ = tokio::fs::remove_file(partial_path(dir, &item.name)).await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    fetched.downloaded.sort();
-    fetched.kept.sort();
+    let fetched = downloads.finish().await?;
     let copy = serde_json::to_vec_pretty(&manifest.local_copy()).expect("JSON serializes");
     write_into_place(&dir.join("manifest.json"), &copy).await?;
     Ok(fetched)
 }
 
+/// Files being downloaded into a folder, N at a time. Files are added as
+/// they become known (a paged manifest adds them while the export runs);
+/// a name already added is not added again.
+pub struct Downloads {
+    session: Session,
+    dir: PathBuf,
+    options: FetchOptions,
+    progress: Arc<dyn Progress>,
+    gate: Arc<tokio::sync::Semaphore>,
+    tasks: tokio::task::JoinSet<Result<(String, Option<u64>), FetchError>>,
+    added: Vec<Item>,
+    fetched: Fetched,
+}
+
+impl Downloads {
+    pub async fn new(
+        session: &Session,
+        dir: &Path,
+        options: &FetchOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Self, FetchError> {
+        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        Ok(Downloads {
+            session: session.clone(),
+            dir: dir.to_path_buf(),
+            options: options.clone(),
+            progress,
+            gate: Arc::new(tokio::sync::Semaphore::new(options.parallel.max(1))),
+            tasks: tokio::task::JoinSet::new(),
+            added: Vec::new(),
+            fetched: Fetched::default(),
+        })
+    }
+
+    /// Starts on `item`, sending a token with its request if `authorized`.
+    /// The same file again is ignored; another file of the same name is an
+    /// error.
+    pub fn add(&mut self, item: Item, authorized: bool) -> Result<(), FetchError> {
+        if let Some(known) = self.added.iter().find(|k| k.name == item.name) {
+            if known.url == item.url || strip_query(&known.url) == strip_query(&item.url) {
+                return Ok(());
+            }
+            return Err(FetchError::Manifest(format!(
+                "two files are named '{}'",
+                item.name
+            )));
+        }
+        self.added.push(item.clone());
+        self.progress.file_added(&item.name, item.count);
+        let (session, dir, options, gate, progress) = (
+            self.session.clone(),
+            self.dir.clone(),
+            self.options.clone(),
+            self.gate.clone(),
+            self.progress.clone(),
+        );
+        self.tasks.spawn(async move {
+            let _turn = gate.acquire_owned().await.expect("the gate stays open");
+            let path = dir.join(&item.name);
+            if check_file(&path, &item).await.is_ok() {
+                progress.streamed(0, item.count.unwrap_or(0));
+                progress.file_done(&item.name, true);
+                return Ok((item.name, None));
+            }
+            let fetch = || download(&session, authorized, &item, &dir, progress.as_ref());
+            let bytes = with_tries(&options, fetch).await?;
+            progress.file_done(&item.name, false);
+            Ok((item.name, Some(bytes)))
+        });
+        Ok(())
+    }
+
+    /// Files added so far.
+    pub fn items(&self) -> &[Item] {
+        &self.added
+    }
+
+    /// Takes in the downloads that have ended, without waiting; the first
+    /// failure ends them all.
+    pub async fn collect_finished(&mut self) -> Result<(), FetchError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            self.take(done).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every download.
+    pub async fn finish(mut self) -> Result<Fetched, FetchError> {
+        while let Some(done) = self.tasks.join_next().await {
+            self.take(done).await?;
+        }
+        self.fetched.downloaded.sort();
+        self.fetched.kept.sort();
+        Ok(self.fetched)
+    }
+
+    /// Stops every download and removes what they wrote.
+    pub async fn abandon(&mut self) {
+        self.tasks.shutdown().await;
+        for item in &self.added {
+            let _ = tokio::fs::remove_file(partial_path(&self.dir, &item.name)).await;
+        }
+    }
+
+    async fn take(
+        &mut self,
+        done: Result<Result<(String, Option<u64>), FetchError>, tokio::task::JoinError>,
+    ) -> Result<(), FetchError> {
+        match done.expect("a download task does not panic") {
+            Ok((name, None)) => self.fetched.kept.push(name),
+            Ok((name, Some(bytes))) => {
+                self.fetched.bytes += bytes;
+                self.fetched.downloaded.push(name);
+            }
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A URL without its query (a presigned link's signature changes from one
+/// manifest page to the next).
+fn strip_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or runs out of tries.
-async fn with_tries<T, F, Fut>(options: &FetchOptions, mut attempt: F) -> Result<T, FetchError>
+pub(crate) async fn with_tries<T, F, Fut>(
+    options: &FetchOptions,
+    mut attempt: F,
+) -> Result<T, FetchError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, FetchError>>,
@@ -174,17 +281,16 @@ where
 }
 
 /// The manifest, once the status (or presigned manifest) URL answers 200.
-async fn get_manifest(http: &Client, url: &str) -> Result<Value, FetchError> {
+async fn get_manifest(session: &Session, url: &str) -> Result<Value, FetchError> {
     let network = |e: reqwest::Error| FetchError::Network {
         url: url.to_string(),
         cause: e.to_string(),
     };
-    let resp = http
-        .get(url)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map_err(network)?;
+    let resp = session
+        .send(url, true, |http| {
+            http.get(url).header("accept", "application/json")
+        })
+        .await?;
     match resp.status() {
         StatusCode::OK => resp.json().await.map_err(network),
         StatusCode::ACCEPTED => Err(FetchError::NotComplete { url: url.into() }),
@@ -192,7 +298,11 @@ async fn get_manifest(http: &Client, url: &str) -> Result<Value, FetchError> {
     }
 }
 
-async fn status_error(url: &str, status: StatusCode, resp: reqwest::Response) -> FetchError {
+pub(crate) async fn status_error(
+    url: &str,
+    status: StatusCode,
+    resp: reqwest::Response,
+) -> FetchError {
     // Seconds; an HTTP date is left to the doubling pause.
     let retry_after = resp
         .headers()
@@ -211,12 +321,23 @@ async fn status_error(url: &str, status: StatusCode, resp: reqwest::Response) ->
 
 /// Downloads one file under a temporary name, checks it while it streams,
 /// and renames it into place; returns its size.
-async fn download(http: &Client, item: &Item, dir: &Path) -> Result<u64, FetchError> {
+async fn download(
+    session: &Session,
+    authorized: bool,
+    item: &Item,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<u64, FetchError> {
     let network = |e: reqwest::Error| FetchError::Network {
         url: item.url.clone(),
         cause: e.to_string(),
     };
-    let mut resp = http.get(&item.url).send().await.map_err(network)?;
+    let mut resp = session
+        .send(&item.url, authorized, |http| {
+            http.get(&item.url)
+                .header("accept", "application/fhir+ndjson")
+        })
+        .await?;
     if resp.status() != StatusCode::OK {
         return Err(status_error(&item.url, resp.status(), resp).await);
     }
@@ -227,7 +348,8 @@ async fn download(http: &Client, item: &Item, dir: &Path) -> Result<u64, FetchEr
     let mut check = Check::default();
     let streamed = async {
         while let Some(chunk) = resp.chunk().await.map_err(network)? {
-            check.add(&chunk);
+            let lines = check.add(&chunk);
+            progress.streamed(chunk.len() as u64, lines);
             file.write_all(&chunk).await.map_err(io(&partial))?;
         }
         file.flush().await.map_err(io(&partial))?;
@@ -275,10 +397,13 @@ struct Check {
 }
 
 impl Check {
-    fn add(&mut self, data: &[u8]) {
+    /// Takes in `data`; returns the lines it ends.
+    fn add(&mut self, data: &[u8]) -> u64 {
         self.hash.update(data);
-        self.lines += data.iter().filter(|b| **b == b'\n').count() as u64;
+        let lines = data.iter().filter(|b| **b == b'\n').count() as u64;
+        self.lines += lines;
         self.bytes += data.len() as u64;
+        lines
     }
 
     fn against(&self, item: &Item) -> Result<(), FetchError> {
@@ -313,7 +438,7 @@ impl Check {
 }
 
 /// Writes `bytes` to `path` through a temporary name.
-async fn write_into_place(path: &Path, bytes: &[u8]) -> Result<(), FetchError> {
+pub(crate) async fn write_into_place(path: &Path, bytes: &[u8]) -> Result<(), FetchError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let partial = path.with_file_name(format!(".{name}.part"));
     tokio::fs::write(&partial, bytes)

@@ -19,6 +19,8 @@ pub struct Item {
     pub count: Option<u64>,
     /// The SHA-256 of its bytes (lowercase hex), if the server gives one.
     pub sha256: Option<String>,
+    /// The entry as the manifest gives it.
+    pub entry: Value,
 }
 
 /// A parsed manifest: its JSON as given, and its files.
@@ -50,6 +52,50 @@ impl Manifest {
             }
         }
         Ok(Manifest { json, items })
+    }
+
+    /// Whether its files want the token the manifest was fetched with.
+    pub fn requires_access_token(&self) -> bool {
+        self.json
+            .get("requiresAccessToken")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// The next page's URL, for a paged manifest (`link` of relation `next`).
+    pub fn next_page(&self) -> Option<String> {
+        self.json
+            .get("link")?
+            .as_array()?
+            .iter()
+            .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))?
+            .get("url")?
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// One manifest of every page's files (in `items` order, each once),
+    /// with the last page's other fields and no `link`.
+    pub fn joined(last: &Value, items: &[Item]) -> Manifest {
+        let mut json = last.clone();
+        if let Some(o) = json.as_object_mut() {
+            o.remove("link");
+            for list in LISTS {
+                let entries: Vec<Value> = items
+                    .iter()
+                    .filter(|i| i.list == list)
+                    .map(|i| i.entry.clone())
+                    .collect();
+                if entries.is_empty() && !o.contains_key(list) {
+                    continue;
+                }
+                o.insert(list.to_string(), Value::Array(entries));
+            }
+        }
+        Manifest {
+            json,
+            items: items.to_vec(),
+        }
     }
 
     /// The manifest with each file's `url` replaced by its local name.
@@ -98,6 +144,7 @@ fn item(list: &'static str, entry: &Value) -> Result<Item, String> {
         url,
         count,
         sha256,
+        entry: entry.clone(),
     })
 }
 
@@ -147,6 +194,10 @@ mod tests {
         assert_eq!(m.items[0].name, "Patient-1.ndjson");
         assert_eq!(m.items[0].sha256.as_deref(), Some(digest.as_str()));
         assert_eq!(m.items[1].list, "deleted");
+        let joined = Manifest::joined(&json!({"transactionTime": "t2", "link": []}), &m.items);
+        assert_eq!(joined.json["output"][0]["count"], 3);
+        assert_eq!(joined.json["deleted"][0]["type"], "Bundle");
+        assert!(joined.json.get("link").is_none());
         let local = m.local_copy();
         assert_eq!(local["output"][0]["url"], "Patient-1.ndjson");
         assert_eq!(local["transactionTime"], "2026-01-01T00:00:00Z");

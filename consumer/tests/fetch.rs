@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use bulk_export::domain::job::artifact_key;
-use bulk_export_client::{fetch, FetchError, FetchOptions};
+use std::sync::Arc;
+
+use bulk_export_client::progress::Quiet;
+use bulk_export_client::{fetch, FetchError, FetchOptions, Session};
 use bulk_export_local::{start, LocalConfig, Overrides, Running};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
@@ -61,10 +64,12 @@ async fn fetch_downloads_checks_keeps_and_refuses() {
     let running = service(data.path()).await;
     let status = completed_export(&running, "Patient,Observation").await;
     let out = tempfile::tempdir().unwrap();
-    let http = Client::new();
+    let http = Session::open(Client::new());
 
     // Every file of the manifest, each with the lines and digest it names.
-    let first = fetch(&http, &status, out.path(), &quick()).await.unwrap();
+    let first = fetch(&http, &status, out.path(), &quick(), Arc::new(Quiet))
+        .await
+        .unwrap();
     let copy: Value =
         serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
     let outputs = copy["output"].as_array().unwrap();
@@ -84,14 +89,18 @@ async fn fetch_downloads_checks_keeps_and_refuses() {
     assert!(resources > 4, "{resources} resources");
 
     // Run again: everything is kept, nothing downloaded.
-    let again = fetch(&http, &status, out.path(), &quick()).await.unwrap();
+    let again = fetch(&http, &status, out.path(), &quick(), Arc::new(Quiet))
+        .await
+        .unwrap();
     assert!(again.downloaded.is_empty());
     assert_eq!(again.kept.len(), outputs.len());
 
     // A file damaged locally is fetched again, and only that one.
     let damaged = outputs[0]["url"].as_str().unwrap().to_string();
     std::fs::write(out.path().join(&damaged), b"{}\n").unwrap();
-    let repaired = fetch(&http, &status, out.path(), &quick()).await.unwrap();
+    let repaired = fetch(&http, &status, out.path(), &quick(), Arc::new(Quiet))
+        .await
+        .unwrap();
     assert_eq!(repaired.downloaded, vec![damaged.clone()]);
 
     // A file damaged on the server: refused, naming the file, and no file
@@ -99,12 +108,15 @@ async fn fetch_downloads_checks_keeps_and_refuses() {
     let job = status.rsplit('/').next().unwrap().to_string();
     let victim = outputs[1]["url"].as_str().unwrap().to_string();
     let artifacts = &running.services.ports.artifacts;
+    // Both the file and its gzip twin, which the client asks for.
     let key = artifact_key(&job, &victim);
-    let mut bytes = artifacts.get(&key).await.unwrap().to_vec();
-    bytes[20] ^= 1;
-    artifacts.put(&key, bytes.into()).await.unwrap();
+    for key in [key.clone(), format!("{key}.gz")] {
+        let mut bytes = artifacts.get(&key).await.unwrap().to_vec();
+        bytes[20] ^= 1;
+        artifacts.put(&key, bytes.into()).await.unwrap();
+    }
     let fresh = tempfile::tempdir().unwrap();
-    let err = fetch(&http, &status, fresh.path(), &quick())
+    let err = fetch(&http, &status, fresh.path(), &quick(), Arc::new(Quiet))
         .await
         .unwrap_err();
     assert!(err.to_string().contains(&victim), "{err}");
@@ -129,9 +141,15 @@ async fn an_unknown_export_is_an_error_with_its_status() {
     let running = service(data.path()).await;
     let missing = format!("{}/$export-jobs/nope", running.base_url);
     let out = tempfile::tempdir().unwrap();
-    let err = fetch(&Client::new(), &missing, out.path(), &quick())
-        .await
-        .unwrap_err();
+    let err = fetch(
+        &Session::open(Client::new()),
+        &missing,
+        out.path(),
+        &quick(),
+        Arc::new(Quiet),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, FetchError::Status { status: 404, .. }),
         "{err:?}"

@@ -66,6 +66,8 @@ pub struct LocalConfig {
     /// The token signing key (PKCS#8 PEM, P-256) from configuration; without
     /// it, a key is generated into the data directory on first start.
     pub token_signing_key: Option<String>,
+    /// How long access tokens live (1 to 300 s; default 300).
+    pub access_token_seconds: i64,
     /// Completed runs of schedules are also copied here, one folder per
     /// run (`FolderDelivery`).
     pub delivery_dir: Option<PathBuf>,
@@ -91,6 +93,7 @@ impl LocalConfig {
             auth: false,
             external_issuer: None,
             token_signing_key: None,
+            access_token_seconds: bulk_export::auth::ACCESS_TOKEN_SECONDS,
             delivery_dir: None,
             schedule_tick: Duration::from_secs(20),
         }
@@ -350,6 +353,7 @@ fn assemble_service(
         public_origin: Some(origin.to_string()),
         engine: engine_config,
         auth,
+        access_token_seconds: config.access_token_seconds,
     };
     let mut service = Service::new(settings, ports, clients)
         .map_err(|e| start_err("assembling the service")(&e))?;

@@ -111,6 +111,10 @@ struct Args {
     /// a secret parameter); otherwise one is generated into the data dir.
     #[arg(long, env = "BULK_EXPORT_TOKEN_SIGNING_KEY", hide_env_values = true)]
     token_signing_key: Option<String>,
+    /// How long access tokens live, in seconds (SMART allows at most 300).
+    #[arg(long, env = "BULK_EXPORT_ACCESS_TOKEN_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(i64).range(1..=300))]
+    access_token_seconds: i64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +206,7 @@ async fn run() {
     config.auth = args.auth;
     config.external_issuer = args.external_issuer.zip(args.external_jwks_url);
     config.token_signing_key = args.token_signing_key;
+    config.access_token_seconds = args.access_token_seconds;
 
     let running = match start(config, Overrides::default()).await {
         Ok(r) => r,

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::auth::{AuthServer, JwksCache, TokenIssuer};
+use crate::auth::{AuthServer, JwksCache, TokenIssuer, ACCESS_TOKEN_SECONDS};
 use crate::engine::{EngineConfig, Ports, Services};
 use crate::http::{Api, Authenticator, ExternalIssuer, OpenAccess, TokenAuthenticator, TOKEN_PATH};
 use crate::ports::ClientStore;
@@ -39,6 +39,8 @@ pub struct ServiceSettings {
     /// The engine's settings (`base_url` is set per origin).
     pub engine: EngineConfig,
     pub auth: AuthSettings,
+    /// How long the built-in issuer's access tokens live (1 to 300 s).
+    pub access_token_seconds: i64,
 }
 
 impl Default for ServiceSettings {
@@ -48,6 +50,7 @@ impl Default for ServiceSettings {
             public_origin: None,
             engine: EngineConfig::new(""),
             auth: AuthSettings::Open,
+            access_token_seconds: ACCESS_TOKEN_SECONDS,
         }
     }
 }
@@ -82,7 +85,8 @@ impl Service {
                 signing_key_pem, ..
             } => Some(
                 TokenIssuer::from_pem(signing_key_pem, "", "")
-                    .map_err(|e| AssemblyError::SigningKey(e.to_string()))?,
+                    .map_err(|e| AssemblyError::SigningKey(e.to_string()))?
+                    .lasting(settings.access_token_seconds),
             ),
         };
         Ok(Service {

@@ -41,6 +41,8 @@ pub struct TokenIssuer {
     pub issuer: String,
     /// `aud` of issued tokens (the FHIR base URL).
     pub audience: String,
+    /// How long its tokens live, in seconds.
+    pub lifetime_seconds: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +92,15 @@ impl TokenIssuer {
             public_jwk,
             issuer: issuer.into(),
             audience: audience.into(),
+            lifetime_seconds: ACCESS_TOKEN_SECONDS,
         })
+    }
+
+    /// The same issuer, its tokens living `seconds` (kept within 1 to 300:
+    /// SMART Backend Services allows at most 5 minutes).
+    pub fn lasting(mut self, seconds: i64) -> Self {
+        self.lifetime_seconds = seconds.clamp(1, ACCESS_TOKEN_SECONDS);
+        self
     }
 
     /// Loads the key kept at `path`, creating it (owner-only) on first use.
@@ -142,7 +152,7 @@ impl TokenIssuer {
             iss: self.issuer.clone(),
             sub: client_id.into(),
             aud: self.audience.clone(),
-            exp: now.timestamp() + ACCESS_TOKEN_SECONDS,
+            exp: now.timestamp() + self.lifetime_seconds,
             iat: now.timestamp(),
             jti: uuid::Uuid::new_v4().to_string(),
             scope: scope.into(),

@@ -7,7 +7,7 @@ pub mod issuer;
 pub mod jwks;
 pub mod token_endpoint;
 
-pub use issuer::{AccessClaims, TokenIssuer};
+pub use issuer::{AccessClaims, TokenIssuer, ACCESS_TOKEN_SECONDS};
 pub use jwks::JwksCache;
 pub use token_endpoint::{AuthServer, ClientRegistration, OAuthError};
 

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::issuer::{TokenIssuer, ACCESS_TOKEN_SECONDS};
+use super::issuer::TokenIssuer;
 use super::jwks::JwksError;
 use crate::domain::access::{Access, Perms, TypeAccess};
 pub use crate::domain::client::ClientRegistration;
@@ -160,7 +160,7 @@ impl AuthServer {
         Ok(json!({
             "access_token": token,
             "token_type": "bearer",
-            "expires_in": ACCESS_TOKEN_SECONDS,
+            "expires_in": self.issuer.lifetime_seconds,
             "scope": granted,
         }))
     }
