@@ -19,9 +19,11 @@ pub mod export;
 pub mod fetch;
 pub mod kickoff;
 pub mod manifest;
+pub mod mirror;
 pub mod progress;
 pub mod session;
 pub mod status;
+pub mod sync;
 
 pub use export::{Export, Exported};
 pub use fetch::{fetch, FetchError, FetchOptions, Fetched};

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 done; 1 failed (the message says which file and why);
 //! 2 the command line is wrong; 3 done, but the server listed errors (a
-//! partial result: see the `error` files); 130 interrupted (Ctrl-C).
+//! partial result: see the `error` files); 4 `sync --check` found the
+//! mirror different from the server; 130 interrupted (Ctrl-C).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,12 +12,14 @@ use std::time::Duration;
 
 use bulk_export_client::auth::{ClientKey, Credentials, TokenSource};
 use bulk_export_client::progress::{self, Progress, Quiet};
+use bulk_export_client::sync::Sync;
 use bulk_export_client::{fetch, Export, ExportRequest, FetchOptions, Level, Session};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::json;
 
 const FAILED: u8 = 1;
 const PARTIAL: u8 = 3;
+const DIFFERENT: u8 = 4;
 const INTERRUPTED: u8 = 130;
 
 /// The consumer's side of FHIR Bulk Data.
@@ -43,6 +46,45 @@ enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// Keeps a SQLite mirror following the server: first a release or a
+    /// full export, then an incremental schedule's runs or `_since`
+    /// exports, each applied (upserts, then deletions) in one transaction
+    /// with the cursor.
+    Sync(Box<SyncArgs>),
+}
+
+#[derive(ClapArgs, Debug)]
+struct SyncArgs {
+    /// The server's FHIR base URL.
+    base: String,
+    /// The mirror, a SQLite file (made on the first sync).
+    #[arg(long, default_value = "bulk-export-mirror.db")]
+    mirror: PathBuf,
+    /// Start from this release (a name, or `latest`) instead of a full export.
+    #[arg(long)]
+    release: Option<String>,
+    /// Follow this incremental schedule's runs instead of kicking off
+    /// `_since` exports.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// `_type` of the exports the client kicks off (repeat, or comma-separate).
+    #[arg(long = "type", value_delimiter = ',')]
+    types: Vec<String>,
+    /// Compare the mirror with a fresh full export as of its cursor
+    /// instead of syncing; any difference exits with 4.
+    #[arg(long)]
+    check: bool,
+    #[command(flatten)]
+    auth: Auth,
+    /// Files downloaded at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Print a JSON summary instead of lines for people.
+    #[arg(long)]
+    json: bool,
+    /// Give up waiting for the server after this many seconds.
+    #[arg(long, default_value_t = 86_400)]
+    timeout: u64,
 }
 
 /// Where files go and how the tool reports.
@@ -57,6 +99,54 @@ struct Output {
     /// Print a JSON summary (and no progress) instead of lines for people.
     #[arg(long)]
     json: bool,
+}
+
+/// SMART Backend Services credentials (none for an open server).
+#[derive(ClapArgs, Debug)]
+struct Auth {
+    /// SMART Backend Services: the client id (with --key).
+    #[arg(long, requires = "key")]
+    client_id: Option<String>,
+    /// SMART Backend Services: the private key, PEM or JWK (ES384 or RS384).
+    #[arg(long, requires = "client_id")]
+    key: Option<PathBuf>,
+    /// The key id (`kid`) to put in assertions (a JWK's own by default).
+    #[arg(long)]
+    kid: Option<String>,
+    /// The scopes to ask for.
+    #[arg(long, default_value = "system/*.read")]
+    scope: String,
+    /// The token endpoint (found through .well-known/smart-configuration
+    /// otherwise).
+    #[arg(long)]
+    token_url: Option<String>,
+}
+
+impl Auth {
+    /// A session for the server at `base`, with tokens if credentials are given.
+    async fn session(&self, base: &str) -> Result<Session, String> {
+        let http = Session::http_client();
+        let (Some(client_id), Some(key)) = (&self.client_id, &self.key) else {
+            return Ok(Session::open(http));
+        };
+        let mut key = ClientKey::from_file(key)?;
+        if self.kid.is_some() {
+            key.kid = self.kid.clone();
+        }
+        let credentials = Credentials {
+            client_id: client_id.clone(),
+            key,
+            scope: self.scope.clone(),
+            token_url: self.token_url.clone(),
+        };
+        let tokens = TokenSource::discover(&http, base, credentials)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Session {
+            http,
+            tokens: Some(Arc::new(tokens)),
+        })
+    }
 }
 
 #[derive(ClapArgs, Debug)]
@@ -96,22 +186,8 @@ struct ExportArgs {
     /// `allowPartialManifests`: download files while the export still runs.
     #[arg(long)]
     partial_manifests: bool,
-    /// SMART Backend Services: the client id (with --key).
-    #[arg(long, requires = "key")]
-    client_id: Option<String>,
-    /// SMART Backend Services: the private key, PEM or JWK (ES384 or RS384).
-    #[arg(long, requires = "client_id")]
-    key: Option<PathBuf>,
-    /// The key id (`kid`) to put in assertions (a JWK's own by default).
-    #[arg(long)]
-    kid: Option<String>,
-    /// The scopes to ask for.
-    #[arg(long, default_value = "system/*.read")]
-    scope: String,
-    /// The token endpoint (found through .well-known/smart-configuration
-    /// otherwise).
-    #[arg(long)]
-    token_url: Option<String>,
+    #[command(flatten)]
+    auth: Auth,
     /// On Ctrl-C, leave the export running on the server (to continue it
     /// later) instead of cancelling it.
     #[arg(long)]
@@ -143,30 +219,6 @@ impl ExportArgs {
             allow_partial_manifests: self.partial_manifests,
         }
     }
-
-    async fn session(&self) -> Result<Session, String> {
-        let http = Session::http_client();
-        let (Some(client_id), Some(key)) = (&self.client_id, &self.key) else {
-            return Ok(Session::open(http));
-        };
-        let mut key = ClientKey::from_file(key)?;
-        if self.kid.is_some() {
-            key.kid = self.kid.clone();
-        }
-        let credentials = Credentials {
-            client_id: client_id.clone(),
-            key,
-            scope: self.scope.clone(),
-            token_url: self.token_url.clone(),
-        };
-        let tokens = TokenSource::discover(&http, &self.base, credentials)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Session {
-            http,
-            tokens: Some(Arc::new(tokens)),
-        })
-    }
 }
 
 fn reporter(out: &Output) -> Arc<dyn Progress> {
@@ -189,6 +241,7 @@ async fn main() -> ExitCode {
     let code = match Args::parse().command {
         Command::Export(args) => run_export(*args).await,
         Command::Fetch { manifest_url, out } => run_fetch(&manifest_url, &out).await,
+        Command::Sync(args) => run_sync(*args).await,
     };
     ExitCode::from(code)
 }
@@ -227,7 +280,7 @@ async fn run_fetch(manifest_url: &str, out: &Output) -> u8 {
 }
 
 async fn run_export(args: ExportArgs) -> u8 {
-    let session = match args.session().await {
+    let session = match args.auth.session(&args.base).await {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -303,6 +356,87 @@ async fn interrupted(export: &Export, status_url: &str, keep: bool) -> u8 {
         Err(e) => eprintln!("interrupted; cancelling the export on the server failed: {e}"),
     }
     INTERRUPTED
+}
+
+async fn run_sync(args: SyncArgs) -> u8 {
+    let base = args.base.trim_end_matches('/').to_string();
+    let session = match args.auth.session(&base).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let progress: Arc<dyn Progress> = if args.json {
+        Arc::new(Quiet)
+    } else {
+        Arc::from(progress::for_stderr())
+    };
+    let sync = Sync {
+        session,
+        base,
+        mirror: args.mirror.clone(),
+        release: args.release.clone(),
+        schedule: args.schedule.clone(),
+        types: args.types.clone(),
+        options: FetchOptions {
+            parallel: args.parallel,
+            ..Default::default()
+        },
+        timeout: Duration::from_secs(args.timeout),
+        progress,
+    };
+    let work = async {
+        if args.check {
+            return sync.check().await.map(|d| {
+                let code = if d.is_empty() { 0 } else { DIFFERENT };
+                if args.json {
+                    println!("{}", json!({"same": d.is_empty(), "differences": d}));
+                } else if d.is_empty() {
+                    println!("the mirror equals the server as of its cursor");
+                } else {
+                    println!(
+                        "the mirror differs: {} missing, {} extra, {} changed (first: {:?})",
+                        d.missing.len(),
+                        d.extra.len(),
+                        d.changed.len(),
+                        d.missing.iter().chain(&d.extra).chain(&d.changed).next()
+                    );
+                }
+                code
+            });
+        }
+        sync.run().await.map(|done| {
+            if args.json {
+                let steps: Vec<_> = done
+                    .steps
+                    .iter()
+                    .map(|(name, a)| {
+                        json!({"step": name, "upserted": a.upserted,
+                        "deleted": a.deleted, "skipped": a.skipped, "cursor": a.cursor})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"steps": steps, "cursor": done.cursor, "resources": done.resources})
+                );
+            } else {
+                println!(
+                    "{} steps applied; the mirror holds {} resources as of {}",
+                    done.steps.len(),
+                    done.resources,
+                    done.cursor.as_deref().unwrap_or("nothing yet")
+                );
+            }
+            0
+        })
+    };
+    tokio::select! {
+        done = work => done.unwrap_or_else(|e| fail(&e)),
+        // The mirror only changes in whole steps; a kicked-off export is
+        // left to the next run, which continues it.
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; the mirror is as of its last whole step");
+            INTERRUPTED
+        }
+    }
 }
 
 fn fail(e: &dyn std::fmt::Display) -> u8 {

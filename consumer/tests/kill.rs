@@ -115,3 +115,85 @@ async fn a_download_killed_midway_completes_when_run_again() {
     );
     running.shutdown().await;
 }
+
+/// The mirror's cursor and resource count, read directly.
+fn mirror_state(path: &Path) -> (Option<String>, u64) {
+    if !path.exists() {
+        return (None, 0);
+    }
+    let m = bulk_export_client::mirror::Mirror::open(path).unwrap();
+    (m.cursor().unwrap(), m.count().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_at_any_point_leaves_a_whole_step_and_resumes() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = LocalConfig::new("127.0.0.1:0".parse().unwrap(), data.path().to_path_buf());
+    config.sample_patients = 300;
+    config.engine.max_resources_per_file = 200;
+    let running = start(config, Overrides::default()).await.unwrap();
+    let base = running.base_url.clone();
+    let release: Value = reqwest::Client::new()
+        .post(format!("{base}/$export-releases"))
+        .header("content-type", "application/json")
+        .body(r#"{"name": "r1", "export": "$export"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let release_time = release["transactionTime"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror.db");
+    let sync = |extra: &[&str]| {
+        let mut cmd = Command::new(CLIENT);
+        cmd.args(["sync", &base, "--release", "r1", "--json", "--mirror"])
+            .arg(&mirror)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+
+    // Killed at several points: each time the mirror is empty, or equals
+    // the server as of its cursor (the release, or a later `_since` step),
+    // never a part of a step.
+    let same_as_server = |sync: &dyn Fn(&[&str]) -> Command| {
+        let check = sync(&["--check"]).output().unwrap();
+        let report: Value = serde_json::from_slice(&check.stdout).unwrap_or(Value::Null);
+        assert_eq!(check.status.code(), Some(0), "{report}");
+        assert_eq!(report["same"], true, "{report}");
+    };
+    let mut stopped_with_a_cursor = 0;
+    for delay_ms in [150, 400, 700, 1000] {
+        let mut child = sync(&[]).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let _ = child.kill();
+        child.wait().unwrap();
+        match mirror_state(&mirror) {
+            (None, 0) => {}
+            (Some(cursor), count) => {
+                assert!(cursor >= release_time && count > 0, "{cursor} {count}");
+                stopped_with_a_cursor += 1;
+                same_as_server(&sync);
+            }
+            other => panic!("a part of a step: {other:?}"),
+        }
+    }
+    eprintln!("{stopped_with_a_cursor} of 4 kills came after a step was applied");
+
+    let output = sync(&[]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        summary["cursor"].as_str().unwrap() >= release_time.as_str(),
+        "{summary}"
+    );
+    same_as_server(&sync);
+    running.shutdown().await;
+}
