@@ -134,6 +134,21 @@ impl Mirror {
             .optional()?)
     }
 
+    /// Every `nth` resource (type, id, JSON), in key order: a sample to
+    /// change, for benchmarks and tests.
+    pub fn sample_rows(&self, nth: usize) -> Result<Vec<(String, String, String)>, MirrorError> {
+        let mut stmt = self.conn.prepare("SELECT type, id, json FROM resources")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut out = Vec::new();
+        for (i, row) in rows.enumerate() {
+            let row = row?;
+            if i % nth.max(1) == 0 {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies a step: its outputs upserted, then its deletions removed,
     /// then the cursor moved to its `transactionTime`, in one transaction.
     pub fn apply(&mut self, step: &Step) -> Result<Applied, MirrorError> {

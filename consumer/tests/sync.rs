@@ -76,7 +76,11 @@ async fn change(base: &str, mirror: &Path, n: u32) -> (String, String, String) {
         .await
         .unwrap();
     let mut updated = current;
-    updated["gender"] = json!(if n % 2 == 0 { "other" } else { "unknown" });
+    updated["gender"] = json!(if n.is_multiple_of(2) {
+        "other"
+    } else {
+        "unknown"
+    });
     updated["multipleBirthInteger"] = json!(n);
     let id = ids[n as usize].clone();
     let resp = http
