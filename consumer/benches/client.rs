@@ -28,6 +28,7 @@ use bulk_export_client::sync::Sync;
 use bulk_export_client::{FetchOptions, Manifest, Session};
 use bulk_export_local::{start, LocalConfig, Overrides, Running};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_bulk-export-client");
 
@@ -205,11 +206,24 @@ fn client_fetch(status: &str, out: &Path, parallel: usize) -> (f64, u64) {
         .spawn()
         .unwrap();
     let (mut code, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // The child's own peak: wait4's ru_maxrss would count this process's
+    // memory, which the child shares until it execs.
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0;
+    loop {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        let hwm = text.lines().find(|l| l.starts_with("VmHWM:"));
+        match hwm.and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()) {
+            Some(kb) => peak_kb = peak_kb.max(kb),
+            None => break, // exited: no memory left to report
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     // SAFETY: waits for our own child, writing only the two values given.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut code, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
     assert_eq!(code, 0, "the client failed");
-    (t.elapsed().as_secs_f64(), usage.ru_maxrss as u64)
+    (t.elapsed().as_secs_f64(), peak_kb)
 }
 
 /// The floor: every file fetched by a plain GET (no gzip, no checks),
@@ -225,12 +239,12 @@ async fn floor_fetch(manifest: &Manifest, out: &Path, parallel: usize) -> f64 {
         tasks.spawn(async move {
             let _turn = gate.acquire_owned().await.unwrap();
             let mut resp = http.get(&item.url).send().await.unwrap();
-            let mut file = tokio::fs::File::create(&path).await.unwrap();
+            let file = tokio::fs::File::create(&path).await.unwrap();
+            let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
             while let Some(chunk) = resp.chunk().await.unwrap() {
-                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
-                    .await
-                    .unwrap();
+                file.write_all(&chunk).await.unwrap();
             }
+            file.flush().await.unwrap();
         });
     }
     while tasks.join_next().await.is_some() {}

@@ -78,12 +78,17 @@ impl Mirror {
     pub fn open(path: &Path) -> Result<Self, MirrorError> {
         let conn = Connection::open(path)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            // A rollback journal, not WAL: a step into an empty mirror (the
+            // big one) then writes its pages once, not into the WAL and
+            // again at the checkpoint. Rows are appended in rowid order,
+            // with (type, id) in a small unique index beside them.
+            "PRAGMA journal_mode = DELETE;
              PRAGMA synchronous = NORMAL;
+             PRAGMA cache_size = -32768;
              CREATE TABLE IF NOT EXISTS resources (
                  type TEXT NOT NULL, id TEXT NOT NULL,
                  version_id TEXT, last_updated TEXT, json TEXT NOT NULL,
-                 PRIMARY KEY (type, id)) WITHOUT ROWID;
+                 UNIQUE (type, id));
              CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS applied_steps (
                  name TEXT PRIMARY KEY, transaction_time TEXT NOT NULL,
