@@ -82,13 +82,17 @@ impl Mirror {
             // big one) then writes its pages once, not into the WAL and
             // again at the checkpoint. Rows are appended in rowid order,
             // with (type, id) in a small unique index beside them.
-            "PRAGMA journal_mode = DELETE;
+            // 32 KiB pages: a resource is about 1 KiB, and bigger pages
+            // cost less per row (a million rows: 220k/s, against 120k/s
+            // with the default 4 KiB). It applies to a new file only.
+            "PRAGMA page_size = 32768;
+             PRAGMA journal_mode = DELETE;
              PRAGMA synchronous = NORMAL;
              PRAGMA cache_size = -32768;
              CREATE TABLE IF NOT EXISTS resources (
                  type TEXT NOT NULL, id TEXT NOT NULL,
-                 version_id TEXT, last_updated TEXT, json TEXT NOT NULL,
-                 UNIQUE (type, id));
+                 version_id TEXT, last_updated TEXT, json TEXT NOT NULL);
+             CREATE UNIQUE INDEX IF NOT EXISTS resources_key ON resources (type, id);
              CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS applied_steps (
                  name TEXT PRIMARY KEY, transaction_time TEXT NOT NULL,
@@ -179,8 +183,22 @@ impl Mirror {
             }
         }
         let tx = self.conn.transaction()?;
+        // Into an empty mirror (a first step, the big one) rows go in
+        // without the key index, which is built once at the end: a third
+        // faster than keeping it up to date row by row.
+        let empty = tx
+            .query_row("SELECT 1 FROM resources LIMIT 1", [], |_| Ok(()))
+            .optional()?
+            .is_none();
+        if empty {
+            tx.execute_batch("DROP INDEX resources_key;")?;
+        }
         for item in step.manifest.items.iter().filter(|i| i.list == "output") {
-            applied.upserted += upsert_file(&tx, &step.dir.join(&item.name), &item.name)?;
+            let path = step.dir.join(&item.name);
+            applied.upserted += upsert_file(&tx, &path, &item.name, !empty)?;
+        }
+        if empty {
+            build_key_index(&tx)?;
         }
         for item in step.manifest.items.iter().filter(|i| i.list == "deleted") {
             applied.deleted += delete_file(&tx, &step.dir.join(&item.name), &item.name)?;
@@ -307,13 +325,38 @@ fn each_line(
     }
 }
 
-fn upsert_file(tx: &rusqlite::Transaction, path: &Path, name: &str) -> Result<u64, MirrorError> {
-    let mut stmt = tx.prepare_cached(
+/// The unique index on (type, id), built over rows already in: a
+/// resource that came twice (which no export should list) keeps its last
+/// copy, as an upsert would.
+fn build_key_index(tx: &rusqlite::Transaction) -> Result<(), MirrorError> {
+    const CREATE: &str = "CREATE UNIQUE INDEX resources_key ON resources (type, id);";
+    if tx.execute_batch(CREATE).is_ok() {
+        return Ok(());
+    }
+    tx.execute_batch(
+        "DELETE FROM resources WHERE rowid NOT IN
+             (SELECT max(rowid) FROM resources GROUP BY type, id);",
+    )?;
+    Ok(tx.execute_batch(CREATE)?)
+}
+
+/// Writes every resource of a file: upserted, or (`keyed` false, while
+/// the key index is off) appended.
+fn upsert_file(
+    tx: &rusqlite::Transaction,
+    path: &Path,
+    name: &str,
+    keyed: bool,
+) -> Result<u64, MirrorError> {
+    let mut stmt = tx.prepare_cached(if keyed {
         "INSERT INTO resources (type, id, version_id, last_updated, json)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (type, id) DO UPDATE SET version_id = excluded.version_id,
-             last_updated = excluded.last_updated, json = excluded.json",
-    )?;
+             last_updated = excluded.last_updated, json = excluded.json"
+    } else {
+        "INSERT INTO resources (type, id, version_id, last_updated, json)
+         VALUES (?1, ?2, ?3, ?4, ?5)"
+    })?;
     each_line(path, name, |line, head| {
         let meta = head.meta.as_ref();
         stmt.execute(params![
@@ -380,10 +423,11 @@ mod tests {
                 r#"{{"resourceType":"Patient","id":"{id}","meta":{{"versionId":"{v}"}},"n":1.50}}"#
             )
         };
+        // The first step names b twice (no export should): the last counts.
         let first = step_in(
             dir.path(),
             "2026-01-01T00:00:00Z",
-            &format!("{}\n{}\n", p("a", "1"), p("b", "1")),
+            &format!("{}\n{}\n{}\n", p("a", "1"), p("b", "0"), p("b", "1")),
             "",
         );
         let step = Step {
@@ -391,7 +435,9 @@ mod tests {
             dir: dir.path(),
             manifest: &first,
         };
-        assert_eq!(mirror.apply(&step).unwrap().upserted, 2);
+        assert_eq!(mirror.apply(&step).unwrap().upserted, 3);
+        assert_eq!(mirror.count().unwrap(), 2);
+        assert_eq!(mirror.get("Patient", "b").unwrap().unwrap(), p("b", "1"));
         let del = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"Patient/a"}}]}"#;
         let second = step_in(
             dir.path(),
