@@ -102,10 +102,8 @@ async fn change(base: &str, mirror: &Path, n: u32) -> (String, String, String) {
     let created: Value = http
         .post(format!("{base}/Patient"))
         .header("content-type", "application/fhir+json")
-        .body(
-            json!({"resourceType": "Patient", "birthDate": "2001-01-01", "weight": 70.50})
-                .to_string(),
-        )
+        // As text: the decimal's trailing zero is the client's.
+        .body(r#"{"resourceType": "Patient", "birthDate": "2001-01-01", "weight": 70.50}"#)
         .send()
         .await
         .unwrap()
@@ -174,18 +172,27 @@ async fn a_mirror_from_a_release_then_since_exports() {
         .is_empty());
     assert!(!dir.path().join("mirror.db.steps/since").exists());
 
+    // Kept exactly as exported: the decimal keeps its trailing zero.
+    let created = Mirror::open(&mirror)
+        .unwrap()
+        .get("Patient", &changes.2)
+        .unwrap();
+    assert!(created.unwrap().contains("70.50"));
+
     // A mirror changed behind the client's back is found out.
     let conn = rusqlite::Connection::open(&mirror).unwrap();
     conn.execute("DELETE FROM resources WHERE id = ?1", [&changes.2])
         .unwrap();
     conn.execute(
-        "UPDATE resources SET json = replace(json, '70.50', '70.5') WHERE id = ?1",
+        "UPDATE resources SET json = replace(json, '\"gender\"', '\"sex\"') WHERE id = ?1",
         [&changes.0],
     )
     .unwrap();
     drop(conn);
     let d = sync(&base, &mirror, None, None).check().await.unwrap();
     assert_eq!(d.missing, vec![format!("Patient/{}", changes.2)]);
+    assert_eq!(d.changed, vec![format!("Patient/{}", changes.0)]);
+    assert!(d.extra.is_empty());
     running.shutdown().await;
 }
 

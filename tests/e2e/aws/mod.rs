@@ -1,6 +1,7 @@
 //! The AWS adapters and the Lambda functions, against moto's server.
 
 mod bulk_load;
+mod client;
 mod contract;
 mod dynamodb_local;
 mod exact_numbers;

@@ -28,22 +28,32 @@ use crate::schedules::{
 };
 
 pub(super) struct OnMoto {
-    container: Container,
-    engine: Services,
-    queue: Arc<SqsQueue>,
+    pub(super) container: Container,
+    pub(super) engine: Services,
+    pub(super) queue: Arc<SqsQueue>,
     adapters: AwsAdapters,
     clock: Arc<OffsetClock>,
 }
 
 impl OnMoto {
     async fn new(sdk: &SdkConfig, names: &bulk_export::aws::AwsNames, bus: Option<&str>) -> Self {
+        Self::at(sdk, names, bus, ORIGIN).await
+    }
+
+    /// The functions, with `origin` in the links they give.
+    pub(super) async fn at(
+        sdk: &SdkConfig,
+        names: &bulk_export::aws::AwsNames,
+        bus: Option<&str>,
+        origin: &str,
+    ) -> Self {
         let clock = Arc::new(OffsetClock::default());
         let mut adapters = AwsAdapters::new(sdk, names, 4, clock.clone() as Arc<dyn Clock>);
         if let Some(bus) = bus {
             adapters = adapters.with_event_bus(sdk, bus);
         }
         let mut service = ServiceSettings {
-            public_origin: Some(ORIGIN.into()),
+            public_origin: Some(origin.into()),
             ..Default::default()
         };
         service.engine.retry_base = Duration::ZERO;
@@ -61,7 +71,7 @@ impl OnMoto {
         };
         let container =
             Container::from_parts(settings, adapters.ports(), adapters.jobs.clone(), None).unwrap();
-        let engine = container.services(ORIGIN);
+        let engine = container.services(origin);
         OnMoto {
             queue: adapters.queue.clone(),
             container,
