@@ -144,6 +144,7 @@ async fn run() {
         release: None,
         schedule: None,
         types: Vec::new(),
+        views: Vec::new(),
         options: FetchOptions {
             parallel,
             ..Default::default()

@@ -24,6 +24,7 @@ pub mod progress;
 pub mod session;
 pub mod status;
 pub mod sync;
+pub mod views;
 
 pub use export::{Export, Exported};
 pub use fetch::{fetch, FetchError, FetchOptions, Fetched};

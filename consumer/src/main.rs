@@ -13,6 +13,7 @@ use std::time::Duration;
 use bulk_export_client::auth::{ClientKey, Credentials, TokenSource};
 use bulk_export_client::progress::{self, Progress, Quiet};
 use bulk_export_client::sync::Sync;
+use bulk_export_client::views::ViewSource;
 use bulk_export_client::{fetch, Export, ExportRequest, FetchOptions, Level, Session};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::json;
@@ -70,6 +71,11 @@ struct SyncArgs {
     /// `_type` of the exports the client kicks off (repeat, or comma-separate).
     #[arg(long = "type", value_delimiter = ',')]
     types: Vec<String>,
+    /// A view whose rows the mirror keeps as a table `view_<name>`,
+    /// refreshed at each sync: a ViewDefinition file, or the id of one the
+    /// server holds (repeat for more).
+    #[arg(long = "view")]
+    views: Vec<String>,
     /// Compare the mirror with a fresh full export as of its cursor
     /// instead of syncing; any difference exits with 4.
     #[arg(long)]
@@ -369,6 +375,12 @@ async fn run_sync(args: SyncArgs) -> u8 {
     } else {
         Arc::from(progress::for_stderr())
     };
+    let views: Result<Vec<ViewSource>, String> =
+        args.views.iter().map(|v| ViewSource::from_arg(v)).collect();
+    let views = match views {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
     let sync = Sync {
         session,
         base,
@@ -376,6 +388,7 @@ async fn run_sync(args: SyncArgs) -> u8 {
         release: args.release.clone(),
         schedule: args.schedule.clone(),
         types: args.types.clone(),
+        views,
         options: FetchOptions {
             parallel: args.parallel,
             ..Default::default()
@@ -413,9 +426,15 @@ async fn run_sync(args: SyncArgs) -> u8 {
                         "deleted": a.deleted, "skipped": a.skipped, "cursor": a.cursor})
                     })
                     .collect();
+                let views: Vec<_> = done
+                    .views
+                    .iter()
+                    .map(|(table, rows)| json!({"table": table, "rows": rows}))
+                    .collect();
                 println!(
                     "{}",
-                    json!({"steps": steps, "cursor": done.cursor, "resources": done.resources})
+                    json!({"steps": steps, "cursor": done.cursor, "resources": done.resources,
+                           "views": views})
                 );
             } else {
                 println!(

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -220,6 +220,66 @@ impl Mirror {
         )?;
         tx.commit()?;
         Ok(applied)
+    }
+
+    /// Replaces the table of a view's rows with the rows of its CSV files
+    /// (each with a header row), in one transaction, recording the
+    /// export's `transactionTime` as `view:<table>` in `sync_state`.
+    /// Every column is text; an empty cell is NULL.
+    pub fn replace_view(
+        &mut self,
+        table: &str,
+        files: &[(PathBuf, String)],
+        transaction_time: &str,
+    ) -> Result<u64, MirrorError> {
+        let tx = self.conn.transaction()?;
+        let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS {};", quoted(table)))?;
+        let mut rows = 0u64;
+        let mut columns: Option<Vec<String>> = None;
+        for (path, name) in files {
+            let fail = file_error(name);
+            let mut reader = csv::Reader::from_path(path).map_err(|e| fail(e.to_string()))?;
+            let header: Vec<String> = reader
+                .headers()
+                .map_err(|e| fail(e.to_string()))?
+                .iter()
+                .map(str::to_string)
+                .collect();
+            match &columns {
+                Some(known) if *known != header => {
+                    return Err(fail(
+                        "its columns differ from the view's other files".into(),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    let list: Vec<String> = header.iter().map(|c| quoted(c)).collect();
+                    tx.execute_batch(&format!(
+                        "CREATE TABLE {} ({});",
+                        quoted(table),
+                        list.join(", ")
+                    ))?;
+                    columns = Some(header.clone());
+                }
+            }
+            let marks = vec!["?"; header.len()].join(", ");
+            let mut insert =
+                tx.prepare(&format!("INSERT INTO {} VALUES ({marks})", quoted(table)))?;
+            for record in reader.records() {
+                let record = record.map_err(|e| fail(e.to_string()))?;
+                let values = record.iter().map(|v| (!v.is_empty()).then_some(v));
+                insert.execute(rusqlite::params_from_iter(values))?;
+                rows += 1;
+            }
+        }
+        tx.execute(
+            "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![format!("view:{table}"), transaction_time],
+        )?;
+        tx.commit()?;
+        Ok(rows)
     }
 
     /// Compares the mirror with a full export's files (in `dir`, as

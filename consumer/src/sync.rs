@@ -23,6 +23,7 @@ use crate::manifest::Manifest;
 use crate::mirror::{parse_instant, Applied, Differences, Mirror, MirrorError, Step};
 use crate::progress::Progress;
 use crate::session::Session;
+use crate::views::{self, ViewSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -46,6 +47,8 @@ pub struct Sync {
     pub schedule: Option<String>,
     /// `_type` of the exports the client kicks off (all types if empty).
     pub types: Vec<String>,
+    /// Views whose rows are kept as tables, refreshed at each sync.
+    pub views: Vec<ViewSource>,
     pub options: FetchOptions,
     pub timeout: Duration,
     pub progress: Arc<dyn Progress>,
@@ -55,6 +58,8 @@ pub struct Sync {
 #[derive(Debug, Default)]
 pub struct Synced {
     pub steps: Vec<(String, Applied)>,
+    /// Each view's table and its rows.
+    pub views: Vec<(String, u64)>,
     pub cursor: Option<String>,
     pub resources: u64,
 }
@@ -115,9 +120,48 @@ impl Sync {
             }
             None => {}
         }
+        if !self.views.is_empty() {
+            synced.views = self.refresh_views(&mut mirror).await?;
+        }
         synced.cursor = mirror.cursor()?;
         synced.resources = mirror.count()?;
         Ok(synced)
+    }
+
+    /// Exports the views' rows (CSV) and replaces each view's table with
+    /// them. A view's table is as of its own export's `transactionTime`
+    /// (in `sync_state` as `view:<table>`), not the resources' cursor.
+    async fn refresh_views(&self, mirror: &mut Mirror) -> Result<Vec<(String, u64)>, SyncError> {
+        let dir = self.steps_dir().join("views");
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let export = self.export(ExportRequest::default(), &dir);
+        let status = views::kick_off(&self.session, &self.base, &self.views).await?;
+        let done = export.complete(&status, false).await?;
+        refuse_errors(&dir, &done.manifest)?;
+        let time = done.manifest.json["transactionTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // Each view's files, by the view's name (the manifest's `type`).
+        let mut by_view: Vec<(String, Vec<(PathBuf, String)>)> = Vec::new();
+        for item in done.manifest.items.iter().filter(|i| i.list == "output") {
+            let view = item.entry["type"].as_str().unwrap_or("view").to_string();
+            let file = (dir.join(&item.name), item.name.clone());
+            match by_view.iter_mut().find(|(v, _)| *v == view) {
+                Some((_, files)) => files.push(file),
+                None => by_view.push((view, vec![file])),
+            }
+        }
+        let mut tables = Vec::new();
+        for (view, files) in by_view {
+            let table = views::table_name(&view);
+            let rows = tokio::task::block_in_place(|| mirror.replace_view(&table, &files, &time))?;
+            self.progress
+                .note(&format!("{table}: {rows} rows as of {time}"));
+            tables.push((table, rows));
+        }
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        Ok(tables)
     }
 
     /// Downloads a step (from `url`, a status-like URL, or from an export

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bulk_export_client::mirror::Mirror;
 use bulk_export_client::progress::Quiet;
 use bulk_export_client::sync::Sync;
+use bulk_export_client::views::ViewSource;
 use bulk_export_client::{FetchOptions, Session};
 use bulk_export_local::{start, LocalConfig, Overrides, Running};
 use reqwest::{Client, StatusCode};
@@ -33,6 +34,7 @@ fn sync(base: &str, mirror: &Path, release: Option<&str>, schedule: Option<&str>
         release: release.map(str::to_string),
         schedule: schedule.map(str::to_string),
         types: Vec::new(),
+        views: Vec::new(),
         options: FetchOptions {
             parallel: 3,
             tries: 3,
@@ -268,5 +270,80 @@ async fn a_mirror_from_a_release_then_an_incremental_schedule() {
     let again = sync(&base, &mirror, None, Some(&id)).run().await.unwrap();
     assert!(again.steps.is_empty());
     assert_eq!(again.cursor, synced.cursor);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_are_kept_as_tables_beside_the_resources() {
+    let data = tempfile::tempdir().unwrap();
+    let running = service(data.path()).await;
+    let base = running.base_url.clone();
+    let view = |name: &str| {
+        json!({"resourceType": "ViewDefinition", "name": name, "resource": "Patient",
+               "status": "active",
+               "select": [{"column": [{"name": "id", "path": "id"},
+                                      {"name": "gender", "path": "gender"},
+                                      {"name": "family", "path": "name.first().family"}]}]})
+    };
+    // One from a file, one the server holds.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("demo.json");
+    std::fs::write(&file, view("patient_demo").to_string()).unwrap();
+    let resp = Client::new()
+        .put(format!("{base}/ViewDefinition/stored"))
+        .header("content-type", "application/fhir+json")
+        .body({
+            let mut v = view("stored_demo");
+            v["id"] = json!("stored");
+            v.to_string()
+        })
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let mirror = dir.path().join("mirror.db");
+    let mut job = sync(&base, &mirror, None, None);
+    job.views = vec![
+        ViewSource::from_arg(file.to_str().unwrap()).unwrap(),
+        ViewSource::from_arg("stored").unwrap(),
+    ];
+    let first = job.run().await.unwrap();
+    let patients = {
+        let conn = rusqlite::Connection::open(&mirror).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM resources WHERE type = 'Patient'",
+            [],
+            |r| r.get::<_, u64>(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        first.views,
+        vec![
+            ("view_patient_demo".to_string(), patients),
+            ("view_stored_demo".to_string(), patients)
+        ]
+    );
+
+    // A change on the server reaches the table at the next sync.
+    let changed = change(&base, &mirror, 1).await;
+    job.run().await.unwrap();
+    let conn = rusqlite::Connection::open(&mirror).unwrap();
+    let gender: String = conn
+        .query_row(
+            "SELECT gender FROM view_patient_demo WHERE id = ?1",
+            [&changed.0],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(gender, "unknown");
+    let gone: u64 = conn
+        .query_row(
+            "SELECT count(*) FROM view_stored_demo WHERE id = ?1",
+            [&changed.1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(gone, 0);
     running.shutdown().await;
 }

@@ -115,6 +115,7 @@ fn sync(base: &str, mirror: &std::path::Path, release: Option<&str>, schedule: &
         release: release.map(str::to_string),
         schedule: Some(schedule.to_string()),
         types: Vec::new(),
+        views: Vec::new(),
         options: FetchOptions {
             parallel: 3,
             tries: 3,
