@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulk_export_client::auth::{ClientKey, Credentials, TokenSource};
+use bulk_export_client::mirror::Differences;
 use bulk_export_client::progress::{self, Progress, Quiet};
-use bulk_export_client::sync::Sync;
+use bulk_export_client::sync::{Sync, Synced};
 use bulk_export_client::views::ViewSource;
 use bulk_export_client::{fetch, Export, ExportRequest, FetchOptions, Level, Session};
 use clap::{Args as ClapArgs, Parser, Subcommand};
@@ -398,54 +399,9 @@ async fn run_sync(args: SyncArgs) -> u8 {
     };
     let work = async {
         if args.check {
-            return sync.check().await.map(|d| {
-                let code = if d.is_empty() { 0 } else { DIFFERENT };
-                if args.json {
-                    println!("{}", json!({"same": d.is_empty(), "differences": d}));
-                } else if d.is_empty() {
-                    println!("the mirror equals the server as of its cursor");
-                } else {
-                    println!(
-                        "the mirror differs: {} missing, {} extra, {} changed (first: {:?})",
-                        d.missing.len(),
-                        d.extra.len(),
-                        d.changed.len(),
-                        d.missing.iter().chain(&d.extra).chain(&d.changed).next()
-                    );
-                }
-                code
-            });
+            return sync.check().await.map(|d| report_check(&d, args.json));
         }
-        sync.run().await.map(|done| {
-            if args.json {
-                let steps: Vec<_> = done
-                    .steps
-                    .iter()
-                    .map(|(name, a)| {
-                        json!({"step": name, "upserted": a.upserted,
-                        "deleted": a.deleted, "skipped": a.skipped, "cursor": a.cursor})
-                    })
-                    .collect();
-                let views: Vec<_> = done
-                    .views
-                    .iter()
-                    .map(|(table, rows)| json!({"table": table, "rows": rows}))
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"steps": steps, "cursor": done.cursor, "resources": done.resources,
-                           "views": views})
-                );
-            } else {
-                println!(
-                    "{} steps applied; the mirror holds {} resources as of {}",
-                    done.steps.len(),
-                    done.resources,
-                    done.cursor.as_deref().unwrap_or("nothing yet")
-                );
-            }
-            0
-        })
+        sync.run().await.map(|done| report_sync(&done, args.json))
     };
     tokio::select! {
         done = work => done.unwrap_or_else(|e| fail(&e)),
@@ -456,6 +412,60 @@ async fn run_sync(args: SyncArgs) -> u8 {
             INTERRUPTED
         }
     }
+}
+
+/// Prints what `sync --check` found; the exit code says whether it differs.
+fn report_check(d: &Differences, json: bool) -> u8 {
+    if json {
+        println!("{}", json!({"same": d.is_empty(), "differences": d}));
+    } else if d.is_empty() {
+        println!("the mirror equals the server as of its cursor");
+    } else {
+        println!(
+            "the mirror differs: {} missing, {} extra, {} changed (first: {:?})",
+            d.missing.len(),
+            d.extra.len(),
+            d.changed.len(),
+            d.missing.iter().chain(&d.extra).chain(&d.changed).next()
+        );
+    }
+    if d.is_empty() {
+        0
+    } else {
+        DIFFERENT
+    }
+}
+
+/// Prints the steps a sync applied and where the mirror now stands.
+fn report_sync(done: &Synced, json: bool) -> u8 {
+    if json {
+        let steps: Vec<_> = done
+            .steps
+            .iter()
+            .map(|(name, a)| {
+                json!({"step": name, "upserted": a.upserted,
+                "deleted": a.deleted, "skipped": a.skipped, "cursor": a.cursor})
+            })
+            .collect();
+        let views: Vec<_> = done
+            .views
+            .iter()
+            .map(|(table, rows)| json!({"table": table, "rows": rows}))
+            .collect();
+        println!(
+            "{}",
+            json!({"steps": steps, "cursor": done.cursor, "resources": done.resources,
+                   "views": views})
+        );
+    } else {
+        println!(
+            "{} steps applied; the mirror holds {} resources as of {}",
+            done.steps.len(),
+            done.resources,
+            done.cursor.as_deref().unwrap_or("nothing yet")
+        );
+    }
+    0
 }
 
 fn fail(e: &dyn std::fmt::Display) -> u8 {

@@ -82,10 +82,12 @@ impl Mirror {
             // big one) then writes its pages once, not into the WAL and
             // again at the checkpoint. Rows are appended in rowid order,
             // with (type, id) in a small unique index beside them.
-            // 32 KiB pages: a resource is about 1 KiB, and bigger pages
-            // cost less per row (a million rows: 220k/s, against 120k/s
-            // with the default 4 KiB). It applies to a new file only.
-            "PRAGMA page_size = 32768;
+            // 8 KiB pages: a resource is about 1 KiB. Measured on a million
+            // resources, a first step goes at ~265k/s against ~225k/s with
+            // 4 KiB pages, and a 1% delta takes 0.37 s against 0.88 s with
+            // 32 KiB pages (each changed row rewrites its page, twice with
+            // the journal). It applies to a new file only.
+            "PRAGMA page_size = 8192;
              PRAGMA journal_mode = DELETE;
              PRAGMA synchronous = NORMAL;
              PRAGMA cache_size = -32768;
