@@ -459,8 +459,11 @@ fn report_sync(done: &Synced, json: bool) -> u8 {
         );
     } else {
         println!(
-            "{} steps applied; the mirror holds {} resources as of {}",
-            done.steps.len(),
+            "{} applied; the mirror holds {} resources as of {}",
+            match done.steps.len() {
+                1 => "1 step".to_string(),
+                n => format!("{n} steps"),
+            },
             done.resources,
             done.cursor.as_deref().unwrap_or("nothing yet")
         );
