@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use bulk_export::domain::resource::compartment_patients;
+use bulk_export::domain::resource::{compartment_patients, group_member_ids};
 use bulk_export::sample::{generate, SampleConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -177,6 +177,112 @@ async fn view_definition_run_over_the_store_and_inline() {
         .unwrap();
     let oo = expect_outcome(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(oo.to_string().contains("$viewdefinition-export"), "{oo}");
+}
+
+/// The `id` column of an inline view's run over the store, for a
+/// `patient` or `group` parameter.
+async fn run_ids(app: &TestApp, view: &Value, source: Value) -> Vec<String> {
+    let params = json!([{"name": "viewResource", "resource": view}, source]);
+    let resp = run(app, "ViewDefinition/$viewdefinition-run", params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rows: Vec<Value> = resp.json().await.unwrap();
+    rows.iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs by patient and by Group read the compartments through the
+/// store's index: the current version must still be in the compartment
+/// (moved and deleted resources are not), and a resource in two members'
+/// compartments gives its row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_and_group_runs_read_the_compartments() {
+    let app = spawn_app(Options {
+        sample_patients: 6,
+        ..Default::default()
+    })
+    .await;
+    let data = sample(6);
+    let group: Value = app.get_json("Group/sample-cohort-1").await;
+    let members: Vec<String> = group_member_ids(&group);
+    assert!(members.len() >= 3, "{members:?}");
+    let (a, b, c) = (&members[0], &members[1], &members[2]);
+    let observations_of = |patient: &str| -> Vec<&Value> {
+        data.iter()
+            .filter(|r| r["resourceType"] == "Observation")
+            .filter(|r| {
+                compartment_patients("Observation", r)
+                    .iter()
+                    .any(|p| p == patient)
+            })
+            .collect()
+    };
+    let of_a = observations_of(a);
+    assert!(of_a.len() >= 2);
+    // One of A's Observations moves to C, another is deleted; a new one
+    // is A's and B's (subject and performer).
+    let mut moved = of_a[0].clone();
+    moved["subject"] = json!({"reference": format!("Patient/{c}")});
+    app.put(&moved).await;
+    let deleted = of_a[1]["id"].as_str().unwrap();
+    app.delete("Observation", deleted).await;
+    app.put(
+        &json!({"resourceType": "Observation", "id": "shared-obs", "status": "final",
+        "code": {"text": "shared"}, "subject": {"reference": format!("Patient/{a}")},
+        "performer": [{"reference": format!("Patient/{b}")}]}),
+    )
+    .await;
+
+    let view = json!({"resource": "Observation",
+        "select": [{"column": [{"name": "id", "path": "id"}]}]});
+    let ids_of = |patient: &str| -> BTreeSet<String> {
+        observations_of(patient)
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let moved_id = moved["id"].as_str().unwrap().to_string();
+
+    let got = run_ids(
+        &app,
+        &view,
+        json!({"name": "patient",
+        "valueReference": {"reference": format!("Patient/{a}")}}),
+    )
+    .await;
+    let mut want = ids_of(a);
+    want.remove(&moved_id);
+    want.remove(deleted);
+    want.insert("shared-obs".into());
+    assert_eq!(got.len(), want.len(), "a row per resource: {got:?}");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+
+    let got = run_ids(
+        &app,
+        &view,
+        json!({"name": "patient",
+        "valueReference": {"reference": format!("Patient/{c}")}}),
+    )
+    .await;
+    assert!(got.contains(&moved_id));
+
+    // The Group: every member's compartment, the shared one once, the
+    // deleted one not at all.
+    let got = run_ids(
+        &app,
+        &view,
+        json!({"name": "group",
+        "valueReference": {"reference": "Group/sample-cohort-1"}}),
+    )
+    .await;
+    let mut want: BTreeSet<String> = members.iter().flat_map(|m| ids_of(m)).collect();
+    want.remove(deleted);
+    want.insert("shared-obs".into());
+    assert_eq!(got.len(), want.len(), "a row per resource");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
 }
 
 /// Bad requests get a 4xx OperationOutcome that says what is wrong.

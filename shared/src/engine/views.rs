@@ -5,12 +5,12 @@ use super::{EngineConfig, JobDesk, Resources};
 use crate::ports::ResourceStore;
 use std::sync::Arc;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use serde_json::Value;
 
 use super::Caller;
-use crate::domain::resource::compartment_patients;
+use crate::domain::resource::{compartment_patients, Version};
 use crate::domain::Error;
 use crate::ports::{ScanPage, ShardScan};
 use fhir_query::view::{Row, View, ViewError};
@@ -149,21 +149,23 @@ impl Views {
                         ));
                     }
                 }
-                let patients = self.view_patients(patient, group).await?;
-                self.stored_rows(view, patients.as_ref(), limit, &mut rows)
-                    .await?;
+                match self.view_patients(patient, group).await? {
+                    Some(patients) => {
+                        self.compartment_rows(view, &patients, limit, &mut rows)
+                            .await?
+                    }
+                    None => self.stored_rows(view, limit, &mut rows).await?,
+                }
             }
         }
         Ok(rows)
     }
 
-    /// Adds to `rows` the view's rows of the store as of now: of every
-    /// current resource of its type, or of those in `patients`'
-    /// compartments.
+    /// Adds to `rows` the view's rows of every current resource of its
+    /// type in the store as of now.
     async fn stored_rows(
         &self,
         view: &View,
-        patients: Option<&BTreeSet<String>>,
         limit: usize,
         rows: &mut Vec<Row>,
     ) -> Result<(), Error> {
@@ -190,12 +192,63 @@ impl Views {
                             limit: page_size,
                         })
                         .await?;
-                    add_page_rows(view, &page, patients, limit, rows)?;
+                    add_page_rows(view, &page, limit, rows)?;
                     match page.items.last() {
                         Some(last) if page.more => after = Some(last.last_updated),
                         _ => break,
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to `rows` the view's rows of the resources in `patients`'
+    /// compartments as of now, read through the store's compartment index:
+    /// a patient-level run costs what the compartments hold, not a scan of
+    /// the type. A resource in several of the compartments gives its rows
+    /// once; rows come patient by patient, each compartment in id order.
+    async fn compartment_rows(
+        &self,
+        view: &View,
+        patients: &BTreeSet<String>,
+        limit: usize,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), Error> {
+        let t = view.resource_type.as_str();
+        let as_of = crate::domain::instant::to_micros(self.resources.snapshot().await?);
+        let mut seen = HashSet::new();
+        for patient in patients {
+            if t == "Patient" {
+                let current = self.resources.read_as_of(t, patient, as_of).await?;
+                if let Some(value) = current.as_ref().and_then(live_value).transpose()? {
+                    add_rows(view, limit, &value, rows)?;
+                }
+                continue;
+            }
+            let page_size = self.config.page_size;
+            let mut after: Option<String> = None;
+            loop {
+                let ids = self
+                    .resources
+                    .compartment_ids(patient, t, after.as_deref(), page_size)
+                    .await?;
+                let versions = self.resources.read_many_as_of(t, &ids, as_of).await?;
+                for version in &versions {
+                    let Some(value) = live_value(version).transpose()? else {
+                        continue;
+                    };
+                    // The index lists whatever ever referenced the
+                    // patient: the current version must still do so.
+                    let inside = compartment_patients(t, &value).iter().any(|p| p == patient);
+                    if inside && seen.insert(version.id.clone()) {
+                        add_rows(view, limit, &value, rows)?;
+                    }
+                }
+                if ids.len() < page_size {
+                    break;
+                }
+                after = ids.last().cloned();
             }
         }
         Ok(())
@@ -240,34 +293,25 @@ fn add_rows(view: &View, limit: usize, resource: &Value, rows: &mut Vec<Row>) ->
     Ok(())
 }
 
-/// Adds the rows of a page's resources, only of those in `patients`'
-/// compartments when it is given (a Patient is in its own).
+/// A current version's JSON; `None` for a deletion.
+fn live_value(version: &Version) -> Option<Result<Value, Error>> {
+    let body = version.body.as_deref().filter(|_| !version.deleted)?;
+    Some(serde_json::from_str(body).map_err(|_| Error::internal("a stored resource is not JSON")))
+}
+
+/// Adds the rows of a page's resources.
 fn add_page_rows(
     view: &View,
     page: &ScanPage,
-    patients: Option<&BTreeSet<String>>,
     limit: usize,
     rows: &mut Vec<Row>,
 ) -> Result<(), Error> {
-    let t = &view.resource_type;
     for item in &page.items {
         let Some(body) = page.body(item) else {
             continue;
         };
         let value: Value = serde_json::from_str(body)
             .map_err(|_| Error::internal("a stored resource is not JSON"))?;
-        if let Some(set) = patients {
-            let inside = if t == "Patient" {
-                set.contains(page.id(item))
-            } else {
-                compartment_patients(t, &value)
-                    .iter()
-                    .any(|p| set.contains(p))
-            };
-            if !inside {
-                continue;
-            }
-        }
         add_rows(view, limit, &value, rows)?;
     }
     Ok(())
