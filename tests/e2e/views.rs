@@ -167,16 +167,38 @@ async fn view_definition_run_over_the_store_and_inline() {
         .collect();
     assert!(!members.is_empty());
     assert_eq!(got, members);
+}
 
-    // More rows than the limit: a 422 that points to the export.
-    let resp = app
-        .client
-        .get(app.url("ViewDefinition/patients/$viewdefinition-run?_limit=2"))
-        .send()
-        .await
-        .unwrap();
-    let oo = expect_outcome(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
-    assert!(oo.to_string().contains("$viewdefinition-export"), "{oo}");
+/// `_limit` caps the rows returned; with no `_limit` within the server's
+/// row limit, more rows than that limit is a 422 that points to the
+/// export rather than a silently cut answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_cuts_the_rows_and_the_server_limit_refuses() {
+    let app = spawn_app(Options {
+        sample_patients: 6,
+        tune: Box::new(|c| c.engine.view_run_row_limit = 4),
+        ..Default::default()
+    })
+    .await;
+    app.put(&patients_view()).await;
+    let rows = |query: &'static str| {
+        let url = app.url(&format!(
+            "ViewDefinition/patients/$viewdefinition-run?{query}"
+        ));
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    for (query, want) in [("_limit=1", 1), ("_limit=2", 2), ("_limit=4", 4)] {
+        let resp = rows(query).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let got: Vec<Value> = resp.json().await.unwrap();
+        assert_eq!(got.len(), want, "{query}");
+    }
+    // No _limit, or one past the server's limit: six rows are too many.
+    for query in ["", "_limit=5"] {
+        let oo = expect_outcome(rows(query).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert!(oo.to_string().contains("$viewdefinition-export"), "{oo}");
+    }
 }
 
 /// The `id` column of an inline view's run over the store, for a

@@ -117,8 +117,9 @@ impl Views {
         })
     }
 
-    /// The view's rows; more than `limit` (at most the configured limit)
-    /// is a 422 that points to `$viewdefinition-export`.
+    /// The view's rows: at most `limit` (`_limit`) when it is given and
+    /// within the server's row limit; otherwise more rows than the
+    /// server's limit is a 422 that points to `$viewdefinition-export`.
     pub async fn run_view(
         &self,
         caller: &Caller,
@@ -132,13 +133,13 @@ impl Views {
                 "The access token's scopes do not permit reading {t}"
             )));
         }
-        let max = self.config.view_run_row_limit;
-        let limit = limit.map_or(max, |l| l.min(max));
-        let mut rows = Vec::new();
+        let mut rows = Collector::new(limit, self.config.view_run_row_limit);
         match source {
             ViewSource::Inline(resources) => {
                 for r in &resources {
-                    add_rows(view, limit, r, &mut rows)?;
+                    if !rows.add(view, r)? {
+                        break;
+                    }
                 }
             }
             ViewSource::Store { patient, group } => {
@@ -150,25 +151,17 @@ impl Views {
                     }
                 }
                 match self.view_patients(patient, group).await? {
-                    Some(patients) => {
-                        self.compartment_rows(view, &patients, limit, &mut rows)
-                            .await?
-                    }
-                    None => self.stored_rows(view, limit, &mut rows).await?,
+                    Some(patients) => self.compartment_rows(view, &patients, &mut rows).await?,
+                    None => self.stored_rows(view, &mut rows).await?,
                 }
             }
         }
-        Ok(rows)
+        Ok(rows.rows)
     }
 
     /// Adds to `rows` the view's rows of every current resource of its
     /// type in the store as of now.
-    async fn stored_rows(
-        &self,
-        view: &View,
-        limit: usize,
-        rows: &mut Vec<Row>,
-    ) -> Result<(), Error> {
+    async fn stored_rows(&self, view: &View, rows: &mut Collector) -> Result<(), Error> {
         let t = &view.resource_type;
         let as_of = crate::domain::instant::to_micros(self.resources.snapshot().await?);
         let segments = self
@@ -192,7 +185,9 @@ impl Views {
                             limit: page_size,
                         })
                         .await?;
-                    add_page_rows(view, &page, limit, rows)?;
+                    if !add_page_rows(view, &page, rows)? {
+                        return Ok(());
+                    }
                     match page.items.last() {
                         Some(last) if page.more => after = Some(last.last_updated),
                         _ => break,
@@ -212,8 +207,7 @@ impl Views {
         &self,
         view: &View,
         patients: &BTreeSet<String>,
-        limit: usize,
-        rows: &mut Vec<Row>,
+        rows: &mut Collector,
     ) -> Result<(), Error> {
         let t = view.resource_type.as_str();
         let as_of = crate::domain::instant::to_micros(self.resources.snapshot().await?);
@@ -222,7 +216,9 @@ impl Views {
             if t == "Patient" {
                 let current = self.resources.read_as_of(t, patient, as_of).await?;
                 if let Some(value) = current.as_ref().and_then(live_value).transpose()? {
-                    add_rows(view, limit, &value, rows)?;
+                    if !rows.add(view, &value)? {
+                        return Ok(());
+                    }
                 }
                 continue;
             }
@@ -241,8 +237,8 @@ impl Views {
                     // The index lists whatever ever referenced the
                     // patient: the current version must still do so.
                     let inside = compartment_patients(t, &value).iter().any(|p| p == patient);
-                    if inside && seen.insert(version.id.clone()) {
-                        add_rows(view, limit, &value, rows)?;
+                    if inside && seen.insert(version.id.clone()) && !rows.add(view, &value)? {
+                        return Ok(());
                     }
                 }
                 if ids.len() < page_size {
@@ -280,17 +276,42 @@ impl Views {
     }
 }
 
-/// Adds a resource's rows; more than `limit` ends the run with a 422 that
-/// points to `$viewdefinition-export`.
-fn add_rows(view: &View, limit: usize, resource: &Value, rows: &mut Vec<Row>) -> Result<(), Error> {
-    rows.extend(view.rows(resource).map_err(view_error)?);
-    if rows.len() > limit {
-        return Err(Error::too_costly(format!(
-            "The view gives more than {limit} rows, more than $viewdefinition-run returns; \
-             use $viewdefinition-export, which writes them to files"
-        )));
+/// The rows of a run as they are collected.
+struct Collector {
+    rows: Vec<Row>,
+    /// `_limit`, when it is within the server's limit: rows past it are
+    /// left out.
+    wanted: Option<usize>,
+    /// The server's limit: past it (with no `_limit` within it) a 422.
+    cap: usize,
+}
+
+impl Collector {
+    fn new(wanted: Option<usize>, cap: usize) -> Self {
+        Collector {
+            rows: Vec::new(),
+            wanted: wanted.filter(|w| *w <= cap),
+            cap,
+        }
     }
-    Ok(())
+
+    /// Adds a resource's rows; false once `_limit` rows are in, when no
+    /// more are wanted.
+    fn add(&mut self, view: &View, resource: &Value) -> Result<bool, Error> {
+        self.rows.extend(view.rows(resource).map_err(view_error)?);
+        if let Some(wanted) = self.wanted {
+            self.rows.truncate(wanted);
+            return Ok(self.rows.len() < wanted);
+        }
+        if self.rows.len() > self.cap {
+            return Err(Error::too_costly(format!(
+                "The view gives more than {} rows, more than $viewdefinition-run returns; \
+                 use $viewdefinition-export, which writes them to files",
+                self.cap
+            )));
+        }
+        Ok(true)
+    }
 }
 
 /// A current version's JSON; `None` for a deletion.
@@ -299,20 +320,17 @@ fn live_value(version: &Version) -> Option<Result<Value, Error>> {
     Some(serde_json::from_str(body).map_err(|_| Error::internal("a stored resource is not JSON")))
 }
 
-/// Adds the rows of a page's resources.
-fn add_page_rows(
-    view: &View,
-    page: &ScanPage,
-    limit: usize,
-    rows: &mut Vec<Row>,
-) -> Result<(), Error> {
+/// Adds the rows of a page's resources; false once no more are wanted.
+fn add_page_rows(view: &View, page: &ScanPage, rows: &mut Collector) -> Result<bool, Error> {
     for item in &page.items {
         let Some(body) = page.body(item) else {
             continue;
         };
         let value: Value = serde_json::from_str(body)
             .map_err(|_| Error::internal("a stored resource is not JSON"))?;
-        add_rows(view, limit, &value, rows)?;
+        if !rows.add(view, &value)? {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
