@@ -307,6 +307,53 @@ async fn patient_and_group_runs_read_the_compartments() {
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
 }
 
+/// A view written with the wider FHIRPath (string functions, conversions,
+/// `iif` and date arithmetic) runs and gives the rows those functions
+/// compute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_with_substring_to_integer_iif_and_date_arithmetic() {
+    let app = spawn_app(Options::default()).await;
+    let view = json!({"resource": "Patient", "select": [{"column": [
+        {"name": "id", "path": "id"},
+        {"name": "birth_year", "path": "birthDate.substring(0, 4).toInteger()", "type": "integer"},
+        {"name": "sex", "path": "iif(gender = 'female', 'F', iif(gender = 'male', 'M', 'U'))"},
+        {"name": "adult_on", "path": "birthDate + 18 years", "type": "date"},
+        {"name": "mrn_number", "path": "identifier.where(system = 'urn:mrn').value.replace('MRN-', '').toInteger()", "type": "integer"},
+        {"name": "follow_up", "path": "(%resource.meta.lastUpdated + 7 days).toString().substring(0, 10)"}]}]});
+    let patient = |id: &str, gender: &str, born: &str, mrn: &str| {
+        json!({"name": "resource", "resource": {"resourceType": "Patient", "id": id,
+            "gender": gender, "birthDate": born,
+            "meta": {"lastUpdated": "2026-12-30T10:00:00.000+00:00"},
+            "identifier": [{"system": "urn:mrn", "value": mrn}]}})
+    };
+    let resp = run(
+        &app,
+        "ViewDefinition/$viewdefinition-run",
+        json!([{"name": "viewResource", "resource": view},
+               patient("a", "female", "1990-02-28", "MRN-0042"),
+               patient("b", "male", "2008-12-31", "MRN-7"),
+               patient("c", "unknown", "2000-02-29", "not a number")]),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rows: Value = resp.json().await.unwrap();
+    assert_eq!(
+        rows,
+        json!([
+            {"id": "a", "birth_year": 1990, "sex": "F", "adult_on": "2008-02-28",
+             "mrn_number": 42, "follow_up": "2027-01-06"},
+            {"id": "b", "birth_year": 2008, "sex": "M", "adult_on": "2026-12-31",
+             "mrn_number": 7, "follow_up": "2027-01-06"},
+            // 29 February plus 18 years is 28 February; a value that is not
+            // a number converts to nothing.
+            {"id": "c", "birth_year": 2000, "sex": "U", "adult_on": "2018-02-28",
+             "mrn_number": null, "follow_up": "2027-01-06"}
+        ])
+    );
+}
+
 /// Bad requests get a 4xx OperationOutcome that says what is wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_view_runs_get_4xx_outcomes() {

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::decimal;
 use super::parse::{BinOp, Expr, TypeOp};
+use super::{decimal, quantity};
 
 /// One element of a collection.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +43,7 @@ impl<'a> Item<'a> {
         }
     }
 
-    fn owned(value: Value, type_name: &'static str) -> Self {
+    pub(super) fn owned(value: Value, type_name: &'static str) -> Self {
         Item {
             value: Cow::Owned(value),
             type_name: Some(Cow::Borrowed(type_name)),
@@ -90,7 +90,8 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
         Expr::Int(i) => vec![Item::owned(Value::from(*i), "Integer")],
         Expr::Dec(d) => vec![Item::owned(Value::Number(d.clone()), "Decimal")],
         Expr::Bool(b) => vec![Item::owned(Value::Bool(*b), "Boolean")],
-        Expr::DateTime(d) => vec![Item::owned(Value::String(d.clone()), "DateTime")],
+        Expr::DateTime(d) => vec![temporal_literal(d)],
+        Expr::Quantity(n, unit) => vec![Item::owned(quantity::literal(n, unit), "Quantity")],
         Expr::This => focus.to_vec(),
         Expr::Variable(name) => match name.as_str() {
             "resource" | "context" | "rootResource" => vec![Item::node(env.resource, None)],
@@ -147,7 +148,7 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
                 Some(t) => evaluate(t, focus, env)?,
                 None => focus.to_vec(),
             };
-            super::functions::call(name, input, args, env)?
+            super::functions::call(name, input, args, focus, env)?
         }
     })
 }
@@ -253,6 +254,22 @@ fn type_op<'a>(items: Vec<Item<'a>>, op: TypeOp, t: &str) -> Out<'a> {
         },
         TypeOp::As => Ok(items.into_iter().filter(|i| is_type(i, t)).collect()),
     }
+}
+
+/// `@2015-02-04` is a Date, `@2015-02-04T14:34` (or `@2015T`) a DateTime
+/// and `@T14:34` a Time; the value is the text without `@` and a time's
+/// leading or a bare trailing `T`.
+fn temporal_literal<'a>(text: &str) -> Item<'a> {
+    let (value, type_name) = if let Some(time) = text.strip_prefix('T') {
+        (time, "Time")
+    } else if let Some(date) = text.strip_suffix('T') {
+        (date, "DateTime")
+    } else if text.contains('T') {
+        (text, "DateTime")
+    } else {
+        (text, "Date")
+    };
+    Item::owned(Value::String(value.to_string()), type_name)
 }
 
 pub fn bool_item<'a>(b: bool) -> Item<'a> {
@@ -374,6 +391,19 @@ fn equality<'a>(left: &[Item<'a>], op: BinOp, right: &[Item<'a>]) -> Vec<Item<'a
 
 /// Item by item: the first pair not equal decides (`false`, or unknown).
 fn pairwise_equal(left: &[Item], right: &[Item], equivalent: bool) -> Option<bool> {
+    if equivalent {
+        // Equivalence ignores order: each item matches one of the other side.
+        let mut unused: Vec<&Item> = right.iter().collect();
+        for a in left {
+            match unused.iter().position(|b| equivalent_items(a, b)) {
+                Some(at) => {
+                    unused.swap_remove(at);
+                }
+                None => return Some(false),
+            }
+        }
+        return Some(true);
+    }
     let mut all = Some(true);
     for (a, b) in left.iter().zip(right) {
         let e = if equivalent {
@@ -425,6 +455,25 @@ fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
         ([], _) | (_, []) => return Ok(Vec::new()),
         _ => return Err(EvalError("arithmetic needs single items".into())),
     };
+    if b.type_of() == Some("Quantity") && matches!(op, BinOp::Add | BinOp::Sub) {
+        let Some(text) = a.value.as_str() else {
+            return Err(EvalError("only dates and times add a quantity".into()));
+        };
+        // An element's type is not known (no model): a date's or
+        // dateTime's text is taken for what it looks like.
+        let type_name = match a.type_of() {
+            Some("Date") => "Date",
+            Some("Time") => "Time",
+            Some(_) => "DateTime",
+            None if text.contains('T') => "DateTime",
+            None => "Date",
+        };
+        let sign = if op == BinOp::Add { 1 } else { -1 };
+        return Ok(quantity::shift(text, type_name, &b.value, sign)
+            .map(|s| Item::owned(Value::String(s), type_name))
+            .into_iter()
+            .collect());
+    }
     if let (BinOp::Add, Some(x), Some(y)) = (op, a.value.as_str(), b.value.as_str()) {
         return Ok(vec![Item::owned(
             Value::String(format!("{x}{y}")),
@@ -471,6 +520,12 @@ fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
 /// `=` on two items: `None` when it cannot be decided (dates of different
 /// precision).
 pub fn equal(a: &Item, b: &Item) -> Option<bool> {
+    if a.type_of() == Some("Quantity") && b.type_of() == Some("Quantity") {
+        return quantity::compare(&a.value, &b.value).map(|o| o.is_eq());
+    }
+    if let Some(o) = instants(a, b) {
+        return Some(o.is_eq());
+    }
     match (a.value.as_ref(), b.value.as_ref()) {
         (Value::Number(x), Value::Number(y)) => Some(x == y || compare_numbers(x, y)?.is_eq()),
         (Value::String(x), Value::String(y)) if is_temporal(a) || is_temporal(b) => {
@@ -496,7 +551,20 @@ fn equivalent_items(a: &Item, b: &Item) -> bool {
             };
             norm(x) == norm(y)
         }
-        _ => equal(a, b).unwrap_or(false),
+        _ => match (a.value.as_ref(), b.value.as_ref()) {
+            // Decimals are equivalent to the precision of the less precise.
+            (Value::Number(x), Value::Number(y)) => {
+                let (Some(x), Some(y)) = (decimal::decimal(x), decimal::decimal(y)) else {
+                    return false;
+                };
+                let digits = decimal::scale(&x).min(decimal::scale(&y));
+                let round = |d: &bigdecimal::BigDecimal| {
+                    d.with_scale_round(digits, bigdecimal::RoundingMode::HalfUp)
+                };
+                round(&x) == round(&y)
+            }
+            _ => equal(a, b).unwrap_or(false),
+        },
     }
 }
 
@@ -523,6 +591,12 @@ fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Option<std
 
 /// Order of two single items (numbers, or strings and dates as text).
 pub fn compare(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
+    if a.type_of() == Some("Quantity") && b.type_of() == Some("Quantity") {
+        return quantity::compare(&a.value, &b.value);
+    }
+    if let Some(o) = instants(a, b) {
+        return Some(o);
+    }
     match (a.value.as_ref(), b.value.as_ref()) {
         (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => {
@@ -537,4 +611,15 @@ pub fn compare(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
         }
         _ => None,
     }
+}
+
+/// Two dateTimes to the second with time zones, as instants: their order
+/// across offsets. `None` for anything else (compared as text, to the
+/// precision both have).
+fn instants(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
+    if !(is_temporal(a) && is_temporal(b)) {
+        return None;
+    }
+    let (x, y) = (a.value.as_str()?, b.value.as_str()?);
+    Some(quantity::instant(x)?.cmp(&quantity::instant(y)?))
 }

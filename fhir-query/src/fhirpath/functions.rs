@@ -1,18 +1,20 @@
-//! The FHIRPath functions this service evaluates: those the R4 search
-//! parameters use, the common collection functions, and the SQL on FHIR
-//! additions (`getResourceKey`, `getReferenceKey`).
+//! The FHIRPath functions: `call` dispatches every one. The existence,
+//! filtering, subsetting and type functions, `iif`, `extension`, the
+//! utility and tree functions and the SQL on FHIR additions
+//! (`getResourceKey`, `getReferenceKey`) are here; conversions, strings,
+//! math, set operations and boundaries have their own modules.
 
 use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::decimal;
 use super::eval::{as_bool, bool_item, equal, evaluate, field, is_type, Env, EvalError, Item};
 use super::parse::Expr;
+use super::{boundaries, conversions, math, sets, text};
 
-type Out<'a> = Result<Vec<Item<'a>>, EvalError>;
+pub(super) type Out<'a> = Result<Vec<Item<'a>>, EvalError>;
 
-fn arity(name: &str, args: &[Expr], allowed: &[usize]) -> Result<(), EvalError> {
+pub(super) fn arity(name: &str, args: &[Expr], allowed: &[usize]) -> Result<(), EvalError> {
     if allowed.contains(&args.len()) {
         Ok(())
     } else {
@@ -37,7 +39,7 @@ fn type_arg(name: &str, args: &[Expr]) -> Result<String, EvalError> {
         .ok_or_else(|| EvalError(format!("{name}() takes a type name")))
 }
 
-fn string_arg(
+pub(super) fn string_arg(
     name: &str,
     arg: Option<&Expr>,
     input: &[Item<'_>],
@@ -56,7 +58,12 @@ fn string_arg(
     }
 }
 
-fn int_arg(name: &str, arg: &Expr, input: &[Item<'_>], env: &Env<'_>) -> Result<i64, EvalError> {
+pub(super) fn int_arg(
+    name: &str,
+    arg: &Expr,
+    input: &[Item<'_>],
+    env: &Env<'_>,
+) -> Result<i64, EvalError> {
     match evaluate(arg, input, env)?.as_slice() {
         [one] => one
             .value
@@ -66,7 +73,7 @@ fn int_arg(name: &str, arg: &Expr, input: &[Item<'_>], env: &Env<'_>) -> Result<
     }
 }
 
-fn text_item<'a>(s: String) -> Item<'a> {
+pub(super) fn text_item<'a>(s: String) -> Item<'a> {
     Item {
         value: Cow::Owned(Value::String(s)),
         type_name: Some(Cow::Borrowed("String")),
@@ -74,7 +81,7 @@ fn text_item<'a>(s: String) -> Item<'a> {
 }
 
 /// Each item evaluated on its own (the focus and `$this` of `where`...).
-fn per_item<'a>(item: &Item<'a>, e: &Expr, env: &Env<'a>) -> Out<'a> {
+pub(super) fn per_item<'a>(item: &Item<'a>, e: &Expr, env: &Env<'a>) -> Out<'a> {
     evaluate(e, std::slice::from_ref(item), env)
 }
 
@@ -120,9 +127,45 @@ pub const SUPPORTED: &[&str] = &[
     "getReferenceKey",
 ];
 
+/// Whether `call` knows the function `name`.
+pub fn is_supported(name: &str) -> bool {
+    [
+        SUPPORTED,
+        conversions::NAMES,
+        text::NAMES,
+        math::NAMES,
+        sets::NAMES,
+        MORE,
+    ]
+    .iter()
+    .any(|names| names.contains(&name))
+}
+
+/// The utility and tree functions below `call`.
+const MORE: &[&str] = &[
+    "now",
+    "today",
+    "timeOfDay",
+    "trace",
+    "children",
+    "descendants",
+    "repeat",
+    "precision",
+    "type",
+];
+
 /// Evaluates the function `name` on `input`: each family of functions (the
 /// FHIRPath specification's sections) is its own helper.
-pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+/// `context` is the focus the call was made on: the functions that are
+/// not lambdas (`where`, `select`...) evaluate their arguments on it, so
+/// that `name.given.combine(name.family)` finds the family names.
+pub fn call<'a>(
+    name: &str,
+    input: Vec<Item<'a>>,
+    args: &[Expr],
+    context: &[Item<'a>],
+    env: &Env<'a>,
+) -> Out<'a> {
     match name {
         "where" | "select" => filtering(name, input, args, env),
         "exists" | "all" => with_criteria(name, input, args, env),
@@ -136,16 +179,28 @@ pub fn call<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) 
         "resolve" => Ok(resolve(&input)),
         "extension" => extension(input, args, env),
         "join" | "toString" => string_conversion(name, input, args, env),
-        "lower" | "upper" | "length" | "startsWith" | "endsWith" | "contains" | "matches" => {
+        "lower" | "upper" | "length" | "startsWith" | "endsWith" | "contains" => {
             strings(name, input, args, env)
         }
-        "lowBoundary" | "highBoundary" => Ok(boundaries(name, &input)),
+        "lowBoundary" | "highBoundary" => boundaries::call(name, &input, args, context, env),
         "getResourceKey" | "getReferenceKey" => keys(name, input, args),
+        "now" | "today" | "timeOfDay" => Ok(vec![clock(name)]),
+        // trace(name[, projection]) logs in other engines; here it only
+        // passes its input on.
+        "trace" => Ok(input),
+        "children" | "descendants" => Ok(tree(name, &input)),
+        "repeat" => repeat(input, args, env),
+        "precision" => Ok(boundaries::precision(&input)),
+        "type" => Ok(input.iter().filter_map(type_info).collect()),
+        n if conversions::NAMES.contains(&n) => conversions::call(n, input, args),
+        n if text::NAMES.contains(&n) => text::call(n, input, args, context, env),
+        n if math::NAMES.contains(&n) => math::call(n, input, args, context, env),
+        n if sets::NAMES.contains(&n) => sets::call(n, input, args, context, env),
         other => Err(unsupported(other)),
     }
 }
 
-fn unsupported(name: &str) -> EvalError {
+pub(super) fn unsupported(name: &str) -> EvalError {
     EvalError(format!("the function {name}() is not supported"))
 }
 
@@ -248,7 +303,7 @@ fn existence<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
     })
 }
 
-fn integer_item<'a>(n: usize) -> Item<'a> {
+pub(super) fn integer_item<'a>(n: usize) -> Item<'a> {
     Item {
         value: Cow::Owned(Value::from(n)),
         type_name: Some(Cow::Borrowed("Integer")),
@@ -280,7 +335,7 @@ fn subsetting<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>
 }
 
 /// The items without repeats (by FHIRPath equality), first occurrence kept.
-fn distinct(input: Vec<Item<'_>>) -> Vec<Item<'_>> {
+pub(super) fn distinct(input: Vec<Item<'_>>) -> Vec<Item<'_>> {
     let mut out: Vec<Item> = Vec::new();
     for i in input {
         if !out.iter().any(|o| equal(o, &i) == Some(true)) {
@@ -377,12 +432,7 @@ fn string_conversion<'a>(
         "toString" => input
             .iter()
             .take(1)
-            .filter_map(|i| match i.value.as_ref() {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            })
+            .filter_map(conversions::to_string)
             .map(text_item)
             .collect(),
         other => return Err(unsupported(other)),
@@ -390,7 +440,6 @@ fn string_conversion<'a>(
 }
 
 /// The string functions on the first item (empty when it is not a string).
-/// `matches` is accepted but yields nothing: no regular expressions here.
 fn strings<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
     let Some(s) = input
         .first()
@@ -408,20 +457,6 @@ fn strings<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -
         ("contains", Some(a)) => vec![bool_item(s.contains(&a))],
         _ => Vec::new(),
     })
-}
-
-/// `lowBoundary` and `highBoundary` of the first item.
-fn boundaries<'a>(name: &str, input: &[Item<'a>]) -> Vec<Item<'a>> {
-    let high = name == "highBoundary";
-    input
-        .iter()
-        .take(1)
-        .filter_map(|i| boundary(i, high))
-        .map(|(v, t)| Item {
-            value: Cow::Owned(v),
-            type_name: Some(Cow::Borrowed(t)),
-        })
-        .collect()
 }
 
 /// SQL on FHIR: a resource's key, and the key a reference points at (if it
@@ -475,102 +510,97 @@ pub fn reference_parts(reference: &Value) -> Option<(String, String)> {
     }
 }
 
-/// The least or greatest value an imprecise value may stand for: a decimal
-/// by half its last digit, a date, dateTime or time filled out (a dateTime
-/// without a zone at the widest zones, +14:00 and -12:00).
-fn boundary(item: &Item<'_>, high: bool) -> Option<(Value, &'static str)> {
-    match item.value.as_ref() {
-        Value::Number(n) => {
-            let d = decimal::decimal(n)?;
-            let half = decimal::half_ulp(&d);
-            let v = if high { d + half } else { d - half };
-            Some((decimal::number(&v), "Decimal"))
-        }
-        Value::String(s) => {
-            let kind = item.type_of().map(str::to_ascii_lowercase);
-            match kind.as_deref() {
-                Some("time") => Some((Value::String(time_boundary(s, high)?), "Time")),
-                Some("datetime") | Some("instant") => {
-                    Some((Value::String(datetime_boundary(s, high)?), "DateTime"))
+/// `now()`, `today()` and `timeOfDay()`, from the clock.
+fn clock<'a>(name: &str) -> Item<'a> {
+    let now = chrono::Utc::now();
+    let (text, type_name) = match name {
+        "today" => (now.format("%Y-%m-%d").to_string(), "Date"),
+        "timeOfDay" => (now.format("%H:%M:%S%.3f").to_string(), "Time"),
+        _ => (now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(), "DateTime"),
+    };
+    Item::owned(Value::String(text), type_name)
+}
+
+/// `children()`: every element's values; `descendants()`: theirs too,
+/// all the way down.
+fn tree<'a>(name: &str, input: &[Item<'a>]) -> Vec<Item<'a>> {
+    fn children<'a>(item: &Item<'a>) -> Vec<Item<'a>> {
+        let Cow::Borrowed(Value::Object(map)) = item.value else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(k, _)| k.as_str() != "resourceType")
+            .flat_map(|(_, v)| match v {
+                Value::Array(items) => items.iter().map(Item::of).collect(),
+                v => vec![Item::of(v)],
+            })
+            .collect()
+    }
+    let mut out = Vec::new();
+    let mut level: Vec<Item<'a>> = input.iter().flat_map(children).collect();
+    while !level.is_empty() {
+        let next: Vec<Item<'a>> = if name == "descendants" {
+            level.iter().flat_map(children).collect()
+        } else {
+            Vec::new()
+        };
+        out.extend(level);
+        level = next;
+    }
+    out
+}
+
+/// `repeat(projection)`: the projection of the input, then of its result,
+/// and so on until nothing new comes (items compared by equality).
+fn repeat<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
+    arity("repeat", args, &[1])?;
+    let mut out: Vec<Item<'a>> = Vec::new();
+    let mut level = input;
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for item in &level {
+            for found in per_item(item, &args[0], env)? {
+                if !out.iter().any(|o| equal(o, &found) == Some(true)) {
+                    out.push(found.clone());
+                    next.push(found);
                 }
-                Some("date") => Some((Value::String(date_boundary(s, high)?), "Date")),
-                Some(_) => None,
-                None if s.contains('T') => {
-                    Some((Value::String(datetime_boundary(s, high)?), "DateTime"))
-                }
-                None if s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) => {
-                    Some((Value::String(date_boundary(s, high)?), "Date"))
-                }
-                None => Some((Value::String(time_boundary(s, high)?), "Time")),
             }
         }
-        _ => None,
+        level = next;
+    }
+    Ok(out)
+}
+
+/// A number argument's exact value and whether it is an Integer; `None`
+/// when it is empty.
+pub(super) fn evaluate_number(
+    name: &str,
+    arg: &Expr,
+    input: &[Item<'_>],
+    env: &Env<'_>,
+) -> Result<Option<(bigdecimal::BigDecimal, bool)>, EvalError> {
+    match evaluate(arg, input, env)?.as_slice() {
+        [] => Ok(None),
+        [one] => math::number_of(one)
+            .map(Some)
+            .ok_or_else(|| EvalError(format!("{name}() takes a number"))),
+        _ => Err(EvalError(format!("{name}() takes a single number"))),
     }
 }
 
-fn date_boundary(s: &str, high: bool) -> Option<String> {
-    let mut parts = s.split('-');
-    let y: i32 = parts.next()?.parse().ok()?;
-    let m: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
-    let d: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
-    let m = m.unwrap_or(if high { 12 } else { 1 });
-    let d = match d {
-        Some(d) => d,
-        None if high => {
-            let next = if m == 12 {
-                chrono::NaiveDate::from_ymd_opt(y + 1, 1, 1)?
-            } else {
-                chrono::NaiveDate::from_ymd_opt(y, m + 1, 1)?
-            };
-            chrono::Datelike::day(&next.pred_opt()?)
-        }
-        None => 1,
+/// `type()`: a `{namespace, name}` for the items whose type is known (a
+/// resource, a literal or computed value); none for an element, whose FHIR
+/// type needs the model this evaluator does not have.
+fn type_info<'a>(item: &Item<'a>) -> Option<Item<'a>> {
+    const SYSTEM: &[&str] = &[
+        "Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity",
+    ];
+    let t = item.type_of()?;
+    let namespace = if SYSTEM.contains(&t) && field(&item.value, "resourceType").is_none() {
+        "System"
+    } else {
+        "FHIR"
     };
-    chrono::NaiveDate::from_ymd_opt(y, m, d)?;
-    Some(format!("{y:04}-{m:02}-{d:02}"))
-}
-
-fn time_boundary(s: &str, high: bool) -> Option<String> {
-    let (hms, frac) = match s.split_once('.') {
-        Some((a, f)) => (a, Some(f)),
-        None => (s, None),
-    };
-    let mut parts = hms.split(':');
-    let h: u32 = parts.next()?.parse().ok()?;
-    let m: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
-    let sec: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
-    if h > 23 {
-        return None;
-    }
-    let (fill_m, fill_s, fill_f) = if high { (59, 59, "999") } else { (0, 0, "000") };
-    let frac = match frac {
-        Some(f) => format!("{f:0<3}"),
-        None => fill_f.to_string(),
-    };
-    Some(format!(
-        "{h:02}:{:02}:{:02}.{frac}",
-        m.unwrap_or(fill_m),
-        sec.unwrap_or(fill_s)
-    ))
-}
-
-fn datetime_boundary(s: &str, high: bool) -> Option<String> {
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t)),
-        None => (s, None),
-    };
-    let date = date_boundary(date, high)?;
-    let (time, zone) = match time {
-        Some(t) => {
-            let cut = t.find(['Z', '+', '-']).unwrap_or(t.len());
-            (Some(&t[..cut]), Some(&t[cut..]).filter(|z| !z.is_empty()))
-        }
-        None => (None, None),
-    };
-    let time = match time.filter(|t| !t.is_empty()) {
-        Some(t) => time_boundary(t, high)?,
-        None => (if high { "23:59:59.999" } else { "00:00:00.000" }).to_string(),
-    };
-    let zone = zone.unwrap_or(if high { "-12:00" } else { "+14:00" });
-    Some(format!("{date}T{time}{zone}"))
+    let info = serde_json::json!({"namespace": namespace, "name": t});
+    Some(Item::owned(info, "TypeInfo"))
 }

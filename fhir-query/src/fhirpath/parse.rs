@@ -16,6 +16,8 @@ pub enum Expr {
     Bool(bool),
     /// `@2015-02-04T14:34:28Z` and the like, without the `@`.
     DateTime(String),
+    /// `4 'mg'`, `7 days`: a number and its unit.
+    Quantity(serde_json::Number, String),
     /// `$this`
     This,
     /// `%name`
@@ -62,7 +64,7 @@ impl Expr {
     pub fn root_elements(&self, out: &mut Vec<String>) -> bool {
         match self {
             Expr::Empty | Expr::Str(_) | Expr::Int(_) | Expr::Dec(_) | Expr::Bool(_) => true,
-            Expr::DateTime(_) => true,
+            Expr::DateTime(_) | Expr::Quantity(..) => true,
             Expr::Name(n) if n.starts_with(|c: char| c.is_ascii_lowercase()) => {
                 out.push(n.clone());
                 true
@@ -230,9 +232,19 @@ fn token(text: &str, i: usize) -> Result<(Tok, usize), ParseError> {
             (tok, next)
         }
         b'@' => {
-            let end = scan(b, i + 1, |c| {
-                c.is_ascii_alphanumeric() || matches!(c, b'-' | b':' | b'.' | b'+')
-            });
+            // Digits and the separators of a date, time or offset; a `.`
+            // only before a digit (fractional seconds), so that
+            // `@2015.is(Date)` ends the literal at `.is`.
+            let mut end = i + 1;
+            while end < b.len() {
+                let c = b[end];
+                let fraction = c == b'.' && b.get(end + 1).is_some_and(u8::is_ascii_digit);
+                if c.is_ascii_digit() || matches!(c, b'-' | b':' | b'+' | b'T' | b'Z') || fraction {
+                    end += 1;
+                } else {
+                    break;
+                }
+            }
             (Tok::DateTime(text[i + 1..end].to_string()), end)
         }
         b'$' => {
@@ -557,12 +569,30 @@ impl Parser {
                 Expr::Empty
             }
             Tok::Str(s) => Expr::Str(s),
-            Tok::Num(n) => match n.parse::<i64>() {
-                Ok(i) if !n.contains('.') => Expr::Int(i),
-                _ => {
-                    Expr::Dec(super::decimal::literal(&n).ok_or_else(|| self.error("bad number"))?)
+            Tok::Num(n) => {
+                // A unit after a number makes it a Quantity.
+                let unit = match self.peek() {
+                    Some(Tok::Str(u)) => Some(u.clone()),
+                    Some(Tok::Ident(w))
+                        if super::conversions::CALENDAR_UNITS.contains(&w.as_str()) =>
+                    {
+                        Some(w.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(unit) = unit {
+                    self.pos += 1;
+                    let value =
+                        super::decimal::literal(&n).ok_or_else(|| self.error("bad number"))?;
+                    return Ok((Expr::Quantity(value, unit), 1));
                 }
-            },
+                match n.parse::<i64>() {
+                    Ok(i) if !n.contains('.') => Expr::Int(i),
+                    _ => Expr::Dec(
+                        super::decimal::literal(&n).ok_or_else(|| self.error("bad number"))?,
+                    ),
+                }
+            }
             Tok::DateTime(d) => Expr::DateTime(d),
             Tok::Special(s) if s == "$this" => Expr::This,
             Tok::Special(s) => Expr::Variable(s),
