@@ -367,7 +367,9 @@ async fn malformed_view_exports_get_4xx_outcomes() {
             StatusCode::BAD_REQUEST,
         ),
         (
-            body(json!([column("name.aggregate($this)")])),
+            body(json!([column(
+                "conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')"
+            )])),
             StatusCode::BAD_REQUEST,
         ),
         (

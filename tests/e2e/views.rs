@@ -382,7 +382,9 @@ async fn malformed_view_runs_get_4xx_outcomes() {
             StatusCode::BAD_REQUEST,
         ),
         (
-            view(column("name.aggregate($this)")),
+            view(column(
+                "conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')",
+            )),
             StatusCode::BAD_REQUEST,
         ),
         (view(column("name.given")), StatusCode::BAD_REQUEST),

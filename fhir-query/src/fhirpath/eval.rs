@@ -81,6 +81,23 @@ pub struct Env<'a> {
     pub variables: &'a HashMap<String, Vec<Item<'a>>>,
     /// `%rowIndex` (SQL on FHIR): the focus's index in its iteration.
     pub row_index: i64,
+    /// `$index` inside `where`, `select`... and `aggregate`.
+    pub index: Option<i64>,
+    /// `$total` inside `aggregate`.
+    pub total: Option<Vec<Item<'a>>>,
+}
+
+impl<'a> Env<'a> {
+    /// The same, with `$index` (and `$total`) of one step of an iteration.
+    pub fn at(&self, index: usize, total: Option<Vec<Item<'a>>>) -> Env<'a> {
+        Env {
+            resource: self.resource,
+            variables: self.variables,
+            row_index: self.row_index,
+            index: Some(index as i64),
+            total,
+        }
+    }
 }
 
 pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
@@ -100,6 +117,12 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Out<'a> {
                 "String",
             )],
             "rowIndex" => vec![Item::owned(Value::from(env.row_index), "Integer")],
+            "$index" => env
+                .index
+                .map(|i| Item::owned(Value::from(i), "Integer"))
+                .into_iter()
+                .collect(),
+            "$total" => env.total.clone().unwrap_or_default(),
             "sct" => vec![Item::owned(
                 Value::String("http://snomed.info/sct".into()),
                 "String",

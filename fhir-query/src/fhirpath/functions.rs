@@ -152,6 +152,7 @@ const MORE: &[&str] = &[
     "repeat",
     "precision",
     "type",
+    "aggregate",
 ];
 
 /// Evaluates the function `name` on `input`: each family of functions (the
@@ -192,6 +193,7 @@ pub fn call<'a>(
         "repeat" => repeat(input, args, env),
         "precision" => Ok(boundaries::precision(&input)),
         "type" => Ok(input.iter().filter_map(type_info).collect()),
+        "aggregate" => aggregate(input, args, context, env),
         n if conversions::NAMES.contains(&n) => conversions::call(n, input, args),
         n if text::NAMES.contains(&n) => text::call(n, input, args, context, env),
         n if math::NAMES.contains(&n) => math::call(n, input, args, context, env),
@@ -215,15 +217,15 @@ fn filtering<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>)
     let mut out = Vec::new();
     match name {
         "where" => {
-            for item in input {
-                if holds(&item, &args[0], env)? {
+            for (i, item) in input.into_iter().enumerate() {
+                if holds(&item, &args[0], &env.at(i, None))? {
                     out.push(item);
                 }
             }
         }
         "select" => {
-            for item in &input {
-                out.extend(per_item(item, &args[0], env)?);
+            for (i, item) in input.iter().enumerate() {
+                out.extend(per_item(item, &args[0], &env.at(i, None))?);
             }
         }
         other => return Err(unsupported(other)),
@@ -603,4 +605,24 @@ fn type_info<'a>(item: &Item<'a>) -> Option<Item<'a>> {
     };
     let info = serde_json::json!({"namespace": namespace, "name": t});
     Some(Item::owned(info, "TypeInfo"))
+}
+
+/// `aggregate(aggregator[, init])`: `$total` starts as `init` (evaluated on
+/// the call's focus) and becomes the aggregator's value on each item in
+/// turn, with `$this` the item and `$index` its position.
+fn aggregate<'a>(
+    input: Vec<Item<'a>>,
+    args: &[Expr],
+    context: &[Item<'a>],
+    env: &Env<'a>,
+) -> Out<'a> {
+    arity("aggregate", args, &[1, 2])?;
+    let mut total = match args.get(1) {
+        Some(init) => evaluate(init, context, env)?,
+        None => Vec::new(),
+    };
+    for (i, item) in input.iter().enumerate() {
+        total = per_item(item, &args[0], &env.at(i, Some(total)))?;
+    }
+    Ok(total)
 }

@@ -61,6 +61,8 @@ impl Path {
             resource,
             variables,
             row_index,
+            index: None,
+            total: None,
         };
         eval::evaluate(&self.expr, focus, &env)
     }
@@ -191,8 +193,10 @@ mod tests {
 
     #[test]
     fn unsupported_functions_are_errors() {
-        let p = Path::parse("Patient.name.aggregate($this)").unwrap();
+        let p =
+            Path::parse("conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')").unwrap();
         let err = p.evaluate(&json!({"resourceType": "Patient"})).unwrap_err();
-        assert!(err.0.contains("aggregate"), "{err}");
+        assert!(err.0.contains("conformsTo"), "{err}");
+        assert_eq!(p.unsupported_function().as_deref(), Some("conformsTo"));
     }
 }
