@@ -1,4 +1,4 @@
-//! A view's rows as JSON, NDJSON or CSV (RFC 4180, UTF-8).
+//! A view's rows as JSON, NDJSON, CSV (RFC 4180, UTF-8) or Parquet.
 
 use std::io::Write;
 
@@ -15,6 +15,7 @@ pub enum Format {
     Json,
     Ndjson,
     Csv { header: bool },
+    Parquet,
 }
 
 impl Format {
@@ -27,6 +28,9 @@ impl Format {
             | "application/ndjson"
             | "application/fhir+ndjson" => Some(Format::Ndjson),
             "csv" | "text/csv" => Some(Format::Csv { header }),
+            "parquet" | "application/vnd.apache.parquet" | "application/parquet" => {
+                Some(Format::Parquet)
+            }
             _ => None,
         }
     }
@@ -36,6 +40,7 @@ impl Format {
             Format::Json => "application/json",
             Format::Ndjson => "application/x-ndjson",
             Format::Csv { .. } => "text/csv; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
         }
     }
 }
@@ -104,9 +109,21 @@ pub fn header_line(columns: &[ColumnDef]) -> Vec<u8> {
     crate::csv::csv_line(&names)
 }
 
-pub fn render(columns: &[ColumnDef], rows: &[Row], format: Format) -> Vec<u8> {
+pub fn render(
+    columns: &[ColumnDef],
+    rows: &[Row],
+    format: Format,
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let mut out = Vec::new();
     match format {
+        Format::Parquet => {
+            // One file in memory: a run's rows are few (the run's limit).
+            let mut table = super::parquet::ParquetTable::new(columns, PARQUET_GROUP_ROWS)?;
+            for r in rows {
+                table.push(r.clone())?;
+            }
+            return table.finish();
+        }
         Format::Json => {
             let all: Vec<RowObject> = rows.iter().map(|r| RowObject(columns, r)).collect();
             let _ = serde_json::to_writer(&mut out, &all);
@@ -128,8 +145,11 @@ pub fn render(columns: &[ColumnDef], rows: &[Row], format: Format) -> Vec<u8> {
             }
         }
     }
-    out
+    Ok(out)
 }
+
+/// Rows per Parquet row group of a run's answer.
+const PARQUET_GROUP_ROWS: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -151,17 +171,19 @@ mod tests {
             vec![json!(["p", "q"]), json!(true), json!("ü")],
         ];
         let text =
-            String::from_utf8(render(&columns, &rows, Format::Csv { header: true })).unwrap();
+            String::from_utf8(render(&columns, &rows, Format::Csv { header: true }).unwrap())
+                .unwrap();
         assert_eq!(
             text,
             "a,b,c\r\n\"x, \"\"y\"\"\nz\",1.5,\r\n\"[\"\"p\"\",\"\"q\"\"]\",true,ü\r\n"
         );
-        let nd = String::from_utf8(render(&columns, &rows[..1], Format::Ndjson)).unwrap();
+        let nd = String::from_utf8(render(&columns, &rows[..1], Format::Ndjson).unwrap()).unwrap();
         assert_eq!(nd, "{\"a\":\"x, \\\"y\\\"\\nz\",\"b\":1.5,\"c\":null}\n");
         assert_eq!(
             Format::parse("text/csv", false),
             Some(Format::Csv { header: false })
         );
-        assert_eq!(Format::parse("parquet", true), None);
+        assert_eq!(Format::parse("parquet", true), Some(Format::Parquet));
+        assert_eq!(Format::parse("xlsx", true), None);
     }
 }

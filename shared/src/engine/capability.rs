@@ -21,7 +21,7 @@ extension.sha256 (64 lowercase hex digits; of the NDJSON itself when it is sent 
 const VIEW_RUN: &str = "SQL on FHIR v2 ViewDefinitions, run synchronously: POST \
 ViewDefinition/$viewdefinition-run (viewResource or viewReference), or GET/POST \
 ViewDefinition/[id]/$viewdefinition-run for a stored view. Over inline resource parameters, \
-or the store (optionally patient or group). _format json, ndjson or csv (header); _limit \
+or the store (optionally patient or group). _format json, ndjson, csv (header) or parquet; _limit \
 (at most that many rows). Without _limit, more rows than the server's limit is a 422: use an export.";
 
 /// What `$viewdefinition-export` takes.

@@ -179,11 +179,12 @@ impl Api {
         let view = View::parse(&definition)
             .map_err(|e| ApiError::invalid(format!("The ViewDefinition is not valid: {e}")))?;
         let format_text = params.format.as_deref().unwrap_or("json");
-        let format = Format::parse(format_text, params.header.unwrap_or(true)).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "_format '{format_text}' is not json, ndjson or csv (parquet is for $viewdefinition-export)"
-            ))
-        })?;
+        let format =
+            Format::parse(format_text, params.header.unwrap_or(true)).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "_format '{format_text}' is not json, ndjson, csv or parquet"
+                ))
+            })?;
         let source = if params.resources.is_empty() {
             ViewSource::Store {
                 patient: params.patient,
@@ -201,7 +202,9 @@ impl Api {
             .views
             .run_view(&caller, &view, source, params.limit)
             .await?;
-        let mut resp = Response::new(Bytes::from(render(view.columns(), &rows, format)));
+        let body = render(view.columns(), &rows, format)
+            .map_err(|e| ApiError::internal(format!("writing the rows as Parquet failed: {e}")))?;
+        let mut resp = Response::new(Bytes::from(body));
         *resp.status_mut() = StatusCode::OK;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
