@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::parse::{BinOp, Expr, TypeOp};
-use super::{decimal, quantity};
+use super::{decimal, quantity, temporal};
 
 /// One element of a collection.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,7 +325,7 @@ fn binary<'a>(l: &Expr, op: BinOp, r: &Expr, focus: &[Item<'a>], env: &Env<'a>) 
         Contains => membership(&right, &left),
         Eq | Ne | Equiv | NotEquiv => Ok(equality(&left, op, &right)),
         Lt | Le | Gt | Ge => comparison(&left, op, &right),
-        Concat => Ok(vec![concat(&left, &right)]),
+        Concat => Ok(vec![concat(&left, &right)?]),
         Add | Sub | Mul | Div | IntDiv | Mod => arithmetic(&left, op, &right),
         And | Or | Xor | Implies => unreachable!("handled above"),
     }
@@ -462,14 +462,17 @@ fn comparison<'a>(left: &[Item<'a>], op: BinOp, right: &[Item<'a>]) -> Out<'a> {
 }
 
 /// `&`: string concatenation, an empty side taken as "".
-fn concat<'a>(left: &[Item], right: &[Item]) -> Item<'a> {
-    let text = |items: &[Item]| {
-        items
-            .first()
-            .and_then(|i| i.value.as_str().map(str::to_string))
-            .unwrap_or_default()
+/// `&`: string concatenation, an empty side taken as `''`.
+fn concat<'a>(left: &[Item], right: &[Item]) -> Result<Item<'a>, EvalError> {
+    let text = |items: &[Item]| match items {
+        [] => Ok(String::new()),
+        [one] => Ok(one.value.as_str().map(str::to_string).unwrap_or_default()),
+        _ => Err(EvalError("'&' applies to single items".into())),
     };
-    Item::owned(Value::String(text(left) + &text(right)), "String")
+    Ok(Item::owned(
+        Value::String(text(left)? + &text(right)?),
+        "String",
+    ))
 }
 
 fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
@@ -492,8 +495,16 @@ fn arithmetic<'a>(left: &[Item], op: BinOp, right: &[Item]) -> Out<'a> {
             None => "Date",
         };
         let sign = if op == BinOp::Add { 1 } else { -1 };
-        return Ok(quantity::shift(text, type_name, &b.value, sign)
-            .map(|s| Item::owned(Value::String(s), type_name))
+        // UCUM's `mo` and `a` are averages, not calendar durations: like a
+        // unit that is no duration at all, they are an error here.
+        let moved = quantity::shift(text, type_name, &b.value, sign).map_err(|()| {
+            EvalError(format!(
+                "{} is not a duration a {type_name} can move by",
+                b.value
+            ))
+        })?;
+        return Ok(moved
+            .map(|m| Item::owned(Value::String(m), type_name))
             .into_iter()
             .collect());
     }
@@ -552,11 +563,11 @@ pub fn equal(a: &Item, b: &Item) -> Option<bool> {
     match (a.value.as_ref(), b.value.as_ref()) {
         (Value::Number(x), Value::Number(y)) => Some(x == y || compare_numbers(x, y)?.is_eq()),
         (Value::String(x), Value::String(y)) if is_temporal(a) || is_temporal(b) => {
-            let (x, y) = (x.trim_start_matches('@'), y.trim_start_matches('@'));
-            if x.len() == y.len() || !looks_temporal(x) || !looks_temporal(y) {
-                Some(x == y)
-            } else {
-                None
+            match temporal::compare(x, y) {
+                Some(o) => Some(o.is_eq()),
+                // Not both dates or times: text equality.
+                None if !looks_temporal(x) || !looks_temporal(y) => Some(x == y),
+                None => None,
             }
         }
         (x, y) => Some(x == y),
@@ -564,6 +575,12 @@ pub fn equal(a: &Item, b: &Item) -> Option<bool> {
 }
 
 fn equivalent_items(a: &Item, b: &Item) -> bool {
+    if is_temporal(a) || is_temporal(b) {
+        if let (Some(x), Some(y)) = (a.value.as_str(), b.value.as_str()) {
+            // Different precisions are not equivalent.
+            return temporal::compare(x, y) == Some(std::cmp::Ordering::Equal);
+        }
+    }
     match (a.value.as_str(), b.value.as_str()) {
         (Some(x), Some(y)) => {
             let norm = |s: &str| {
@@ -600,8 +617,13 @@ fn is_temporal(i: &Item) -> bool {
     })
 }
 
+/// A date's or dateTime's text (four digits first), or a time's (`hh:`).
 fn looks_temporal(s: &str) -> bool {
-    s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+    let b = s.trim_start_matches(['@', 'T']).as_bytes();
+    (b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit))
+        || (b.len() >= 2
+            && b[..2].iter().all(u8::is_ascii_digit)
+            && b.get(2).is_none_or(|c| *c == b':'))
 }
 
 /// Two numbers' order, exactly (`1.50` equals `1.5`).
@@ -626,9 +648,7 @@ pub fn compare(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
             let (x, y) = (x.trim_start_matches('@'), y.trim_start_matches('@'));
             if (is_temporal(a) || is_temporal(b)) && looks_temporal(x) && looks_temporal(y) {
                 // Compared to the precision both have.
-                let n = x.len().min(y.len());
-                let o = x[..n].cmp(&y[..n]);
-                return (o.is_ne() || x.len() == y.len()).then_some(o);
+                return temporal::compare(x, y);
             }
             Some(x.cmp(y))
         }

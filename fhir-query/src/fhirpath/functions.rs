@@ -274,6 +274,9 @@ fn all_hold<'a>(input: &[Item<'a>], criteria: &Expr, env: &Env<'a>) -> Result<bo
 /// `allTrue`, `anyTrue`, `allFalse` and `anyFalse`.
 fn bool_aggregate<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
     arity(name, args, &[0])?;
+    if input.iter().any(|i| !i.value.is_boolean()) {
+        return Err(EvalError(format!("{name}() applies to Booleans")));
+    }
     let want = name.ends_with("True");
     let hits = input
         .iter()
@@ -364,7 +367,16 @@ fn types<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
 /// `iif(criterion, then[, otherwise])`: only the branch taken is evaluated.
 fn iif<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
     arity("iif", args, &[2, 3])?;
-    if as_bool(&evaluate(&args[0], &input, env)?)? == Some(true) {
+    if input.len() > 1 {
+        return Err(EvalError("iif() applies to one item at most".into()));
+    }
+    let criterion = evaluate(&args[0], &input, env)?;
+    if let [one] = criterion.as_slice() {
+        if !one.value.is_boolean() {
+            return Err(EvalError("iif() takes a Boolean criterion".into()));
+        }
+    }
+    if as_bool(&criterion)? == Some(true) {
         evaluate(&args[1], &input, env)
     } else if let Some(otherwise) = args.get(2) {
         evaluate(otherwise, &input, env)
@@ -443,11 +455,13 @@ fn string_conversion<'a>(
 
 /// The string functions on the first item (empty when it is not a string).
 fn strings<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
-    let Some(s) = input
-        .first()
-        .and_then(|i| i.value.as_str().map(str::to_string))
-    else {
-        return Ok(Vec::new());
+    let s = match input.as_slice() {
+        [] => return Ok(Vec::new()),
+        [one] => match one.value.as_str() {
+            Some(s) => s.to_string(),
+            None => return Err(EvalError(format!("{name}() applies to a string"))),
+        },
+        _ => return Err(EvalError(format!("{name}() applies to a single string"))),
     };
     let arg = string_arg(name, args.first(), &input, env)?;
     Ok(match (name, arg) {

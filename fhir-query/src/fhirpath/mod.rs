@@ -19,6 +19,7 @@ mod math;
 mod parse;
 mod quantity;
 mod sets;
+mod temporal;
 mod text;
 
 use std::collections::HashMap;

@@ -593,6 +593,10 @@ impl Parser {
                     ),
                 }
             }
+            Tok::DateTime(d) if d.starts_with('T') && d.contains(['Z', '+', '-']) => {
+                self.pos -= 1;
+                return Err(self.error("a time literal has no time zone"));
+            }
             Tok::DateTime(d) => Expr::DateTime(d),
             Tok::Special(s) if s == "$this" => Expr::This,
             Tok::Special(s) => Expr::Variable(s),

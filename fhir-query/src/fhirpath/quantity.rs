@@ -72,28 +72,35 @@ pub fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
 /// A date, dateTime or time (FHIRPath's text, without `@`) plus or minus
 /// a duration, at the precision it was written with. A duration in
 /// calendar months or years moves the month; others add their seconds,
-/// whole units only (`7.7 days` is 7 days). `None` when the unit is not a
-/// duration or the result is out of range.
-pub fn shift(text: &str, type_name: &str, q: &Value, sign: i64) -> Option<String> {
-    let value = decimal::decimal(q.get("value")?.as_number()?)?;
-    let whole: i64 = value.with_scale(0).to_string().parse().ok()?;
-    let (kind, factor) = unit(unit_of(q)?);
-    let amount = whole * sign;
-    match kind.as_str() {
-        "month" => {
-            let months: i64 = amount * factor.to_string().parse::<i64>().ok()?;
-            shift_months(text, type_name, months)
-        }
-        "s" => {
-            let millis: i64 = (BigDecimal::from(amount) * factor * BigDecimal::from(1000))
-                .with_scale(0)
-                .to_string()
-                .parse()
-                .ok()?;
-            shift_millis(text, type_name, millis)
-        }
-        _ => None,
-    }
+/// whole units only (`7.7 days` is 7 days). `Err` when the quantity is not
+/// a calendar or time duration; `Ok(None)` when the value cannot move by
+/// it (a partial date by days) or the result is out of range.
+pub fn shift(text: &str, type_name: &str, q: &Value, sign: i64) -> Result<Option<String>, ()> {
+    let value = q
+        .get("value")
+        .and_then(Value::as_number)
+        .and_then(decimal::decimal)
+        .ok_or(())?;
+    let (kind, factor) = unit(unit_of(q).ok_or(())?);
+    let whole: Option<i64> = value.with_scale(0).to_string().parse().ok();
+    let Some(amount) = whole.and_then(|w| w.checked_mul(sign)) else {
+        return Ok(None);
+    };
+    Ok(match kind.as_str() {
+        "month" => factor
+            .to_string()
+            .parse::<i64>()
+            .ok()
+            .and_then(|f| amount.checked_mul(f))
+            .and_then(|months| shift_months(text, type_name, months)),
+        "s" => (BigDecimal::from(amount) * factor * BigDecimal::from(1000))
+            .with_scale(0)
+            .to_string()
+            .parse()
+            .ok()
+            .and_then(|millis| shift_millis(text, type_name, millis)),
+        _ => return Err(()),
+    })
 }
 
 fn shift_months(text: &str, type_name: &str, months: i64) -> Option<String> {
@@ -106,6 +113,23 @@ fn shift_months(text: &str, type_name: &str, months: i64) -> Option<String> {
     };
     match type_name {
         "Date" if text.len() == 10 => Some(add(date(text)?)?.format("%Y-%m-%d").to_string()),
+        // A year, or a year and month: moved at that precision.
+        "Date" if text.len() == 4 || text.len() == 7 => {
+            let (year, month) = match text.split_once('-') {
+                Some((y, m)) => (y.parse::<i64>().ok()?, Some(m.parse::<i64>().ok()?)),
+                None => (text.parse::<i64>().ok()?, None),
+            };
+            let index = year * 12 + month.unwrap_or(1) - 1 + months;
+            let (y, m) = (index.div_euclid(12), index.rem_euclid(12) + 1);
+            if !(1..=9999).contains(&y) {
+                return None;
+            }
+            Some(match month {
+                Some(_) => format!("{y:04}-{m:02}"),
+                None if months % 12 == 0 => format!("{y:04}"),
+                None => return None,
+            })
+        }
         "DateTime" => {
             let (dt, rest) = text.split_at(10.min(text.len()));
             Some(format!("{}{rest}", add(date(dt)?)?.format("%Y-%m-%d")))
@@ -149,4 +173,45 @@ pub fn instant(text: &str) -> Option<NaiveDateTime> {
     DateTime::<FixedOffset>::parse_from_rfc3339(text)
         .ok()
         .map(|d| d.naive_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(value: i64, unit: &str) -> Value {
+        literal(&Number::from(value), unit)
+    }
+
+    #[test]
+    fn dates_move_at_their_precision() {
+        assert_eq!(
+            shift("1970-06", "Date", &q(18, "years"), 1),
+            Ok(Some("1988-06".into()))
+        );
+        assert_eq!(
+            shift("1970", "Date", &q(18, "years"), 1),
+            Ok(Some("1988".into()))
+        );
+        assert_eq!(
+            shift("1970-01", "Date", &q(1, "month"), -1),
+            Ok(Some("1969-12".into()))
+        );
+        // Days do not move a month; 'cm' is no duration at all.
+        assert_eq!(shift("1970-06", "Date", &q(3, "days"), 1), Ok(None));
+        assert_eq!(shift("1970-06-01", "Date", &q(3, "cm"), 1), Err(()));
+        assert_eq!(
+            shift("2000-02-29", "Date", &q(1, "year"), 1),
+            Ok(Some("2001-02-28".into()))
+        );
+        assert_eq!(
+            shift(
+                "2026-12-30T23:00:00.000+01:00",
+                "DateTime",
+                &q(2, "hours"),
+                1
+            ),
+            Ok(Some("2026-12-31T01:00:00.000+01:00".into()))
+        );
+    }
 }

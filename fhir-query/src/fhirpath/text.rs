@@ -37,7 +37,7 @@ pub fn call<'a>(
         [] => return Ok(Vec::new()),
         [one] => match one.value.as_ref() {
             Value::String(s) => s.clone(),
-            _ => return Ok(Vec::new()),
+            _ => return Err(EvalError(format!("{name}() applies to a string"))),
         },
         _ => return Err(EvalError(format!("{name}() takes a single string"))),
     };
