@@ -52,8 +52,8 @@ pub fn call<'a>(
 }
 
 /// `sort([key, ...])`: by the items themselves, or by each key evaluated on
-/// each item; a key written `-key` sorts descending. Items whose keys do
-/// not compare keep their order.
+/// each item; a key written `-key` sorts descending. An item without the
+/// key comes first; items whose keys do not compare keep their order.
 fn sort<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
     let keys: Vec<(&Expr, bool)> = args
         .iter()
@@ -76,13 +76,20 @@ fn sort<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
     keyed.sort_by(|(a, _), (b, _)| {
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             let descending = keys.get(i).is_some_and(|k| k.1);
+            // An item without the key comes first, either way.
             let order = match (x.first(), y.first()) {
-                (Some(x), Some(y)) => compare(x, y).unwrap_or(std::cmp::Ordering::Equal),
+                (Some(x), Some(y)) => {
+                    let o = compare(x, y).unwrap_or(std::cmp::Ordering::Equal);
+                    if descending {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
                 (None, Some(_)) => std::cmp::Ordering::Less,
                 (Some(_), None) => std::cmp::Ordering::Greater,
                 (None, None) => std::cmp::Ordering::Equal,
             };
-            let order = if descending { order.reverse() } else { order };
             if order.is_ne() {
                 return order;
             }
