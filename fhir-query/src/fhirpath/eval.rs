@@ -664,5 +664,5 @@ fn instants(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
         return None;
     }
     let (x, y) = (a.value.as_str()?, b.value.as_str()?);
-    Some(quantity::instant(x)?.cmp(&quantity::instant(y)?))
+    Some(temporal::instant(x)?.cmp(&temporal::instant(y)?))
 }

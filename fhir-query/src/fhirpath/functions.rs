@@ -114,12 +114,6 @@ pub const SUPPORTED: &[&str] = &[
     "extension",
     "join",
     "toString",
-    "lower",
-    "upper",
-    "length",
-    "startsWith",
-    "endsWith",
-    "contains",
     "matches",
     "lowBoundary",
     "highBoundary",
@@ -180,9 +174,6 @@ pub fn call<'a>(
         "resolve" => Ok(resolve(&input)),
         "extension" => extension(input, args, env),
         "join" | "toString" => string_conversion(name, input, args, env),
-        "lower" | "upper" | "length" | "startsWith" | "endsWith" | "contains" => {
-            strings(name, input, args, env)
-        }
         "lowBoundary" | "highBoundary" => boundaries::call(name, &input, args, context, env),
         "getResourceKey" | "getReferenceKey" => keys(name, input, args),
         "now" | "today" | "timeOfDay" => Ok(vec![clock(name)]),
@@ -450,28 +441,6 @@ fn string_conversion<'a>(
             .map(text_item)
             .collect(),
         other => return Err(unsupported(other)),
-    })
-}
-
-/// The string functions on the first item (empty when it is not a string).
-fn strings<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> {
-    let s = match input.as_slice() {
-        [] => return Ok(Vec::new()),
-        [one] => match one.value.as_str() {
-            Some(s) => s.to_string(),
-            None => return Err(EvalError(format!("{name}() applies to a string"))),
-        },
-        _ => return Err(EvalError(format!("{name}() applies to a single string"))),
-    };
-    let arg = string_arg(name, args.first(), &input, env)?;
-    Ok(match (name, arg) {
-        ("lower", _) => vec![text_item(s.to_lowercase())],
-        ("upper", _) => vec![text_item(s.to_uppercase())],
-        ("length", _) => vec![integer_item(s.chars().count())],
-        ("startsWith", Some(a)) => vec![bool_item(s.starts_with(&a))],
-        ("endsWith", Some(a)) => vec![bool_item(s.ends_with(&a))],
-        ("contains", Some(a)) => vec![bool_item(s.contains(&a))],
-        _ => Vec::new(),
     })
 }
 

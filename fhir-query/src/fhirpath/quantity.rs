@@ -9,7 +9,7 @@
 use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
-use chrono::{DateTime, Duration, FixedOffset, Months, NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{DateTime, Duration, FixedOffset, Months, NaiveDate, NaiveTime};
 use serde_json::{json, Number, Value};
 
 use super::decimal;
@@ -165,14 +165,6 @@ fn shift_millis(text: &str, type_name: &str, millis: i64) -> Option<String> {
 
 fn date(text: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
-}
-
-/// A time's or dateTime's instant, for comparing across offsets:
-/// `2017-11-05T01:30:00.0-04:00` is after `2017-11-05T01:15:00.0-05:00`.
-pub fn instant(text: &str) -> Option<NaiveDateTime> {
-    DateTime::<FixedOffset>::parse_from_rfc3339(text)
-        .ok()
-        .map(|d| d.naive_utc())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::cmp::Ordering;
 use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
+use chrono::{DateTime, FixedOffset, NaiveDateTime};
 
 /// The components of a date, dateTime or time (its time zone set aside),
 /// the seconds with their fraction; `None` if the text is not one.
@@ -56,6 +57,14 @@ pub fn compare(x: &str, y: &str) -> Option<Ordering> {
         }
     }
     (a.len() == b.len()).then_some(Ordering::Equal)
+}
+
+/// A time's or dateTime's instant, for comparing across offsets:
+/// `2017-11-05T01:30:00.0-04:00` is after `2017-11-05T01:15:00.0-05:00`.
+pub fn instant(text: &str) -> Option<NaiveDateTime> {
+    DateTime::<FixedOffset>::parse_from_rfc3339(text)
+        .ok()
+        .map(|d| d.naive_utc())
 }
 
 /// Whether a dateTime's time carries a zone (`Z`, `+hh:mm`, `-hh:mm`).

@@ -1,16 +1,23 @@
-//! String functions (FHIRPath 5.6) on the first item when it is a string;
-//! on anything else, or nothing, the result is empty. Positions count
-//! characters, not bytes. Regular expressions are `regex-lite`'s (the
-//! syntax of Rust's `regex` without Unicode classes).
+//! String functions (FHIRPath 5.6) on a single string: on nothing the
+//! result is empty, on several items or a non-string an error. Arguments
+//! are evaluated on the call's focus. Positions count characters, not
+//! bytes. Regular expressions are `regex-lite`'s (the syntax of Rust's
+//! `regex` without Unicode classes).
 
 use serde_json::Value;
 
 use super::eval::{bool_item, Env, EvalError, Item};
-use super::functions::{arity, int_arg, string_arg, text_item, Out};
+use super::functions::{arity, int_arg, integer_item, string_arg, text_item, Out};
 use super::parse::Expr;
 
 /// The string functions `call` knows.
 pub const NAMES: &[&str] = &[
+    "lower",
+    "upper",
+    "length",
+    "startsWith",
+    "endsWith",
+    "contains",
     "indexOf",
     "substring",
     "replace",
@@ -43,6 +50,25 @@ pub fn call<'a>(
     };
     let text = |i: usize| string_arg(name, args.get(i), context, env);
     Ok(match name {
+        "lower" | "upper" | "length" => {
+            arity(name, args, &[0])?;
+            match name {
+                "lower" => vec![text_item(s.to_lowercase())],
+                "upper" => vec![text_item(s.to_uppercase())],
+                _ => vec![integer_item(s.chars().count())],
+            }
+        }
+        "startsWith" | "endsWith" | "contains" => {
+            arity(name, args, &[1])?;
+            let Some(part) = text(0)? else {
+                return Ok(Vec::new());
+            };
+            vec![bool_item(match name {
+                "startsWith" => s.starts_with(&part),
+                "endsWith" => s.ends_with(&part),
+                _ => s.contains(&part),
+            })]
+        }
         "indexOf" => {
             arity(name, args, &[1])?;
             let Some(needle) = text(0)? else {

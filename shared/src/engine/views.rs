@@ -317,7 +317,11 @@ impl Collector {
 /// A current version's JSON; `None` for a deletion.
 fn live_value(version: &Version) -> Option<Result<Value, Error>> {
     let body = version.body.as_deref().filter(|_| !version.deleted)?;
-    Some(serde_json::from_str(body).map_err(|_| Error::internal("a stored resource is not JSON")))
+    Some(stored_json(body))
+}
+
+fn stored_json(body: &str) -> Result<Value, Error> {
+    serde_json::from_str(body).map_err(|_| Error::internal("a stored resource is not JSON"))
 }
 
 /// Adds the rows of a page's resources; false once no more are wanted.
@@ -326,9 +330,7 @@ fn add_page_rows(view: &View, page: &ScanPage, rows: &mut Collector) -> Result<b
         let Some(body) = page.body(item) else {
             continue;
         };
-        let value: Value = serde_json::from_str(body)
-            .map_err(|_| Error::internal("a stored resource is not JSON"))?;
-        if !rows.add(view, &value)? {
+        if !rows.add(view, &stored_json(body)?)? {
             return Ok(false);
         }
     }
