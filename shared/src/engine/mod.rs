@@ -21,6 +21,7 @@
 mod accounting;
 mod capability;
 mod collect;
+mod compartment;
 mod digest;
 mod export;
 pub mod gzip_twin;

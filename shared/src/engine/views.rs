@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use serde_json::Value;
 
+use super::compartment::compartment_page;
 use super::Caller;
 use crate::domain::resource::{compartment_patients, Version};
 use crate::domain::Error;
@@ -212,39 +213,35 @@ impl Views {
         let t = view.resource_type.as_str();
         let as_of = crate::domain::instant::to_micros(self.resources.snapshot().await?);
         let mut seen = HashSet::new();
+        let store = self.resources.as_ref();
         for patient in patients {
-            if t == "Patient" {
-                let current = self.resources.read_as_of(t, patient, as_of).await?;
-                if let Some(value) = current.as_ref().and_then(live_value).transpose()? {
-                    if !rows.add(view, &value)? {
-                        return Ok(());
-                    }
-                }
-                continue;
-            }
-            let page_size = self.config.page_size;
             let mut after: Option<String> = None;
             loop {
-                let ids = self
-                    .resources
-                    .compartment_ids(patient, t, after.as_deref(), page_size)
-                    .await?;
-                let versions = self.resources.read_many_as_of(t, &ids, as_of).await?;
+                let (versions, full, last) = compartment_page(
+                    store,
+                    t,
+                    patient,
+                    after.as_deref(),
+                    self.config.page_size,
+                    as_of,
+                )
+                .await?;
                 for version in &versions {
                     let Some(value) = live_value(version).transpose()? else {
                         continue;
                     };
                     // The index lists whatever ever referenced the
                     // patient: the current version must still do so.
-                    let inside = compartment_patients(t, &value).iter().any(|p| p == patient);
+                    let inside = t == "Patient"
+                        || compartment_patients(t, &value).iter().any(|p| p == patient);
                     if inside && seen.insert(version.id.clone()) && !rows.add(view, &value)? {
                         return Ok(());
                     }
                 }
-                if ids.len() < page_size {
+                if !full {
                     break;
                 }
-                after = ids.last().cloned();
+                after = last;
             }
         }
         Ok(())

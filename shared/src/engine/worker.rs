@@ -7,6 +7,7 @@
 //! part checkpoints and queues its own continuation.
 
 use super::accounting::save_usage;
+use super::compartment::compartment_page;
 use super::digest::sha256_hex;
 use super::modify::{modify_job, Modified};
 use super::{Announcer, Collector, EngineConfig};
@@ -877,27 +878,16 @@ impl<'a> PartReader<'a> {
     }
 
     /// One page of `patient`'s versions of `resource_type` as of the
-    /// snapshot, whether the page is full (more may follow) and the last id
-    /// read. A Patient is its own compartment: one read, never full.
+    /// snapshot (see [`compartment_page`]).
     async fn read_compartment_page(
         &self,
         resource_type: &str,
         patient: &str,
         after_id: Option<&str>,
     ) -> PortResult<(Vec<Version>, bool, Option<String>)> {
-        let store = &self.engine.resources;
+        let store = self.engine.resources.as_ref();
         let limit = self.engine.config.page_size;
-        if resource_type == "Patient" {
-            let v = store.read_as_of("Patient", patient, self.as_of).await?;
-            return Ok((v.into_iter().collect::<Vec<_>>(), false, None));
-        }
-        let ids = store
-            .compartment_ids(patient, resource_type, after_id, limit)
-            .await?;
-        let versions = store
-            .read_many_as_of(resource_type, &ids, self.as_of)
-            .await?;
-        Ok((versions, ids.len() == limit, ids.last().cloned()))
+        compartment_page(store, resource_type, patient, after_id, limit, self.as_of).await
     }
 
     /// The versions of a page this part writes: changed since `_since`
