@@ -46,6 +46,7 @@ pub fn call<'a>(
             Some(Item {
                 value: Cow::Owned(v),
                 type_name: Some(Cow::Borrowed(t)),
+                sidecar: None,
             })
         })
         .collect())
@@ -91,8 +92,21 @@ fn with_precision(v: Value, type_name: &str, precision: Option<i64>, high: bool)
         } else {
             RoundingMode::Floor
         };
-        let d = decimal::decimal(n)?.with_scale_round(p, mode);
-        return Some(decimal::number(&d));
+        let d = decimal::decimal(n)?;
+        // A boundary smaller than one unit of the last digit is zero, as
+        // the suite and the Java reference have it: 0.0034.highBoundary(1)
+        // is 0.0, not 0.1 (and (-0.0034).lowBoundary(1) is -0.0).
+        let unit = bigdecimal::BigDecimal::new(1.into(), p);
+        if d.abs() < unit {
+            let zero = bigdecimal::BigDecimal::new(0.into(), p).to_plain_string();
+            let sign = if d.sign() == bigdecimal::num_bigint::Sign::Minus {
+                "-"
+            } else {
+                ""
+            };
+            return decimal::literal(&format!("{sign}{zero}")).map(Value::Number);
+        }
+        return Some(decimal::number(&d.with_scale_round(p, mode)));
     }
     let Some(p) = precision else { return Some(v) };
     let s = v.as_str()?;

@@ -61,8 +61,11 @@ pub fn half_ulp(d: &BigDecimal) -> BigDecimal {
 /// `-n`, by its text: exact, and `-0.0` for `0.0` as written.
 pub fn negate(n: &Number) -> Option<Number> {
     let text = n.to_string();
+    let zero = !text.bytes().any(|b| matches!(b, b'1'..=b'9'));
     let negated = match text.strip_prefix('-') {
         Some(rest) => rest.to_string(),
+        // Zero has no sign: -(0.0) is 0.0.
+        None if zero => text,
         None => format!("-{text}"),
     };
     literal(&negated)
@@ -144,10 +147,7 @@ mod tests {
         assert_eq!(int_div(&d("-7.5"), &d("2")), Some(d("-3")));
         assert_eq!(modulo(&d("5.5"), &d("0.7")), Some(d("0.6")));
         assert_eq!(number(&d("1E-7")).to_string(), "0.0000001");
-        assert_eq!(
-            negate(&literal("0.0").unwrap()).unwrap().to_string(),
-            "-0.0"
-        );
+        assert_eq!(negate(&literal("0.0").unwrap()).unwrap().to_string(), "0.0");
         assert_eq!(
             negate(&literal("-2.50").unwrap()).unwrap().to_string(),
             "2.50"

@@ -20,6 +20,10 @@ pub struct Item<'a> {
     pub value: Cow<'a, Value>,
     /// The FHIR or System type, when known.
     pub type_name: Option<Cow<'a, str>>,
+    /// For a primitive of the resource, the object JSON writes beside it as
+    /// `_name` (its `id` and `extension`); the value is `null` when the
+    /// element has extensions and no value.
+    pub sidecar: Option<&'a Value>,
 }
 
 impl<'a> Item<'a> {
@@ -33,6 +37,7 @@ impl<'a> Item<'a> {
         Item {
             value: Cow::Owned(value),
             type_name: Some(Cow::Owned(type_name.to_string())),
+            sidecar: None,
         }
     }
 
@@ -40,6 +45,7 @@ impl<'a> Item<'a> {
         Item {
             value: Cow::Borrowed(value),
             type_name,
+            sidecar: None,
         }
     }
 
@@ -47,6 +53,7 @@ impl<'a> Item<'a> {
         Item {
             value: Cow::Owned(value),
             type_name: Some(Cow::Borrowed(type_name)),
+            sidecar: None,
         }
     }
 
@@ -204,7 +211,11 @@ fn member<'a>(item: &Item<'a>, name: &str) -> Vec<Item<'a>> {
         return owned_member(&item.value, name);
     };
     let Some(obj) = value.as_object() else {
-        return Vec::new();
+        // A primitive's `id` and `extension` are in its sidecar.
+        return match item.sidecar {
+            Some(sidecar) => member(&Item::of(sidecar), name),
+            None => Vec::new(),
+        };
     };
     if name.starts_with(|c: char| c.is_ascii_uppercase()) {
         if let Some(t) = field(value, "resourceType").and_then(Value::as_str) {
@@ -213,7 +224,16 @@ fn member<'a>(item: &Item<'a>, name: &str) -> Vec<Item<'a>> {
         }
     }
     if let Some(v) = field(value, name) {
+        if is_primitive(v) {
+            if let Some(sidecar) = sidecar(obj, name) {
+                return with_sidecars(v, sidecar);
+            }
+        }
         return flatten(v, None);
+    }
+    if let Some(sidecar) = sidecar(obj, name) {
+        // Extensions and no value.
+        return with_sidecars(&NO_VALUE, sidecar);
     }
     // valueQuantity, valueString...: a choice element, typed by its suffix.
     obj.iter()
@@ -227,6 +247,57 @@ fn member<'a>(item: &Item<'a>, name: &str) -> Vec<Item<'a>> {
         .collect()
 }
 
+static NO_VALUE: Value = Value::Null;
+
+/// A primitive value, or an array that may hold primitives (checked by
+/// its first item), is one that may have a `_name` sidecar.
+fn is_primitive(v: &Value) -> bool {
+    match v {
+        Value::Array(items) => items.first().is_none_or(|i| !i.is_object()),
+        Value::Object(_) => false,
+        _ => true,
+    }
+}
+
+/// The `_name` beside `name`, looked up without allocating.
+fn sidecar<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    let mut key = [0u8; 64];
+    let len = name.len() + 1;
+    if len > key.len() {
+        return None;
+    }
+    key[0] = b'_';
+    key[1..len].copy_from_slice(name.as_bytes());
+    obj.get(std::str::from_utf8(&key[..len]).ok()?)
+}
+
+/// A primitive (or an array of them) with its sidecar (or the array
+/// JSON writes beside it, item by item): a `null` with extensions is an
+/// item, with no value.
+fn with_sidecars<'a>(value: &'a Value, sidecar: &'a Value) -> Vec<Item<'a>> {
+    let one = |v: &'a Value, s: Option<&'a Value>| {
+        let s = s.filter(|s| s.is_object());
+        (!v.is_null() || s.is_some()).then_some(Item {
+            value: Cow::Borrowed(v),
+            type_name: None,
+            sidecar: s,
+        })
+    };
+    match (value, sidecar) {
+        (Value::Array(values), Value::Array(sidecars)) => values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| one(v, sidecars.get(i)))
+            .collect(),
+        (Value::Array(values), _) => values.iter().filter_map(|v| one(v, None)).collect(),
+        (Value::Null, Value::Array(sidecars)) => sidecars
+            .iter()
+            .filter_map(|s| one(&NO_VALUE, Some(s)))
+            .collect(),
+        (v, s) => one(v, Some(s)).into_iter().collect(),
+    }
+}
+
 fn owned_member<'a>(value: &Value, name: &str) -> Vec<Item<'a>> {
     let item = Item::node(value, None);
     member(&item, name)
@@ -234,6 +305,7 @@ fn owned_member<'a>(value: &Value, name: &str) -> Vec<Item<'a>> {
         .map(|i| Item {
             value: Cow::Owned(i.value.into_owned()),
             type_name: i.type_name.map(|t| Cow::Owned(t.into_owned())),
+            sidecar: None,
         })
         .collect()
 }
@@ -450,6 +522,13 @@ fn comparison<'a>(left: &[Item<'a>], op: BinOp, right: &[Item<'a>]) -> Out<'a> {
         ([], _) | (_, []) => return Ok(Vec::new()),
         _ => return Err(EvalError("comparison needs single items".into())),
     };
+    if !orderable_pair(a, b) {
+        return Err(EvalError(format!(
+            "cannot order {} against {}",
+            kind(&a.value),
+            kind(&b.value)
+        )));
+    }
     Ok(match compare(a, b) {
         Some(o) => vec![bool_item(match op {
             BinOp::Lt => o.is_lt(),
@@ -461,7 +540,29 @@ fn comparison<'a>(left: &[Item<'a>], op: BinOp, right: &[Item<'a>]) -> Out<'a> {
     })
 }
 
-/// `&`: string concatenation, an empty side taken as "".
+/// Whether two items may be ordered at all: a Boolean may not (FHIRPath
+/// 6.2), nor a number against a string. Other mismatches (an element
+/// against a number) stay unknown, since without a schema an element's
+/// type is a guess.
+fn orderable_pair(a: &Item, b: &Item) -> bool {
+    !matches!(
+        (a.value.as_ref(), b.value.as_ref()),
+        (Value::Bool(_), _)
+            | (_, Value::Bool(_))
+            | (Value::Number(_), Value::String(_))
+            | (Value::String(_), Value::Number(_))
+    )
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Bool(_) => "a Boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        _ => "an element",
+    }
+}
+
 /// `&`: string concatenation, an empty side taken as `''`.
 fn concat<'a>(left: &[Item], right: &[Item]) -> Result<Item<'a>, EvalError> {
     let text = |items: &[Item]| match items {
@@ -646,7 +747,13 @@ pub fn compare(a: &Item, b: &Item) -> Option<std::cmp::Ordering> {
         (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => {
             let (x, y) = (x.trim_start_matches('@'), y.trim_start_matches('@'));
-            if (is_temporal(a) || is_temporal(b)) && looks_temporal(x) && looks_temporal(y) {
+            let typed = is_temporal(a) || is_temporal(b);
+            if (typed && looks_temporal(x) && looks_temporal(y))
+                || (a.type_of().is_none()
+                    && b.type_of().is_none()
+                    && temporal::is_date_time(x)
+                    && temporal::is_date_time(y))
+            {
                 // Compared to the precision both have.
                 return temporal::compare(x, y);
             }

@@ -77,6 +77,7 @@ pub(super) fn text_item<'a>(s: String) -> Item<'a> {
     Item {
         value: Cow::Owned(Value::String(s)),
         type_name: Some(Cow::Borrowed("String")),
+        sidecar: None,
     }
 }
 
@@ -291,7 +292,7 @@ fn existence<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
             .into_iter()
             .collect(),
         "hasValue" => {
-            let primitive = matches!(input.as_slice(), [one] if !one.value.is_object() && !one.value.is_array());
+            let primitive = matches!(input.as_slice(), [one] if !one.value.is_object() && !one.value.is_array() && !one.value.is_null());
             vec![bool_item(primitive)]
         }
         "count" => vec![integer_item(input.len())],
@@ -303,6 +304,7 @@ pub(super) fn integer_item<'a>(n: usize) -> Item<'a> {
     Item {
         value: Cow::Owned(Value::from(n)),
         type_name: Some(Cow::Borrowed("Integer")),
+        sidecar: None,
     }
 }
 
@@ -387,6 +389,7 @@ fn resolve<'a>(input: &[Item<'a>]) -> Vec<Item<'a>> {
             Some(Item {
                 value: Cow::Owned(Value::Object(Default::default())),
                 type_name: Some(Cow::Owned(t)),
+                sidecar: None,
             })
         })
         .collect()
@@ -400,8 +403,10 @@ fn extension<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> 
     let url = string_arg(name, args.first(), &input, env)?.unwrap_or_default();
     let mut out = Vec::new();
     for item in &input {
-        let Cow::Borrowed(v) = item.value else {
-            continue;
+        let v = match (&item.value, item.sidecar) {
+            (_, Some(sidecar)) => sidecar,
+            (Cow::Borrowed(v), None) => *v,
+            (Cow::Owned(_), None) => continue,
         };
         if let Some(exts) = field(v, "extension").and_then(Value::as_array) {
             out.extend(
@@ -410,6 +415,7 @@ fn extension<'a>(input: Vec<Item<'a>>, args: &[Expr], env: &Env<'a>) -> Out<'a> 
                     .map(|e| Item {
                         value: Cow::Borrowed(e),
                         type_name: Some(Cow::Borrowed("Extension")),
+                        sidecar: None,
                     }),
             );
         }
@@ -454,6 +460,7 @@ fn keys<'a>(name: &str, input: Vec<Item<'a>>, args: &[Expr]) -> Out<'a> {
             .map(|id| Item {
                 value: Cow::Owned(id),
                 type_name: Some(Cow::Borrowed("String")),
+                sidecar: None,
             })
             .collect(),
         "getReferenceKey" => {

@@ -193,6 +193,28 @@ mod tests {
     }
 
     #[test]
+    fn primitives_carry_their_extensions() {
+        let absent = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
+        let p = json!({
+            "resourceType": "Patient",
+            "_birthDate": {"extension": [{"url": absent, "valueCode": "unknown"}]},
+            "name": [{"given": ["Ann", null, "Bo"], "_given": [null, {"id": "g2"}]}]
+        });
+        // A birthDate with no value and its data-absent reason.
+        assert_eq!(values("birthDate.hasValue()", &p), [json!(false)]);
+        assert_eq!(
+            values(&format!("birthDate.extension('{absent}').value"), &p),
+            [json!("unknown")]
+        );
+        assert_eq!(values("birthDate.substring(0, 4)", &p), Vec::<Value>::new());
+        // `_given` pairs with `given` item by item; a null with nothing
+        // beside it is no item.
+        assert_eq!(values("name.given.count()", &p), [json!(3)]);
+        assert_eq!(values("name.given.id", &p), [json!("g2")]);
+        assert_eq!(values("name.given.join(' ')", &p), [json!("Ann Bo")]);
+    }
+
+    #[test]
     fn unsupported_functions_are_errors() {
         let p =
             Path::parse("conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')").unwrap();

@@ -67,6 +67,29 @@ pub fn instant(text: &str) -> Option<NaiveDateTime> {
         .map(|d| d.naive_utc())
 }
 
+/// Whether `text` is a FHIR date or dateTime as JSON writes one
+/// (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`, or with a time to the second and a
+/// zone): two untyped elements in this form (a Period's `start` and `end`)
+/// compare as dates, not as text.
+pub fn is_date_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let date_ok = match b.len().min(10) {
+        4 => digits(0..4),
+        7 => digits(0..4) && b[4] == b'-' && digits(5..7),
+        10 => digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10),
+        _ => false,
+    };
+    if !date_ok {
+        return false;
+    }
+    match text.get(10..) {
+        None | Some("") => true,
+        Some(time) => time.starts_with('T') && instant(text).is_some(),
+    }
+}
+
 /// Whether a dateTime's time carries a zone (`Z`, `+hh:mm`, `-hh:mm`).
 fn has_zone(text: &str) -> bool {
     text.split_once('T')
@@ -93,5 +116,10 @@ mod tests {
         assert_eq!(compare("10:30:00", "10:30:00.0"), Some(Ordering::Equal));
         assert_eq!(compare("hello", "2012"), None);
         assert_eq!(compare("2012-04-15T15:00:00Z", "2012-04-15T10:00:00"), None);
+        assert!(is_date_time("2001-05-06") && is_date_time("2001-05-06T10:10:10Z"));
+        assert!(is_date_time("2001") && is_date_time("2001-05"));
+        assert!(
+            !is_date_time("2001-5") && !is_date_time("12345") && !is_date_time("2001-05-06T10")
+        );
     }
 }

@@ -44,6 +44,8 @@ pub fn call<'a>(
         [] => return Ok(Vec::new()),
         [one] => match one.value.as_ref() {
             Value::String(s) => s.clone(),
+            // An element with extensions and no value.
+            Value::Null => return Ok(Vec::new()),
             _ => return Err(EvalError(format!("{name}() applies to a string"))),
         },
         _ => return Err(EvalError(format!("{name}() takes a single string"))),
