@@ -33,6 +33,20 @@ pub const NAMES: &[&str] = &[
     "unescape",
 ];
 
+/// The one string a function applies to; `None` on nothing (or an
+/// element with extensions and no value).
+fn single_string(name: &str, input: &[Item]) -> Result<Option<String>, EvalError> {
+    match input {
+        [] => Ok(None),
+        [one] => match one.value.as_ref() {
+            Value::String(s) => Ok(Some(s.clone())),
+            Value::Null => Ok(None),
+            _ => Err(EvalError(format!("{name}() applies to a string"))),
+        },
+        _ => Err(EvalError(format!("{name}() takes a single string"))),
+    }
+}
+
 pub fn call<'a>(
     name: &str,
     input: Vec<Item<'a>>,
@@ -40,15 +54,8 @@ pub fn call<'a>(
     context: &[Item<'a>],
     env: &Env<'a>,
 ) -> Out<'a> {
-    let s = match input.as_slice() {
-        [] => return Ok(Vec::new()),
-        [one] => match one.value.as_ref() {
-            Value::String(s) => s.clone(),
-            // An element with extensions and no value.
-            Value::Null => return Ok(Vec::new()),
-            _ => return Err(EvalError(format!("{name}() applies to a string"))),
-        },
-        _ => return Err(EvalError(format!("{name}() takes a single string"))),
+    let Some(s) = single_string(name, &input)? else {
+        return Ok(Vec::new());
     };
     let text = |i: usize| string_arg(name, args.get(i), context, env);
     Ok(match name {
