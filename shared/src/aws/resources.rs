@@ -3,7 +3,7 @@
 //!
 //! | item | pk | sk | what |
 //! |---|---|---|---|
-//! | version | `V#<shard>` | `<type>#<lastUpdated>` (µs, 17 digits) | `rid` = `<type>#<id>`, `ver`, `body`, `by` (author), `plu` (previous version's `lastUpdated`), `sup` (superseded at, µs); `del` on tombstones only |
+//! | version | `V#<shard>` | `<type>#<lastUpdated>` (µs, 17 digits) | `rid` = `<type>#<id>`, `ver`, `bz` (the body, compressed: [`body_codec`]) or `body`, `by` (author), `plu` (previous version's `lastUpdated`), `sup` (superseded at, µs); `del` on tombstones only |
 //! | head | `H#<type>#<id>` | `#` | the newest version: `v`, `lu`, `del` |
 //! | compartment link | `C#<patient>` | `<type>#<id>` | the resource ever referenced the patient |
 //! | type statistics | `STATS#<type>` | `#` | `s<shard>`: versions per shard |
@@ -28,6 +28,7 @@
 //! record's sync; exports only read. Bulk loads of new resources skip the
 //! transactions and fence off a block of instants instead ([`bulk_load`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -40,11 +41,11 @@ use chrono::{DateTime, Utc};
 mod bulk_load;
 pub use bulk_load::FENCE_LEASE;
 
-use super::backend;
 use super::dynamo::{
     self, b, backoff, batch_write, get_b, get_n, get_s, is_condition_failure, key, n, opt_n, opt_s,
     s, tx_failure, BatchOp, Item,
 };
+use super::{backend, body_codec};
 use crate::domain::instant::{from_micros, to_micros};
 use crate::domain::resource::{compartment_patients, shard_of};
 use crate::domain::resource_text::ResourceText;
@@ -173,7 +174,7 @@ fn version_from_item(resource_type: &str, item: &Item) -> PortResult<Version> {
         version: f.version,
         last_updated: f.last_updated,
         deleted: f.deleted,
-        body: opt_s(item, "body").map(str::to_string),
+        body: body_codec::decode(item)?.map(Cow::into_owned),
     })
 }
 
@@ -210,7 +211,8 @@ impl DynamoResources {
             item.insert("del".into(), b(true));
         }
         if let Some(body) = &v.body {
-            item.insert("body".into(), s(body.clone()));
+            let (name, value) = body_codec::encode(body);
+            item.insert(name.into(), value);
         }
         item.insert("by".into(), s(author.to_string()));
         if let Some(p) = previous_at {
@@ -576,7 +578,7 @@ impl ResourceStore for DynamoResources {
             return Ok(out);
         }
         let projection = if scan.with_bodies {
-            "rid, sk, ver, del, body, #by, plu"
+            "rid, sk, ver, del, body, bz, #by, plu"
         } else {
             "rid, sk, ver, del, #by, plu"
         };
@@ -858,7 +860,7 @@ impl ResourceStore for DynamoResources {
                     f.version,
                     f.last_updated,
                     f.deleted,
-                    opt_s(item, "body"),
+                    body_codec::decode(item)?.as_deref(),
                 );
             }
             page.more = out.last_evaluated_key.is_some();
@@ -940,7 +942,7 @@ impl ResourceStore for DynamoResources {
                     f.version,
                     f.last_updated,
                     false,
-                    opt_s(item, "body"),
+                    body_codec::decode(item)?.as_deref(),
                 );
             }
             page.more = out.last_evaluated_key.is_some();
