@@ -64,6 +64,9 @@ def main():
     p.add_argument("--bytes-per-resource", type=float, default=None,
                    help="NDJSON bytes per resource (the bench's export line: MB / resources); "
                         "default: bytes stored / (1 + gzip ratio), which counts spills too")
+    p.add_argument("--stored-bytes-per-resource", type=float, default=None,
+                   help="a body's bytes at rest in DynamoDB (compressed: the body_codec bench); "
+                        "default: the NDJSON bytes (plain bodies)")
     a = p.parse_args()
 
     r = json.load(open(a.job_cost))
@@ -73,7 +76,8 @@ def main():
     stored = per("s3.bytesStored")  # files, twins and spills
     # NDJSON bytes per resource.
     body = a.bytes_per_resource or stored / (1 + a.gzip_ratio)
-    item = body + a.item_overhead_bytes
+    # What DynamoDB reads (and charges): the body at rest and the attributes.
+    item = (a.stored_bytes_per_resource or body) + a.item_overhead_bytes
 
     # Requests per resource as measured, except read units (from bytes) and
     # S3 requests: a small export's few files make per-file requests look
@@ -118,6 +122,7 @@ def main():
     bottleneck, rate = min(limits.items(), key=lambda kv: kv[1])
 
     print(f"Inputs: `{a.job_cost}` ({n:,} resources; {body:,.0f} NDJSON bytes per resource, "
+          f"{a.stored_bytes_per_resource or body:,.0f} at rest, "
           f"{read_units:.3f} read units per resource; S3 class A requests per million resources: "
           f"{s3_a * 1e6:,.0f} for full files, {measured_s3_a * 1e6:,.0f} as measured), engine CPU {a.cpu_us_per_resource} us per resource, "
           f"prices of {PRICES_AS_OF} (us-east-1, on demand).\n")

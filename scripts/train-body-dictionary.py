@@ -25,7 +25,7 @@ import zstandard
 
 SIZE = 64 * 1024
 DICT_ID = 1
-LEVEL = 3
+LEVEL = 9  # as body_codec.rs compresses
 
 
 def resources():

@@ -7,7 +7,7 @@
 //! against moto or LocalStack.
 
 mod artifacts;
-mod body_codec;
+pub mod body_codec;
 mod dynamo;
 pub mod emf;
 pub mod events;
