@@ -11,7 +11,6 @@
 //! item layout is the store's (`aws/resources.rs`): keys, `rid`, `ver`,
 //! `by` and the body; DynamoDB counts attribute names and values.
 
-use std::io::Read;
 use std::time::Instant;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -19,14 +18,8 @@ use bulk_export::aws::body_codec;
 use bulk_export::sample::{generate, SampleConfig};
 use serde_json::Value;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::arg;
 
 fn main() {
     let n = arg("--resources", 100_000);
@@ -35,7 +28,7 @@ fn main() {
         .map(|v| v.to_string())
         .collect();
     measure(&format!("generated {n}"), &generated);
-    measure("Synthea", &synthea());
+    measure("Synthea", &common::synthea_lines());
 }
 
 /// One version item's bytes as DynamoDB counts them, the body aside.
@@ -93,21 +86,4 @@ fn measure(name: &str, bodies: &[String]) {
         units(plain),
         units(at_rest),
     );
-}
-
-fn synthea() -> Vec<String> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/synthea-r4-100");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.to_string_lossy().ends_with(".ndjson.gz") {
-            continue;
-        }
-        let mut text = String::new();
-        flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
-            .read_to_string(&mut text)
-            .unwrap();
-        out.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
-    }
-    out
 }

@@ -34,6 +34,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
+mod common;
+use common::arg;
+
 const ORIGIN: &str = "https://bench.example";
 
 /// The functions Lambda runs (the admin CLI aside), and whether they serve
@@ -50,15 +53,6 @@ const FUNCTIONS: &[(&str, &str, bool)] = &[
     ("sweeper", env!("CARGO_BIN_EXE_sweeper"), false),
 ];
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// What the stand-in saw: when the function first asked for work, and the
 /// responses it posted.
 struct Stand {
@@ -72,12 +66,7 @@ struct Stand {
 fn main() {
     let runs = arg("--runs", 5);
     let polls = arg("--polls", 500);
-    let bin_dir = {
-        let args: Vec<String> = std::env::args().collect();
-        args.iter()
-            .position(|a| a == "--bin-dir")
-            .and_then(|i| args.get(i + 1).cloned())
-    };
+    let bin_dir = common::arg_text("--bin-dir");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

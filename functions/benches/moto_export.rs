@@ -42,6 +42,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
 
+mod common;
+use common::arg;
+
 const FLOOR_PARTITIONS: usize = 16;
 /// Deliveries that came back (a failure or a lost race), for the summary.
 static RETRIES: AtomicU64 = AtomicU64::new(0);
@@ -51,15 +54,6 @@ static RETRIES: AtomicU64 = AtomicU64::new(0);
 /// handling past the visibility timeout, and the message is delivered twice.
 const WORK_TIME: Duration = Duration::from_secs(300).saturating_sub(SAFETY_MARGIN);
 const QUEUE_VISIBILITY: Duration = Duration::from_secs(1800);
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let Ok(endpoint) = std::env::var("BULK_EXPORT_MOTO_URL") else {
@@ -156,7 +150,10 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
     let engine = Services::new(adapters.ports(), config);
 
     let values: Vec<Value> = if std::env::args().any(|a| a == "--synthea") {
-        synthea()
+        common::synthea_lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     } else {
         generate(SampleConfig::for_resources(n, 7))
             .take(n)
@@ -245,31 +242,6 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
             revisions_queries as f64 / floor_queries as f64
         );
     }
-}
-
-/// The vendored Synthea sample (`tests/data/synthea-r4-100`, 38,473
-/// resources), in place of generated resources (`--synthea`).
-fn synthea() -> Vec<Value> {
-    use std::io::Read;
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/synthea-r4-100");
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".ndjson.gz"))
-        .collect();
-    paths.sort();
-    let mut out = Vec::new();
-    for path in paths {
-        let mut text = String::new();
-        flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
-            .read_to_string(&mut text)
-            .unwrap();
-        out.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-        );
-    }
-    out
 }
 
 /// One system-level export; worker tasks take up to 10 messages at a time

@@ -9,31 +9,24 @@
 //! 2. Runs three views (patients, observations with a forEach over codings,
 //!    conditions) over all 38,473 resources: resources/s and rows/s.
 
-use std::io::Read;
 use std::time::Instant;
 
 use bulk_export::fhirpath::Path;
 use bulk_export::view::View;
-use flate2::read::MultiGzDecoder;
-use serde_json::{json, Value};
+use serde_json::Value;
+
+mod common;
+use common::{synthea_files, synthea_views};
 
 fn main() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/synthea-r4-100");
-    let mut resources: Vec<Value> = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.to_string_lossy().ends_with(".ndjson.gz") {
-            continue;
-        }
-        let mut text = String::new();
-        MultiGzDecoder::new(std::fs::File::open(path).unwrap())
-            .read_to_string(&mut text)
-            .unwrap();
-        resources.extend(
+    let resources: Vec<Value> = synthea_files()
+        .iter()
+        .flat_map(|(_, text)| {
             text.lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-        );
-    }
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let observations: Vec<&Value> = resources
         .iter()
         .filter(|r| r["resourceType"] == "Observation")
@@ -57,28 +50,7 @@ fn main() {
         observations.len() as f64 / best
     );
 
-    let views = [
-        json!({"resource": "Patient", "select": [{"column": [
-            {"name": "id", "path": "getResourceKey()"},
-            {"name": "gender", "path": "gender"},
-            {"name": "birth_date", "path": "birthDate"},
-            {"name": "family", "path": "name.where(use = 'official').family.first()"}]}]}),
-        json!({"resource": "Observation", "select": [
-            {"column": [
-                {"name": "id", "path": "getResourceKey()"},
-                {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
-                {"name": "effective", "path": "effective.ofType(dateTime)"},
-                {"name": "value", "path": "value.ofType(Quantity).value"},
-                {"name": "unit", "path": "value.ofType(Quantity).unit"}]},
-            {"forEach": "code.coding", "column": [
-                {"name": "system", "path": "system"},
-                {"name": "code", "path": "code"}]}]}),
-        json!({"resource": "Condition", "select": [{"column": [
-            {"name": "id", "path": "getResourceKey()"},
-            {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
-            {"name": "code", "path": "code.coding.first().code"},
-            {"name": "onset", "path": "onset.ofType(dateTime)"}]}]}),
-    ];
+    let views = synthea_views();
     let views: Vec<View> = views.iter().map(|v| View::parse(v).unwrap()).collect();
     let mut best = f64::MAX;
     let mut rows = 0;

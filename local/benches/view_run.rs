@@ -11,18 +11,15 @@
 //! at a time. One untimed run of each view first warms the caches.
 //! Reported: the time of all runs of a view, and their rows.
 
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::time::Instant;
 
 use bulk_export::loader::load_ndjson;
 use bulk_export_local::{start, LocalConfig, Overrides};
-use flate2::read::MultiGzDecoder;
 use serde_json::{json, Value};
 
 mod common;
-use common::arg;
-
-const SYNTHEA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/synthea-r4-100");
+use common::{arg, synthea_files, synthea_views};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -40,15 +37,7 @@ async fn run(wanted: usize) {
     let t = Instant::now();
     let mut loaded = 0;
     let mut patients = Vec::new();
-    for entry in std::fs::read_dir(SYNTHEA).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.to_string_lossy().ends_with(".ndjson.gz") {
-            continue;
-        }
-        let mut text = String::new();
-        MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
-            .read_to_string(&mut text)
-            .unwrap();
+    for (path, text) in synthea_files() {
         if path.ends_with("Patient.ndjson.gz") {
             patients = text
                 .lines()
@@ -68,7 +57,7 @@ async fn run(wanted: usize) {
     );
     let http = reqwest::Client::new();
     let url = format!("{}/ViewDefinition/$viewdefinition-run", running.base_url);
-    for view in views() {
+    for view in synthea_views() {
         let name = view["resource"].as_str().unwrap().to_string();
         let run_for = |patient: &str| {
             let body = json!({"resourceType": "Parameters", "parameter": [
@@ -98,33 +87,4 @@ async fn run(wanted: usize) {
         );
     }
     running.shutdown().await;
-}
-
-/// The three views of the `fhirpath` bench.
-fn views() -> [Value; 3] {
-    [
-        json!({"resourceType": "ViewDefinition", "name": "patients", "status": "active",
-            "resource": "Patient", "select": [{"column": [
-            {"name": "id", "path": "getResourceKey()"},
-            {"name": "gender", "path": "gender"},
-            {"name": "birth_date", "path": "birthDate"},
-            {"name": "family", "path": "name.where(use = 'official').family.first()"}]}]}),
-        json!({"resourceType": "ViewDefinition", "name": "observations", "status": "active",
-            "resource": "Observation", "select": [
-            {"column": [
-                {"name": "id", "path": "getResourceKey()"},
-                {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
-                {"name": "effective", "path": "effective.ofType(dateTime)"},
-                {"name": "value", "path": "value.ofType(Quantity).value"},
-                {"name": "unit", "path": "value.ofType(Quantity).unit"}]},
-            {"forEach": "code.coding", "column": [
-                {"name": "system", "path": "system"},
-                {"name": "code", "path": "code"}]}]}),
-        json!({"resourceType": "ViewDefinition", "name": "conditions", "status": "active",
-            "resource": "Condition", "select": [{"column": [
-            {"name": "id", "path": "getResourceKey()"},
-            {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
-            {"name": "code", "path": "code.coding.first().code"},
-            {"name": "onset", "path": "onset.ofType(dateTime)"}]}]}),
-    ]
 }

@@ -2,6 +2,7 @@
 //! CPU time and memory (each bench uses some of them).
 
 /// The text after `name` on the command line.
+#[allow(dead_code)]
 pub fn arg_text(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -11,6 +12,7 @@ pub fn arg_text(name: &str) -> Option<String> {
 }
 
 /// The number after `name` (`1_000_000` allowed), or `default`.
+#[allow(dead_code)]
 pub fn arg(name: &str, default: usize) -> usize {
     arg_text(name)
         .and_then(|v| v.replace('_', "").parse().ok())
@@ -148,4 +150,60 @@ pub async fn wait_completed(
         assert_ne!(job.state, JobState::Failed, "{:?}", job.error);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+}
+
+/// The vendored Synthea sample's NDJSON files (`tests/data/synthea-r4-100`,
+/// 38,473 resources): each file's path and text, in name order.
+#[allow(dead_code)]
+pub fn synthea_files() -> Vec<(std::path::PathBuf, String)> {
+    use std::io::Read;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/synthea-r4-100");
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".ndjson.gz"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let mut text = String::new();
+            flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            (path, text)
+        })
+        .collect()
+}
+
+/// The three views the `fhirpath` and `view_run` benches run over Synthea:
+/// patients, observations with a `forEach` over codings, conditions.
+#[allow(dead_code)]
+pub fn synthea_views() -> [serde_json::Value; 3] {
+    use serde_json::json;
+    [
+        json!({"resourceType": "ViewDefinition", "name": "patients", "status": "active",
+            "resource": "Patient", "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()"},
+            {"name": "gender", "path": "gender"},
+            {"name": "birth_date", "path": "birthDate"},
+            {"name": "family", "path": "name.where(use = 'official').family.first()"}]}]}),
+        json!({"resourceType": "ViewDefinition", "name": "observations", "status": "active",
+            "resource": "Observation", "select": [
+            {"column": [
+                {"name": "id", "path": "getResourceKey()"},
+                {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
+                {"name": "effective", "path": "effective.ofType(dateTime)"},
+                {"name": "value", "path": "value.ofType(Quantity).value"},
+                {"name": "unit", "path": "value.ofType(Quantity).unit"}]},
+            {"forEach": "code.coding", "column": [
+                {"name": "system", "path": "system"},
+                {"name": "code", "path": "code"}]}]}),
+        json!({"resourceType": "ViewDefinition", "name": "conditions", "status": "active",
+            "resource": "Condition", "select": [{"column": [
+            {"name": "id", "path": "getResourceKey()"},
+            {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
+            {"name": "code", "path": "code.coding.first().code"},
+            {"name": "onset", "path": "onset.ofType(dateTime)"}]}]}),
+    ]
 }
