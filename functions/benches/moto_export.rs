@@ -5,7 +5,10 @@
 //! (with `BULK_EXPORT_MOTO_URL` set to a running moto). `--workers N`
 //! (default 4), `--shards N` (default 16, the functions' setting),
 //! `--mixed-max N` (the engine's `mixed_export_max_resources`; 0 makes
-//! per-type parts).
+//! per-type parts), `--synthea` (the vendored Synthea sample instead of N
+//! synthetic resources), `--client-seen RUNS` (after the export, kick-off
+//! to manifest through the HTTP functions against the engine's own time:
+//! `common/client_seen.rs`).
 //!
 //! 1. Loads N synthetic resources into fresh DynamoDB tables (timed; the
 //!    bulk load path: batched puts behind a fence).
@@ -44,6 +47,10 @@ use tokio::sync::watch;
 
 mod common;
 use common::arg;
+#[path = "common/client_seen.rs"]
+mod client_seen;
+#[path = "../../local/benches/common/timeline.rs"]
+mod timeline;
 
 const FLOOR_PARTITIONS: usize = 16;
 /// Deliveries that came back (a failure or a lost race), for the summary.
@@ -65,6 +72,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let timeline = (arg("--client-seen", 0) > 0).then(timeline::Timeline::install);
     rt.block_on(run(
         &endpoint,
         arg("--resources", 100_000),
@@ -76,7 +84,9 @@ fn main() {
                 "--visibility-secs",
                 QUEUE_VISIBILITY.as_secs() as usize,
             ) as u64),
+            idle: Duration::from_millis(250),
         },
+        timeline,
     ));
 }
 
@@ -87,9 +97,18 @@ fn main() {
 struct Timing {
     work: Duration,
     visibility: Duration,
+    /// How long a worker waits after finding the queue empty.
+    idle: Duration,
 }
 
-async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timing) {
+async fn run(
+    endpoint: &str,
+    n: usize,
+    workers: usize,
+    shards: u16,
+    timing: Timing,
+    timeline: Option<timeline::Timeline>,
+) {
     // moto answers a Query in time proportional to the table, and under
     // several parts at once a call on 100,000 resources can pass the
     // service's 60 s attempt timeout; the abandoned call runs on in moto
@@ -186,6 +205,23 @@ async fn run(endpoint: &str, n: usize, workers: usize, shards: u16, timing: Timi
         exported.1 as f64 / 1e6,
         exported.0 as f64 / export_secs
     );
+
+    // 2a. What a client waits for (`--client-seen RUNS`). The event source
+    // mapping long-polls the queue, so a message reaches a worker about at
+    // once: these workers look again 10 ms after finding it empty.
+    if let Some(timeline) = &timeline {
+        let quick = Timing {
+            idle: Duration::from_millis(10),
+            ..timing
+        };
+        let (stop_tx, tasks) = spawn_workers(&engine, &adapters, workers, quick);
+        let runs = arg("--client-seen", 0);
+        client_seen::measure(&engine, &adapters, &names, shards, timeline, runs).await;
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
 
     // 2b. The audit trail of the same store: one version per resource
     // (`--skip-revisions`: not measured; on moto it is slow past 10k).
@@ -409,7 +445,7 @@ fn spawn_workers(
                 };
                 if deliveries.is_empty() {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = tokio::time::sleep(timing.idle) => {}
                         _ = stop.changed() => {}
                     }
                     continue;

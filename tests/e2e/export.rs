@@ -1036,6 +1036,10 @@ async fn a_status_request_is_held_until_the_export_completes() {
             // A hold far longer than the export, so a busy machine cannot
             // make the first poll miss it.
             c.engine.status_wait = Duration::from_secs(60);
+            // Never re-read on a timer: only the store's job update can
+            // wake the held request (a timer this long would answer 202 at
+            // once).
+            c.engine.status_wait_poll = Duration::from_secs(3600);
             c.engine.min_chunk_bytes = 1;
         }),
         ..Default::default()

@@ -255,6 +255,9 @@ impl JobStore for Faulty<dyn JobStore> {
     async fn get_job(&self, id: &str) -> PortResult<Option<Job>> {
         through!(self, Service::Jobs, self.inner.get_job(id))
     }
+    fn job_updates(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.job_updates()
+    }
     async fn update_job(&self, job: &Job) -> PortResult<Job> {
         through!(self, Service::Jobs, self.inner.update_job(job))
     }

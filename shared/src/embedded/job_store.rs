@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::sqlite::{backend, CachedStatements, Db, Pages};
 use crate::domain::client::ClientRegistration;
@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS used_jtis (
 #[derive(Clone)]
 pub struct SqliteJobs {
     pub(super) db: Db,
+    /// Counts job updates, for held status requests (`job_updates`).
+    updates: Arc<watch::Sender<u64>>,
 }
 
 /// Applied at open, in order; each may already be applied to an older
@@ -92,6 +94,7 @@ impl SqliteJobs {
     pub fn open(path: &Path) -> PortResult<Self> {
         Ok(SqliteJobs {
             db: Db::open_migrated(path, Pages::Small, SCHEMA, MIGRATIONS)?,
+            updates: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -185,9 +188,14 @@ impl JobStore for SqliteJobs {
             .await
     }
 
+    fn job_updates(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.updates.subscribe())
+    }
+
     async fn update_job(&self, job: &Job) -> PortResult<Job> {
         let mut job = job.clone();
-        self.db
+        let updated = self
+            .db
             .call(move |c| {
                 let expected = job.version;
                 job.version += 1;
@@ -211,7 +219,9 @@ impl JobStore for SqliteJobs {
                 }
                 Ok(job)
             })
-            .await
+            .await?;
+        self.updates.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(updated)
     }
 
     async fn jobs_with_reuse_key(&self, reuse_key: &str) -> PortResult<Vec<Job>> {

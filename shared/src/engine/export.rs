@@ -111,8 +111,9 @@ impl Exports {
     }
 
     /// The job's status. While it is in progress the answer is held up to
-    /// `status_wait`, looking at the job every `status_wait_poll`, and given
-    /// as soon as it completes. `page` is a paged manifest's cursor (the
+    /// `status_wait` and given as soon as the export completes: woken by
+    /// the store's job updates where it has them (embedded), else looking
+    /// at the job every `status_wait_poll`. `page` is a paged manifest's cursor (the
     /// `next` link's `page` parameter).
     pub async fn status(
         &self,
@@ -120,6 +121,8 @@ impl Exports {
         job_id: &str,
         page: Option<&str>,
     ) -> Result<StatusReply, Error> {
+        // Subscribed before the first read, so no update after it is missed.
+        let mut updates = self.jobs.job_updates();
         let mut job = self.desk.readable_job(caller, job_id).await?;
         let cursor = match page {
             None => ManifestCursor::default(),
@@ -137,10 +140,21 @@ impl Exports {
         };
         let poll = self.config.status_wait_poll.max(Duration::from_millis(1));
         let deadline = tokio::time::Instant::now() + self.config.status_wait;
-        while matches!(job.state, JobState::Queued | JobState::Running)
-            && tokio::time::Instant::now() + poll <= deadline
-        {
-            tokio::time::sleep(poll).await;
+        while matches!(job.state, JobState::Queued | JobState::Running) {
+            let woken = match updates.as_mut() {
+                Some(updates) => matches!(
+                    tokio::time::timeout_at(deadline, updates.changed()).await,
+                    Ok(Ok(()))
+                ),
+                None if tokio::time::Instant::now() + poll <= deadline => {
+                    tokio::time::sleep(poll).await;
+                    true
+                }
+                None => false,
+            };
+            if !woken {
+                break;
+            }
             job = self.desk.readable_job(caller, job_id).await?;
         }
         self.status_of(job, &cursor).await

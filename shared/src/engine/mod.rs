@@ -126,7 +126,8 @@ pub struct EngineConfig {
     /// reaches the client in the time it takes, not in `Retry-After`'s
     /// whole second. Zero answers at once.
     pub status_wait: Duration,
-    /// How often a held status request looks at the job again.
+    /// How often a held status request looks at the job again, on a store
+    /// that cannot signal job updates (DynamoDB; see `JobStore::job_updates`).
     pub status_wait_poll: Duration,
     /// A kick-off identical to one of the same owner's jobs that is queued,
     /// running, or completed at most this long ago gets that job instead

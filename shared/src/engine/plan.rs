@@ -1,4 +1,5 @@
-//! Planning: turn a queued job into parts and queue them.
+//! Planning: turn a queued job into parts and queue them (a single part
+//! runs at once, in the planning handling).
 //!
 //! Planning is deterministic for a given job (it reads the store as of the
 //! job's transaction time), so a redelivered plan message writes the same
@@ -7,31 +8,42 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::modify::{modify_job, Modified};
-use super::Worker;
+use super::{WorkOutcome, Worker};
 use crate::domain::instant::to_micros;
 use crate::domain::job::{Job, JobState, Part, PartSpec, PlanInputs, WorkMessage};
 use crate::domain::request::{in_patient_compartment, AssociatedProvenance, ExportLevel};
 use crate::domain::resource::group_member_ids;
 use crate::ports::{group_shards, PortError, PortResult, ShardScan};
 
+/// A handling that needs nothing more of its message.
+fn done(_: ()) -> WorkOutcome {
+    WorkOutcome::Done
+}
+
 impl Worker {
-    pub(crate) async fn plan(&self, job_id: &str) -> PortResult<()> {
+    /// Plans a queued job. A plan of one part runs that part here, in the
+    /// handling that planned it: a small export then waits for no second
+    /// queue hop (on Lambda, no second invocation). Should this handling
+    /// die meanwhile, the plan message comes back, finds the job running
+    /// and sends the part's message.
+    pub(crate) async fn plan(&self, job_id: &str, deadline: Instant) -> PortResult<WorkOutcome> {
         let Some(job) = self.jobs.get_job(job_id).await? else {
-            return Ok(());
+            return Ok(WorkOutcome::Done);
         };
         match job.state {
             JobState::Queued => {}
             // Planned before, but the messages may not all have gone out.
-            JobState::Running => return self.send_unfinished_parts(&job).await,
-            _ => return Ok(()),
+            JobState::Running => return self.send_unfinished_parts(&job).await.map(done),
+            _ => return Ok(WorkOutcome::Done),
         }
         let job = match job.plan_inputs {
             Some(_) => job,
             None => match self.fix_plan_inputs(job).await? {
                 Some(job) => job,
-                None => return Ok(()),
+                None => return Ok(WorkOutcome::Done),
             },
         };
         let parts = self.make_parts(&job).await?;
@@ -54,15 +66,16 @@ impl Worker {
             // Planned by a twin, which may die before it sends the parts'
             // messages: send them too (duplicates are harmless).
             Modified::Unchanged(twins) if twins.state == JobState::Running => {
-                return self.send_unfinished_parts(&twins).await
+                return self.send_unfinished_parts(&twins).await.map(done)
             }
-            _ => return Ok(()), // cancelled meanwhile
+            _ => return Ok(WorkOutcome::Done), // cancelled meanwhile
         };
         tracing::info!(job = %job_id, parts = parts.len(), "export planned");
-        if parts.is_empty() {
-            return self.finalize(job_id).await;
+        match parts.as_slice() {
+            [] => self.finalize(job_id).await.map(done),
+            [part] => self.run_part(job_id, part.index, deadline).await,
+            _ => self.send_unfinished_parts(&job).await.map(done),
         }
-        self.send_unfinished_parts(&job).await
     }
 
     async fn send_unfinished_parts(&self, job: &Job) -> PortResult<()> {

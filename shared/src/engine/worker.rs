@@ -179,7 +179,7 @@ impl Worker {
         deadline: Instant,
     ) -> PortResult<WorkOutcome> {
         match message {
-            WorkMessage::Plan { job_id } => self.plan(job_id).await.map(|_| WorkOutcome::Done),
+            WorkMessage::Plan { job_id } => self.plan(job_id, deadline).await,
             WorkMessage::Part { job_id, index } => self.run_part(job_id, *index, deadline).await,
             WorkMessage::Collect { job_id } => self
                 .collector
@@ -193,7 +193,7 @@ impl Worker {
         }
     }
 
-    async fn run_part(
+    pub(crate) async fn run_part(
         &self,
         job_id: &str,
         index: u32,
@@ -221,6 +221,7 @@ impl Worker {
             self.finalize(job_id).await?;
             return Ok(WorkOutcome::Done);
         }
+        tracing::debug!(job = %job_id, part = index, "part started");
         let mut sink = Sink::resume(self, &part);
         if let Some(views) = &job.request.views {
             sink.describe_views(views);
@@ -311,6 +312,7 @@ impl Worker {
             Err(e) => return Err(e),
         };
         sink.checkpoint_saved().await;
+        tracing::debug!(job = %job.id, part = part.index, remaining, "part finished");
         if remaining == 0 {
             self.finalize(&job.id).await?;
         }

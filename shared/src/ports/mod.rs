@@ -369,6 +369,15 @@ pub trait JobStore: Send + Sync {
     /// Fails with `AlreadyExists` if the id is taken.
     async fn create_job(&self, job: &Job) -> PortResult<()>;
     async fn get_job(&self, id: &str) -> PortResult<Option<Job>>;
+    /// A signal that changes whenever a job is updated, so a held status
+    /// request wakes when its export completes instead of re-reading the
+    /// job on a timer. `None` when the store cannot tell: DynamoDB's
+    /// writers are other processes (the worker function), reachable only
+    /// through a stream that cannot address one waiting request; its
+    /// callers poll.
+    fn job_updates(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
     /// Writes `job` if the stored version equals `job.version`; returns the
     /// job with its new version. `Conflict` otherwise.
     async fn update_job(&self, job: &Job) -> PortResult<Job>;

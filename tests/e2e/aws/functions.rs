@@ -415,6 +415,24 @@ async fn a_part_out_of_time_checkpoints_and_queues_its_continuation() {
     );
 }
 
+/// A plan of one part runs it in the same handling: the export completes
+/// with the plan message alone, no second queue hop (or invocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_part_export_runs_in_the_handling_that_planned_it() {
+    let s = stack(4, None).await;
+    let status = s.kickoff("/fhir/$export?_type=Patient").await;
+    let (manifest, handled) = s
+        .drive_within(&status, false, Duration::from_secs(60))
+        .await;
+    let parts = s.adapters.jobs.list_parts(&job_id(&status)).await.unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(handled, 1, "the plan message alone");
+    assert_eq!(
+        s.exported(&manifest).await["Patient"],
+        s.expected()["Patient"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_racing_on_every_part_export_each_resource_once() {
     let s = stack_tuned(4, None, per_type_parts).await;
@@ -1266,7 +1284,9 @@ async fn a_view_export_killed_mid_part_resumes_with_every_row_once() {
                 {"name": "_format", "valueCode": "parquet"}]),
         )
         .await;
-    assert_eq!(s.invoke_worker(Duration::from_secs(20), false).await, 1);
+    // One part, run by the handling that plans it: that invocation is held
+    // mid-part and killed, its plan message undeleted. Redelivered, the
+    // plan finds the job running and sends the part's message.
     let killed = {
         let s = &s;
         let run = async move { while s.invoke_worker(Duration::from_secs(20), false).await > 0 {} };
