@@ -2,7 +2,8 @@
 //! with its floor.
 //!
 //! `cargo bench -p bulk-export-local --bench revisions -- --revisions 1000000`
-//! (`--dir PATH` keeps the loaded store and reuses it; `--runs N`, default 3.)
+//! (`--dir PATH` keeps the loaded store and reuses it; `--runs N`, default 3;
+//! `--only plain|log` runs one of the two exports.)
 //!
 //! 1. Loads a history of about N revisions: synthetic resources written by
 //!    one author, then a fifth of them updated and a twentieth deleted by
@@ -27,7 +28,7 @@ use bulk_export_local::workers::work_loop;
 use tokio::sync::watch;
 
 mod common;
-use common::{arg, cpu_secs, open_stack, reset_peak_rss, status_kb, wait_completed};
+use common::{arg, arg_text, cpu_secs, open_stack, reset_peak_rss, status_kb, wait_completed};
 
 fn main() {
     bulk_export_local::bound_malloc_arenas();
@@ -115,11 +116,16 @@ async fn run(n: usize) {
     }
 
     let runs = arg("--runs", 3).max(1);
+    // `--only plain` or `--only log`: one of the two exports (to profile it).
+    let only = arg_text("--only").map(|o| o == "log");
     reset_peak_rss();
     let rss_before = status_kb("VmRSS:");
     let (mut plain, mut logged, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
         for (with_log, into) in [(false, &mut plain), (true, &mut logged)] {
+            if only.is_some_and(|o| o != with_log) {
+                continue;
+            }
             let (secs, cpu, rows) = export_once(engine, &queue, files, with_log).await;
             assert_eq!(rows, total as u64, "every revision once");
             println!(
@@ -139,6 +145,9 @@ async fn run(n: usize) {
     }
     let peak_kb = status_kb("VmHWM:");
     let median = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return f64::NAN; // left out by --only
+        }
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };

@@ -203,10 +203,12 @@ impl PartReader<'_> {
         sink: &mut Sink<'_>,
     ) -> PortResult<()> {
         // Predecessors say Add or Edit (and feed the change log): one batch
-        // per type.
+        // per type. A deletion is a Delete whatever came before it, so
+        // without the change log its predecessor is not read.
         let mut by_type: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, r) in page.iter().enumerate() {
-            if r.version.version > 1 {
+            let needed = query.include_modified_props || !r.version.deleted;
+            if r.version.version > 1 && needed {
                 by_type.entry(&r.version.resource_type).or_default().push(i);
             }
         }
