@@ -639,16 +639,17 @@ async fn a_failing_receiver_gets_the_event_on_retry_and_the_run_records_each_att
     assert_eq!(attempts.load(Ordering::SeqCst), 4);
     let (sig, body) = got.lock().unwrap()[0].clone();
     verify_signature(SECRET, &sig, &body);
-    // The event says what the export consumed so far: the run's start and
-    // at least its planning (the handling that ended it may store its
-    // counters after the event left).
+    // The event says what the export consumed so far: at least the run's
+    // start. The handling that ended it may store its counters after the
+    // event left, and this one-part export ends in the handling that
+    // planned it, its only one.
     let event: Value = serde_json::from_str(&body).unwrap();
     assert!(
-        event["usage"]["worker.handlings"].as_f64().unwrap() >= 1.0,
+        event["usage"]["accounting.writes"].as_f64().unwrap() >= 1.0,
         "{event}"
     );
     assert!(
-        event["usage"]["accounting.writes"].as_f64().unwrap() >= 2.0,
+        event["usage"]["worker.handlings"].as_f64().unwrap_or(0.0) <= 1.0,
         "{event}"
     );
     // The attempts are recorded on the run (the last one just after delivery).
