@@ -113,8 +113,8 @@ impl Exports {
     /// The job's status. While it is in progress the answer is held up to
     /// `status_wait` and given as soon as the export completes: woken by
     /// the store's job updates where it has them (embedded), else looking
-    /// at the job every `status_wait_poll`. `page` is a paged manifest's cursor (the
-    /// `next` link's `page` parameter).
+    /// at the job every `status_wait_poll`. `page` is a paged manifest's
+    /// cursor (the `next` link's `page` parameter).
     pub async fn status(
         &self,
         caller: &Caller,
