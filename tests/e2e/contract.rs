@@ -624,6 +624,21 @@ async fn revisions_contract(store: &dyn ResourceStore, t: &str) {
     let without = store.predecessors(t, &of, false).await.unwrap();
     assert!(without.iter().flatten().all(|v| v.body.is_none()));
     assert_eq!(without.iter().flatten().count(), 3);
+
+    // Whether each one's predecessor was live, recorded at write time (the
+    // plain audit export reads no predecessor for those).
+    let live: Vec<Option<bool>> = of.iter().map(|r| r.previous_live).collect();
+    assert_eq!(live, [Some(true), Some(true), Some(true), None]);
+    assert_eq!(pick("o05", 1).previous_live, None);
+    // A re-creation follows a deletion.
+    let again = store.write(vec![put("o01", 9)]).await.unwrap();
+    assert_eq!(again[0].version.version, 3);
+    let newest = read_all(again[0].version.last_updated).await;
+    let recreated: Vec<(&str, u64, Option<bool>)> = newest
+        .iter()
+        .map(|r| (r.version.id.as_str(), r.version.version, r.previous_live))
+        .collect();
+    assert_eq!(recreated, [("o01", 3, Some(false))]);
 }
 
 /// (id, version) of everything the segments' scans read, sorted.

@@ -3,7 +3,7 @@
 //!
 //! | item | pk | sk | what |
 //! |---|---|---|---|
-//! | version | `V#<shard>` | `<type>#<lastUpdated>` (µs, 17 digits) | `rid` = `<type>#<id>`, `ver`, `bz` (the body, compressed: [`body_codec`]) or `body`, `by` (author), `plu` (previous version's `lastUpdated`), `sup` (superseded at, µs); `del` on tombstones only |
+//! | version | `V#<shard>` | `<type>#<lastUpdated>` (µs, 17 digits) | `rid` = `<type>#<id>`, `ver`, `bz` (the body, compressed: [`body_codec`]) or `body`, `by` (author), `plu` (previous version's `lastUpdated`), `plv` (whether that version was live), `sup` (superseded at, µs); `del` on tombstones only |
 //! | head | `H#<type>#<id>` | `#` | the newest version: `v`, `lu`, `del` |
 //! | compartment link | `C#<patient>` | `<type>#<id>` | the resource ever referenced the patient |
 //! | type statistics | `STATS#<type>` | `#` | `s<shard>`: versions per shard |
@@ -201,7 +201,7 @@ impl DynamoResources {
     }
 
     /// The item of one version (in its type's shard, keyed by lastUpdated).
-    fn version_item(&self, v: &Version, author: &str, previous_at: Option<i64>) -> Item {
+    fn version_item(&self, v: &Version, author: &str, previous: Option<Head>) -> Item {
         let shard = shard_of(&v.id, self.shards);
         let mut item = version_key(&v.resource_type, shard, v.last_updated);
         item.insert("rid".into(), s(format!("{}#{}", v.resource_type, v.id)));
@@ -215,8 +215,9 @@ impl DynamoResources {
             item.insert(name.into(), value);
         }
         item.insert("by".into(), s(author.to_string()));
-        if let Some(p) = previous_at {
-            item.insert("plu".into(), n(p));
+        if let Some(p) = previous {
+            item.insert("plu".into(), n(p.last_updated));
+            item.insert("plv".into(), b(!p.deleted));
         }
         item
     }
@@ -483,7 +484,7 @@ impl DynamoResources {
                 .map_err(backend)?;
             items.push(TransactWriteItem::builder().update(supersede).build());
         }
-        let item = self.version_item(v, author, step.previous.map(|h| h.last_updated));
+        let item = self.version_item(v, author, step.previous);
         let version = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -578,9 +579,9 @@ impl ResourceStore for DynamoResources {
             return Ok(out);
         }
         let projection = if scan.with_bodies {
-            "rid, sk, ver, del, body, bz, #by, plu"
+            "rid, sk, ver, del, body, bz, #by, plu, plv"
         } else {
-            "rid, sk, ver, del, #by, plu"
+            "rid, sk, ver, del, #by, plu, plv"
         };
         let mut start = None;
         loop {
@@ -609,6 +610,10 @@ impl ResourceStore for DynamoResources {
                     version: version_from_item(scan.resource_type, item)?,
                     author: opt_s(item, "by").map(str::to_string),
                     previous_at: opt_n(item, "plu"),
+                    previous_live: match item.get("plv") {
+                        Some(AttributeValue::Bool(live)) => Some(*live),
+                        _ => None,
+                    },
                 });
             }
             match page.last_evaluated_key {

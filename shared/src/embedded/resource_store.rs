@@ -57,8 +57,13 @@ CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value INTEGER NOT N
 INSERT OR IGNORE INTO store_meta VALUES ('last_ts', 0);
 ";
 
-/// Versions written before authorship was recorded have no author.
-const MIGRATIONS: &[&str] = &["ALTER TABLE versions ADD COLUMN author TEXT"];
+/// Versions written before authorship was recorded have no author; those
+/// written before `previous_live` was recorded have it NULL (the audit
+/// export then reads their predecessor).
+const MIGRATIONS: &[&str] = &[
+    "ALTER TABLE versions ADD COLUMN author TEXT",
+    "ALTER TABLE versions ADD COLUMN previous_live INTEGER",
+];
 
 pub struct SqliteResourceStore {
     db: Db,
@@ -169,9 +174,18 @@ fn store_version(
         }
     }
     c.execute_cached(
-        "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body, author)
-         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7)",
-        params![v.resource_type, v.last_updated, v.id, v.version as i64, v.deleted as i64, v.body, author],
+        "INSERT INTO versions (type, last_updated, id, version, superseded_at, deleted, body, author, previous_live)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8)",
+        params![
+            v.resource_type,
+            v.last_updated,
+            v.id,
+            v.version as i64,
+            v.deleted as i64,
+            v.body,
+            author,
+            previous.map(|p| !p.deleted as i64)
+        ],
     )
     .map_err(backend)?;
     count_version(c, v)
@@ -316,7 +330,7 @@ impl ResourceStore for SqliteResourceStore {
         );
         let body = if scan.with_bodies { "body" } else { "NULL" };
         let sql = format!(
-            "SELECT type, id, version, last_updated, deleted, {body}, author FROM versions
+            "SELECT type, id, version, last_updated, deleted, {body}, author, previous_live FROM versions
              WHERE type = ?1 AND last_updated >= ?2 AND last_updated < ?3
              ORDER BY last_updated DESC LIMIT ?4"
         );
@@ -329,6 +343,7 @@ impl ResourceStore for SqliteResourceStore {
                             version: row_to_version(r)?,
                             author: r.get(6)?,
                             previous_at: None,
+                            previous_live: r.get::<_, Option<i64>>(7)?.map(|live| live != 0),
                         })
                     })
                     .map_err(backend)?;

@@ -38,6 +38,11 @@ pub struct Revision {
     /// `lastUpdated` of the version before it, where the store knows it
     /// (lets a store fetch predecessors by key).
     pub previous_at: Option<i64>,
+    /// Whether the version before it was live (not a deletion), where the
+    /// store recorded it at write time: enough to tell Add from Edit without
+    /// reading the predecessor. `None` for a first version and for versions
+    /// written before the stores recorded it.
+    pub previous_live: Option<bool>,
 }
 
 /// A page request over one type's revisions in one shard, newest first.

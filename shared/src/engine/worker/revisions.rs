@@ -202,49 +202,15 @@ impl PartReader<'_> {
         page: Vec<Revision>,
         sink: &mut Sink<'_>,
     ) -> PortResult<()> {
-        // Predecessors say Add or Edit (and feed the change log): one batch
-        // per type. A deletion is a Delete whatever came before it, so
-        // without the change log its predecessor is not read.
-        let mut by_type: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, r) in page.iter().enumerate() {
-            let needed = query.include_modified_props || !r.version.deleted;
-            if r.version.version > 1 && needed {
-                by_type.entry(&r.version.resource_type).or_default().push(i);
-            }
-        }
-        let mut previous: Vec<Option<Version>> = vec![None; page.len()];
-        for (resource_type, indexes) in by_type {
-            // The store needs their keys, not their bodies.
-            let of: Vec<Revision> = indexes
-                .iter()
-                .map(|&i| {
-                    let v = &page[i].version;
-                    Revision {
-                        version: Version {
-                            resource_type: v.resource_type.clone(),
-                            id: v.id.clone(),
-                            version: v.version,
-                            last_updated: v.last_updated,
-                            deleted: v.deleted,
-                            body: None,
-                        },
-                        author: None,
-                        previous_at: page[i].previous_at,
-                    }
-                })
-                .collect();
-            let found = self
-                .engine
-                .resources
-                .predecessors(resource_type, &of, query.include_modified_props)
-                .await?;
-            for (i, p) in indexes.into_iter().zip(found) {
-                previous[i] = p;
-            }
-        }
+        let previous = self.predecessors(query, &page).await?;
         for (r, prev) in page.iter().zip(previous) {
             let prev_live = prev.filter(|p| !p.deleted);
-            let operation = Operation::of(r.version.deleted, prev_live.is_some());
+            let follows_live = match (&prev_live, r.previous_live) {
+                (Some(_), _) => true,
+                (None, Some(recorded)) if !query.include_modified_props => recorded,
+                (None, _) => false,
+            };
+            let operation = Operation::of(r.version.deleted, follows_live);
             let log = if query.include_modified_props {
                 let before = prev_live.as_ref().and_then(|p| p.body.as_deref());
                 change_log(before, r.version.body.as_deref())
@@ -269,6 +235,58 @@ impl PartReader<'_> {
             sink.push(FileKind::Output, REVISIONS, &line).await?;
         }
         Ok(())
+    }
+
+    /// The versions before a page's revisions, where they must be read.
+    /// Predecessors say Add or Edit (and feed the change log): one batch
+    /// per type. Without the change log none is read for a deletion (a
+    /// Delete whatever came before it) or for a version whose store
+    /// recorded whether its predecessor was live.
+    async fn predecessors(
+        &self,
+        query: &RevisionsQuery,
+        page: &[Revision],
+    ) -> PortResult<Vec<Option<Version>>> {
+        let mut by_type: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, r) in page.iter().enumerate() {
+            let needed =
+                query.include_modified_props || (!r.version.deleted && r.previous_live.is_none());
+            if r.version.version > 1 && needed {
+                by_type.entry(&r.version.resource_type).or_default().push(i);
+            }
+        }
+        let mut previous: Vec<Option<Version>> = vec![None; page.len()];
+        for (resource_type, indexes) in by_type {
+            // The store needs their keys, not their bodies.
+            let of: Vec<Revision> = indexes
+                .iter()
+                .map(|&i| {
+                    let v = &page[i].version;
+                    Revision {
+                        version: Version {
+                            resource_type: v.resource_type.clone(),
+                            id: v.id.clone(),
+                            version: v.version,
+                            last_updated: v.last_updated,
+                            deleted: v.deleted,
+                            body: None,
+                        },
+                        author: None,
+                        previous_at: page[i].previous_at,
+                        previous_live: page[i].previous_live,
+                    }
+                })
+                .collect();
+            let found = self
+                .engine
+                .resources
+                .predecessors(resource_type, &of, query.include_modified_props)
+                .await?;
+            for (i, p) in indexes.into_iter().zip(found) {
+                previous[i] = p;
+            }
+        }
+        Ok(previous)
     }
 
     /// The author's display name and e-mail (registration lookups cached).
