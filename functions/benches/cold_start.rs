@@ -10,12 +10,14 @@
 //! - peak RSS (VmHWM) after those;
 //! - the binary's size, stripped.
 //!
-//! Run it on the release binaries (what `sam build` ships: the release
-//! profile's LTO), copied away first, because `cargo bench` writes its own
-//! non-LTO builds of them to the same `target/release`:
+//! Run it on the release binaries as `sam build` ships them: the release
+//! profile (fat LTO, cold code optimised for size) with the `panic =
+//! "abort"` that `cargo lambda build --release` adds when the profile
+//! leaves `panic` unset. Copy them away first, because `cargo bench`
+//! writes its own non-LTO builds of them to the same `target/release`:
 //!
 //! ```sh
-//! cargo build --release --locked -p bulk-export-functions --bins
+//! cargo build --release --locked -p bulk-export-functions --bins --config 'profile.release.panic="abort"'
 //! mkdir -p /tmp/lambda-bins && cp target/release/{kickoff,status,files,token,resources,schedules,worker,scheduler,sweeper} /tmp/lambda-bins/
 //! cargo bench -p bulk-export-functions --bench cold_start -- --bin-dir /tmp/lambda-bins --runs 5 --polls 500
 //! ```
