@@ -292,8 +292,8 @@ async fn fetch_file(b: &dyn Backend, tok: &str, path: &str) -> String {
     got.text().await.unwrap()
 }
 
-/// The whole scenario; see the module comment.
-pub(crate) async fn audit_trail_scenario(b: &dyn Backend) {
+/// Registers the scenario's clients.
+async fn register_clients(b: &dyn Backend) {
     for (id, name, email, scope, audit, group) in CLIENTS {
         b.clients()
             .put_client(&ClientRegistration {
@@ -309,6 +309,11 @@ pub(crate) async fn audit_trail_scenario(b: &dyn Backend) {
             .await
             .unwrap();
     }
+}
+
+/// The whole scenario; see the module comment.
+pub(crate) async fn audit_trail_scenario(b: &dyn Backend) {
+    register_clients(b).await;
 
     // Writing needs a write scope on the type.
     let patient = |family: &str| json!({"resourceType": "Patient", "name": [{"family": family}]});
@@ -738,6 +743,55 @@ async fn the_audit_trail_of_three_clients_with_every_filter() {
     })
     .await;
     audit_trail_scenario(&Embedded(app)).await;
+}
+
+/// A store written by an earlier release has no `previous_live` on its
+/// versions: the export looks their predecessors up instead, and reads the
+/// same, a re-creation after a deletion included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_written_before_the_predecessor_flag_read_the_same() {
+    let app = spawn_app(Options {
+        auth: true,
+        ..Default::default()
+    })
+    .await;
+    let db = app._dir.path().join("resources.db");
+    let b = Embedded(app);
+    register_clients(&b).await;
+    let start = (Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let tok = token(&b, "registrar");
+    let patient = Some(json!({"resourceType": "Patient", "id": "r1"}).to_string());
+    for (method, body) in [
+        ("PUT", patient.clone()),
+        (
+            "PUT",
+            Some(json!({"resourceType": "Patient", "id": "r1", "active": true}).to_string()),
+        ),
+        ("DELETE", None),
+        ("PUT", patient),
+    ] {
+        let r = b.call(method, "Patient/r1", Some(&tok), &[], body).await;
+        assert!(r.status < 300, "{method}: {}", r.status);
+    }
+    let end = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let body = json!({"startDate": start, "endDate": end, "userId": "registrar"});
+    let recorded = export(&b, "auditor", body.clone()).await;
+    let operations: Vec<String> = rows_of(&recorded)
+        .into_iter()
+        .map(|r| r.operation)
+        .collect();
+    assert_eq!(operations, ["Add", "Delete", "Edit", "Add"], "newest first");
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let cleared = conn
+        .execute(
+            "UPDATE versions SET previous_live = NULL WHERE id = 'r1'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(cleared, 4);
+    let looked_up = export(&b, "auditor", body).await;
+    assert_eq!(looked_up, recorded);
 }
 
 /// What a webhook receiver got: (signature header, body).
