@@ -11,15 +11,19 @@
 //! 2. Exports the whole trail through the engine and a worker loop, without
 //!    and with the change log: revisions/s, CPU, and the process's peak RSS
 //!    (reset after loading).
-//! 3. The floor: the same rows read straight from SQLite newest first and
-//!    written as the same CSV columns (no change log), no engine around
-//!    them. Ratio = export / floor.
+//! 3. The floors: the same rows read straight from SQLite newest first and
+//!    written as the same CSV columns, no engine around them. The change
+//!    log's floor also reads each row's body and its predecessor's (by id
+//!    and version, as a store that keeps no diffs must) and writes the same
+//!    change log. Ratio = export / its floor.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bulk_export::domain::instant::{format_instant, from_micros};
-use bulk_export::domain::revisions::{csv_line, parse_revisions_request, Operation, HEADER};
+use bulk_export::domain::revisions::{
+    change_log, csv_line, parse_revisions_request, Operation, HEADER,
+};
 use bulk_export::embedded::SqliteQueue;
 use bulk_export::engine::{Caller, Services};
 use bulk_export::ports::{ResourceStore, WriteOp};
@@ -120,7 +124,8 @@ async fn run(n: usize) {
     let only = arg_text("--only").map(|o| o == "log");
     reset_peak_rss();
     let rss_before = status_kb("VmRSS:");
-    let (mut plain, mut logged, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain, mut logged) = (Vec::new(), Vec::new());
+    let (mut floors, mut log_floors) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         for (with_log, into) in [(false, &mut plain), (true, &mut logged)] {
             if only.is_some_and(|o| o != with_log) {
@@ -135,13 +140,20 @@ async fn run(n: usize) {
             );
             into.push(secs);
         }
-        let (secs, cpu, rows) = floor_once(&dir.join("resources.db"), &dir.join("floor.csv")).await;
-        assert_eq!(rows, total as u64);
-        println!(
-            "floor  #{run}  {rows} rows in {secs:.2} s ({:.0} rows/s; cpu {cpu:.2} s)",
-            rows as f64 / secs
-        );
-        floors.push(secs);
+        for (with_log, into) in [(false, &mut floors), (true, &mut log_floors)] {
+            if with_log && only == Some(false) {
+                continue;
+            }
+            let out = dir.join("floor.csv");
+            let (secs, cpu, rows) = floor_once(&dir.join("resources.db"), &out, with_log).await;
+            assert_eq!(rows, total as u64);
+            println!(
+                "floor  #{run}{}  {rows} rows in {secs:.2} s ({:.0} rows/s; cpu {cpu:.2} s)",
+                if with_log { " with change log" } else { "" },
+                rows as f64 / secs
+            );
+            into.push(secs);
+        }
     }
     let peak_kb = status_kb("VmHWM:");
     let median = |mut v: Vec<f64>| {
@@ -151,12 +163,14 @@ async fn run(n: usize) {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (p, l, f) = (median(plain), median(logged), median(floors));
+    let (p, l) = (median(plain), median(logged));
+    let (f, lf) = (median(floors), median(log_floors));
     let n = total as f64;
-    println!("SUMMARY {n} revisions, medians: export {p:.2} s = {:.0} revisions/s; with change log {l:.2} s = {:.0} revisions/s; floor {f:.2} s = {:.0} rows/s", n / p, n / l, n / f);
+    println!("SUMMARY {n} revisions, medians: export {p:.2} s = {:.0} revisions/s; with change log {l:.2} s = {:.0} revisions/s; floor {f:.2} s = {:.0} rows/s; with change log {lf:.2} s", n / p, n / l, n / f);
     println!(
-        "SUMMARY ratio export / floor (median/median): {:.2}x, with change log {:.2}x",
+        "SUMMARY ratio export / its floor (median/median): {:.2}x, with change log {:.2}x (against the plain floor {:.2}x)",
         p / f,
+        l / lf,
         l / f
     );
     println!(
@@ -206,17 +220,26 @@ async fn export_once(
 }
 
 /// The same rows straight from SQLite, newest first, as the same CSV
-/// columns. It knows Add from Edit by the version number alone (a
-/// re-creation after a deletion would need the predecessor, as the engine
-/// reads it).
-async fn floor_once(db: &std::path::Path, out: &std::path::Path) -> (f64, f64, u64) {
+/// columns. Without the change log it knows Add from Edit by the version
+/// number alone (a re-creation after a deletion would need the
+/// predecessor, as the engine reads it); with it, it reads the
+/// predecessor's body by id and version, and tells them apart by it.
+async fn floor_once(
+    db: &std::path::Path,
+    out: &std::path::Path,
+    with_log: bool,
+) -> (f64, f64, u64) {
     let (db, out) = (db.to_path_buf(), out.to_path_buf());
     let t = Instant::now();
     let cpu = cpu_secs();
     let rows = tokio::task::spawn_blocking(move || {
         let conn = rusqlite::Connection::open(db).unwrap();
+        let body = if with_log { "body" } else { "NULL" };
         let mut stmt = conn
-            .prepare("SELECT last_updated, author, deleted, version, type, id FROM versions ORDER BY last_updated DESC")
+            .prepare(&format!("SELECT last_updated, author, deleted, version, type, id, {body} FROM versions ORDER BY last_updated DESC"))
+            .unwrap();
+        let mut before = conn
+            .prepare("SELECT deleted, body FROM versions INDEXED BY versions_by_id WHERE type = ?1 AND id = ?2 AND version = ?3")
             .unwrap();
         let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&out).unwrap());
         w.write_all(&csv_line(&HEADER)).unwrap();
@@ -226,8 +249,25 @@ async fn floor_once(db: &std::path::Path, out: &std::path::Path) -> (f64, f64, u
         while let Some(r) = rows.next().unwrap() {
             let at: i64 = r.get(0).unwrap();
             let author: String = r.get::<_, Option<String>>(1).unwrap().unwrap_or_default();
-            let op = Operation::of(r.get::<_, i64>(2).unwrap() != 0, r.get::<_, i64>(3).unwrap() > 1);
+            let (deleted, version) = (r.get::<_, i64>(2).unwrap() != 0, r.get::<_, i64>(3).unwrap());
             let (t, id): (String, String) = (r.get(4).unwrap(), r.get(5).unwrap());
+            let (op, log) = if with_log {
+                let previous: Option<(bool, Option<String>)> = if version > 1 {
+                    before
+                        .query_row(rusqlite::params![t, id, version - 1], |p| {
+                            Ok((p.get::<_, i64>(0)? != 0, p.get(1)?))
+                        })
+                        .ok()
+                } else {
+                    None
+                };
+                let live = previous.filter(|(was_deleted, _)| !was_deleted);
+                let current: Option<String> = r.get(6).unwrap();
+                let log = change_log(live.as_ref().and_then(|(_, b)| b.as_deref()), current.as_deref()).unwrap();
+                (Operation::of(deleted, live.is_some()), log)
+            } else {
+                (Operation::of(deleted, version > 1), String::new())
+            };
             let line = csv_line(&[
                 &at.to_string(),
                 &format_instant(from_micros(at)),
@@ -236,7 +276,7 @@ async fn floor_once(db: &std::path::Path, out: &std::path::Path) -> (f64, f64, u
                 op.as_str(),
                 &t,
                 &id,
-                "",
+                &log,
             ]);
             w.write_all(&line).unwrap();
             w.write_all(b"\r\n").unwrap();
