@@ -157,7 +157,9 @@ async fn a_mixed_scan_pages_through_a_shard_as_of_its_snapshot() {
 
 /// DynamoDB's 1 MB page counts every attribute of an item, so a version
 /// item stores nothing its keys already say: the id is in `rid`, the
-/// `lastUpdated` in `sk`, and only a tombstone says it is deleted.
+/// `lastUpdated` in `sk`, and only a tombstone says it is deleted. A
+/// version with a predecessor names its `lastUpdated` (`plu`) and whether
+/// it was live (`plv`, for the audit trail's Add or Edit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_item_stores_nothing_its_keys_already_say() {
     let (sdk, names) = fresh_stack().await;
@@ -197,7 +199,12 @@ async fn a_version_item_stores_nothing_its_keys_already_say() {
     );
     assert_eq!(
         attributes(tombstone),
-        BTreeSet::from(["pk", "sk", "rid", "ver", "del", "by", "plu"])
+        BTreeSet::from(["pk", "sk", "rid", "ver", "del", "by", "plu", "plv"])
+    );
+    assert_eq!(
+        tombstone["plv"],
+        AttributeValue::Bool(true),
+        "it followed a live version"
     );
 
     // Read back, the fields come from the keys.
