@@ -19,8 +19,7 @@
 use std::io::BufReader;
 use std::time::{Duration, Instant};
 
-use bulk_export::domain::request::{parse_export_request, ExportLevel, KickoffInput};
-use bulk_export::engine::{Caller, EngineConfig, Services};
+use bulk_export::engine::EngineConfig;
 use bulk_export::loader::load_ndjson;
 use bulk_export::sample::SampleConfig;
 use bulk_export_local::{start, LocalConfig, Overrides};
@@ -66,7 +65,11 @@ async fn measure(timeline: &Timeline, runs: usize, wait: Duration) {
     let (mut seen, mut engine) = (Vec::new(), Vec::new());
     let mut exported = 0;
     for _ in 0..runs {
-        engine.push(engine_export(&running.services, timeline).await);
+        engine.push(
+            timeline
+                .engine_export(&running.services, "http://127.0.0.1:1/fhir/$export")
+                .await,
+        );
         let (secs, count, line, id) = client_export(&client, &running.base_url, timeline).await;
         exported = count;
         seen.push((secs, line, id));
@@ -89,27 +92,6 @@ async fn measure(timeline: &Timeline, runs: usize, wait: Duration) {
             println!("    {:>7.1} ms {}", (m.at - t0).as_secs_f64() * 1e3, m.what);
         }
     }
-}
-
-/// The engine's own export: kicked off on the engine, timed to the
-/// completion event its workers emit.
-async fn engine_export(services: &Services, timeline: &Timeline) -> f64 {
-    let input = KickoffInput {
-        level: ExportLevel::System,
-        request_url: "http://127.0.0.1:1/fhir/$export".into(),
-        params: vec![],
-        lenient: false,
-        via_post: false,
-        now: chrono::Utc::now(),
-    };
-    let t = Instant::now();
-    let job_id = services
-        .exports
-        .kickoff(&Caller::anonymous(), parse_export_request(input).unwrap())
-        .await
-        .unwrap();
-    let completed = timeline.completed(&job_id).await;
-    completed.duration_since(t).as_secs_f64()
 }
 
 /// A client's export over HTTP: seconds to the manifest, the resources it

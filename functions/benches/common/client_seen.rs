@@ -7,8 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bulk_export::aws::AwsAdapters;
-use bulk_export::domain::request::{parse_export_request, ExportLevel, KickoffInput};
-use bulk_export::engine::{Caller, Services};
+use bulk_export::engine::Services;
 use bulk_export::service::ServiceSettings;
 use bulk_export_functions::settings::{AuthMode, Settings};
 use bulk_export_functions::{http as lambda, Container};
@@ -47,7 +46,11 @@ pub async fn measure(
         Container::from_parts(settings, adapters.ports(), adapters.jobs.clone(), None).unwrap();
     let (mut seen, mut own) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        own.push(engine_export(engine, timeline).await);
+        own.push(
+            timeline
+                .engine_export(engine, &format!("{ORIGIN}/fhir/$export"))
+                .await,
+        );
         seen.push(client_export(&container, timeline).await);
     }
     seen.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -61,29 +64,6 @@ pub async fn measure(
         seen_median / own_median
     );
     println!("  median client run: {}", seen[runs / 2].1);
-}
-
-/// The engine's own export, timed from kick-off to its completion event.
-pub async fn engine_export(engine: &Services, timeline: &Timeline) -> f64 {
-    let input = KickoffInput {
-        level: ExportLevel::System,
-        request_url: format!("{ORIGIN}/fhir/$export"),
-        params: vec![],
-        lenient: false,
-        via_post: false,
-        now: chrono::Utc::now(),
-    };
-    let t = Instant::now();
-    let job_id = engine
-        .exports
-        .kickoff(&Caller::anonymous(), parse_export_request(input).unwrap())
-        .await
-        .unwrap();
-    timeline
-        .completed(&job_id)
-        .await
-        .duration_since(t)
-        .as_secs_f64()
 }
 
 /// Kick-off and status requests through the HTTP functions' handler, the

@@ -8,6 +8,8 @@ use std::fmt::{Debug, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bulk_export::domain::request::{parse_export_request, ExportLevel, KickoffInput};
+use bulk_export::engine::{Caller, Services};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
@@ -27,6 +29,29 @@ pub struct Timeline {
 }
 
 impl Timeline {
+    /// The engine's own export of everything: kicked off on the engine
+    /// (no HTTP, no status requests), seconds to its completion event.
+    pub async fn engine_export(&self, engine: &Services, request_url: &str) -> f64 {
+        let input = KickoffInput {
+            level: ExportLevel::System,
+            request_url: request_url.to_string(),
+            params: vec![],
+            lenient: false,
+            via_post: false,
+            now: chrono::Utc::now(),
+        };
+        let t = Instant::now();
+        let job_id = engine
+            .exports
+            .kickoff(&Caller::anonymous(), parse_export_request(input).unwrap())
+            .await
+            .unwrap();
+        self.completed(&job_id)
+            .await
+            .duration_since(t)
+            .as_secs_f64()
+    }
+
     /// Installs the recorder as the process's subscriber, at debug level for
     /// the engine (part events are debug) and warnings for the rest.
     pub fn install() -> Self {
