@@ -27,6 +27,7 @@ use bulk_export::domain::revisions::{
     change_log, csv_line, parse_revisions_request, Operation, HEADER,
 };
 use bulk_export::embedded::SqliteQueue;
+use bulk_export::engine::gzip_twin::TWIN_LEVEL;
 use bulk_export::engine::{Caller, Services};
 use bulk_export::ports::{ResourceStore, WriteOp};
 use bulk_export::sample::{generate, SampleConfig};
@@ -315,7 +316,7 @@ impl FloorOutput {
         };
         let twin = twin.then(|| {
             let gz = path.with_extension("csv.gz");
-            let encoder = GzEncoder::new(file(&gz), Compression::fast());
+            let encoder = GzEncoder::new(file(&gz), Compression::new(TWIN_LEVEL));
             (gz, std::io::BufWriter::with_capacity(1 << 20, encoder))
         });
         FloorOutput {
